@@ -1,0 +1,1 @@
+"""Default policy files (banned promises, terminology) shipped with replyloop."""

@@ -1,0 +1,3 @@
+from replyloop.cli.main import main
+
+main()

@@ -1,0 +1,7 @@
+"""CLI: serve (filled in by its issue)."""
+
+import typer
+
+
+def register(app: typer.Typer) -> None:
+    pass

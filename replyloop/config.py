@@ -1,0 +1,198 @@
+"""The workspace configuration file (``replyloop.yaml``), parsed once into typed objects.
+
+Secrets never live in the file: Slack tokens, the signing secret and the intake
+token are read from environment variables (see ``Secrets``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from replyloop import paths
+from replyloop.errors import ConfigError
+from replyloop.yamlfile import load_yaml, parse_model
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class StoreConfig(Section):
+    path: str = "replyloop.db"  # relative to the workspace
+    heldout_share: float = Field(0.15, ge=0.0, lt=1.0)
+    split_seed: str = "replyloop"
+
+
+class SlackConfig(Section):
+    api_base_url: str = "https://slack.com/api/"
+    review_channel: str = "cs-review"
+    report_channel: str = "cs-quality"
+    intake_channel: str = ""
+    supervisors: list[str] = Field(default_factory=list)
+    supervisor_group: str = ""
+    socket_mode: bool = True
+    http_port: int = Field(3000, ge=0, le=65535)
+
+
+class TrainingSection(Section):
+    config: str = "train.yaml"  # lora-scripts-style training config, relative to the workspace
+    command: str = "{python} -m replyloop train --config {config}"
+    from_champion: bool = True
+    adapters_dir: str = "adapters"
+    keep_adapters: int = Field(5, ge=1)
+
+
+class EvaluationConfig(Section):
+    embedding_model: str = ""  # path or name; empty: the bundled all-MiniLM-L6-v2
+    threshold: float = Field(0.75, ge=-1.0, le=1.0)
+    floor: float = Field(0.5, ge=-1.0, le=1.0)
+    tolerance: float = Field(0.02, ge=0.0)
+    category_margin: float = Field(0.05, ge=0.0)
+    max_new_tokens: int = Field(96, ge=1)
+    batch_size: int = Field(16, ge=1)
+
+
+class SchedulerConfig(Section):
+    check_every_minutes: float = Field(15, gt=0)
+    min_new_samples: int = Field(50, ge=1)
+    min_interval_hours: float = Field(6, ge=0)
+    canary_percent: int = Field(10, ge=0, le=100)
+    canary_min_reviews: int = Field(50, ge=1)
+    canary_max_days: float = Field(7, gt=0)
+    weekly_report_cron: str = "mon 09:00"
+    timezone: str = "Asia/Shanghai"
+    misfire_grace_minutes: float = Field(60, gt=0)
+
+
+class PoliciesConfig(Section):
+    dir: str = ""  # empty: the policies shipped with replyloop
+
+
+class ReportConfig(Section):
+    out_dir: str = "reports"
+    weeks: int = Field(8, ge=1)
+
+
+class ExportConfig(Section):
+    scrub_pii: bool = True
+    mask_phone: bool = True
+    mask_email: bool = True
+    mask_id_card: bool = True
+    mask_order: bool = True
+
+
+class DraftingConfig(Section):
+    backend: Literal["local", "openai"] = "local"
+    openai_base_url: str = ""  # e.g. a vLLM server with multi-LoRA: http://gpu-host:8000/v1
+    max_new_tokens: int = Field(96, ge=1)
+
+
+class ConfigFile(Section):
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    slack: SlackConfig = Field(default_factory=SlackConfig)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    policies: PoliciesConfig = Field(default_factory=PoliciesConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    drafting: DraftingConfig = Field(default_factory=DraftingConfig)
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """Secrets from the environment; never written to a file or a log."""
+
+    slack_bot_token: str | None
+    slack_app_token: str | None
+    slack_signing_secret: str | None
+    intake_token: str | None
+
+    @classmethod
+    def from_env(cls) -> "Secrets":
+        return cls(
+            slack_bot_token=os.environ.get("SLACK_BOT_TOKEN"),
+            slack_app_token=os.environ.get("SLACK_APP_TOKEN"),
+            slack_signing_secret=os.environ.get("SLACK_SIGNING_SECRET"),
+            intake_token=os.environ.get("REPLYLOOP_INTAKE_TOKEN"),
+        )
+
+    def __repr__(self) -> str:  # keep tokens out of logs and tracebacks
+        return "Secrets(<redacted>)"
+
+
+@dataclass
+class Config:
+    """A loaded workspace: the parsed file plus the directory it lives in."""
+
+    root: Path
+    file: ConfigFile
+    source: Path | None = None
+
+    def resolve(self, value: str | Path) -> Path:
+        """A path from the config, relative to the workspace directory."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self.root / p)
+
+    @property
+    def db_path(self) -> Path:
+        return self.resolve(self.file.store.path)
+
+    @property
+    def policies_dir(self) -> Path:
+        d = self.file.policies.dir
+        return self.resolve(d) if d else paths.default_policies_dir()
+
+    @property
+    def train_config_path(self) -> Path:
+        return self.resolve(self.file.training.config)
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.resolve(self.file.training.adapters_dir)
+
+    @property
+    def reports_dir(self) -> Path:
+        return self.resolve(self.file.report.out_dir)
+
+    def __getattr__(self, name):  # config.store, config.slack, ... read through to the file
+        if name in ConfigFile.model_fields:
+            return getattr(self.file, name)
+        raise AttributeError(name)
+
+
+def template_text() -> str:
+    return (paths.package_dir() / "templates" / "replyloop.yaml").read_text(encoding="utf-8")
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Load and validate ``replyloop.yaml`` (default: the one in the workspace).
+
+    A missing workspace config is an error (run ``replyloop init``), not a silent default.
+    """
+    path = Path(path) if path else paths.default_config_path()
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found (create a workspace with `replyloop init`)")
+    doc = load_yaml(path)
+    parsed = parse_model(doc, ConfigFile)
+    return Config(root=path.resolve().parent, file=parsed, source=path.resolve())
+
+
+def default_config(root: str | Path) -> Config:
+    """Defaults without a file, for library use and tests."""
+    return Config(root=Path(root).resolve(), file=ConfigFile())
+
+
+def write_default_config(root: str | Path, overwrite: bool = False) -> Path:
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    target = root / paths.CONFIG_NAME
+    if target.exists() and not overwrite:
+        raise ConfigError(f"{target}: already exists (use --force to overwrite)")
+    target.write_text(template_text(), encoding="utf-8")
+    return target

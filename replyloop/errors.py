@@ -1,0 +1,52 @@
+"""User-facing errors. Each class's docstring is its default message.
+
+Library code raises these; only the CLI and the Slack listeners turn them into an
+exit code or a Slack message.
+"""
+
+
+class ReplyloopError(Exception):
+    """replyloop failed"""
+
+    exit_code = 1
+
+    def __init__(self, message: str | None = None):
+        super().__init__(message or (self.__doc__ or "").strip())
+
+
+class ConfigError(ReplyloopError):
+    """Invalid configuration"""
+
+    exit_code = 2
+
+
+class DataFormatError(ReplyloopError):
+    """Malformed input file"""
+
+    exit_code = 2
+
+
+class NotFoundError(ReplyloopError):
+    """Record not found"""
+
+
+class ConflictError(ReplyloopError):
+    """The record was changed by someone else first"""
+
+
+class LockedError(ReplyloopError):
+    """Another run holds the lock"""
+
+
+class PolicyError(ReplyloopError):
+    """Invalid policy file"""
+
+    exit_code = 2
+
+
+class TrainingError(ReplyloopError):
+    """Training failed"""
+
+
+class GateFailed(ReplyloopError):
+    """The promotion gate did not pass"""

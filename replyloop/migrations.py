@@ -1,0 +1,240 @@
+"""Numbered, forward-only schema migrations, recorded in ``_replyloop_migrations``.
+
+Add a new ``mNNN_name(db)`` function at the end to change the schema; never edit
+one that has shipped. Numbers reserved by area: m001-m009 core, m010-m019
+evaluation/registry, m020-m029 bot, m030-m039 pipeline, m040-m049 report.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import sqlite3
+from collections.abc import Callable
+
+import sqlite_utils
+
+MIGRATIONS: list[Callable[[sqlite_utils.Database], None]] = []
+
+
+def migration(fn):
+    MIGRATIONS.append(fn)
+    return fn
+
+
+@migration
+def m001_initial(db: sqlite_utils.Database) -> None:
+    run_script(db,
+        """
+        CREATE TABLE questions (
+            id INTEGER PRIMARY KEY,
+            conversation_id TEXT NOT NULL,
+            text TEXT NOT NULL,
+            category TEXT,
+            source TEXT NOT NULL,            -- slack | http | import | demo | cli
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_questions_conversation ON questions(conversation_id);
+
+        CREATE TABLE models (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            adapter_path TEXT,
+            base_model TEXT NOT NULL,
+            snapshot_hash TEXT,
+            run_id INTEGER,
+            metrics TEXT,                    -- JSON
+            status TEXT NOT NULL DEFAULT 'candidate'
+                CHECK (status IN ('candidate', 'canary', 'champion', 'retired', 'rejected')),
+            canary_percent INTEGER,
+            promoted_by TEXT,
+            promoted_at TEXT,
+            created_at TEXT NOT NULL
+        );
+
+        CREATE TABLE drafts (
+            id INTEGER PRIMARY KEY,
+            question_id INTEGER NOT NULL REFERENCES questions(id),
+            model_id INTEGER REFERENCES models(id),
+            model_name TEXT,                 -- what produced it, also for external drafts
+            text TEXT NOT NULL,
+            verdict TEXT NOT NULL DEFAULT 'pass' CHECK (verdict IN ('pass', 'warn', 'block')),
+            violations TEXT NOT NULL DEFAULT '[]',   -- JSON
+            slack_channel TEXT,
+            slack_ts TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_drafts_question ON drafts(question_id);
+
+        CREATE TABLE reviews (
+            id INTEGER PRIMARY KEY,
+            draft_id INTEGER NOT NULL UNIQUE REFERENCES drafts(id),   -- one decision per draft
+            decision TEXT NOT NULL CHECK (decision IN ('approve', 'edit', 'reject')),
+            reviewer TEXT NOT NULL,
+            final_text TEXT,
+            reason TEXT,
+            created_at TEXT NOT NULL
+        );
+
+        CREATE TABLE samples (
+            id INTEGER PRIMARY KEY,
+            prompt TEXT NOT NULL,
+            response TEXT NOT NULL,
+            category TEXT,
+            source TEXT NOT NULL,            -- import | review | demo
+            approved_by TEXT,
+            approved_at TEXT NOT NULL,
+            review_id INTEGER UNIQUE REFERENCES reviews(id),
+            dedupe_key TEXT NOT NULL UNIQUE
+        );
+
+        CREATE TABLE snapshots (
+            hash TEXT PRIMARY KEY,
+            created_at TEXT NOT NULL,
+            sample_count INTEGER NOT NULL,
+            heldout_share REAL NOT NULL,
+            max_sample_id INTEGER
+        );
+        CREATE TABLE snapshot_samples (
+            snapshot_hash TEXT NOT NULL REFERENCES snapshots(hash),
+            sample_id INTEGER NOT NULL REFERENCES samples(id),
+            split TEXT NOT NULL CHECK (split IN ('train', 'heldout')),
+            PRIMARY KEY (snapshot_hash, sample_id)
+        );
+
+        CREATE TABLE training_runs (
+            id INTEGER PRIMARY KEY,
+            status TEXT NOT NULL DEFAULT 'queued'
+                CHECK (status IN ('queued', 'running', 'succeeded', 'failed')),
+            trigger TEXT NOT NULL,           -- scheduler | slack | cli | demo
+            requested_by TEXT,
+            snapshot_hash TEXT,
+            config TEXT,                     -- JSON
+            output_dir TEXT,
+            log_path TEXT,
+            pid INTEGER,
+            step INTEGER DEFAULT 0,
+            total_steps INTEGER,
+            loss REAL,
+            model_id INTEGER REFERENCES models(id),
+            error TEXT,
+            started_at TEXT NOT NULL,
+            finished_at TEXT
+        );
+
+        CREATE TABLE locks (
+            name TEXT PRIMARY KEY,
+            owner_pid INTEGER NOT NULL,
+            owner_host TEXT NOT NULL,
+            run_id INTEGER,
+            acquired_at TEXT NOT NULL,
+            heartbeat_at TEXT NOT NULL
+        );
+
+        CREATE TABLE audit_log (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            action TEXT NOT NULL,
+            entity TEXT,
+            entity_id TEXT,
+            detail TEXT                      -- JSON
+        );
+        CREATE TRIGGER audit_log_no_update BEFORE UPDATE ON audit_log
+            BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        CREATE TRIGGER audit_log_no_delete BEFORE DELETE ON audit_log
+            BEGIN SELECT RAISE(ABORT, 'audit_log is append-only'); END;
+        """
+    )
+
+
+@migration
+def m002_sample_intent(db: sqlite_utils.Database) -> None:
+    """Paraphrase groups: an explicit intent per sample (optional in imports)."""
+    db.execute("ALTER TABLE samples ADD COLUMN intent TEXT")
+    db.execute("CREATE INDEX idx_samples_category ON samples(category)")
+
+
+@migration
+def m003_evaluations(db: sqlite_utils.Database) -> None:
+    """Evaluation results kept with the model row (the weekly report charts them) and the
+    embedding cache keyed by (embedding model, text hash)."""
+    run_script(db, """
+        CREATE TABLE evaluations (
+            id INTEGER PRIMARY KEY,
+            model_id INTEGER REFERENCES models(id),
+            snapshot_hash TEXT,
+            against_model_id INTEGER REFERENCES models(id),
+            embedding_model TEXT NOT NULL,
+            n INTEGER NOT NULL,
+            mean_similarity REAL,
+            share_above REAL,
+            by_category TEXT,                -- JSON {category: {"mean": .., "share_above": .., "n": ..}}
+            self_consistency TEXT,           -- JSON {intent: mean pairwise similarity}
+            violations TEXT,                 -- JSON {rule_id: {"severity": .., "count": .., "examples": [..]}}
+            gate_passed INTEGER,
+            gate TEXT,                       -- JSON [{criterion, value, limit, passed}]
+            report TEXT,                     -- the full JSON report
+            summary_md TEXT,
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_evaluations_model ON evaluations(model_id, created_at);
+        CREATE TABLE embedding_cache (
+            model TEXT NOT NULL,
+            text_hash TEXT NOT NULL,
+            dim INTEGER NOT NULL,
+            vector BLOB NOT NULL,            -- float32 little-endian
+            PRIMARY KEY (model, text_hash)
+        );
+    """)
+
+
+def run_script(db: sqlite_utils.Database, sql: str) -> None:
+    """Run several statements inside the current transaction (``executescript`` would commit)."""
+    buffer = ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            db.conn.execute(buffer)
+            buffer = ""
+    if buffer.strip():
+        raise ValueError(f"incomplete SQL statement: {buffer.strip()[:60]}")
+
+
+def applied(db: sqlite_utils.Database) -> list[str]:
+    if "_replyloop_migrations" not in db.table_names():
+        return []
+    return [row["name"] for row in db.query("SELECT name FROM _replyloop_migrations ORDER BY id")]
+
+
+def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
+    """Apply pending migrations in order, each in its own transaction. Returns their names."""
+    db.execute(
+        "CREATE TABLE IF NOT EXISTS _replyloop_migrations "
+        "(id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE, applied_at TEXT NOT NULL)"
+    )
+    done = set(applied(db))
+    ran = []
+    for fn in MIGRATIONS:
+        if fn.__name__ in done:
+            continue
+        conn = db.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            fn(db)
+            conn.execute(
+                "INSERT INTO _replyloop_migrations (name, applied_at) VALUES (?, ?)",
+                (fn.__name__, dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        ran.append(fn.__name__)
+        if upto and fn.__name__ == upto:
+            break
+    return ran
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    return len(applied(db))

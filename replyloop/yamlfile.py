@@ -1,0 +1,104 @@
+"""Load YAML files so that errors can name the file, the line and the key.
+
+Used by the workspace config, the training config and the policy files.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from replyloop.errors import ConfigError
+
+
+@dataclass
+class YamlDoc:
+    """Parsed YAML plus the line (1-based) of every key path, e.g. ("training", "lora_rank")."""
+
+    path: Path
+    data: Any
+    lines: dict[tuple, int] = field(default_factory=dict)
+
+    def line_of(self, loc: tuple) -> int | None:
+        loc = tuple(loc)
+        while loc:
+            if loc in self.lines:
+                return self.lines[loc]
+            loc = loc[:-1]
+        return None
+
+    def where(self, loc: tuple) -> str:
+        line = self.line_of(loc)
+        return f"{self.path}:{line}" if line else str(self.path)
+
+
+def _walk(node: yaml.Node, prefix: tuple, lines: dict) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value
+            lines[prefix + (key,)] = key_node.start_mark.line + 1
+            _walk(value_node, prefix + (key,), lines)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            lines[prefix + (index,)] = item.start_mark.line + 1
+            _walk(item, prefix + (index,), lines)
+
+
+def load_yaml(path: str | Path, error: type[Exception] = ConfigError) -> YamlDoc:
+    """Read a YAML file; syntax errors become ``error`` naming file and line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason})") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise error(f"{where}: invalid YAML: {problem}") from None
+    lines: dict[tuple, int] = {}
+    if node is not None:
+        _walk(node, (), lines)
+    return YamlDoc(path=path, data=data, lines=lines)
+
+
+def _describe(err: dict) -> str:
+    kind = err.get("type", "")
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required key is missing"
+    return err.get("msg", "invalid value")
+
+
+def validation_messages(doc: YamlDoc, exc: ValidationError, prefix: tuple = ()) -> list[str]:
+    """One line per pydantic error: ``file:line: key 'a.b': message``."""
+    messages = []
+    for err in exc.errors():
+        loc = prefix + tuple(err["loc"])
+        key = ".".join(str(part) for part in loc)
+        messages.append(f"{doc.where(loc)}: key '{key}': {_describe(err)}")
+    return messages
+
+
+def parse_model(doc: YamlDoc, model: type[BaseModel], error: type[Exception] = ConfigError,
+                data: Any = None) -> BaseModel:
+    """Validate ``doc.data`` (or ``data``) against ``model``; all errors in one exception."""
+    payload = doc.data if data is None else data
+    if payload is None:
+        payload = {}
+    if not isinstance(payload, dict):
+        raise error(f"{doc.path}: expected a mapping of keys at the top level")
+    try:
+        return model.model_validate(payload)
+    except ValidationError as exc:
+        raise error("\n".join(validation_messages(doc, exc))) from None

@@ -1,0 +1,23 @@
+"""Helpers for tests (import as `from helpers import cli`)."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def cli(*args: str, input: str | None = None):
+    """Run the CLI in-process; returns click's Result (exit_code, stdout, stderr)."""
+    from typer.testing import CliRunner
+
+    from replyloop.cli.main import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], input=input)
+
+
+def cli_subprocess(*args: str, env: dict | None = None, timeout: float = 300, cwd=None):
+    """Run ``python -m replyloop`` as a real subprocess."""
+    import subprocess
+
+    return subprocess.run([sys.executable, "-m", "replyloop", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd)
