@@ -18,6 +18,11 @@ def sha256(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
+def compact(text: str) -> str:
+    """``normalize`` with all whitespace removed (``怎么 退货`` equals ``怎么退货``)."""
+    return _SPACE.sub("", normalize(text))
+
+
 def dedupe_key(prompt: str, response: str) -> str:
-    """Two samples are duplicates when prompt and response match after ``normalize``."""
-    return sha256(normalize(prompt) + "\x1f" + normalize(response))
+    """Two samples are duplicates when prompt and response match after ``compact``."""
+    return sha256(compact(prompt) + "\x1f" + compact(response))
