@@ -1,0 +1,1 @@
+"""The Slack app (slack-bolt): review cards, /retrain, intake, App Home, scheduler jobs."""
