@@ -19,7 +19,7 @@ import sqlite_utils
 
 from replyloop import migrations, timeutil
 from replyloop.errors import ConflictError, NotFoundError, ReplyloopError
-from replyloop.textnorm import dedupe_key, normalize, sha256
+from replyloop.textnorm import compact, dedupe_key, sha256
 
 DECISIONS = ("approve", "edit", "reject")
 BUSY_TIMEOUT_S = 30.0
@@ -287,7 +287,7 @@ class Store:
     @staticmethod
     def heldout_bucket(prompt: str, seed: str) -> float:
         """A stable number in [0, 1) from the question alone: same question, same split, always."""
-        return int(sha256(seed + "\x1f" + normalize(prompt))[:15], 16) / 16**15
+        return int(sha256(seed + "\x1f" + compact(prompt))[:15], 16) / 16**15
 
     def create_snapshot(self, heldout_share: float = 0.15, seed: str = "replyloop",
                         actor: str = "cli") -> Snapshot:
@@ -329,12 +329,12 @@ class Store:
             for r in rows:
                 by_category.setdefault(r["category"], []).append(r)
             for members in by_category.values():
-                questions = {normalize(r["prompt"]) for r in members}
+                questions = {compact(r["prompt"]) for r in members}
                 if len(questions) >= 2 and all(split[r["id"]] == "train" for r in members):
                     lowest = min(members, key=lambda r: buckets[r["id"]])
-                    key = normalize(lowest["prompt"])
+                    key = compact(lowest["prompt"])
                     for r in members:  # the same question never sits on both sides
-                        if normalize(r["prompt"]) == key:
+                        if compact(r["prompt"]) == key:
                             split[r["id"]] = "heldout"
         return split
 

@@ -82,12 +82,12 @@ def _describe(err: dict) -> str:
 
 def validation_messages(doc: YamlDoc, exc: ValidationError, prefix: tuple = ()) -> list[str]:
     """One line per pydantic error: ``file:line: key 'a.b': message``."""
-    messages = []
+    found = []
     for err in exc.errors():
         loc = prefix + tuple(err["loc"])
         key = ".".join(str(part) for part in loc)
-        messages.append(f"{doc.where(loc)}: key '{key}': {_describe(err)}")
-    return messages
+        found.append((doc.line_of(loc) or 0, f"{doc.where(loc)}: key '{key}': {_describe(err)}"))
+    return [message for _, message in sorted(found, key=lambda item: item[0])]
 
 
 def parse_model(doc: YamlDoc, model: type[BaseModel], error: type[Exception] = ConfigError,
