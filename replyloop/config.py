@@ -66,7 +66,7 @@ class SchedulerConfig(Section):
     canary_max_days: float = Field(7, gt=0)
     weekly_report_cron: str = "mon 09:00"
     timezone: str = "Asia/Shanghai"
-    misfire_grace_minutes: float = Field(60, gt=0)
+    misfire_grace_minutes: float = Field(2880, gt=0)
 
 
 class PoliciesConfig(Section):

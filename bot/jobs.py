@@ -1,0 +1,132 @@
+"""Scheduled jobs that ``replyloop serve`` runs with APScheduler.
+
+Jobs live in a persistent SQLAlchemy job store in the workspace database, so schedules
+survive restarts; coalescing and a misfire grace time mean a bot that was down for a day
+runs one missed job, not twenty. Job functions are module-level (the job store keeps a
+reference to them) and take the config path, so each run reloads the current config.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from replyloop.config import Config, Secrets, load_config
+from replyloop.errors import ConfigError, LockedError
+from replyloop.store import Store
+
+log = logging.getLogger(__name__)
+
+THRESHOLD_JOB = "replyloop-threshold"
+CANARY_JOB = "replyloop-canary"
+WEEKLY_JOB = "replyloop-weekly-report"
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+def weekly_trigger(spec: str, timezone: str):
+    """``mon 09:00`` (day and time) or a 5-field crontab line, in the configured time zone."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    match = re.fullmatch(r"\s*([a-z]{3})\s+(\d{1,2}):(\d{2})\s*", spec.lower())
+    try:
+        if match and match.group(1) in DAYS:
+            return CronTrigger(day_of_week=match.group(1), hour=int(match.group(2)), minute=int(match.group(3)),
+                               timezone=timezone)
+        return CronTrigger.from_crontab(spec, timezone=timezone)
+    except (ValueError, LookupError) as exc:
+        raise ConfigError(f"scheduler.weekly_report_cron / timezone: {spec!r} in {timezone!r}: {exc}") from None
+
+
+def slack_notifier(config: Config, channel: str | None = None):
+    """Post to the review channel when a bot token is configured; log otherwise."""
+    secrets = Secrets.from_env()
+    if not secrets.slack_bot_token:
+        return lambda text: log.info("%s", text)
+    from bot.slackclient import web_client
+
+    client = web_client(config, secrets)
+    target = channel or config.file.slack.review_channel
+
+    def notify(text: str) -> None:
+        try:
+            client.chat_postMessage(channel=target, text=text)
+        except Exception:  # a Slack outage must not fail the pipeline
+            log.exception("could not post to Slack channel %s", target)
+
+    return notify
+
+
+def threshold_job(config_path: str) -> str:
+    """Start the pipeline when enough new approved samples have accumulated."""
+    from replyloop.pipeline import check_due, run_pipeline
+
+    config = load_config(config_path)
+    with Store(config.db_path) as store:
+        due = check_due(config, store)
+        if not due.due:
+            log.info("threshold job: not due (%s)", due.reason)
+            return "not due: " + due.reason
+        try:
+            result = run_pipeline(config, store, trigger="scheduler", notify=slack_notifier(config))
+        except LockedError as exc:
+            return f"skipped: {exc}"
+        return f"{result.status}: {result.message.splitlines()[0]}"
+
+
+def canary_job(config_path: str) -> str:
+    from replyloop.pipeline import judge_canary
+
+    config = load_config(config_path)
+    with Store(config.db_path) as store:
+        outcome = judge_canary(config, store, notify=slack_notifier(config))
+    return "no canary" if outcome is None else outcome["decision"]
+
+
+def weekly_report_job(config_path: str) -> str:
+    from evaluation.report import build_weekly_report, post_weekly_report
+
+    config = load_config(config_path)
+    with Store(config.db_path) as store:
+        report = build_weekly_report(config, store)
+    if Secrets.from_env().slack_bot_token:
+        post_weekly_report(config, report)
+    return str(getattr(report, "out_dir", report))
+
+
+def build_scheduler(config: Config, background: bool = True, start: bool = True):
+    """A scheduler with the three jobs, their schedules persisted in the workspace database."""
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+    from apscheduler.schedulers.background import BackgroundScheduler
+    from apscheduler.schedulers.blocking import BlockingScheduler
+    from apscheduler.triggers.interval import IntervalTrigger
+
+    if config.source is None:
+        raise ConfigError("the scheduler needs a config file (replyloop.yaml) so jobs can reload it")
+    sched = config.file.scheduler
+    weekly = weekly_trigger(sched.weekly_report_cron, sched.timezone)
+    cls = BackgroundScheduler if background else BlockingScheduler
+    scheduler = cls(
+        jobstores={"default": SQLAlchemyJobStore(url=f"sqlite:///{Path(config.db_path).resolve()}",
+                                                 tablename="apscheduler_jobs")},
+        job_defaults={"coalesce": True, "max_instances": 1,
+                      "misfire_grace_time": int(sched.misfire_grace_minutes * 60)},
+        timezone=sched.timezone,
+    )
+    args = [str(config.source)]
+    jobs = [
+        (THRESHOLD_JOB, threshold_job, IntervalTrigger(minutes=sched.check_every_minutes, timezone=sched.timezone),
+         "retrain when enough new samples"),
+        (CANARY_JOB, canary_job, IntervalTrigger(minutes=sched.check_every_minutes, timezone=sched.timezone),
+         "judge the canary"),
+        (WEEKLY_JOB, weekly_report_job, weekly, "weekly consistency report"),
+    ]
+    scheduler.start(paused=True)
+    for job_id, func, trigger, name in jobs:
+        existing = scheduler.get_job(job_id)
+        if existing is not None and str(existing.trigger) == str(trigger) and list(existing.args) == args:
+            continue  # keep the stored schedule: a missed run is coalesced into one
+        scheduler.add_job(func, trigger, args=args, id=job_id, replace_existing=True, name=name)
+    if start:
+        scheduler.resume()
+    return scheduler

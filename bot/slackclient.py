@@ -1,0 +1,27 @@
+"""The one way replyloop builds a Slack Web API client: base URL from the config, token from
+the environment, retries on 429 (honouring Retry-After), 5xx and connection errors."""
+
+from __future__ import annotations
+
+from replyloop.config import Config, Secrets
+from replyloop.errors import ConfigError
+
+
+def web_client(config: Config, secrets: Secrets | None = None, max_retries: int = 3):
+    from slack_sdk import WebClient
+    from slack_sdk.http_retry.builtin_handlers import (
+        ConnectionErrorRetryHandler,
+        RateLimitErrorRetryHandler,
+        ServerErrorRetryHandler,
+    )
+
+    secrets = secrets or Secrets.from_env()
+    if not secrets.slack_bot_token:
+        raise ConfigError("SLACK_BOT_TOKEN is not set (the bot's xoxb- token)")
+    client = WebClient(token=secrets.slack_bot_token, base_url=config.file.slack.api_base_url, timeout=30)
+    client.retry_handlers.extend([
+        RateLimitErrorRetryHandler(max_retry_count=max_retries),
+        ServerErrorRetryHandler(max_retry_count=max_retries),
+        ConnectionErrorRetryHandler(max_retry_count=max_retries),
+    ])
+    return client

@@ -1,0 +1,423 @@
+"""The retrain pipeline: snapshot -> train -> evaluate -> gate -> canary / champion -> notify.
+
+One function, ``run_pipeline``, used by the scheduler's threshold job, ``/retrain now`` and
+``replyloop retrain``. Training runs as a separate process from ``training.command`` (a
+template), with its log captured and its progress written to ``training_runs``. One run at a
+time (``RunLock``); on any failure the run is marked failed, its partial output removed, and the
+champion and the dataset are left as they were.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import os
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from replyloop import timeutil
+from replyloop.config import Config
+from replyloop.errors import ConfigError, ReplyloopError, TrainingError
+from replyloop.locking import RunLock, pid_alive
+from replyloop.store import Store
+
+log = logging.getLogger(__name__)
+
+Notify = Callable[[str], None]
+PROGRESS_PREFIX = "replyloop-progress "
+
+
+@dataclass
+class Due:
+    """Whether the threshold job should start a run, and why."""
+
+    due: bool
+    new_samples: int
+    threshold: int
+    reason: str
+    snapshot_hash: str | None = None
+
+
+@dataclass
+class PipelineResult:
+    run_id: int | None
+    status: str                      # succeeded | failed | skipped | dry-run
+    message: str
+    model_id: int | None = None
+    model_name: str | None = None
+    gate_passed: bool | None = None
+    action: str | None = None        # canary | champion | rejected
+    details: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- when to run -------------------------------------------------------------------------------
+
+
+def champion_snapshot(store: Store) -> str | None:
+    row = store.one("SELECT snapshot_hash FROM models WHERE status = 'champion' ORDER BY promoted_at DESC LIMIT 1")
+    return row["snapshot_hash"] if row else None
+
+
+def check_due(config: Config, store: Store, now: dt.datetime | None = None) -> Due:
+    """Enough approved samples since the champion's snapshot, and long enough since the last run."""
+    sched = config.file.scheduler
+    snap = champion_snapshot(store)
+    new = store.samples_since(snap, source="review")
+    if new < sched.min_new_samples:
+        return Due(False, new, sched.min_new_samples,
+                   f"{new} new approved sample(s) since the champion's snapshot; {sched.min_new_samples} needed", snap)
+    last = store.one("SELECT started_at FROM training_runs ORDER BY started_at DESC LIMIT 1")
+    if last is not None:
+        elapsed = (now or timeutil.now()) - timeutil.parse(last["started_at"])
+        wait = dt.timedelta(hours=sched.min_interval_hours)
+        if elapsed < wait:
+            return Due(False, new, sched.min_new_samples,
+                       f"last run started {elapsed.total_seconds() / 3600:.1f} h ago; "
+                       f"min_interval_hours is {sched.min_interval_hours}", snap)
+    return Due(True, new, sched.min_new_samples, f"{new} new approved sample(s) >= {sched.min_new_samples}", snap)
+
+
+# -- run records -------------------------------------------------------------------------------
+
+
+def _update_run(store: Store, run_id: int, **values) -> None:
+    sets = ", ".join(f"{k} = ?" for k in values)
+    with store.transaction() as db:
+        db.execute(f"UPDATE training_runs SET {sets} WHERE id = ?", (*values.values(), run_id))
+
+
+def _fail_run(store: Store, run_id: int, error: str) -> None:
+    with store.transaction():
+        _update_run(store, run_id, status="failed", error=error[:4000], finished_at=timeutil.now_iso())
+        store.audit("pipeline", "run.failed", "training_run", run_id, {"error": error[:500]})
+
+
+def remove_partial_output(output_dir: str | Path | None) -> None:
+    """Delete what an unfinished run wrote: its output dir unless it holds a complete adapter
+    that a model row points to, and any temp dirs the trainer left beside it."""
+    if not output_dir:
+        return
+    out = Path(output_dir)
+    for tmp in out.parent.glob(f".{out.name}*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    for tmp in out.parent.glob(f"{out.name}.tmp*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+    if out.exists():
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def recover(store: Store) -> list[int]:
+    """After a crash: mark runs whose process is gone as failed, kill an orphaned trainer,
+    remove partial output and release a stale lock. Returns the ids of the runs cleaned up."""
+    cleaned = []
+    lock = RunLock(store)
+    holder = lock.holder()
+    stale_lock = holder is not None and lock.is_stale(holder)
+    for run in store.query("SELECT * FROM training_runs WHERE status IN ('queued', 'running')"):
+        owner_alive = holder is not None and holder.get("run_id") == run["id"] and not stale_lock
+        if owner_alive:
+            continue
+        if run["pid"] and pid_alive(run["pid"]):
+            try:
+                os.killpg(run["pid"], signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        remove_partial_output(run["output_dir"])
+        _fail_run(store, run["id"], "the pipeline process died before the run finished (recovered at restart)")
+        cleaned.append(run["id"])
+    if stale_lock:
+        with store.transaction() as db:
+            db.execute("DELETE FROM locks WHERE name = ? AND owner_pid = ?", (holder["name"], holder["owner_pid"]))
+            store.audit("pipeline", "lock.recovered", "lock", holder["name"], {"pid": holder["owner_pid"]})
+    return cleaned
+
+
+# -- training as a separate process ---------------------------------------------------------------
+
+
+def write_run_train_config(config: Config, store: Store, run_id: int, snapshot_hash: str, output_dir: Path,
+                           run_dir: Path, init_adapter: str | None) -> Path:
+    """The team's training config with this run's dataset, output and starting adapter."""
+    source = config.train_config_path
+    if not source.exists():
+        raise ConfigError(f"{source}: training config not found (training.config in {config.source or 'the config'}); "
+                          "copy training/examples/train.yaml there and set base_model")
+    from replyloop.yamlfile import load_yaml
+
+    data = load_yaml(source).data or {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys")
+    base = data.get("base_model")
+    if isinstance(base, str) and base and not Path(base).is_absolute() and (source.parent / base).exists():
+        data["base_model"] = str((source.parent / base).resolve())
+    data.update({
+        "dataset": "store",
+        "store_path": str(store.path.resolve()),
+        "snapshot": snapshot_hash,
+        "output_dir": str(output_dir),
+        "logging_dir": str(run_dir / "tensorboard"),
+        "init_adapter": init_adapter,
+        "resume_from_checkpoint": None,
+    })
+    for key in ("train_data_dir", "metadata_path"):
+        data.pop(key, None)
+    if init_adapter is None:
+        data.pop("init_adapter")
+    target = run_dir / "train.yaml"
+    target.write_text(f"# generated for run #{run_id} from {source}\n"
+                      + yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
+    return target
+
+
+def training_argv(config: Config, train_config: Path, run_id: int, output_dir: Path) -> list[str]:
+    template = config.file.training.command
+    try:
+        command = template.format(python=shlex.quote(sys.executable), config=shlex.quote(str(train_config)),
+                                  run_id=run_id, output_dir=shlex.quote(str(output_dir)),
+                                  workspace=shlex.quote(str(config.root)))
+    except (KeyError, IndexError) as exc:
+        raise ConfigError(f"training.command: unknown placeholder {exc} (use {{python}}, {{config}}, "
+                          "{run_id}, {output_dir}, {workspace})") from None
+    return shlex.split(command)
+
+
+def run_training_process(store: Store, run_id: int, argv: list[str], log_path: Path, lock: RunLock,
+                         env: dict | None = None, poll_s: float = 0.5) -> int:
+    """Launch training, capture its log, copy progress lines into the run row; returns the exit code."""
+    with log_path.open("ab") as logfile:
+        proc = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, env={**os.environ, **(env or {})})
+    _update_run(store, run_id, pid=proc.pid)
+    offset, last_beat = 0, 0.0
+    try:
+        while True:
+            code = proc.poll()
+            offset = _read_progress(store, run_id, log_path, offset)
+            if time.monotonic() - last_beat > 5:
+                lock.heartbeat()
+                last_beat = time.monotonic()
+            if code is not None:
+                return code
+            time.sleep(poll_s)
+    except BaseException:
+        with_kill(proc)
+        raise
+
+
+def with_kill(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    proc.wait()
+
+
+def _read_progress(store: Store, run_id: int, log_path: Path, offset: int) -> int:
+    with log_path.open("rb") as fh:
+        fh.seek(offset)
+        chunk = fh.read()
+    end = chunk.rfind(b"\n")
+    if end < 0:
+        return offset
+    latest = None
+    for line in chunk[: end + 1].decode("utf-8", "replace").splitlines():
+        if line.startswith(PROGRESS_PREFIX):
+            try:
+                latest = json.loads(line[len(PROGRESS_PREFIX):])
+            except ValueError:
+                continue
+    if latest:
+        values = {k: latest[k] for k in ("step", "total_steps", "loss") if latest.get(k) is not None}
+        if values:
+            _update_run(store, run_id, **values)
+    return offset + end + 1
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    return "\n".join([ln for ln in text.splitlines() if not ln.startswith(PROGRESS_PREFIX)][-lines:])
+
+
+# -- the pipeline ----------------------------------------------------------------------------------
+
+
+def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_by: str | None = None,
+                 notify: Notify | None = None, dry_run: bool = False) -> PipelineResult:
+    """Snapshot, train, evaluate, gate, register; never touches the champion unless the gate passed."""
+    say = notify or (lambda message: None)
+    lock = RunLock(store)
+    if dry_run:
+        return _dry_run(config, store, lock)
+    lock.acquire()
+    run_id = None
+    output_dir = None
+    try:
+        from replyloop.registry import Registry
+
+        registry = Registry(store)
+        snapshot = store.create_snapshot(config.file.store.heldout_share, config.file.store.split_seed,
+                                         actor=requested_by or trigger)
+        started = timeutil.now()
+        with store.transaction() as db:
+            run_id = db.execute(
+                "INSERT INTO training_runs (status, trigger, requested_by, snapshot_hash, started_at)"
+                " VALUES ('running', ?, ?, ?, ?)", (trigger, requested_by, snapshot.hash, started.isoformat())
+            ).lastrowid
+            store.audit(requested_by or trigger, "run.start", "training_run", run_id, {"snapshot": snapshot.hash})
+        lock.set_run(run_id)
+        name = f"rl-{started:%Y%m%d-%H%M%S}-r{run_id}"
+        output_dir = config.adapters_dir / name
+        run_dir = config.resolve("runs") / f"run-{run_id}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        champion = registry.champion()
+        init = champion["adapter_path"] if (champion and config.file.training.from_champion) else None
+        train_yaml = write_run_train_config(config, store, run_id, snapshot.hash, output_dir, run_dir, init)
+        argv = training_argv(config, train_yaml, run_id, output_dir)
+        log_path = run_dir / "train.log"
+        _update_run(store, run_id, config=json.dumps({"argv": argv, "train_config": str(train_yaml)}),
+                    output_dir=str(output_dir), log_path=str(log_path))
+        say(f":hourglass_flowing_sand: Retrain run #{run_id} started ({trigger}"
+            f"{' by <@' + requested_by + '>' if requested_by and requested_by.startswith('U') else ''}): "
+            f"snapshot {snapshot.hash} with {snapshot.train} training and {snapshot.heldout} held-out samples"
+            f"{', incremental from ' + champion['name'] if init else ', from the base model'}.")
+        code = run_training_process(store, run_id, argv, log_path, lock)
+        if code != 0:
+            raise TrainingError(f"training exited with code {code}; last lines of {log_path}:\n{log_tail(log_path)}")
+        if not (output_dir / "adapter_config.json").exists():
+            raise TrainingError(f"training finished but {output_dir} holds no adapter")
+
+        model = registry.register(output_dir, run_id=run_id, name=name)
+        _update_run(store, run_id, model_id=model["id"])
+        lock.heartbeat()
+        from evaluation.evaluate import evaluate_model
+
+        report = evaluate_model(config, store, model["id"], against="champion")
+        gate = report.gate
+        if gate.passed:
+            percent = config.file.scheduler.canary_percent
+            if registry.champion() is not None and percent > 0:
+                registry.start_canary(model["id"], percent, actor="pipeline")
+                action = "canary"
+            else:
+                registry.promote(model["id"], actor="pipeline", reason="passed the gate (no canary stage)")
+                action = "champion"
+        else:
+            registry.reject(model["id"], actor="pipeline", reason="failed the gate: " + gate.summary())
+            action = "rejected"
+        with store.transaction():
+            _update_run(store, run_id, status="succeeded", finished_at=timeutil.now_iso())
+            store.audit("pipeline", "run.finished", "training_run", run_id,
+                        {"model_id": model["id"], "gate_passed": gate.passed, "action": action})
+        message = _result_message(run_id, model["name"], gate, action, config)
+        say(message)
+        return PipelineResult(run_id, "succeeded", message, model["id"], model["name"], gate.passed, action,
+                              {"evaluation": report.to_dict()})
+    except BaseException as exc:
+        error = str(exc) or exc.__class__.__name__
+        if run_id is not None:
+            remove_partial_output(output_dir) if not _registered(store, output_dir) else None
+            _fail_run(store, run_id, error)
+        say(f":x: Retrain run #{run_id or '-'} failed: {error.splitlines()[0]}\nThe champion is unchanged.")
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)):
+            raise
+        if isinstance(exc, ReplyloopError):
+            return PipelineResult(run_id, "failed", error)
+        log.exception("pipeline run %s failed", run_id)
+        return PipelineResult(run_id, "failed", f"{exc.__class__.__name__}: {error}")
+    finally:
+        lock.release()
+
+
+def _registered(store: Store, output_dir: Path | None) -> bool:
+    return bool(output_dir) and store.one("SELECT id FROM models WHERE adapter_path = ?", (str(output_dir),)) is not None
+
+
+def _result_message(run_id: int, name: str, gate, action: str, config: Config) -> str:
+    head = {
+        "canary": f":large_yellow_circle: Run #{run_id}: *{name}* passed the gate and is now the canary "
+                  f"for {config.file.scheduler.canary_percent}% of new conversations.",
+        "champion": f":white_check_mark: Run #{run_id}: *{name}* passed the gate and is now the champion.",
+        "rejected": f":no_entry: Run #{run_id}: *{name}* did not pass the gate; the champion is unchanged.",
+    }[action]
+    return head + "\n" + gate.describe()
+
+
+def _dry_run(config: Config, store: Store, lock: RunLock) -> PipelineResult:
+    due = check_due(config, store)
+    holder = lock.holder()
+    from replyloop.registry import Registry
+
+    champion = Registry(store).champion()
+    init = champion["adapter_path"] if (champion and config.file.training.from_champion) else None
+    argv = training_argv(config, Path("<run-dir>/train.yaml"), 0, config.adapters_dir / "<new>")
+    lines = [
+        f"Due: {'yes' if due.due else 'no'} ({due.reason})",
+        f"Champion: {champion['name'] if champion else '(none)'}",
+        f"Training config: {config.train_config_path}"
+        f"{'' if config.train_config_path.exists() else ' (MISSING)'}",
+        f"Start from: {init or 'the base model'}",
+        f"Command: {shlex.join(argv)}",
+        f"Lock: {'held by pid ' + str(holder['owner_pid']) if holder else 'free'}",
+    ]
+    return PipelineResult(None, "dry-run", "\n".join(lines), details={"due": asdict(due)})
+
+
+# -- canary --------------------------------------------------------------------------------------
+
+
+def judge_canary(config: Config, store: Store, notify: Notify | None = None,
+                 now: dt.datetime | None = None) -> dict | None:
+    """Promote or roll back the canary once it has served enough reviews (or days).
+
+    Promote when its approval-without-edit rate is at least the champion's (minus the gate
+    tolerance) and its latest consistency passed the gate; otherwise roll back."""
+    from replyloop.registry import Registry
+
+    say = notify or (lambda message: None)
+    registry = Registry(store)
+    canary, champion = registry.canary(), registry.champion()
+    if canary is None:
+        return None
+    sched = config.file.scheduler
+    rates = registry.review_rates(canary["id"])
+    started = timeutil.parse(canary["promoted_at"] or canary["created_at"])
+    age_days = ((now or timeutil.now()) - started).total_seconds() / 86400
+    if rates["reviews"] < sched.canary_min_reviews and age_days < sched.canary_max_days:
+        return {"decision": "wait", "reviews": rates["reviews"], "age_days": age_days}
+    champ_rates = registry.review_rates(champion["id"]) if champion else None
+    tolerance = config.file.evaluation.tolerance
+    canary_rate = rates["approval_without_edit_rate"]
+    champ_rate = champ_rates["approval_without_edit_rate"] if champ_rates else None
+    evaluation = store.one("SELECT gate_passed, mean_similarity FROM evaluations WHERE model_id = ?"
+                           " ORDER BY created_at DESC LIMIT 1", (canary["id"],))
+    consistency_ok = bool(evaluation and evaluation["gate_passed"])
+    rate_ok = canary_rate is not None and (champ_rate is None or canary_rate >= champ_rate - tolerance)
+    fmt = lambda r: "n/a" if r is None else f"{r:.0%}"  # noqa: E731
+    summary = (f"approval without edit {fmt(canary_rate)} vs champion {fmt(champ_rate)} over "
+               f"{rates['reviews']} canary review(s); consistency gate {'passed' if consistency_ok else 'failed'}")
+    if rate_ok and consistency_ok:
+        registry.promote(canary["id"], actor="scheduler", reason="canary succeeded: " + summary)
+        decision = "promote"
+        say(f":tada: Canary *{canary['name']}* promoted to champion: {summary}.")
+    else:
+        registry.rollback(actor="scheduler", reason="canary rolled back: " + summary)
+        decision = "rollback"
+        say(f":rewind: Canary *{canary['name']}* rolled back; *{champion['name'] if champion else '-'}* "
+            f"stays champion: {summary}.")
+    return {"decision": decision, "summary": summary, "model_id": canary["id"]}

@@ -1,0 +1,169 @@
+"""Pipeline pieces that need no model: threshold, lock, crash recovery, scheduler persistence."""
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from replyloop import timeutil
+from replyloop.errors import LockedError
+from replyloop.locking import RunLock
+from replyloop.pipeline import check_due, recover
+from replyloop.store import SampleIn
+
+
+def approve_n(store, n, start=0):
+    for i in range(start, start + n):
+        qid = store.add_question(f"问题{i}", f"c{i}", "物流查询")
+        store.decide(store.add_draft(qid, f"回答{i}"), "approve", "U1")
+
+
+def test_threshold_below_and_above(workspace):
+    config, store = workspace
+    config.file.scheduler.min_new_samples = 5
+    store.add_samples([SampleIn("导入的问题", "导入的回答")])  # imports do not count as new approvals
+    approve_n(store, 4)
+    due = check_due(config, store)
+    assert not due.due and due.new_samples == 4 and "5 needed" in due.reason
+    approve_n(store, 1, start=4)
+    due = check_due(config, store)
+    assert due.due and due.new_samples == 5
+
+
+def test_threshold_counts_from_the_champions_snapshot_and_respects_min_interval(workspace):
+    config, store = workspace
+    config.file.scheduler.min_new_samples = 2
+    approve_n(store, 3)
+    snap = store.create_snapshot(0.2)
+    with store.transaction() as db:
+        db.execute("INSERT INTO models (name, base_model, snapshot_hash, status, promoted_at, created_at)"
+                   " VALUES ('m1', 'base', ?, 'champion', ?, ?)", (snap.hash, timeutil.now_iso(), timeutil.now_iso()))
+    assert check_due(config, store).new_samples == 0
+    approve_n(store, 2, start=10)
+    assert check_due(config, store).due
+    with store.transaction() as db:
+        db.execute("INSERT INTO training_runs (status, trigger, started_at) VALUES ('succeeded', 'cli', ?)",
+                   ((timeutil.now() - dt.timedelta(hours=1)).isoformat(),))
+    due = check_due(config, store)
+    assert not due.due and "min_interval_hours is 6" in due.reason
+    config.file.scheduler.min_interval_hours = 0.5
+    assert check_due(config, store).due
+
+
+def test_lock_refuses_a_parallel_run_with_its_status(workspace):
+    _, store = workspace
+    with store.transaction() as db:
+        run_id = db.execute("INSERT INTO training_runs (status, trigger, requested_by, step, total_steps, loss, started_at)"
+                            " VALUES ('running', 'slack', 'U1', 7, 30, 1.5, ?)", (timeutil.now_iso(),)).lastrowid
+    first = RunLock(store)
+    first.acquire(run_id)
+    with pytest.raises(LockedError, match=r"run #\d+ is already running \(step 7/30, loss 1.500"):
+        RunLock(store).acquire()
+    first.release()
+    RunLock(store).acquire()  # free again
+
+
+def test_lock_held_by_another_live_process_is_refused(workspace):
+    config, store = workspace
+    code = (
+        "import sys,time; sys.path.insert(0, %r)\n"
+        "from replyloop.store import Store; from replyloop.locking import RunLock\n"
+        "s = Store(%r); RunLock(s).acquire(); print('locked', flush=True); time.sleep(30)\n"
+    ) % (os.getcwd(), str(config.db_path))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "locked"
+        with pytest.raises(LockedError, match="already running"):
+            RunLock(store).acquire()
+    finally:
+        proc.kill()
+        proc.wait()
+    # the owner died without releasing: the next acquire says so, recover() cleans up
+    with pytest.raises(LockedError, match="died without releasing the lock"):
+        RunLock(store).acquire()
+    recover(store)
+    RunLock(store).acquire()
+
+
+def test_recover_marks_dead_run_failed_and_removes_partial_output(workspace, tmp_path):
+    config, store = workspace
+    partial = config.adapters_dir / "rl-x-r1"
+    (partial / "checkpoint-3").mkdir(parents=True)
+    tmp_sibling = config.adapters_dir / ".rl-x-r1.tmp-123"
+    tmp_sibling.mkdir()
+    champion_dir = config.adapters_dir / "champ"
+    champion_dir.mkdir()
+    (champion_dir / "adapter_config.json").write_text("{}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with store.transaction() as db:
+        run_id = db.execute("INSERT INTO training_runs (status, trigger, output_dir, pid, started_at)"
+                            " VALUES ('running', 'scheduler', ?, ?, ?)",
+                            (str(partial), dead.pid, timeutil.now_iso())).lastrowid
+        db.execute("INSERT INTO locks VALUES ('pipeline', ?, ?, ?, ?, ?)",
+                   (dead.pid, os.uname().nodename, run_id, timeutil.now_iso(), timeutil.now_iso()))
+    assert recover(store) == [run_id]
+    run = store.one("SELECT * FROM training_runs WHERE id = ?", (run_id,))
+    assert run["status"] == "failed" and "died" in run["error"]
+    assert not partial.exists() and not tmp_sibling.exists()
+    assert (champion_dir / "adapter_config.json").exists()
+    assert store.one("SELECT * FROM locks") is None
+    assert recover(store) == []
+
+
+def test_scheduler_job_store_survives_restart_and_coalesces_missed_runs(workspace):
+    from apscheduler.events import EVENT_JOB_EXECUTED
+    from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
+
+    from bot import jobs
+    from replyloop.config import load_config
+
+    config, store = workspace
+    config = load_config(config.source)
+    scheduler = jobs.build_scheduler(config, start=False)
+    ids = sorted(job.id for job in scheduler.get_jobs())
+    assert ids == sorted([jobs.THRESHOLD_JOB, jobs.CANARY_JOB, jobs.WEEKLY_JOB])
+    weekly = scheduler.get_job(jobs.WEEKLY_JOB)
+    assert weekly.next_run_time.weekday() == 0 and weekly.next_run_time.hour == 9
+    assert str(weekly.next_run_time.tzinfo) == "Asia/Shanghai"
+    scheduler.shutdown(wait=False)
+    assert store.scalar("SELECT count(*) FROM apscheduler_jobs") == 3
+
+    # the bot is down for a day: the stored next run of the 15-minute job lies 96 runs in the past
+    past = timeutil.now() - dt.timedelta(days=1)
+    jobstore = SQLAlchemyJobStore(url=f"sqlite:///{config.db_path}", tablename="apscheduler_jobs")
+    jobstore.start(scheduler, "default")
+    job = jobstore.lookup_job(jobs.THRESHOLD_JOB)
+    job._modify(next_run_time=past)
+    jobstore.update_job(job)
+    jobstore.shutdown()
+
+    again = jobs.build_scheduler(config, start=False)  # the restart keeps the stored run time
+    kept = again.get_job(jobs.THRESHOLD_JOB)
+    assert abs((kept.next_run_time - past).total_seconds()) < 1
+    assert kept.coalesce and kept.misfire_grace_time == 2880 * 60
+    executed = []
+    again.add_listener(lambda event: executed.append(event.job_id), EVENT_JOB_EXECUTED)
+    again.resume()
+    deadline = time.monotonic() + 20
+    while not executed and time.monotonic() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    assert executed == [jobs.THRESHOLD_JOB]  # one run for the 96 missed ones
+    assert again.get_job(jobs.THRESHOLD_JOB).next_run_time > timeutil.now()
+    again.shutdown(wait=True)
+
+
+def test_weekly_trigger_formats():
+    from bot.jobs import weekly_trigger
+    from replyloop.errors import ConfigError
+
+    assert "day_of_week='fri'" in str(weekly_trigger("fri 17:30", "UTC"))
+    assert "hour='9'" in str(weekly_trigger("0 9 * * 1", "Asia/Shanghai"))
+    with pytest.raises(ConfigError, match="weekly_report_cron"):
+        weekly_trigger("someday", "UTC")
+    with pytest.raises(ConfigError):
+        weekly_trigger("mon 09:00", "Mars/Olympus")
