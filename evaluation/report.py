@@ -36,6 +36,8 @@ from replyloop.store import Store
 
 DECISION_KEYS = ("approved", "edited", "rejected")
 MODEL_ACTIONS = ("model.promote", "model.canary", "model.rollback", "model.reject")
+EVENT_METRICS = {"model.promote": "promotions", "model.canary": "canary_changes",
+                 "model.rollback": "rollbacks", "model.reject": "rejections"}
 NO_CATEGORY = "(none)"
 TOP_REPLACEMENTS = 10
 WILSON_Z = 1.959963984540054  # two-sided 95%
@@ -349,9 +351,8 @@ class WeeklyReport:
         if self.canary:
             add("models", self.label, "canary", "model_id", self.canary.id)
             add("models", self.label, "canary", "percent", self.canary.percent)
-        for action in MODEL_ACTIONS:
-            add("models", self.label, "", action.split(".", 1)[1] + "s",
-                sum(e.action == action for e in self.events))
+        for action, metric in EVENT_METRICS.items():
+            add("models", self.label, "", metric, sum(e.action == action for e in self.events))
         for r in self.model_rates:
             add("model_rates", self.label, r.name, "model_id", r.model_id)
             add("model_rates", self.label, r.name, "reviews", r.reviews)
@@ -729,15 +730,15 @@ def build_weekly_report(config: Config, store: Store, week: IsoWeek | str | None
 
 # -- report.md ---------------------------------------------------------------------------------
 
-def _pct(value: float | None) -> str:
+def fmt_pct(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:.1f}%"
 
 
-def _pp(value: float | None) -> str:
+def fmt_pp(value: float | None) -> str:
     return "–" if value is None else f"{value * 100:+.1f} pp"
 
 
-def _num(value: float | None, signed: bool = False) -> str:
+def fmt_num(value: float | None, signed: bool = False) -> str:
     return "–" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
 
 
@@ -767,12 +768,12 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
 
     champ_now, champ_prev = r.consistency_at(r.label), r.consistency_at(r.previous_label)
     lines += ["## Summary", "",
-              f"- Automation rate (approved without edit): **{_pct(this.automation_rate)}**"
+              f"- Automation rate (approved without edit): **{fmt_pct(this.automation_rate)}**"
               f" ({this.approved} of {this.reviewed} reviewed drafts); {r.previous_label}:"
-              f" {_pct(prev.automation_rate)} ({_pp(r.automation_change)}).",
-              f"- Champion consistency: **{_num(champ_now and champ_now.mean_similarity)}**"
-              f" ({_num(r.consistency_change, signed=True)} vs {r.previous_label}:"
-              f" {_num(champ_prev and champ_prev.mean_similarity)}).",
+              f" {fmt_pct(prev.automation_rate)} ({fmt_pp(r.automation_change)}).",
+              f"- Champion consistency: **{fmt_num(champ_now and champ_now.mean_similarity)}**"
+              f" ({fmt_num(r.consistency_change, signed=True)} vs {r.previous_label}:"
+              f" {fmt_num(champ_prev and champ_prev.mean_similarity)}).",
               f"- Policy: {r.drafts_flagged} of {r.drafts_created} drafts flagged, {r.drafts_blocked} blocked;"
               f" {len(r.approved_violation_drafts)} approved with a violation.",
               f"- Champion: {_model(r.champion)}; canary: {_model(r.canary, canary=True)}.", ""]
@@ -786,7 +787,7 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
     if points:
         lines += _table(["week", "role", "model", "evaluation", "n", "overall", *cats],
                         [[p.week, p.role, f"{p.model_name} (#{p.model_id})", f"#{p.evaluation_id}", p.n,
-                          _num(p.mean_similarity), *[_num(p.by_category.get(c)) for c in cats]]
+                          fmt_num(p.mean_similarity), *[fmt_num(p.by_category.get(c)) for c in cats]]
                          for p in points])
     else:
         lines += ["No evaluations of a champion or canary in these weeks.", ""]
@@ -796,15 +797,15 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
     lines += ["## Supervisor decisions", ""]
     lines += _table(["week", "reviewed", "approved unchanged", "edited", "rejected", "mean edit distance"],
                     [[w, r.decisions[w].reviewed, r.decisions[w].approved, r.decisions[w].edited,
-                      r.decisions[w].rejected, _num(r.edits[w].mean_distance)] for w in r.history])
+                      r.decisions[w].rejected, fmt_num(r.edits[w].mean_distance)] for w in r.history])
     per_cat = r.decisions_by_category.get(r.label, {})
     edit_cat = r.edits[r.label].by_category
     if per_cat:
         lines += [f"By category, {r.label}:", ""]
         lines += _table(["category", "reviewed", "approved unchanged", "edited", "rejected", "automation",
                          "mean edit distance"],
-                        [[c, n.reviewed, n.approved, n.edited, n.rejected, _pct(n.automation_rate),
-                          _num(edit_cat[c][1] if c in edit_cat else None)] for c, n in sorted(per_cat.items())])
+                        [[c, n.reviewed, n.approved, n.edited, n.rejected, fmt_pct(n.automation_rate),
+                          fmt_num(edit_cat[c][1] if c in edit_cat else None)] for c, n in sorted(per_cat.items())])
     else:
         lines += [f"No reviews in {r.label}.", ""]
     if r.replacements:
@@ -835,8 +836,8 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
     if r.model_rates:
         lines += [f"Approval without edit per model in {r.label} (95% Wilson interval):", ""]
         lines += _table(["model", "role", "reviews", "approved unchanged", "rate", "95% CI"],
-                        [[f"{m.name} (#{m.model_id})", m.role, m.reviews, m.approved, _pct(m.rate),
-                          f"{_pct(m.ci_low)} – {_pct(m.ci_high)}"] for m in r.model_rates])
+                        [[f"{m.name} (#{m.model_id})", m.role, m.reviews, m.approved, fmt_pct(m.rate),
+                          f"{fmt_pct(m.ci_low)} – {fmt_pct(m.ci_high)}"] for m in r.model_rates])
     counts = {a: sum(e.action == a for e in r.events) for a in MODEL_ACTIONS}
     lines += [f"{counts['model.promote']} promotions, {counts['model.canary']} canary changes,"
               f" {counts['model.rollback']} rollbacks, {counts['model.reject']} rejections.", ""]
@@ -852,7 +853,7 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
     for w in r.history:
         rate = r.decisions[w].automation_rate
         change = None if rate is None or before is None else rate - before
-        rows.append([w, r.decisions[w].reviewed, r.decisions[w].approved, _pct(rate), _pp(change)])
+        rows.append([w, r.decisions[w].reviewed, r.decisions[w].approved, fmt_pct(rate), fmt_pp(change)])
         before = rate
     lines += _table(["week", "reviewed", "approved unchanged", "rate", "change"], rows)
     lines += _chart(charts, "automation.png", "Automation rate")

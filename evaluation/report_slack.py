@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from evaluation.report import WeeklyReport, _num, _pct, _pp
+from evaluation.report import WeeklyReport, fmt_num, fmt_pct, fmt_pp
 from replyloop.config import Config, Secrets
 from replyloop.errors import ConfigError, ReplyloopError
 
@@ -52,11 +52,11 @@ def summary_text(report: WeeklyReport) -> str:
     if r.empty:
         lines.append(f"No activity in {r.label}: no drafts, reviews, evaluations or model changes.")
     lines += [
-        f"• Automation (approved without edit): *{_pct(this.automation_rate)}* of {this.reviewed} reviews"
-        f" ({_pp(r.automation_change)} vs {r.previous_label})",
+        f"• Automation (approved without edit): *{fmt_pct(this.automation_rate)}* of {this.reviewed} reviews"
+        f" ({fmt_pp(r.automation_change)} vs {r.previous_label})",
         f"• Decisions: {this.approved} approved unchanged, {this.edited} edited, {this.rejected} rejected",
-        f"• Champion consistency: *{_num(now and now.mean_similarity)}*"
-        f" ({_num(r.consistency_change, signed=True)} vs {r.previous_label})",
+        f"• Champion consistency: *{fmt_num(now and now.mean_similarity)}*"
+        f" ({fmt_num(r.consistency_change, signed=True)} vs {r.previous_label})",
         f"• Policy: {r.drafts_flagged} of {r.drafts_created} drafts flagged, {r.drafts_blocked} blocked,"
         f" {len(r.approved_violation_drafts)} approved with a violation"
         + (" :warning:" if r.approved_violation_drafts else ""),
@@ -66,8 +66,8 @@ def summary_text(report: WeeklyReport) -> str:
     lines.append(f"• Models: champion {champion}, canary {canary}")
     for m in r.model_rates:
         if m.role in ("champion", "canary"):
-            lines.append(f"    {m.role} {m.name}: {_pct(m.rate)} approved unchanged of {m.reviews}"
-                         f" (95% CI {_pct(m.ci_low)}–{_pct(m.ci_high)})")
+            lines.append(f"    {m.role} {m.name}: {fmt_pct(m.rate)} approved unchanged of {m.reviews}"
+                         f" (95% CI {fmt_pct(m.ci_low)}–{fmt_pct(m.ci_high)})")
     for e in r.events:
         verb = e.action.split(".", 1)[1]
         lines.append(f"• {verb} {e.model_name}" + (f": {e.reason}" if e.reason else ""))

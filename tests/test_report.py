@@ -239,67 +239,85 @@ def test_collect_numbers_match_the_seed(seeded):
     assert r.consistency_change == pytest.approx(0.09)
 
 
+def expected_numbers(ids) -> dict:
+    """numbers.csv for the seed, row by row, worked out from what seed() inserted."""
+    e = {}
+    decided = {PREV: {"登录异常": (4, 4, 2)},
+               WEEK: {"登录异常": (7, 1, 0), "物流查询": (5, 2, 1), "支付失败": (3, 0, 1)}}
+    distances = {PREV: {"登录异常": [0.25] * 4},
+                 WEEK: {"物流查询": [4 / 12, 4 / 10], "登录异常": [4 / 9]}}
+    rate_before = None
+    for w in [f"2026-W{k}" for k in range(41, 49)]:
+        total = [sum(c[i] for c in decided.get(w, {}).values()) for i in range(3)]
+        for metric, value in zip(("approved", "edited", "rejected", "reviewed"), (*total, sum(total))):
+            e[("reviews", w, "", metric)] = value
+        for cat, counts in decided.get(w, {}).items():
+            for metric, value in zip(("approved", "edited", "rejected", "reviewed"), (*counts, sum(counts))):
+                e[("reviews", w, cat, metric)] = value
+        all_d = [d for ds in distances.get(w, {}).values() for d in ds]
+        e[("edits", w, "", "edits")] = len(all_d)
+        if all_d:
+            e[("edits", w, "", "mean_edit_distance")] = sum(all_d) / len(all_d)
+        for cat, ds in distances.get(w, {}).items():
+            e[("edits", w, cat, "edits")] = len(ds)
+            e[("edits", w, cat, "mean_edit_distance")] = sum(ds) / len(ds)
+        e[("automation", w, "", "reviewed")] = sum(total)
+        e[("automation", w, "", "approved_unchanged")] = total[0]
+        rate = total[0] / sum(total) if sum(total) else None
+        if rate is not None:
+            e[("automation", w, "", "rate")] = rate
+            if rate_before is not None:
+                e[("automation", w, "", "change_vs_previous_week")] = rate - rate_before
+        rate_before = rate
+    evaluations = {("2026-W46", "champion"): ("v1", "e1", 0.70, {"登录异常": 0.72, "物流查询": 0.68}),
+                   (PREV, "champion"): ("v1", "e2", 0.71, {"登录异常": 0.73, "物流查询": 0.69}),
+                   (WEEK, "champion"): ("v2", "e3", 0.80, {"登录异常": 0.82, "物流查询": 0.78}),
+                   (WEEK, "canary"): ("v3", "e4", 0.83, {"登录异常": 0.85, "物流查询": 0.81})}
+    for (w, role), (model, evaluation, mean, cats) in evaluations.items():
+        e[("consistency", w, "", f"{role}_model_id")] = ids[model]
+        e[("consistency", w, "", f"{role}_evaluation_id")] = ids[evaluation]
+        e[("consistency", w, "", f"{role}_n")] = 30
+        e[("consistency", w, "", f"{role}_mean_similarity")] = mean
+        for cat, value in cats.items():
+            e[("consistency", w, cat, f"{role}_mean_similarity")] = value
+    e[("consistency", WEEK, "", "champion_change_vs_previous_week")] = 0.80 - 0.71
+    e[("replacements", WEEK, "快递条码 → 电子面单", "count")] = 2
+    e[("replacements", WEEK, "重启手机 → 清除缓存", "count")] = 1
+    e.update({("violations", WEEK, "", "drafts_created"): 23,  # 20 reviewed + 2 pending + the W49 review's draft
+              ("violations", WEEK, "", "drafts_flagged"): 4, ("violations", WEEK, "", "drafts_blocked"): 2,
+              ("violations", WEEK, "", "approved_with_violations"): 1,
+              ("violations", WEEK, "promise.compensation", "drafts"): 2,
+              ("violations", WEEK, "promise.compensation", "occurrences"): 2,
+              ("violations", WEEK, "promise.refund_guarantee", "drafts"): 2,
+              ("violations", WEEK, "promise.refund_guarantee", "occurrences"): 3,
+              ("violations", WEEK, "term.快递条码", "drafts"): 1,
+              ("violations", WEEK, "term.快递条码", "occurrences"): 1,
+              ("approved_violations", WEEK, "promise.refund_guarantee", "drafts"): 1})
+    e.update({("models", WEEK, "champion", "model_id"): ids["v2"], ("models", WEEK, "canary", "model_id"): ids["v3"],
+              ("models", WEEK, "canary", "percent"): 10, ("models", WEEK, "", "promotions"): 1,
+              ("models", WEEK, "", "canary_changes"): 2, ("models", WEEK, "", "rollbacks"): 1,
+              ("models", WEEK, "", "rejections"): 1})
+    # Wilson 95%: 12/16 -> [0.5050, 0.8982], 3/4 -> [0.3006, 0.9544] (reference values)
+    for name, reviews, approved, low, high in (("v2", 16, 12, 0.505017, 0.898179), ("v3", 4, 3, 0.300642, 0.954413)):
+        e.update({("model_rates", WEEK, name, "model_id"): ids[name],
+                  ("model_rates", WEEK, name, "reviews"): reviews,
+                  ("model_rates", WEEK, name, "approved_unchanged"): approved,
+                  ("model_rates", WEEK, name, "rate"): approved / reviews,
+                  ("model_rates", WEEK, name, "ci_low"): low, ("model_rates", WEEK, name, "ci_high"): high})
+    return e
+
+
 def test_csv_holds_every_seeded_number(seeded, tmp_path):
     from evaluation.report import build_weekly_report
 
     config, store, ids = seeded
     report = build_weekly_report(config, store, week=WEEK, out=tmp_path / "out", now=NOW)
     n = _numbers(report.files["numbers.csv"])
-    expected = {
-        ("reviews", WEEK, "", "approved"): 15, ("reviews", WEEK, "", "edited"): 3,
-        ("reviews", WEEK, "", "rejected"): 2, ("reviews", WEEK, "", "reviewed"): 20,
-        ("reviews", WEEK, "登录异常", "approved"): 7, ("reviews", WEEK, "登录异常", "edited"): 1,
-        ("reviews", WEEK, "物流查询", "approved"): 5, ("reviews", WEEK, "物流查询", "edited"): 2,
-        ("reviews", WEEK, "物流查询", "rejected"): 1, ("reviews", WEEK, "支付失败", "approved"): 3,
-        ("reviews", WEEK, "支付失败", "rejected"): 1, ("reviews", WEEK, "登录异常", "rejected"): 0,
-        ("reviews", PREV, "", "approved"): 4, ("reviews", PREV, "", "edited"): 4,
-        ("reviews", PREV, "", "rejected"): 2, ("reviews", "2026-W41", "", "reviewed"): 0,
-        ("edits", WEEK, "", "edits"): 3, ("edits", WEEK, "物流查询", "edits"): 2,
-        ("edits", WEEK, "物流查询", "mean_edit_distance"): round((4 / 12 + 4 / 10) / 2, 6),
-        ("edits", WEEK, "登录异常", "mean_edit_distance"): round(4 / 9, 6),
-        ("edits", WEEK, "", "mean_edit_distance"): round((4 / 12 + 4 / 10 + 4 / 9) / 3, 6),
-        ("edits", PREV, "", "mean_edit_distance"): 0.25,
-        ("replacements", WEEK, "快递条码 → 电子面单", "count"): 2,
-        ("replacements", WEEK, "重启手机 → 清除缓存", "count"): 1,
-        ("automation", WEEK, "", "rate"): 0.75, ("automation", PREV, "", "rate"): 0.4,
-        ("automation", WEEK, "", "approved_unchanged"): 15, ("automation", WEEK, "", "reviewed"): 20,
-        ("automation", WEEK, "", "change_vs_previous_week"): 0.35,
-        ("violations", WEEK, "", "drafts_created"): 23, ("violations", WEEK, "", "drafts_flagged"): 4,
-        ("violations", WEEK, "", "drafts_blocked"): 2, ("violations", WEEK, "", "approved_with_violations"): 1,
-        ("violations", WEEK, "promise.refund_guarantee", "drafts"): 2,
-        ("violations", WEEK, "promise.refund_guarantee", "occurrences"): 3,
-        ("violations", WEEK, "promise.compensation", "drafts"): 2,
-        ("violations", WEEK, "term.快递条码", "occurrences"): 1,
-        ("approved_violations", WEEK, "promise.refund_guarantee", "drafts"): 1,
-        ("models", WEEK, "champion", "model_id"): ids["v2"], ("models", WEEK, "canary", "model_id"): ids["v3"],
-        ("models", WEEK, "canary", "percent"): 10, ("models", WEEK, "", "promotes"): 1,
-        ("models", WEEK, "", "canarys"): 2, ("models", WEEK, "", "rollbacks"): 1,
-        ("models", WEEK, "", "rejects"): 1,
-        ("model_rates", WEEK, "v2", "reviews"): 16, ("model_rates", WEEK, "v2", "approved_unchanged"): 12,
-        ("model_rates", WEEK, "v2", "rate"): 0.75, ("model_rates", WEEK, "v3", "reviews"): 4,
-        ("model_rates", WEEK, "v3", "approved_unchanged"): 3, ("model_rates", WEEK, "v3", "rate"): 0.75,
-        ("consistency", WEEK, "", "champion_model_id"): ids["v2"],
-        ("consistency", WEEK, "", "champion_evaluation_id"): ids["e3"],
-        ("consistency", WEEK, "", "champion_mean_similarity"): 0.80,
-        ("consistency", WEEK, "登录异常", "champion_mean_similarity"): 0.82,
-        ("consistency", WEEK, "物流查询", "canary_mean_similarity"): 0.81,
-        ("consistency", WEEK, "", "canary_mean_similarity"): 0.83,
-        ("consistency", PREV, "", "champion_mean_similarity"): 0.71,
-        ("consistency", PREV, "", "champion_n"): 30,
-        ("consistency", "2026-W46", "", "champion_mean_similarity"): 0.70,
-        ("consistency", WEEK, "", "champion_change_vs_previous_week"): 0.09,
-    }
+    expected = expected_numbers(ids)
+    assert sorted(set(n) - set(expected)) == []   # nothing the seed does not explain
+    assert sorted(set(expected) - set(n)) == []   # nothing missing
     for key, value in expected.items():
-        assert key in n, f"missing {key}"
-        assert n[key] == pytest.approx(value), key
-    low, high = n[("model_rates", WEEK, "v2", "ci_low")], n[("model_rates", WEEK, "v2", "ci_high")]
-    assert (low, high) == (pytest.approx(0.5050, abs=1e-4), pytest.approx(0.8982, abs=1e-4))
-    assert ("consistency", "2026-W45", "", "champion_mean_similarity") not in n  # no champion yet
-    assert not any(k[1] == "2026-W49" for k in n)
-    # every row is accounted for: nothing in the CSV that the seed did not produce
-    sections = {k[0] for k in n}
-    assert sections == {"consistency", "reviews", "edits", "automation", "replacements", "violations",
-                        "approved_violations", "models", "model_rates"}
+        assert n[key] == pytest.approx(value, abs=1e-6), key
 
 
 def test_report_md_and_charts(seeded, tmp_path):
@@ -393,3 +411,33 @@ def test_cli_report_weekly(seeded, tmp_path):
     bad = cli("report", "weekly", "--week", "2026-W60")
     assert bad.exit_code == 2
     assert bad.output.strip().endswith("Error: week '2026-W60': 2026 has no ISO week 60")
+
+
+def test_bad_font_override_is_named_and_skipped(monkeypatch, tmp_path, caplog):
+    from evaluation.charts import find_cjk_font
+
+    bogus = tmp_path / "nofont.ttf"
+    bogus.write_bytes(b"not a font")
+    monkeypatch.setenv("REPLYLOOP_CJK_FONT", str(bogus))
+    find_cjk_font.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="replyloop.report"):
+            font = find_cjk_font()
+    finally:
+        find_cjk_font.cache_clear()
+    assert f"REPLYLOOP_CJK_FONT={bogus} is not a readable font with Chinese glyphs" in caplog.text
+    assert font.cjk and font.source != "env"
+
+
+@pytest.mark.slow
+def test_report_weekly_in_a_real_process(workspace):
+    from helpers import cli_subprocess
+
+    config, _ = workspace
+    result = cli_subprocess("report", "weekly", "--week", "2026-W10")
+    assert result.returncode == 0, result.stderr
+    out = config.reports_dir / "2026-W10"
+    assert result.stdout.startswith(f"Weekly report 2026-W10 written to {out}\nNo activity in 2026-W10.\n")
+    assert "No CJK-capable font" not in result.stderr
+    assert sorted(p.name for p in out.iterdir()) == ["automation.png", "consistency.png", "numbers.csv",
+                                                      "report.md", "reviews.png", "violations.png"]

@@ -23,18 +23,23 @@ def weekly(
 
     Example: replyloop report weekly --week 2026-W48 --post
     """
-    from evaluation.report import _num, _pct, _pp, build_weekly_report
+    from evaluation.report import fmt_num, fmt_pct, fmt_pp, build_weekly_report
 
     cfg, store = workspace(config)
+    client = None
+    if post:  # a missing token fails before the work, not after it
+        from evaluation.report_slack import make_client
+
+        client = make_client(cfg)
     with store:
         report = build_weekly_report(cfg, store, week=week, out=out)
     typer.echo(f"Weekly report {report.label} written to {report.out_dir}")
     if report.empty:
         typer.echo(f"No activity in {report.label}.")
     consistency = report.consistency_at(report.label)
-    typer.echo(f"automation {_pct(report.this_week.automation_rate)} ({_pp(report.automation_change)}),"
-               f" consistency {_num(consistency and consistency.mean_similarity)}"
-               f" ({_num(report.consistency_change, signed=True)}),"
+    typer.echo(f"automation {fmt_pct(report.this_week.automation_rate)} ({fmt_pp(report.automation_change)}),"
+               f" consistency {fmt_num(consistency and consistency.mean_similarity)}"
+               f" ({fmt_num(report.consistency_change, signed=True)}),"
                f" {report.drafts_flagged} flagged drafts, {len(report.approved_violation_drafts)} approved"
                " with violations")
     for short, category in report.chart_labels.items():
@@ -42,7 +47,7 @@ def weekly(
     if post:
         from evaluation.report_slack import post_weekly_report
 
-        result = post_weekly_report(cfg, report)
+        result = post_weekly_report(cfg, report, client=client)
         typer.echo(f"Posted to {result.channel} (ts {result.ts}) with {len(result.file_ids)} chart(s)")
 
 
