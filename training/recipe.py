@@ -118,7 +118,7 @@ class ConsoleProgress:
         if self.bar is None:
             self.bar = tqdm(total=event.get("total_steps"), desc="train", unit="step", file=self.stream)
         if "eval_loss" in event:
-            self.bar.write(f"step {event['step']}: held-out loss {event['eval_loss']:.4f}")
+            self.bar.write(f"step {event['step']}: held-out loss {event['eval_loss']:.4f}", file=self.stream)
             return
         self.bar.update(event["step"] - self.bar.n)
         self.bar.set_postfix(loss=f"{event['loss']:.4f}", tok_s=f"{event['tokens_per_s']:.0f}")
