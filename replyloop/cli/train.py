@@ -1,7 +1,78 @@
-"""CLI: train (filled in by its issue)."""
+"""CLI: ``replyloop train --config FILE``, ``replyloop train merge``, ``replyloop train export``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+train_app = typer.Typer(invoke_without_command=True)
+
+
+@train_app.callback()
+def train(
+    ctx: typer.Context,
+    config: Optional[Path] = typer.Option(None, "--config", "-c",
+                                          help="Training config (lora-scripts-style YAML)."),
+    resume: bool = typer.Option(False, "--resume", help="Resume from the latest checkpoint of output_dir."),
+):
+    """Fine-tune a LoRA adapter from a lora-scripts-style YAML config.
+
+    Writes output_dir/ (adapter_model.safetensors, adapter_config.json, manifest.json)
+    atomically; progress goes to a bar on a terminal, `replyloop-progress {json}` lines otherwise.
+
+    Example: replyloop train --config train.yaml
+    """
+    if ctx.invoked_subcommand is not None:
+        if config is not None:
+            raise typer.BadParameter("--config goes with `replyloop train`, not with a subcommand", param_hint="--config")
+        return
+    if config is None:
+        typer.echo(ctx.get_help())
+        raise typer.Exit(2)
+    from training.config import load_train_config
+    from training.recipe import run_training
+
+    overrides = {"resume_from_checkpoint": True} if resume else {}
+    cfg = load_train_config(config, **overrides)
+    result = run_training(cfg)
+    m = result.manifest["metrics"]
+    eval_loss = "n/a" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}"
+    typer.echo(f"Wrote {result.output_dir}: {m['steps']} steps, train loss {m['train_loss']:.4f}, "
+               f"held-out loss {eval_loss} (best step {m['best_step']}), {m['truncated']} sample(s) truncated")
+
+
+@train_app.command("merge")
+def merge(
+    adapter: Path = typer.Argument(..., help="Adapter directory (from `replyloop train`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for the merged model."),
+    base_model: Optional[Path] = typer.Option(None, "--base-model", help="Default: the adapter's manifest."),
+):
+    """Merge an adapter into its base model for serving (merge_and_unload).
+
+    Example: replyloop train merge adapters/run-7 --out serving/model-7
+    """
+    from training.merge import merge_adapter
+
+    target = merge_adapter(adapter, out, base_model=base_model)
+    typer.echo(f"Wrote merged model to {target}")
+
+
+@train_app.command("export")
+def export(
+    adapter: Path = typer.Argument(..., help="Adapter directory (from `replyloop train`)."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory to copy the adapter to."),
+):
+    """Copy an adapter with its manifest (weights, adapter_config.json, manifest.json).
+
+    Example: replyloop train export adapters/run-7 --out /mnt/share/run-7
+    """
+    from training.merge import export_adapter
+
+    target = export_adapter(adapter, out)
+    typer.echo(f"Exported adapter to {target}")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.add_typer(train_app, name="train")

@@ -1,0 +1,94 @@
+"""`replyloop train` end to end: a real subprocess killed mid-run, resumed with --resume,
+progress lines, merge/export subcommands and config errors."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from helpers import cli, cli_subprocess
+from training_fixtures import SAMPLES, make_cfg, tiny_base, trained_adapter  # noqa: F401
+
+YAML = """\
+base_model: {base}
+train_data_dir: data
+output_dir: out/adapter
+batch_size: 4
+max_seq_length: 96
+max_steps: {steps}
+eval_steps: 10
+save_steps: 2
+learning_rate: 0.02
+lora_dropout: 0.1
+target_modules: [q_proj, v_proj, gate_proj, up_proj, down_proj]
+"""
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_base):
+    from training.recipe import run_training
+
+    steps = 60
+    (tmp_path / "data").mkdir()
+    shutil.copy(SAMPLES, tmp_path / "data" / "metadata.csv")
+    config = tmp_path / "train.yaml"
+    config.write_text(YAML.format(base=tiny_base, steps=steps), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "replyloop", "train", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    seen = 0
+    for line in proc.stdout:
+        assert line.startswith("replyloop-progress {")
+        event = json.loads(line.split(" ", 1)[1])
+        seen = event["step"]
+        if seen >= 6:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and seen < steps
+    assert not (tmp_path / "out" / "adapter").exists()
+    assert list((tmp_path / "out" / "adapter.checkpoints").glob("step-*"))
+
+    resumed = cli_subprocess("train", "--config", config, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    lines = [json.loads(x.split(" ", 1)[1]) for x in resumed.stdout.splitlines() if x.startswith("replyloop-progress")]
+    assert lines[0]["step"] > 1 and lines[-1]["step"] == steps
+    assert set(lines[0]) >= {"step", "total_steps", "loss", "tokens_per_s"}
+    assert resumed.stdout.splitlines()[-1].startswith(f"Wrote {tmp_path / 'out' / 'adapter'}: {steps} steps")
+    manifest = json.loads((tmp_path / "out" / "adapter" / "manifest.json").read_text(encoding="utf-8"))
+
+    plain = run_training(make_cfg(tmp_path, tiny_base, output_dir="plain", max_steps=steps, eval_steps=10,
+                                  save_steps=2), progress=lambda e: None)
+    assert manifest["metrics"]["steps"] == plain.manifest["metrics"]["steps"] == steps
+    assert manifest["metrics"]["train_loss"] == pytest.approx(plain.manifest["metrics"]["train_loss"], abs=1e-6)
+    assert manifest["metrics"]["eval_loss"] == pytest.approx(plain.manifest["metrics"]["eval_loss"], abs=1e-6)
+
+
+def test_merge_and_export_subcommands(trained_adapter, tmp_path):
+    result = cli("train", "export", trained_adapter, "--out", tmp_path / "exp")
+    assert result.exit_code == 0, result.output
+    assert result.output == f"Exported adapter to {tmp_path / 'exp'}\n"
+    result = cli("train", "merge", trained_adapter, "--out", tmp_path / "merged")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "merged" / "model.safetensors").exists()
+    result = cli("train", "export", tmp_path / "nothing", "--out", tmp_path / "x")
+    assert result.exit_code == 1
+    assert result.output == f"Error: {tmp_path / 'nothing'}: not an adapter directory (no adapter_config.json)\n"
+
+
+def test_config_errors_are_reported_with_file_and_line(tmp_path):
+    config = tmp_path / "train.yaml"
+    config.write_text("base_model: b\noutput_dir: o\ntrain_data_dir: d\nlora_rnk: 8\n", encoding="utf-8")
+    result = cli("train", "--config", config)
+    assert result.exit_code == 2
+    assert result.output == f"Error: {config}:4: key 'lora_rnk': unknown key\n"
+    result = cli("train")
+    assert result.exit_code == 2 and "Example: replyloop train --config train.yaml" in result.output
+    config.write_text("base_model: missing\noutput_dir: o\ntrain_data_dir: .\n", encoding="utf-8")
+    result = cli("train", "--config", config)
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {config}:1: base_model: {tmp_path / 'missing'} does not exist")

@@ -1,0 +1,13 @@
+"""LoRA supervised fine-tuning for replyloop.
+
+Public surface:
+
+- ``training.config.load_train_config(path) -> TrainConfig`` (lora-scripts keys + ours)
+- ``training.recipe.run_training(cfg, progress=None) -> TrainResult(output_dir, manifest)``
+- ``training.prompting.render_prompt(tokenizer, prompt) -> str`` (shared with drafting and evaluation)
+- ``training.merge.merge_adapter(adapter_dir, out_dir)`` / ``training.merge.export_adapter(adapter_dir, out_dir)``
+- ``training.tiny.build_tiny_base(out_dir, texts, ...)`` (a tiny Llama for tests and demos)
+
+Heavy libraries (torch, transformers, peft) are imported inside the modules that need
+them; importing ``training`` itself is cheap.
+"""

@@ -1,0 +1,171 @@
+"""Resume checkpoints: trainable weights, optimizer, scheduler, RNG and data position.
+
+Each checkpoint is a directory ``<output_dir>.checkpoints/step-000040/`` written under a
+temporary name and renamed when complete, so a killed run leaves either a whole checkpoint
+or none. Resuming with a config that differs from the checkpoint's warns field by field.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import shutil
+import tempfile
+import warnings
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+from replyloop.errors import TrainingError
+
+PREFIX = "step-"
+# Changing these between runs does not change what the resumed run computes.
+HARMLESS = {"resume_from_checkpoint", "logging_dir", "save_steps", "keep_checkpoints"}
+
+
+class ResumeMismatchWarning(UserWarning):
+    """The config differs from the one the checkpoint was made with."""
+
+
+@dataclass
+class TrainingProgress:
+    step: int = 0  # optimizer steps done
+    epoch: int = 0  # current epoch
+    batch_in_epoch: int = 0  # batches of this epoch already consumed
+    train_tokens: int = 0  # label tokens trained on
+    seen_tokens: int = 0  # all non-padding tokens processed
+    best_eval_loss: float | None = None
+    best_step: int | None = None
+    bad_evals: int = 0  # evaluations since the best one
+    last_loss: float | None = None
+    stopped_early: bool = False
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "TrainingProgress":
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in state.items() if k in names})
+
+
+def rng_state() -> dict:
+    import torch
+
+    state = {"python": random.getstate(), "torch": torch.random.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    import torch
+
+    random.setstate(state["python"])
+    torch.random.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def trainable_state(model) -> dict:
+    """The trainable parameters (the LoRA weights), detached copies on CPU."""
+    return {n: p.detach().to("cpu", copy=True) for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_trainable_state(model, state: dict) -> None:
+    params = dict(model.named_parameters())
+    missing = [n for n in state if n not in params]
+    if missing:
+        raise TrainingError(f"checkpoint does not fit the model: {len(missing)} unknown parameter(s), e.g. {missing[0]}")
+    import torch
+
+    with torch.no_grad():
+        for name, value in state.items():
+            params[name].copy_(value.to(params[name].device, params[name].dtype))
+
+
+def save_checkpoint(root: Path, *, model, optimizer, scheduler, progress: TrainingProgress,
+                    best_state: dict | None, config: dict, keep: int = 2) -> Path:
+    import torch
+
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"{PREFIX}{progress.step:06d}"
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    try:
+        torch.save(trainable_state(model), tmp / "trainable.pt")
+        if best_state is not None:
+            torch.save(best_state, tmp / "best.pt")
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        (tmp / "state.json").write_text(json.dumps(
+            {"progress": progress.state_dict(), "config": config}, ensure_ascii=False, indent=2), encoding="utf-8")
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    for old in list_checkpoints(root)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(root: Path) -> list[Path]:
+    if not root.is_dir():
+        return []
+    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
+                  and (p / "state.json").exists())
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    found = list_checkpoints(root)
+    return found[-1] if found else None
+
+
+@dataclass
+class Checkpoint:
+    path: Path
+    progress: TrainingProgress
+    config: dict
+    trainable: dict
+    best: dict | None
+    optimizer: dict
+    scheduler: dict
+    rng: dict
+
+
+def load_checkpoint(path: Path) -> Checkpoint:
+    import torch
+
+    path = Path(path)
+    if not (path / "state.json").exists():
+        raise TrainingError(f"{path}: not a training checkpoint (no state.json)")
+    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    best = path / "best.pt"
+
+    def load(name):
+        return torch.load(path / name, map_location="cpu", weights_only=False)
+
+    return Checkpoint(path=path, progress=TrainingProgress.from_state_dict(meta["progress"]),
+                      config=meta["config"], trainable=load("trainable.pt"),
+                      best=load("best.pt") if best.exists() else None,
+                      optimizer=load("optimizer.pt"), scheduler=load("scheduler.pt"), rng=load("rng.pt"))
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """One line per field that differs (fields that cannot change the result are skipped)."""
+    lines = []
+    for key in sorted(set(saved) | set(current)):
+        if key in HARMLESS:
+            continue
+        if saved.get(key) != current.get(key):
+            lines.append(f"{key}: checkpoint has {saved.get(key)!r}, config has {current.get(key)!r}")
+    return lines
+
+
+def warn_config_mismatch(saved: dict, current: dict, path: Path) -> list[str]:
+    diffs = config_differences(saved, current)
+    for line in diffs:
+        warnings.warn(f"resuming from {path.name} with a different config: {line}", ResumeMismatchWarning,
+                      stacklevel=3)
+    return diffs

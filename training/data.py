@@ -1,0 +1,208 @@
+"""Training data: records from a lora-scripts folder or a store snapshot, tokenised with the
+prompt masked, then batched either packed (one row per batch, no padding) or padded to the
+longest sample of length-grouped batches."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from replyloop.errors import ConfigError, DataFormatError, TrainingError
+from training.config import TrainConfig
+from training.prompting import render_prompt
+
+IGNORE_INDEX = -100
+
+
+class DatasetTooSmallError(TrainingError):
+    """The dataset is empty or smaller than one batch"""
+
+
+@dataclass
+class Records:
+    pairs: list[tuple[str, str]]
+    description: dict
+    snapshot_hash: str | None = None
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    labels: list[int]
+
+    @property
+    def n_labels(self) -> int:
+        return sum(1 for x in self.labels if x != IGNORE_INDEX)
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class TokenStats:
+    samples: int = 0
+    truncated: int = 0  # responses cut at max_seq_length
+    dropped: int = 0  # prompts alone reach max_seq_length: nothing left to learn from
+    tokens: int = 0
+    label_tokens: int = 0
+    lengths: list[int] = field(default_factory=list)
+
+
+# -- records -----------------------------------------------------------------------------------
+
+def load_records(cfg: TrainConfig) -> Records:
+    """The training pairs named by the config (dataset: folder or store)."""
+    if cfg.dataset == "folder":
+        return _folder_records(cfg)
+    return _store_records(cfg)
+
+
+def _folder_records(cfg: TrainConfig) -> Records:
+    from replyloop.dataio import read_samples
+
+    folder = cfg.path("train_data_dir")
+    if not folder.is_dir():
+        raise TrainingError(f"{cfg.where('train_data_dir')}train_data_dir: {folder} is not a directory")
+    meta = cfg.metadata_file
+    try:
+        samples = read_samples(meta)
+    except DataFormatError as exc:
+        if "no samples" in str(exc):
+            raise DatasetTooSmallError(f"dataset is empty: {meta} has no samples") from None
+        raise
+    return Records([(s.prompt, s.response) for s in samples], {"type": "folder", "path": str(meta)})
+
+
+def _workspace():
+    """The replyloop workspace config, when there is one."""
+    from replyloop import paths
+    from replyloop.config import load_config
+
+    if paths.default_config_path().exists():
+        return load_config()
+    return None
+
+
+def _store_records(cfg: TrainConfig) -> Records:
+    from replyloop.store import Store
+
+    ws = _workspace()
+    store_path = cfg.path("store_path") or (ws.db_path if ws else None)
+    if store_path is None:
+        raise ConfigError(f"{cfg.where('dataset')}dataset: store needs store_path (no workspace config found)")
+    if not Path(store_path).exists():
+        raise TrainingError(f"{cfg.where('store_path')}store_path: {store_path} does not exist")
+    share = ws.file.store.heldout_share if ws else 0.15
+    seed = ws.file.store.split_seed if ws else "replyloop"
+    with Store(store_path) as store:
+        snapshot = cfg.snapshot
+        if snapshot is None:
+            snapshot = store.create_snapshot(share, seed, actor="training").hash
+        rows = store.snapshot_samples(snapshot, "train")
+    return Records([(r["prompt"], r["response"]) for r in rows],
+                   {"type": "store", "path": str(store_path), "snapshot": snapshot, "split": "train"},
+                   snapshot_hash=snapshot)
+
+
+# -- tokenisation ------------------------------------------------------------------------------
+
+def tokenize_pair(tokenizer, prompt: str, response: str, max_seq_length: int) -> tuple[Example | None, bool]:
+    """``(example, truncated)``: prompt tokens labelled -100, response tokens + EOS labelled
+    with themselves. Returns ``None`` when the prompt alone fills ``max_seq_length``."""
+    prompt_ids = tokenizer(render_prompt(tokenizer, prompt))["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
+    if tokenizer.eos_token_id is not None:
+        response_ids = response_ids + [tokenizer.eos_token_id]
+    room = max_seq_length - len(prompt_ids)
+    if room <= 0:
+        return None, True
+    truncated = len(response_ids) > room
+    response_ids = response_ids[:room]
+    return Example(prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids), truncated
+
+
+def tokenize_records(tokenizer, pairs: list[tuple[str, str]], max_seq_length: int) -> tuple[list[Example], TokenStats]:
+    stats = TokenStats(samples=len(pairs))
+    examples = []
+    for prompt, response in pairs:
+        ex, truncated = tokenize_pair(tokenizer, prompt, response, max_seq_length)
+        if ex is None:
+            stats.dropped += 1
+            continue
+        stats.truncated += truncated
+        stats.tokens += len(ex)
+        stats.label_tokens += ex.n_labels
+        stats.lengths.append(len(ex))
+        examples.append(ex)
+    return examples, stats
+
+
+def split_eval(examples: list, ratio: float, seed: int) -> tuple[list, list]:
+    """A seeded share of the examples for held-out loss (at least one when ratio > 0)."""
+    if ratio <= 0 or len(examples) < 2:
+        return list(examples), []
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n_eval = min(len(examples) - 1, max(1, round(len(examples) * ratio)))
+    held = set(order[:n_eval])
+    return ([e for i, e in enumerate(examples) if i not in held],
+            [e for i, e in enumerate(examples) if i in held])
+
+
+# -- batching ----------------------------------------------------------------------------------
+
+def epoch_batches(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool) -> list[list[int]]:
+    """The batches (lists of example indices) of one epoch; a pure function of its arguments,
+    so a resumed run can rebuild the order and skip to its position."""
+    rng = random.Random(f"{seed}:{epoch}")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if not group_by_length:
+        return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+    # Length-grouped: sort inside mega-chunks so a batch's samples have similar lengths, then
+    # shuffle the batches (HF's LengthGroupedSampler does the same).
+    mega = batch_size * 16
+    batches = []
+    for start in range(0, len(order), mega):
+        chunk = sorted(order[start:start + mega], key=lambda i: -lengths[i])
+        batches += [chunk[i:i + batch_size] for i in range(0, len(chunk), batch_size)]
+    rng.shuffle(batches)
+    return batches
+
+
+def collate_packed(examples: list[Example], dtype=None) -> dict:
+    """One row: the samples concatenated, ``position_ids`` restarting at 0 for each, and a 4-D
+    block-diagonal causal mask (additive float: 0 allowed, dtype min elsewhere) so no sample
+    attends to another. The first token of every sample is a prompt token (label -100), so
+    the shifted loss never predicts across a boundary."""
+    import torch
+
+    dtype = dtype or torch.float32
+    ids, labels, pos, seg = [], [], [], []
+    for k, ex in enumerate(examples):
+        ids += ex.input_ids
+        labels += ex.labels
+        pos += range(len(ex))
+        seg += [k] * len(ex)
+    length = len(ids)
+    seg_t = torch.tensor(seg)
+    allowed = (seg_t[:, None] == seg_t[None, :]) & torch.ones(length, length, dtype=torch.bool).tril()
+    mask = torch.zeros(length, length, dtype=dtype).masked_fill(~allowed, torch.finfo(dtype).min)
+    return {
+        "input_ids": torch.tensor([ids]),
+        "labels": torch.tensor([labels]),
+        "position_ids": torch.tensor([pos]),
+        "attention_mask": mask[None, None],
+    }
+
+
+def collate_padded(examples: list[Example], pad_id: int, pad_to: int | None = None) -> dict:
+    """Right-padded to the longest sample (or to ``pad_to``), pads labelled -100."""
+    import torch
+
+    width = pad_to or max(len(e) for e in examples)
+    ids = [e.input_ids + [pad_id] * (width - len(e)) for e in examples]
+    labels = [e.labels + [IGNORE_INDEX] * (width - len(e)) for e in examples]
+    mask = [[1] * len(e) + [0] * (width - len(e)) for e in examples]
+    return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
