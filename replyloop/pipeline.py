@@ -170,7 +170,7 @@ def write_run_train_config(config: Config, store: Store, run_id: int, snapshot_h
         "output_dir": str(output_dir),
         "logging_dir": str(run_dir / "tensorboard"),
         "init_adapter": init_adapter,
-        "resume_from_checkpoint": None,
+        "resume_from_checkpoint": False,
     })
     for key in ("train_data_dir", "metadata_path"):
         data.pop(key, None)
