@@ -20,6 +20,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 from slack_bolt.request import BoltRequest
+from slack_sdk.signature import SignatureVerifier
 
 from bot import intake, review
 from bot.app import Bot, create_bot
@@ -42,6 +43,7 @@ class BotServer:
     def __init__(self, bot: Bot, host: str = "127.0.0.1", port: int = 0, slack_events: bool = True):
         self.bot = bot
         self.slack_events = slack_events
+        self.verifier = SignatureVerifier(bot.secrets.slack_signing_secret or "")
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -79,7 +81,14 @@ class BotServer:
                 except UnicodeDecodeError:
                     self._send(400, {"ok": False, "error": "body is not UTF-8"})
                     return
-                req = BoltRequest(body=text, query=query, headers=headers)
+                if not server.verifier.is_valid_request(text, headers):
+                    self._send(401, {"ok": False, "error": "invalid signature or stale timestamp"})
+                    return
+                try:  # bolt parses before it verifies: a malformed body must not kill the handler
+                    req = BoltRequest(body=text, query=query, headers=headers)
+                except ValueError as exc:
+                    self._send(400, {"ok": False, "error": f"malformed payload ({exc})"})
+                    return
                 resp = server.bot.app.dispatch(req)
                 data = (resp.body or "").encode("utf-8")
                 self.send_response(resp.status)
@@ -117,7 +126,8 @@ class BotServer:
         return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port}"
 
     def start(self) -> "BotServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, name="replyloop-http", daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        name="replyloop-http", daemon=True)
         self._thread.start()
         return self
 
