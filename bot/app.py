@@ -27,7 +27,8 @@ from replyloop.store import Store
 
 log = logging.getLogger(__name__)
 
-LISTENER_THREADS = 32  # bolt's default is 5: 50 supervisors clicking would queue behind slow chat.update calls
+LISTENER_THREADS = 32  # bolt's default is 5: acks of 50 clicking supervisors would queue
+WORK_THREADS = 4       # decisions after the ack (SQLite writes serialise anyway)
 
 
 def build_client(config: Config, secrets: Secrets) -> WebClient:
@@ -58,6 +59,8 @@ class Bot:
     app: App | None = None
     background: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="replyloop-bg"))
+    work: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=WORK_THREADS, thread_name_prefix="replyloop-work"))
     posting: set[int] = field(default_factory=set)
     posting_lock: threading.Lock = field(default_factory=threading.Lock)
     channel_names: dict[str, str] = field(default_factory=dict)
@@ -65,7 +68,18 @@ class Bot:
     def publish_home(self, user: str) -> None:
         self.client.views_publish(user_id=user, view=cards.home_view(status.home(self.store)))
 
+    def after_ack(self, fn: Callable[..., object], *args) -> None:
+        """Run a decision's slow part (store, chat.update) on the small work pool: the listener
+        thread is free at once, and few runnable threads keep other acks fast."""
+        def run():
+            try:
+                fn(self, *args)
+            except Exception:
+                log.exception("%s failed", getattr(fn, "__name__", fn))
+        self.work.submit(run)
+
     def close(self) -> None:
+        self.work.shutdown(wait=True)
         self.background.shutdown(wait=False, cancel_futures=True)
 
 
@@ -107,7 +121,7 @@ def _register(app: App, bot: Bot) -> None:
     @app.action(cards.APPROVE)
     def on_approve(ack, body, action):
         ack()
-        review.approve(bot, body, action)
+        bot.after_ack(review.approve, body, action)
 
     @app.action(cards.EDIT)
     def on_edit(ack, body, action):
@@ -126,12 +140,12 @@ def _register(app: App, bot: Bot) -> None:
             ack(response_action="errors", errors=errors)
             return
         ack()
-        review.submit_edit(bot, body, view)
+        bot.after_ack(review.submit_edit, body, view)
 
     @app.view(cards.REJECT_VIEW)
     def on_reject_submit(ack, body, view):
         ack()
-        review.submit_reject(bot, body, view)
+        bot.after_ack(review.submit_reject, body, view)
 
     @app.command("/retrain")
     def on_retrain(ack, command, respond):
