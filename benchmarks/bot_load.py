@@ -56,7 +56,6 @@ def setup_workspace(root: Path, fake: FakeSlack, users: list[str], cards: int) -
     from replyloop.dataio import QuestionIn
     from replyloop.intake import ingest
     from replyloop.store import Store
-    from replyloop.yamlfile import load_yaml  # noqa: F401  (the config must stay loadable)
 
     path = write_default_config(root)
     text = path.read_text(encoding="utf-8")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import logging
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
@@ -232,4 +231,3 @@ def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, po
             handler.close()
         server.stop()
         bot.close()
-        time.sleep(0)  # let daemon threads notice the stop

@@ -105,3 +105,20 @@ def test_import_as_questions_then_serve_posts_cards(env, tmp_path):
     assert sweep(env.bot) == 1  # the one with a draft; the other waits for a drafter
     [card] = env.fake.wait_for("chat.postMessage")
     assert "怎么退货" in card.params["blocks"][1]["text"]["text"]
+
+
+def test_serve_sweep_drafts_imported_questions_without_draft(env_drafting, tmp_path):
+    from helpers import cli
+
+    from bot.server import sweep
+
+    env = env_drafting
+    csv = tmp_path / "q.csv"
+    csv.write_text("conversation_id,question\nc1,怎么退货\nc2,发票怎么开\n", encoding="utf-8")
+    assert cli("data", "import", str(csv), "--as-questions").exit_code == 0
+    assert env.store.scalar("SELECT count(*) FROM drafts") == 0
+    assert sweep(env.bot) == 2
+    assert sweep(env.bot) == 0
+    assert [q for q, _ in env.bot.drafter.calls] == ["怎么退货", "发票怎么开"]
+    cards = env.fake.wait_for("chat.postMessage", 2)
+    assert all("canned-test-model" in str(c.params["blocks"]) for c in cards)
