@@ -32,6 +32,7 @@ class Call:
     headers: dict[str, str]
     at: float = field(default_factory=time.time)
     body: bytes = b""
+    response: dict[str, Any] | None = None   # what the fake answered (ts of a posted message, a view id)
 
 
 @dataclass
@@ -73,6 +74,7 @@ class FakeSlack:
         self.bot_user_id = bot_user_id
         self.group_members = group_members or {}
         self._failures: dict[str, list[_Failure]] = {}
+        self._delays: dict[str, float] = {}
         self._cond = threading.Condition()
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
@@ -149,6 +151,15 @@ class FakeSlack:
         with self._cond:
             self._failures.setdefault(method, []).append(_Failure(status, retry_after, count, error))
 
+    def delay(self, method: str, seconds: float) -> None:
+        """Answer every later call of ``method`` only after ``seconds`` (0 removes the delay):
+        a slow Slack, to show that listeners acknowledge before their Web API calls finish."""
+        with self._cond:
+            if seconds:
+                self._delays[method] = seconds
+            else:
+                self._delays.pop(method, None)
+
     def calls_to(self, method: str) -> list[Call]:
         with self._cond:
             return [c for c in self.calls if c.method == method]
@@ -212,8 +223,13 @@ class FakeSlack:
         if method != "api.test" and not auth.startswith("Bearer xox"):
             self._record(Call(method + ":unauthed", params, headers, body=body))
             return 200, {"ok": False, "error": "not_authed"}, {}
-        self._record(Call(method, params, headers, body=body))
-        return 200, self._answer(method, params), {}
+        with self._cond:
+            pause = self._delays.get(method, 0.0)
+        if pause:
+            time.sleep(pause)
+        answer = self._answer(method, params)
+        self._record(Call(method, params, headers, body=body, response=answer))
+        return 200, answer, {}
 
     def _answer(self, method: str, params: dict) -> dict:
         ts = f"{int(time.time())}.{next(self._ts):06d}"

@@ -1,23 +1,156 @@
-"""Customer questions entering the system (HTTP intake, Slack channel, CSV import).
+"""Customer questions entering the system (HTTP intake, the Slack intake channel, CSV import).
 
-Drafting and review-card posting are added by the bot; here questions are stored in one
-transaction, with a provided draft when the source had one.
+``ingest`` drafts the questions that came without a draft (with the drafting API, before
+anything is stored), runs the policy checker on every draft, then stores the questions and
+their drafts in one transaction: all or nothing. Posting review cards is the bot's job
+(``bot.review.post_card``); ``replyloop serve`` also posts cards for drafts that have none yet.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
 from replyloop.config import Config
 from replyloop.dataio import QuestionIn
+from replyloop.errors import ReplyloopError
 from replyloop.store import Store
 
+log = logging.getLogger(__name__)
 
-def ingest_questions(config: Config, store: Store, questions: list[QuestionIn], source: str) -> list[int]:
-    """Store questions (and any drafts they carry) all or nothing; returns the question ids."""
-    ids = []
+Checker = Callable[[str], dict]
+"""text -> {"verdict": "pass" | "warn" | "block", "violations": [{rule, severity, message, start, end, match, suggestion}]}"""
+
+EXTERNAL_MODEL = "external"
+
+
+class Drafter(Protocol):
+    def draft(self, question: str, conversation_id: str) -> Any: ...  # -> DraftResult
+
+
+class DraftingError(ReplyloopError):
+    """Drafting a reply failed"""
+
+
+@dataclass(frozen=True)
+class Ingested:
+    question_id: int
+    draft_id: int | None
+    created: bool = True  # False: the same question from the same conversation was already stored
+
+
+def policy_checker(config: Config) -> Checker | None:
+    """The policy engine as a checker, or None while ``evaluation.policy`` is not installed."""
+    try:
+        from evaluation.policy import load_policies
+    except ImportError:
+        return None
+    engine = load_policies(config.policies_dir)
+
+    def check(text: str) -> dict:
+        res = engine.check(text)
+        data = res.to_dict() if hasattr(res, "to_dict") else {}
+        violations = data.get("violations")
+        if violations is None:
+            violations = [v.to_dict() for v in res.violations]
+        return {"verdict": res.verdict, "violations": violations}
+
+    return check
+
+
+def check_text(checker: Checker | None, text: str) -> dict:
+    if checker is None:
+        return {"verdict": "pass", "violations": []}
+    result = checker(text)
+    verdict = result.get("verdict", "pass")
+    if verdict not in ("pass", "warn", "block"):
+        raise ReplyloopError(f"policy checker returned an unknown verdict {verdict!r}")
+    return {"verdict": verdict, "violations": list(result.get("violations") or [])}
+
+
+@dataclass(frozen=True)
+class _Prepared:
+    question: QuestionIn
+    text: str | None
+    model_id: int | None
+    model_name: str | None
+    verdict: str
+    violations: list
+
+
+def _prepare(q: QuestionIn, drafter: Drafter | None, checker: Checker | None) -> _Prepared:
+    if q.draft:
+        check = check_text(checker, q.draft)
+        return _Prepared(q, q.draft, None, EXTERNAL_MODEL, check["verdict"], check["violations"])
+    if drafter is None:
+        return _Prepared(q, None, None, None, "pass", [])
+    try:
+        result = drafter.draft(q.question, q.conversation_id)
+    except ReplyloopError:
+        raise
+    except Exception as exc:  # a model backend failing is reported, not a crash of the caller
+        raise DraftingError(f"drafting failed for conversation {q.conversation_id}: {exc}") from exc
+    if checker is not None:
+        check = check_text(checker, result.text)
+    else:
+        check = {"verdict": getattr(result, "verdict", "pass") or "pass",
+                 "violations": list(getattr(result, "violations", []) or [])}
+    return _Prepared(q, result.text, getattr(result, "model_id", None), getattr(result, "model_name", None),
+                     check["verdict"], check["violations"])
+
+
+def ingest(config: Config, store: Store, questions: list[QuestionIn], source: str,
+           drafter: Drafter | None = None, checker: Checker | None = None,
+           skip_existing: bool = False) -> list[Ingested]:
+    """Draft (where needed), check and store questions with their drafts, all or nothing.
+
+    Questions without a draft and no drafter are stored without one (``serve`` drafts them
+    later). With ``skip_existing``, a question whose conversation id, text and source are
+    already stored is not stored again (Slack retries of the same message).
+    """
+    prepared = [_prepare(q, drafter, checker) for q in questions]  # slow work outside the transaction
+    out: list[Ingested] = []
     with store.transaction():
-        for q in questions:
+        for p in prepared:
+            q = p.question
+            if skip_existing:
+                row = store.one(
+                    "SELECT q.id, (SELECT max(d.id) FROM drafts d WHERE d.question_id = q.id) AS draft_id"
+                    " FROM questions q WHERE q.conversation_id = ? AND q.text = ? AND q.source = ?",
+                    (q.conversation_id, q.question.strip(), source))
+                if row:
+                    out.append(Ingested(row["id"], row["draft_id"], created=False))
+                    continue
             qid = store.add_question(q.question, q.conversation_id, q.category, source=source)
-            if q.draft:
-                store.add_draft(qid, q.draft, model_name="external")
-            ids.append(qid)
+            draft_id = None
+            if p.text:
+                draft_id = store.add_draft(qid, p.text, model_id=p.model_id, model_name=p.model_name,
+                                           verdict=p.verdict, violations=p.violations)
+            out.append(Ingested(qid, draft_id))
+    return out
+
+
+def draft_pending(config: Config, store: Store, drafter: Drafter, checker: Checker | None = None,
+                  limit: int = 100) -> list[int]:
+    """Draft stored questions that have no draft yet (imported without one); returns draft ids."""
+    rows = store.query("SELECT q.id, q.text, q.conversation_id FROM questions q WHERE NOT EXISTS"
+                       " (SELECT 1 FROM drafts d WHERE d.question_id = q.id) ORDER BY q.id LIMIT ?", (limit,))
+    ids = []
+    for row in rows:
+        p = _prepare(QuestionIn(row["conversation_id"], row["text"]), drafter, checker)
+        with store.transaction():
+            if store.one("SELECT id FROM drafts WHERE question_id = ?", (row["id"],)):
+                continue  # drafted meanwhile by another worker
+            ids.append(store.add_draft(row["id"], p.text, model_id=p.model_id, model_name=p.model_name,
+                                       verdict=p.verdict, violations=p.violations))
     return ids
+
+
+def ingest_questions(config: Config, store: Store, questions: list[QuestionIn], source: str,
+                     drafter: Drafter | None = None, checker: Checker | None = None) -> list[int]:
+    """Store questions (and any drafts they carry, policy-checked) all or nothing; returns the question ids."""
+    if checker is None:
+        checker = policy_checker(config)
+    return [r.question_id for r in ingest(config, store, questions, source, drafter=drafter, checker=checker)]

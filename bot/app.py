@@ -1,0 +1,162 @@
+"""The slack-bolt App: listeners acknowledge at once and hand the rest to ``bot.review``,
+``bot.retrain`` and ``bot.intake`` (which run after the ack, on bolt's listener threads).
+
+    app = build_app(config, store, Secrets.from_env())          # a slack_bolt.App
+    bot = create_bot(config, store, secrets, drafter=..., start_pipeline=...)   # App + what serve needs
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from slack_bolt import App
+from slack_sdk import WebClient
+from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
+
+from bot import cards, intake, retrain, review, status
+from bot.logs import redacting_logger
+from bot.supervisors import Supervisors
+from replyloop.config import Config, Secrets
+from replyloop.errors import ConfigError
+from replyloop.intake import Checker, Drafter, policy_checker
+from replyloop.store import Store
+
+log = logging.getLogger(__name__)
+
+LISTENER_THREADS = 32  # bolt's default is 5: acks of 50 clicking supervisors would queue
+WORK_THREADS = 4       # decisions after the ack (SQLite writes serialise anyway)
+
+
+def build_client(config: Config, secrets: Secrets) -> WebClient:
+    """The Web API client: ``slack.api_base_url`` and ``SLACK_BOT_TOKEN``; retries 429 (after
+    Retry-After) and 5xx a few times."""
+    if not secrets.slack_bot_token:
+        raise ConfigError("SLACK_BOT_TOKEN is not set (the bot's xoxb- token)")
+    base = config.file.slack.api_base_url
+    client = WebClient(token=secrets.slack_bot_token, base_url=base if base.endswith("/") else base + "/",
+                       logger=redacting_logger("bot.slack_sdk", secrets))
+    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=3))
+    client.retry_handlers.append(ServerErrorRetryHandler(max_retry_count=2))
+    return client
+
+
+@dataclass
+class Bot:
+    """Everything the listeners need, built once."""
+
+    config: Config
+    store: Store
+    secrets: Secrets
+    client: WebClient
+    supervisors: Supervisors
+    checker: Checker | None = None
+    drafter: Drafter | None = None
+    start_pipeline: Callable[..., object] | None = None
+    app: App | None = None
+    background: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="replyloop-bg"))
+    work: ThreadPoolExecutor = field(
+        default_factory=lambda: ThreadPoolExecutor(max_workers=WORK_THREADS, thread_name_prefix="replyloop-work"))
+    posting: set[int] = field(default_factory=set)
+    posting_lock: threading.Lock = field(default_factory=threading.Lock)
+    channel_names: dict[str, str] = field(default_factory=dict)
+
+    def publish_home(self, user: str) -> None:
+        self.client.views_publish(user_id=user, view=cards.home_view(status.home(self.store)))
+
+    def after_ack(self, fn: Callable[..., object], *args) -> None:
+        """Run a decision's slow part (store, chat.update) on the small work pool: the listener
+        thread is free at once, and few runnable threads keep other acks fast."""
+        def run():
+            try:
+                fn(self, *args)
+            except Exception:
+                log.exception("%s failed", getattr(fn, "__name__", fn))
+        self.work.submit(run)
+
+    def close(self) -> None:
+        self.work.shutdown(wait=True)
+        self.background.shutdown(wait=False, cancel_futures=True)
+
+
+def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient | None = None,
+               drafter: Drafter | None = None, checker: Checker | None = None,
+               start_pipeline: Callable[..., object] | None = None,
+               supervisors: Supervisors | None = None, listener_threads: int = LISTENER_THREADS) -> Bot:
+    """Build the bot. ``checker`` defaults to the policy engine (``evaluation.policy``) when it is
+    installed; ``start_pipeline(trigger=, requested_by=, notify=)`` backs ``/retrain now``."""
+    client = client or build_client(config, secrets)
+    if checker is None:
+        checker = policy_checker(config)
+        if checker is None:
+            log.warning("evaluation.policy is not available: drafts are not policy-checked")
+    slack = config.file.slack
+    bot = Bot(config=config, store=store, secrets=secrets, client=client,
+              supervisors=supervisors or Supervisors(client, slack.supervisors, slack.supervisor_group),
+              checker=checker, drafter=drafter, start_pipeline=start_pipeline)
+    app = App(
+        client=client,
+        signing_secret=secrets.slack_signing_secret or "",
+        token_verification_enabled=False,
+        process_before_response=False,
+        listener_executor=ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="replyloop-listener"),
+        logger=redacting_logger("bot.bolt", secrets),
+    )
+    _register(app, bot)
+    bot.app = app
+    return bot
+
+
+def build_app(config: Config, store: Store, secrets: Secrets, client: WebClient | None = None,
+              drafter: Drafter | None = None, **kwargs) -> App:
+    """The slack_bolt.App (see ``create_bot`` for the keyword arguments)."""
+    return create_bot(config, store, secrets, client=client, drafter=drafter, **kwargs).app
+
+
+def _register(app: App, bot: Bot) -> None:
+    @app.action(cards.APPROVE)
+    def on_approve(ack, body, action):
+        ack()
+        bot.after_ack(review.approve, body, action)
+
+    @app.action(cards.EDIT)
+    def on_edit(ack, body, action):
+        ack()
+        review.open_modal(bot, body, action, "edit")
+
+    @app.action(cards.REJECT)
+    def on_reject(ack, body, action):
+        ack()
+        review.open_modal(bot, body, action, "reject")
+
+    @app.view(cards.EDIT_VIEW)
+    def on_edit_submit(ack, body, view):
+        errors = review.validate_edit(bot, view)  # the policy engine is fast; errors must ride on the ack
+        if errors:
+            ack(response_action="errors", errors=errors)
+            return
+        ack()
+        bot.after_ack(review.submit_edit, body, view)
+
+    @app.view(cards.REJECT_VIEW)
+    def on_reject_submit(ack, body, view):
+        ack()
+        bot.after_ack(review.submit_reject, body, view)
+
+    @app.command("/retrain")
+    def on_retrain(ack, command, respond):
+        ack()
+        retrain.handle(bot, command, respond)
+
+    @app.event("app_home_opened")
+    def on_home(event):
+        if event.get("tab", "home") == "home":
+            bot.publish_home(event["user"])
+
+    @app.event("message")
+    def on_message(event):
+        intake.handle_message(bot, event)

@@ -1,0 +1,264 @@
+"""Block Kit builders: the review card, the decided card, the edit and reject modals, App Home,
+and the ``/retrain`` texts. Pure functions of plain data; no Slack calls here."""
+
+from __future__ import annotations
+
+import json
+
+APPROVE = "replyloop_approve"
+EDIT = "replyloop_edit"
+REJECT = "replyloop_reject"
+EDIT_VIEW = "replyloop_edit_view"
+REJECT_VIEW = "replyloop_reject_view"
+REPLY_BLOCK = "reply"
+REPLY_INPUT = "text"
+REASON_BLOCK = "reason"
+REASON_INPUT = "text"
+
+VERDICT_ICON = {"pass": ":white_check_mark:", "warn": ":warning:", "block": ":no_entry:"}
+DECISION_WORDS = {"approve": "Approved", "edit": "Edited and approved", "reject": "Rejected"}
+MAX_TEXT = 2900  # Slack caps a section's text at 3000 characters
+
+
+def escape(text: str) -> str:
+    """Escape Slack mrkdwn control characters (``&``, ``<``, ``>``)."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _clip(text: str, limit: int = MAX_TEXT) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def highlight(text: str, violations: list[dict]) -> str:
+    """The text as mrkdwn with every violating span marked as ``*~phrase~*`` (bold, struck)."""
+    spans = sorted(
+        (int(v["start"]), int(v["end"])) for v in violations
+        if isinstance(v.get("start"), int) and isinstance(v.get("end"), int) and 0 <= v["start"] < v["end"] <= len(text)
+    )
+    out, pos = [], 0
+    for start, end in spans:
+        if start < pos:  # overlapping spans: extend the previous mark only
+            continue
+        out.append(escape(text[pos:start]))
+        out.append(f"*~{escape(text[start:end])}~*")
+        pos = end
+    out.append(escape(text[pos:]))
+    return "".join(out)
+
+
+def violation_lines(violations: list[dict]) -> list[str]:
+    lines = []
+    for v in violations:
+        line = f"• `{v.get('rule', '?')}` ({v.get('severity', '?')}): {escape(str(v.get('message', '')))}"
+        if v.get("match"):
+            line += f" — “{escape(str(v['match']))}”"
+        if v.get("suggestion"):
+            line += f"\n   _suggestion:_ {escape(str(v['suggestion']))}"
+        lines.append(line)
+    return lines
+
+
+def _question_blocks(draft: dict) -> list[dict]:
+    return [
+        {"type": "section", "block_id": "question",
+         "text": {"type": "mrkdwn", "text": f"*Customer question*\n>{_clip(escape(draft['question']))}"}},
+    ]
+
+
+def _context(draft: dict) -> dict:
+    verdict = draft.get("verdict") or "pass"
+    model = draft.get("model_name") or (f"model {draft['model_id']}" if draft.get("model_id") else "unknown")
+    items = [
+        f"*Category:* {escape(draft.get('category') or '(none)')}",
+        f"*Model:* {escape(model)}",
+        f"*Policy:* {VERDICT_ICON.get(verdict, '')} {verdict}",
+        f"*Conversation:* {escape(str(draft.get('conversation_id', '')))}",
+    ]
+    return {"type": "context", "block_id": "meta", "elements": [{"type": "mrkdwn", "text": t} for t in items]}
+
+
+def review_card(draft: dict) -> tuple[str, list[dict]]:
+    """(fallback text, blocks) of the card a supervisor decides on. ``draft`` is a
+    ``Store.get_draft`` row. A draft with a blocking violation has no Approve button."""
+    draft_id = draft["id"]
+    violations = draft.get("violations") or []
+    verdict = draft.get("verdict") or "pass"
+    blocks = [{"type": "header", "text": {"type": "plain_text", "text": f"Review draft #{draft_id}"}}]
+    blocks += _question_blocks(draft)
+    blocks.append({"type": "section", "block_id": "draft",
+                   "text": {"type": "mrkdwn", "text": f"*AI draft*\n{_clip(highlight(draft['text'], violations))}"}})
+    blocks.append(_context(draft))
+    if violations:
+        head = {"block": ":no_entry: *Blocked by policy* — edit before approving",
+                "warn": ":warning: *Policy warning*"}.get(verdict, "*Policy notes*")
+        blocks.append({"type": "section", "block_id": "policy",
+                       "text": {"type": "mrkdwn", "text": _clip(head + "\n" + "\n".join(violation_lines(violations)))}})
+    buttons = []
+    value = str(draft_id)
+    if verdict != "block":
+        buttons.append({"type": "button", "action_id": APPROVE, "style": "primary", "value": value,
+                        "text": {"type": "plain_text", "text": "Approve"}})
+    buttons.append({"type": "button", "action_id": EDIT, "value": value,
+                    "text": {"type": "plain_text", "text": "Edit"}})
+    buttons.append({"type": "button", "action_id": REJECT, "style": "danger", "value": value,
+                    "text": {"type": "plain_text", "text": "Reject"}})
+    blocks.append({"type": "actions", "block_id": f"review_{draft_id}", "elements": buttons})
+    text = f"Review draft #{draft_id}: {_clip(draft['question'], 150)}"
+    return text, blocks
+
+
+def decided_card(draft: dict) -> tuple[str, list[dict]]:
+    """The card after the decision: who decided what, when; no buttons."""
+    decision = draft["decision"]
+    when = draft["decided_at"]
+    blocks = [{"type": "header", "text": {"type": "plain_text", "text": f"Draft #{draft['id']}: "
+                                                                       f"{DECISION_WORDS[decision].lower()}"}}]
+    blocks += _question_blocks(draft)
+    if decision == "reject":
+        blocks.append({"type": "section", "block_id": "draft",
+                       "text": {"type": "mrkdwn", "text": f"*Rejected draft*\n~{_clip(escape(draft['text']))}~"}})
+    else:
+        label = "*Approved reply*" if decision == "approve" else "*Edited reply (approved)*"
+        blocks.append({"type": "section", "block_id": "final",
+                       "text": {"type": "mrkdwn", "text": f"{label}\n{_clip(escape(draft['final_text'] or ''))}"}})
+    blocks.append(_context(draft))
+    icon = {"approve": ":white_check_mark:", "edit": ":pencil2:", "reject": ":x:"}[decision]
+    line = f"{icon} {DECISION_WORDS[decision]} by <@{draft['reviewer']}> at {when}"
+    if draft.get("reason"):
+        line += f"\n*Reason:* {escape(draft['reason'])}"
+    blocks.append({"type": "section", "block_id": "decision", "text": {"type": "mrkdwn", "text": line}})
+    text = f"Draft #{draft['id']} {DECISION_WORDS[decision].lower()} by <@{draft['reviewer']}>"
+    return text, blocks
+
+
+def already_decided_text(draft: dict) -> str:
+    word = DECISION_WORDS[draft["decision"]].lower()
+    return f"Draft #{draft['id']} was already {word} by <@{draft['reviewer']}> at {draft['decided_at']}."
+
+
+def _metadata(draft_id: int, channel: str | None, ts: str | None) -> str:
+    return json.dumps({"draft_id": draft_id, "channel": channel, "ts": ts})
+
+
+def parse_metadata(raw: str) -> dict:
+    data = json.loads(raw or "{}")
+    if not isinstance(data, dict) or not isinstance(data.get("draft_id"), int):
+        raise ValueError("private_metadata has no draft_id")
+    return data
+
+
+def edit_modal(draft: dict, channel: str | None, ts: str | None) -> dict:
+    """The edit modal, prefilled with the draft; the reply is re-checked on submit."""
+    blocks = _question_blocks(draft)
+    if draft.get("violations"):
+        blocks.append({"type": "context", "block_id": "policy", "elements": [
+            {"type": "mrkdwn", "text": _clip("\n".join(violation_lines(draft["violations"])), 1900)}]})
+    blocks.append({
+        "type": "input", "block_id": REPLY_BLOCK,
+        "label": {"type": "plain_text", "text": "Reply"},
+        "element": {"type": "plain_text_input", "action_id": REPLY_INPUT, "multiline": True,
+                    "initial_value": draft["text"][:3000]},
+    })
+    return {
+        "type": "modal", "callback_id": EDIT_VIEW,
+        "private_metadata": _metadata(draft["id"], channel, ts),
+        "title": {"type": "plain_text", "text": f"Edit draft #{draft['id']}"[:24]},
+        "submit": {"type": "plain_text", "text": "Approve edit"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": blocks,
+    }
+
+
+def reject_modal(draft: dict, channel: str | None, ts: str | None) -> dict:
+    return {
+        "type": "modal", "callback_id": REJECT_VIEW,
+        "private_metadata": _metadata(draft["id"], channel, ts),
+        "title": {"type": "plain_text", "text": f"Reject draft #{draft['id']}"[:24]},
+        "submit": {"type": "plain_text", "text": "Reject"},
+        "close": {"type": "plain_text", "text": "Cancel"},
+        "blocks": _question_blocks(draft) + [{
+            "type": "input", "block_id": REASON_BLOCK, "optional": True,
+            "label": {"type": "plain_text", "text": "Reason (optional)"},
+            "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True},
+        }],
+    }
+
+
+def _pct(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def model_line(model: dict | None, role: str) -> str:
+    if not model:
+        return f"*{role}:* none"
+    line = f"*{role}:* `{escape(model['name'])}` (id {model['id']})"
+    if model.get("canary_percent") and role == "Canary":
+        line += f", {model['canary_percent']}% of conversations"
+    ev = model.get("evaluation")
+    if ev:
+        gate = {1: "passed", 0: "failed"}.get(ev.get("gate_passed"), "n/a")
+        line += (f" — consistency {_pct(ev.get('mean_similarity'))}, share above threshold "
+                 f"{_pct(ev.get('share_above'))}, gate {gate} ({ev['created_at'][:16]})")
+    else:
+        line += " — not evaluated yet"
+    return line
+
+
+def home_view(home: dict) -> dict:
+    """App Home: the queue, approvals this week per supervisor, champion and canary."""
+    approvals = home["approvals_this_week"]
+    lines = [f"• <@{r['reviewer']}>: {r['approved']} approved, {r['edited']} edited, {r['rejected']} rejected"
+             for r in approvals] or ["• none yet"]
+    return {
+        "type": "home",
+        "blocks": [
+            {"type": "header", "text": {"type": "plain_text", "text": "replyloop"}},
+            {"type": "section", "block_id": "queue",
+             "text": {"type": "mrkdwn", "text": f"*Review queue:* {home['queue']} draft(s) waiting"}},
+            {"type": "section", "block_id": "approvals",
+             "text": {"type": "mrkdwn", "text": f"*This week (since {home['week_start'][:10]})*\n" + "\n".join(lines)}},
+            {"type": "divider"},
+            {"type": "section", "block_id": "models",
+             "text": {"type": "mrkdwn", "text": model_line(home["champion"], "Champion") + "\n"
+                      + model_line(home["canary"], "Canary")}},
+        ],
+    }
+
+
+def retrain_status_text(status: dict) -> str:
+    lines = [f"*Approved samples since the last training:* {status['samples_since']} "
+             f"(threshold {status['threshold']})"]
+    running = status["running"]
+    if running:
+        for run in running:
+            total = run.get("total_steps")
+            progress = f"step {run.get('step') or 0}/{total}" if total else f"step {run.get('step') or 0}"
+            loss = f", loss {run['loss']:.4f}" if run.get("loss") is not None else ""
+            lines.append(f"*Running:* run #{run['id']} ({run['trigger']}), {progress}{loss}, since {run['started_at'][:16]}")
+    else:
+        lines.append("*Running:* nothing")
+    lines.append(model_line(status["champion"], "Champion"))
+    if status.get("canary"):
+        lines.append(model_line(status["canary"], "Canary"))
+    return "\n".join(lines)
+
+
+def retrain_history_text(runs: list[dict]) -> str:
+    if not runs:
+        return "No training runs yet."
+    lines = ["*Recent training runs*"]
+    for r in runs:
+        line = f"• #{r['id']} {r['status']} ({r['trigger']}"
+        if r.get("requested_by"):
+            line += f", <@{r['requested_by']}>"
+        line += f") started {r['started_at'][:16]}"
+        if r.get("finished_at"):
+            line += f", finished {r['finished_at'][:16]}"
+        if r.get("loss") is not None:
+            line += f", loss {r['loss']:.4f}"
+        if r.get("model_name"):
+            line += f" → `{escape(r['model_name'])}`"
+        if r.get("error"):
+            line += f" — {escape(r['error'][:200])}"
+        lines.append(line)
+    return "\n".join(lines)

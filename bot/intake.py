@@ -1,0 +1,142 @@
+"""Intake of customer questions: ``POST /intake`` (bearer token) and the Slack intake channel.
+
+Both store through ``replyloop.intake.ingest`` (draft if missing, policy check, one
+transaction) and then post the review card in the background.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from bot import review
+from replyloop.dataio import QuestionIn
+from replyloop.errors import ReplyloopError
+from replyloop.intake import ingest
+
+if TYPE_CHECKING:
+    from bot.app import Bot
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 256 * 1024
+FIELDS = {"conversation_id", "question", "draft", "category"}
+
+
+@dataclass
+class IntakeResponse:
+    status: int
+    body: dict
+
+
+class IntakeError(ReplyloopError):
+    """Malformed intake request"""
+
+
+def authorized(expected: str | None, header: str | None) -> bool:
+    """``Authorization: Bearer <REPLYLOOP_INTAKE_TOKEN>``, compared in constant time."""
+    if not expected or not header or not header.startswith("Bearer "):
+        return False
+    return hmac.compare_digest(header[len("Bearer "):].strip().encode(), expected.encode())
+
+
+def parse(body: bytes) -> QuestionIn:
+    """Validate an intake body; raises IntakeError naming the field."""
+    try:
+        data = json.loads(body.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise IntakeError("body is not UTF-8") from None
+    except ValueError as exc:
+        raise IntakeError(f"body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
+    if not isinstance(data, dict):
+        raise IntakeError("body must be a JSON object {conversation_id, question, draft?, category?}")
+    unknown = sorted(set(data) - FIELDS)
+    if unknown:
+        raise IntakeError(f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(FIELDS))})")
+    values = {}
+    for name in ("conversation_id", "question"):
+        value = data.get(name)
+        if isinstance(value, int) and not isinstance(value, bool) and name == "conversation_id":
+            value = str(value)
+        if not isinstance(value, str) or not value.strip():
+            raise IntakeError(f"'{name}' is required and must be a non-empty string")
+        values[name] = value.strip()
+    for name in ("draft", "category"):
+        value = data.get(name)
+        if value is not None and not isinstance(value, str):
+            raise IntakeError(f"'{name}' must be a string")
+        values[name] = value.strip() if isinstance(value, str) and value.strip() else None
+    if len(values["question"]) > 4000:
+        raise IntakeError("'question' is longer than 4000 characters")
+    return QuestionIn(values["conversation_id"], values["question"], values["category"], values["draft"])
+
+
+def handle_http(bot: "Bot", headers: dict[str, str], body: bytes) -> IntakeResponse:
+    """The whole ``POST /intake``: token, validation, draft + store, card in the background."""
+    if not authorized(bot.secrets.intake_token, headers.get("authorization")):
+        return IntakeResponse(401, {"ok": False, "error": "missing or wrong bearer token"})
+    if len(body) > MAX_BODY:
+        return IntakeResponse(413, {"ok": False, "error": f"body larger than {MAX_BODY} bytes"})
+    try:
+        question = parse(body)
+    except IntakeError as exc:
+        return IntakeResponse(400, {"ok": False, "error": str(exc)})
+    if question.draft is None and bot.drafter is None:
+        return IntakeResponse(400, {"ok": False, "error": "'draft' is required: no drafting model is configured"})
+    try:
+        [result] = ingest(bot.config, bot.store, [question], source="http", drafter=bot.drafter,
+                          checker=bot.checker)
+    except ReplyloopError as exc:
+        log.warning("intake failed: %s", exc)
+        return IntakeResponse(500, {"ok": False, "error": str(exc)})
+    if result.draft_id is not None:
+        bot.background.submit(_post_card_logged, bot, result.draft_id)
+    draft = bot.store.get_draft(result.draft_id) if result.draft_id else None
+    return IntakeResponse(201, {"ok": True, "question_id": result.question_id, "draft_id": result.draft_id,
+                                "verdict": draft["verdict"] if draft else None})
+
+
+def _post_card_logged(bot: "Bot", draft_id: int) -> None:
+    try:
+        review.post_card(bot, draft_id)
+    except Exception:
+        log.exception("posting the card of draft %s failed (serve posts it again later)", draft_id)
+
+
+def is_intake_channel(bot: "Bot", channel: str | None) -> bool:
+    wanted = bot.config.file.slack.intake_channel.strip().lstrip("#")
+    if not wanted or not channel:
+        return False
+    if channel == wanted:
+        return True
+    name = bot.channel_names.get(channel)
+    if name is None:
+        try:
+            info = bot.client.conversations_info(channel=channel)
+            name = (info.get("channel") or {}).get("name") or ""
+        except Exception:
+            name = ""
+        bot.channel_names[channel] = name
+    return name == wanted
+
+
+def handle_message(bot: "Bot", event: dict) -> None:
+    """A message in the intake channel becomes a question (the thread is the conversation)."""
+    if event.get("subtype") or event.get("bot_id"):
+        return
+    channel = event.get("channel")
+    text = (event.get("text") or "").strip()
+    if not text or not is_intake_channel(bot, channel):
+        return
+    conversation = f"slack:{channel}:{event.get('thread_ts') or event.get('ts')}"
+    try:
+        [result] = ingest(bot.config, bot.store, [QuestionIn(conversation, text)], source="slack",
+                          drafter=bot.drafter, checker=bot.checker, skip_existing=True)
+    except ReplyloopError as exc:
+        log.warning("intake from channel %s failed: %s", channel, exc)
+        return
+    if result.created and result.draft_id is not None:
+        _post_card_logged(bot, result.draft_id)

@@ -1,0 +1,73 @@
+"""Read-only views of the store for ``/retrain`` and App Home (queue, approvals, models, runs)."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from replyloop import timeutil
+from replyloop.config import Config
+from replyloop.store import Store
+
+
+def _latest_evaluation(store: Store, model_id: int) -> dict | None:
+    return store.one(
+        "SELECT id, mean_similarity, share_above, gate_passed, n, created_at FROM evaluations"
+        " WHERE model_id = ? ORDER BY created_at DESC, id DESC LIMIT 1", (model_id,))
+
+
+def model_with_status(store: Store, status: str) -> dict | None:
+    row = store.one("SELECT id, name, status, canary_percent, snapshot_hash, promoted_at FROM models"
+                    " WHERE status = ? ORDER BY promoted_at DESC, id DESC LIMIT 1", (status,))
+    if row:
+        row["evaluation"] = _latest_evaluation(store, row["id"])
+    return row
+
+
+def baseline_snapshot(store: Store) -> str | None:
+    """The snapshot the champion was trained on, else the latest snapshot."""
+    champion = store.one("SELECT snapshot_hash FROM models WHERE status = 'champion' AND snapshot_hash IS NOT NULL"
+                         " ORDER BY promoted_at DESC, id DESC LIMIT 1")
+    if champion:
+        return champion["snapshot_hash"]
+    latest = store.latest_snapshot()
+    return latest["hash"] if latest else None
+
+
+def retrain_status(config: Config, store: Store) -> dict:
+    return {
+        "samples_since": store.samples_since(baseline_snapshot(store)),
+        "threshold": config.file.scheduler.min_new_samples,
+        "running": store.query("SELECT id, trigger, requested_by, step, total_steps, loss, started_at"
+                               " FROM training_runs WHERE status = 'running' ORDER BY id"),
+        "champion": model_with_status(store, "champion"),
+        "canary": model_with_status(store, "canary"),
+    }
+
+
+def recent_runs(store: Store, limit: int = 10) -> list[dict]:
+    return store.query(
+        "SELECT r.id, r.status, r.trigger, r.requested_by, r.started_at, r.finished_at, r.loss, r.error,"
+        " m.name AS model_name FROM training_runs r LEFT JOIN models m ON m.id = r.model_id"
+        " ORDER BY r.id DESC LIMIT ?", (limit,))
+
+
+def week_start(now: dt.datetime | None = None) -> dt.datetime:
+    now = now or timeutil.now()
+    monday = now - dt.timedelta(days=now.weekday())
+    return monday.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def home(store: Store) -> dict:
+    start = week_start().isoformat(timespec="microseconds")
+    approvals = store.query(
+        "SELECT reviewer, sum(decision = 'approve') AS approved, sum(decision = 'edit') AS edited,"
+        " sum(decision = 'reject') AS rejected FROM reviews WHERE created_at >= ?"
+        " GROUP BY reviewer ORDER BY approved + edited DESC, reviewer", (start,))
+    return {
+        "queue": store.scalar("SELECT count(*) FROM drafts d WHERE NOT EXISTS"
+                              " (SELECT 1 FROM reviews r WHERE r.draft_id = d.id)"),
+        "week_start": start,
+        "approvals_this_week": approvals,
+        "champion": model_with_status(store, "champion"),
+        "canary": model_with_status(store, "canary"),
+    }

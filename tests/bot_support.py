@@ -1,0 +1,159 @@
+"""Shared set-up of the bot tests: the bot in HTTP mode on 127.0.0.1:0 against FakeSlack.
+
+Import the fixtures into a test module with ``from bot_support import *``.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import pytest
+
+from bot.app import Bot, create_bot
+from bot.fake_slack import FakeSlack
+from bot.server import BotServer
+from bot.simulate import Simulator
+from replyloop.config import Config, Secrets
+from replyloop.dataio import QuestionIn
+from replyloop.intake import ingest
+from replyloop.store import Store
+
+BOT_TOKEN = "xoxb-0000-test-bot-token"
+APP_TOKEN = "xapp-1-test-app-token"
+SIGNING_SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
+INTAKE_TOKEN = "intake-secret-token-1234"
+REVIEW = "C0REVIEW"
+INTAKE = "C0INTAKE"
+SUPERVISORS = ["USUP1", "USUP2"]
+GROUP = "S0SUPERVISORS"
+GROUP_MEMBER = "UGROUP1"
+OUTSIDER = "UOUTSIDER"
+
+
+class PhraseRules:
+    """A tiny real policy checker for tests while ``evaluation.policy`` is not in this branch:
+    exact phrases with a severity (the engine's result shape: verdict + violations with spans)."""
+
+    RULES = {"保证退款": ("no-refund-promise", "block", "Never promise a refund.", "按政策为您申请退款"),
+             "100% guaranteed": ("no-guarantee", "block", "Never guarantee outcomes.", "we will do our best"),
+             "马上": ("no-instant-promise", "warn", "Avoid promising instant results.", "尽快")}
+
+    def __call__(self, text: str) -> dict:
+        violations = []
+        for phrase, (rule, severity, message, suggestion) in self.RULES.items():
+            for m in re.finditer(re.escape(phrase), text):
+                violations.append({"rule": rule, "severity": severity, "message": message, "start": m.start(),
+                                   "end": m.end(), "match": m.group(0), "suggestion": suggestion})
+        severities = {v["severity"] for v in violations}
+        verdict = "block" if "block" in severities else "warn" if "warn" in severities else "pass"
+        return {"verdict": verdict, "violations": violations}
+
+
+class CannedDrafter:
+    """Test double for the slow drafting model: returns a fixed reply and says which model."""
+
+    def __init__(self, text: str = "您好，我们会尽快为您处理。"):
+        self.text = text
+        self.calls: list[tuple[str, str]] = []
+
+    def draft(self, question: str, conversation_id: str):
+        from types import SimpleNamespace
+
+        self.calls.append((question, conversation_id))
+        return SimpleNamespace(text=self.text, model_id=None, model_name="canned-test-model",
+                               verdict="pass", violations=[])
+
+
+class PipelineRecorder:
+    """A real ``start_pipeline`` callable that records its calls and reports through notify."""
+
+    def __init__(self):
+        self.calls: list[dict] = []
+
+    def __call__(self, trigger: str, requested_by: str, notify):
+        self.calls.append({"trigger": trigger, "requested_by": requested_by})
+        notify("Pipeline finished: training done, evaluation done, gate passed.")
+
+
+@dataclass
+class BotEnv:
+    config: Config
+    store: Store
+    fake: FakeSlack
+    bot: Bot
+    server: BotServer
+    sim: Simulator
+    pipeline: PipelineRecorder
+
+    def add_draft(self, question: str = "我的订单什么时候到？", draft: str = "您的订单预计三天内送达。",
+                  category: str | None = "物流查询", conversation: str = "conv-1") -> int:
+        [res] = ingest(self.config, self.store, [QuestionIn(conversation, question, category, draft)],
+                       source="http", checker=self.bot.checker)
+        return res.draft_id
+
+    def post_card(self, **kwargs):
+        """Store a draft, post its card through the bot; returns (draft_id, the recorded call)."""
+        from bot import review
+
+        draft_id = self.add_draft(**kwargs)
+        review.post_card(self.bot, draft_id)
+        call = next(c for c in self.fake.calls_to("chat.postMessage")
+                    if any(b.get("block_id") == f"review_{draft_id}" for b in c.params.get("blocks", [])))
+        return draft_id, call
+
+    def wait_review(self, draft_id: int, timeout: float = 10.0) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            row = self.store.one("SELECT * FROM reviews WHERE draft_id = ?", (draft_id,))
+            if row:
+                return row
+            time.sleep(0.02)
+        raise TimeoutError(f"no review of draft {draft_id}")
+
+
+def make_env(workspace, drafter=None, checker=None, **slack) -> BotEnv:
+    config, store = workspace
+    fake = FakeSlack(group_members={GROUP: [GROUP_MEMBER]}).start()
+    s = config.file.slack
+    s.api_base_url = fake.base_url
+    s.review_channel = REVIEW
+    s.intake_channel = INTAKE
+    s.supervisors = list(SUPERVISORS)
+    s.supervisor_group = GROUP
+    for key, value in slack.items():
+        setattr(s, key, value)
+    secrets = Secrets(slack_bot_token=BOT_TOKEN, slack_app_token=APP_TOKEN, slack_signing_secret=SIGNING_SECRET,
+                      intake_token=INTAKE_TOKEN)
+    pipeline = PipelineRecorder()
+    bot = create_bot(config, store, secrets, drafter=drafter, checker=checker or PhraseRules(),
+                     start_pipeline=pipeline)
+    server = BotServer(bot).start()
+    return BotEnv(config, store, fake, bot, server, Simulator(server.url, SIGNING_SECRET, fake), pipeline)
+
+
+def close_env(env: BotEnv) -> None:
+    env.sim.close()
+    env.server.stop()
+    env.bot.close()
+    env.fake.stop()
+
+
+@pytest.fixture
+def env(workspace):
+    e = make_env(workspace)
+    yield e
+    close_env(e)
+
+
+@pytest.fixture
+def env_drafting(workspace):
+    e = make_env(workspace, drafter=CannedDrafter())
+    yield e
+    close_env(e)
+
+
+__all__ = ["env", "env_drafting", "BotEnv", "PhraseRules", "CannedDrafter", "make_env", "close_env",
+           "BOT_TOKEN", "APP_TOKEN", "SIGNING_SECRET", "INTAKE_TOKEN", "REVIEW", "INTAKE", "SUPERVISORS",
+           "GROUP_MEMBER", "OUTSIDER"]
