@@ -177,6 +177,8 @@ class PolicyEngine:
         if not hits:
             return CheckResult("pass", [])
         tm = TextMap.build(text)
+        if tm.norm != norm:  # only for pathological text (e.g. a mark separated from its letter)
+            hits = self._raw_hits(tm.norm)
         bounds = [m.end() for m in _BOUNDARY.finditer(text)]
         found: dict[tuple, Violation] = {}
         for what, ns, ne in sorted(hits, key=lambda h: (h[1], -h[2])):

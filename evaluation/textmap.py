@@ -1,12 +1,16 @@
 """Normalise reply text for matching, with a map from every normalised character back to the original.
 
-Normalisation, in order: Unicode NFKC (full-width to half-width), casefold, Traditional to
-Simplified Chinese (OpenCC ``t2s``, the C++ binding), then every character that is not a letter or
-a digit is dropped (whitespace, punctuation, symbols, zero-width characters, ``_``). So
+Normalisation, in order: Unicode NFKC (full-width to half-width), casefold, every character that
+is not a letter or a digit dropped (whitespace, punctuation, symbols, zero-width characters, ``_``),
+then Traditional to Simplified Chinese (OpenCC ``t2s``, the C++ binding, one output character per
+input character). So
 ``全 额 赔 付``, ``全-額賠付`` and ``全\u200b额赔付`` all normalise to ``全额赔付``.
 
-``compact(text)`` is the fast path used on every reply; ``TextMap.build(text)`` is only built when
-something matched and a span in the original text has to be reported. Both give the same string.
+``compact(text)`` runs on every reply: for ordinary text it is one ``str.translate`` (NFKC and
+dropping, precomputed per character), a casefold and OpenCC; text the table cannot handle exactly
+(combining marks, characters with multi-character NFKC forms such as ㈱) goes character by
+character. ``TextMap.build(text)`` is only built when something matched and a span in the original
+text has to be reported; it gives the same string.
 """
 
 from __future__ import annotations
@@ -20,6 +24,31 @@ import opencc
 _CC = opencc.OpenCC("t2s")
 _DROP = re.compile(r"[\W_]+")
 _KEEP = re.compile(r"[^\W_]")
+
+
+def _fast_table() -> dict[int, str | None]:
+    """A ``str.translate`` table doing NFKC + dropping for the characters that allow it.
+
+    A character whose NFKC form holds no letter or digit is dropped (punctuation, spaces,
+    zero-width characters, emoji); one whose NFKC form is another single character is replaced
+    (full-width letters and digits). Combining marks and multi-character forms are left alone;
+    the result is then checked with ``unicodedata.is_normalized``.
+    """
+    table: dict[int, str | None] = {}
+    for cp in list(range(0xD800)) + list(range(0xE000, 0x10000)) + list(range(0x1F000, 0x1FB00)):
+        ch = chr(cp)
+        if unicodedata.combining(ch):
+            continue
+        nfkc = unicodedata.normalize("NFKC", ch)
+        if not any(c.isalnum() for c in nfkc):
+            table[cp] = None
+        elif len(nfkc) == 1 and nfkc != ch:
+            table[cp] = nfkc
+    return table
+
+
+_TABLE = _fast_table()
+_MARK = {cp: (value if value is not None else " ") for cp, value in _TABLE.items()}  # same, length-preserving
 
 
 def _t2s(text: str) -> str:
@@ -42,14 +71,15 @@ def _t2s_aligned(text: str) -> str:
     return "".join(out)
 
 
-def _aligned_fold(text: str) -> str | None:
-    """NFKC + casefold + t2s when every step keeps one character per input character, else None."""
-    if not unicodedata.is_normalized("NFKC", text):
+def _fast_kept(text: str) -> str | None:
+    """NFKC + casefold + drop via the table, when that is exact (one char per kept char), else None."""
+    kept = text.translate(_TABLE)
+    if not unicodedata.is_normalized("NFKC", kept):
         return None
-    folded = text.casefold()
-    if len(folded) != len(text):
+    folded = kept.casefold()
+    if len(folded) != len(kept):
         return None
-    return _t2s_aligned(folded)
+    return folded if folded.isalnum() or not folded else None
 
 
 def _units(text: str):
@@ -61,29 +91,29 @@ def _units(text: str):
             start = i
 
 
-def _slow_fold(text: str) -> tuple[str, list[int], list[int]]:
-    """NFKC + casefold + t2s unit by unit, with the original (start, end) of every output char."""
+def _slow_kept(text: str) -> tuple[str, list[int], list[int]]:
+    """NFKC + casefold + drop unit by unit, with the original (start, end) of every kept char."""
     pieces, starts, ends = [], [], []
     for s, e in _units(text):
-        piece = unicodedata.normalize("NFKC", text[s:e]).casefold()
-        pieces.append(piece)
-        starts.extend([s] * len(piece))
-        ends.extend([e] * len(piece))
-    return _t2s_aligned("".join(pieces)), starts, ends
+        for ch in unicodedata.normalize("NFKC", text[s:e]).casefold():
+            if ch.isalnum():
+                pieces.append(ch)
+                starts.append(s)
+                ends.append(e)
+    return "".join(pieces), starts, ends
 
 
 def compact(text: str) -> str:
     """The normalised form of ``text`` that phrases and patterns are matched against."""
-    folded = _aligned_fold(text)
-    if folded is None:
-        folded = _slow_fold(text)[0]
-    return _DROP.sub("", folded)
+    kept = _fast_kept(text)
+    if kept is None:
+        kept = _slow_kept(text)[0]
+    return _t2s_aligned(kept)
 
 
 def fold(text: str) -> str:
     """NFKC + casefold + t2s, keeping separators (used on clause prefixes and word checks)."""
-    folded = _aligned_fold(text)
-    return folded if folded is not None else _slow_fold(text)[0]
+    return _t2s(unicodedata.normalize("NFKC", text).casefold())
 
 
 @dataclass(frozen=True)
@@ -97,17 +127,13 @@ class TextMap:
 
     @classmethod
     def build(cls, text: str) -> "TextMap":
-        folded = _aligned_fold(text)
-        if folded is not None:
-            starts = [m.start() for m in _KEEP.finditer(folded)]
-            ends = [s + 1 for s in starts]
-        else:
-            folded, all_starts, all_ends = _slow_fold(text)
-            keep = [m.start() for m in _KEEP.finditer(folded)]
-            starts = [all_starts[i] for i in keep]
-            ends = [all_ends[i] for i in keep]
-        norm = "".join(folded[i] for i in (m.start() for m in _KEEP.finditer(folded)))
-        return cls(original=text, norm=norm, starts=starts, ends=ends)
+        kept = _fast_kept(text)
+        if kept is not None:
+            starts = [m.start() for m in _KEEP.finditer(text.translate(_MARK))]
+            ends = [i + 1 for i in starts]
+        if kept is None or len(starts) != len(kept):
+            kept, starts, ends = _slow_kept(text)
+        return cls(original=text, norm=_t2s_aligned(kept), starts=starts, ends=ends)
 
     def span(self, nstart: int, nend: int) -> tuple[int, int]:
         """Original [start, end) of the normalised slice [nstart, nend) (nend > nstart)."""
