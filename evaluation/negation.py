@@ -32,6 +32,8 @@ _BREAK_ZH = re.compile("|".join(map(re.escape, BREAKERS_ZH)))
 _NEG_EN = re.compile(r"\b(?:not|cannot|never|unable\s+to|[a-z]+n't)\b")
 _PSEUDO_EN = re.compile(r"\b(?:not\s+only|not\s+just|no\s+matter|(?:do\s+not|don't)\s+(?:worry|hesitate))\b")
 _BREAK_EN = re.compile(r"\b(?:but|however|instead|rather|although|though)\b")
+# Every negator contains one of these (a cheap first test; most clauses have none).
+_HINT = re.compile(r"[不没無沒无未并並绝絕非须須需勿nNｎＮ]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 
 
@@ -51,7 +53,7 @@ def _negated(text: str, negators: re.Pattern, pseudo: re.Pattern) -> bool:
 
 def is_negated(prefix: str) -> bool:
     """True when ``prefix`` (clause start up to the phrase, original text) negates the phrase."""
-    if not prefix:
+    if not prefix or not _HINT.search(prefix):
         return False
     folded = fold(prefix).translate(_APOSTROPHES)
     zh = _after_last(_BREAK_ZH, _DROP.sub("", folded))
