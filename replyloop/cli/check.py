@@ -1,7 +1,118 @@
-"""CLI: check (filled in by its issue)."""
+"""CLI: ``replyloop check`` -- run the policy rules on one reply or a JSONL file of replies."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
 
 import typer
 
+from replyloop.cli.common import ConfigOption, JsonOption, console
+
+
+def _policies_dir(policies: Optional[Path], config: Optional[Path]) -> Path:
+    """--policies, else the workspace's policies.dir when there is a workspace, else the shipped ones."""
+    from replyloop import paths
+    from replyloop.config import load_config
+
+    if policies is not None:
+        return policies
+    if config is not None or paths.default_config_path().exists():
+        return load_config(config).policies_dir
+    return paths.default_policies_dir()
+
+
+def read_replies(path: Path) -> list[tuple[str, str]]:
+    """(id, text) from a JSONL file of ``{"id": ..., "text": ...}`` lines; DataFormatError names file:line."""
+    from replyloop.errors import DataFormatError
+
+    try:
+        raw = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise DataFormatError(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    replies = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
+        if not isinstance(obj, dict):
+            raise DataFormatError(f"{path}:{number}: expected an object with 'id' and 'text'")
+        text = obj.get("text")
+        if not isinstance(text, str):
+            raise DataFormatError(f"{path}:{number}: 'text' must be a string")
+        reply_id = obj.get("id", number)
+        if not isinstance(reply_id, (str, int)) or isinstance(reply_id, bool):
+            raise DataFormatError(f"{path}:{number}: 'id' must be a string or an integer")
+        replies.append((reply_id, text))
+    return replies
+
+
+def _print_table(rows: list[dict]) -> None:
+    from rich.table import Table
+
+    table = Table(show_lines=False)
+    for name in ("id", "verdict", "rule", "span", "match", "message / suggestion"):
+        table.add_column(name)
+    styles = {"block": "bold red", "warn": "yellow", "pass": "green"}
+    for row in rows:
+        verdict = f"[{styles[row['verdict']]}]{row['verdict']}[/]"
+        rid = "-" if row["id"] is None else str(row["id"])
+        if not row["violations"]:
+            table.add_row(rid, verdict, "", "", "", "")
+        for i, v in enumerate(row["violations"]):
+            note = f"→ {v['suggestion']}" if v["suggestion"] else v["message"]
+            table.add_row(rid if i == 0 else "", verdict if i == 0 else "",
+                          f"{v['rule']} ({v['severity']})", f"{v['start']}-{v['end']}", v["match"], note)
+        if row.get("fixed") is not None:
+            table.add_row("", "", "fixed", "", row["fixed"], "")
+    console.print(table)
+    counts = {k: sum(r["verdict"] == k for r in rows) for k in ("block", "warn", "pass")}
+    console.print(f"{len(rows)} reply(ies): {counts['block']} blocked, {counts['warn']} warned, {counts['pass']} passed")
+
+
+def check(
+    text: Optional[str] = typer.Argument(None, help="The reply to check (or use --file)."),
+    file: Optional[Path] = typer.Option(None, "--file", "-f", help='JSONL file of {"id": ..., "text": ...} lines.'),
+    policies: Optional[Path] = typer.Option(None, "--policies", "-p",
+                                            help="Policy directory (default: the workspace's policies.dir, else the shipped policies/)."),
+    fix: bool = typer.Option(False, "--fix", help="Also print each reply with terminology rewritten to the preferred terms."),
+    as_json: bool = JsonOption,
+    config: Optional[Path] = ConfigOption,
+):
+    """Check replies against the banned-promise and terminology rules.
+
+    Prints one verdict (block / warn / pass) per reply with its violations: a table, or JSON
+    lines with --json. Exit code 1 when any reply is blocked, 0 otherwise, 2 on bad input.
+
+    Example: replyloop check --json "我们保证全额赔付"
+    """
+    from evaluation.policy import load_policies
+    from replyloop.errors import DataFormatError
+
+    if (text is None) == (file is None):
+        raise DataFormatError("give either TEXT or --file (exactly one)")
+    engine = load_policies(_policies_dir(policies, config))
+    replies = read_replies(file) if file is not None else [(None, text)]
+    rows = []
+    for reply_id, body in replies:
+        row = {"id": reply_id, **engine.check(body).to_dict()}
+        if fix:
+            row["fixed"] = engine.fix(body)
+        rows.append(row)
+    if as_json:
+        for row in rows:
+            typer.echo(json.dumps(row, ensure_ascii=False))
+    else:
+        _print_table(rows)
+    if any(row["verdict"] == "block" for row in rows):
+        raise typer.Exit(1)
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command("check")(check)

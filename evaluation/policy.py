@@ -1,0 +1,243 @@
+"""The policy engine: banned promises and terminology, checked on every reply.
+
+    from evaluation.policy import load_policies
+    engine = load_policies("policies/")       # PolicyError on a bad file; build once, reuse
+    result = engine.check("我们保证全額賠付")    # CheckResult(verdict="block", violations=[...])
+    engine.fix("请提供快递条码")                 # "请提供电子面单"
+
+How a reply is checked:
+
+1. The reply is normalised (``evaluation.textmap``: NFKC, casefold, Traditional to Simplified,
+   whitespace / punctuation / zero-width characters dropped).
+2. One Aho-Corasick automaton holds every normalised phrase of every rule, every terminology
+   ``avoid`` term, and one required literal per regex (``evaluation.regexcheck``): a regex only
+   runs on replies that contain its literal. Regexes without a literal are combined into one
+   regex that is searched once per reply. So the cost per reply hardly grows with the rule count.
+3. Only when something matched is the offset map built: spans are reported in the original text.
+   Phrases that start or end with a Latin letter or digit must sit on word boundaries in the
+   original text and keep its word breaks (``scam`` does not match ``bus camp``).
+4. A rule hit is dropped when a negator precedes it in the same clause (``evaluation.negation``).
+   Terminology hits are not subject to negation: they are about wording.
+"""
+
+from __future__ import annotations
+
+import bisect
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import ahocorasick
+
+from evaluation.negation import is_negated
+from evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
+from evaluation.regexcheck import required_literal
+from evaluation.textmap import TextMap, compact, fold
+
+__all__ = ["CheckResult", "PolicyEngine", "Violation", "load_policies"]
+
+_SEVERITY_RANK = {"pass": 0, "warn": 1, "block": 2}
+# Clause boundaries: Chinese and Latin sentence punctuation and newlines ('.' between digits is a decimal point).
+_BOUNDARY = re.compile(r"[，。！？；,!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")
+_ALNUM = re.compile(r"[a-z0-9]")
+_WORDS = re.compile(r"[^\W_]+")
+
+
+@dataclass(frozen=True)
+class Violation:
+    rule: str
+    severity: str            # "block" | "warn"
+    message: str
+    start: int               # span in the original text
+    end: int
+    match: str               # text[start:end]
+    suggestion: str | None = None  # terminology: the preferred term
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class CheckResult:
+    verdict: str             # "pass" | "warn" | "block"
+    violations: list[Violation] = field(default_factory=list)
+
+    @property
+    def blocked(self) -> bool:
+        return self.verdict == "block"
+
+    def to_dict(self) -> dict:
+        return {"verdict": self.verdict, "violations": [v.to_dict() for v in self.violations]}
+
+
+def _latin_gaps(text: str) -> tuple[int, ...]:
+    """Positions in the compact form where a word break sat between two Latin letters / digits."""
+    gaps, length, prev = [], 0, ""
+    for word in _WORDS.findall(fold(text)):
+        if prev and _ALNUM.match(prev[-1]) and _ALNUM.match(word[0]):
+            gaps.append(length)
+        length += len(word)
+        prev = word
+    return tuple(gaps)
+
+
+@dataclass(frozen=True)
+class _Literal:
+    """One automaton entry: a rule phrase, a terminology term, or a regex trigger."""
+
+    kind: str                # "rule" | "term" | "trigger"
+    index: int               # rule, term or pattern index
+    phrase: Phrase | None = None
+    latin_start: bool = False
+    latin_end: bool = False
+    gaps: tuple[int, ...] = ()
+
+
+def _literal(kind: str, index: int, phrase: Phrase) -> _Literal:
+    latin_start = bool(_ALNUM.match(phrase.norm[0]))
+    latin_end = bool(_ALNUM.match(phrase.norm[-1]))
+    gaps = _latin_gaps(phrase.text) if _ALNUM.search(phrase.norm) else ()
+    return _Literal(kind, index, phrase, latin_start, latin_end, gaps)
+
+
+class PolicyEngine:
+    """Compiled policies. Build once (``load_policies``), then call ``check`` / ``fix`` per reply."""
+
+    def __init__(self, policies: PolicySet):
+        self.rules: tuple[Rule, ...] = policies.rules
+        self.terms: tuple[Term, ...] = policies.terms
+        self.files: tuple[Path, ...] = policies.files
+        self._automaton = ahocorasick.Automaton()
+        self._patterns: list[tuple[int, re.Pattern]] = []
+        untriggered: list[int] = []
+        entries: dict[str, list[_Literal]] = {}
+        for r, rule in enumerate(self.rules):
+            for phrase in rule.phrases:
+                entries.setdefault(phrase.norm, []).append(_literal("rule", r, phrase))
+            for pattern in rule.patterns:
+                p = len(self._patterns)
+                self._patterns.append((r, re.compile(pattern)))
+                trigger = required_literal(pattern)
+                if trigger:
+                    entries.setdefault(trigger, []).append(_Literal("trigger", p))
+                else:
+                    untriggered.append(p)
+        for t, term in enumerate(self.terms):
+            for phrase in term.avoid:
+                entries.setdefault(phrase.norm, []).append(_literal("term", t, phrase))
+        for key, values in entries.items():
+            self._automaton.add_word(key, (len(key), tuple(values)))
+        self._has_literals = bool(entries)
+        if self._has_literals:
+            self._automaton.make_automaton()
+        self._untriggered = tuple(untriggered)
+        self._any_untriggered = (
+            re.compile("|".join(f"(?:{self._patterns[p][1].pattern})" for p in untriggered)) if untriggered else None
+        )
+
+    def __repr__(self) -> str:
+        return f"PolicyEngine({len(self.rules)} rules, {len(self.terms)} terminology entries)"
+
+    # -- matching -------------------------------------------------------------------------
+
+    def _raw_hits(self, norm: str) -> list[tuple]:
+        """(literal or pattern index, nstart, nend) over the normalised text."""
+        hits: list[tuple] = []
+        run: set[int] = set()
+        if self._has_literals:
+            for end, (length, values) in self._automaton.iter(norm):
+                for lit in values:
+                    if lit.kind == "trigger":
+                        run.add(lit.index)
+                    else:
+                        hits.append((lit, end + 1 - length, end + 1))
+        if self._any_untriggered is not None and self._any_untriggered.search(norm):
+            run.update(self._untriggered)
+        for p in sorted(run):
+            for m in self._patterns[p][1].finditer(norm):
+                if m.end() > m.start():
+                    hits.append((p, m.start(), m.end()))
+        return hits
+
+    @staticmethod
+    def _on_word_boundaries(tm: TextMap, lit: _Literal, start: int, end: int) -> bool:
+        text = tm.original
+        if lit.latin_start and start > 0 and _ALNUM.match(fold(text[start - 1])):
+            return False
+        if lit.latin_end and end < len(text) and _ALNUM.match(fold(text[end])):
+            return False
+        if lit.latin_start or lit.latin_end or lit.gaps:
+            return _latin_gaps(text[start:end]) == lit.gaps
+        return True
+
+    def check(self, text: str) -> CheckResult:
+        """Check one reply; spans point into ``text``."""
+        norm = compact(text)
+        hits = self._raw_hits(norm)
+        if not hits:
+            return CheckResult("pass", [])
+        tm = TextMap.build(text)
+        if tm.norm != norm:  # only for pathological text (e.g. a mark separated from its letter)
+            hits = self._raw_hits(tm.norm)
+        bounds = [m.end() for m in _BOUNDARY.finditer(text)]
+        found: dict[tuple, Violation] = {}
+        for what, ns, ne in sorted(hits, key=lambda h: (h[1], -h[2])):
+            start, end = tm.span(ns, ne)
+            if isinstance(what, _Literal):
+                if (what.latin_start or what.latin_end or what.gaps) and not self._on_word_boundaries(tm, what, start, end):
+                    continue
+                if what.kind == "term":
+                    term = self.terms[what.index]
+                    v = Violation(term.id, "warn", f"用“{term.preferred}”，不用“{what.phrase.text}”",
+                                  start, end, text[start:end], term.preferred)
+                    found.setdefault((v.rule, start, end), v)
+                    continue
+                rule = self.rules[what.index]
+            else:
+                rule = self.rules[self._patterns[what][0]]
+            clause_start = bounds[bisect.bisect_right(bounds, start) - 1] if bounds and bounds[0] <= start else 0
+            if is_negated(text[clause_start:start]):
+                continue
+            v = Violation(rule.id, rule.severity, rule.message, start, end, text[start:end])
+            found.setdefault((v.rule, start, end), v)
+        violations = _drop_nested(sorted(found.values(), key=lambda v: (v.start, -v.end, v.rule)))
+        verdict = max((v.severity for v in violations), key=_SEVERITY_RANK.get, default="pass")
+        return CheckResult(verdict, violations)
+
+    def check_many(self, texts) -> list[CheckResult]:
+        return [self.check(t) for t in texts]
+
+    def fix(self, text: str) -> str:
+        """Rewrite every terminology hit to the preferred term (rules are left to a human)."""
+        edits = [v for v in self.check(text).violations if v.suggestion is not None]
+        out, last = [], 0
+        for v in sorted(edits, key=lambda v: v.start):
+            if v.start < last:
+                continue  # overlaps an edit already made
+            out.append(text[last:v.start])
+            out.append(v.suggestion)
+            last = v.end
+        out.append(text[last:])
+        return "".join(out)
+
+
+def _drop_nested(violations: list[Violation]) -> list[Violation]:
+    """Drop a hit of a rule that lies inside another hit of the same rule."""
+    kept: list[Violation] = []
+    for v in violations:
+        if any(k.rule == v.rule and k.start <= v.start and v.end <= k.end for k in kept):
+            continue
+        kept.append(v)
+    return kept
+
+
+def load_policies(directory: str | Path | None = None) -> PolicyEngine:
+    """Load and compile every policy file of ``directory`` (default: the shipped ``policies/``).
+
+    Raises ``replyloop.errors.PolicyError`` naming file, line and rule id; nothing is half-loaded.
+    """
+    if directory is None:
+        from replyloop.paths import default_policies_dir
+
+        directory = default_policies_dir()
+    return PolicyEngine(read_policies(directory))

@@ -1,0 +1,208 @@
+"""Static checks on policy regexes, done once at load time.
+
+- ``backtracking_problem(pattern)``: a reason when the regex can backtrack catastrophically
+  (a variable-length quantifier nested in another unbounded one, ``(a+)+``, ``(a*)*``,
+  ``(\\d{1,3})+``; overlapping alternatives under an unbounded quantifier, ``(a|a)*``,
+  ``(a|ab)+``), else None.
+- ``required_literal(pattern)``: the longest literal run every match must contain
+  (``保证在?(24|二十四)小时内?发货`` -> ``保证``), used as an Aho-Corasick trigger so a pattern
+  only runs on replies that contain its literal; None when there is none.
+- ``unsupported(pattern)``: a reason for constructs the engine does not allow (backreferences,
+  named groups, inline flags), since patterns are combined into one regex.
+
+They read the parse tree of Python's own regex parser (``re._parser``).
+"""
+
+from __future__ import annotations
+
+import re
+
+try:  # Python >= 3.11
+    from re import _constants as C
+    from re import _parser as P
+except ImportError:  # pragma: no cover - older Pythons
+    import sre_constants as C  # type: ignore
+    import sre_parse as P  # type: ignore
+
+_REPEATS = (C.MAX_REPEAT, C.MIN_REPEAT) + ((C.POSSESSIVE_REPEAT,) if hasattr(C, "POSSESSIVE_REPEAT") else ())
+_ANY = "any"
+
+
+def _parse(pattern: str):
+    return P.parse(pattern)
+
+
+def _items(sub):
+    return list(sub.data if hasattr(sub, "data") else sub)
+
+
+def _children(op, av):
+    """Sub-sequences of one parse node."""
+    if op in _REPEATS:
+        return [av[2]]
+    if op == C.SUBPATTERN:
+        return [av[-1]]
+    if op == C.BRANCH:
+        return list(av[1])
+    if op in (C.ASSERT, C.ASSERT_NOT):
+        return [av[1]]
+    if op == getattr(C, "ATOMIC_GROUP", None):
+        return [av]
+    if op == C.GROUPREF_EXISTS:
+        return [x for x in av[1:] if x is not None]
+    return []
+
+
+def _has_variable_repeat(seq) -> bool:
+    for op, av in _items(seq):
+        if op in _REPEATS and av[1] > 1 and av[0] != av[1]:
+            return True
+        if any(_has_variable_repeat(child) for child in _children(op, av)):
+            return True
+    return False
+
+
+def _first_set(seq):
+    """Characters a sequence can start with: a set of (lo, hi) ranges, or _ANY."""
+    ranges = set()
+    for op, av in _items(seq):
+        if op == C.LITERAL:
+            ranges.add((av, av))
+            return ranges
+        if op == C.IN:
+            for iop, iav in av:
+                if iop == C.LITERAL:
+                    ranges.add((iav, iav))
+                elif iop == C.RANGE:
+                    ranges.add(tuple(iav))
+                else:  # categories, negation
+                    return _ANY
+            return ranges
+        if op == C.SUBPATTERN:
+            inner = _first_set(av[-1])
+            if inner == _ANY:
+                return _ANY
+            ranges |= inner
+            return ranges
+        if op == C.BRANCH:
+            for alt in av[1]:
+                inner = _first_set(alt)
+                if inner == _ANY:
+                    return _ANY
+                ranges |= inner
+            return ranges
+        if op in _REPEATS:
+            inner = _first_set(av[2])
+            if inner == _ANY:
+                return _ANY
+            ranges |= inner
+            if av[0] == 0:
+                continue  # optional: what follows can start the match too
+            return ranges
+        if op in (C.AT, C.ASSERT, C.ASSERT_NOT):
+            continue
+        return _ANY  # ANY, NOT_LITERAL, CATEGORY, ...
+    return ranges
+
+
+def _overlap(a, b) -> bool:
+    if a == _ANY or b == _ANY:
+        return True
+    return any(lo1 <= hi2 and lo2 <= hi1 for lo1, hi1 in a for lo2, hi2 in b)
+
+
+def _class_overlaps(items) -> bool:
+    ranges = [tuple(iav) if iop == C.RANGE else (iav, iav) for iop, iav in items if iop in (C.LITERAL, C.RANGE)]
+    categories = [iav for iop, iav in items if iop == C.CATEGORY]
+    if len(categories) > 1:
+        return True
+    return any(_overlap({ranges[i]}, {ranges[j]}) for i in range(len(ranges)) for j in range(i + 1, len(ranges)))
+
+
+def _branches_overlap(seq) -> bool:
+    for op, av in _items(seq):
+        if op == C.IN and _class_overlaps(av):
+            return True  # (a|a) is parsed into the class [aa]
+        if op == C.BRANCH:
+            if any(not _items(alt) for alt in av[1]):
+                return True  # (a|ab) is parsed into a(|b): alternatives with a common prefix
+            firsts = [_first_set(alt) for alt in av[1]]
+            for i in range(len(firsts)):
+                for j in range(i + 1, len(firsts)):
+                    if _overlap(firsts[i], firsts[j]):
+                        return True
+        if op in _REPEATS:
+            continue  # judged on its own
+        if any(_branches_overlap(child) for child in _children(op, av)):
+            return True
+    return False
+
+
+def _walk_problem(seq) -> str | None:
+    for op, av in _items(seq):
+        if op in _REPEATS and av[1] > 1:
+            body = av[2]
+            if _has_variable_repeat(body):
+                return "nested quantifiers (like (a+)+) can backtrack catastrophically"
+            if av[1] == C.MAXREPEAT and _branches_overlap(body):
+                return "overlapping alternatives under a quantifier (like (a|a)*) can backtrack catastrophically"
+        for child in _children(op, av):
+            problem = _walk_problem(child)
+            if problem:
+                return problem
+    return None
+
+
+def backtracking_problem(pattern: str) -> str | None:
+    return _walk_problem(_parse(pattern))
+
+
+def unsupported(pattern: str) -> str | None:
+    parsed = _parse(pattern)
+    if parsed.state.groupdict:
+        return "named groups are not supported (patterns are combined into one regex)"
+    if parsed.state.flags & ~(re.UNICODE | getattr(C, "SRE_FLAG_UNICODE", 0)):
+        return "inline flags are not supported (text is already case-folded)"
+
+    def refs(seq) -> bool:
+        for op, av in _items(seq):
+            if op in (C.GROUPREF, C.GROUPREF_EXISTS):
+                return True
+            if any(refs(child) for child in _children(op, av)):
+                return True
+        return False
+
+    if refs(parsed):
+        return "backreferences are not supported (patterns are combined into one regex)"
+    return None
+
+
+def literals(pattern: str) -> list[str]:
+    """Every literal character of the pattern (to check it is written in normalised form)."""
+    out = []
+
+    def walk(seq):
+        for op, av in _items(seq):
+            if op == C.LITERAL:
+                out.append(chr(av))
+            elif op == C.IN:
+                out.extend(chr(iav) for iop, iav in av if iop == C.LITERAL)
+            for child in _children(op, av):
+                walk(child)
+
+    walk(_parse(pattern))
+    return out
+
+
+def required_literal(pattern: str) -> str | None:
+    """The longest run of literal characters at the top level of the pattern (must be in every match)."""
+    best, run = "", []
+    parsed = _parse(pattern)
+    for op, av in _items(parsed) + [(None, None)]:
+        if op == C.LITERAL:
+            run.append(chr(av))
+            continue
+        if len(run) > len(best):
+            best = "".join(run)
+        run = []
+    return best or None
