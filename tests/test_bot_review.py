@@ -185,16 +185,13 @@ def test_edit_with_blocking_violation_shows_modal_error_and_stores_nothing(env):
 
 def test_edit_with_real_policy_engine(workspace):
     """The same modal error with the policy helper's engine and the shipped policies."""
-    policy = pytest.importorskip("evaluation.policy")
     from bot_support import close_env, make_env
+    from evaluation.policy import load_policies
     from replyloop.intake import policy_checker
 
     config, _ = workspace
-    engine = policy.load_policies(config.policies_dir)
-    candidates = ["我们保证100%退款。", "保证三天内退款到账。", "我们承诺全额退款。", "We guarantee a full refund."]
-    blocked = next((c for c in candidates if engine.check(c).verdict == "block"), None)
-    if blocked is None:
-        pytest.skip("none of the candidate phrases is blocked by the shipped policies")
+    blocked = "不用担心，我们全额赔付。"
+    assert load_policies(config.policies_dir).check(blocked).verdict == "block"
     e = make_env(workspace, checker=policy_checker(config))
     try:
         _, card = e.post_card()
