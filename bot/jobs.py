@@ -130,3 +130,33 @@ def build_scheduler(config: Config, background: bool = True, start: bool = True)
     if start:
         scheduler.resume()
     return scheduler
+
+
+class JobRunner:
+    """What ``bot.server.serve`` starts and stops: the scheduler with its three jobs."""
+
+    def __init__(self, config: Config):
+        self.config = config
+        self.scheduler = None
+
+    def start(self) -> None:
+        self.scheduler = build_scheduler(self.config, start=True)
+        for job in self.scheduler.get_jobs():
+            log.info("scheduled %s: next run %s", job.name, job.next_run_time)
+
+    def shutdown(self, wait: bool = False) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=wait)
+            self.scheduler = None
+
+
+def pipeline_starter(config: Config, store: Store):
+    """The ``start_pipeline`` callable behind ``/retrain now``: runs the pipeline in the calling
+    (background) thread; a running job makes it raise LockedError, which the bot reports."""
+    from replyloop.pipeline import run_pipeline
+
+    def start_pipeline(trigger: str = "slack", requested_by: str | None = None, notify=None):
+        return run_pipeline(config, store, trigger=trigger, requested_by=requested_by,
+                            notify=notify or slack_notifier(config))
+
+    return start_pipeline

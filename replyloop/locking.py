@@ -49,13 +49,21 @@ class RunLock:
             return True
         return timeutil.now() - timeutil.parse(row["heartbeat_at"]) > STALE_AFTER
 
-    def acquire(self, run_id: int | None = None) -> None:
+    def acquire(self, run_id: int | None = None, take_over_stale: bool = False) -> None:
         """Take the lock or raise LockedError describing the run that holds it."""
         now = timeutil.now_iso()
         with self.store.transaction() as db:
             row = self.holder()
+            if row is not None and take_over_stale and self.is_stale(row):
+                db.execute("DELETE FROM locks WHERE name = ?", (self.name,))
+                self.store.audit("replyloop", "lock.recovered", "lock", self.name, {"pid": row["owner_pid"]})
+                row = None
             if row is not None:
                 if not self.is_stale(row):
+                    if self.name != PIPELINE:
+                        raise LockedError(f"another `replyloop {self.name}` is running on this workspace "
+                                          f"(pid {row['owner_pid']} on {row['owner_host']}, since "
+                                          f"{row['acquired_at'][:19]} UTC)")
                     raise LockedError(describe_holder(self.store, row))
                 raise LockedError(
                     f"a previous run (pid {row['owner_pid']}) died without releasing the lock; "

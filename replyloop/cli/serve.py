@@ -15,9 +15,13 @@ def serve(
                                         help="HTTP mode (Slack posts to /slack/events) or Socket Mode; default: slack.socket_mode."),
     port: Optional[int] = typer.Option(None, "--port", help="HTTP port for /slack/events, /intake, /health (default: slack.http_port; 0: any free port)."),
     host: str = typer.Option("127.0.0.1", "--host", help="Interface to listen on (0.0.0.0 behind a proxy)."),
+    no_scheduler: bool = typer.Option(False, "--no-scheduler", help="Do not run the scheduled jobs (threshold, canary, weekly report)."),
     config: Optional[Path] = ConfigOption,
 ):
-    """Run the Slack bot: review cards, /retrain, intake, App Home (Ctrl-C stops it).
+    """Run the Slack bot and the scheduler: review cards, /retrain, intake, App Home (Ctrl-C stops it).
+
+    At start it recovers from a crash (a run whose process died is marked failed, its partial
+    output removed). Only one `serve` may run per workspace.
 
     Needs SLACK_BOT_TOKEN, and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode);
     REPLYLOOP_INTAKE_TOKEN enables POST /intake.
@@ -44,8 +48,23 @@ def serve(
         import sys
         sys.stdout.flush()
 
+    from bot.jobs import JobRunner, pipeline_starter
+    from replyloop.locking import RunLock
+    from replyloop.pipeline import recover
+
     with store:
-        run(cfg, store, Secrets.from_env(), http=http_mode, port=port, host=host, ready=ready, stop=stop)
+        instance = RunLock(store, name="serve")
+        instance.acquire(take_over_stale=True)  # one bot per workspace: a second one refuses to start
+        try:
+            cleaned = recover(store)
+            if cleaned:
+                typer.echo(f"Recovered after a crash: run(s) {', '.join(map(str, cleaned))} marked failed, "
+                           "partial output removed; the champion is unchanged.")
+            scheduler = None if no_scheduler else JobRunner(cfg)
+            run(cfg, store, Secrets.from_env(), http=http_mode, port=port, host=host, ready=ready, stop=stop,
+                scheduler=scheduler, start_pipeline=pipeline_starter(cfg, store))
+        finally:
+            instance.release()
 
 
 def register(app: typer.Typer) -> None:
