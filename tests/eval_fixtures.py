@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
+
 PROMPT_FALLBACK = "客户问：{prompt}\n客服答："
 
 
@@ -100,3 +102,54 @@ def make_adapter(base_dir: Path, out_dir: Path, *, snapshot_hash: str | None = N
     }
     (out_dir / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2), encoding="utf-8")
     return out_dir
+
+
+# -- pytest fixtures (import them into a test module: `from eval_fixtures import tiny_models`) --
+
+SAMPLES_CSV = Path(__file__).resolve().parent.parent / "replyloop" / "samples" / "cs_samples.csv"
+PROMISE = "您好，我们承诺全额赔付。"
+
+
+def sample_rows() -> list[dict]:
+    import csv
+
+    with open(SAMPLES_CSV, encoding="utf-8-sig", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def load_samples(store) -> str:
+    """Import the sample set into ``store`` and snapshot it (default share and seed); returns the hash."""
+    from replyloop.dataio import read_samples
+
+    store.add_samples(read_samples(SAMPLES_CSV))
+    return store.create_snapshot(0.15, "replyloop").hash
+
+
+class TinyModels:
+    """A tiny base and three adapters trained on the sample snapshot's train split."""
+
+    def __init__(self, root: Path):
+        from replyloop.store import Store
+
+        rows = sample_rows()
+        self.base = build_tiny_base(root / "base", [r["prompt"] for r in rows] + [r["response"] for r in rows]
+                                    + [PROMISE])
+        with Store(root / "snap.db") as store:
+            self.snapshot_hash = load_samples(store)
+            train = [(r["prompt"], r["response"]) for r in store.snapshot_samples(self.snapshot_hash, "train")]
+        self.untrained = make_adapter(self.base, root / "untrained", snapshot_hash=self.snapshot_hash)
+        self.trained = make_adapter(self.base, root / "trained", snapshot_hash=self.snapshot_hash,
+                                    pairs=train, steps=60)
+        self.promise = make_adapter(self.base, root / "promise", snapshot_hash=self.snapshot_hash,
+                                    pairs=[(p, PROMISE + r) for p, r in train], steps=60, seed=1)
+
+    def copy(self, name: str, dest: Path) -> Path:
+        """A copy of an adapter directory (tests that delete adapters work on copies)."""
+        import shutil
+
+        return Path(shutil.copytree(getattr(self, name), dest))
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory) -> TinyModels:
+    return TinyModels(tmp_path_factory.mktemp("tiny-models"))
