@@ -150,6 +150,12 @@ class TinyModels:
         return Path(shutil.copytree(getattr(self, name), dest))
 
 
+_built: list[TinyModels] = []
+
+
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> TinyModels:
-    return TinyModels(tmp_path_factory.mktemp("tiny-models"))
+    """Built once per session, even when several test modules import this fixture."""
+    if not _built:
+        _built.append(TinyModels(tmp_path_factory.mktemp("tiny-models")))
+    return _built[0]
