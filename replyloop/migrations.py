@@ -188,6 +188,21 @@ def m003_evaluations(db: sqlite_utils.Database) -> None:
     """)
 
 
+@migration
+def m010_model_lifecycle(db: sqlite_utils.Database) -> None:
+    """Registry lifecycle: when a model was retired or rolled back, when retention deleted its
+    adapter directory, and its latest evaluation (the promotion gate reads it)."""
+    run_script(db, """
+        ALTER TABLE models ADD COLUMN retired_at TEXT;
+        ALTER TABLE models ADD COLUMN rolled_back_at TEXT;
+        ALTER TABLE models ADD COLUMN adapter_deleted_at TEXT;
+        ALTER TABLE models ADD COLUMN last_evaluation_id INTEGER REFERENCES evaluations(id);
+        ALTER TABLE models ADD COLUMN canary_started_at TEXT;
+        CREATE INDEX idx_models_status ON models(status);
+        CREATE INDEX idx_drafts_model ON drafts(model_id);
+    """)
+
+
 def run_script(db: sqlite_utils.Database, sql: str) -> None:
     """Run several statements inside the current transaction (``executescript`` would commit)."""
     buffer = ""
