@@ -64,6 +64,7 @@ class SchedulerConfig(Section):
     canary_percent: int = Field(10, ge=0, le=100)
     canary_min_reviews: int = Field(50, ge=1)
     canary_max_days: float = Field(7, gt=0)
+    canary_rate_margin: float = Field(0.05, ge=0.0, le=1.0)
     weekly_report_cron: str = "mon 09:00"
     timezone: str = "Asia/Shanghai"
     misfire_grace_minutes: float = Field(2880, gt=0)

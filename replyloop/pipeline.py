@@ -270,7 +270,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
     try:
         from replyloop.registry import Registry
 
-        registry = Registry(store)
+        registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
         snapshot = store.create_snapshot(config.file.store.heldout_share, config.file.store.split_seed,
                                          actor=requested_by or trigger)
         started = timeutil.now()
@@ -318,7 +318,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
                 registry.promote(model["id"], actor="pipeline", reason="passed the gate (no canary stage)")
                 action = "champion"
         else:
-            registry.reject(model["id"], actor="pipeline", reason="failed the gate: " + gate.summary())
+            registry.reject(model["id"], actor="pipeline", reason="failed the gate: " + "; ".join(gate.reasons))
             action = "rejected"
         with store.transaction():
             _update_run(store, run_id, status="succeeded", finished_at=timeutil.now_iso())
@@ -355,7 +355,7 @@ def _result_message(run_id: int, name: str, gate, action: str, config: Config) -
         "champion": f":white_check_mark: Run #{run_id}: *{name}* passed the gate and is now the champion.",
         "rejected": f":no_entry: Run #{run_id}: *{name}* did not pass the gate; the champion is unchanged.",
     }[action]
-    return head + "\n" + gate.describe()
+    return head + "\n```\n" + gate.verdict() + "\n```"
 
 
 def _dry_run(config: Config, store: Store, lock: RunLock) -> PipelineResult:
@@ -385,29 +385,29 @@ def judge_canary(config: Config, store: Store, notify: Notify | None = None,
                  now: dt.datetime | None = None) -> dict | None:
     """Promote or roll back the canary once it has served enough reviews (or days).
 
-    Promote when its approval-without-edit rate is at least the champion's (minus the gate
-    tolerance) and its latest consistency passed the gate; otherwise roll back."""
+    Promote when its approval-without-edit rate is at least the champion's minus
+    ``scheduler.canary_rate_margin`` and its latest evaluation passed the gate; otherwise roll back."""
     from replyloop.registry import Registry
 
     say = notify or (lambda message: None)
-    registry = Registry(store)
+    registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
     canary, champion = registry.canary(), registry.champion()
     if canary is None:
         return None
     sched = config.file.scheduler
     rates = registry.review_rates(canary["id"])
-    started = timeutil.parse(canary["promoted_at"] or canary["created_at"])
+    started = timeutil.parse(canary.get("canary_started_at") or canary["created_at"])
     age_days = ((now or timeutil.now()) - started).total_seconds() / 86400
     if rates["reviews"] < sched.canary_min_reviews and age_days < sched.canary_max_days:
         return {"decision": "wait", "reviews": rates["reviews"], "age_days": age_days}
     champ_rates = registry.review_rates(champion["id"]) if champion else None
-    tolerance = config.file.evaluation.tolerance
+    margin = sched.canary_rate_margin
     canary_rate = rates["approval_without_edit_rate"]
     champ_rate = champ_rates["approval_without_edit_rate"] if champ_rates else None
     evaluation = store.one("SELECT gate_passed, mean_similarity FROM evaluations WHERE model_id = ?"
                            " ORDER BY created_at DESC LIMIT 1", (canary["id"],))
     consistency_ok = bool(evaluation and evaluation["gate_passed"])
-    rate_ok = canary_rate is not None and (champ_rate is None or canary_rate >= champ_rate - tolerance)
+    rate_ok = canary_rate is not None and (champ_rate is None or canary_rate >= champ_rate - margin)
     fmt = lambda r: "n/a" if r is None else f"{r:.0%}"  # noqa: E731
     summary = (f"approval without edit {fmt(canary_rate)} vs champion {fmt(champ_rate)} over "
                f"{rates['reviews']} canary review(s); consistency gate {'passed' if consistency_ok else 'failed'}")
