@@ -141,20 +141,24 @@ def _policy_summary(engine, questions: list[str], drafts: list[str]):
 
 def evaluate_model(config: Config, store: Store, model_id: int | str, against: str | int | None = "champion", *,
                    encoder: Encoder | None = None, policy_engine=None, max_new_tokens: int | None = None,
-                   batch_size: int | None = None, min_new_tokens: int = 0, actor: str = "cli") -> EvalReport:
+                   batch_size: int | None = None, min_new_tokens: int = 0, actor: str = "cli",
+                   snapshot: str | None = None) -> EvalReport:
     """Evaluate ``model_id`` (id, name or adapter path) against ``against`` ("champion", "none",
-    or another model) on the held-out split of the model's own snapshot; store and return the report."""
+    or another model) on the held-out split of the model's own snapshot (or of ``snapshot``, for
+    an adapter trained outside the store, e.g. a team's existing lora-scripts adapter); store
+    and return the report."""
     from replyloop.drafting import LocalModels, generate, load_policy_engine
 
     opts = config.file.evaluation
     registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
     model = registry.get(model_id)
-    if not model["snapshot_hash"]:
+    snapshot_hash = snapshot or model["snapshot_hash"]
+    if not snapshot_hash:
         raise EvaluationError(f"model {model['name']} has no dataset snapshot in its manifest: its held-out"
-                              " questions are unknown")
-    heldout = store.snapshot_samples(model["snapshot_hash"], "heldout")
+                              " questions are unknown (name one with --snapshot, see `replyloop data snapshot`)")
+    heldout = store.snapshot_samples(snapshot_hash, "heldout")
     if not heldout:
-        raise EvaluationError(f"snapshot {model['snapshot_hash']} has no held-out samples")
+        raise EvaluationError(f"snapshot {snapshot_hash} has no held-out samples")
     other = _resolve_against(registry, model, against)
     questions = [r["prompt"] for r in heldout]
     references = [r["response"] for r in heldout]
@@ -208,7 +212,7 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
             item["champion_similarity"] = champ.similarities[i]
         items.append(item)
 
-    report = EvalReport(model_id=model["id"], model_name=model["name"], snapshot_hash=model["snapshot_hash"],
+    report = EvalReport(model_id=model["id"], model_name=model["name"], snapshot_hash=snapshot_hash,
                         embedding_model=encoder.name, candidate=cand, champion=champ,
                         against_model_id=other and other["id"], against_model_name=other and other["name"],
                         violations=rules, verdicts=verdicts, policy_available=engine is not None, items=items,

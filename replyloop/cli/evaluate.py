@@ -17,6 +17,7 @@ def register(app: typer.Typer) -> None:
         against: str = typer.Option("champion", "--against", help="champion, none, or a model id / name to compare with."),
         max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Default: evaluation.max_new_tokens."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: evaluation.batch_size."),
+        snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Held-out set of this snapshot (for adapters trained outside the store; default: the model's own)."),
         config: Optional[Path] = ConfigOption,
         as_json: bool = JsonOption,
     ):
@@ -41,7 +42,7 @@ def register(app: typer.Typer) -> None:
                 row = registry.register(model)
                 typer.echo(f"Registered {model} as model {row['id']} ({row['name']})", err=True)
             report = evaluate_model(cfg, store, row["id"], against=against, max_new_tokens=max_new_tokens,
-                                    batch_size=batch_size)
+                                    batch_size=batch_size, snapshot=snapshot)
         if as_json:
             print_json(report.to_dict())
         else:
