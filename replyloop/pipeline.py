@@ -27,7 +27,7 @@ import yaml
 
 from replyloop import timeutil
 from replyloop.config import Config
-from replyloop.errors import ConfigError, ReplyloopError, TrainingError
+from replyloop.errors import ConfigError, ConflictError, ReplyloopError, TrainingError
 from replyloop.locking import RunLock, pid_alive
 from replyloop.store import Store
 
@@ -76,6 +76,11 @@ def check_due(config: Config, store: Store, now: dt.datetime | None = None) -> D
     sched = config.file.scheduler
     snap = champion_snapshot(store)
     new = store.samples_since(snap, source="review")
+    canary = store.one("SELECT name FROM models WHERE status = 'canary'")
+    if canary is not None:
+        return Due(False, new, sched.min_new_samples,
+                   f"canary {canary['name']} is still being judged; the next run waits for its promotion or rollback",
+                   snap)
     if new < sched.min_new_samples:
         return Due(False, new, sched.min_new_samples,
                    f"{new} new approved sample(s) since the champion's snapshot; {sched.min_new_samples} needed", snap)
@@ -264,6 +269,10 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
     lock = RunLock(store)
     if dry_run:
         return _dry_run(config, store, lock)
+    canary = store.one("SELECT name FROM models WHERE status = 'canary'")
+    if canary is not None:
+        raise ConflictError(f"model {canary['name']} is the canary: promote it or roll it back first "
+                            "(`replyloop models promote` / `replyloop models rollback`)")
     lock.acquire()
     run_id = None
     output_dir = None

@@ -167,3 +167,21 @@ def test_weekly_trigger_formats():
         weekly_trigger("someday", "UTC")
     with pytest.raises(ConfigError):
         weekly_trigger("mon 09:00", "Mars/Olympus")
+
+
+def test_no_run_while_a_canary_is_judged(workspace):
+    from replyloop.errors import ConflictError
+    from replyloop.pipeline import run_pipeline
+
+    config, store = workspace
+    config.file.scheduler.min_new_samples = 1
+    approve_n(store, 2)
+    assert check_due(config, store).due
+    with store.transaction() as db:
+        db.execute("INSERT INTO models (name, base_model, status, created_at) VALUES ('c1', 'base', 'canary', ?)",
+                   (timeutil.now_iso(),))
+    due = check_due(config, store)
+    assert not due.due and "canary c1 is still being judged" in due.reason
+    with pytest.raises(ConflictError, match="model c1 is the canary: promote it or roll it back first"):
+        run_pipeline(config, store)
+    assert store.scalar("SELECT count(*) FROM training_runs") == 0

@@ -1,7 +1,53 @@
-"""CLI: demo (filled in by its issue)."""
+"""CLI: ``replyloop demo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
 
 import typer
 
 
 def register(app: typer.Typer) -> None:
-    pass
+    @app.command("demo")
+    def demo(
+        workdir: Path = typer.Option(Path("replyloop-demo"), "--workdir", help="Where the demo workspace is created (kept afterwards)."),
+        force: bool = typer.Option(False, "--force", help="Replace the workdir if it is not empty."),
+        quick: bool = typer.Option(False, "--quick", help="Smaller sizes (fewer questions, shorter training)."),
+    ):
+        """Run the whole loop on embedded defaults: tiny model, local fake Slack, no GPU, no network.
+
+        Creates a workspace, trains a first champion, blocks a candidate that promises 全额赔付,
+        runs the bot with simulated supervisors, lets the scheduler retrain and judge the canary,
+        and writes the weekly report. Leaves the workspace for `replyloop models list`,
+        `replyloop data stats`, ...
+
+        Example: replyloop demo --workdir /tmp/replyloop-demo
+        """
+        import logging
+        import warnings
+
+        from rich.console import Console
+        from rich.table import Table
+
+        from replyloop.demo import DemoSettings, run_demo
+
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        for noisy in ("apscheduler", "slack_bolt", "bot", "httpx"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        console = Console()
+        with console.status("replyloop demo", spinner="dots") as status:
+            def say(text: str) -> None:
+                console.print(text, markup=False, highlight=False)
+                status.update(text.strip()[:80])
+
+            summary = run_demo(workdir, DemoSettings.quick() if quick else DemoSettings(), force=force, say=say)
+        table = Table(title=f"replyloop demo: done in {summary.seconds:.0f} s")
+        table.add_column("What")
+        table.add_column("Result")
+        for what, result in summary.rows:
+            table.add_row(what, result)
+        console.print(table)
+        console.print(f"Workspace: {summary.workdir}\nTry:  cd {summary.workdir} && replyloop models list && "
+                      "replyloop data stats && replyloop retrain --dry-run", markup=False, highlight=False)
