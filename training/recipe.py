@@ -593,7 +593,8 @@ def _os_error(exc: BaseException) -> str:
     """``[Errno 27] File too large`` without the file name (the caller names the directory)."""
     if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
         return f"[Errno {exc.errno}] {exc.strerror}"
-    return str(exc) or exc.__class__.__name__
+    text = str(exc) or exc.__class__.__name__
+    return text.split("I/O error: ", 1)[-1]  # safetensors: "Error while serializing: I/O error: ..."
 
 
 def _has_flash_attn() -> bool:
