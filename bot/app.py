@@ -15,13 +15,12 @@ from dataclasses import dataclass, field
 
 from slack_bolt import App
 from slack_sdk import WebClient
-from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
 from bot import cards, intake, retrain, review, status
 from bot.logs import redacting_logger
+from bot.slackclient import web_client
 from bot.supervisors import Supervisors
 from replyloop.config import Config, Secrets
-from replyloop.errors import ConfigError
 from replyloop.intake import Checker, Drafter, policy_checker
 from replyloop.store import Store
 
@@ -29,19 +28,6 @@ log = logging.getLogger(__name__)
 
 LISTENER_THREADS = 32  # bolt's default is 5: acks of 50 clicking supervisors would queue
 WORK_THREADS = 4       # decisions after the ack (SQLite writes serialise anyway)
-
-
-def build_client(config: Config, secrets: Secrets) -> WebClient:
-    """The Web API client: ``slack.api_base_url`` and ``SLACK_BOT_TOKEN``; retries 429 (after
-    Retry-After) and 5xx a few times."""
-    if not secrets.slack_bot_token:
-        raise ConfigError("SLACK_BOT_TOKEN is not set (the bot's xoxb- token)")
-    base = config.file.slack.api_base_url
-    client = WebClient(token=secrets.slack_bot_token, base_url=base if base.endswith("/") else base + "/",
-                       logger=redacting_logger("bot.slack_sdk", secrets))
-    client.retry_handlers.append(RateLimitErrorRetryHandler(max_retry_count=3))
-    client.retry_handlers.append(ServerErrorRetryHandler(max_retry_count=2))
-    return client
 
 
 @dataclass
@@ -89,7 +75,7 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
                supervisors: Supervisors | None = None, listener_threads: int = LISTENER_THREADS) -> Bot:
     """Build the bot. ``checker`` defaults to the policy engine (``evaluation.policy``) when it is
     installed; ``start_pipeline(trigger=, requested_by=, notify=)`` backs ``/retrain now``."""
-    client = client or build_client(config, secrets)
+    client = client or web_client(config, secrets)
     if checker is None:
         checker = policy_checker(config)
         if checker is None:

@@ -1,5 +1,6 @@
-"""The one way replyloop builds a Slack Web API client: base URL from the config, token from
-the environment, retries on 429 (honouring Retry-After), 5xx and connection errors."""
+"""The one way replyloop builds a Slack Web API client (the bot, the pipeline's notifier, the
+weekly report): base URL from the config, token from the environment, a logger that never
+prints a token, and retries on 429 (honouring Retry-After), 5xx and connection errors."""
 
 from __future__ import annotations
 
@@ -15,10 +16,14 @@ def web_client(config: Config, secrets: Secrets | None = None, max_retries: int 
         ServerErrorRetryHandler,
     )
 
+    from bot.logs import redacting_logger
+
     secrets = secrets or Secrets.from_env()
     if not secrets.slack_bot_token:
         raise ConfigError("SLACK_BOT_TOKEN is not set (the bot's xoxb- token)")
-    client = WebClient(token=secrets.slack_bot_token, base_url=config.file.slack.api_base_url, timeout=30)
+    base = config.file.slack.api_base_url
+    client = WebClient(token=secrets.slack_bot_token, base_url=base if base.endswith("/") else base + "/",
+                       timeout=30, logger=redacting_logger("bot.slack_sdk", secrets))
     client.retry_handlers.extend([
         RateLimitErrorRetryHandler(max_retry_count=max_retries),
         ServerErrorRetryHandler(max_retry_count=max_retries),

@@ -1,8 +1,7 @@
 """Post the weekly report to Slack: a summary message, then the charts (files upload v2).
 
-The client is the project's usual one: ``WebClient(token=SLACK_BOT_TOKEN,
-base_url=slack.api_base_url)``, with a retry handler for 429 rate limits (Slack's
-``Retry-After`` is honoured) next to slack_sdk's default connection-error handler.
+The client is the project's usual one (``bot.slackclient.web_client``: ``SLACK_BOT_TOKEN``,
+``slack.api_base_url``, retries on 429 honouring ``Retry-After``, 5xx and connection errors).
 ``slack.report_channel`` should be a channel id (``C0123...``): ``chat.postMessage``
 also accepts a name, but ``files.completeUploadExternal`` does not.
 """
@@ -32,15 +31,14 @@ class PostResult:
 
 
 def make_client(config: Config, secrets: Secrets | None = None):
-    """The Slack WebClient of this workspace (token from ``SLACK_BOT_TOKEN``)."""
-    from slack_sdk import WebClient
-    from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+    """The Slack WebClient of this workspace (token from ``SLACK_BOT_TOKEN``): the project's one
+    factory, ``bot.slackclient.web_client`` (retries 429 after Retry-After, 5xx, connection errors)."""
+    from bot.slackclient import web_client
 
     secrets = secrets or Secrets.from_env()
     if not secrets.slack_bot_token:
         raise ConfigError("SLACK_BOT_TOKEN is not set: the weekly report is posted with the bot token")
-    return WebClient(token=secrets.slack_bot_token, base_url=config.file.slack.api_base_url,
-                     retry_handlers=[ConnectionErrorRetryHandler(), RateLimitErrorRetryHandler(max_retry_count=3)])
+    return web_client(config, secrets)
 
 
 def summary_text(report: WeeklyReport) -> str:

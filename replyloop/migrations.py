@@ -235,6 +235,9 @@ def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
         conn = db.conn
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if fn.__name__ in applied(db):  # another process applied it while we waited for the lock
+                conn.execute("COMMIT")
+                continue
             fn(db)
             conn.execute(
                 "INSERT INTO _replyloop_migrations (name, applied_at) VALUES (?, ?)",

@@ -85,18 +85,16 @@ def load_trainable_state(model, state: dict) -> None:
 
 def save_checkpoint(root: Path, *, model, optimizer, scheduler, progress: TrainingProgress,
                     best_state: dict | None, config: dict, keep: int = 2) -> Path:
-    import torch
-
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{progress.step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
     try:
-        torch.save(trainable_state(model), tmp / "trainable.pt")
+        _save(trainable_state(model), tmp / "trainable.pt")
         if best_state is not None:
-            torch.save(best_state, tmp / "best.pt")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
+            _save(best_state, tmp / "best.pt")
+        _save(optimizer.state_dict(), tmp / "optimizer.pt")
+        _save(scheduler.state_dict(), tmp / "scheduler.pt")
+        _save(rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(
             {"progress": progress.state_dict(), "config": config}, ensure_ascii=False, indent=2), encoding="utf-8")
         if final.exists():
@@ -108,6 +106,18 @@ def save_checkpoint(root: Path, *, model, optimizer, scheduler, progress: Traini
     for old in list_checkpoints(root)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _save(obj, path: Path) -> None:
+    """torch.save through a buffer: a failed write (disk full) raises the OSError itself, not
+    torch's opaque ``PytorchStreamWriter`` RuntimeError. Checkpoints of LoRA states are small."""
+    import io
+
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    path.write_bytes(buf.getbuffer())
 
 
 def list_checkpoints(root: Path) -> list[Path]:

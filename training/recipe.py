@@ -504,10 +504,15 @@ class LoRAFinetuneRecipe:
         self.accelerator.wait_for_everyone()
         if not self.is_main:
             return None
-        return ckpt.save_checkpoint(
-            self.checkpoint_dir, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
-            scheduler=self.scheduler, progress=self.progress, best_state=self.best_state,
-            config=self.cfg.to_record(), keep=self.cfg.keep_checkpoints)
+        try:
+            return ckpt.save_checkpoint(
+                self.checkpoint_dir, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
+                scheduler=self.scheduler, progress=self.progress, best_state=self.best_state,
+                config=self.cfg.to_record(), keep=self.cfg.keep_checkpoints)
+        except Exception as exc:
+            if not _is_io_error(exc):
+                raise
+            raise SaveError(f"could not save a checkpoint in {self.checkpoint_dir}: {_os_error(exc)}") from exc
 
     # -- output ------------------------------------------------------------------------------
 
@@ -542,9 +547,10 @@ class LoRAFinetuneRecipe:
         model = self.accelerator.unwrap_model(self.model)
         ckpt.load_trainable_state(model, self.best_state)
         out = self.output_dir
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        tmp = None
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
             model.save_pretrained(str(tmp))
             (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
                                                encoding="utf-8")
@@ -555,8 +561,11 @@ class LoRAFinetuneRecipe:
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 tmp.rename(out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+        except BaseException as exc:
+            if tmp is not None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            if _is_io_error(exc):  # disk full, read-only or immutable directory
+                raise SaveError(f"could not save the adapter to {out}: {_os_error(exc)}") from exc
             raise
         shutil.rmtree(self.checkpoint_dir, ignore_errors=True)  # finished: nothing to resume
         return TrainResult(out, manifest)
@@ -567,6 +576,25 @@ class LoRAFinetuneRecipe:
             self.writer = None
         if self._console is not None:
             self._console.close()
+
+
+class SaveError(TrainingError):
+    """Could not save the training output"""
+
+
+def _is_io_error(exc: BaseException) -> bool:
+    """An OSError, or safetensors' own error for a failed write (``I/O error: ... (os error N)``)."""
+    if isinstance(exc, OSError):
+        return True
+    return type(exc).__name__ == "SafetensorError" and "I/O error" in str(exc)
+
+
+def _os_error(exc: BaseException) -> str:
+    """``[Errno 27] File too large`` without the file name (the caller names the directory)."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.strerror:
+        return f"[Errno {exc.errno}] {exc.strerror}"
+    text = str(exc) or exc.__class__.__name__
+    return text.split("I/O error: ", 1)[-1]  # safetensors: "Error while serializing: I/O error: ..."
 
 
 def _has_flash_attn() -> bool:
