@@ -84,7 +84,8 @@ def canary_job(config_path: str) -> str:
 
 
 def weekly_report_job(config_path: str) -> str:
-    from evaluation.report import build_weekly_report, post_weekly_report
+    from evaluation.report import build_weekly_report
+    from evaluation.report_slack import post_weekly_report
 
     config = load_config(config_path)
     with Store(config.db_path) as store:

@@ -63,3 +63,11 @@ def test_every_shipped_yaml_loads():
     assert files
     for path in files:
         yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def test_every_config_key_is_documented():
+    from replyloop.config import ConfigFile
+
+    for section, field in ConfigFile.model_fields.items():
+        for key in field.annotation.model_fields:
+            assert f"{section}.{key}" in README or f"`{key}`" in README, f"{section}.{key} is not in README.md"

@@ -124,7 +124,7 @@ def test_kill_9_of_training_then_restart(replyloop_home, tiny_base_dir):
     assert again.status == "succeeded", again.message
 
 
-def test_kill_9_of_the_pipeline_process_then_recover(replyloop_home, tiny_base_dir):
+def test_kill_9_of_the_pipeline_process_then_serve_recovers(replyloop_home, tiny_base_dir):
     config, store = make_workspace(replyloop_home, tiny_base_dir, steps=400)
     proc = subprocess.Popen([sys.executable, "-m", "replyloop", "retrain", "--now"], cwd=replyloop_home,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -140,19 +140,41 @@ def test_kill_9_of_the_pipeline_process_then_recover(replyloop_home, tiny_base_d
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    # the orphaned trainer may still run; restart-time recovery kills it and cleans up
-    time.sleep(0.5)
-    assert recover(store) == [run["id"]]
+    # the orphaned trainer may still run; the next start of `replyloop serve` kills it and cleans up
+    from bot.fake_slack import FakeSlack
+    from replyloop.locking import pid_alive
+
+    env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "s3cret", "REPLYLOOP_INTAKE_TOKEN": "t"}
+    with FakeSlack() as slack:
+        text = (replyloop_home / "replyloop.yaml").read_text(encoding="utf-8")
+        (replyloop_home / "replyloop.yaml").write_text(
+            text.replace("api_base_url: https://slack.com/api/", f"api_base_url: {slack.base_url}"), encoding="utf-8")
+        serve = subprocess.Popen([sys.executable, "-m", "replyloop", "serve", "--http", "--port", "0",
+                                  "--no-scheduler"], cwd=replyloop_home, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True, env={**os.environ, **env})
+        try:
+            lines = []
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                line = serve.stdout.readline()
+                lines.append(line)
+                if line.startswith("Listening on"):
+                    break
+            output = "".join(lines)
+            assert f"Recovered after a crash: run(s) {run['id']} marked failed" in output, output
+            assert "the champion is unchanged" in output
+        finally:
+            serve.terminate()
+            serve.wait(30)
     failed = store.one("SELECT * FROM training_runs WHERE id = ?", (run["id"],))
     assert failed["status"] == "failed" and "died" in failed["error"]
     assert not os.path.exists(failed["output_dir"])
     assert store.one("SELECT * FROM locks") is None
-    from replyloop.locking import pid_alive
-
     deadline = time.monotonic() + 10
     while pid_alive(run["pid"]) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not pid_alive(run["pid"])  # the orphaned trainer was killed (a zombie at most)
+    assert recover(store) == []
 
 
 def test_retrain_cli_dry_run_and_not_due(replyloop_home, tiny_base_dir):

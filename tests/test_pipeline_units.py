@@ -1,6 +1,7 @@
 """Pipeline pieces that need no model: threshold, lock, crash recovery, scheduler persistence."""
 
 import datetime as dt
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -185,3 +186,36 @@ def test_no_run_while_a_canary_is_judged(workspace):
     with pytest.raises(ConflictError, match="model c1 is the canary: promote it or roll it back first"):
         run_pipeline(config, store)
     assert store.scalar("SELECT count(*) FROM training_runs") == 0
+
+
+def test_weekly_report_job_writes_and_posts(workspace, monkeypatch):
+    from bot import jobs
+    from bot.fake_slack import FakeSlack
+
+    config, store = workspace
+    approve_n(store, 3)
+    with FakeSlack() as slack:
+        text = config.source.read_text(encoding="utf-8")
+        config.source.write_text(text.replace("api_base_url: https://slack.com/api/", f"api_base_url: {slack.base_url}")
+                                 .replace("report_channel: cs-quality", "report_channel: C0QUALITY"), encoding="utf-8")
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+        out = jobs.weekly_report_job(str(config.source))
+        assert (Path(out) / "report.md").exists() and (Path(out) / "numbers.csv").exists()
+        [summary] = slack.wait_for("chat.postMessage")
+        assert summary.params["channel"] == "C0QUALITY" and "Weekly" in summary.params["text"]
+        slack.wait_for("files.completeUploadExternal")
+        assert len(slack.calls_to("upload")) >= 3
+
+
+def test_threshold_job_not_due_and_due(workspace, monkeypatch):
+    from bot import jobs
+
+    config, store = workspace
+    assert jobs.threshold_job(str(config.source)).startswith("not due: 0 new approved sample(s)")
+    text = config.source.read_text(encoding="utf-8")
+    config.source.write_text(text.replace("min_new_samples: 50", "min_new_samples: 2"), encoding="utf-8")
+    approve_n(store, 2)
+    # due: the pipeline runs and fails cleanly (this workspace has no training config), champion untouched
+    result = jobs.threshold_job(str(config.source))
+    assert result.startswith("failed:") and "train.yaml: training config not found" in result
+    assert store.one("SELECT status FROM training_runs")["status"] == "failed"
