@@ -383,8 +383,17 @@ class Store:
 
     # -- stats -------------------------------------------------------------------------------
 
-    def stats(self) -> dict:
+    def last_training_snapshot(self) -> str | None:
+        """The snapshot of the latest training run (else the latest snapshot, e.g. a manual one)."""
+        run = self.one("SELECT snapshot_hash FROM training_runs WHERE snapshot_hash IS NOT NULL"
+                       " ORDER BY started_at DESC, id DESC LIMIT 1")
+        if run is not None:
+            return run["snapshot_hash"]
         latest = self.latest_snapshot()
+        return latest["hash"] if latest else None
+
+    def stats(self) -> dict:
+        snapshot = self.last_training_snapshot()
         return {
             "samples": self.sample_count(),
             "by_category": {r["category"] or "(none)": r["n"] for r in self.query(
@@ -394,8 +403,8 @@ class Store:
             "questions": self.scalar("SELECT count(*) FROM questions"),
             "pending_reviews": self.scalar(
                 "SELECT count(*) FROM drafts d WHERE NOT EXISTS (SELECT 1 FROM reviews r WHERE r.draft_id = d.id)"),
-            "latest_snapshot": latest["hash"] if latest else None,
-            "approved_since_snapshot": self.samples_since(latest["hash"] if latest else None),
+            "latest_snapshot": snapshot,
+            "approved_since_snapshot": self.samples_since(snapshot),
         }
 
 

@@ -236,3 +236,21 @@ def test_init_creates_workspace_with_samples(replyloop_home):
     assert "Imported 180 sample(s)" in result.stdout
     again = cli("init")
     assert "already exists; keeping it" in again.stdout
+
+
+def test_stats_counts_approvals_since_the_last_training_snapshot(ws, samples_csv):
+    _, store = ws
+    from replyloop import timeutil
+
+    cli("data", "import", samples_csv)
+    trained = store.create_snapshot(0.15)
+    with store.transaction() as db:
+        db.execute("INSERT INTO training_runs (status, trigger, snapshot_hash, started_at) VALUES ('succeeded', 'cli', ?, ?)",
+                   (trained.hash, timeutil.now_iso()))
+    for i in range(2):
+        qid = store.add_question(f"新问题{i}", f"c{i}", "物流查询")
+        store.decide(store.add_draft(qid, f"新回答{i}"), "approve", "U1")
+    store.create_snapshot(0.15)  # a manual snapshot after the run does not reset the count
+    stats = json.loads(cli("data", "stats", "--json").stdout)
+    assert stats["latest_snapshot"] == trained.hash
+    assert stats["approved_since_snapshot"] == 2
