@@ -3,12 +3,15 @@
     python benchmarks/policy_check.py            # 10,000 replies; about a minute on 2 cores
     python benchmarks/policy_check.py --quick    # tiny sizes, just checks the script runs
 
-The rules are the shipped policies plus generated ones (2-3 Chinese phrases each, every fifth with
-a regex), written to policy files in a temp dir and loaded with ``load_policies``. The replies are
-generated Chinese customer-service text; about one in ten contains a banned phrase.
+The rules are the shipped policies plus generated ones (2-3 Chinese phrases of 3-8 characters each,
+every tenth also an English phrase, every fifth a regex), written to policy files in a temp dir and
+loaded with ``load_policies``. The replies are generated Chinese customer-service text of about
+30-80 characters (some with an order number or an English word); about one in ten contains a
+banned phrase.
 
-Baseline ("naive"): per rule one compiled regex (its phrases and patterns as alternatives,
-case-insensitive), ``re.search`` per rule per reply on the raw text -- it does not normalise,
+Baseline ("naive"): per rule one regex compiled once (its phrases and patterns as alternatives),
+``re.search`` per rule per reply on the raw text lower-cased once (about 20% faster than
+``re.IGNORECASE``, so the baseline is the faster of the two) -- it does not normalise,
 scope negation or compute spans, so it does less than the engine. At large rule counts the
 naive loop runs on a subset of the replies (reported) to keep the run short; replies/s is what
 is compared. Goal: engine >= 50x naive at 1,000 rules, and time per reply nearly flat.
@@ -39,13 +42,19 @@ POOL = ("的一是在不了有和人这中大为上个国我以要他时来用�
         "北造百规热领七海口东导器压志世金增争济阶油思术极交受联什认六共权收证改清己美再采转更单风切打白教速花带安场身")
 PUNCT = "，。！？ "
 TEMPLATES = ["您好，{}", "亲，{}。", "{}，请您耐心等待", "关于您的问题：{}", "{}，谢谢！"]
+ENGLISH = ["refund", "free", "guarantee", "order", "delivery", "express", "full", "cash", "back", "today", "promise",
+           "always", "instant", "return", "warranty", "lifetime", "price", "match", "bonus", "gift"]
 BANNED = ["我们保证全额赔付", "可以免审核退款", "现货24小时必发", "这个绝对没问题", "请提供快递条码", "我们无法承诺全额赔付"]
 
 
 def make_rules(count: int, rng: random.Random) -> list[dict]:
+    """2-3 Chinese phrases of 3-8 characters per rule; every tenth rule also has an English
+    phrase, every fifth a regex (half with a digit run, half with an optional adverb)."""
     rules = []
     for i in range(count):
-        phrases = ["".join(rng.choice(POOL) for _ in range(rng.randint(4, 6))) for _ in range(rng.randint(2, 3))]
+        phrases = ["".join(rng.choice(POOL) for _ in range(rng.randint(3, 8))) for _ in range(rng.randint(2, 3))]
+        if i % 10 == 3:
+            phrases.append(" ".join(rng.sample(ENGLISH, 2)))
         rule = {"id": f"gen-{i:05d}", "severity": rng.choice(["block", "warn"]), "message": f"generated rule {i}",
                 "phrases": phrases}
         if i % 5 == 0:
@@ -56,13 +65,17 @@ def make_rules(count: int, rng: random.Random) -> list[dict]:
 
 
 def make_replies(count: int, rng: random.Random) -> list[str]:
+    """Replies of about 30-80 characters; one in five carries an order number or an English word,
+    about one in ten contains a banned phrase of the shipped policies."""
     replies = []
     for _ in range(count):
         words = []
-        for _ in range(rng.randint(3, 8)):
+        for _ in range(rng.randint(4, 9)):
             words.append("".join(rng.choice(POOL) for _ in range(rng.randint(3, 8))))
             words.append(rng.choice(PUNCT))
         body = "".join(words).strip("，。！？ ")
+        if rng.random() < 0.2:
+            body += rng.choice([f"，订单号{rng.randint(10**9, 10**10 - 1)}", f"，{rng.choice(ENGLISH)} OK"])
         if rng.random() < 0.1:
             body += "，" + rng.choice(BANNED)
         replies.append(rng.choice(TEMPLATES).format(body))
@@ -77,14 +90,17 @@ def shipped_rules() -> list[dict]:
 
 
 def naive_compile(rules: list[dict]) -> list[re.Pattern]:
+    """One regex per rule, compiled once: its phrases (lower-cased, escaped) and patterns as alternatives."""
     out = []
     for rule in rules:
-        parts = [re.escape(p) for p in rule.get("phrases", [])] + list(rule.get("patterns", []))
-        out.append(re.compile("|".join(parts), re.IGNORECASE))
+        parts = [re.escape(p.lower()) for p in rule.get("phrases", [])] + list(rule.get("patterns", []))
+        out.append(re.compile("|".join(parts)))
     return out
 
 
 def naive_check(compiled: list[re.Pattern], text: str) -> int:
+    """``re.search`` per rule on the raw text, lower-cased once (faster than ``re.IGNORECASE``)."""
+    text = text.lower()
     hits = 0
     for rx in compiled:
         if rx.search(text):
