@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from itertools import compress, count
 from dataclasses import dataclass
 
 import opencc
@@ -35,6 +36,9 @@ def _traditional_chars() -> re.Pattern:
 
 
 _TRADITIONAL = _traditional_chars()
+_has_traditional = _TRADITIONAL.search
+_drop = _DROP.sub
+_is_normalized = unicodedata.is_normalized
 
 
 def _t2s(text: str) -> str:
@@ -79,12 +83,20 @@ def _per_char(chars: str, index: list[int]) -> tuple[str, list[int]]:
 
 
 def compact(text: str) -> str:
-    """The normalised form of ``text`` that phrases and patterns are matched against."""
-    kept = _DROP.sub("", text)
-    folded = _aligned(kept)
-    if folded is None:
+    """The normalised form of ``text`` that phrases and patterns are matched against.
+
+    Runs on every reply, so the usual case (already NFKC, casefold keeps the length, nothing
+    Traditional) is one regex substitution, an ``is_normalized`` check, a casefold and one
+    regex search, with no other function calls.
+    """
+    kept = _drop("", text)
+    if _is_normalized("NFKC", kept):
+        folded = kept.casefold()
+        if len(folded) != len(kept):
+            folded = _per_char(kept, range(len(kept)))[0]
+    else:
         folded = _per_char(kept, range(len(kept)))[0]
-    return _t2s_aligned(folded)
+    return _t2s_aligned(folded) if _has_traditional(folded) else folded
 
 
 def fold(text: str) -> str:
@@ -103,7 +115,7 @@ class TextMap:
 
     @classmethod
     def build(cls, text: str) -> "TextMap":
-        index = [i for i, ch in enumerate(text) if ch.isalnum()]  # same as [^\W_]
+        index = list(compress(count(), map(str.isalnum, text)))  # the positions of [^\W_]
         kept = _DROP.sub("", text)
         folded = _aligned(kept)
         if folded is None:
