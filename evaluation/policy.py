@@ -33,7 +33,7 @@ import ahocorasick
 from evaluation.negation import is_negated
 from evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
 from evaluation.regexcheck import trigger_literals
-from evaluation.textmap import TextMap, compact, fold
+from evaluation.textmap import TextMap, fold, normalise
 
 __all__ = ["CheckResult", "PolicyEngine", "Violation", "load_policies"]
 
@@ -213,7 +213,7 @@ class PolicyEngine:
 
     def check(self, text: str) -> CheckResult:
         """Check one reply; spans point into ``text``."""
-        norm = compact(text)
+        norm, aligned = normalise(text)
         scanned = outputs = None
         if self._scan is not None:
             scanned = norm if not self._utf8 or norm.isascii() else _to_bytes(norm)
@@ -229,7 +229,7 @@ class PolicyEngine:
         hits = self._raw_hits(norm, scanned, outputs)
         if not hits:
             return CheckResult("pass", [])
-        tm = TextMap.build(text)
+        tm = TextMap.aligned(text, norm) if aligned else TextMap.build(text)
         if tm.norm != norm:  # only for pathological text (e.g. a mark separated from its letter)
             hits = self._raw_hits(tm.norm)
         found: dict[tuple, Violation] = {}

@@ -98,3 +98,18 @@ def test_byte_scan_and_char_scan_agree(tmp_path, monkeypatch):
 ])
 def test_clause_start(text, verdict):
     assert load_policies().check(text).verdict == verdict
+
+
+def test_aligned_textmap_equals_built_one():
+    from evaluation.textmap import TextMap, compact, normalise
+
+    rng = random.Random(3)
+    texts = TRICKY + policy_check.make_replies(200, rng) + ["ＡＢＣ１２３", "Straße", "e\u0301x", "㈱①", "ﬁne", "İstanbul", "乾隆"]
+    seen = set()
+    for text in texts:
+        norm, aligned = normalise(text)
+        assert norm == compact(text)
+        seen.add(aligned)
+        if aligned:
+            assert TextMap.aligned(text, norm) == TextMap.build(text), text
+    assert seen == {True, False}
