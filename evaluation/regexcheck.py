@@ -263,15 +263,52 @@ def _expand(seq, limit: int):
     return out
 
 
+def _mandatory_body(op, av, limit: int):
+    """For ``X{lo,hi}`` with lo >= 1 and few strings for X: those strings (a match of the repeat
+    starts and ends with one match of X), else None."""
+    if op in _REPEATS and av[0] >= 1:
+        return _expand(av[2], limit)
+    return None
+
+
+def _best(candidates):
+    """The most selective trigger set: longest shortest string, then fewest strings."""
+    usable = [c for c in candidates if c and "" not in c]
+    return max(usable, key=lambda c: (min(map(len, c)), -len(c)), default=None)
+
+
 def trigger_literals(pattern: str, limit: int = 16) -> list[str] | None:
     """Literals of which every match of the pattern contains at least one, for the automaton.
 
     A pattern that can only match a few strings (``保证在?(24|二十四)小时内?发货``: 8 strings)
-    gets all of them, which is far more selective than one short required literal; otherwise
-    ``[required_literal(pattern)]``; None when there is neither.
+    gets all of them. Otherwise the best run of consecutive top-level items that can only match
+    a few strings, extended by one repetition of a neighbouring ``X{1,n}``
+    (``风一[0-9]{1,3}见线``: ``风一0`` ... ``风一9``); at most ``limit`` strings; None when
+    there is no such run.
     """
-    expanded = _expand(_parse(pattern), limit)
-    if expanded and "" not in expanded:
-        return sorted(expanded)
-    literal = required_literal(pattern)
-    return [literal] if literal else None
+    parsed = _parse(pattern)
+    whole = _expand(parsed, limit)
+    if whole and "" not in whole:
+        return sorted(whole)
+    items = _items(parsed)
+    sets = [_expand([item], limit) for item in items]
+    candidates = []
+    i = 0
+    while i < len(items):
+        if sets[i] is None:
+            i += 1
+            continue
+        j, run = i, {""}
+        while j < len(items) and sets[j] is not None and len(run) * len(sets[j]) <= limit:
+            run = {a + b for a in run for b in sets[j]}
+            j += 1
+        candidates.append(run)
+        before = _mandatory_body(*items[i - 1], limit) if i > 0 and sets[i - 1] is None else None
+        after = _mandatory_body(*items[j], limit) if j < len(items) and sets[j] is None else None
+        if before and len(before) * len(run) <= limit:
+            candidates.append({a + b for a in before for b in run})
+        if after and len(after) * len(run) <= limit:
+            candidates.append({a + b for a in run for b in after})
+        i = max(j, i + 1)
+    best = _best(candidates)
+    return sorted(best) if best else None

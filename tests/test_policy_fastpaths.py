@@ -26,7 +26,9 @@ import policy_check  # noqa: E402
     ("x[a-c]y", ["xay", "xby", "xcy"]),
     ("(?:ab|cd)?ef", ["abef", "cdef", "ef"]),
     ("(a|b|c|d){2}", sorted(a + b for a in "abcd" for b in "abcd")),  # exactly 16
-    ("风一[0-9]{1,3}见线", ["风一"]),       # too many strings: the longest required literal
+    ("风一[0-9]{1,3}见线", [f"风一{d}" for d in range(10)]),  # the run plus one repetition of [0-9]
+    ("(很|非常)+好", ["很好", "非常好"]),
+    ("x\\d+y", ["x"]),                     # \d is a category: not expanded
     ("保证.{0,3}发货", ["保证"]),
     ("(a|b)*c", ["c"]),
     ("[ab]+", None),                       # no literal every match contains
@@ -35,15 +37,46 @@ def test_trigger_literals(pattern, expected):
     assert trigger_literals(pattern) == expected
 
 
+CHUNKS = ["保证", "在", "24", "二十四", "小时", "内", "发货", "一定", "肯定", "必须", "发出", "a", "b", "c", "d", "风", "一",
+          "见线", "见", "0", "1", "7", "很", "非常", "好", "x"]
+
+
+def _sample(pattern: str, rng: random.Random) -> str:
+    """A random string the pattern matches (for the constructs used below)."""
+    from evaluation.regexcheck import C, _parse
+
+    def gen(seq) -> str:
+        out = []
+        for op, av in seq:
+            if op == C.LITERAL:
+                out.append(chr(av))
+            elif op == C.IN:
+                lo, hi = (av[0][1], av[0][1]) if av[0][0] == C.LITERAL else av[0][1] if av[0][0] == C.RANGE else (48, 57)
+                out.append(chr(rng.randint(lo, hi)))
+            elif op == C.SUBPATTERN:
+                out.append(gen(av[-1]))
+            elif op == C.BRANCH:
+                out.append(gen(rng.choice(av[1])))
+            elif op in (C.MAX_REPEAT, C.MIN_REPEAT):
+                out.append("".join(gen(av[2]) for _ in range(rng.randint(av[0], min(av[1], av[0] + 3)))))
+        return "".join(out)
+
+    return gen(_parse(pattern))
+
+
 def test_every_match_contains_a_trigger():
     rng = random.Random(5)
-    for pattern in ["保证在?(24|二十四)小时内?发货", "(24|二十四)小时内?(一定|肯定|必定|必须)发出", "a(b|c){2}d", "风一[0-9]{1,3}见线"]:
+    for pattern in ["保证在?(24|二十四)小时内?发货", "(24|二十四)小时内?(一定|肯定|必定|必须)发出", "a(b|c){2}d", "风一[0-9]{1,3}见线",
+                    "(很|非常)+好", "ab[0-9]+", "风[0-9]{2,}见?", "(保证|必须)+[0-9]*发货", "a(?=b)b[0-9]{1,2}"]:
         triggers = trigger_literals(pattern)
         rx = re.compile(pattern)
-        for _ in range(300):
-            text = "".join(rng.choice("保证在24二十四小时内发货一定肯必须出abcd风见线0123456789") for _ in range(rng.randint(1, 20)))
+        matched = 0
+        for _ in range(1000):
+            text = "".join(rng.choice(CHUNKS) if rng.random() < 0.7 else _sample(pattern, rng) for _ in range(rng.randint(1, 6)))
             for m in rx.finditer(text):
+                matched += 1
                 assert any(t in m.group() for t in triggers), (pattern, m.group())
+        assert matched > 10, pattern
 
 
 def _engine(tmp_path: Path, rules: list[dict], name: str) -> PolicyEngine:
