@@ -233,7 +233,9 @@ class PolicyEngine:
         if tm.norm != norm:  # only for pathological text (e.g. a mark separated from its letter)
             hits = self._raw_hits(tm.norm)
         found: dict[tuple, Violation] = {}
-        for what, ns, ne in sorted(hits, key=lambda h: (h[1], -h[2])):
+        if len(hits) > 1:
+            hits.sort(key=lambda h: (h[1], -h[2]))
+        for what, ns, ne in hits:
             start, end = tm.span(ns, ne)
             if isinstance(what, _Literal):
                 if (what.latin_start or what.latin_end or what.gaps) and not self._on_word_boundaries(tm, what, start, end):
@@ -255,6 +257,9 @@ class PolicyEngine:
                 continue
             v = Violation(rule.id, rule.severity, rule.message, start, end, text[start:end])
             found.setdefault((v.rule, start, end), v)
+        if len(found) <= 1:  # the usual hit: nothing to order or nest
+            violations = list(found.values())
+            return CheckResult(violations[0].severity if violations else "pass", violations)
         violations = _drop_nested(sorted(found.values(), key=lambda v: (v.start, -v.end, v.rule)))
         verdict = max((v.severity for v in violations), key=_SEVERITY_RANK.get, default="pass")
         return CheckResult(verdict, violations)
