@@ -113,23 +113,25 @@ def naive_check(compiled: list[re.Pattern], text: str) -> int:
 def best_of(repeats: int, *jobs: tuple, chunk: int = 500) -> list[float]:
     """Seconds for each ``(function, items)`` job to run over all its items.
 
-    The items are timed in chunks of ``chunk``; the fastest time of each chunk counts, and the
-    chunks' times are summed. The jobs are interleaved chunk by chunk so that they see the same
-    load (the machine may be shared): a job with fewer items (the naive loop on a subset) cycles
-    through its chunks alongside the longer one, so it is timed as often or more often (its
-    minimum can only get lower, which favours it) and never at a quieter moment than the other.
+    The items are timed in chunks of ``chunk``, each chunk ``repeats`` times; the fastest time
+    of each chunk counts, and the chunks' times are summed. The jobs are interleaved so that
+    they see the same load (the machine may be shared): in each round, the chunks of a job with
+    fewer items (the naive loop on a subset) are spread evenly between the chunks of the longest.
     """
     best: list[dict[int, float]] = [{} for _ in jobs]
-    longest = max(len(items) for _, items in jobs)
+    starts = [list(range(0, len(items), chunk)) for _, items in jobs]
+    slots = max(map(len, starts))
     for _ in range(repeats):
-        for lo in range(0, longest, chunk):
+        for slot in range(slots):
             for i, (fn, items) in enumerate(jobs):
-                start = lo % (-(-len(items) // chunk) * chunk)
-                part = items[start:start + chunk]
+                k = slot * len(starts[i]) // slots
+                if slot and k == (slot - 1) * len(starts[i]) // slots:
+                    continue  # this job's next chunk comes at a later slot
+                lo = starts[i][k]
                 t0 = time.perf_counter()
-                fn(part)
+                fn(items[lo:lo + chunk])
                 elapsed = time.perf_counter() - t0
-                best[i][start] = min(best[i].get(start, float("inf")), elapsed)
+                best[i][lo] = min(best[i].get(lo, float("inf")), elapsed)
     return [sum(b.values()) for b in best]
 
 
