@@ -11,8 +11,9 @@ How a reply is checked:
    whitespace / punctuation / zero-width characters dropped).
 2. One Aho-Corasick automaton holds every normalised phrase of every rule, every terminology
    ``avoid`` term, and per regex either all the strings it can match (when there are at most
-   16) or one literal every match contains (``evaluation.regexcheck``): a regex only runs on
-   replies that contain one of its literals. Regexes without a literal are combined into one
+   16) or a few literals one of which every match contains (``evaluation.regexcheck``): a regex
+   only runs on replies that contain one of its literals. A reply without automaton output
+   costs one normalisation and one scan. Large automata are scanned over UTF-8 bytes. Regexes without a literal are combined into one
    regex that is searched once per reply. So the cost per reply hardly grows with the rule count.
 3. Only when something matched is the offset map built: spans are reported in the original text.
    Phrases that start or end with a Latin letter or digit must sit on word boundaries in the
