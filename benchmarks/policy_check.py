@@ -3,15 +3,20 @@
     python benchmarks/policy_check.py            # 10,000 replies; about a minute on 2 cores
     python benchmarks/policy_check.py --quick    # tiny sizes, just checks the script runs
 
-The rules are the shipped policies plus generated ones (2-3 Chinese phrases each, every fifth with
-a regex), written to policy files in a temp dir and loaded with ``load_policies``. The replies are
-generated Chinese customer-service text; about one in ten contains a banned phrase.
+The rules are the shipped policies plus generated ones (2-3 Chinese phrases of 3-8 characters each,
+every tenth also an English phrase, every fifth a regex), written to policy files in a temp dir and
+loaded with ``load_policies``. The replies are generated Chinese customer-service text of about
+30-80 characters (some with an order number or an English word); about one in ten contains a
+banned phrase.
 
-Baseline ("naive"): per rule one compiled regex (its phrases and patterns as alternatives,
-case-insensitive), ``re.search`` per rule per reply on the raw text -- it does not normalise,
+Baseline ("naive"): per rule one regex compiled once (its phrases and patterns as alternatives),
+``re.search`` per rule per reply on the raw text lower-cased once (about 20% faster than
+``re.IGNORECASE``, so the baseline is the faster of the two) -- it does not normalise,
 scope negation or compute spans, so it does less than the engine. At large rule counts the
 naive loop runs on a subset of the replies (reported) to keep the run short; replies/s is what
-is compared. Goal: engine >= 50x naive at 1,000 rules, and time per reply nearly flat.
+is compared. Timing: each side is timed in chunks of 500 replies, engine and naive interleaved chunk by
+chunk, 5 rounds; the fastest time of each chunk counts (see ``best_of``). Goal: engine
+>= 50x naive at 1,000 rules, and time per reply nearly flat.
 """
 
 from __future__ import annotations
@@ -39,13 +44,19 @@ POOL = ("的一是在不了有和人这中大为上个国我以要他时来用�
         "北造百规热领七海口东导器压志世金增争济阶油思术极交受联什认六共权收证改清己美再采转更单风切打白教速花带安场身")
 PUNCT = "，。！？ "
 TEMPLATES = ["您好，{}", "亲，{}。", "{}，请您耐心等待", "关于您的问题：{}", "{}，谢谢！"]
+ENGLISH = ["refund", "free", "guarantee", "order", "delivery", "express", "full", "cash", "back", "today", "promise",
+           "always", "instant", "return", "warranty", "lifetime", "price", "match", "bonus", "gift"]
 BANNED = ["我们保证全额赔付", "可以免审核退款", "现货24小时必发", "这个绝对没问题", "请提供快递条码", "我们无法承诺全额赔付"]
 
 
 def make_rules(count: int, rng: random.Random) -> list[dict]:
+    """2-3 Chinese phrases of 3-8 characters per rule; every tenth rule also has an English
+    phrase, every fifth a regex (half with a digit run, half with an optional adverb)."""
     rules = []
     for i in range(count):
-        phrases = ["".join(rng.choice(POOL) for _ in range(rng.randint(4, 6))) for _ in range(rng.randint(2, 3))]
+        phrases = ["".join(rng.choice(POOL) for _ in range(rng.randint(3, 8))) for _ in range(rng.randint(2, 3))]
+        if i % 10 == 3:
+            phrases.append(" ".join(rng.sample(ENGLISH, 2)))
         rule = {"id": f"gen-{i:05d}", "severity": rng.choice(["block", "warn"]), "message": f"generated rule {i}",
                 "phrases": phrases}
         if i % 5 == 0:
@@ -56,13 +67,17 @@ def make_rules(count: int, rng: random.Random) -> list[dict]:
 
 
 def make_replies(count: int, rng: random.Random) -> list[str]:
+    """Replies of about 30-80 characters; one in five carries an order number or an English word,
+    about one in ten contains a banned phrase of the shipped policies."""
     replies = []
     for _ in range(count):
         words = []
-        for _ in range(rng.randint(3, 8)):
+        for _ in range(rng.randint(4, 9)):
             words.append("".join(rng.choice(POOL) for _ in range(rng.randint(3, 8))))
             words.append(rng.choice(PUNCT))
         body = "".join(words).strip("，。！？ ")
+        if rng.random() < 0.2:
+            body += rng.choice([f"，订单号{rng.randint(10**9, 10**10 - 1)}", f"，{rng.choice(ENGLISH)} OK"])
         if rng.random() < 0.1:
             body += "，" + rng.choice(BANNED)
         replies.append(rng.choice(TEMPLATES).format(body))
@@ -77,14 +92,17 @@ def shipped_rules() -> list[dict]:
 
 
 def naive_compile(rules: list[dict]) -> list[re.Pattern]:
+    """One regex per rule, compiled once: its phrases (lower-cased, escaped) and patterns as alternatives."""
     out = []
     for rule in rules:
-        parts = [re.escape(p) for p in rule.get("phrases", [])] + list(rule.get("patterns", []))
-        out.append(re.compile("|".join(parts), re.IGNORECASE))
+        parts = [re.escape(p.lower()) for p in rule.get("phrases", [])] + list(rule.get("patterns", []))
+        out.append(re.compile("|".join(parts)))
     return out
 
 
 def naive_check(compiled: list[re.Pattern], text: str) -> int:
+    """``re.search`` per rule on the raw text, lower-cased once (faster than ``re.IGNORECASE``)."""
+    text = text.lower()
     hits = 0
     for rx in compiled:
         if rx.search(text):
@@ -92,16 +110,29 @@ def naive_check(compiled: list[re.Pattern], text: str) -> int:
     return hits
 
 
-def best_of(repeats: int, *fns) -> list[float]:
-    """The fastest of ``repeats`` timed runs of each function, interleaved so that both see the same
-    load (the machine may be shared; the minimum is the least noisy)."""
-    best = [float("inf")] * len(fns)
+def best_of(repeats: int, *jobs: tuple, chunk: int = 500) -> list[float]:
+    """Seconds for each ``(function, items)`` job to run over all its items.
+
+    The items are timed in chunks of ``chunk``, each chunk ``repeats`` times; the fastest time
+    of each chunk counts, and the chunks' times are summed. The jobs are interleaved so that
+    they see the same load (the machine may be shared): in each round, the chunks of a job with
+    fewer items (the naive loop on a subset) are spread evenly between the chunks of the longest.
+    """
+    best: list[dict[int, float]] = [{} for _ in jobs]
+    starts = [list(range(0, len(items), chunk)) for _, items in jobs]
+    slots = max(map(len, starts))
     for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - t0)
-    return best
+        for slot in range(slots):
+            for i, (fn, items) in enumerate(jobs):
+                k = slot * len(starts[i]) // slots
+                if slot and k == (slot - 1) * len(starts[i]) // slots:
+                    continue  # this job's next chunk comes at a later slot
+                lo = starts[i][k]
+                t0 = time.perf_counter()
+                fn(items[lo:lo + chunk])
+                elapsed = time.perf_counter() - t0
+                best[i][lo] = min(best[i].get(lo, float("inf")), elapsed)
+    return [sum(b.values()) for b in best]
 
 
 def run(sizes: list[int], n_replies: int, naive_budget: int, repeats: int = 3, seed: int = 0) -> list[dict]:
@@ -111,7 +142,7 @@ def run(sizes: list[int], n_replies: int, naive_budget: int, repeats: int = 3, s
     generated = make_rules(max(sizes), rng)
     terminology = yaml.safe_load((default_policies_dir() / "terminology.yaml").read_text(encoding="utf-8"))
     results = []
-    print(f"{n_replies:,} replies, average {sum(map(len, replies)) / len(replies):.0f} characters; best of {repeats} runs")
+    print(f"{n_replies:,} replies, average {sum(map(len, replies)) / len(replies):.0f} characters; best of {repeats} per chunk of 500")
     print(f"{'rules':>7} {'load s':>7} {'engine r/s':>11} {'µs/reply':>9} {'naive r/s':>10} {'naive n':>8} {'ratio':>7}")
     for size in sizes:
         rules = base + generated[: size - len(base)]
@@ -125,8 +156,8 @@ def run(sizes: list[int], n_replies: int, naive_budget: int, repeats: int = 3, s
         blocked = sum(check(text).verdict == "block" for text in replies)
         compiled = naive_compile(rules)
         subset = replies[: max(50, min(n_replies, naive_budget // len(rules)))]
-        engine_s, naive_s = best_of(repeats, lambda: [check(text) for text in replies],
-                                    lambda: [naive_check(compiled, text) for text in subset])
+        engine_s, naive_s = best_of(repeats, (lambda part: [check(text) for text in part], replies),
+                                    (lambda part: [naive_check(compiled, text) for text in part], subset))
 
         row = {"rules": len(rules), "load_s": load_s, "engine_rps": n_replies / engine_s,
                "us_per_reply": engine_s / n_replies * 1e6, "naive_rps": len(subset) / naive_s,

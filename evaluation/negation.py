@@ -35,6 +35,7 @@ _BREAK_EN = re.compile(r"\b(?:but|however|instead|rather|although|though)\b")
 # Every negator contains one of these (a cheap first test; most clauses have none).
 _HINT = re.compile(r"[不没無沒无未并並绝絕非须須需勿nNｎＮ]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
+_ANY_APOSTROPHE = re.compile("[\u2019\u2018\u02bc`]")  # translate() is slow on CJK text: only when needed
 
 
 def _after_last(pattern: re.Pattern, text: str) -> str:
@@ -55,9 +56,13 @@ def is_negated(prefix: str) -> bool:
     """True when ``prefix`` (clause start up to the phrase, original text) negates the phrase."""
     if not prefix or not _HINT.search(prefix):
         return False
-    folded = fold(prefix).translate(_APOSTROPHES)
+    folded = fold(prefix)
+    if _ANY_APOSTROPHE.search(folded):
+        folded = folded.translate(_APOSTROPHES)
     zh = _after_last(_BREAK_ZH, _DROP.sub("", folded))
     if _negated(zh, _NEG_ZH, _PSEUDO_ZH):
         return True
+    if "n" not in folded:
+        return False  # every English negator contains an "n"
     en = _after_last(_BREAK_EN, folded)
     return _negated(en, _NEG_EN, _PSEUDO_EN)

@@ -7,6 +7,9 @@
 - ``required_literal(pattern)``: the longest literal run every match must contain
   (``保证在?(24|二十四)小时内?发货`` -> ``保证``), used as an Aho-Corasick trigger so a pattern
   only runs on replies that contain its literal; None when there is none.
+- ``trigger_literals(pattern)``: all the strings a pattern can match when there are only a few
+  (``风一(很|非常)?见线`` -> three strings), else ``[required_literal(pattern)]``: the automaton
+  triggers of a pattern.
 - ``unsupported(pattern)``: a reason for constructs the engine does not allow (backreferences,
   named groups, inline flags), since patterns are combined into one regex.
 
@@ -206,3 +209,106 @@ def required_literal(pattern: str) -> str | None:
             best = "".join(run)
         run = []
     return best or None
+
+
+_NOT_FINITE = None
+
+
+def _expand(seq, limit: int):
+    """Every string ``seq`` can match, when that is a set of at most ``limit`` strings; else None."""
+    out = {""}
+    for op, av in _items(seq):
+        if op == C.LITERAL:
+            alts = {chr(av)}
+        elif op == C.IN:
+            if any(iop not in (C.LITERAL, C.RANGE) for iop, _ in av):
+                return _NOT_FINITE  # negation, categories
+            alts = set()
+            for iop, iav in av:
+                lo, hi = (iav, iav) if iop == C.LITERAL else iav
+                if hi - lo >= limit:
+                    return _NOT_FINITE
+                alts.update(chr(c) for c in range(lo, hi + 1))
+        elif op == C.SUBPATTERN:
+            if av[1] or av[2]:
+                return _NOT_FINITE  # inline flags
+            alts = _expand(av[-1], limit)
+        elif op == C.BRANCH:
+            alts = set()
+            for alt in av[1]:
+                inner = _expand(alt, limit)
+                if inner is None:
+                    return _NOT_FINITE
+                alts |= inner
+        elif op in _REPEATS:
+            lo, hi, body = av
+            if hi == C.MAXREPEAT or hi > limit:
+                return _NOT_FINITE
+            inner = _expand(body, limit)
+            if inner is None:
+                return _NOT_FINITE
+            alts, power = set(), {""}
+            for k in range(hi + 1):
+                if k >= lo:
+                    alts |= power
+                if k < hi:
+                    power = {a + b for a in power for b in inner}
+                    if len(power) > limit:
+                        return _NOT_FINITE
+        else:
+            return _NOT_FINITE  # ANY, anchors, lookarounds, categories, ...
+        if alts is None or len(alts) * len(out) > limit:
+            return _NOT_FINITE
+        out = {a + b for a in out for b in alts}
+    return out
+
+
+def _mandatory_body(op, av, limit: int):
+    """For ``X{lo,hi}`` with lo >= 1 and few strings for X: those strings (a match of the repeat
+    starts and ends with one match of X), else None."""
+    if op in _REPEATS and av[0] >= 1:
+        return _expand(av[2], limit)
+    return None
+
+
+def _best(candidates):
+    """The most selective trigger set: longest shortest string, then fewest strings."""
+    usable = [c for c in candidates if c and "" not in c]
+    return max(usable, key=lambda c: (min(map(len, c)), -len(c)), default=None)
+
+
+def trigger_literals(pattern: str, limit: int = 16) -> list[str] | None:
+    """Literals of which every match of the pattern contains at least one, for the automaton.
+
+    A pattern that can only match a few strings (``保证在?(24|二十四)小时内?发货``: 8 strings)
+    gets all of them. Otherwise the best run of consecutive top-level items that can only match
+    a few strings, extended by one repetition of a neighbouring ``X{1,n}``
+    (``风一[0-9]{1,3}见线``: ``风一0`` ... ``风一9``); at most ``limit`` strings; None when
+    there is no such run.
+    """
+    parsed = _parse(pattern)
+    whole = _expand(parsed, limit)
+    if whole and "" not in whole:
+        return sorted(whole)
+    items = _items(parsed)
+    sets = [_expand([item], limit) for item in items]
+    candidates = []
+    i = 0
+    while i < len(items):
+        if sets[i] is None:
+            i += 1
+            continue
+        j, run = i, {""}
+        while j < len(items) and sets[j] is not None and len(run) * len(sets[j]) <= limit:
+            run = {a + b for a in run for b in sets[j]}
+            j += 1
+        candidates.append(run)
+        before = _mandatory_body(*items[i - 1], limit) if i > 0 and sets[i - 1] is None else None
+        after = _mandatory_body(*items[j], limit) if j < len(items) and sets[j] is None else None
+        if before and len(before) * len(run) <= limit:
+            candidates.append({a + b for a in before for b in run})
+        if after and len(after) * len(run) <= limit:
+            candidates.append({a + b for a in run for b in after})
+        i = max(j, i + 1)
+    best = _best(candidates)
+    return sorted(best) if best else None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from itertools import compress, count
 from dataclasses import dataclass
 
 import opencc
@@ -35,6 +36,9 @@ def _traditional_chars() -> re.Pattern:
 
 
 _TRADITIONAL = _traditional_chars()
+_has_traditional = _TRADITIONAL.search
+_drop = _DROP.sub
+_is_normalized = unicodedata.is_normalized
 
 
 def _t2s(text: str) -> str:
@@ -78,13 +82,25 @@ def _per_char(chars: str, index: list[int]) -> tuple[str, list[int]]:
     return "".join(out), where
 
 
+def normalise(text: str) -> tuple[str, bool]:
+    """``(compact(text), aligned)``; ``aligned``: the i-th normalised character comes from the
+    i-th letter or digit of ``text`` (the usual case), so ``TextMap.aligned`` can map offsets.
+
+    Runs on every reply, so the usual case (already NFKC, casefold keeps the length, nothing
+    Traditional) is one regex substitution, an ``is_normalized`` check, a casefold and one
+    regex search, with no other function calls.
+    """
+    kept = _drop("", text)
+    if _is_normalized("NFKC", kept):
+        folded = kept.casefold()
+        if len(folded) == len(kept):
+            return (_t2s_aligned(folded) if _has_traditional(folded) else folded), True
+    return _t2s_aligned(_per_char(kept, range(len(kept)))[0]), False
+
+
 def compact(text: str) -> str:
     """The normalised form of ``text`` that phrases and patterns are matched against."""
-    kept = _DROP.sub("", text)
-    folded = _aligned(kept)
-    if folded is None:
-        folded = _per_char(kept, range(len(kept)))[0]
-    return _t2s_aligned(folded)
+    return normalise(text)[0]
 
 
 def fold(text: str) -> str:
@@ -103,12 +119,17 @@ class TextMap:
 
     @classmethod
     def build(cls, text: str) -> "TextMap":
-        index = [i for i, ch in enumerate(text) if ch.isalnum()]  # same as [^\W_]
+        index = list(compress(count(), map(str.isalnum, text)))  # the positions of [^\W_]
         kept = _DROP.sub("", text)
         folded = _aligned(kept)
         if folded is None:
             folded, index = _per_char(kept, index)
         return cls(original=text, norm=_t2s_aligned(folded), starts=index)
+
+    @classmethod
+    def aligned(cls, text: str, norm: str) -> "TextMap":
+        """The map of ``text`` when ``normalise(text)`` gave ``(norm, True)`` (same as ``build``)."""
+        return cls(original=text, norm=norm, starts=list(compress(count(), map(str.isalnum, text))))
 
     def span(self, nstart: int, nend: int) -> tuple[int, int]:
         """Original [start, end) of the normalised slice [nstart, nend) (nend > nstart).
