@@ -42,7 +42,8 @@ class BotServer:
     def __init__(self, bot: Bot, host: str = "127.0.0.1", port: int = 0, slack_events: bool = True):
         self.bot = bot
         self.slack_events = slack_events
-        self.verifier = SignatureVerifier(bot.secrets.slack_signing_secret or "")
+        # only HTTP mode receives signed Slack requests; Socket Mode runs without a signing secret
+        self.verifier = SignatureVerifier(bot.secrets.slack_signing_secret or "") if slack_events else None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
