@@ -176,7 +176,10 @@ class FakeSlack:
     """Records Web API calls; answers like Slack. Use as a context manager or start()/stop()."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, team_id: str = "T0FAKE",
-                 bot_user_id: str = "UBOT", group_members: dict[str, list[str]] | None = None):
+                 bot_user_id: str = "UBOT", group_members: dict[str, list[str]] | None = None,
+                 ping_interval: float | None = None):
+        """``ping_interval``: ping every open Socket Mode connection that often, as Slack does
+        (it also wakes a client blocked in ``recv``, so the client closes at once)."""
         self.calls: list[Call] = []
         self.team_id = team_id
         self.bot_user_id = bot_user_id
@@ -192,8 +195,11 @@ class FakeSlack:
         self.socket_messages: list[dict[str, Any]] = []  # every text frame the client sent (acks too)
         self.pongs: list[bytes] = []
         self.pings_received = 0
+        self.pongs_received = 0
         self._tickets: set[str] = set()
         self._socket_ids = itertools.count(1)
+        self.ping_interval = ping_interval
+        self._stopping = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -251,9 +257,20 @@ class FakeSlack:
     def start(self) -> "FakeSlack":
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-slack", daemon=True)
         self._thread.start()
+        if self.ping_interval:
+            threading.Thread(target=self._keepalive, name="fake-slack-ping", daemon=True).start()
         return self
 
+    def _keepalive(self) -> None:
+        while not self._stopping.wait(self.ping_interval):
+            for conn in self.open_sockets():
+                try:
+                    conn.send(OP_PING, b"fake-slack-keepalive")
+                except (WebSocketClosed, OSError):
+                    pass
+
     def stop(self) -> None:
+        self._stopping.set()
         for conn in self.open_sockets():
             conn.close(1001, "going away")
         self._server.shutdown()
@@ -370,11 +387,11 @@ class FakeSlack:
     def socket_ping(self, payload: bytes = b"fake-ping", timeout: float = 10.0) -> bytes:
         """Ping the client and wait for its pong (which must echo ``payload``)."""
         with self._cond:
-            seen = len(self.pongs)
+            seen = self.pongs_received
         self.wait_for_socket(timeout=timeout).send(OP_PING, payload)
         deadline = time.monotonic() + timeout
         with self._cond:
-            while payload not in self.pongs[seen:]:
+            while payload not in self.pongs[len(self.pongs) - min(self.pongs_received - seen, len(self.pongs)):]:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise TimeoutError("no pong")
@@ -434,7 +451,8 @@ class FakeSlack:
                 conn.send(OP_PONG, payload)
             elif opcode == OP_PONG:
                 with self._cond:
-                    self.pongs.append(payload)
+                    self.pongs = [*self.pongs[-999:], payload]  # the last 1,000
+                    self.pongs_received += 1
                     self._cond.notify_all()
             elif opcode == OP_CLOSE:
                 code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
