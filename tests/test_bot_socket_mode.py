@@ -246,3 +246,52 @@ def test_serve_without_app_token_says_so(replyloop_home):
         assert ("SLACK_APP_TOKEN is not set (Socket Mode needs the app-level xapp- token; "
                 "or run `replyloop serve --http`)") in result.stdout + result.stderr
         assert fake.calls_to("apps.connections.open") == []
+
+
+def test_serve_with_a_bot_token_as_app_token_says_so(replyloop_home):
+    with FakeSlack() as fake:
+        write_config(replyloop_home, fake)
+        result = run_serve(replyloop_home, SLACK_BOT_TOKEN=BOT_TOKEN, SLACK_APP_TOKEN=BOT_TOKEN)
+        assert result.returncode != 0
+        assert ("Error: Socket Mode could not connect: apps.connections.open answered 'not_allowed_token_type' "
+                "(SLACK_APP_TOKEN must be the app-level xapp- token with the connections:write scope)"
+                ) in result.stdout + result.stderr
+        assert BOT_TOKEN not in result.stdout + result.stderr
+
+
+def test_replyloop_serve_socket_subprocess_without_signing_secret(replyloop_home):
+    """The real CLI: `replyloop serve --socket` with only SLACK_BOT_TOKEN and SLACK_APP_TOKEN
+    connects, takes a click over the socket, and stops cleanly on SIGTERM."""
+    from replyloop.config import load_config
+
+    with FakeSlack(ping_interval=0.05) as fake:
+        write_config(replyloop_home, fake)
+        config = load_config(replyloop_home / "replyloop.yaml")
+        with Store(config.db_path) as store:
+            ingest(config, store, [QuestionIn("conv-1", "我的订单什么时候到？", "物流查询", "预计三天内送达。")],
+                   source="http", checker=policy_checker(config))
+        data = yaml.safe_load((replyloop_home / "replyloop.yaml").read_text(encoding="utf-8"))
+        data["slack"]["supervisors"] = ["USUP1"]
+        (replyloop_home / "replyloop.yaml").write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        base = {k: v for k, v in os.environ.items() if not k.startswith("SLACK_")}
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "replyloop", "serve", "--socket", "--no-scheduler", "--port", "0"],
+            cwd=replyloop_home, env={**base, "REPLYLOOP_HOME": str(replyloop_home), "SLACK_BOT_TOKEN": BOT_TOKEN,
+                                     "SLACK_APP_TOKEN": APP_TOKEN, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        try:
+            fake.wait_for_socket(timeout=60)
+            [card] = fake.wait_for("chat.postMessage", timeout=30)
+            sim = Simulator(fake.url, "unused", fake)
+            eid = fake.socket_send("interactive", sim.block_action(card, "approve", user="USUP1"))
+            assert fake.wait_for_ack(eid) == {"envelope_id": eid}
+            fake.wait_for("chat.update")
+        finally:
+            proc.terminate()
+            output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 0, output
+        assert "Socket Mode; intake at /intake" in output
+        for secret in (BOT_TOKEN, APP_TOKEN):
+            assert secret not in output
+        with Store(config.db_path) as store:
+            assert store.scalar("SELECT count(*) FROM reviews WHERE decision = 'approve'") == 1
