@@ -87,6 +87,8 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     app = App(
         client=client,
         signing_secret=secrets.slack_signing_secret or "",
+        # Socket Mode needs no signing secret (bolt skips verification there; HTTP mode requires one)
+        request_verification_enabled=bool(secrets.slack_signing_secret),
         token_verification_enabled=False,
         process_before_response=False,
         listener_executor=ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="replyloop-listener"),

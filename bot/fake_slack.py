@@ -11,14 +11,31 @@ replyloop uses the way Slack does, and records every call so tests can assert on
 Failures can be injected (``fail_next("chat.postMessage", status=429, retry_after=1)``)
 to test retries. It also accepts ``response_url`` posts (``slack.response_url()``) and file
 uploads (files upload v2).
+
+Socket Mode: ``apps.connections.open`` (with the ``xapp-`` app token) answers a
+``ws://127.0.0.1:PORT/link/?ticket=...`` URL served by the same server (RFC 6455: the Upgrade
+handshake, text frames both ways with masked client frames, ping/pong, close). The fake says
+``hello`` like Slack, sends envelopes and records the acks::
+
+    slack.wait_for_socket()
+    envelope_id = slack.socket_send("interactive", payload)   # a block_actions payload
+    ack = slack.wait_for_ack(envelope_id)                      # {"envelope_id": ..., "payload"?: ...}
+
+Not implemented: wss:// (TLS), fragmented frames from the fake, permessage-deflate, and
+Slack's own refresh of a connection every few hours (``socket_disconnect()`` asks for one).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import itertools
 import json
+import socket
+import struct
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -41,6 +58,97 @@ class _Failure:
     retry_after: int | None
     remaining: int
     error: str | None = None
+
+
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+MAX_FRAME = 16 * 1024 * 1024
+
+
+def ws_accept(key: str) -> str:
+    """The ``Sec-WebSocket-Accept`` value for a client's ``Sec-WebSocket-Key`` (RFC 6455 4.2.2)."""
+    return base64.b64encode(hashlib.sha1((key.strip() + WS_GUID).encode("ascii")).digest()).decode("ascii")
+
+
+def ws_frame(opcode: int, payload: bytes, mask: bytes | None = None) -> bytes:
+    """One final frame; servers send unmasked frames, clients pass a 4-byte ``mask``."""
+    head = bytes([0x80 | opcode])
+    bit = 0x80 if mask else 0
+    n = len(payload)
+    if n <= 125:
+        head += bytes([bit | n])
+    elif n <= 0xFFFF:
+        head += bytes([bit | 126]) + struct.pack("!H", n)
+    else:
+        head += bytes([bit | 127]) + struct.pack("!Q", n)
+    if mask:
+        payload = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+        head += mask
+    return head + payload
+
+
+class WebSocketClosed(Exception):
+    pass
+
+
+@dataclass
+class SocketConnection:
+    """One Socket Mode WebSocket the fake accepted."""
+
+    id: int
+    ticket: str
+    sock: socket.socket
+    rfile: Any
+    opened_at: float = field(default_factory=time.time)
+    closed: bool = False
+    close_code: int | None = None
+    send_lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, opcode: int, payload: bytes) -> None:
+        with self.send_lock:
+            if self.closed and opcode != OP_CLOSE:
+                raise WebSocketClosed(f"socket connection {self.id} is closed")
+            self.sock.sendall(ws_frame(opcode, payload))
+
+    def send_text(self, text: str) -> None:
+        self.send(OP_TEXT, text.encode("utf-8"))
+
+    def _read(self, n: int) -> bytes:
+        data = self.rfile.read(n) if n else b""
+        if len(data) < n:
+            raise WebSocketClosed("the client went away")
+        return data
+
+    def read_frame(self) -> tuple[int, bool, bytes]:
+        """(opcode, fin, unmasked payload). Client frames must be masked (RFC 6455 5.1)."""
+        b1, b2 = self._read(2)
+        opcode, fin, masked, n = b1 & 0x0F, bool(b1 & 0x80), bool(b2 & 0x80), b2 & 0x7F
+        if n == 126:
+            (n,) = struct.unpack("!H", self._read(2))
+        elif n == 127:
+            (n,) = struct.unpack("!Q", self._read(8))
+        if not masked:
+            raise WebSocketClosed("protocol error: a client frame was not masked")
+        if n > MAX_FRAME:
+            raise WebSocketClosed(f"frame of {n} bytes is too large")
+        mask = self._read(4)
+        payload = self._read(n)
+        return opcode, fin, bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Send a close frame (once) and shut the socket; the reader thread then ends."""
+        with self.send_lock:
+            if not self.closed:
+                self.closed = True
+                self.close_code = code
+                try:
+                    self.sock.sendall(ws_frame(OP_CLOSE, struct.pack("!H", code) + reason.encode("utf-8")))
+                except OSError:
+                    pass
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
 
 
 def _decode_params(content_type: str, body: bytes, query: str) -> dict[str, Any]:
@@ -68,7 +176,10 @@ class FakeSlack:
     """Records Web API calls; answers like Slack. Use as a context manager or start()/stop()."""
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, team_id: str = "T0FAKE",
-                 bot_user_id: str = "UBOT", group_members: dict[str, list[str]] | None = None):
+                 bot_user_id: str = "UBOT", group_members: dict[str, list[str]] | None = None,
+                 ping_interval: float | None = None):
+        """``ping_interval``: ping every open Socket Mode connection that often, as Slack does
+        (it also wakes a client blocked in ``recv``, so the client closes at once)."""
         self.calls: list[Call] = []
         self.team_id = team_id
         self.bot_user_id = bot_user_id
@@ -78,6 +189,17 @@ class FakeSlack:
         self._cond = threading.Condition()
         self._ts = itertools.count(1)
         self._ids = itertools.count(1)
+        self.app_id = "A0FAKE"
+        self.sockets: list[SocketConnection] = []     # every Socket Mode connection, open or closed
+        self.acks: list[dict[str, Any]] = []          # what the client sent back, in order
+        self.socket_messages: list[dict[str, Any]] = []  # every text frame the client sent (acks too)
+        self.pongs: list[bytes] = []
+        self.pings_received = 0
+        self.pongs_received = 0
+        self._tickets: set[str] = set()
+        self._socket_ids = itertools.count(1)
+        self.ping_interval = ping_interval
+        self._stopping = threading.Event()
         fake = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -87,6 +209,11 @@ class FakeSlack:
                 pass
 
             def do_GET(self):
+                if (urlparse(self.path).path == "/link/"
+                        and self.headers.get("Upgrade", "").lower() == "websocket"):
+                    self.close_connection = True
+                    fake._websocket(self)
+                    return
                 self._handle()
 
             def do_POST(self):
@@ -130,9 +257,22 @@ class FakeSlack:
     def start(self) -> "FakeSlack":
         self._thread = threading.Thread(target=self._server.serve_forever, name="fake-slack", daemon=True)
         self._thread.start()
+        if self.ping_interval:
+            threading.Thread(target=self._keepalive, name="fake-slack-ping", daemon=True).start()
         return self
 
+    def _keepalive(self) -> None:
+        while not self._stopping.wait(self.ping_interval):
+            for conn in self.open_sockets():
+                try:
+                    conn.send(OP_PING, b"fake-slack-keepalive")
+                except (WebSocketClosed, OSError):
+                    pass
+
     def stop(self) -> None:
+        self._stopping.set()
+        for conn in self.open_sockets():
+            conn.close(1001, "going away")
         self._server.shutdown()
         self._server.server_close()
 
@@ -182,6 +322,159 @@ class FakeSlack:
         with self._cond:
             self.calls.clear()
 
+    # -- Socket Mode ---------------------------------------------------------------------------
+
+    def open_sockets(self) -> list[SocketConnection]:
+        with self._cond:
+            return [c for c in self.sockets if not c.closed]
+
+    def wait_for_socket(self, count: int = 1, timeout: float = 10.0) -> SocketConnection:
+        """Block until ``count`` Socket Mode connections have been accepted (a reconnect makes a
+        second) and the newest is open; returns it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                open_ = [c for c in self.sockets if not c.closed]
+                if len(self.sockets) >= count and open_:
+                    return open_[-1]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    tries = [c.method for c in self.calls if c.method.startswith("apps.connections.open")]
+                    raise TimeoutError(f"{len(self.sockets)} socket connection(s), expected {count}; "
+                                       f"apps.connections.open calls: {tries}")
+                self._cond.wait(left)
+
+    def socket_send(self, payload_type: str, payload: dict, envelope_id: str | None = None,
+                    accepts_response_payload: bool | None = None, retry_attempt: int | None = None,
+                    retry_reason: str | None = None) -> str:
+        """Send an envelope (``payload_type``: interactive | slash_commands | events_api) over the
+        newest open connection, as Slack does; returns its envelope_id. Pass the same
+        ``envelope_id`` again to redeliver it."""
+        envelope_id = envelope_id or str(uuid.uuid4())
+        if accepts_response_payload is None:  # what Slack sends: the ack can carry a response
+            accepts_response_payload = payload_type == "slash_commands" or payload.get("type") in (
+                "view_submission", "block_suggestion", "shortcut", "message_action")
+        envelope: dict[str, Any] = {"envelope_id": envelope_id, "type": payload_type, "payload": payload,
+                                    "accepts_response_payload": accepts_response_payload}
+        if payload_type == "events_api":
+            envelope["retry_attempt"] = retry_attempt or 0
+            envelope["retry_reason"] = retry_reason or ""
+        elif retry_attempt is not None:
+            envelope["retry_attempt"], envelope["retry_reason"] = retry_attempt, retry_reason or "timeout"
+        conn = self.wait_for_socket(timeout=5.0)
+        conn.send_text(json.dumps(envelope, ensure_ascii=False))
+        return envelope_id
+
+    def acks_for(self, envelope_id: str) -> list[dict]:
+        with self._cond:
+            return [a for a in self.acks if a.get("envelope_id") == envelope_id]
+
+    def wait_for_ack(self, envelope_id: str, count: int = 1, timeout: float = 10.0) -> dict:
+        """Block until the client has acknowledged ``envelope_id`` ``count`` times; returns the
+        last ack (``{"envelope_id": ..., "payload": {...}}``; no payload for an empty ack)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                found = [a for a in self.acks if a.get("envelope_id") == envelope_id]
+                if len(found) >= count:
+                    return found[count - 1]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"envelope {envelope_id} acknowledged {len(found)} time(s), "
+                                       f"expected {count}")
+                self._cond.wait(left)
+
+    def socket_ping(self, payload: bytes = b"fake-ping", timeout: float = 10.0) -> bytes:
+        """Ping the client and wait for its pong (which must echo ``payload``)."""
+        with self._cond:
+            seen = self.pongs_received
+        self.wait_for_socket(timeout=timeout).send(OP_PING, payload)
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while payload not in self.pongs[len(self.pongs) - min(self.pongs_received - seen, len(self.pongs)):]:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError("no pong")
+                self._cond.wait(left)
+        return payload
+
+    def socket_disconnect(self, reason: str = "refresh_requested") -> None:
+        """Slack's ``{"type": "disconnect"}``: the client should open a new connection."""
+        self.wait_for_socket(timeout=5.0).send_text(json.dumps(
+            {"type": "disconnect", "reason": reason, "debug_info": {"host": "fake-slack"}}))
+
+    def _websocket(self, handler: BaseHTTPRequestHandler) -> None:
+        """Serve one Socket Mode connection on the handler's socket until either side closes it."""
+        ticket = (parse_qs(urlparse(handler.path).query).get("ticket") or [""])[0]
+        key = handler.headers.get("Sec-WebSocket-Key")
+        with self._cond:
+            known = ticket in self._tickets
+            self._tickets.discard(ticket)  # a ticket opens one connection
+        if not key or handler.headers.get("Sec-WebSocket-Version") != "13" or not known:
+            data = json.dumps({"ok": False, "error": "invalid_ticket" if key else "bad_handshake"}).encode()
+            handler.send_response(400 if key else 426)
+            handler.send_header("Content-Type", "application/json")
+            handler.send_header("Content-Length", str(len(data)))
+            handler.end_headers()
+            handler.wfile.write(data)
+            return
+        handler.send_response_only(101, "Switching Protocols")
+        handler.send_header("Upgrade", "websocket")
+        handler.send_header("Connection", "Upgrade")
+        handler.send_header("Sec-WebSocket-Accept", ws_accept(key))
+        handler.end_headers()
+        handler.wfile.flush()
+        conn = SocketConnection(next(self._socket_ids), ticket, handler.connection, handler.rfile)
+        conn.send_text(json.dumps({"type": "hello", "num_connections": len(self.open_sockets()) + 1,
+                                   "debug_info": {"host": "fake-slack", "approximate_connection_time": 18060},
+                                   "connection_info": {"app_id": self.app_id}}))
+        with self._cond:
+            self.sockets.append(conn)
+            self._cond.notify_all()
+        try:
+            self._read_frames(conn)
+        except (WebSocketClosed, OSError) as exc:
+            if not conn.closed:
+                conn.close(1002 if "protocol" in str(exc) else 1006, str(exc)[:100])
+        finally:
+            with self._cond:
+                conn.closed = True
+                self._cond.notify_all()
+
+    def _read_frames(self, conn: SocketConnection) -> None:
+        parts: list[bytes] = []
+        while True:
+            opcode, fin, payload = conn.read_frame()
+            if opcode == OP_PING:
+                with self._cond:
+                    self.pings_received += 1
+                conn.send(OP_PONG, payload)
+            elif opcode == OP_PONG:
+                with self._cond:
+                    self.pongs = [*self.pongs[-999:], payload]  # the last 1,000
+                    self.pongs_received += 1
+                    self._cond.notify_all()
+            elif opcode == OP_CLOSE:
+                code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+                conn.close(code)  # echo the close, then the socket ends
+                return
+            elif opcode in (OP_TEXT, OP_BINARY, OP_CONT):
+                parts.append(payload)
+                if fin:
+                    self._on_client_message(b"".join(parts))
+                    parts = []
+
+    def _on_client_message(self, data: bytes) -> None:
+        try:
+            message = json.loads(data.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError):
+            message = {"unparsed": data.decode("utf-8", "replace")}
+        with self._cond:
+            self.socket_messages.append(message)
+            if isinstance(message, dict) and "envelope_id" in message:
+                self.acks.append(message)
+            self._cond.notify_all()
+
     # -- the fake API ------------------------------------------------------------------------
 
     def _record(self, call: Call) -> None:
@@ -220,6 +513,14 @@ class FakeSlack:
             extra = {"Retry-After": str(failure.retry_after)} if failure.retry_after is not None else {}
             return failure.status, {"ok": False, "error": "ratelimited" if failure.status == 429 else "fatal_error"}, extra
         auth = headers.get("authorization", "")
+        if method == "apps.connections.open":  # only the app-level token may open a socket
+            if not auth.startswith("Bearer xapp-"):
+                error = "not_allowed_token_type" if auth.startswith("Bearer xox") else "not_authed"
+                self._record(Call(method + ":unauthed", params, headers, body=body))
+                return 200, {"ok": False, "error": error}, {}
+            answer = self._open_connection()
+            self._record(Call(method, params, headers, body=body, response=answer))
+            return 200, answer, {}
         if method != "api.test" and not auth.startswith("Bearer xox"):
             self._record(Call(method + ":unauthed", params, headers, body=body))
             return 200, {"ok": False, "error": "not_authed"}, {}
@@ -230,6 +531,13 @@ class FakeSlack:
         answer = self._answer(method, params)
         self._record(Call(method, params, headers, body=body, response=answer))
         return 200, answer, {}
+
+    def _open_connection(self) -> dict:
+        ticket = uuid.uuid4().hex
+        with self._cond:
+            self._tickets.add(ticket)
+        ws = self.url.replace("http://", "ws://", 1)
+        return {"ok": True, "url": f"{ws}/link/?ticket={ticket}&app_id={self.app_id}"}
 
     def _answer(self, method: str, params: dict) -> dict:
         ts = f"{int(time.time())}.{next(self._ts):06d}"

@@ -19,6 +19,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse
 
 from slack_bolt.request import BoltRequest
+from slack_sdk.errors import SlackApiError
 from slack_sdk.signature import SignatureVerifier
 
 from bot import intake, review
@@ -42,7 +43,8 @@ class BotServer:
     def __init__(self, bot: Bot, host: str = "127.0.0.1", port: int = 0, slack_events: bool = True):
         self.bot = bot
         self.slack_events = slack_events
-        self.verifier = SignatureVerifier(bot.secrets.slack_signing_secret or "")
+        # only HTTP mode receives signed Slack requests; Socket Mode runs without a signing secret
+        self.verifier = SignatureVerifier(bot.secrets.slack_signing_secret or "") if slack_events else None
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -210,7 +212,13 @@ def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, po
                             logger=redacting_logger("bot.socket_mode", secrets))
             handler = SocketModeHandler(bot.app, secrets.slack_app_token, web_client=web,
                                         logger=redacting_logger("bot.socket_mode", secrets))
-            handler.connect()
+            try:
+                handler.connect()
+            except SlackApiError as exc:  # a wrong token: say which, not a traceback
+                error = exc.response.get("error") if exc.response is not None else str(exc)
+                raise ConfigError(f"Socket Mode could not connect: apps.connections.open answered {error!r} "
+                                  "(SLACK_APP_TOKEN must be the app-level xapp- token with the "
+                                  "connections:write scope)") from None
         if scheduler is not None:
             scheduler.start()
         sweeper.start()

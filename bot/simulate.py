@@ -183,22 +183,31 @@ class Simulator:
     def submit(self, opened: Call, user: str, values: dict[str, str], **kwargs) -> Response:
         return self.post_payload(self.view_submission(opened, user, values), **kwargs)
 
-    def command(self, command: str, text: str, user: str, channel: str = "C0REVIEW", **kwargs) -> Response:
-        body = urlencode({
+    def command_payload(self, command: str, text: str, user: str, channel: str = "C0REVIEW") -> dict:
+        """A slash command's fields (form-encoded over HTTP; the same dict of strings is the
+        ``payload`` of a Socket Mode ``slash_commands`` envelope)."""
+        return {
             "token": "legacy-verification-token", "team_id": self.team_id, "team_domain": "fake",
             "channel_id": channel, "channel_name": channel, "user_id": user, "user_name": user.lower(),
             "command": command, "text": text, "api_app_id": self.app_id, "is_enterprise_install": "false",
             "response_url": self._response_url(f"command-{next(self._ids)}"), "trigger_id": self._trigger(),
-        })
+        }
+
+    def command(self, command: str, text: str, user: str, channel: str = "C0REVIEW", **kwargs) -> Response:
+        body = urlencode(self.command_payload(command, text, user, channel))
         return self.post_slack(body, "application/x-www-form-urlencoded", **kwargs)
 
-    def event(self, event: dict, **kwargs) -> Response:
-        body = json.dumps({
+    def event_payload(self, event: dict) -> dict:
+        """An ``event_callback`` (the JSON body over HTTP; the ``payload`` of an ``events_api`` envelope)."""
+        return {
             "token": "legacy-verification-token", "team_id": self.team_id, "api_app_id": self.app_id,
             "event": event, "type": "event_callback", "event_id": f"Ev{next(self._ids):08d}",
             "event_time": int(time.time()),
             "authorizations": [{"team_id": self.team_id, "user_id": "UBOT", "is_bot": True}],
-        }, ensure_ascii=False)
+        }
+
+    def event(self, event: dict, **kwargs) -> Response:
+        body = json.dumps(self.event_payload(event), ensure_ascii=False)
         return self.post_slack(body, "application/json", **kwargs)
 
     def home_opened(self, user: str, **kwargs) -> Response:
