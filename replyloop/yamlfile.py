@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from replyloop.errors import ConfigError
+from replyloop.textfile import read_utf8
 
 
 @dataclass
@@ -59,12 +60,7 @@ def load_yaml(path: str | Path, error: type[Exception] = ConfigError, *, fast: b
     thousands of rules); otherwise the pure-Python ``SafeLoader``.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text ({exc.reason})") from None
+    text = read_utf8(path, error)
     loader = (_FAST_LOADER if fast else yaml.SafeLoader)(text)
     try:
         node = loader.get_single_node()
