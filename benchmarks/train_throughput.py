@@ -68,6 +68,19 @@ def peak_memory_mb(device: str) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 
 
+def timed(run, device: str) -> float:
+    """Seconds ``run()`` takes, with the GPU's queued work finished before and after."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    run()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
 def run_ours(args, base: str, work: str, queue) -> None:
     import torch
 
@@ -88,13 +101,7 @@ def run_ours(args, base: str, work: str, queue) -> None:
     recipe = LoRAFinetuneRecipe(cfg, progress=lambda e: "loss" in e and losses.append(e["loss"]))
     try:
         recipe.setup()
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        recipe.train()
-        if args.device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        seconds = timed(recipe.train, args.device)
         tokens = recipe.progress.seen_tokens
     finally:
         recipe.cleanup()
@@ -133,13 +140,7 @@ def run_baseline(args, base: str, work: str, queue) -> None:
         remove_unused_columns=False, disable_tqdm=True, dataloader_num_workers=0)
     trainer = Trainer(model=model, args=training_args, train_dataset=examples, data_collator=collate)
     trainer.remove_callback(PrinterCallback)
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    trainer.train()
-    if args.device == "cuda":
-        torch.cuda.synchronize()
-    seconds = time.perf_counter() - t0
+    seconds = timed(trainer.train, args.device)
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     queue.put({"tokens": counted["tokens"], "seconds": seconds, "losses": losses,
                "peak_mb": peak_memory_mb(args.device)})

@@ -119,7 +119,10 @@ def _chat_pair(path: Path, line: int, messages) -> tuple[str, str]:
     return prompt, response
 
 
-def _jsonl_rows(path: Path, text: str) -> Iterable[tuple[int, dict]]:
+def jsonl_rows(path: Path, text: str, expected: str = "a JSON object") -> Iterable[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of JSONL ``text`` read from ``path``;
+    a line that is not JSON, or not an object (``expected`` says what was), is a
+    DataFormatError naming ``path:line``."""
     for line, raw in enumerate(text.splitlines(), start=1):
         if not raw.strip():
             continue
@@ -128,7 +131,7 @@ def _jsonl_rows(path: Path, text: str) -> Iterable[tuple[int, dict]]:
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"{path}:{line}: bad JSON ({exc.msg})") from None
         if not isinstance(obj, dict):
-            raise DataFormatError(f"{path}:{line}: expected a JSON object")
+            raise DataFormatError(f"{path}:{line}: expected {expected}")
         yield line, obj
 
 
@@ -143,7 +146,7 @@ def read_samples(path: str | Path, encoding: str = "utf-8") -> list[SampleIn]:
             samples.append(SampleIn(_field(path, line, row, "prompt"), _field(path, line, row, "response"),
                                     _optional(row, "category"), _optional(row, "intent")))
     else:
-        for line, obj in _jsonl_rows(path, text):
+        for line, obj in jsonl_rows(path, text):
             if "messages" in obj:
                 prompt, response = _chat_pair(path, line, obj["messages"])
             elif "prompt" in obj or "response" in obj:
@@ -161,7 +164,7 @@ def read_questions(path: str | Path, encoding: str = "utf-8") -> list[QuestionIn
     path = Path(path)
     fmt = detect_format(path)
     text = read_text(path, encoding)
-    rows = _csv_rows(path, text, ("conversation_id", "question")) if fmt == "csv" else _jsonl_rows(path, text)
+    rows = _csv_rows(path, text, ("conversation_id", "question")) if fmt == "csv" else jsonl_rows(path, text)
     questions = [
         QuestionIn(_field(path, line, row, "conversation_id"), _field(path, line, row, "question"),
                    _optional(row, "category"), _optional(row, "draft"))

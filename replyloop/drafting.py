@@ -23,8 +23,7 @@ from replyloop.config import Config
 from replyloop.errors import ReplyloopError
 from replyloop.registry import Registry
 from replyloop.store import Store
-
-PLAIN_TEMPLATE = "客户问：{prompt}\n客服答："
+from training.prompting import render_prompt
 
 
 class DraftingError(ReplyloopError):
@@ -43,19 +42,6 @@ class DraftResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def render_prompt(tokenizer, prompt: str) -> str:
-    """The model input for a question: ``training.prompting.render_prompt`` (chat template or
-    the plain "客户问/客服答" form), the same function training uses."""
-    try:
-        from training.prompting import render_prompt as render
-    except ImportError:  # training not installed: the same plain template it falls back to
-        if getattr(tokenizer, "chat_template", None):
-            return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                                 add_generation_prompt=True)
-        return PLAIN_TEMPLATE.format(prompt=prompt)
-    return render(tokenizer, prompt)
 
 
 def generate(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int, batch_size: int = 16,

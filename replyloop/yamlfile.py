@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from replyloop.errors import ConfigError
+from replyloop.textfile import read_utf8
 
 
 @dataclass
@@ -36,6 +37,9 @@ class YamlDoc:
         return f"{self.path}:{line}" if line else str(self.path)
 
 
+_FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed
+
+
 def _walk(node: yaml.Node, prefix: tuple, lines: dict) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
@@ -48,30 +52,34 @@ def _walk(node: yaml.Node, prefix: tuple, lines: dict) -> None:
             _walk(item, prefix + (index,), lines)
 
 
-def load_yaml(path: str | Path, error: type[Exception] = ConfigError) -> YamlDoc:
-    """Read a YAML file; syntax errors become ``error`` naming file and line."""
+def load_yaml(path: str | Path, error: type[Exception] = ConfigError, *, fast: bool = False) -> YamlDoc:
+    """Read a YAML file; syntax errors become ``error`` naming file and line.
+
+    Parsed once: the node tree (with line marks) is composed, then the data is built from it.
+    ``fast=True`` uses libyaml's ``CSafeLoader`` when PyYAML has it (policy files with
+    thousands of rules); otherwise the pure-Python ``SafeLoader``.
+    """
     path = Path(path)
+    text = read_utf8(path, error)
+    loader = (_FAST_LOADER if fast else yaml.SafeLoader)(text)
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise error(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise error(f"{path}: not UTF-8 text ({exc.reason})") from None
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{path}:{mark.line + 1}" if mark else str(path)
         problem = getattr(exc, "problem", None) or str(exc)
         raise error(f"{where}: invalid YAML: {problem}") from None
+    finally:
+        loader.dispose()
     lines: dict[tuple, int] = {}
     if node is not None:
         _walk(node, (), lines)
     return YamlDoc(path=path, data=data, lines=lines)
 
 
-def _describe(err: dict) -> str:
+def describe_error(err: dict) -> str:
+    """A short message for one pydantic error dict (``unknown key``, ``required key is missing``...)."""
     kind = err.get("type", "")
     if kind == "extra_forbidden":
         return "unknown key"
@@ -86,7 +94,7 @@ def validation_messages(doc: YamlDoc, exc: ValidationError, prefix: tuple = ()) 
     for err in exc.errors():
         loc = prefix + tuple(err["loc"])
         key = ".".join(str(part) for part in loc)
-        found.append((doc.line_of(loc) or 0, f"{doc.where(loc)}: key '{key}': {_describe(err)}"))
+        found.append((doc.line_of(loc) or 0, f"{doc.where(loc)}: key '{key}': {describe_error(err)}"))
     return [message for _, message in sorted(found, key=lambda item: item[0])]
 
 

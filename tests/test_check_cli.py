@@ -55,7 +55,7 @@ def test_bad_jsonl_line_exits_2_with_file_and_line(tmp_path):
     assert result.exit_code == 2
     assert result.output.strip().endswith(f"Error: {path}:2: 'text' must be a string")
     path.write_text('{"id": 1, "text": "ok"}\nnot json\n', encoding="utf-8")
-    assert f"{path}:2: invalid JSON" in cli("check", "--file", path).output
+    assert f"{path}:2: bad JSON" in cli("check", "--file", path).output
 
 
 def test_usage_errors_exit_2(tmp_path):

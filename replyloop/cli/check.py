@@ -25,24 +25,12 @@ def _policies_dir(policies: Optional[Path], config: Optional[Path]) -> Path:
 
 def read_replies(path: Path) -> list[tuple[str, str]]:
     """(id, text) from a JSONL file of ``{"id": ..., "text": ...}`` lines; DataFormatError names file:line."""
+    from replyloop.dataio import jsonl_rows
     from replyloop.errors import DataFormatError
+    from replyloop.textfile import read_utf8
 
-    try:
-        raw = path.read_text(encoding="utf-8-sig")
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: file not found") from None
-    except UnicodeDecodeError as exc:
-        raise DataFormatError(f"{path}: not UTF-8 text ({exc.reason})") from None
     replies = []
-    for number, line in enumerate(raw.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
-        if not isinstance(obj, dict):
-            raise DataFormatError(f"{path}:{number}: expected an object with 'id' and 'text'")
+    for number, obj in jsonl_rows(path, read_utf8(path), expected="an object with 'id' and 'text'"):
         text = obj.get("text")
         if not isinstance(text, str):
             raise DataFormatError(f"{path}:{number}: 'text' must be a string")

@@ -1,0 +1,17 @@
+"""Read a UTF-8 text file (a BOM is allowed) with errors that name the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from replyloop.errors import DataFormatError
+
+
+def read_utf8(path: Path, error: type[Exception] = DataFormatError) -> str:
+    """The file's text; a missing file or non-UTF-8 bytes raise ``error`` naming ``path``."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise error(f"{path}: file not found") from None
+    except UnicodeDecodeError as exc:
+        raise error(f"{path}: not UTF-8 text ({exc.reason})") from None
