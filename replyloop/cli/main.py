@@ -61,7 +61,12 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    import warnings
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # no "Loading weights" bars in CLI output
+    # peft calls a transformers method that transformers 5 deprecates: not the user's concern
+    warnings.filterwarnings("ignore", message=r".*is_gradient_checkpointing.*", category=FutureWarning)
     app(prog_name="replyloop")
 
 
