@@ -13,8 +13,8 @@ How a reply is checked:
    ``avoid`` term, and per regex either all the strings it can match (when there are at most
    16) or a few literals one of which every match contains (``evaluation.regexcheck``): a regex
    only runs on replies that contain one of its literals. A reply without automaton output
-   costs one normalisation and one scan. Large automata are scanned over UTF-8 bytes. Regexes without a literal are combined into one
-   regex that is searched once per reply. So the cost per reply hardly grows with the rule count.
+   costs one normalisation and one scan (``ahocorasick_rs``, overlapping matches). Regexes without a
+   literal are combined into one regex that is searched once per reply. So the cost per reply hardly grows with the rule count.
 3. Only when something matched is the offset map built: spans are reported in the original text.
    Phrases that start or end with a Latin letter or digit must sit on word boundaries in the
    original text and keep its word breaks (``scam`` does not match ``bus camp``).
@@ -24,12 +24,11 @@ How a reply is checked:
 
 from __future__ import annotations
 
-import itertools
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import ahocorasick
+import ahocorasick_rs
 
 from evaluation.negation import is_negated
 from evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
@@ -44,15 +43,6 @@ _BOUNDARY = re.compile(r"[，。！？；,!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\
 _LAST_BOUNDARY = re.compile(r"(?s:.*)(?:" + _BOUNDARY.pattern + ")")  # greedy: the last boundary
 _ALNUM = re.compile(r"[a-z0-9]")
 _WORDS = re.compile(r"[^\W_]+")
-
-
-def _to_bytes(text: str) -> str:
-    """UTF-8 bytes of ``text`` as a Latin-1 string (one character per byte)."""
-    return text.encode("utf-8").decode("latin-1")
-
-
-def _from_bytes(text: str) -> str:
-    return text.encode("latin-1").decode("utf-8")
 
 
 @dataclass(frozen=True)
@@ -115,15 +105,10 @@ def _literal(kind: str, index: int, phrase: Phrase) -> _Literal:
 class PolicyEngine:
     """Compiled policies. Build once (``load_policies``), then call ``check`` / ``fix`` per reply."""
 
-    # Scan over UTF-8 bytes when the automaton's root has more children than this (see __init__).
-    UTF8_ROOT_FANOUT = 64
-    UTF8_MAX_KEYS = 15_000
-
     def __init__(self, policies: PolicySet):
         self.rules: tuple[Rule, ...] = policies.rules
         self.terms: tuple[Term, ...] = policies.terms
         self.files: tuple[Path, ...] = policies.files
-        self._automaton = ahocorasick.Automaton()
         self._patterns: list[tuple[int, re.Pattern]] = []
         untriggered: list[int] = []
         entries: dict[str, list[_Literal]] = {}
@@ -141,25 +126,18 @@ class PolicyEngine:
         for t, term in enumerate(self.terms):
             for phrase in term.avoid:
                 entries.setdefault(phrase.norm, []).append(_literal("term", t, phrase))
-        # A large automaton is scanned over UTF-8 bytes (as Latin-1 text): pyahocorasick finds a
-        # child by a linear search over the node's children, and with thousands of phrases the
-        # root has one child per distinct first character (hundreds of CJK characters), looked
-        # up at every character of every reply. In UTF-8 a CJK character is three steps whose
-        # nodes have at most 64 children, and the root about ten. Small automata stay on
-        # characters, which is faster there; so do very large ones (the scan then rarely sits
-        # at the root, and the byte trie is three times deeper: measured slower from about
-        # 15,000 keys). UTF-8 is self-synchronising, so byte matches of whole keys start and
-        # end on character boundaries.
-        self._utf8 = len({key[0] for key in entries}) > self.UTF8_ROOT_FANOUT and len(entries) <= self.UTF8_MAX_KEYS
-        for key, values in entries.items():
-            encoded = _to_bytes(key) if self._utf8 else key
-            literals = tuple(v for v in values if v.kind != "trigger")
-            triggers = tuple(v.index for v in values if v.kind == "trigger")
-            self._automaton.add_word(encoded, (len(key), literals, triggers))
-        self._has_literals = bool(entries)
-        if self._has_literals:
-            self._automaton.make_automaton()
-        self._scan = self._automaton.iter if self._has_literals else None
+        # One automaton over all keys; a match is (key index, start, end) in characters of the
+        # normalised text. Overlapping matches with the standard match kind report every key
+        # that occurs, at every position (as a plain ``str.find`` over all keys would).
+        self._keys: tuple[str, ...] = tuple(entries)
+        self._values: tuple[tuple[tuple[_Literal, ...], tuple[int, ...]], ...] = tuple(
+            (tuple(v for v in values if v.kind != "trigger"), tuple(v.index for v in values if v.kind == "trigger"))
+            for values in entries.values()
+        )
+        self._automaton = (
+            ahocorasick_rs.AhoCorasick(list(self._keys), matchkind=ahocorasick_rs.MatchKind.Standard) if entries else None
+        )
+        self._scan = self._automaton.find_matches_as_indexes if self._automaton is not None else None
         self._untriggered = tuple(untriggered)
         self._any_untriggered = (
             re.compile("|".join(f"(?:{self._patterns[p][1].pattern})" for p in untriggered)) if untriggered else None
@@ -170,29 +148,26 @@ class PolicyEngine:
 
     # -- matching -------------------------------------------------------------------------
 
-    def _scan_text(self, norm: str) -> str:
-        """What the automaton is run over: ``norm``, or its UTF-8 bytes as Latin-1 text."""
-        return norm if not self._utf8 or norm.isascii() else _to_bytes(norm)
+    def _matches(self, norm: str) -> list[tuple[int, int, int]]:
+        """Every (key index, nstart, nend) of an automaton key in ``norm``, overlapping ones included."""
+        return self._scan(norm, overlapping=True) if self._scan is not None else []
 
-    def _raw_hits(self, norm: str, scanned: str | None = None, outputs=None) -> list[tuple]:
+    def _raw_hits(self, norm: str, matches: list[tuple[int, int, int]] | None = None) -> list[tuple]:
         """(literal or pattern index, nstart, nend) over the normalised text.
 
-        ``outputs`` continues an automaton scan of ``scanned`` already started by the caller.
+        ``matches`` is the automaton scan of ``norm`` when the caller already has it.
         """
         hits: list[tuple] = []
         run: set[int] = set()
-        if self._has_literals:
-            if outputs is None:
-                scanned = self._scan_text(norm)
-                outputs = self._scan(scanned)
-            bytewise = len(scanned) != len(norm)
-            for end, (length, literals, triggers) in outputs:
-                if triggers:
-                    run.update(triggers)
-                if literals:
-                    nend = len(_from_bytes(scanned[: end + 1])) if bytewise else end + 1
-                    for lit in literals:
-                        hits.append((lit, nend - length, nend))
+        if matches is None:
+            matches = self._matches(norm)
+        values = self._values
+        for key, nstart, nend in matches:
+            literals, triggers = values[key]
+            if triggers:
+                run.update(triggers)
+            for lit in literals:
+                hits.append((lit, nstart, nend))
         if self._any_untriggered is not None and self._any_untriggered.search(norm):
             run.update(self._untriggered)
         for p in sorted(run):
@@ -215,19 +190,11 @@ class PolicyEngine:
     def check(self, text: str) -> CheckResult:
         """Check one reply; spans point into ``text``."""
         norm, aligned = normalise(text)
-        scanned = outputs = None
-        if self._scan is not None:
-            scanned = norm if not self._utf8 or norm.isascii() else _to_bytes(norm)
-            outputs = self._scan(scanned)
-            first = next(outputs, None)
-            if first is None:
-                outputs = ()
-            else:
-                outputs = itertools.chain((first,), outputs)
+        matches = self._scan(norm, overlapping=True) if self._scan is not None else []
         # Fast path (most replies): nothing in the automaton and no literal-free regex matches.
-        if not outputs and (self._any_untriggered is None or self._any_untriggered.search(norm) is None):
+        if not matches and (self._any_untriggered is None or self._any_untriggered.search(norm) is None):
             return CheckResult("pass", [])
-        hits = self._raw_hits(norm, scanned, outputs)
+        hits = self._raw_hits(norm, matches)
         if not hits:
             return CheckResult("pass", [])
         tm = TextMap.aligned(text, norm) if aligned else TextMap.build(text)

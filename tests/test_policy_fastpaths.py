@@ -1,6 +1,6 @@
 """The engine's speed-ups give exactly the results of the straightforward paths.
 
-- the automaton scanned over UTF-8 bytes (large automata) vs over characters;
+- the Aho-Corasick scan (overlapping matches) vs a brute-force ``str.find`` of every key;
 - regex triggers: every string a small finite pattern can match, else one required literal;
 - the clause start found by one backwards regex (decimal points are not boundaries).
 """
@@ -15,6 +15,7 @@ import yaml
 
 from evaluation.policy import PolicyEngine, load_policies
 from evaluation.regexcheck import trigger_literals
+from evaluation.textmap import normalise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import policy_check  # noqa: E402
@@ -96,7 +97,23 @@ TRICKY = [
 ]
 
 
-def test_byte_scan_and_char_scan_agree(tmp_path, monkeypatch):
+def _find_all(keys: tuple[str, ...], norm: str, overlapping: bool = True) -> list[tuple[int, int, int]]:
+    """Reference scan: every occurrence of every key, overlapping ones included, by ``str.find``."""
+    assert overlapping
+    found = []
+    for k, key in enumerate(keys):
+        i = norm.find(key)
+        while i >= 0:
+            found.append((k, i, i + len(key)))
+            i = norm.find(key, i + 1)
+    return found
+
+
+def _order(matches) -> list[tuple[int, int, int]]:
+    return sorted(matches, key=lambda m: (m[2], m[1], m[0]))
+
+
+def test_automaton_scan_equals_brute_force_find(tmp_path):
     rng = random.Random(11)
     rules = policy_check.shipped_rules() + policy_check.make_rules(400, rng)
     phrases = [p for r in rules for p in r.get("phrases", [])]
@@ -104,21 +121,29 @@ def test_byte_scan_and_char_scan_agree(tmp_path, monkeypatch):
     for _ in range(500):
         parts = [rng.choice(phrases + TRICKY) if rng.random() < 0.5 else rng.choice(policy_check.POOL) for _ in range(rng.randint(1, 8))]
         texts.append(rng.choice(["", "，", " ", "不"]).join(parts))
+    # keys that overlap and nest inside each other, non-BMP characters, Latin and digits
+    overlapping = [{"id": "nest", "severity": "warn", "message": "nested keys",
+                    "phrases": ["ab", "abab", "bab", "b", "𠀀a", "a𠀀", "𠀀", "全额", "额赔", "全额赔付"]}]
+    texts += ["ababab", "𠀀a𠀀a𠀀", "全额赔付全额赔付", "bbbb", "x𠀀ab全额赔付𠀀"]
 
-    monkeypatch.setattr(PolicyEngine, "UTF8_ROOT_FANOUT", -1)
-    by_bytes = _engine(tmp_path, rules, "bytes")
-    monkeypatch.setattr(PolicyEngine, "UTF8_ROOT_FANOUT", 10**9)
-    by_chars = _engine(tmp_path, rules, "chars")
-    assert by_bytes._utf8 and not by_chars._utf8
-    flagged = 0
+    fast = _engine(tmp_path, rules + overlapping, "fast")
+    reference = _engine(tmp_path, rules + overlapping, "reference")
+    reference._scan = lambda norm, overlapping=True: _find_all(reference._keys, norm, overlapping)
+    assert fast._keys == reference._keys and len(fast._keys) > 1000
+    flagged = scanned = 0
     for text in texts:
-        a, b = by_bytes.check(text), by_chars.check(text)
+        norm, _ = normalise(text)
+        matches = fast._matches(norm)
+        assert len(matches) == len(set(matches)), text
+        assert _order(matches) == _order(_find_all(fast._keys, norm)), text
+        scanned += len(matches)
+        a, b = fast.check(text), reference.check(text)
         assert a.to_dict() == b.to_dict(), text
-        assert by_bytes.fix(text) == by_chars.fix(text)
+        assert fast.fix(text) == reference.fix(text)
         flagged += a.verdict != "pass"
         for v in a.violations:
             assert text[v.start:v.end] == v.match
-    assert flagged > 200  # the comparison covers many hits, not just passes
+    assert flagged > 200 and scanned > 1000  # the comparison covers many hits, not just passes
 
 
 @pytest.mark.parametrize("text, verdict", [
