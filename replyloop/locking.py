@@ -44,9 +44,10 @@ class RunLock:
         return self.store.one("SELECT * FROM locks WHERE name = ?", (self.name,))
 
     def is_stale(self, row: dict) -> bool:
-        """The owner is gone: a dead pid on this host, or no heartbeat for STALE_AFTER."""
-        if row["owner_host"] == self.host and not pid_alive(row["owner_pid"]):
-            return True
+        """The owner is gone: on this host, its pid is dead; on another host (a shared
+        workspace), it has not sent a heartbeat for STALE_AFTER."""
+        if row["owner_host"] == self.host:
+            return not pid_alive(row["owner_pid"])
         return timeutil.now() - timeutil.parse(row["heartbeat_at"]) > STALE_AFTER
 
     def acquire(self, run_id: int | None = None, take_over_stale: bool = False) -> None:

@@ -340,7 +340,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
     except BaseException as exc:
         error = str(exc) or exc.__class__.__name__
         if run_id is not None:
-            remove_partial_output(output_dir) if not _registered(store, output_dir) else None
+            _abandon_output(store, output_dir, error)
             _fail_run(store, run_id, error)
         say(f":x: Retrain run #{run_id or '-'} failed: {error.splitlines()[0]}\nThe champion is unchanged.")
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
@@ -353,8 +353,18 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         lock.release()
 
 
-def _registered(store: Store, output_dir: Path | None) -> bool:
-    return bool(output_dir) and store.one("SELECT id FROM models WHERE adapter_path = ?", (str(output_dir),)) is not None
+def _abandon_output(store: Store, output_dir: Path | None, error: str) -> None:
+    """After a failed run: delete unregistered output; a registered candidate (evaluation failed)
+    is rejected so it never serves, and its adapter stays for inspection."""
+    if not output_dir:
+        return
+    row = store.one("SELECT id, status FROM models WHERE adapter_path = ?", (str(output_dir),))
+    if row is None:
+        remove_partial_output(output_dir)
+    elif row["status"] == "candidate":
+        from replyloop.registry import Registry
+
+        Registry(store).reject(row["id"], actor="pipeline", reason="run failed: " + error.splitlines()[0])
 
 
 def _result_message(run_id: int, name: str, gate, action: str, config: Config) -> str:

@@ -232,3 +232,17 @@ def test_canary_auto_promotion_and_auto_rollback(replyloop_home, tiny_base_dir):
     actions = [r["action"] for r in store.query("SELECT action FROM audit_log WHERE actor = 'scheduler'")]
     assert actions == ["model.promote", "model.rollback"]
     assert judge_canary(config, store) is None
+
+
+def test_evaluation_failure_rejects_the_registered_candidate(replyloop_home, tiny_base_dir):
+    config, store = make_workspace(replyloop_home, tiny_base_dir,
+                                   evaluation={"embedding_model": str(replyloop_home / "no-such-model")})
+    result = run_pipeline(config, store)
+    assert result.status == "failed"
+    run = store.one("SELECT * FROM training_runs WHERE id = ?", (result.run_id,))
+    assert run["status"] == "failed" and run["model_id"] is not None
+    model = store.one("SELECT * FROM models WHERE id = ?", (run["model_id"],))
+    assert model["status"] == "rejected"  # it never serves
+    reason = store.one("SELECT detail FROM audit_log WHERE action = 'model.reject'")["detail"]
+    assert "run failed" in reason
+    assert champion_name(store) is None and store.one("SELECT * FROM locks") is None

@@ -219,3 +219,14 @@ def test_threshold_job_not_due_and_due(workspace, monkeypatch):
     result = jobs.threshold_job(str(config.source))
     assert result.startswith("failed:") and "train.yaml: training config not found" in result
     assert store.one("SELECT status FROM training_runs")["status"] == "failed"
+
+
+def test_a_live_owner_on_this_host_is_never_stale_however_old_its_heartbeat(workspace):
+    config, store = workspace
+    old = (timeutil.now() - dt.timedelta(hours=3)).isoformat()
+    with store.transaction() as db:
+        db.execute("INSERT INTO locks VALUES ('pipeline', ?, ?, NULL, ?, ?)", (os.getpid(), os.uname().nodename, old, old))
+    lock = RunLock(store)
+    assert not lock.is_stale(lock.holder())  # a long evaluation does not lose the lock
+    other = dict(lock.holder(), owner_host="gpu-node-7")
+    assert lock.is_stale(other)  # another host's owner must keep its heartbeat fresh
