@@ -159,28 +159,28 @@ def edit_modal(draft: dict, channel: str | None, ts: str | None) -> dict:
         "element": {"type": "plain_text_input", "action_id": REPLY_INPUT, "multiline": True,
                     "initial_value": draft["text"][:3000]},
     })
-    return {
-        "type": "modal", "callback_id": EDIT_VIEW,
-        "private_metadata": _metadata(draft["id"], channel, ts),
-        "title": {"type": "plain_text", "text": f"Edit draft #{draft['id']}"[:24]},
-        "submit": {"type": "plain_text", "text": "Approve edit"},
-        "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": blocks,
-    }
+    return _modal(EDIT_VIEW, f"Edit draft #{draft['id']}", "Approve edit", draft, channel, ts, blocks)
 
 
 def reject_modal(draft: dict, channel: str | None, ts: str | None) -> dict:
+    return _modal(REJECT_VIEW, f"Reject draft #{draft['id']}", "Reject", draft, channel, ts,
+                  _question_blocks(draft) + [{
+                      "type": "input", "block_id": REASON_BLOCK, "optional": True,
+                      "label": {"type": "plain_text", "text": "Reason (optional)"},
+                      "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True},
+                  }])
+
+
+def _modal(callback_id: str, title: str, submit: str, draft: dict, channel: str | None, ts: str | None,
+           blocks: list[dict]) -> dict:
+    """A review modal: the draft's id, channel and card ts ride in private_metadata."""
     return {
-        "type": "modal", "callback_id": REJECT_VIEW,
+        "type": "modal", "callback_id": callback_id,
         "private_metadata": _metadata(draft["id"], channel, ts),
-        "title": {"type": "plain_text", "text": f"Reject draft #{draft['id']}"[:24]},
-        "submit": {"type": "plain_text", "text": "Reject"},
+        "title": {"type": "plain_text", "text": title[:24]},  # Slack caps modal titles at 24 characters
+        "submit": {"type": "plain_text", "text": submit},
         "close": {"type": "plain_text", "text": "Cancel"},
-        "blocks": _question_blocks(draft) + [{
-            "type": "input", "block_id": REASON_BLOCK, "optional": True,
-            "label": {"type": "plain_text", "text": "Reason (optional)"},
-            "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True},
-        }],
+        "blocks": blocks,
     }
 
 

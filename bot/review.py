@@ -15,7 +15,6 @@ from slack_sdk.errors import SlackApiError
 from bot import cards
 from replyloop.errors import NotFoundError, ReplyloopError
 from replyloop.intake import check_text
-from replyloop.store import BlockedDraftError
 
 if TYPE_CHECKING:
     from bot.app import Bot
@@ -98,10 +97,7 @@ def _decide(bot: "Bot", draft_id: int, decision: str, user: str, channel: str | 
     """Record the decision and update the card, or tell the user why not (ephemeral)."""
     try:
         result = bot.store.decide(draft_id, decision, user, final_text=final_text, reason=reason)
-    except BlockedDraftError as exc:
-        ephemeral(bot, channel, user, f"Draft #{draft_id}: {exc}")
-        return
-    except ReplyloopError as exc:
+    except ReplyloopError as exc:  # BlockedDraftError included
         ephemeral(bot, channel, user, f"Draft #{draft_id}: {exc}")
         return
     draft = bot.store.get_draft(draft_id)

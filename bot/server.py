@@ -208,10 +208,9 @@ def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, po
             from slack_bolt.adapter.socket_mode import SocketModeHandler
             from slack_sdk import WebClient
 
-            web = WebClient(token=secrets.slack_app_token, base_url=bot.client.base_url,
-                            logger=redacting_logger("bot.socket_mode", secrets))
-            handler = SocketModeHandler(bot.app, secrets.slack_app_token, web_client=web,
-                                        logger=redacting_logger("bot.socket_mode", secrets))
+            socket_log = redacting_logger("bot.socket_mode", secrets)
+            web = WebClient(token=secrets.slack_app_token, base_url=bot.client.base_url, logger=socket_log)
+            handler = SocketModeHandler(bot.app, secrets.slack_app_token, web_client=web, logger=socket_log)
             try:
                 handler.connect()
             except SlackApiError as exc:  # a wrong token: say which, not a traceback

@@ -268,6 +268,16 @@ class WeeklyReport:
         now, before = self.this_week.automation_rate, self.last_week.automation_rate
         return None if now is None or before is None else now - before
 
+    def automation_history(self) -> list[tuple[str, DecisionCounts, float | None]]:
+        """(week, decisions, change of the automation rate vs the week before) for each history week."""
+        out, before = [], None
+        for week in self.history:
+            counts = self.decisions.get(week, DecisionCounts())
+            rate = counts.automation_rate
+            out.append((week, counts, None if rate is None or before is None else rate - before))
+            before = rate
+        return out
+
     def consistency_at(self, week: str, role: str = "champion") -> ConsistencyPoint | None:
         return next((p for p in self.consistency if p.week == week and p.role == role), None)
 
@@ -313,9 +323,7 @@ class WeeklyReport:
             add("consistency", p.week, "", f"{prefix}_mean_similarity", p.mean_similarity)
             for cat, mean in sorted(p.by_category.items()):
                 add("consistency", p.week, cat, f"{prefix}_mean_similarity", mean)
-        before = None
-        for week in self.history:
-            counts = self.decisions.get(week, DecisionCounts())
+        for week, counts, change in self.automation_history():
             for key in (*DECISION_KEYS, "reviewed"):
                 add("reviews", week, "", key, getattr(counts, key))
             for cat, c in sorted(self.decisions_by_category.get(week, {}).items()):
@@ -330,10 +338,7 @@ class WeeklyReport:
             add("automation", week, "", "reviewed", counts.reviewed)
             add("automation", week, "", "approved_unchanged", counts.approved)
             add("automation", week, "", "rate", counts.automation_rate)
-            rate = counts.automation_rate
-            add("automation", week, "", "change_vs_previous_week",
-                None if rate is None or before is None else rate - before)
-            before = rate
+            add("automation", week, "", "change_vs_previous_week", change)
         add("consistency", self.label, "", "champion_change_vs_previous_week", self.consistency_change)
         for r in self.replacements:
             add("replacements", self.label, f"{r.old} → {r.new}", "count", r.count)
@@ -849,13 +854,9 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
 
     # automation
     lines += ["## Automation rate", "", "Share of reviewed drafts approved without edit.", ""]
-    rows, before = [], None
-    for w in r.history:
-        rate = r.decisions[w].automation_rate
-        change = None if rate is None or before is None else rate - before
-        rows.append([w, r.decisions[w].reviewed, r.decisions[w].approved, fmt_pct(rate), fmt_pp(change)])
-        before = rate
-    lines += _table(["week", "reviewed", "approved unchanged", "rate", "change"], rows)
+    lines += _table(["week", "reviewed", "approved unchanged", "rate", "change"],
+                    [[w, n.reviewed, n.approved, fmt_pct(n.automation_rate), fmt_pp(change)]
+                     for w, n, change in r.automation_history()])
     lines += _chart(charts, "automation.png", "Automation rate")
 
     if r.chart_labels:

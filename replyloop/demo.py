@@ -361,21 +361,15 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
 
     # 5. weekly report and summary -------------------------------------------------------------------
     say("[5/5] Weekly consistency report")
-    from evaluation.report import IsoWeek, build_weekly_report
+    from evaluation.report import IsoWeek, build_weekly_report, report_timezone
 
-    tz = _zone(config.file.scheduler.timezone)
+    tz = report_timezone(config)
     report = build_weekly_report(config, store, week=IsoWeek.containing(timeutil.now().astimezone(tz).date()))
     summary.report_dir = report.out_dir
     summary.seconds = time.monotonic() - started
     summary.rows = _summary_rows(store, registry, imported.added, champion_before, people, summary)
     store.close()
     return summary
-
-
-def _zone(name: str):
-    from zoneinfo import ZoneInfo
-
-    return ZoneInfo(name)
 
 
 def _legacy_candidate(workdir, config, store, registry, s: DemoSettings, export_samples, say) -> str:

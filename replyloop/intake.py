@@ -43,19 +43,15 @@ class Ingested:
 
 def policy_checker(config: Config) -> Checker | None:
     """The policy engine as a checker, or None while ``evaluation.policy`` is not installed."""
-    try:
-        from evaluation.policy import load_policies
-    except ImportError:
+    from replyloop.drafting import check_policies, load_policy_engine
+
+    engine = load_policy_engine(config)
+    if engine is None:
         return None
-    engine = load_policies(config.policies_dir)
 
     def check(text: str) -> dict:
-        res = engine.check(text)
-        data = res.to_dict() if hasattr(res, "to_dict") else {}
-        violations = data.get("violations")
-        if violations is None:
-            violations = [v.to_dict() for v in res.violations]
-        return {"verdict": res.verdict, "violations": violations}
+        verdict, violations = check_policies(engine, text)
+        return {"verdict": verdict, "violations": violations}
 
     return check
 

@@ -423,8 +423,7 @@ def judge_canary(config: Config, store: Store, notify: Notify | None = None,
     margin = sched.canary_rate_margin
     canary_rate = rates["approval_without_edit_rate"]
     champ_rate = champ_rates["approval_without_edit_rate"] if champ_rates else None
-    evaluation = store.one("SELECT gate_passed, mean_similarity FROM evaluations WHERE model_id = ?"
-                           " ORDER BY created_at DESC LIMIT 1", (canary["id"],))
+    evaluation = registry.latest_evaluation(canary["id"])  # the one promote() checks
     consistency_ok = bool(evaluation and evaluation["gate_passed"])
     rate_ok = canary_rate is not None and (champ_rate is None or canary_rate >= champ_rate - margin)
     fmt = lambda r: "n/a" if r is None else f"{r:.0%}"  # noqa: E731
