@@ -23,19 +23,9 @@ def model_with_status(store: Store, status: str) -> dict | None:
     return row
 
 
-def baseline_snapshot(store: Store) -> str | None:
-    """The snapshot the champion was trained on, else the latest snapshot."""
-    champion = store.one("SELECT snapshot_hash FROM models WHERE status = 'champion' AND snapshot_hash IS NOT NULL"
-                         " ORDER BY promoted_at DESC, id DESC LIMIT 1")
-    if champion:
-        return champion["snapshot_hash"]
-    latest = store.latest_snapshot()
-    return latest["hash"] if latest else None
-
-
 def retrain_status(config: Config, store: Store) -> dict:
     return {
-        "samples_since": store.samples_since(baseline_snapshot(store)),
+        "samples_since": store.samples_since(store.baseline_snapshot()),
         "threshold": config.file.scheduler.min_new_samples,
         "running": store.query("SELECT id, trigger, requested_by, step, total_steps, loss, started_at"
                                " FROM training_runs WHERE status = 'running' ORDER BY id"),

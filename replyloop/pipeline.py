@@ -66,15 +66,10 @@ class PipelineResult:
 # -- when to run -------------------------------------------------------------------------------
 
 
-def champion_snapshot(store: Store) -> str | None:
-    row = store.one("SELECT snapshot_hash FROM models WHERE status = 'champion' ORDER BY promoted_at DESC LIMIT 1")
-    return row["snapshot_hash"] if row else None
-
-
 def check_due(config: Config, store: Store, now: dt.datetime | None = None) -> Due:
     """Enough approved samples since the champion's snapshot, and long enough since the last run."""
     sched = config.file.scheduler
-    snap = champion_snapshot(store)
+    snap = store.baseline_snapshot()
     new = store.samples_since(snap, source="review")
     canary = store.one("SELECT name FROM models WHERE status = 'canary'")
     if canary is not None:
@@ -111,8 +106,8 @@ def _fail_run(store: Store, run_id: int, error: str) -> None:
 
 
 def remove_partial_output(output_dir: str | Path | None) -> None:
-    """Delete what an unfinished run wrote: its output dir unless it holds a complete adapter
-    that a model row points to, and any temp dirs the trainer left beside it."""
+    """Delete what an unfinished run wrote: its output dir and any temp dirs the trainer left
+    beside it (callers check first that no model row points to it: ``_abandon_output``)."""
     if not output_dir:
         return
     out = Path(output_dir)
@@ -140,8 +135,9 @@ def recover(store: Store) -> list[int]:
                 os.killpg(run["pid"], signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
                 pass
-        remove_partial_output(run["output_dir"])
-        _fail_run(store, run["id"], "the pipeline process died before the run finished (recovered at restart)")
+        error = "the pipeline process died before the run finished (recovered at restart)"
+        _abandon_output(store, run["output_dir"], error)
+        _fail_run(store, run["id"], error)
         cleaned.append(run["id"])
     if stale_lock:
         with store.transaction() as db:
@@ -358,7 +354,8 @@ def _abandon_output(store: Store, output_dir: Path | None, error: str) -> None:
     is rejected so it never serves, and its adapter stays for inspection."""
     if not output_dir:
         return
-    row = store.one("SELECT id, status FROM models WHERE adapter_path = ?", (str(output_dir),))
+    row = store.one("SELECT id, status FROM models WHERE adapter_path IN (?, ?)",
+                    (str(output_dir), str(Path(output_dir).resolve())))
     if row is None:
         remove_partial_output(output_dir)
     elif row["status"] == "candidate":

@@ -383,17 +383,16 @@ class Store:
 
     # -- stats -------------------------------------------------------------------------------
 
-    def last_training_snapshot(self) -> str | None:
-        """The snapshot of the latest training run (else the latest snapshot, e.g. a manual one)."""
-        run = self.one("SELECT snapshot_hash FROM training_runs WHERE snapshot_hash IS NOT NULL"
-                       " ORDER BY started_at DESC, id DESC LIMIT 1")
-        if run is not None:
-            return run["snapshot_hash"]
-        latest = self.latest_snapshot()
-        return latest["hash"] if latest else None
+    def baseline_snapshot(self) -> str | None:
+        """What new approved samples are counted from, by the threshold job, ``/retrain status``
+        and ``data stats`` alike: the snapshot the champion was trained on; None without a
+        champion (then every approved sample is new)."""
+        row = self.one("SELECT snapshot_hash FROM models WHERE status = 'champion' AND snapshot_hash IS NOT NULL"
+                       " ORDER BY promoted_at DESC, id DESC LIMIT 1")
+        return row["snapshot_hash"] if row else None
 
     def stats(self) -> dict:
-        snapshot = self.last_training_snapshot()
+        snapshot = self.baseline_snapshot()
         return {
             "samples": self.sample_count(),
             "by_category": {r["category"] or "(none)": r["n"] for r in self.query(
@@ -403,7 +402,7 @@ class Store:
             "questions": self.scalar("SELECT count(*) FROM questions"),
             "pending_reviews": self.scalar(
                 "SELECT count(*) FROM drafts d WHERE NOT EXISTS (SELECT 1 FROM reviews r WHERE r.draft_id = d.id)"),
-            "latest_snapshot": snapshot,
+            "champion_snapshot": snapshot,
             "approved_since_snapshot": self.samples_since(snapshot),
         }
 

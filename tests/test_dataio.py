@@ -223,8 +223,8 @@ def test_stats_json(ws, samples_csv):
     assert stats["samples"] == 181
     assert stats["by_category"]["退换货政策"] == 50
     assert stats["by_source"] == {"import": 180, "review": 1}
-    assert stats["approved_since_snapshot"] == 1
-    assert stats["latest_snapshot"] == json.loads(snap.stdout)["hash"]
+    assert stats["approved_since_snapshot"] == 1  # no champion yet: every approved sample is new
+    assert stats["champion_snapshot"] is None
     table = cli("data", "stats")
     assert "物流查询" in table.stdout and "approved since: 1" in table.stdout
 
@@ -238,19 +238,20 @@ def test_init_creates_workspace_with_samples(replyloop_home):
     assert "already exists; keeping it" in again.stdout
 
 
-def test_stats_counts_approvals_since_the_last_training_snapshot(ws, samples_csv):
+def test_stats_counts_approvals_since_the_champions_snapshot(ws, samples_csv):
     _, store = ws
     from replyloop import timeutil
 
     cli("data", "import", samples_csv)
     trained = store.create_snapshot(0.15)
     with store.transaction() as db:
-        db.execute("INSERT INTO training_runs (status, trigger, snapshot_hash, started_at) VALUES ('succeeded', 'cli', ?, ?)",
-                   (trained.hash, timeutil.now_iso()))
+        db.execute("INSERT INTO models (name, base_model, snapshot_hash, status, promoted_at, created_at)"
+                   " VALUES ('m1', 'base', ?, 'champion', ?, ?)", (trained.hash, timeutil.now_iso(), timeutil.now_iso()))
     for i in range(2):
         qid = store.add_question(f"新问题{i}", f"c{i}", "物流查询")
         store.decide(store.add_draft(qid, f"新回答{i}"), "approve", "U1")
-    store.create_snapshot(0.15)  # a manual snapshot after the run does not reset the count
+    store.create_snapshot(0.15)  # a manual snapshot after training does not reset the count
     stats = json.loads(cli("data", "stats", "--json").stdout)
-    assert stats["latest_snapshot"] == trained.hash
+    assert stats["champion_snapshot"] == trained.hash
     assert stats["approved_since_snapshot"] == 2
+    assert "Champion's snapshot: " + trained.hash in cli("data", "stats").stdout

@@ -230,3 +230,24 @@ def test_a_live_owner_on_this_host_is_never_stale_however_old_its_heartbeat(work
     assert not lock.is_stale(lock.holder())  # a long evaluation does not lose the lock
     other = dict(lock.holder(), owner_host="gpu-node-7")
     assert lock.is_stale(other)  # another host's owner must keep its heartbeat fresh
+
+
+def test_recover_keeps_a_registered_adapter_and_rejects_its_candidate(workspace):
+    """The process died during evaluation, after the adapter was registered."""
+    config, store = workspace
+    adapter = config.adapters_dir / "rl-y-r1"
+    adapter.mkdir(parents=True)
+    (adapter / "adapter_config.json").write_text("{}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with store.transaction() as db:
+        model_id = db.execute("INSERT INTO models (name, adapter_path, base_model, status, created_at)"
+                              " VALUES ('rl-y-r1', ?, 'base', 'candidate', ?)",
+                              (str(adapter.resolve()), timeutil.now_iso())).lastrowid
+        run_id = db.execute("INSERT INTO training_runs (status, trigger, output_dir, pid, model_id, started_at)"
+                            " VALUES ('running', 'scheduler', ?, ?, ?, ?)",
+                            (str(adapter), dead.pid, model_id, timeutil.now_iso())).lastrowid
+    assert recover(store) == [run_id]
+    assert (adapter / "adapter_config.json").exists()
+    assert store.scalar("SELECT status FROM models WHERE id = ?", (model_id,)) == "rejected"
+    assert store.scalar("SELECT status FROM training_runs WHERE id = ?", (run_id,)) == "failed"

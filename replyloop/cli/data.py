@@ -79,7 +79,7 @@ def export(
 
 @data_app.command("stats")
 def stats(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption):
-    """Counts per category and source, pending reviews, approvals since the last training snapshot.
+    """Counts per category and source, pending reviews, approvals since the champion's training snapshot.
 
     Example: replyloop data stats --json
     """
@@ -92,7 +92,7 @@ def stats(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption):
         print_json(s)
         return
     console.print(f"Samples: {s['samples']}   questions: {s['questions']}   pending reviews: {s['pending_reviews']}")
-    console.print(f"Last training snapshot: {s['latest_snapshot'] or '(none)'}   "
+    console.print(f"Champion's snapshot: {s['champion_snapshot'] or '(no champion yet)'}   "
                   f"approved since: {s['approved_since_snapshot']}")
     for title, key in (("Category", "by_category"), ("Source", "by_source")):
         table = Table(title=None)
