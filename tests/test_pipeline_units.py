@@ -89,6 +89,17 @@ def test_lock_held_by_another_live_process_is_refused(workspace):
     RunLock(store).acquire()
 
 
+def running_run_of_a_dead_process(store, output_dir, model_id=None) -> tuple[int, int]:
+    """A training_runs row still 'running' whose process has exited: (run id, its pid)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    with store.transaction() as db:
+        run_id = db.execute("INSERT INTO training_runs (status, trigger, output_dir, pid, model_id, started_at)"
+                            " VALUES ('running', 'scheduler', ?, ?, ?, ?)",
+                            (str(output_dir), dead.pid, model_id, timeutil.now_iso())).lastrowid
+    return run_id, dead.pid
+
+
 def test_recover_marks_dead_run_failed_and_removes_partial_output(workspace, tmp_path):
     config, store = workspace
     partial = config.adapters_dir / "rl-x-r1"
@@ -98,14 +109,10 @@ def test_recover_marks_dead_run_failed_and_removes_partial_output(workspace, tmp
     champion_dir = config.adapters_dir / "champ"
     champion_dir.mkdir()
     (champion_dir / "adapter_config.json").write_text("{}")
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
+    run_id, pid = running_run_of_a_dead_process(store, partial)
     with store.transaction() as db:
-        run_id = db.execute("INSERT INTO training_runs (status, trigger, output_dir, pid, started_at)"
-                            " VALUES ('running', 'scheduler', ?, ?, ?)",
-                            (str(partial), dead.pid, timeutil.now_iso())).lastrowid
         db.execute("INSERT INTO locks VALUES ('pipeline', ?, ?, ?, ?, ?)",
-                   (dead.pid, os.uname().nodename, run_id, timeutil.now_iso(), timeutil.now_iso()))
+                   (pid, os.uname().nodename, run_id, timeutil.now_iso(), timeutil.now_iso()))
     assert recover(store) == [run_id]
     run = store.one("SELECT * FROM training_runs WHERE id = ?", (run_id,))
     assert run["status"] == "failed" and "died" in run["error"]
@@ -238,15 +245,11 @@ def test_recover_keeps_a_registered_adapter_and_rejects_its_candidate(workspace)
     adapter = config.adapters_dir / "rl-y-r1"
     adapter.mkdir(parents=True)
     (adapter / "adapter_config.json").write_text("{}")
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
     with store.transaction() as db:
         model_id = db.execute("INSERT INTO models (name, adapter_path, base_model, status, created_at)"
                               " VALUES ('rl-y-r1', ?, 'base', 'candidate', ?)",
                               (str(adapter.resolve()), timeutil.now_iso())).lastrowid
-        run_id = db.execute("INSERT INTO training_runs (status, trigger, output_dir, pid, model_id, started_at)"
-                            " VALUES ('running', 'scheduler', ?, ?, ?, ?)",
-                            (str(adapter), dead.pid, model_id, timeutil.now_iso())).lastrowid
+    run_id, _ = running_run_of_a_dead_process(store, adapter, model_id)
     assert recover(store) == [run_id]
     assert (adapter / "adapter_config.json").exists()
     assert store.scalar("SELECT status FROM models WHERE id = ?", (model_id,)) == "rejected"
