@@ -29,6 +29,7 @@ from replyloop import timeutil
 from replyloop.config import Config
 from replyloop.errors import ConfigError, ConflictError, ReplyloopError, TrainingError
 from replyloop.locking import RunLock, pid_alive
+from replyloop.registry import Registry
 from replyloop.store import Store
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def check_due(config: Config, store: Store, now: dt.datetime | None = None) -> D
     sched = config.file.scheduler
     snap = store.baseline_snapshot()
     new = store.samples_since(snap, source="review")
-    canary = store.one("SELECT name FROM models WHERE status = 'canary'")
+    canary = Registry(store).canary()
     if canary is not None:
         return Due(False, new, sched.min_new_samples,
                    f"canary {canary['name']} is still being judged; the next run waits for its promotion or rollback",
@@ -265,7 +266,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
     lock = RunLock(store)
     if dry_run:
         return _dry_run(config, store, lock)
-    canary = store.one("SELECT name FROM models WHERE status = 'canary'")
+    canary = Registry(store).canary()
     if canary is not None:
         raise ConflictError(f"model {canary['name']} is the canary: promote it or roll it back first "
                             "(`replyloop models promote` / `replyloop models rollback`)")
@@ -273,8 +274,6 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
     run_id = None
     output_dir = None
     try:
-        from replyloop.registry import Registry
-
         registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
         snapshot = store.create_snapshot(config.file.store.heldout_share, config.file.store.split_seed,
                                          actor=requested_by or trigger)
@@ -359,8 +358,6 @@ def _abandon_output(store: Store, output_dir: Path | None, error: str) -> None:
     if row is None:
         remove_partial_output(output_dir)
     elif row["status"] == "candidate":
-        from replyloop.registry import Registry
-
         Registry(store).reject(row["id"], actor="pipeline", reason="run failed: " + error.splitlines()[0])
 
 
@@ -377,8 +374,6 @@ def _result_message(run_id: int, name: str, gate, action: str, config: Config) -
 def _dry_run(config: Config, store: Store, lock: RunLock) -> PipelineResult:
     due = check_due(config, store)
     holder = lock.holder()
-    from replyloop.registry import Registry
-
     champion = Registry(store).champion()
     init = champion["adapter_path"] if (champion and config.file.training.from_champion) else None
     argv = training_argv(config, Path("<run-dir>/train.yaml"), 0, config.adapters_dir / "<new>")
@@ -403,8 +398,6 @@ def judge_canary(config: Config, store: Store, notify: Notify | None = None,
 
     Promote when its approval-without-edit rate is at least the champion's minus
     ``scheduler.canary_rate_margin`` and its latest evaluation passed the gate; otherwise roll back."""
-    from replyloop.registry import Registry
-
     say = notify or (lambda message: None)
     registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
     canary, champion = registry.canary(), registry.champion()
