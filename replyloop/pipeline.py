@@ -234,17 +234,19 @@ def _read_progress(store: Store, run_id: int, log_path: Path, offset: int) -> in
     end = chunk.rfind(b"\n")
     if end < 0:
         return offset
-    latest = None
+    # merge every event of the chunk: the last line may be an evaluation event without a
+    # training loss, which must not hide the loss of the step event just before it
+    values: dict = {}
     for line in chunk[: end + 1].decode("utf-8", "replace").splitlines():
         if line.startswith(PROGRESS_PREFIX):
             try:
-                latest = json.loads(line[len(PROGRESS_PREFIX):])
+                event = json.loads(line[len(PROGRESS_PREFIX):])
             except ValueError:
                 continue
-    if latest:
-        values = {k: latest[k] for k in ("step", "total_steps", "loss") if latest.get(k) is not None}
-        if values:
-            _update_run(store, run_id, **values)
+            values.update({k: event[k] for k in ("step", "total_steps", "loss")
+                           if isinstance(event, dict) and event.get(k) is not None})
+    if values:
+        _update_run(store, run_id, **values)
     return offset + end + 1
 
 

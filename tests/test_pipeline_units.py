@@ -254,3 +254,23 @@ def test_recover_keeps_a_registered_adapter_and_rejects_its_candidate(workspace)
     assert (adapter / "adapter_config.json").exists()
     assert store.scalar("SELECT status FROM models WHERE id = ?", (model_id,)) == "rejected"
     assert store.scalar("SELECT status FROM training_runs WHERE id = ?", (run_id,)) == "failed"
+
+
+def test_progress_reader_keeps_the_loss_when_an_eval_event_ends_the_chunk(workspace, tmp_path):
+    """The final step and the evaluation after it often arrive in one read; the loss must survive."""
+    import json
+    from replyloop.pipeline import PROGRESS_PREFIX, _read_progress
+
+    _, store = workspace
+    with store.transaction() as db:
+        run_id = db.execute("INSERT INTO training_runs (status, trigger, started_at) VALUES ('running', 'cli', ?)",
+                            (timeutil.now_iso(),)).lastrowid
+    log = tmp_path / "train.log"
+    events = [{"step": 7, "total_steps": 8, "loss": 2.5}, {"step": 8, "total_steps": 8, "loss": 2.25},
+              {"step": 8, "total_steps": 8, "eval_loss": 2.4}]
+    log.write_text("warming up\n" + "".join(PROGRESS_PREFIX + json.dumps(e) + "\n" for e in events)
+                   + PROGRESS_PREFIX + '{"step": 9', encoding="utf-8")  # a partial last line waits
+    offset = _read_progress(store, run_id, log, 0)
+    row = store.one("SELECT step, total_steps, loss FROM training_runs WHERE id = ?", (run_id,))
+    assert (row["step"], row["total_steps"], row["loss"]) == (8, 8, 2.25)
+    assert offset == log.read_bytes().rindex(b"\n") + 1
