@@ -47,9 +47,7 @@ def post_card(bot: "Bot", draft_id: int) -> str | None:
 
 def post_pending_cards(bot: "Bot", limit: int | None = None) -> int:
     """Post cards for undecided drafts that have none yet (imports, restarts). Returns how many."""
-    sql = ("SELECT d.id FROM drafts d WHERE d.slack_ts IS NULL AND NOT EXISTS"
-           " (SELECT 1 FROM reviews r WHERE r.draft_id = d.id) ORDER BY d.id")
-    ids = [r["id"] for r in bot.store.query(sql + (f" LIMIT {int(limit)}" if limit else ""))]
+    ids = bot.store.pending_without_card(limit)
     posted = 0
     for draft_id in ids:
         try:

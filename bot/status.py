@@ -6,21 +6,12 @@ import datetime as dt
 
 from replyloop import timeutil
 from replyloop.config import Config
+from replyloop.registry import Registry
 from replyloop.store import Store
 
 
-def _latest_evaluation(store: Store, model_id: int) -> dict | None:
-    return store.one(
-        "SELECT id, mean_similarity, share_above, gate_passed, n, created_at FROM evaluations"
-        " WHERE model_id = ? ORDER BY created_at DESC, id DESC LIMIT 1", (model_id,))
-
-
 def model_with_status(store: Store, status: str) -> dict | None:
-    row = store.one("SELECT id, name, status, canary_percent, snapshot_hash, promoted_at FROM models"
-                    " WHERE status = ? ORDER BY promoted_at DESC, id DESC LIMIT 1", (status,))
-    if row:
-        row["evaluation"] = _latest_evaluation(store, row["id"])
-    return row
+    return Registry(store).with_status(status)
 
 
 def retrain_status(config: Config, store: Store) -> dict:
@@ -54,8 +45,7 @@ def home(store: Store) -> dict:
         " sum(decision = 'reject') AS rejected FROM reviews WHERE created_at >= ?"
         " GROUP BY reviewer ORDER BY approved + edited DESC, reviewer", (start,))
     return {
-        "queue": store.scalar("SELECT count(*) FROM drafts d WHERE NOT EXISTS"
-                              " (SELECT 1 FROM reviews r WHERE r.draft_id = d.id)"),
+        "queue": store.pending_count(),
         "week_start": start,
         "approvals_this_week": approvals,
         "champion": model_with_status(store, "champion"),

@@ -81,6 +81,13 @@ class Registry:
     def canary(self) -> dict | None:
         return self._by_status("canary")
 
+    def with_status(self, status: str) -> dict | None:
+        """The champion or canary with its latest evaluation (``evaluation``), for status views."""
+        row = self._by_status(status)
+        if row is not None:
+            row["evaluation"] = self.latest_evaluation(row["id"])
+        return row
+
     def list(self, status: str | None = None) -> list[dict]:
         if status:
             rows = self.store.query("SELECT * FROM models WHERE status = ? ORDER BY id", (status,))
@@ -90,7 +97,7 @@ class Registry:
 
     def latest_evaluation(self, model_id: int) -> dict | None:
         return self.store.one(
-            "SELECT id, gate_passed, mean_similarity, against_model_id, created_at FROM evaluations"
+            "SELECT id, gate_passed, mean_similarity, share_above, n, against_model_id, created_at FROM evaluations"
             " WHERE model_id = ? ORDER BY created_at DESC, id DESC LIMIT 1", (model_id,))
 
     # -- registering -----------------------------------------------------------------------

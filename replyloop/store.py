@@ -24,6 +24,8 @@ from replyloop.textnorm import compact, dedupe_key, sha256
 
 DECISIONS = ("approve", "edit", "reject")
 BUSY_TIMEOUT_S = 30.0
+# the one definition of "waiting for a supervisor" (drafts aliased ``d``)
+UNDECIDED = "NOT EXISTS (SELECT 1 FROM reviews r WHERE r.draft_id = d.id)"
 
 
 class StoreError(ReplyloopError):
@@ -199,6 +201,15 @@ class Store:
     def set_draft_card(self, draft_id: int, channel: str, ts: str) -> None:
         with self.transaction() as db:
             db.execute("UPDATE drafts SET slack_channel = ?, slack_ts = ? WHERE id = ?", (channel, ts, draft_id))
+
+    def pending_count(self) -> int:
+        """Drafts no supervisor has decided yet (the review queue)."""
+        return self.scalar(f"SELECT count(*) FROM drafts d WHERE {UNDECIDED}")
+
+    def pending_without_card(self, limit: int | None = None) -> list[int]:
+        """Undecided drafts whose review card was never posted (imports, restarts, Slack outages)."""
+        sql = f"SELECT d.id FROM drafts d WHERE d.slack_ts IS NULL AND {UNDECIDED} ORDER BY d.id"
+        return [r["id"] for r in self.query(sql + (" LIMIT ?" if limit else ""), (int(limit),) if limit else ())]
 
     def get_draft(self, draft_id: int) -> dict:
         """A draft with its question and (if decided) its review."""
@@ -400,8 +411,7 @@ class Store:
             "by_source": {r["source"]: r["n"] for r in self.query(
                 "SELECT source, count(*) AS n FROM samples GROUP BY source ORDER BY n DESC, source")},
             "questions": self.scalar("SELECT count(*) FROM questions"),
-            "pending_reviews": self.scalar(
-                "SELECT count(*) FROM drafts d WHERE NOT EXISTS (SELECT 1 FROM reviews r WHERE r.draft_id = d.id)"),
+            "pending_reviews": self.pending_count(),
             "champion_snapshot": snapshot,
             "approved_since_snapshot": self.samples_since(snapshot),
         }
