@@ -77,7 +77,8 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     installed; ``start_pipeline(trigger=, requested_by=, notify=)`` backs ``/retrain now``."""
     client = client or web_client(config, secrets)
     if checker is None:
-        checker = policy_checker(config)
+        # share the drafter's engine: the rules are loaded (and their automaton built) once
+        checker = policy_checker(config, getattr(drafter, "policy_engine", None))
         if checker is None:
             log.warning("evaluation.policy is not available: drafts are not policy-checked")
     slack = config.file.slack

@@ -41,11 +41,13 @@ class Ingested:
     created: bool = True  # False: the same question from the same conversation was already stored
 
 
-def policy_checker(config: Config) -> Checker | None:
-    """The policy engine as a checker, or None while ``evaluation.policy`` is not installed."""
+def policy_checker(config: Config, engine=None) -> Checker | None:
+    """The policy engine (``engine``, else loaded from the config) as a checker, or None while
+    ``evaluation.policy`` is not installed."""
     from replyloop.drafting import check_policies, load_policy_engine
 
-    engine = load_policy_engine(config)
+    if engine is None:
+        engine = load_policy_engine(config)
     if engine is None:
         return None
 

@@ -122,3 +122,21 @@ def test_serve_sweep_drafts_imported_questions_without_draft(env_drafting, tmp_p
     assert [q for q, _ in env.bot.drafter.calls] == ["怎么退货", "发票怎么开"]
     cards = env.fake.wait_for("chat.postMessage", 2)
     assert all("canned-test-model" in str(c.params["blocks"]) for c in cards)
+
+
+def test_serve_loads_the_policy_rules_once_for_drafter_and_checker(workspace, monkeypatch):
+    """The bot's checker shares the drafter's engine instead of building a second automaton."""
+    import evaluation.policy
+    from bot.app import create_bot
+    from bot.server import default_drafter
+    from replyloop.config import Secrets
+
+    loads = []
+    real = evaluation.policy.load_policies
+    monkeypatch.setattr(evaluation.policy, "load_policies", lambda *a, **k: loads.append(a) or real(*a, **k))
+    config, store = workspace
+    drafter = default_drafter(config, store)
+    bot = create_bot(config, store, Secrets(slack_bot_token="xoxb-1", slack_app_token=None,
+                                            slack_signing_secret="s", intake_token=None), drafter=drafter)
+    assert bot.checker("我们承诺全额赔付")["verdict"] == "block"
+    assert drafter.policy_engine is not None and len(loads) == 1
