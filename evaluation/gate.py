@@ -41,6 +41,11 @@ class GateResult:
     def to_dict(self) -> dict:
         return {"passed": self.passed, "criteria": [asdict(c) for c in self.criteria]}
 
+    @classmethod
+    def from_stored(cls, passed, criteria: list[dict]) -> "GateResult":
+        """The verdict as ``evaluations.gate_passed`` / ``evaluations.gate`` stored it."""
+        return cls(bool(passed), [Criterion(**c) for c in criteria])
+
     def verdict(self) -> str:
         head = "Gate: PASS" if self.passed else "Gate: FAIL"
         return "\n".join([head, *(f"  {c.describe()}" for c in self.criteria)])

@@ -55,6 +55,9 @@ class EvaluationConfig(Section):
     category_margin: float = Field(0.05, ge=0.0)
     max_new_tokens: int = Field(96, ge=1)
     batch_size: int = Field(16, ge=1)
+    # empty: the pipeline evaluates in its own process; else a command template run like
+    # training.command (e.g. on the GPU host), which stores its evaluation in the database
+    command: str = ""
 
 
 class SchedulerConfig(Section):

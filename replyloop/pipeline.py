@@ -2,7 +2,8 @@
 
 One function, ``run_pipeline``, used by the scheduler's threshold job, ``/retrain now`` and
 ``replyloop retrain``. Training runs as a separate process from ``training.command`` (a
-template), with its log captured and its progress written to ``training_runs``. One run at a
+template), with its log captured and its progress written to ``training_runs``; evaluation
+runs in this process, or as one more from ``evaluation.command``. One run at a
 time (``RunLock``); on any failure the run is marked failed, its partial output removed, and the
 champion and the dataset are left as they were.
 """
@@ -196,9 +197,48 @@ def training_argv(config: Config, train_config: Path, run_id: int, output_dir: P
     return shlex.split(command)
 
 
+def evaluation_argv(config: Config, model: dict, run_id: int) -> list[str]:
+    if config.source is None:
+        raise ConfigError("evaluation.command needs the workspace's replyloop.yaml to pass as {config}")
+    try:
+        command = config.file.evaluation.command.format(
+            python=shlex.quote(sys.executable), config=shlex.quote(str(config.source)), model=model["id"],
+            model_name=shlex.quote(model["name"]), run_id=run_id, workspace=shlex.quote(str(config.root)))
+    except (KeyError, IndexError) as exc:
+        raise ConfigError(f"evaluation.command: unknown placeholder {exc} (use {{python}}, {{config}}, "
+                          "{model}, {model_name}, {run_id}, {workspace})") from None
+    return shlex.split(command)
+
+
+def evaluate_candidate(config: Config, store: Store, run_id: int, model: dict, run_dir: Path,
+                       lock: RunLock) -> tuple:
+    """Evaluate the new model against the champion: in this process, or with ``evaluation.command``
+    as a separate process (the GPU host) that stores its evaluation in the database. Returns the
+    gate's verdict and the evaluation report (a dict)."""
+    from evaluation.evaluate import EvaluationError, evaluate_model
+    from evaluation.gate import GateResult
+
+    if not config.file.evaluation.command:
+        report = evaluate_model(config, store, model["id"], against="champion", actor="pipeline")
+        return report.gate, report.to_dict()
+    argv = evaluation_argv(config, model, run_id)
+    log_path = run_dir / "eval.log"
+    before = store.scalar("SELECT coalesce(max(id), 0) FROM evaluations")
+    code = run_training_process(store, run_id, argv, log_path, lock)
+    row = store.one("SELECT gate_passed, gate, report FROM evaluations WHERE model_id = ? AND id > ?"
+                    " ORDER BY id DESC LIMIT 1", (model["id"], before))
+    # `replyloop eval` exits 1 when the gate fails; anything else, or no stored evaluation, is an error
+    if code not in (0, 1) or row is None:
+        raise EvaluationError(f"evaluation exited with code {code}"
+                              f"{'' if row else ' and stored no evaluation of model ' + model['name']}"
+                              f"; last lines of {log_path}:\n{log_tail(log_path)}")
+    return GateResult.from_stored(row["gate_passed"], json.loads(row["gate"])), json.loads(row["report"])
+
+
 def run_training_process(store: Store, run_id: int, argv: list[str], log_path: Path, lock: RunLock,
                          env: dict | None = None, poll_s: float = 0.5) -> int:
-    """Launch training, capture its log, copy progress lines into the run row; returns the exit code."""
+    """Launch a child of the run (training; evaluation with ``evaluation.command``), capture its
+    log, copy progress lines into the run row; returns the exit code."""
     with log_path.open("ab") as logfile:
         proc = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, **(env or {})})
@@ -311,10 +351,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         model = registry.register(output_dir, run_id=run_id, name=name)
         _update_run(store, run_id, model_id=model["id"])
         lock.heartbeat()
-        from evaluation.evaluate import evaluate_model
-
-        report = evaluate_model(config, store, model["id"], against="champion")
-        gate = report.gate
+        gate, evaluation = evaluate_candidate(config, store, run_id, model, run_dir, lock)
         if gate.passed:
             percent = config.file.scheduler.canary_percent
             if registry.champion() is not None and percent > 0:
@@ -333,7 +370,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         message = _result_message(run_id, model["name"], gate, action, config)
         say(message)
         return PipelineResult(run_id, "succeeded", message, model["id"], model["name"], gate.passed, action,
-                              {"evaluation": report.to_dict()})
+                              {"evaluation": evaluation})
     except BaseException as exc:
         error = str(exc) or exc.__class__.__name__
         if run_id is not None:
@@ -386,6 +423,8 @@ def _dry_run(config: Config, store: Store, lock: RunLock) -> PipelineResult:
         f"{'' if config.train_config_path.exists() else ' (MISSING)'}",
         f"Start from: {init or 'the base model'}",
         f"Command: {shlex.join(argv)}",
+        "Evaluation: " + (shlex.join(evaluation_argv(config, {"id": "<new>", "name": "<new>"}, 0))
+                          if config.file.evaluation.command else "in this process"),
         f"Lock: {'held by pid ' + str(holder['owner_pid']) if holder else 'free'}",
     ]
     return PipelineResult(None, "dry-run", "\n".join(lines), details={"due": asdict(due)})

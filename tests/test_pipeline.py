@@ -246,3 +246,38 @@ def test_evaluation_failure_rejects_the_registered_candidate(replyloop_home, tin
     reason = store.one("SELECT detail FROM audit_log WHERE action = 'model.reject'")["detail"]
     assert "run failed" in reason
     assert champion_name(store) is None and store.one("SELECT * FROM locks") is None
+
+
+def test_evaluation_as_a_separate_process(replyloop_home, tiny_base_dir):
+    """evaluation.command: `replyloop eval` runs as its own process, the pipeline reads its verdict."""
+    config, store = make_workspace(replyloop_home, tiny_base_dir, evaluation={
+        "command": "{python} -m replyloop eval {model} --against champion --config {config}"})
+    messages = []
+    first = run_pipeline(config, store, notify=messages.append)
+    assert first.status == "succeeded", first.message
+    assert first.action == "champion" and first.gate_passed
+    log = (replyloop_home / "runs" / f"run-{first.run_id}" / "eval.log").read_text(encoding="utf-8")
+    assert "Gate: PASS" in log  # the child printed the verdict the pipeline acted on
+    evaluation = store.one("SELECT * FROM evaluations WHERE model_id = ?", (first.model_id,))
+    assert evaluation["gate_passed"] == 1 and first.details["evaluation"]["id"] == evaluation["id"]
+    assert "Gate: PASS" in messages[-1] and "mean consistency >= floor" in messages[-1]
+
+    # a gate failure in the child (exit 1 with a stored evaluation) rejects the candidate
+    approve(store, 3)
+    config.file.evaluation.floor = 0.999
+    config.source.write_text(config.source.read_text(encoding="utf-8").replace("floor: 0.0", "floor: 0.999"),
+                             encoding="utf-8")
+    second = run_pipeline(config, store)
+    assert second.status == "succeeded" and second.action == "rejected" and second.gate_passed is False
+    assert "mean consistency >= floor" in second.message and "FAIL" in second.message
+    assert champion_name(store) == first.model_name
+
+    # a child that dies or stores nothing fails the run; the candidate never serves
+    approve(store, 3, start=10)
+    config.file.evaluation.command = "{python} -c \"print('evaluating {model_name}'); raise SystemExit(0)\""
+    third = run_pipeline(config, store)
+    assert third.status == "failed" and "stored no evaluation" in third.message
+    assert "evaluating rl-" in third.message  # the log tail names what ran
+    assert store.one("SELECT status FROM models WHERE id = (SELECT model_id FROM training_runs WHERE id = ?)",
+                     (third.run_id,))["status"] == "rejected"
+    assert champion_name(store) == first.model_name and store.one("SELECT * FROM locks") is None

@@ -274,3 +274,20 @@ def test_progress_reader_keeps_the_loss_when_an_eval_event_ends_the_chunk(worksp
     row = store.one("SELECT step, total_steps, loss FROM training_runs WHERE id = ?", (run_id,))
     assert (row["step"], row["total_steps"], row["loss"]) == (8, 8, 2.25)
     assert offset == log.read_bytes().rindex(b"\n") + 1
+
+
+def test_evaluation_command_template(workspace):
+    from replyloop.errors import ConfigError
+    from replyloop.locking import RunLock
+    from replyloop.pipeline import _dry_run, evaluation_argv
+
+    config, store = workspace
+    assert "Evaluation: in this process" in _dry_run(config, store, RunLock(store)).message
+    config.file.evaluation.command = "srun --gres=gpu:1 replyloop eval {model} --config {config} --tag {model_name}-r{run_id}"
+    argv = evaluation_argv(config, {"id": 7, "name": "rl-x"}, 3)
+    assert argv == ["srun", "--gres=gpu:1", "replyloop", "eval", "7", "--config", str(config.source),
+                    "--tag", "rl-x-r3"]
+    assert "Evaluation: srun --gres=gpu:1 replyloop eval '<new>'" in _dry_run(config, store, RunLock(store)).message
+    config.file.evaluation.command = "replyloop eval {adapter}"
+    with pytest.raises(ConfigError, match=r"evaluation.command: unknown placeholder 'adapter'"):
+        evaluation_argv(config, {"id": 7, "name": "rl-x"}, 3)
