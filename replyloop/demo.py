@@ -16,6 +16,7 @@ no network. Every step uses the real components:
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import threading
@@ -456,10 +457,21 @@ def _wait_for_canary_decision(store, model_id: int, timeout: float) -> str:
     raise DemoError("the canary job did not decide in time")
 
 
+def _comparison_row(compared: dict | None, fmt) -> tuple[str, str]:
+    if compared is None:
+        return ("Retrained vs champion", "no retrained model was evaluated")
+    report = json.loads(compared["report"])
+    return (f"Retrained vs champion ({report['n']} held-out questions)",
+            f"{report['against']['name']} {fmt(report['champion_consistency']['mean'])} -> "
+            f"{compared['name']} {fmt(report['consistency']['mean'])} ({compared['status']})")
+
+
 def _summary_rows(store, registry, imported: int, champion_before, people, summary) -> list[tuple[str, str]]:
     champion = registry.champion()
-    latest = store.one("SELECT mean_similarity FROM evaluations WHERE model_id = ? ORDER BY id DESC LIMIT 1",
-                       (champion["id"],)) if champion else None
+    # the retrained model was scored together with the champion on the same held-out questions:
+    # that pair, not two evaluations on different snapshots, says whether retraining helped
+    compared = store.one("SELECT e.report, m.name, m.status FROM evaluations e JOIN models m ON m.id = e.model_id"
+                         " WHERE e.against_model_id IS NOT NULL ORDER BY e.id DESC LIMIT 1")
     runs = Counter(r["status"] for r in store.query("SELECT status FROM training_runs"))
     statuses = Counter(r["status"] for r in store.query("SELECT status FROM models"))
     flagged = Counter(r["verdict"] for r in store.query("SELECT verdict FROM drafts"))
@@ -475,7 +487,8 @@ def _summary_rows(store, registry, imported: int, champion_before, people, summa
         ("Models", ", ".join(f"{n} {k}" for k, n in sorted(statuses.items()))),
         ("Legacy candidate", ("blocked by the gate: " + summary.blocked_reason) if summary.blocked_reason != "passed"
          else "passed the gate"),
-        ("Champion consistency", f"{fmt(champion_before and champion_before['mean_similarity'])} -> "
-                                 f"{fmt(latest and latest['mean_similarity'])} ({champion['name'] if champion else '-'})"),
+        ("First champion consistency", fmt(champion_before and champion_before["mean_similarity"])),
+        _comparison_row(compared, fmt),
+        ("Champion now", champion["name"] if champion else "-"),
         ("Weekly report", str(summary.report_dir / "report.md") if summary.report_dir else "-"),
     ]

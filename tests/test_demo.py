@@ -60,6 +60,11 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     assert len(reports) == 1 and "Weekly consistency report" in reports[0].read_text(encoding="utf-8")
     assert (reports[0].parent / "numbers.csv").exists()
     assert "Weekly report" in result.stdout
+    # the summary compares the retrained model with the champion on the same held-out questions
+    compared = store.one("SELECT model_id, against_model_id FROM evaluations WHERE against_model_id IS NOT NULL"
+                         " ORDER BY id DESC LIMIT 1")
+    assert compared["model_id"] == scheduled["model_id"] and compared["against_model_id"] == runs[0]["model_id"]
+    assert "Retrained vs champion" in result.stdout and "First champion consistency" in result.stdout
     store.close()
 
 
