@@ -126,6 +126,34 @@ class Store:
             self._connections.clear()
         self._local = threading.local()
 
+    def backup(self, dest: str | Path, overwrite: bool = False) -> dict:
+        """A consistent copy of the database while others keep writing (SQLite's online backup),
+        checked with ``PRAGMA integrity_check`` and only then moved to ``dest``."""
+        dest = Path(dest)
+        if dest.is_dir():
+            dest = dest / f"{self.path.stem}-{timeutil.now():%Y%m%d-%H%M%S}.db"
+        if dest.exists() and not overwrite:
+            raise ConflictError(f"{dest}: already exists (use --force to overwrite)")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dest.with_name(f".{dest.name}.partial")
+        tmp.unlink(missing_ok=True)
+        target = sqlite3.connect(str(tmp))
+        try:
+            self.db.conn.backup(target, pages=1024)  # in steps: writers are blocked only per step
+            status = target.execute("PRAGMA integrity_check").fetchone()[0]
+            if status != "ok":
+                raise ReplyloopError(f"{tmp}: the copy failed its integrity check: {status}")
+            counts = {t: target.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+                      for t in ("samples", "questions", "reviews", "models")}
+            target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        except BaseException:
+            target.close()
+            tmp.unlink(missing_ok=True)
+            raise
+        target.close()
+        tmp.replace(dest)
+        return {"path": str(dest), "bytes": dest.stat().st_size, **counts}
+
     def __enter__(self) -> "Store":
         return self
 

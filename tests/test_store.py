@@ -174,3 +174,48 @@ def test_not_a_database_is_a_clear_error(tmp_path):
     bad.write_bytes(b"this is not sqlite" * 100)
     with pytest.raises(StoreError, match="not a usable SQLite database"):
         Store(bad)
+
+
+def test_backup_while_another_process_keeps_approving(workspace, tmp_path):
+    """An online backup is consistent (every approval in the copy has its sample) while a real
+    second process writes; the copy is one self-contained file that passes integrity_check."""
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    config, store = workspace
+    for i in range(200):
+        store.decide(store.add_draft(store.add_question(f"问题{i}", f"c{i}", "物流查询"), f"回答{i}"), "approve", "U1")
+    writer = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from replyloop.store import Store
+        s = Store({str(config.db_path)!r})
+        for i in range(200, 1200):
+            s.decide(s.add_draft(s.add_question(f"问题{{i}}", f"c{{i}}", "物流查询"), f"回答{{i}}"), "approve", "U2")
+        """)])
+    try:
+        while store.sample_count() == 200 and writer.poll() is None:
+            time.sleep(0.01)
+        copies = []
+        while writer.poll() is None and len(copies) < 5:
+            copies.append(store.backup(tmp_path / "backups", overwrite=True) if not copies else
+                          store.backup(tmp_path / f"b{len(copies)}.db"))
+    finally:
+        assert writer.wait(120) == 0
+    assert any(200 < c["samples"] < 1200 for c in copies)  # taken while the writer wrote
+    assert all(c["samples"] == c["reviews"] for c in copies)
+    for c in copies:
+        copy = sqlite3.connect(c["path"])
+        assert copy.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+        assert copy.execute("SELECT count(*) FROM samples").fetchone()[0] == c["samples"]
+        copy.close()
+    assert not list(tmp_path.rglob(".*.partial"))
+    final = store.backup(tmp_path / "final.db")
+    assert final["samples"] == final["reviews"] == 1200
+
+    from helpers import cli
+    refused = cli("data", "backup", tmp_path / "final.db", "--config", config.source)
+    assert refused.exit_code == 1 and "already exists (use --force to overwrite)" in refused.output
+    again = cli("data", "backup", tmp_path / "final.db", "--force", "--config", config.source, "--json")
+    assert again.exit_code == 0, again.output
+    assert '"samples": 1200' in again.output

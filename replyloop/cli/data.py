@@ -124,5 +124,30 @@ def snapshot(
     typer.echo(f"Snapshot {snap.hash}: {snap.train} train, {snap.heldout} held-out ({state})")
 
 
+@data_app.command("backup")
+def backup(
+    dest: Path = typer.Argument(..., help="A file, or a directory (then replyloop-<time>.db inside it)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
+    config: Optional[Path] = ConfigOption,
+    as_json: bool = JsonOption,
+):
+    """Copy the database (dataset, reviews, registry, audit log) while the bot keeps running.
+
+    Uses SQLite's online backup, checks the copy's integrity, and writes it under its final name
+    only when it is complete. Restore by stopping `replyloop serve` and copying the file back to
+    `store.path`.
+
+    Example: replyloop data backup /backups/replyloop/
+    """
+    _, store = workspace(config)
+    with store:
+        result = store.backup(dest, overwrite=force)
+    if as_json:
+        print_json(result)
+        return
+    typer.echo(f"Backed up to {result['path']} ({result['bytes']:,} bytes): {result['samples']} samples, "
+               f"{result['questions']} questions, {result['reviews']} reviews, {result['models']} models")
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(data_app, name="data")
