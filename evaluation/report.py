@@ -18,7 +18,6 @@ import datetime as dt
 import difflib
 import io
 import json
-import math
 import os
 import re
 import shutil
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from evaluation.stats import wilson_interval
 from replyloop import timeutil
 from replyloop.config import Config
 from replyloop.errors import ConfigError, ReplyloopError
@@ -40,7 +40,6 @@ EVENT_METRICS = {"model.promote": "promotions", "model.canary": "canary_changes"
                  "model.rollback": "rollbacks", "model.reject": "rejections"}
 NO_CATEGORY = "(none)"
 TOP_REPLACEMENTS = 10
-WILSON_Z = 1.959963984540054  # two-sided 95%
 OUTPUT_FILES = ("report.md", "numbers.csv", "consistency.png", "reviews.png", "automation.png",
                 "violations.png")
 
@@ -369,17 +368,6 @@ class WeeklyReport:
 
 
 # -- small pure helpers ------------------------------------------------------------------------
-
-def wilson_interval(successes: int, n: int, z: float = WILSON_Z) -> tuple[float, float] | None:
-    """Wilson score interval for a binomial proportion (95% by default); None when n == 0."""
-    if n <= 0:
-        return None
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
-
 
 def edit_distance(old: str, new: str) -> float:
     """Normalised Levenshtein distance (0 = unchanged, 1 = nothing in common)."""

@@ -68,6 +68,7 @@ class SchedulerConfig(Section):
     canary_min_reviews: int = Field(50, ge=1)
     canary_max_days: float = Field(7, gt=0)
     canary_rate_margin: float = Field(0.05, ge=0.0, le=1.0)
+    canary_confidence: float = Field(0.95, ge=0.0, lt=1.0)  # 0: compare the rates as measured
     weekly_report_cron: str = "mon 09:00"
     timezone: str = "Asia/Shanghai"
     misfire_grace_minutes: float = Field(2880, gt=0)

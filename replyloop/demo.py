@@ -91,7 +91,9 @@ def _write_config(workdir: Path, slack_base_url: str, s: DemoSettings) -> Path:
                           "http_port": 0})
     data["scheduler"].update({"check_every_minutes": s.check_every_s / 60, "min_new_samples": s.min_new_samples,
                               "min_interval_hours": 0, "canary_percent": s.canary_percent,
-                              "canary_min_reviews": s.canary_min_reviews})
+                              "canary_min_reviews": s.canary_min_reviews,
+                              # a handful of demo reviews cannot settle a confidence interval
+                              "canary_confidence": 0})
     # tiny models draft near-noise, so the consistency floor is calibrated down for the demo;
     # the comparison with the champion and the block rules work as in production
     data["evaluation"].update({"floor": 0.1, "tolerance": 0.1, "category_margin": 0.3, "max_new_tokens": 32,

@@ -292,13 +292,14 @@ class Registry:
             raise NotFoundError("no champion model yet: register and promote one (`replyloop models promote`)")
         return champion
 
-    def review_rates(self, model_id: int) -> dict:
-        """Supervisor decisions on this model's drafts."""
+    def review_rates(self, model_id: int, since: str | None = None) -> dict:
+        """Supervisor decisions on this model's drafts (drafted at or after ``since``, ISO time)."""
         row = self.store.one(
             "SELECT count(r.id) AS reviews,"
             " coalesce(sum(r.decision = 'approve'), 0) AS approved,"
             " coalesce(sum(r.decision = 'edit'), 0) AS edited,"
             " coalesce(sum(r.decision = 'reject'), 0) AS rejected"
-            " FROM drafts d JOIN reviews r ON r.draft_id = d.id WHERE d.model_id = ?", (model_id,))
+            " FROM drafts d JOIN reviews r ON r.draft_id = d.id WHERE d.model_id = ? AND d.created_at >= ?",
+            (model_id, since or ""))
         n = row["reviews"]
         return {**row, "approval_without_edit_rate": (row["approved"] / n) if n else None}

@@ -180,7 +180,7 @@ def test_week_parsing_and_default():
 
 
 def test_wilson_interval_matches_reference_values():
-    from evaluation.report import wilson_interval
+    from evaluation.stats import wilson_interval
 
     low, high = wilson_interval(12, 16)
     assert low == pytest.approx(0.5050, abs=1e-4) and high == pytest.approx(0.8982, abs=1e-4)
