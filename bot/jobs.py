@@ -80,7 +80,11 @@ def canary_job(config_path: str) -> str:
     config = load_config(config_path)
     with Store(config.db_path) as store:
         outcome = judge_canary(config, store, notify=slack_notifier(config))
-    return "no canary" if outcome is None else outcome["decision"]
+    if outcome is None:
+        return "no canary"
+    if outcome["decision"] == "wait" and outcome.get("summary"):
+        return f"wait (inconclusive: {outcome['summary']})"
+    return outcome["decision"]
 
 
 def weekly_report_job(config_path: str) -> str:
