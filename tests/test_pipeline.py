@@ -76,7 +76,7 @@ def test_training_failure_marks_run_failed_and_keeps_everything(replyloop_home, 
     assert "lora_rnak" in result.message and "training exited with code 2" in result.message
     run = store.one("SELECT * FROM training_runs WHERE id = ?", (result.run_id,))
     assert run["status"] == "failed" and "lora_rnak" in run["error"]
-    assert not (config.adapters_dir / f"x").exists()
+    assert not (config.adapters_dir / "x").exists()
     assert list(config.adapters_dir.glob("*")) == []
     assert store.sample_count() == samples and champion_name(store) is None
     assert "The champion is unchanged" in messages[-1]
@@ -112,7 +112,7 @@ def test_kill_9_of_training_then_restart(replyloop_home, tiny_base_dir):
     assert killed.status == "failed" and "code -9" in killed.message
     assert store.one("SELECT status FROM training_runs WHERE id = ?", (killed.run_id,))["status"] == "failed"
     assert Registry(store).champion()["id"] == champion_before["id"]
-    assert not any(p.name.startswith(f"rl-") and p.name.endswith(f"-r{killed.run_id}")
+    assert not any(p.name.startswith("rl-") and p.name.endswith(f"-r{killed.run_id}")
                    for p in config.adapters_dir.iterdir())
     assert store.sample_count() >= 183
 
