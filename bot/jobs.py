@@ -75,7 +75,7 @@ def threshold_job(config_path: str) -> str:
 
 
 def canary_job(config_path: str) -> str:
-    from replyloop.pipeline import judge_canary
+    from replyloop.canary import judge_canary
 
     config = load_config(config_path)
     with Store(config.db_path) as store:

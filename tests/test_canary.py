@@ -10,7 +10,7 @@ from test_registry import add_eval, fake_adapter
 
 from evaluation.stats import rate_difference, wilson_interval, z_for
 from replyloop import timeutil
-from replyloop.pipeline import judge_canary
+from replyloop.canary import judge_canary
 from replyloop.registry import Registry
 
 

@@ -199,7 +199,7 @@ def review_drafts(store, model_id, approve_n, edit_n, prefix):
 
 
 def test_canary_auto_promotion_and_auto_rollback(replyloop_home, tiny_base_dir):
-    from replyloop.pipeline import judge_canary
+    from replyloop.canary import judge_canary
 
     # measured rates (canary_confidence 0): the interval rule is tested in test_canary.py
     config, store = make_workspace(replyloop_home, tiny_base_dir, scheduler={"canary_min_reviews": 10,

@@ -1,0 +1,94 @@
+"""The canary judge: once the canary has served enough reviews (or days), promote it or roll
+it back by its supervisors' approval-without-edit rate against the champion's over the same
+window, and by its consistency gate. Run by the scheduler's canary job."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+
+from replyloop import timeutil
+from replyloop.config import Config
+from replyloop.registry import Registry
+from replyloop.store import Store
+
+Notify = Callable[[str], None]
+
+
+def compare_rates(canary: dict, champion: dict | None, margin: float, confidence: float) -> tuple[str, str]:
+    """Is the canary's approval-without-edit rate worse than the champion's by more than ``margin``?
+
+    Returns ("ok" | "worse" | "inconclusive", a description). With ``confidence`` > 0 the
+    difference is judged by its confidence interval (Newcombe): ok when even its lower end is
+    above ``-margin``, worse when even its upper end is below, inconclusive in between. With
+    ``confidence`` 0, or counts too small to estimate, the measured rates are compared."""
+    from evaluation.stats import rate_difference, z_for
+
+    fmt = lambda r: "n/a" if r is None else f"{r:.0%}"  # noqa: E731
+    c_rate = canary["approval_without_edit_rate"]
+    ch_rate = champion["approval_without_edit_rate"] if champion else None
+    text = (f"approval without edit {fmt(c_rate)} vs champion {fmt(ch_rate)} over {canary['reviews']} canary "
+            f"review(s) ({canary['approved']}/{canary['reviews']} vs "
+            f"{champion['approved'] if champion else 0}/{champion['reviews'] if champion else 0})")
+    if c_rate is None:
+        return "worse", text
+    if ch_rate is None:
+        return "ok", text
+    if confidence > 0:
+        d, low, high = rate_difference(canary["approved"], canary["reviews"], champion["approved"],
+                                       champion["reviews"], z_for(confidence))
+        text += f"; difference {d * 100:+.0f} points, {confidence:.0%} CI [{low * 100:+.0f}, {high * 100:+.0f}]"
+        if low >= -margin:
+            return "ok", text
+        if high < -margin:
+            return "worse", text
+        return "inconclusive", text
+    return ("ok" if c_rate >= ch_rate - margin else "worse"), text
+
+
+def judge_canary(config: Config, store: Store, notify: Notify | None = None,
+                 now: dt.datetime | None = None) -> dict | None:
+    """Promote or roll back the canary once it has served enough reviews (or days).
+
+    The canary's approval-without-edit rate is compared with the champion's over the same
+    window (since the canary started: the same traffic split at the same time) by
+    ``compare_rates``. Promote when it is not worse by more than ``scheduler.canary_rate_margin``
+    and its latest evaluation passed the gate; roll back when it is worse or the gate failed.
+    While the comparison is inconclusive the canary keeps serving until ``canary_max_days``,
+    then the measured rates decide."""
+    say = notify or (lambda message: None)
+    registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
+    canary, champion = registry.canary(), registry.champion()
+    if canary is None:
+        return None
+    sched = config.file.scheduler
+    since = canary.get("canary_started_at") or canary["created_at"]
+    rates = registry.review_rates(canary["id"], since=since)
+    age_days = ((now or timeutil.now()) - timeutil.parse(since)).total_seconds() / 86400
+    expired = age_days >= sched.canary_max_days
+    if rates["reviews"] < sched.canary_min_reviews and not expired:
+        return {"decision": "wait", "reviews": rates["reviews"], "age_days": age_days}
+    champ_rates = None
+    if champion:
+        champ_rates = registry.review_rates(champion["id"], since=since)
+        if champ_rates["reviews"] == 0:  # e.g. a 100% canary: the champion's earlier record
+            champ_rates = registry.review_rates(champion["id"])
+    outcome, summary = compare_rates(rates, champ_rates, sched.canary_rate_margin, sched.canary_confidence)
+    evaluation = registry.latest_evaluation(canary["id"])  # the one promote() checks
+    consistency_ok = bool(evaluation and evaluation["gate_passed"])
+    if outcome == "inconclusive" and consistency_ok:
+        if not expired:
+            return {"decision": "wait", "reviews": rates["reviews"], "age_days": age_days, "summary": summary}
+        outcome, _ = compare_rates(rates, champ_rates, sched.canary_rate_margin, 0.0)
+        summary += f"; still inconclusive after {age_days:.1f} days, so the measured rates decided"
+    summary += f"; consistency gate {'passed' if consistency_ok else 'failed'}"
+    if outcome == "ok" and consistency_ok:
+        registry.promote(canary["id"], actor="scheduler", reason="canary succeeded: " + summary)
+        decision = "promote"
+        say(f":tada: Canary *{canary['name']}* promoted to champion: {summary}.")
+    else:
+        registry.rollback(actor="scheduler", reason="canary rolled back: " + summary)
+        decision = "rollback"
+        say(f":rewind: Canary *{canary['name']}* rolled back; *{champion['name'] if champion else '-'}* "
+            f"stays champion: {summary}.")
+    return {"decision": decision, "summary": summary, "model_id": canary["id"]}
