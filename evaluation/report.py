@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from evaluation.stats import wilson_interval
+from evaluation.stats import rate_difference, wilson_interval
 from replyloop import timeutil
 from replyloop.config import Config
 from replyloop.errors import ConfigError, ReplyloopError
@@ -247,6 +247,16 @@ class WeeklyReport:
     # -- derived -----------------------------------------------------------------------------
 
     @property
+    def canary_difference(self) -> tuple[float, float, float] | None:
+        """Canary minus champion approval-without-edit rate this week, with its 95% interval
+        (Newcombe), when both served reviewed drafts."""
+        by_role = {m.role: m for m in self.model_rates}
+        canary, champion = by_role.get("canary"), by_role.get("champion")
+        if canary is None or champion is None:
+            return None
+        return rate_difference(canary.approved, canary.reviews, champion.approved, champion.reviews)
+
+    @property
     def label(self) -> str:
         return self.week.label
 
@@ -364,6 +374,9 @@ class WeeklyReport:
             add("model_rates", self.label, r.name, "rate", r.rate)
             add("model_rates", self.label, r.name, "ci_low", r.ci_low)
             add("model_rates", self.label, r.name, "ci_high", r.ci_high)
+        if self.canary_difference:
+            for metric, value in zip(("difference", "ci_low", "ci_high"), self.canary_difference):
+                add("model_rates", self.label, "canary - champion", metric, value)
         return out
 
 
@@ -831,6 +844,10 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
         lines += _table(["model", "role", "reviews", "approved unchanged", "rate", "95% CI"],
                         [[f"{m.name} (#{m.model_id})", m.role, m.reviews, m.approved, fmt_pct(m.rate),
                           f"{fmt_pct(m.ci_low)} – {fmt_pct(m.ci_high)}"] for m in r.model_rates])
+        if r.canary_difference:
+            d, low, high = r.canary_difference
+            lines += [f"Canary − champion: {d * 100:+.1f} points (95% interval {low * 100:+.1f} to {high * 100:+.1f},"
+                      " Newcombe); an interval that spans 0 means the week's reviews cannot tell them apart.", ""]
     counts = {a: sum(e.action == a for e in r.events) for a in MODEL_ACTIONS}
     lines += [f"{counts['model.promote']} promotions, {counts['model.canary']} canary changes,"
               f" {counts['model.rollback']} rollbacks, {counts['model.reject']} rejections.", ""]

@@ -304,6 +304,11 @@ def expected_numbers(ids) -> dict:
                   ("model_rates", WEEK, name, "approved_unchanged"): approved,
                   ("model_rates", WEEK, name, "rate"): approved / reviews,
                   ("model_rates", WEEK, name, "ci_low"): low, ("model_rates", WEEK, name, "ci_high"): high})
+    # canary - champion, Newcombe from the two Wilson intervals above: 0.75 - 0.75 = 0,
+    # -sqrt((0.75-0.300642)^2 + (0.898179-0.75)^2), +sqrt((0.954413-0.75)^2 + (0.75-0.505017)^2)
+    e.update({("model_rates", WEEK, "canary - champion", "difference"): 0.0,
+              ("model_rates", WEEK, "canary - champion", "ci_low"): -0.473159,
+              ("model_rates", WEEK, "canary - champion", "ci_high"): 0.319063})
     return e
 
 
@@ -333,6 +338,7 @@ def test_report_md_and_charts(seeded, tmp_path):
     assert "| 快递条码 | 电子面单 | 2 |" in md
     assert f"**1 approved drafts had violations** (should be 0): drafts #{ids['approved_bad']}." in md
     assert f"| v2 (#{ids['v2']}) | champion | 16 | 12 | 75.0% | 50.5% – 89.8% |" in md
+    assert "Canary − champion: +0.0 points (95% interval -47.3 to +31.9, Newcombe)" in md
     assert "| reject | v4 (#" in md and "退换货政策 dropped 0.08" in md
     assert "Canary: v3 (#%d) at 10%% of conversations." % ids["v3"] in md
     for name in ("consistency.png", "reviews.png", "automation.png", "violations.png"):
