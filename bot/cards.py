@@ -240,6 +240,11 @@ def retrain_status_text(status: dict) -> str:
     lines.append(model_line(status["champion"], "Champion"))
     if status.get("canary"):
         lines.append(model_line(status["canary"], "Canary"))
+    trial = status.get("canary_trial")
+    if trial:
+        lines.append(f"*Canary trial:* {trial['reviews']}/{trial['min_reviews']} reviews, day "
+                     f"{trial['age_days']:.1f} of {trial['max_days']:g}: {escape(trial['summary'])}. "
+                     f"Next: {trial['next']}.")
     return "\n".join(lines)
 
 

@@ -82,8 +82,8 @@ def canary_job(config_path: str) -> str:
         outcome = judge_canary(config, store, notify=slack_notifier(config))
     if outcome is None:
         return "no canary"
-    if outcome["decision"] == "wait" and outcome.get("summary"):
-        return f"wait (inconclusive: {outcome['summary']})"
+    if outcome["decision"] == "wait":
+        return f"wait ({outcome['outcome']}: {outcome['summary']})"
     return outcome["decision"]
 
 

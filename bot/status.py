@@ -22,7 +22,24 @@ def retrain_status(config: Config, store: Store) -> dict:
                                " FROM training_runs WHERE status = 'running' ORDER BY id"),
         "champion": model_with_status(store, "champion"),
         "canary": model_with_status(store, "canary"),
+        "canary_trial": canary_trial(config, store),
     }
+
+
+NEXT_STEP = {"promote": "the next canary check promotes it", "rollback": "the next canary check rolls it back",
+             "too-few": "waiting for reviews", "inconclusive": "keeps serving: too early to tell"}
+
+
+def canary_trial(config: Config, store: Store) -> dict | None:
+    """The canary's trial so far, as the canary job would judge it now."""
+    from replyloop.canary import assess_canary
+
+    a = assess_canary(config, store)
+    if a is None:
+        return None
+    step = NEXT_STEP[a.decision if a.decision != "wait" else a.outcome]
+    return {"reviews": a.reviews, "min_reviews": a.min_reviews, "age_days": a.age_days, "max_days": a.max_days,
+            "summary": a.summary, "next": step}
 
 
 def recent_runs(store: Store, limit: int = 10) -> list[dict]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from replyloop import timeutil
 from replyloop.config import Config
@@ -46,17 +47,36 @@ def compare_rates(canary: dict, champion: dict | None, margin: float, confidence
     return ("ok" if c_rate >= ch_rate - margin else "worse"), text
 
 
-def judge_canary(config: Config, store: Store, notify: Notify | None = None,
-                 now: dt.datetime | None = None) -> dict | None:
-    """Promote or roll back the canary once it has served enough reviews (or days).
+@dataclass
+class CanaryAssessment:
+    """Where the canary stands: what the judge would do now, and why (read-only)."""
+
+    canary: dict
+    champion: dict | None
+    reviews: int
+    min_reviews: int
+    age_days: float
+    max_days: float
+    outcome: str            # ok | worse | inconclusive | too-few (reviews, before max_days)
+    consistency_ok: bool
+    summary: str
+
+    @property
+    def decision(self) -> str:
+        """promote | rollback | wait"""
+        if not self.consistency_ok and self.outcome != "too-few":
+            return "rollback"
+        return {"ok": "promote", "worse": "rollback"}.get(self.outcome, "wait")
+
+
+def assess_canary(config: Config, store: Store, now: dt.datetime | None = None) -> CanaryAssessment | None:
+    """The canary's trial so far (None without a canary); ``judge_canary`` acts on it and
+    ``/retrain status`` shows it.
 
     The canary's approval-without-edit rate is compared with the champion's over the same
     window (since the canary started: the same traffic split at the same time) by
-    ``compare_rates``. Promote when it is not worse by more than ``scheduler.canary_rate_margin``
-    and its latest evaluation passed the gate; roll back when it is worse or the gate failed.
-    While the comparison is inconclusive the canary keeps serving until ``canary_max_days``,
-    then the measured rates decide."""
-    say = notify or (lambda message: None)
+    ``compare_rates``. While the comparison is inconclusive the canary keeps serving until
+    ``canary_max_days``, then the measured rates decide."""
     registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
     canary, champion = registry.canary(), registry.champion()
     if canary is None:
@@ -66,8 +86,6 @@ def judge_canary(config: Config, store: Store, notify: Notify | None = None,
     rates = registry.review_rates(canary["id"], since=since)
     age_days = ((now or timeutil.now()) - timeutil.parse(since)).total_seconds() / 86400
     expired = age_days >= sched.canary_max_days
-    if rates["reviews"] < sched.canary_min_reviews and not expired:
-        return {"decision": "wait", "reviews": rates["reviews"], "age_days": age_days}
     champ_rates = None
     if champion:
         champ_rates = registry.review_rates(champion["id"], since=since)
@@ -76,19 +94,37 @@ def judge_canary(config: Config, store: Store, notify: Notify | None = None,
     outcome, summary = compare_rates(rates, champ_rates, sched.canary_rate_margin, sched.canary_confidence)
     evaluation = registry.latest_evaluation(canary["id"])  # the one promote() checks
     consistency_ok = bool(evaluation and evaluation["gate_passed"])
-    if outcome == "inconclusive" and consistency_ok:
-        if not expired:
-            return {"decision": "wait", "reviews": rates["reviews"], "age_days": age_days, "summary": summary}
+    if rates["reviews"] < sched.canary_min_reviews and not expired:
+        outcome = "too-few"
+    elif outcome == "inconclusive" and expired:
         outcome, _ = compare_rates(rates, champ_rates, sched.canary_rate_margin, 0.0)
         summary += f"; still inconclusive after {age_days:.1f} days, so the measured rates decided"
-    summary += f"; consistency gate {'passed' if consistency_ok else 'failed'}"
-    if outcome == "ok" and consistency_ok:
+    summary += "; consistency gate " + ("not evaluated" if evaluation is None else
+                                        "passed" if consistency_ok else "failed")
+    return CanaryAssessment(canary, champion, rates["reviews"], sched.canary_min_reviews, age_days,
+                            sched.canary_max_days, outcome, consistency_ok, summary)
+
+
+def judge_canary(config: Config, store: Store, notify: Notify | None = None,
+                 now: dt.datetime | None = None) -> dict | None:
+    """Promote or roll back the canary once it has served enough reviews (or days): promote when
+    it is not worse than the champion by more than ``scheduler.canary_rate_margin`` and its
+    latest evaluation passed the gate; roll back when it is worse or the gate failed; wait while
+    the evidence is inconclusive (see ``assess_canary``)."""
+    say = notify or (lambda message: None)
+    a = assess_canary(config, store, now)
+    if a is None:
+        return None
+    decision, canary, summary = a.decision, a.canary, a.summary
+    if decision == "wait":
+        return {"decision": "wait", "reviews": a.reviews, "age_days": a.age_days, "outcome": a.outcome,
+                "summary": summary}
+    registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
+    if decision == "promote":
         registry.promote(canary["id"], actor="scheduler", reason="canary succeeded: " + summary)
-        decision = "promote"
         say(f":tada: Canary *{canary['name']}* promoted to champion: {summary}.")
     else:
         registry.rollback(actor="scheduler", reason="canary rolled back: " + summary)
-        decision = "rollback"
-        say(f":rewind: Canary *{canary['name']}* rolled back; *{champion['name'] if champion else '-'}* "
+        say(f":rewind: Canary *{canary['name']}* rolled back; *{a.champion['name'] if a.champion else '-'}* "
             f"stays champion: {summary}.")
     return {"decision": decision, "summary": summary, "model_id": canary["id"]}

@@ -45,6 +45,8 @@ def test_retrain_status(env):
     assert "*Running:* run #1 (scheduler), step 12/30, loss 1.2345" in first
     assert "*Champion:* `cs-lora-0001` (id 1) — consistency 0.812, share above threshold 0.700, gate passed" in first
     assert "*Canary:* `cs-lora-0002` (id 2), 10% of conversations — not evaluated yet" in first
+    assert ("*Canary trial:* 0/50 reviews, day 0.0 of 7: approval without edit n/a vs champion n/a over 0 canary"
+            " review(s) (0/0 vs 0/0); consistency gate not evaluated. Next: waiting for reviews.") in first
 
 
 def test_retrain_history_and_unknown(env):

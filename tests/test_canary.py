@@ -8,6 +8,7 @@ import datetime as dt
 import pytest
 from test_registry import add_eval, fake_adapter
 
+from bot.status import canary_trial
 from evaluation.stats import rate_difference, wilson_interval, z_for
 from replyloop import timeutil
 from replyloop.canary import judge_canary
@@ -63,6 +64,8 @@ def test_inconclusive_keeps_the_canary_serving_until_max_days(canary_setup):
     assert "90% vs champion 60%" in outcome["summary"] and "(9/10 vs 6/10)" in outcome["summary"]
     assert "difference +30 points, 95% CI [-8, +60]" in outcome["summary"]
     assert status(store, canary) == "canary"
+    trial = canary_trial(config, store)  # what /retrain status shows
+    assert (trial["reviews"], trial["min_reviews"], trial["next"]) == (10, 10, "keeps serving: too early to tell")
     # after canary_max_days the measured rates decide
     later = timeutil.now() + dt.timedelta(days=config.file.scheduler.canary_max_days + 1)
     outcome = judge_canary(config, store, notify=messages.append, now=later)
@@ -74,6 +77,7 @@ def test_clear_evidence_decides_at_once(canary_setup):
     config, store, reg, champ, canary = canary_setup
     review(store, champ, 60, 40, "now")
     review(store, canary, 18, 2, "canary")
+    assert canary_trial(config, store)["next"] == "the next canary check promotes it"
     outcome = judge_canary(config, store)
     assert outcome["decision"] == "promote", outcome
     assert "difference +30 points, 95% CI [+8, +42]" in outcome["summary"]
