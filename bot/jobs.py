@@ -149,6 +149,13 @@ class JobRunner:
         for job in self.scheduler.get_jobs():
             log.info("scheduled %s: next run %s", job.name, job.next_run_time)
 
+    @property
+    def running(self) -> bool:
+        """Started and not paused (what ``GET /health`` reports)."""
+        from apscheduler.schedulers.base import STATE_RUNNING
+
+        return self.scheduler is not None and self.scheduler.state == STATE_RUNNING
+
     def shutdown(self, wait: bool = False) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=wait)

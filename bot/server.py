@@ -55,7 +55,7 @@ class BotServer:
 
             def do_GET(self):
                 if urlparse(self.path).path == "/health":
-                    self._send(200, {"ok": True, "mode": "http" if server.slack_events else "socket"})
+                    self._send(*server.health())
                 else:
                     self._send(404, {"ok": False, "error": "not found"})
 
@@ -116,6 +116,28 @@ class BotServer:
 
         self._httpd = Server((host, port), Handler)
         self._thread: threading.Thread | None = None
+        # name -> () -> (ok, what is wrong); ``serve`` adds the scheduler and the Socket Mode link
+        self.probes: dict[str, Callable[[], tuple[bool, str]]] = {}
+
+    def health(self) -> tuple[int, dict]:
+        """``GET /health``: 200 when the database answers and every probe holds, else 503 with
+        what failed (for a load balancer, Kubernetes or the on-call engineer)."""
+        checks, body = {}, {}
+        try:
+            body = {"queue": self.bot.store.pending_count(),
+                    "running_runs": self.bot.store.scalar("SELECT count(*) FROM training_runs WHERE status = 'running'")}
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"error: {exc}"
+        for name, probe in self.probes.items():
+            try:
+                ok, problem = probe()
+            except Exception as exc:
+                ok, problem = False, str(exc)
+            checks[name] = "ok" if ok else f"error: {problem}"
+        ok = all(v == "ok" for v in checks.values())
+        return (200 if ok else 503), {"ok": ok, "mode": "http" if self.slack_events else "socket",
+                                      "checks": checks, **body}
 
     @property
     def port(self) -> int:
@@ -218,8 +240,12 @@ def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, po
                 raise ConfigError(f"Socket Mode could not connect: apps.connections.open answered {error!r} "
                                   "(SLACK_APP_TOKEN must be the app-level xapp- token with the "
                                   "connections:write scope)") from None
+        if handler is not None:
+            server.probes["socket_mode"] = lambda: (handler.client.is_connected(), "not connected to Slack")
         if scheduler is not None:
             scheduler.start()
+            server.probes["scheduler"] = lambda: (bool(getattr(scheduler, "running", True)),
+                                                  "the scheduler is not running")
         sweeper.start()
         if ready is not None:
             ready(server)

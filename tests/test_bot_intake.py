@@ -68,8 +68,21 @@ def test_intake_malformed_payloads_get_400_with_reason(env):
         resp = env.sim.intake(body, INTAKE_TOKEN)
         assert (resp.status, resp.json()) == (400, {"ok": False, "error": reason}), body
     assert env.store.scalar("SELECT count(*) FROM questions") == 0
-    assert env.sim.request("GET", "/health").json()["ok"] is True
     assert env.sim.request("POST", "/nope", b"").status == 404
+
+
+def test_health_reports_the_database_and_every_probe(env):
+    health = env.sim.request("GET", "/health")
+    assert (health.status, health.json()) == (200, {"ok": True, "mode": "http", "checks": {"database": "ok"},
+                                                    "queue": 0, "running_runs": 0})
+    env.post_card()
+    env.server.probes["scheduler"] = lambda: (False, "the scheduler is not running")
+    health = env.sim.request("GET", "/health")
+    assert health.status == 503
+    assert health.json()["checks"] == {"database": "ok", "scheduler": "error: the scheduler is not running"}
+    assert health.json()["queue"] == 1
+    env.server.probes["scheduler"] = lambda: 1 / 0  # a probe that raises counts as failed
+    assert env.sim.request("GET", "/health").json()["checks"]["scheduler"] == "error: division by zero"
 
 
 def test_intake_channel_message_becomes_a_question(env_drafting):

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 import yaml
@@ -35,6 +35,7 @@ class SocketEnv:
     stop: threading.Event
     thread: threading.Thread
     errors: list[BaseException]
+    servers: list = field(default_factory=list)  # the BotServer, once serve is ready
 
     def add_draft(self, question="我的订单什么时候到？", draft="您的订单预计三天内送达。", conversation="conv-1") -> int:
         [res] = ingest(self.config, self.store, [QuestionIn(conversation, question, "物流查询", draft)],
@@ -72,7 +73,7 @@ def start(workspace, secrets: Secrets, drafts: int = 1) -> SocketEnv:
     def run():
         try:
             serve(config, store, secrets, http=False, port=0, drafter=CannedDrafter(),
-                  start_pipeline=env.pipeline, stop=env.stop)
+                  start_pipeline=env.pipeline, stop=env.stop, ready=env.servers.append)
         except BaseException as exc:  # shown by the test instead of a silent dead thread
             env.errors.append(exc)
             env.stop.set()
@@ -204,6 +205,21 @@ def test_events_api_app_home(env):
     assert env.fake.wait_for_ack(eid) == {"envelope_id": eid}
     [published] = env.fake.wait_for("views.publish")
     assert published.params["user_id"] == "USUP1"
+
+
+def test_health_reports_the_socket_mode_link(env):
+    import json
+    import urllib.request
+
+    env.fake.wait_for_socket()
+    deadline = time.monotonic() + 10
+    while not env.servers and time.monotonic() < deadline:
+        time.sleep(0.05)
+    [server] = env.servers
+    with urllib.request.urlopen(server.url + "/health", timeout=5) as resp:
+        assert resp.status == 200
+        body = json.loads(resp.read())
+    assert body["mode"] == "socket" and body["checks"] == {"database": "ok", "socket_mode": "ok"}
 
 
 def test_reconnects_when_slack_asks_and_keeps_working(env):

@@ -143,10 +143,13 @@ def test_second_serve_refuses_first_keeps_working_and_kill_9_lock_is_taken_over(
     assert code == -signal.SIGKILL
     assert integrity(replyloop_home / "replyloop.db") == "ok"
 
-    # the dead owner's lock is stale: a new serve takes it over
-    third = Serve(replyloop_home, "--no-scheduler")
+    # the dead owner's lock is stale: a new serve (this one with its scheduler) takes it over
+    third = Serve(replyloop_home)
     try:
-        third.wait_listening()
+        url = third.wait_listening()
+        with urllib.request.urlopen(url + "/health", timeout=10) as resp:
+            health = json.loads(resp.read())
+        assert health["checks"] == {"database": "ok", "scheduler": "ok"} and health["queue"] == 1, health
         with Store(replyloop_home / "replyloop.db") as store:
             assert store.one("SELECT owner_pid FROM locks WHERE name = 'serve'")["owner_pid"] == third.proc.pid
             recovered = store.query("SELECT detail FROM audit_log WHERE action = 'lock.recovered'")
