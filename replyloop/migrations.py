@@ -256,3 +256,14 @@ def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
 
 def schema_version(db: sqlite_utils.Database) -> int:
     return len(applied(db))
+
+
+@migration
+def m030_process_identity(db: sqlite_utils.Database) -> None:
+    """Who really owns a lock or a run's child process: its start time and the machine's boot id
+    (``locking.process_identity``), so a reused pid (a restarted container's pid 1, a machine
+    restart) is not mistaken for the owner."""
+    run_script(db, """
+        ALTER TABLE locks ADD COLUMN owner_started TEXT;
+        ALTER TABLE training_runs ADD COLUMN pid_started TEXT;
+    """)

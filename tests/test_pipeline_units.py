@@ -111,7 +111,8 @@ def test_recover_marks_dead_run_failed_and_removes_partial_output(workspace, tmp
     (champion_dir / "adapter_config.json").write_text("{}")
     run_id, pid = running_run_of_a_dead_process(store, partial)
     with store.transaction() as db:
-        db.execute("INSERT INTO locks VALUES ('pipeline', ?, ?, ?, ?, ?)",
+        db.execute("INSERT INTO locks (name, owner_pid, owner_host, run_id, acquired_at, heartbeat_at)"
+                   " VALUES ('pipeline', ?, ?, ?, ?, ?)",
                    (pid, os.uname().nodename, run_id, timeutil.now_iso(), timeutil.now_iso()))
     assert recover(store) == [run_id]
     run = store.one("SELECT * FROM training_runs WHERE id = ?", (run_id,))
@@ -229,14 +230,24 @@ def test_threshold_job_not_due_and_due(workspace, monkeypatch):
 
 
 def test_a_live_owner_on_this_host_is_never_stale_however_old_its_heartbeat(workspace):
+    from replyloop.locking import process_identity
+
     config, store = workspace
     old = (timeutil.now() - dt.timedelta(hours=3)).isoformat()
-    with store.transaction() as db:
-        db.execute("INSERT INTO locks VALUES ('pipeline', ?, ?, NULL, ?, ?)", (os.getpid(), os.uname().nodename, old, old))
-    lock = RunLock(store)
-    assert not lock.is_stale(lock.holder())  # a long evaluation does not lose the lock
-    other = dict(lock.holder(), owner_host="gpu-node-7")
-    assert lock.is_stale(other)  # another host's owner must keep its heartbeat fresh
+    owner = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    try:
+        with store.transaction() as db:
+            db.execute("INSERT INTO locks (name, owner_pid, owner_host, owner_started, acquired_at, heartbeat_at)"
+                       " VALUES ('pipeline', ?, ?, ?, ?, ?)",
+                       (owner.pid, os.uname().nodename, process_identity(owner.pid), old, old))
+        lock = RunLock(store)
+        assert not lock.is_stale(lock.holder())  # a long evaluation does not lose the lock
+        assert not lock.is_stale(dict(lock.holder(), owner_started=None))  # a row from before start times
+        other = dict(lock.holder(), owner_host="gpu-node-7")
+        assert lock.is_stale(other)  # another host's owner must keep its heartbeat fresh
+    finally:
+        owner.kill()
+        owner.wait()
 
 
 def test_recover_keeps_a_registered_adapter_and_rejects_its_candidate(workspace):

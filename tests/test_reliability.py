@@ -60,10 +60,10 @@ def serve_env(home: Path) -> dict:
 class Serve:
     """A `replyloop serve --http --port 0` subprocess; ``url`` once it listens."""
 
-    def __init__(self, home: Path, *extra: str):
+    def __init__(self, home: Path, *extra: str, env: dict | None = None, argv: list[str] | None = None):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "replyloop", "serve", "--http", "--port", "0", *extra], cwd=home,
-            env=serve_env(home), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            (argv or [sys.executable, "-m", "replyloop"]) + ["serve", "--http", "--port", "0", *extra], cwd=home,
+            env={**serve_env(home), **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         self.lines: queue.Queue[str | None] = queue.Queue()
         self.output: list[str] = []
         threading.Thread(target=self._pump, daemon=True).start()
@@ -160,6 +160,71 @@ def test_second_serve_refuses_first_keeps_working_and_kill_9_lock_is_taken_over(
     with Store(replyloop_home / "replyloop.db") as store:
         assert store.one("SELECT * FROM locks WHERE name = 'serve'") is None  # released on SIGTERM
     assert integrity(replyloop_home / "replyloop.db") == "ok"
+
+
+# a restarted container's `serve` is pid 1 again, on the same hostname: it finds its predecessor's
+# lock with its own pid. This prelude writes such a row and then execs `replyloop serve` in the
+# same process (same pid, same start time).
+SERVE_AFTER_OWN_PID_LOCK = textwrap.dedent("""
+    import os, socket, sys
+    from replyloop.locking import process_identity
+    from replyloop.store import Store
+
+    started = {"none": None, "other-start": process_identity(os.getpid()).rsplit(":", 1)[0] + ":1",
+               "other-boot": "another-boot:" + process_identity(os.getpid()).rsplit(":", 1)[1]}[sys.argv[1]]
+    with Store("replyloop.db") as store, store.transaction() as db:
+        db.execute("INSERT INTO locks (name, owner_pid, owner_host, owner_started, acquired_at, heartbeat_at)"
+                   " VALUES ('serve', ?, ?, ?, '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00')",
+                   (os.getpid(), socket.gethostname(), started))
+    os.execv(sys.executable, [sys.executable, "-m", "replyloop", *sys.argv[2:]])
+""")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("recorded", ["none", "other-start", "other-boot"])
+def test_serve_takes_over_a_lock_with_its_own_pid_from_before_a_restart(replyloop_home, slack, recorded):
+    from replyloop.locking import process_identity
+    from replyloop.store import Store
+
+    if process_identity(os.getpid()) is None:
+        pytest.skip("needs /proc (Linux)")
+    write_serve_config(replyloop_home, slack)
+    serve = Serve(replyloop_home, "--no-scheduler",
+                  argv=[sys.executable, "-c", SERVE_AFTER_OWN_PID_LOCK, recorded])
+    try:
+        serve.wait_listening()
+        with Store(replyloop_home / "replyloop.db") as store:
+            row = store.one("SELECT * FROM locks WHERE name = 'serve'")
+            assert row["owner_pid"] == serve.proc.pid
+            assert row["owner_started"] == process_identity(serve.proc.pid)
+            assert row["acquired_at"] > "2026-01-02"
+            recovered = store.query("SELECT detail FROM audit_log WHERE action = 'lock.recovered'")
+            assert [json.loads(r["detail"])["pid"] for r in recovered] == [serve.proc.pid]
+    finally:
+        assert serve.stop() == 0, "".join(serve.output)
+    assert "another `replyloop serve` is running" not in "".join(serve.output)
+
+
+@pytest.mark.slow
+def test_serve_heartbeats_its_lock_while_it_runs(replyloop_home, slack):
+    from replyloop.store import Store
+
+    write_serve_config(replyloop_home, slack)
+    serve = Serve(replyloop_home, "--no-scheduler", env={"REPLYLOOP_LOCK_HEARTBEAT_S": "0.2"})
+    try:
+        serve.wait_listening()
+        with Store(replyloop_home / "replyloop.db") as store:
+            first = store.one("SELECT * FROM locks WHERE name = 'serve'")["heartbeat_at"]
+            beats = {first}
+            deadline = time.monotonic() + 10
+            while len(beats) < 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+                beats.add(store.one("SELECT * FROM locks WHERE name = 'serve'")["heartbeat_at"])
+            assert len(beats) >= 3 and max(beats) > first, beats
+    finally:
+        assert serve.stop() == 0, "".join(serve.output)
+    with Store(replyloop_home / "replyloop.db") as store:
+        assert store.one("SELECT * FROM locks WHERE name = 'serve'") is None  # heartbeat stopped, lock released
 
 
 # -- 2. SQLite busy under concurrent writers ---------------------------------------------------------

@@ -55,7 +55,9 @@ def serve(
     with store:
         instance = RunLock(store, name="serve")
         instance.acquire(take_over_stale=True)  # one bot per workspace: a second one refuses to start
+        stop_heartbeat = None
         try:
+            stop_heartbeat = instance.keep_alive()  # so a serve on another host sees this one is alive
             cleaned = recover(store)
             if cleaned:
                 typer.echo(f"Recovered after a crash: run(s) {', '.join(map(str, cleaned))} marked failed, "
@@ -64,6 +66,8 @@ def serve(
             run(cfg, store, Secrets.from_env(), http=http_mode, port=port, host=host, ready=ready, stop=stop,
                 scheduler=scheduler, start_pipeline=pipeline_starter(cfg, store))
         finally:
+            if stop_heartbeat is not None:
+                stop_heartbeat()
             instance.release()
 
 
