@@ -29,7 +29,7 @@ import yaml
 from replyloop import timeutil
 from replyloop.config import Config
 from replyloop.errors import ConfigError, ConflictError, ReplyloopError, TrainingError
-from replyloop.locking import RunLock, pid_alive
+from replyloop.locking import RunLock, pid_alive, process_identity, same_process
 from replyloop.registry import Registry
 from replyloop.store import Store
 
@@ -121,6 +121,34 @@ def remove_partial_output(output_dir: str | Path | None) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def _is_orphaned_child(run: dict) -> bool:
+    """Whether ``run['pid']`` is still the run's child (trainer or evaluator), which leads its own
+    process group: the same start time and boot as recorded at launch. After a machine restart
+    or pid reuse the pid may name an unrelated process, which must not be killed. A row without
+    a recorded start time (from before it was recorded) falls back to the command line."""
+    pid = run["pid"]
+    if not pid or not pid_alive(pid):
+        return False
+    same = same_process(pid, run.get("pid_started"))
+    if same is False:
+        return False
+    if same is None and not _looks_like_run_child(pid):
+        return False
+    try:
+        return os.getpgid(pid) == pid  # started with start_new_session: it leads its group
+    except OSError:
+        return False
+
+
+def _looks_like_run_child(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False  # no /proc: cannot tell, so leave it alone
+    text = b" ".join(argv).decode("utf-8", "replace")
+    return "replyloop" in text and ("train" in text or "eval" in text)
+
+
 def recover(store: Store) -> list[int]:
     """After a crash: mark runs whose process is gone as failed, kill an orphaned trainer,
     remove partial output and release a stale lock. Returns the ids of the runs cleaned up."""
@@ -132,7 +160,7 @@ def recover(store: Store) -> list[int]:
         owner_alive = holder is not None and holder.get("run_id") == run["id"] and not stale_lock
         if owner_alive:
             continue
-        if run["pid"] and pid_alive(run["pid"]):
+        if _is_orphaned_child(run):
             try:
                 os.killpg(run["pid"], signal.SIGKILL)
             except (ProcessLookupError, PermissionError):
@@ -242,7 +270,7 @@ def run_training_process(store: Store, run_id: int, argv: list[str], log_path: P
     with log_path.open("ab") as logfile:
         proc = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env={**os.environ, **(env or {})})
-    _update_run(store, run_id, pid=proc.pid)
+    _update_run(store, run_id, pid=proc.pid, pid_started=process_identity(proc.pid))  # see recover()
     offset, last_beat = 0, 0.0
     try:
         while True:

@@ -302,3 +302,48 @@ def test_evaluation_command_template(workspace):
     config.file.evaluation.command = "replyloop eval {adapter}"
     with pytest.raises(ConfigError, match=r"evaluation.command: unknown placeholder 'adapter'"):
         evaluation_argv(config, {"id": 7, "name": "rl-x"}, 3)
+
+
+def run_row_with_pid(store, pid, pid_started=None) -> int:
+    with store.transaction() as db:
+        return db.execute("INSERT INTO training_runs (status, trigger, pid, pid_started, started_at)"
+                          " VALUES ('running', 'scheduler', ?, ?, ?)", (pid, pid_started, timeutil.now_iso())).lastrowid
+
+
+@pytest.mark.parametrize("recorded", ["nothing", "another start"])
+def test_recover_never_kills_an_unrelated_process_that_got_the_runs_pid(workspace, recorded):
+    """After a machine restart the run's pid may name someone else's process group."""
+    from replyloop.locking import process_identity
+
+    _, store = workspace
+    stranger = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        identity = process_identity(stranger.pid)
+        if recorded == "another start" and identity is None:
+            pytest.skip("needs /proc (Linux)")
+        started = None if recorded == "nothing" else identity.rsplit(":", 1)[0] + ":1"
+        run_id = run_row_with_pid(store, stranger.pid, started)
+        assert recover(store) == [run_id]
+        assert store.one("SELECT status FROM training_runs WHERE id = ?", (run_id,))["status"] == "failed"
+        time.sleep(0.2)
+        assert stranger.poll() is None  # still running: not killed
+    finally:
+        stranger.kill()
+        stranger.wait()
+
+
+def test_recover_kills_the_runs_own_orphaned_child_group(workspace):
+    from replyloop.locking import process_identity
+
+    _, store = workspace
+    orphan = subprocess.Popen(["sleep", "30"], start_new_session=True)
+    try:
+        if process_identity(orphan.pid) is None:
+            pytest.skip("needs /proc (Linux)")
+        run_id = run_row_with_pid(store, orphan.pid, process_identity(orphan.pid))  # as recorded at launch
+        assert recover(store) == [run_id]
+        assert orphan.wait(10) == -9
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+            orphan.wait()
