@@ -107,18 +107,32 @@ def _fail_run(store: Store, run_id: int, error: str) -> None:
         store.audit("pipeline", "run.failed", "training_run", run_id, {"error": error[:500]})
 
 
-def remove_partial_output(output_dir: str | Path | None) -> None:
-    """Delete what an unfinished run wrote: its output dir and any temp dirs the trainer left
-    beside it (callers check first that no model row points to it: ``_abandon_output``)."""
+def remove_run_scratch(output_dir: str | Path | None) -> None:
+    """Delete what the trainer keeps beside ``output_dir`` while it runs: temp dirs
+    (``.<name>.tmp-*``, ``.<name>.old-*``, ``<name>.tmp*``) and its resume checkpoints
+    (``<name>.checkpoints``: LoRA weights and optimizer moments; the pipeline never resumes)."""
     if not output_dir:
         return
     out = Path(output_dir)
-    for tmp in out.parent.glob(f".{out.name}*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    for tmp in out.parent.glob(f"{out.name}.tmp*"):
-        shutil.rmtree(tmp, ignore_errors=True)
-    if out.exists():
-        shutil.rmtree(out, ignore_errors=True)
+    for tmp in [*out.parent.glob(f".{out.name}.*"), *out.parent.glob(f"{out.name}.tmp*"),
+                out.with_name(f"{out.name}.checkpoints")]:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists() or tmp.is_symlink():
+            tmp.unlink(missing_ok=True)
+
+
+def remove_partial_output(output_dir: str | Path | None) -> None:
+    """Delete what an unfinished run wrote: its output dir, its checkpoints and any temp dirs
+    the trainer left beside it, and its ``<name>.logs`` (the trainer's default log dir)
+    (callers check first that no model row points to it: ``_abandon_output``)."""
+    if not output_dir:
+        return
+    out = Path(output_dir)
+    remove_run_scratch(out)
+    for path in (out.with_name(f"{out.name}.logs"), out):
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def _is_orphaned_child(run: dict) -> bool:
@@ -378,6 +392,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
 
         model = registry.register(output_dir, run_id=run_id, name=name)
         _update_run(store, run_id, model_id=model["id"])
+        remove_run_scratch(output_dir)  # a trainer that left checkpoints: the pipeline never resumes them
         lock.heartbeat()
         gate, evaluation = evaluate_candidate(config, store, run_id, model, run_dir, lock)
         if gate.passed:
@@ -424,7 +439,9 @@ def _abandon_output(store: Store, output_dir: Path | None, error: str) -> None:
                     (str(output_dir), str(Path(output_dir).resolve())))
     if row is None:
         remove_partial_output(output_dir)
-    elif row["status"] == "candidate":
+        return
+    remove_run_scratch(output_dir)  # the registered adapter stays; its checkpoints are of no use
+    if row["status"] == "candidate":
         Registry(store).reject(row["id"], actor="pipeline", reason="run failed: " + error.splitlines()[0])
 
 

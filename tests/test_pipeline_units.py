@@ -347,3 +347,56 @@ def test_recover_kills_the_runs_own_orphaned_child_group(workspace):
         if orphan.poll() is None:
             orphan.kill()
             orphan.wait()
+
+
+FAKE_TRAINER = (
+    "import json, sys; from pathlib import Path\n"
+    "out = Path(sys.argv[1]); ckpt = out.with_name(out.name + '.checkpoints') / 'checkpoint-000002'\n"
+    "ckpt.mkdir(parents=True); (ckpt / 'optimizer.pt').write_bytes(b'adamw moments')\n"
+    "tmp = out.with_name('.' + out.name + '.tmp-1'); tmp.mkdir(); (tmp / 'x').write_text('half')\n"
+    "if sys.argv[2] == 'fail': sys.exit(1)\n"
+    "out.mkdir(); (out / 'adapter_config.json').write_text('{}')\n"
+    "(out / 'manifest.json').write_text(json.dumps({'base_model': 'base'}))\n"
+)
+
+
+@pytest.mark.parametrize("outcome", ["training fails", "evaluation fails after registration"])
+def test_a_failed_run_leaves_no_checkpoints_or_temp_dirs(workspace, outcome):
+    import shlex
+
+    from replyloop.pipeline import run_pipeline
+
+    config, store = workspace
+    approve_n(store, 6)
+    config.train_config_path.parent.mkdir(parents=True, exist_ok=True)
+    config.train_config_path.write_text("base_model: base\n", encoding="utf-8")
+    mode = "fail" if outcome == "training fails" else "ok"
+    trainer = config.root / "fake_trainer.py"
+    trainer.write_text(FAKE_TRAINER, encoding="utf-8")
+    config.file.training.command = "{python} %s {output_dir} %s" % (shlex.quote(str(trainer)), mode)
+    config.file.evaluation.command = "{python} -c 'import sys; sys.exit(3)'"
+    neighbour = config.adapters_dir / "rl-other-r99.checkpoints"  # another run's: not ours to delete
+    neighbour.mkdir(parents=True)
+    result = run_pipeline(config, store, trigger="cli")
+    assert result.status == "failed", result
+    assert ("training exited with code 1" if mode == "fail" else "evaluation exited with code 3") in result.message
+    left = sorted(p.name for p in config.adapters_dir.iterdir())
+    name = store.one("SELECT output_dir FROM training_runs")["output_dir"].rsplit("/", 1)[1]
+    assert left == (["rl-other-r99.checkpoints"] if mode == "fail" else [name, "rl-other-r99.checkpoints"])
+    if mode == "ok":  # the registered candidate is rejected and kept for inspection
+        assert store.scalar("SELECT status FROM models") == "rejected"
+
+
+def test_remove_partial_output_takes_checkpoints_logs_and_temp_dirs_of_that_run_only(tmp_path):
+    from replyloop.pipeline import remove_partial_output
+
+    tmp_path = tmp_path / "adapters"
+    out = tmp_path / "rl-x-r1"
+    ours = [out, tmp_path / "rl-x-r1.checkpoints" / "checkpoint-000003", tmp_path / "rl-x-r1.logs",
+            tmp_path / ".rl-x-r1.tmp-abc", tmp_path / ".rl-x-r1.old-42", tmp_path / "rl-x-r1.tmp9"]
+    theirs = [tmp_path / "rl-x-r10", tmp_path / "rl-x-r10.checkpoints", tmp_path / ".rl-x-r10.tmp-abc"]
+    for d in ours + theirs:
+        d.mkdir(parents=True)
+        (d / "f").write_text("x")
+    remove_partial_output(out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(d.name for d in theirs)
