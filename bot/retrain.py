@@ -55,6 +55,8 @@ def start_now(bot: "Bot", user: str, channel: str | None, respond: Callable[...,
         except Exception:  # the pipeline's own bug: tell the channel, keep the bot alive
             log.exception("the retrain pipeline failed")
             notify(f"Retrain requested by <@{user}> failed with an internal error; see the bot's log.")
+        finally:  # a one-off thread: close its SQLite connection
+            bot.store.release_thread()
 
     respond(response_type="in_channel",
             text=f"<@{user}> started a retrain. I'll report here when training, evaluation and the gate are done.")

@@ -54,12 +54,24 @@ class BotServer:
                 log.debug("%s %s", self.address_string(), fmt % args)
 
             def do_GET(self):
+                try:
+                    self._get()
+                finally:  # a thread per connection: its SQLite connection must not outlive it
+                    server.bot.store.release_thread()
+
+            def do_POST(self):
+                try:
+                    self._post()
+                finally:
+                    server.bot.store.release_thread()
+
+            def _get(self):
                 if urlparse(self.path).path == "/health":
                     self._send(*server.health())
                 else:
                     self._send(404, {"ok": False, "error": "not found"})
 
-            def do_POST(self):
+            def _post(self):
                 url = urlparse(self.path)
                 length = int(self.headers.get("Content-Length") or 0)
                 if length > MAX_BODY:
@@ -184,6 +196,7 @@ def _sweeper(bot: Bot, stop: threading.Event, every_s: float) -> None:
         except Exception:
             log.exception("posting pending review cards failed; retrying in %.0f s", every_s)
         if stop.wait(every_s):
+            bot.store.release_thread()
             return
 
 

@@ -1,0 +1,75 @@
+"""Bot robustness over real HTTP, real SQLite and the fake Slack: no leaked connections, Slack
+outages that do not fail work, and errors that get an answer."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import threading
+import time
+
+from bot_support import *  # noqa: F401,F403
+from bot_support import INTAKE_TOKEN, SUPERVISORS
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _fresh_request(env, method: str, path: str, body: bytes = b"", headers: dict | None = None):
+    """One request on its own TCP connection (the server starts a thread for each)."""
+    conn = http.client.HTTPConnection("127.0.0.1", env.server.port, timeout=30)
+    try:
+        conn.request(method, path, body=body, headers={"Connection": "close", **(headers or {})})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def _wait(predicate, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.02)
+
+
+def test_http_requests_do_not_leak_sqlite_connections(env):
+    auth = {"Authorization": f"Bearer {INTAKE_TOKEN}", "Content-Type": "application/json"}
+    for i in range(5):  # warm up: the bot's pools open their few connections
+        _fresh_request(env, "GET", "/health")
+    env.bot.background.submit(lambda: None).result()
+    time.sleep(0.2)
+    connections, fds = len(env.store._connections), _open_fds()
+    for i in range(40):
+        status, _ = _fresh_request(env, "GET", "/health")
+        assert status == 200
+        body = json.dumps({"conversation_id": f"c{i}", "question": f"q{i}", "draft": "好的"}).encode()
+        status, _ = _fresh_request(env, "POST", "/intake", body, auth)
+        assert status == 201
+    env.fake.wait_for("chat.postMessage", 40)
+    time.sleep(0.2)
+    # the background pool (4 threads) may open its connections once
+    assert len(env.store._connections) <= connections + 4
+    assert _open_fds() <= fds + 12
+    assert env.store.scalar("SELECT count(*) FROM questions") == 40
+
+
+def test_retrain_now_thread_closes_its_connection(env):
+    done = threading.Event()
+
+    def start_pipeline(trigger, requested_by, notify):  # the real pipeline reads the store in this thread
+        env.store.scalar("SELECT count(*) FROM training_runs")
+        notify("done")
+        done.set()
+
+    env.bot.start_pipeline = start_pipeline
+    before = len(env.store._connections)
+    for _ in range(5):
+        done.clear()
+        env.sim.command("/retrain", "now", user=SUPERVISORS[0])
+        assert done.wait(10)
+    time.sleep(0.3)
+    assert len(env.store._connections) <= before + 1  # at most the listener pool's thread
