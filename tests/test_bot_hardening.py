@@ -73,3 +73,35 @@ def test_retrain_now_thread_closes_its_connection(env):
         assert done.wait(10)
     time.sleep(0.3)
     assert len(env.store._connections) <= before + 1  # at most the listener pool's thread
+
+
+def test_retrain_now_outcome_does_not_depend_on_slack(env):
+    """chat.postMessage failing (the bot is not in the channel, an outage at the last message)
+    neither stops the run nor turns its success into a failure; the text goes to response_url."""
+    outcome = []
+    finished = threading.Event()
+
+    def start_pipeline(trigger, requested_by, notify):  # run_pipeline's shape: say() around the work
+        try:
+            notify("Retrain started")
+            outcome.append("trained")
+            notify("Pipeline finished: gate passed, cs-lora-0002 is the canary.")
+            outcome.append("succeeded")
+        except BaseException:
+            outcome.append("failed")
+            raise
+        finally:
+            finished.set()
+
+    env.bot.start_pipeline = start_pipeline
+    env.fake.fail_next("chat.postMessage", error="channel_not_found", count=1)
+    env.fake.fail_next("chat.postMessage", status=500, count=4)  # the retries of the last message too
+    env.sim.command("/retrain", "now", user=SUPERVISORS[0], channel="C0NOTAMEMBER")
+    assert finished.wait(30)
+    assert outcome == ["trained", "succeeded"]
+    texts = [c.params["text"] for c in env.fake.wait_for("response_url", 3)]
+    assert texts[0].startswith(f"<@{SUPERVISORS[0]}> started a retrain.")
+    assert texts[1:] == ["Retrain started", "Pipeline finished: gate passed, cs-lora-0002 is the canary."]
+    time.sleep(0.2)
+    assert not any("failed" in t for t in [c.params["text"] for c in env.fake.calls_to("response_url")])
+    assert env.fake.calls_to("chat.postMessage") == []
