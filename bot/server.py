@@ -180,17 +180,23 @@ class BotServer:
         self.stop()
 
 
-def sweep(bot: Bot) -> int:
-    """Draft questions that have no draft (with a drafter) and post cards that were never posted."""
+def sweep(bot: Bot, failed: dict[int, float] | None = None) -> int:
+    """Draft questions that have no draft (with a drafter) and post cards that were never posted.
+    A question that fails to draft is skipped (``failed`` remembers it for a while); the cards
+    are posted whatever drafting did."""
     if bot.drafter is not None:
-        draft_pending(bot.config, bot.store, bot.drafter, bot.checker)
+        try:
+            draft_pending(bot.config, bot.store, bot.drafter, bot.checker, failed=failed)
+        except Exception:
+            log.exception("drafting pending questions failed; posting the pending cards anyway")
     return review.post_pending_cards(bot)
 
 
 def _sweeper(bot: Bot, stop: threading.Event, every_s: float) -> None:
+    failed: dict[int, float] = {}
     while True:
         try:
-            posted = sweep(bot)
+            posted = sweep(bot, failed)
             if posted:
                 log.info("posted %d pending review card(s)", posted)
         except Exception:

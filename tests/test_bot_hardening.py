@@ -105,3 +105,41 @@ def test_retrain_now_outcome_does_not_depend_on_slack(env):
     time.sleep(0.2)
     assert not any("failed" in t for t in [c.params["text"] for c in env.fake.calls_to("response_url")])
     assert env.fake.calls_to("chat.postMessage") == []
+
+
+class FlakyDrafter(CannedDrafter):
+    """Drafts every question except one, whose model call fails."""
+
+    def __init__(self, bad: str):
+        super().__init__()
+        self.bad = bad
+
+    def draft(self, question: str, conversation_id: str):
+        if question == self.bad:
+            self.calls.append((question, conversation_id))
+            raise RuntimeError("model backend: CUDA error on this input")
+        return super().draft(question, conversation_id)
+
+
+def test_one_question_that_fails_to_draft_does_not_stop_the_sweep(env):
+    from bot.server import sweep
+    from replyloop.dataio import QuestionIn
+    from replyloop.intake import DRAFT_RETRY_S, ingest
+
+    env.bot.drafter = FlakyDrafter("坏问题")
+    ingest(env.config, env.store, [QuestionIn("c1", "坏问题"), QuestionIn("c2", "怎么退货"),
+                                   QuestionIn("c3", "发票怎么开", None, "电子发票在订单页下载。")], source="csv")
+    failed: dict[int, float] = {}
+    assert sweep(env.bot, failed) == 2  # the imported draft's card and the newly drafted one
+    assert sweep(env.bot, failed) == 0
+    assert env.store.scalar("SELECT count(*) FROM drafts") == 2
+    texts = " ".join(str(c.params["blocks"]) for c in env.fake.wait_for("chat.postMessage", 2))
+    assert "怎么退货" in texts and "发票怎么开" in texts
+    assert [q for q, _ in env.bot.drafter.calls] == ["坏问题", "怎么退货"]  # not retried at once
+    bad_id = env.store.scalar("SELECT id FROM questions WHERE text = '坏问题'")
+    assert list(failed) == [bad_id]
+    failed[bad_id] -= DRAFT_RETRY_S  # later it is tried again
+    env.bot.drafter.bad = None
+    assert sweep(env.bot, failed) == 1
+    assert failed == {}
+    assert env.store.scalar("SELECT count(*) FROM drafts") == 3
