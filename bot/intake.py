@@ -92,6 +92,9 @@ def handle_http(bot: "Bot", headers: dict[str, str], body: bytes) -> IntakeRespo
     except ReplyloopError as exc:
         log.warning("intake failed: %s", exc)
         return IntakeResponse(500, {"ok": False, "error": str(exc)})
+    except Exception:  # a checker's or the database's own error: logged, not shown to the caller
+        log.exception("intake failed")
+        return IntakeResponse(500, {"ok": False, "error": "internal error"})
     if result.draft_id is not None:
         bot.background.submit(_post_card_logged, bot, result.draft_id)
     draft = bot.store.get_draft(result.draft_id) if result.draft_id else None

@@ -54,15 +54,26 @@ class BotServer:
                 log.debug("%s %s", self.address_string(), fmt % args)
 
             def do_GET(self):
-                try:
-                    self._get()
-                finally:  # a thread per connection: its SQLite connection must not outlive it
-                    server.bot.store.release_thread()
+                self._guarded(self._get)
 
             def do_POST(self):
+                self._guarded(self._post)
+
+            def _guarded(self, handle: Callable[[], None]) -> None:
+                """Every request gets an answer: an unexpected error is logged with its traceback
+                and answered 500 (no detail to the client)."""
+                self._responded = False
                 try:
-                    self._post()
-                finally:
+                    handle()
+                except Exception:
+                    log.exception("%s %s failed", self.command, urlparse(self.path).path)
+                    self.close_connection = True
+                    if not self._responded:
+                        try:
+                            self._send(500, {"ok": False, "error": "internal error"})
+                        except OSError:
+                            pass
+                finally:  # a thread per connection: its SQLite connection must not outlive it
                     server.bot.store.release_thread()
 
             def _get(self):
@@ -73,7 +84,16 @@ class BotServer:
 
             def _post(self):
                 url = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    self.close_connection = True  # the body's framing is not read: drop the connection
+                    self._send(411, {"ok": False, "error": "chunked bodies are not supported: send Content-Length"})
+                    return
+                raw = (self.headers.get("Content-Length") or "0").strip()
+                if not raw.isascii() or not raw.isdigit():
+                    self.close_connection = True
+                    self._send(400, {"ok": False, "error": f"invalid Content-Length {raw[:40]!r}"})
+                    return
+                length = int(raw)
                 if length > MAX_BODY:
                     self._send(413, {"ok": False, "error": "body too large"})
                     self.close_connection = True
@@ -111,6 +131,7 @@ class BotServer:
                     for value in values:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
+                self._responded = True
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -118,7 +139,10 @@ class BotServer:
                 data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.send_header("Content-Length", str(len(data)))
+                self._responded = True
                 self.end_headers()
                 self.wfile.write(data)
 

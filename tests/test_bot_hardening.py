@@ -143,3 +143,46 @@ def test_one_question_that_fails_to_draft_does_not_stop_the_sweep(env):
     assert sweep(env.bot, failed) == 1
     assert failed == {}
     assert env.store.scalar("SELECT count(*) FROM drafts") == 3
+
+
+def _raw(env, request: bytes, timeout: float = 5.0) -> tuple[int, dict]:
+    """Send bytes as they are; returns (status, JSON body) of the answer."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", env.server.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        resp = http.client.HTTPResponse(sock)
+        resp.begin()
+        return resp.status, json.loads(resp.read())
+
+
+def test_bad_framing_gets_an_answer(env):
+    auth = f"Authorization: Bearer {INTAKE_TOKEN}\r\n".encode()
+    head = b"POST /intake HTTP/1.1\r\nHost: x\r\n" + auth
+    body = b'{"conversation_id": "c", "question": "q", "draft": "a"}'
+    status, answer = _raw(env, head + b"Content-Length: abc\r\n\r\n" + body)
+    assert (status, answer) == (400, {"ok": False, "error": "invalid Content-Length 'abc'"})
+    status, answer = _raw(env, head + b"Content-Length: -1\r\n\r\n" + body)  # used to hang
+    assert (status, answer) == (400, {"ok": False, "error": "invalid Content-Length '-1'"})
+    chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + hex(len(body))[2:].encode() + b"\r\n" + body + b"\r\n0\r\n\r\n"
+    status, answer = _raw(env, chunked)
+    assert (status, answer) == (411, {"ok": False, "error": "chunked bodies are not supported: send Content-Length"})
+    assert env.store.scalar("SELECT count(*) FROM questions") == 0
+    status, answer = _raw(env, head + b"Content-Length: %d\r\n\r\n" % len(body) + body)
+    assert status == 201 and answer["ok"]
+
+
+def test_unexpected_errors_are_answered_500(env, caplog):
+    def broken_checker(text):
+        raise RuntimeError("rule file vanished")
+
+    env.bot.checker = broken_checker
+    status, answer = _fresh_request(env, "POST", "/intake",
+                                    json.dumps({"conversation_id": "c", "question": "q", "draft": "a"}).encode(),
+                                    {"Authorization": f"Bearer {INTAKE_TOKEN}"})
+    assert (status, json.loads(answer)) == (500, {"ok": False, "error": "internal error"})
+    assert "rule file vanished" in caplog.text  # the traceback is logged
+    env.server.probes = None  # a bug outside /health's own checks
+    status, answer = _fresh_request(env, "GET", "/health")
+    assert (status, json.loads(answer)) == (500, {"ok": False, "error": "internal error"})
+    assert env.store.scalar("SELECT count(*) FROM questions") == 0
