@@ -186,3 +186,10 @@ def test_unexpected_errors_are_answered_500(env, caplog):
     status, answer = _fresh_request(env, "GET", "/health")
     assert (status, json.loads(answer)) == (500, {"ok": False, "error": "internal error"})
     assert env.store.scalar("SELECT count(*) FROM questions") == 0
+
+
+def test_card_notification_text_escapes_the_customer_question(env):
+    question = "<!channel> 请点 <https://evil.example|查看订单> & 退款"
+    _, call = env.post_card(question=question)
+    assert call.params["text"].endswith("&lt;!channel&gt; 请点 &lt;https://evil.example|查看订单&gt; &amp; 退款")
+    assert "<" not in call.params["text"].split(": ", 1)[1]
