@@ -193,3 +193,39 @@ def test_card_notification_text_escapes_the_customer_question(env):
     _, call = env.post_card(question=question)
     assert call.params["text"].endswith("&lt;!channel&gt; 请点 &lt;https://evil.example|查看订单&gt; &amp; 退款")
     assert "<" not in call.params["text"].split(": ", 1)[1]
+
+
+def test_supervisor_group_survives_slack_failures_and_asks_outside_the_lock(env):
+    from slack_sdk import WebClient
+
+    from bot.supervisors import Supervisors
+    from bot_support import BOT_TOKEN, GROUP, GROUP_MEMBER
+
+    sup = Supervisors(WebClient(token=BOT_TOKEN, base_url=env.fake.base_url), ["USUP1"], GROUP, ttl_s=60)
+    lists = lambda: len(env.fake.calls_to("usergroups.users.list")) + len(
+        env.fake.calls_to("usergroups.users.list:failed"))
+    env.fake.fail_next("usergroups.users.list", error="missing_scope")
+    assert not sup.is_supervisor(GROUP_MEMBER) and sup.is_supervisor("USUP1")
+    assert not sup.is_supervisor(GROUP_MEMBER)
+    assert lists() == 1  # the failure is remembered: Slack is asked again only after ttl_s
+    sup._fetched_at -= 61
+    assert sup.is_supervisor(GROUP_MEMBER)  # retried, and now known
+    assert lists() == 2
+
+    sup._fetched_at -= 61
+    env.fake.delay("usergroups.users.list", 1.5)
+    slow = threading.Thread(target=sup.is_supervisor, args=(GROUP_MEMBER,))
+    slow.start()
+    time.sleep(0.3)  # the slow refresh is under way
+    started = time.monotonic()
+    assert sup.is_supervisor(GROUP_MEMBER)  # the last known members, without waiting for Slack
+    assert time.monotonic() - started < 0.5
+    slow.join()
+    env.fake.delay("usergroups.users.list", 0)
+
+    down = Supervisors(WebClient(token=BOT_TOKEN, base_url=env.fake.base_url, timeout=2), [], GROUP, ttl_s=60)
+    assert down.is_supervisor(GROUP_MEMBER)
+    env.fake.stop()  # Slack unreachable: a connection error, not a SlackApiError
+    down._fetched_at -= 61
+    assert down.is_supervisor(GROUP_MEMBER)  # kept, no exception
+    assert down._fetched_at > time.monotonic() - 5  # and not asked again before ttl_s
