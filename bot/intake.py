@@ -119,9 +119,13 @@ def is_intake_channel(bot: "Bot", channel: str | None) -> bool:
     if name is None:
         try:
             info = bot.client.conversations_info(channel=channel)
-            name = (info.get("channel") or {}).get("name") or ""
-        except Exception:
-            name = ""
+        except Exception as exc:  # not cached: the next message in this channel asks again
+            error = getattr(exc, "response", None)
+            error = error.get("error") if error is not None else f"{type(exc).__name__}: {exc}"
+            log.warning("conversations.info for %s failed (%s): cannot tell whether it is the intake "
+                        "channel #%s; its message is not taken in", channel, error, wanted)
+            return False
+        name = (info.get("channel") or {}).get("name") or ""
         bot.channel_names[channel] = name
     return name == wanted
 

@@ -229,3 +229,34 @@ def test_supervisor_group_survives_slack_failures_and_asks_outside_the_lock(env)
     down._fetched_at -= 61
     assert down.is_supervisor(GROUP_MEMBER)  # kept, no exception
     assert down._fetched_at > time.monotonic() - 5  # and not asked again before ttl_s
+
+
+def test_intake_channel_by_name_survives_a_failed_lookup(env):
+    from slack_sdk import WebClient
+
+    from bot.fake_slack import FakeSlack
+    from bot_support import BOT_TOKEN
+
+    class NamedFake(FakeSlack):  # channels with names other than their ids
+        def _answer(self, method, params):
+            if method == "conversations.info":
+                return {"ok": True, "channel": {"id": params["channel"], "name": {"C0CQ": "customer-questions"}.get(
+                    params["channel"], "random")}}
+            return super()._answer(method, params)
+
+    with NamedFake() as named:
+        env.bot.client = WebClient(token=BOT_TOKEN, base_url=named.base_url)
+        env.config.file.slack.intake_channel = "#customer-questions"
+        named.fail_next("conversations.info", error="internal_error")
+        assert env.sim.message("C0CQ", "第一条", user="UCUSTOMER", ts="1700000000.000100").status == 200
+        named.wait_for("conversations.info:failed")
+        time.sleep(0.3)
+        assert env.store.scalar("SELECT count(*) FROM questions") == 0  # could not tell: not taken in
+        env.sim.message("C0CQ", "第二条", user="UCUSTOMER", ts="1700000000.000200")
+        _wait(lambda: env.store.scalar("SELECT count(*) FROM questions") == 1)
+        env.sim.message("C0OTHER", "别的频道", user="UCUSTOMER", ts="1700000000.000300")
+        env.sim.message("C0CQ", "第三条", user="UCUSTOMER", ts="1700000000.000400")
+        _wait(lambda: env.store.scalar("SELECT count(*) FROM questions") == 2)
+        time.sleep(0.2)
+        assert [r["text"] for r in env.store.query("SELECT text FROM questions ORDER BY id")] == ["第二条", "第三条"]
+        assert len(named.calls_to("conversations.info")) == 2  # successful lookups are cached
