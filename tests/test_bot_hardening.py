@@ -260,3 +260,32 @@ def test_intake_channel_by_name_survives_a_failed_lookup(env):
         time.sleep(0.2)
         assert [r["text"] for r in env.store.query("SELECT text FROM questions ORDER BY id")] == ["第二条", "第三条"]
         assert len(named.calls_to("conversations.info")) == 2  # successful lookups are cached
+
+
+def test_changing_the_scheduler_timezone_reschedules_the_stored_jobs(workspace):
+    from bot import jobs
+    from replyloop.config import load_config
+
+    config, store = workspace
+    config = load_config(config.source)
+    first = jobs.build_scheduler(config, start=False)
+    assert str(first.get_job(jobs.WEEKLY_JOB).trigger.timezone) == "Asia/Shanghai"
+    stored = {job.id: job.next_run_time for job in first.get_jobs()}
+    first.shutdown(wait=False)
+
+    time.sleep(0.05)
+    same = jobs.build_scheduler(config, start=False)  # unchanged config: the stored jobs are kept
+    kept = {job.id: job.next_run_time for job in same.get_jobs()}
+    same.shutdown(wait=False)
+    assert kept == stored
+
+    config.file.scheduler.timezone = "America/New_York"
+    again = jobs.build_scheduler(config, start=False)
+    try:
+        for job in again.get_jobs():
+            assert str(job.trigger.timezone) == "America/New_York", job.id
+        weekly = again.get_job(jobs.WEEKLY_JOB)
+        assert str(weekly.next_run_time.tzinfo) == "America/New_York"
+        assert (weekly.next_run_time.weekday(), weekly.next_run_time.hour) == (0, 9)
+    finally:
+        again.shutdown(wait=False)
