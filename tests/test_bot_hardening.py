@@ -10,7 +10,7 @@ import threading
 import time
 
 from bot_support import *  # noqa: F401,F403
-from bot_support import INTAKE_TOKEN, SUPERVISORS
+from bot_support import INTAKE, INTAKE_TOKEN, SUPERVISORS
 
 
 def _open_fds() -> int:
@@ -289,3 +289,17 @@ def test_changing_the_scheduler_timezone_reschedules_the_stored_jobs(workspace):
         assert (weekly.next_run_time.weekday(), weekly.next_run_time.hour) == (0, 9)
     finally:
         again.shutdown(wait=False)
+
+
+def test_intake_channel_stores_plain_text_not_slack_markup(env):
+    from bot.intake import slack_to_text
+
+    assert slack_to_text("<!here> <!subteam^S1|@cs> <!subteam^S2> <#C2> <mailto:a@b.com|a@b.com>") == (
+        "@here @cs @S2 #C2 a@b.com")
+    raw = ("退货 &amp; 换货 &lt;急&gt; <@U0AGENT|小王> 在 <#C0SHOP|售后> 说看 <https://shop.example/o?id=1&amp;x=2|订单页>,"
+           " 官网 <http://shop.example|shop.example> 或 <https://help.example/faq>")
+    env.sim.message(INTAKE, raw, user="UCUSTOMER", ts="1700000000.000500")
+    _wait(lambda: env.store.scalar("SELECT count(*) FROM questions") == 1)
+    assert env.store.scalar("SELECT text FROM questions") == (
+        "退货 & 换货 <急> @小王 在 #售后 说看 订单页 (https://shop.example/o?id=1&x=2),"
+        " 官网 shop.example 或 https://help.example/faq")
