@@ -103,7 +103,7 @@ def review_card(draft: dict) -> tuple[str, list[dict]]:
     buttons.append({"type": "button", "action_id": REJECT, "style": "danger", "value": value,
                     "text": {"type": "plain_text", "text": "Reject"}})
     blocks.append({"type": "actions", "block_id": f"review_{draft_id}", "elements": buttons})
-    text = f"Review draft #{draft_id}: {_clip(draft['question'], 150)}"
+    text = f"Review draft #{draft_id}: {escape(_clip(draft['question'], 150))}"  # the notification: no mentions, no links
     return text, blocks
 
 

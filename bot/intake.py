@@ -9,6 +9,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -92,6 +93,9 @@ def handle_http(bot: "Bot", headers: dict[str, str], body: bytes) -> IntakeRespo
     except ReplyloopError as exc:
         log.warning("intake failed: %s", exc)
         return IntakeResponse(500, {"ok": False, "error": str(exc)})
+    except Exception:  # a checker's or the database's own error: logged, not shown to the caller
+        log.exception("intake failed")
+        return IntakeResponse(500, {"ok": False, "error": "internal error"})
     if result.draft_id is not None:
         bot.background.submit(_post_card_logged, bot, result.draft_id)
     draft = bot.store.get_draft(result.draft_id) if result.draft_id else None
@@ -116,11 +120,60 @@ def is_intake_channel(bot: "Bot", channel: str | None) -> bool:
     if name is None:
         try:
             info = bot.client.conversations_info(channel=channel)
-            name = (info.get("channel") or {}).get("name") or ""
-        except Exception:
-            name = ""
+        except Exception as exc:  # not cached: the next message in this channel asks again
+            error = getattr(exc, "response", None)
+            error = error.get("error") if error is not None else f"{type(exc).__name__}: {exc}"
+            log.warning("conversations.info for %s failed (%s): cannot tell whether it is the intake "
+                        "channel #%s; its message is not taken in", channel, error, wanted)
+            return False
+        name = (info.get("channel") or {}).get("name") or ""
         bot.channel_names[channel] = name
     return name == wanted
+
+
+_TAG = re.compile(r"<([^<>]*)>")
+_SPECIAL = {"here": "@here", "channel": "@channel", "everyone": "@everyone"}
+
+
+def _unescape(text: str) -> str:
+    """Slack escapes only these three in message text."""
+    return text.replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
+
+
+def _decode_tag(inner: str) -> str:
+    target, _, label = inner.partition("|")
+    target, label = _unescape(target), _unescape(label)
+    if target.startswith("@"):          # <@U123> or <@U123|name>: a user mention
+        return f"@{label or target[1:]}"
+    if target.startswith("#"):          # <#C123|general>: a channel
+        return f"#{label or target[1:]}"
+    if target.startswith("!"):          # <!here>, <!subteam^S1|@team>, <!date^…|fallback>
+        if label:
+            return label
+        word, _, rest = target[1:].partition("^")
+        if word == "subteam" and rest:
+            return f"@{rest}"
+        return _SPECIAL.get(word, f"@{word}")
+    if not label:                       # <https://example.com>
+        return target
+    bare = re.sub(r"^(?:https?://|mailto:)", "", target).rstrip("/")
+    if label in (target, bare):         # Slack's own auto-link of a typed URL or address
+        return label
+    return f"{label} ({target})"        # a link with a different text keeps both
+
+
+def slack_to_text(text: str) -> str:
+    """Slack's message markup as the plain text the customer wrote: ``&amp; &lt; &gt;`` back to
+    ``& < >``; ``<@U123|name>`` -> ``@name`` (``@U123`` without a name); ``<#C123|general>`` ->
+    ``#general``; ``<!here>`` -> ``@here``; ``<https://x.example|label>`` -> ``label
+    (https://x.example)`` (only the address when Slack auto-linked it as typed)."""
+    out, pos = [], 0
+    for m in _TAG.finditer(text):
+        out.append(_unescape(text[pos:m.start()]))
+        out.append(_decode_tag(m.group(1)))
+        pos = m.end()
+    out.append(_unescape(text[pos:]))
+    return "".join(out)
 
 
 def handle_message(bot: "Bot", event: dict) -> None:
@@ -128,7 +181,7 @@ def handle_message(bot: "Bot", event: dict) -> None:
     if event.get("subtype") or event.get("bot_id"):
         return
     channel = event.get("channel")
-    text = (event.get("text") or "").strip()
+    text = slack_to_text(event.get("text") or "").strip()
     if not text or not is_intake_channel(bot, channel):
         return
     conversation = f"slack:{channel}:{event.get('thread_ts') or event.get('ts')}"

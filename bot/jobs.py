@@ -99,6 +99,25 @@ def weekly_report_job(config_path: str) -> str:
     return str(getattr(report, "out_dir", report))
 
 
+def same_trigger(stored, wanted) -> bool:
+    """Whether a stored job's trigger is the configured one. ``str()`` of an APScheduler 3
+    trigger omits its time zone, jitter and (for cron) start and end dates, so compare those
+    too; an interval trigger's start date is "now" at each build and is left out."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    if type(stored) is not type(wanted) or str(stored) != str(wanted):
+        return False
+    if str(getattr(stored, "timezone", None)) != str(getattr(wanted, "timezone", None)):
+        return False
+    if getattr(stored, "jitter", None) != getattr(wanted, "jitter", None):
+        return False
+    if getattr(stored, "end_date", None) != getattr(wanted, "end_date", None):
+        return False
+    if isinstance(wanted, CronTrigger) and stored.start_date != wanted.start_date:
+        return False
+    return True
+
+
 def build_scheduler(config: Config, background: bool = True, start: bool = True):
     """A scheduler with the three jobs, their schedules persisted in the workspace database."""
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
@@ -129,7 +148,7 @@ def build_scheduler(config: Config, background: bool = True, start: bool = True)
     scheduler.start(paused=True)
     for job_id, func, trigger, name in jobs:
         existing = scheduler.get_job(job_id)
-        if existing is not None and str(existing.trigger) == str(trigger) and list(existing.args) == args:
+        if existing is not None and same_trigger(existing.trigger, trigger) and list(existing.args) == args:
             continue  # keep the stored schedule: a missed run is coalesced into one
         scheduler.add_job(func, trigger, args=args, id=job_id, replace_existing=True, name=name)
     if start:

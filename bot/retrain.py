@@ -42,20 +42,45 @@ def start_now(bot: "Bot", user: str, channel: str | None, respond: Callable[...,
         return
     target = channel or bot.config.file.slack.review_channel
 
+    def answer(**kwargs) -> None:
+        try:
+            respond(**kwargs)
+        except Exception as exc:
+            log.warning("could not answer /retrain now through its response_url: %s", _slack_error(exc))
+
     def notify(text: str) -> None:
-        bot.client.chat_postMessage(channel=target, text=text)
+        """Never raises: the run's outcome must not depend on Slack. When the channel cannot be
+        posted to (the bot is not in it, an outage), the command's response_url gets the text."""
+        try:
+            bot.client.chat_postMessage(channel=target, text=text)
+            return
+        except Exception as exc:
+            log.warning("could not post the retrain update to channel %s (%s); answering the command instead",
+                        target, _slack_error(exc))
+        answer(response_type="in_channel", text=text)
 
     def run() -> None:
         try:
             bot.start_pipeline(trigger="slack", requested_by=user, notify=notify)
         except LockedError as exc:
-            respond(text=f"Not started: {exc}")
+            answer(text=f"Not started: {exc}")
         except ReplyloopError as exc:
             notify(f"Retrain requested by <@{user}> failed: {exc}")
         except Exception:  # the pipeline's own bug: tell the channel, keep the bot alive
             log.exception("the retrain pipeline failed")
             notify(f"Retrain requested by <@{user}> failed with an internal error; see the bot's log.")
+        finally:  # a one-off thread: close its SQLite connection
+            bot.store.release_thread()
 
-    respond(response_type="in_channel",
-            text=f"<@{user}> started a retrain. I'll report here when training, evaluation and the gate are done.")
+    answer(response_type="in_channel",
+           text=f"<@{user}> started a retrain. I'll report here when training, evaluation and the gate are done.")
     threading.Thread(target=run, name="retrain-slack", daemon=True).start()
+
+
+def _slack_error(exc: Exception) -> str:
+    """Slack's error code (``channel_not_found``) when it answered, else the exception."""
+    response = getattr(exc, "response", None)
+    try:
+        return str(response.get("error")) if response is not None and response.get("error") else str(exc)
+    except Exception:
+        return str(exc)

@@ -54,14 +54,46 @@ class BotServer:
                 log.debug("%s %s", self.address_string(), fmt % args)
 
             def do_GET(self):
+                self._guarded(self._get)
+
+            def do_POST(self):
+                self._guarded(self._post)
+
+            def _guarded(self, handle: Callable[[], None]) -> None:
+                """Every request gets an answer: an unexpected error is logged with its traceback
+                and answered 500 (no detail to the client)."""
+                self._responded = False
+                try:
+                    handle()
+                except Exception:
+                    log.exception("%s %s failed", self.command, urlparse(self.path).path)
+                    self.close_connection = True
+                    if not self._responded:
+                        try:
+                            self._send(500, {"ok": False, "error": "internal error"})
+                        except OSError:
+                            pass
+                finally:  # a thread per connection: its SQLite connection must not outlive it
+                    server.bot.store.release_thread()
+
+            def _get(self):
                 if urlparse(self.path).path == "/health":
                     self._send(*server.health())
                 else:
                     self._send(404, {"ok": False, "error": "not found"})
 
-            def do_POST(self):
+            def _post(self):
                 url = urlparse(self.path)
-                length = int(self.headers.get("Content-Length") or 0)
+                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
+                    self.close_connection = True  # the body's framing is not read: drop the connection
+                    self._send(411, {"ok": False, "error": "chunked bodies are not supported: send Content-Length"})
+                    return
+                raw = (self.headers.get("Content-Length") or "0").strip()
+                if not raw.isascii() or not raw.isdigit():
+                    self.close_connection = True
+                    self._send(400, {"ok": False, "error": f"invalid Content-Length {raw[:40]!r}"})
+                    return
+                length = int(raw)
                 if length > MAX_BODY:
                     self._send(413, {"ok": False, "error": "body too large"})
                     self.close_connection = True
@@ -99,6 +131,7 @@ class BotServer:
                     for value in values:
                         self.send_header(name, value)
                 self.send_header("Content-Length", str(len(data)))
+                self._responded = True
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -106,7 +139,10 @@ class BotServer:
                 data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json; charset=utf-8")
+                if self.close_connection:
+                    self.send_header("Connection", "close")
                 self.send_header("Content-Length", str(len(data)))
+                self._responded = True
                 self.end_headers()
                 self.wfile.write(data)
 
@@ -168,22 +204,29 @@ class BotServer:
         self.stop()
 
 
-def sweep(bot: Bot) -> int:
-    """Draft questions that have no draft (with a drafter) and post cards that were never posted."""
+def sweep(bot: Bot, failed: dict[int, float] | None = None) -> int:
+    """Draft questions that have no draft (with a drafter) and post cards that were never posted.
+    A question that fails to draft is skipped (``failed`` remembers it for a while); the cards
+    are posted whatever drafting did."""
     if bot.drafter is not None:
-        draft_pending(bot.config, bot.store, bot.drafter, bot.checker)
+        try:
+            draft_pending(bot.config, bot.store, bot.drafter, bot.checker, failed=failed)
+        except Exception:
+            log.exception("drafting pending questions failed; posting the pending cards anyway")
     return review.post_pending_cards(bot)
 
 
 def _sweeper(bot: Bot, stop: threading.Event, every_s: float) -> None:
+    failed: dict[int, float] = {}
     while True:
         try:
-            posted = sweep(bot)
+            posted = sweep(bot, failed)
             if posted:
                 log.info("posted %d pending review card(s)", posted)
         except Exception:
             log.exception("posting pending review cards failed; retrying in %.0f s", every_s)
         if stop.wait(every_s):
+            bot.store.release_thread()
             return
 
 

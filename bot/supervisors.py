@@ -21,23 +21,42 @@ class Supervisors:
         self.ttl_s = ttl_s
         self._members: frozenset[str] = frozenset()
         self._fetched_at = float("-inf")
-        self._lock = threading.Lock()
+        self._known = False        # a fetch has answered at least once (or failed once)
+        self._refreshing = False   # one thread asks Slack; the others use the last known members
+        self._cond = threading.Condition()
 
     def group_members(self) -> frozenset[str]:
         """Members of the supervisor group, refreshed at most every ``ttl_s`` seconds. When Slack
-        cannot be asked, the last known members are kept (and logged)."""
+        cannot be asked (an error answer, a network failure), the last known members are kept,
+        logged, and Slack is asked again after ``ttl_s``. The Slack call runs outside the lock:
+        other clicks get the last known members meanwhile (only the very first fetch is waited for)."""
         if not self.group or self.client is None:
             return frozenset()
-        with self._lock:
-            if time.monotonic() - self._fetched_at < self.ttl_s:
+        with self._cond:
+            while self._refreshing and not self._known:
+                self._cond.wait()
+            if self._refreshing or time.monotonic() - self._fetched_at < self.ttl_s:
                 return self._members
-            try:
-                resp = self.client.usergroups_users_list(usergroup=self.group)
-                self._members = frozenset(resp.get("users") or [])
-            except SlackApiError as exc:
-                log.warning("usergroups.users.list for %s failed: %s", self.group, exc.response.get("error"))
-            self._fetched_at = time.monotonic()
-            return self._members
+            self._refreshing = True
+        members = None
+        try:
+            resp = self.client.usergroups_users_list(usergroup=self.group)
+            members = frozenset(resp.get("users") or [])
+        except SlackApiError as exc:
+            log.warning("usergroups.users.list for %s failed: %s (keeping the last known members)",
+                        self.group, exc.response.get("error") if exc.response is not None else exc)
+        except Exception as exc:
+            log.warning("usergroups.users.list for %s failed: %s: %s (keeping the last known members)",
+                        self.group, type(exc).__name__, exc)
+        finally:
+            with self._cond:
+                if members is not None:
+                    self._members = members
+                self._fetched_at = time.monotonic()
+                self._known = True
+                self._refreshing = False
+                self._cond.notify_all()
+        return self._members
 
     def is_supervisor(self, user_id: str | None) -> bool:
         if not user_id:

@@ -8,7 +8,9 @@ their drafts in one transaction: all or nothing. Posting review cards is the bot
 
 from __future__ import annotations
 
+import json
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -130,19 +132,41 @@ def ingest(config: Config, store: Store, questions: list[QuestionIn], source: st
     return out
 
 
+DRAFT_RETRY_S = 600.0  # a question whose drafting failed is tried again after this long
+
+
 def draft_pending(config: Config, store: Store, drafter: Drafter, checker: Checker | None = None,
-                  limit: int = 100) -> list[int]:
-    """Draft stored questions that have no draft yet (imported without one); returns draft ids."""
+                  limit: int = 100, failed: dict[int, float] | None = None) -> list[int]:
+    """Draft stored questions that have no draft yet (imported without one); returns draft ids.
+
+    A question whose drafting (or policy check) fails is logged and skipped; the others are
+    still drafted. With ``failed`` (question id -> ``time.monotonic()`` of the failure, kept by
+    the caller across calls) a failed question is left alone for ``DRAFT_RETRY_S`` seconds, so
+    it neither costs a model call every sweep nor keeps later questions out of ``limit``."""
+    now = time.monotonic()
+    if failed is not None:
+        for qid in [q for q, at in failed.items() if now - at >= DRAFT_RETRY_S]:
+            del failed[qid]
+    skip = json.dumps(sorted(failed or {}))
     rows = store.query("SELECT q.id, q.text, q.conversation_id FROM questions q WHERE NOT EXISTS"
-                       " (SELECT 1 FROM drafts d WHERE d.question_id = q.id) ORDER BY q.id LIMIT ?", (limit,))
+                       " (SELECT 1 FROM drafts d WHERE d.question_id = q.id)"
+                       " AND q.id NOT IN (SELECT value FROM json_each(?)) ORDER BY q.id LIMIT ?", (skip, limit))
     ids = []
     for row in rows:
-        p = _prepare(QuestionIn(row["conversation_id"], row["text"]), drafter, checker)
-        with store.transaction():
-            if store.one("SELECT id FROM drafts WHERE question_id = ?", (row["id"],)):
-                continue  # drafted meanwhile by another worker
-            ids.append(store.add_draft(row["id"], p.text, model_id=p.model_id, model_name=p.model_name,
-                                       verdict=p.verdict, violations=p.violations))
+        try:
+            p = _prepare(QuestionIn(row["conversation_id"], row["text"]), drafter, checker)
+            with store.transaction():
+                if store.one("SELECT id FROM drafts WHERE question_id = ?", (row["id"],)):
+                    continue  # drafted meanwhile by another worker
+                ids.append(store.add_draft(row["id"], p.text, model_id=p.model_id, model_name=p.model_name,
+                                           verdict=p.verdict, violations=p.violations))
+        except Exception as exc:
+            if isinstance(exc, ReplyloopError):
+                log.warning("drafting question %s failed: %s", row["id"], exc)
+            else:
+                log.exception("drafting question %s failed", row["id"])
+            if failed is not None:
+                failed[row["id"]] = time.monotonic()
     return ids
 
 

@@ -118,6 +118,19 @@ class Store:
             self._local.db = db
         return db
 
+    def release_thread(self) -> None:
+        """Close and forget the calling thread's connection (call it when a short-lived thread,
+        such as an HTTP request's, is done with the store; the next use opens a new one)."""
+        db = getattr(self._local, "db", None)
+        if db is None:
+            return
+        self._local.db = None
+        with self._lock:
+            with contextlib.suppress(ValueError):
+                self._connections.remove(db.conn)
+        with contextlib.suppress(sqlite3.Error):
+            db.conn.close()
+
     def close(self) -> None:
         with self._lock:
             for conn in self._connections:
