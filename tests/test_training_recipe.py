@@ -148,6 +148,23 @@ def test_resume_on_a_changed_csv_is_an_error_naming_the_file(cfg_factory, data_d
     assert resumed.manifest["metrics"]["steps"] == 12
 
 
+def test_resume_from_a_checkpoint_without_data_record_warns(cfg_factory):
+    from training.checkpointing import ResumeMismatchWarning
+
+    cfg = cfg_factory()
+    _, progress = _events(cfg, stop_at=5)
+    with pytest.raises(Stop):
+        run_training(cfg, progress=progress)
+    state_path = cfg.checkpoints_path / "step-000004" / "state.json"
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    del state["data"]  # as written before checkpoints recorded their data
+    state_path.write_text(json.dumps(state), encoding="utf-8")
+    with pytest.warns(ResumeMismatchWarning, match="does not record its training data, so replyloop cannot check "
+                                                   r"that .*metadata.csv is unchanged"):
+        resumed = run_training(cfg_factory(resume_from_checkpoint=True), progress=lambda e: None)
+    assert resumed.manifest["metrics"]["steps"] == 12
+
+
 def test_resume_with_another_snapshot_in_the_config_is_an_error(cfg_factory, workspace, samples_csv):
     from replyloop.dataio import read_samples
     from training.checkpointing import ResumeDataError
