@@ -64,6 +64,9 @@ class Snapshot:
     created: bool
     train: int
     heldout: int
+    # categories with two or more questions but none held out (every candidate was trained on
+    # by an earlier snapshot): the evaluation does not cover them
+    without_heldout: list[str] = field(default_factory=list)
 
 
 def _enable_wal(conn: sqlite3.Connection) -> None:
@@ -361,19 +364,28 @@ class Store:
                         actor: str = "cli") -> Snapshot:
         """Freeze the current samples under a content hash with a train / held-out split.
 
-        The split is by a hash of the question, stratified by category: a question is held
-        out when its bucket is below ``heldout_share``, and every category with two or more
-        questions has at least one held-out question. The same content gives the same hash.
+        The split is by question (``compact(prompt)``) across the whole table, so a question is
+        never on both sides of one snapshot: a question is held out when its bucket is below
+        ``heldout_share``; a category with two or more questions and none held out gets one
+        more held-out question, but only one that no earlier snapshot trained on (one held out
+        before first, then a new one). A category where no such question exists stays without
+        (``Snapshot.without_heldout``) rather than evaluating on trained questions. The same
+        content gives the same hash; when the store's history changed the split, the hash
+        includes the held-out questions, so a hash always names one split.
         """
         with self.transaction() as db:
             rows = self.query("SELECT id, prompt, category, dedupe_key FROM samples ORDER BY id")
             if not rows:
                 raise ReplyloopError("the dataset has no samples yet: import or approve some first")
             content = "\n".join(sorted(f"{r['dedupe_key']}\x1f{r['category'] or ''}" for r in rows))
-            digest = sha256(f"{content}\n{heldout_share:.6f}\n{seed}")[:16]
+            digest_text = f"{content}\n{heldout_share:.6f}\n{seed}"
+            splits = self._split(rows, heldout_share, seed, self._split_history(rows))
+            if splits != self._split(rows, heldout_share, seed, {}):
+                held = sorted({compact(r["prompt"]) for r in rows if splits[r["id"]] == "heldout"})
+                digest_text += "\nheldout:" + "\x1f".join(held)
+            digest = sha256(digest_text)[:16]
             existing = self.one("SELECT hash FROM snapshots WHERE hash = ?", (digest,))
             if existing is None:
-                splits = self._split(rows, heldout_share, seed)
                 db.execute(
                     "INSERT INTO snapshots (hash, created_at, sample_count, heldout_share, max_sample_id)"
                     " VALUES (?, ?, ?, ?, ?)",
@@ -387,24 +399,54 @@ class Store:
             counts = dict(db.execute(
                 "SELECT split, count(*) FROM snapshot_samples WHERE snapshot_hash = ? GROUP BY split",
                 (digest,)).fetchall())
-            return Snapshot(digest, existing is None, counts.get("train", 0), counts.get("heldout", 0))
+            return Snapshot(digest, existing is None, counts.get("train", 0), counts.get("heldout", 0),
+                            self._without_heldout(digest) if heldout_share > 0 else [])
 
-    def _split(self, rows: list[dict], share: float, seed: str) -> dict[int, str]:
-        buckets = {r["id"]: self.heldout_bucket(r["prompt"], seed) for r in rows}
-        split = {sid: ("heldout" if b < share else "train") for sid, b in buckets.items()}
+    def _split_history(self, rows: list[dict]) -> dict[str, set[str]]:
+        """Question key -> the splits it had in earlier snapshots (samples are never deleted)."""
+        key_of = {r["id"]: compact(r["prompt"]) for r in rows}
+        history: dict[str, set[str]] = {}
+        for sample_id, split in self.db.execute("SELECT DISTINCT sample_id, split FROM snapshot_samples").fetchall():
+            if sample_id in key_of:
+                history.setdefault(key_of[sample_id], set()).add(split)
+        return history
+
+    def _split(self, rows: list[dict], share: float, seed: str,
+               history: dict[str, set[str]] | None = None) -> dict[int, str]:
+        """Sample id -> ``train`` / ``heldout``, decided per question key for the whole table."""
+        history = history or {}
+        key_of = {r["id"]: compact(r["prompt"]) for r in rows}
+        bucket: dict[str, float] = {}
+        for r in rows:
+            if key_of[r["id"]] not in bucket:
+                bucket[key_of[r["id"]]] = self.heldout_bucket(r["prompt"], seed)
+        held = {k for k, b in bucket.items() if b < share}
         if share > 0:
-            by_category: dict[str | None, list[dict]] = {}
+            by_category: dict[str, set[str]] = {}
             for r in rows:
-                by_category.setdefault(r["category"], []).append(r)
-            for members in by_category.values():
-                questions = {compact(r["prompt"]) for r in members}
-                if len(questions) >= 2 and all(split[r["id"]] == "train" for r in members):
-                    lowest = min(members, key=lambda r: buckets[r["id"]])
-                    key = compact(lowest["prompt"])
-                    for r in members:  # the same question never sits on both sides
-                        if compact(r["prompt"]) == key:
-                            split[r["id"]] = "heldout"
-        return split
+                by_category.setdefault(r["category"] or "", set()).add(key_of[r["id"]])
+            for category in sorted(by_category):  # content order, not insertion order
+                keys = by_category[category]
+                if len(keys) < 2 or keys & held:
+                    continue
+                # never a question an earlier snapshot trained on (the champion may know it);
+                # one held out before keeps its side, else the new one with the lowest bucket
+                safe = [k for k in keys if "train" not in history.get(k, ())]
+                if safe:
+                    held.add(min(safe, key=lambda k: ("heldout" not in history.get(k, ()), bucket[k], k)))
+        return {sid: ("heldout" if key in held else "train") for sid, key in key_of.items()}
+
+    def _without_heldout(self, snapshot_hash: str) -> list[str]:
+        """Categories of a snapshot with two or more questions and no held-out one."""
+        questions: dict[str, set[str]] = {}
+        covered: set[str] = set()
+        for r in self.query("SELECT s.prompt, s.category, ss.split FROM snapshot_samples ss"
+                            " JOIN samples s ON s.id = ss.sample_id WHERE ss.snapshot_hash = ?", (snapshot_hash,)):
+            category = r["category"] or "(none)"
+            questions.setdefault(category, set()).add(compact(r["prompt"]))
+            if r["split"] == "heldout":
+                covered.add(category)
+        return sorted(c for c, keys in questions.items() if len(keys) >= 2 and c not in covered)
 
     def snapshot_samples(self, snapshot_hash: str, split: str | None = None) -> list[dict]:
         if self.one("SELECT hash FROM snapshots WHERE hash = ?", (snapshot_hash,)) is None:

@@ -92,3 +92,76 @@ def test_config_errors_are_reported_with_file_and_line(tmp_path):
     result = cli("train", "--config", config)
     assert result.exit_code == 1
     assert result.output.startswith(f"Error: {config}:1: base_model: {tmp_path / 'missing'} does not exist")
+
+
+STORE_YAML = YAML.replace("train_data_dir: data\n", "dataset: store\nstore_path: {store}\n")
+
+
+@pytest.mark.slow
+def test_killed_store_run_resumes_on_its_snapshot_despite_new_approvals(tmp_path, tiny_base, workspace):
+    """SIGKILL mid-run, approvals arrive, ``--resume``: same snapshot, same result as a run that
+    was never interrupted; a changed CSV on resume is refused naming the file."""
+    from replyloop.dataio import read_samples
+    from training.recipe import run_training
+
+    _, store = workspace
+    store.add_samples(read_samples(SAMPLES))
+    steps = 40
+    config = tmp_path / "train.yaml"
+    config.write_text(STORE_YAML.format(base=tiny_base, steps=steps, store=store.path), encoding="utf-8")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "replyloop", "train", "--config", str(config)],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+    seen = 0
+    for line in proc.stdout:
+        seen = json.loads(line.split(" ", 1)[1])["step"]
+        if seen >= 4:
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait(timeout=60)
+    assert proc.returncode == -signal.SIGKILL and seen < steps
+    snapshot = store.latest_snapshot()["hash"]
+    for i in range(5):  # supervisors keep approving while the run is down
+        qid = store.add_question(f"新问题{i}：快递一直没更新", "c-kill", "物流查询")
+        store.decide(store.add_draft(qid, f"您好，我们已催促快递公司更新第{i}单的物流信息。"), "approve", "U1")
+
+    resumed = cli_subprocess("train", "--config", config, "--resume", env=env)
+    assert resumed.returncode == 0, resumed.stderr
+    manifest = json.loads((tmp_path / "out" / "adapter" / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["snapshot_hash"] == snapshot and manifest["resumed_from"]
+    assert store.scalar("SELECT count(*) FROM snapshots") == 1  # the resume took no new snapshot
+    plain = run_training(make_cfg(tmp_path, tiny_base, dataset="store", train_data_dir=None, store_path=str(store.path),
+                                  snapshot=snapshot, output_dir="plain", max_steps=steps, eval_steps=10, save_steps=2),
+                         progress=lambda e: None)
+    assert manifest["metrics"]["steps"] == plain.manifest["metrics"]["steps"] == steps
+    assert manifest["metrics"]["train_loss"] == pytest.approx(plain.manifest["metrics"]["train_loss"], abs=1e-6)
+    assert manifest["metrics"]["eval_loss"] == pytest.approx(plain.manifest["metrics"]["eval_loss"], abs=1e-6)
+
+
+def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base):
+    from training.recipe import run_training
+
+    (tmp_path / "data").mkdir()
+    meta = tmp_path / "data" / "metadata.csv"
+    shutil.copy(SAMPLES, meta)
+    config = tmp_path / "train.yaml"
+    config.write_text(YAML.format(base=tiny_base, steps=6), encoding="utf-8")
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_3(event):
+        if event.get("step") == 3 and "loss" in event:
+            raise Stop()
+
+    from training.config import load_train_config
+
+    with pytest.raises(Stop):
+        run_training(load_train_config(config), progress=stop_at_3)
+    text = meta.read_text(encoding="utf-8")
+    meta.write_text(text.replace("\n", "\n改过的问题,改过的回答,物流查询,\n", 1), encoding="utf-8")  # one sample more
+    result = cli("train", "--config", config, "--resume")
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: cannot resume from {tmp_path / 'out' / 'adapter.checkpoints' / 'step-000002'}"
+                                    f": the training data in {meta} changed since the checkpoint (180 samples then, "
+                                    f"181 now)")

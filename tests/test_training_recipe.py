@@ -93,6 +93,95 @@ def test_resume_with_a_changed_config_warns_field_by_field(cfg_factory):
                         "learning_rate: checkpoint has 0.02, config has 0.01"]
 
 
+def _approve(store, question, reply, category="物流查询"):
+    qid = store.add_question(question, "c-resume", category)
+    store.decide(store.add_draft(qid, reply), "approve", "U1")
+
+
+def test_resume_from_the_store_keeps_the_checkpoints_snapshot(cfg_factory, workspace, samples_csv):
+    from safetensors.torch import load_file
+
+    from replyloop.dataio import read_samples
+
+    _, store = workspace
+    store.add_samples(read_samples(samples_csv))
+    store_cfg = {"dataset": "store", "train_data_dir": None}
+    plain = run_training(cfg_factory(**store_cfg, output_dir="plain"), progress=lambda e: None)
+    snapshot = plain.manifest["snapshot_hash"]
+    cfg = cfg_factory(**store_cfg)
+    _, progress = _events(cfg, stop_at=10)
+    with pytest.raises(Stop):
+        run_training(cfg, progress=progress)
+    state = json.loads((cfg.checkpoints_path / "step-000008" / "state.json").read_text(encoding="utf-8"))
+    assert state["data"]["snapshot_hash"] == snapshot
+    # approvals while the run was down: a new snapshot would have other batches and another split
+    for i in range(6):
+        _approve(store, f"新问题{i}：包裹显示已签收但我没收到", f"很抱歉，我们马上联系快递核实第{i}件包裹。")
+    n_snapshots = store.scalar("SELECT count(*) FROM snapshots")
+    resumed = run_training(cfg_factory(**store_cfg, resume_from_checkpoint=True), progress=lambda e: None)
+    assert resumed.manifest["snapshot_hash"] == snapshot
+    assert resumed.manifest["dataset"]["snapshot"] == snapshot
+    assert store.scalar("SELECT count(*) FROM snapshots") == n_snapshots  # no new snapshot taken
+    a, b = plain.manifest["metrics"], resumed.manifest["metrics"]
+    assert (b["steps"], b["train_loss"], b["eval_loss"], b["train_tokens"]) == (
+        a["steps"], a["train_loss"], a["eval_loss"], a["train_tokens"])
+    wa = load_file(plain.output_dir / "adapter_model.safetensors")
+    wb = load_file(resumed.output_dir / "adapter_model.safetensors")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_on_a_changed_csv_is_an_error_naming_the_file(cfg_factory, data_dir):
+    from training.checkpointing import ResumeDataError
+
+    cfg = cfg_factory()
+    _, progress = _events(cfg, stop_at=5)
+    with pytest.raises(Stop):
+        run_training(cfg, progress=progress)
+    meta = data_dir / "metadata.csv"
+    lines = meta.read_text(encoding="utf-8").splitlines(keepends=True)
+    meta.write_text("".join(lines[:1] + lines[2:]), encoding="utf-8")  # one sample fewer
+    with pytest.raises(ResumeDataError, match=rf"cannot resume from .*step-000004: the training data in "
+                                              rf"{meta} changed since the checkpoint \(180 samples then, 179 now\)"):
+        run_training(cfg_factory(resume_from_checkpoint=True), progress=lambda e: None)
+    meta.write_text("".join(lines), encoding="utf-8")  # restored: resumes
+    resumed = run_training(cfg_factory(resume_from_checkpoint=True), progress=lambda e: None)
+    assert resumed.manifest["metrics"]["steps"] == 12
+
+
+def test_resume_from_a_checkpoint_without_data_record_warns(cfg_factory):
+    from training.checkpointing import ResumeMismatchWarning
+
+    cfg = cfg_factory()
+    _, progress = _events(cfg, stop_at=5)
+    with pytest.raises(Stop):
+        run_training(cfg, progress=progress)
+    state_path = cfg.checkpoints_path / "step-000004" / "state.json"
+    state = json.loads(state_path.read_text(encoding="utf-8"))
+    del state["data"]  # as written before checkpoints recorded their data
+    state_path.write_text(json.dumps(state), encoding="utf-8")
+    with pytest.warns(ResumeMismatchWarning, match="does not record its training data, so replyloop cannot check "
+                                                   r"that .*metadata.csv is unchanged"):
+        resumed = run_training(cfg_factory(resume_from_checkpoint=True), progress=lambda e: None)
+    assert resumed.manifest["metrics"]["steps"] == 12
+
+
+def test_resume_with_another_snapshot_in_the_config_is_an_error(cfg_factory, workspace, samples_csv):
+    from replyloop.dataio import read_samples
+    from training.checkpointing import ResumeDataError
+
+    _, store = workspace
+    store.add_samples(read_samples(samples_csv))
+    cfg = cfg_factory(dataset="store", train_data_dir=None)
+    _, progress = _events(cfg, stop_at=5)
+    with pytest.raises(Stop):
+        run_training(cfg, progress=progress)
+    _approve(store, "新问题：发票怎么开", "请在订单详情页申请电子发票。", "售后服务")
+    other = store.create_snapshot(0.15).hash
+    with pytest.raises(ResumeDataError, match=f"it trained on snapshot [0-9a-f]{{16}}, the config names snapshot {other}"):
+        run_training(cfg_factory(dataset="store", train_data_dir=None, snapshot=other, resume_from_checkpoint=True),
+                     progress=lambda e: None)
+
+
 def test_resume_without_checkpoint_is_an_error(cfg_factory):
     with pytest.raises(TrainingError, match="resume_from_checkpoint: no checkpoint in"):
         run_training(cfg_factory(resume_from_checkpoint=True), progress=lambda e: None)

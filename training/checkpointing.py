@@ -2,7 +2,9 @@
 
 Each checkpoint is a directory ``<output_dir>.checkpoints/step-000040/`` written under a
 temporary name and renamed when complete, so a killed run leaves either a whole checkpoint
-or none. Resuming with a config that differs from the checkpoint's warns field by field.
+or none. Resuming with a config that differs from the checkpoint's warns field by field; a
+checkpoint also records what it trained on (``data``: the store snapshot, fingerprints of the
+records and of the tokenised examples), and resuming on other data is an error.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ HARMLESS = {"resume_from_checkpoint", "logging_dir", "save_steps", "keep_checkpo
 
 class ResumeMismatchWarning(UserWarning):
     """The config differs from the one the checkpoint was made with."""
+
+
+class ResumeDataError(TrainingError):
+    """The training data differ from the data the checkpoint was trained on"""
 
 
 @dataclass
@@ -84,7 +90,7 @@ def load_trainable_state(model, state: dict) -> None:
 
 
 def save_checkpoint(root: Path, *, model, optimizer, scheduler, progress: TrainingProgress,
-                    best_state: dict | None, config: dict, keep: int = 2) -> Path:
+                    best_state: dict | None, config: dict, keep: int = 2, data: dict | None = None) -> Path:
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{progress.step:06d}"
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
@@ -96,7 +102,8 @@ def save_checkpoint(root: Path, *, model, optimizer, scheduler, progress: Traini
         _save(scheduler.state_dict(), tmp / "scheduler.pt")
         _save(rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(
-            {"progress": progress.state_dict(), "config": config}, ensure_ascii=False, indent=2), encoding="utf-8")
+            {"progress": progress.state_dict(), "config": config, "data": data}, ensure_ascii=False, indent=2),
+            encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -142,15 +149,22 @@ class Checkpoint:
     optimizer: dict
     scheduler: dict
     rng: dict
+    data: dict | None = None  # None: made before checkpoints recorded their data
+
+
+def read_state(path: Path) -> dict:
+    """``state.json`` of a checkpoint (progress, config, data), without the tensors."""
+    path = Path(path)
+    if not (path / "state.json").exists():
+        raise TrainingError(f"{path}: not a training checkpoint (no state.json)")
+    return json.loads((path / "state.json").read_text(encoding="utf-8"))
 
 
 def load_checkpoint(path: Path) -> Checkpoint:
     import torch
 
     path = Path(path)
-    if not (path / "state.json").exists():
-        raise TrainingError(f"{path}: not a training checkpoint (no state.json)")
-    meta = json.loads((path / "state.json").read_text(encoding="utf-8"))
+    meta = read_state(path)
     best = path / "best.pt"
 
     def load(name):
@@ -159,7 +173,36 @@ def load_checkpoint(path: Path) -> Checkpoint:
     return Checkpoint(path=path, progress=TrainingProgress.from_state_dict(meta["progress"]),
                       config=meta["config"], trainable=load("trainable.pt"),
                       best=load("best.pt") if best.exists() else None,
-                      optimizer=load("optimizer.pt"), scheduler=load("scheduler.pt"), rng=load("rng.pt"))
+                      optimizer=load("optimizer.pt"), scheduler=load("scheduler.pt"), rng=load("rng.pt"),
+                      data=meta.get("data"))
+
+
+def check_resume_data(saved: dict | None, current: dict, path: Path, config_differs: bool = False) -> None:
+    """Refuse to resume on data other than the checkpoint's: the restored batch position would
+    index other batches. ``saved`` None (an older checkpoint) warns that it cannot be checked.
+    Examples that tokenise differently are an error only when the config is the same (a changed
+    ``max_seq_length`` or ``base_model`` was already warned about)."""
+    if saved is None:
+        warnings.warn(f"resuming from {path.name}: the checkpoint does not record its training data, so "
+                      f"replyloop cannot check that {current.get('source')} is unchanged", ResumeMismatchWarning,
+                      stacklevel=3)
+        return
+    where = f"cannot resume from {path}"
+    if saved.get("snapshot_hash") != current.get("snapshot_hash"):
+        now = current.get("snapshot_hash")
+        names = f"snapshot {now}" if now else f"{current.get('source')}"
+        was = f"snapshot {saved.get('snapshot_hash')}" if saved.get("snapshot_hash") else saved.get("source")
+        raise ResumeDataError(f"{where}: it trained on {was}, the config names {names}; resume with the "
+                              f"checkpoint's data (remove snapshot from the config) or start fresh without --resume")
+    if saved.get("records_sha256") != current.get("records_sha256"):
+        src = current.get("source")
+        before = f" (was {saved['source']})" if saved.get("source") and saved.get("source") != src else ""
+        raise ResumeDataError(f"{where}: the training data in {src}{before} changed since the checkpoint "
+                              f"({saved.get('records', '?')} samples then, {current.get('records')} now); restore "
+                              f"the file or start fresh without --resume")
+    if saved.get("examples_sha256") != current.get("examples_sha256") and not config_differs:
+        raise ResumeDataError(f"{where}: the same samples from {current.get('source')} tokenise differently "
+                              f"(the tokenizer in base_model changed?); start fresh without --resume")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

@@ -4,6 +4,8 @@ longest sample of length-grouped batches."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,11 +53,32 @@ class TokenStats:
 
 # -- records -----------------------------------------------------------------------------------
 
-def load_records(cfg: TrainConfig) -> Records:
-    """The training pairs named by the config (dataset: folder or store)."""
+def load_records(cfg: TrainConfig, snapshot: str | None = None) -> Records:
+    """The training pairs named by the config (dataset: folder or store). ``snapshot`` (store
+    only) overrides ``cfg.snapshot``: a resumed run passes the snapshot its checkpoint trained on."""
     if cfg.dataset == "folder":
         return _folder_records(cfg)
-    return _store_records(cfg)
+    return _store_records(cfg, snapshot)
+
+
+def records_fingerprint(pairs: list[tuple[str, str]]) -> str:
+    """sha256 of the pairs in order: what the batches of a run are built from."""
+    digest = hashlib.sha256()
+    for prompt, response in pairs:
+        digest.update(json.dumps([prompt, response], ensure_ascii=False).encode("utf-8") + b"\n")
+    return digest.hexdigest()
+
+
+def examples_fingerprint(examples: list[Example]) -> str:
+    """sha256 of the tokenised examples in order (token ids and labels)."""
+    from array import array
+
+    digest = hashlib.sha256()
+    for ex in examples:
+        digest.update(len(ex.input_ids).to_bytes(4, "little"))
+        digest.update(array("q", ex.input_ids).tobytes())
+        digest.update(array("q", ex.labels).tobytes())
+    return digest.hexdigest()
 
 
 def _folder_records(cfg: TrainConfig) -> Records:
@@ -84,7 +107,8 @@ def _workspace():
     return None
 
 
-def _store_records(cfg: TrainConfig) -> Records:
+def _store_records(cfg: TrainConfig, snapshot: str | None = None) -> Records:
+    from replyloop.errors import NotFoundError
     from replyloop.store import Store
 
     ws = _workspace()
@@ -95,11 +119,17 @@ def _store_records(cfg: TrainConfig) -> Records:
         raise TrainingError(f"{cfg.where('store_path')}store_path: {store_path} does not exist")
     share = ws.file.store.heldout_share if ws else 0.15
     seed = ws.file.store.split_seed if ws else "replyloop"
+    named = f"{cfg.where('snapshot')}snapshot: {cfg.snapshot}" if cfg.snapshot else None
+    if snapshot:
+        named = f"the checkpoint's snapshot {snapshot}"
     with Store(store_path) as store:
-        snapshot = cfg.snapshot
+        snapshot = snapshot or cfg.snapshot
         if snapshot is None:
             snapshot = store.create_snapshot(share, seed, actor="training").hash
-        rows = store.snapshot_samples(snapshot, "train")
+        try:
+            rows = store.snapshot_samples(snapshot, "train")
+        except NotFoundError:
+            raise TrainingError(f"{named} is not a snapshot of {store_path}") from None
     return Records([(r["prompt"], r["response"]) for r in rows],
                    {"type": "store", "path": str(store_path), "snapshot": snapshot, "split": "train"},
                    snapshot_hash=snapshot)

@@ -26,7 +26,7 @@ from replyloop.errors import ConfigError, TrainingError
 from training import checkpointing as ckpt
 from training.config import TrainConfig
 from training.data import (DatasetTooSmallError, Example, collate_packed, collate_padded, epoch_batches,
-                           load_records, split_eval, tokenize_records)
+                           examples_fingerprint, load_records, records_fingerprint, split_eval, tokenize_records)
 
 Progress = Callable[[dict], None]
 
@@ -169,9 +169,24 @@ class LoRAFinetuneRecipe:
                                                          quantization=cfg.quantization)
         base_path = self._resolve_base_model(cfg)
         self.init_adapter = self._resolve_init_adapter(cfg)
-        self.records = load_records(cfg)
+        # A resumed run trains on the data its checkpoint trained on: the checkpoint's snapshot
+        # (not a new one with the samples approved since), and the same records, or an error.
+        resume_path = self._resume_path(cfg)
+        resume_state = ckpt.read_state(resume_path) if resume_path is not None else None
+        saved_data = resume_state.get("data") if resume_state else None
+        resume_snapshot = None
+        if saved_data and cfg.dataset == "store" and cfg.snapshot is None:
+            resume_snapshot = saved_data.get("snapshot_hash")
+        self.records = load_records(cfg, snapshot=resume_snapshot)
         self.tokenizer = self._setup_tokenizer(base_path)
         examples, self.token_stats = tokenize_records(self.tokenizer, self.records.pairs, cfg.max_seq_length)
+        self.data_state = {"source": self.records.description.get("path"), "snapshot_hash": self.records.snapshot_hash,
+                           "records": len(self.records.pairs),
+                           "records_sha256": records_fingerprint(self.records.pairs),
+                           "examples_sha256": examples_fingerprint(examples)}
+        if resume_state is not None:
+            config_differs = bool(ckpt.config_differences(resume_state["config"], cfg.to_record()))
+            ckpt.check_resume_data(saved_data, self.data_state, resume_path, config_differs=config_differs)
         self.train_examples, self.eval_examples = self._setup_data(examples)
 
         from accelerate import Accelerator
@@ -197,7 +212,6 @@ class LoRAFinetuneRecipe:
             optimizer, lambda s: lr_factor(s, total=total, warmup=warmup, schedule=schedule))
 
         resume_rng = None
-        resume_path = self._resume_path(cfg)
         if resume_path is not None:
             state = ckpt.load_checkpoint(resume_path)
             ckpt.warn_config_mismatch(state.config, cfg.to_record(), resume_path)
@@ -508,7 +522,7 @@ class LoRAFinetuneRecipe:
             return ckpt.save_checkpoint(
                 self.checkpoint_dir, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
                 scheduler=self.scheduler, progress=self.progress, best_state=self.best_state,
-                config=self.cfg.to_record(), keep=self.cfg.keep_checkpoints)
+                config=self.cfg.to_record(), keep=self.cfg.keep_checkpoints, data=self.data_state)
         except Exception as exc:
             if not _is_io_error(exc):
                 raise
