@@ -88,6 +88,7 @@ def test_a_category_of_trained_questions_only_stays_without_held_out_and_says_so
     assert result.exit_code == 0, result.output
     out = json.loads(result.stdout)
     assert out["hash"] == second.hash and out["without_heldout"] == ["退款"]
+    assert "No held-out question in: 退款 (all its questions were trained on" in cli("data", "snapshot").stdout
 
 
 def test_a_question_forced_out_earlier_keeps_its_side(tmp_path):

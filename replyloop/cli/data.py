@@ -122,6 +122,9 @@ def snapshot(
         return
     state = "created" if snap.created else "unchanged (same content)"
     typer.echo(f"Snapshot {snap.hash}: {snap.train} train, {snap.heldout} held-out ({state})")
+    if snap.without_heldout:
+        typer.echo("No held-out question in: " + ", ".join(snap.without_heldout)
+                   + " (all its questions were trained on by an earlier snapshot; its next new question will be held out)")
 
 
 @data_app.command("backup")
