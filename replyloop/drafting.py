@@ -23,7 +23,7 @@ from replyloop.config import Config
 from replyloop.errors import ReplyloopError
 from replyloop.registry import Registry
 from replyloop.store import Store
-from training.prompting import render_prompt
+from training.prompting import prompt_input_ids
 
 
 class DraftingError(ReplyloopError):
@@ -53,13 +53,13 @@ def generate(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int,
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    prompts = [render_prompt(tokenizer, q) for q in questions]
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    prompts = [prompt_input_ids(tokenizer, q) for q in questions]  # the ids training used
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str | None] = [None] * len(prompts)
-    for start in range(0, len(order), max(1, batch_size)):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+    step = max(1, batch_size)
+    for start in range(0, len(order), step):
+        idx = order[start:start + step]
+        enc = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, padding=True, return_tensors="pt")
         with torch.inference_mode():
             gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                  min_new_tokens=min(min_new_tokens, max_new_tokens),
