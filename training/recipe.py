@@ -312,13 +312,10 @@ class LoRAFinetuneRecipe:
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM
 
-        kwargs: dict = {}
-        if self.device == "cuda":
-            kwargs["dtype"] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
-            if self.packing and _has_flash_attn():
-                kwargs["attn_implementation"] = "flash_attention_2"
-        else:
-            kwargs["attn_implementation"] = "sdpa"
+        options = model_load_options(device=self.device, precision=self.precision, packing=self.packing,
+                                     flash_attn_available=_has_flash_attn())
+        kwargs: dict = {"dtype": getattr(torch, options["dtype"]),
+                        "attn_implementation": options["attn_implementation"]}
         if self.cfg.quantization == "4bit":
             from transformers import BitsAndBytesConfig
 
@@ -595,6 +592,22 @@ def _os_error(exc: BaseException) -> str:
         return f"[Errno {exc.errno}] {exc.strerror}"
     text = str(exc) or exc.__class__.__name__
     return text.split("I/O error: ", 1)[-1]  # safetensors: "Error while serializing: I/O error: ..."
+
+
+def model_load_options(*, device: str, precision: str, packing: bool, flash_attn_available: bool) -> dict:
+    """``{"dtype": torch dtype name, "attn_implementation": ...}`` for loading the base model.
+
+    The dtype is always explicit (transformers 5 defaults to the checkpoint's dtype, so a
+    bf16-saved model would otherwise train in bf16 on a CPU with ``precision: fp32``): float32
+    for fp32, else the precision's dtype. flash-attention-2 only runs in fp16/bf16 on CUDA, so
+    it is asked for only there, with packing (it reads sample boundaries from ``position_ids``)
+    and when ``flash_attn`` is installed; everything else uses sdpa with the 4-D block mask.
+    ``precision`` is the resolved one (fp32, bf16 or fp16; never auto)."""
+    dtypes = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    if precision not in dtypes:
+        raise ValueError(f"precision {precision!r} is not resolved (expected one of {', '.join(dtypes)})")
+    flash = device == "cuda" and precision in ("bf16", "fp16") and packing and flash_attn_available
+    return {"dtype": dtypes[precision], "attn_implementation": "flash_attention_2" if flash else "sdpa"}
 
 
 def _has_flash_attn() -> bool:
