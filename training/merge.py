@@ -36,8 +36,18 @@ def base_model_of(adapter_dir: str | Path) -> str:
     return config["base_model_name_or_path"]
 
 
+def _refuse_registered(out: Path) -> None:
+    from replyloop.registry import registered_marker
+
+    marker = registered_marker(out)
+    if marker is not None:
+        raise TrainingError(f"{out} holds the registered model {marker.get('name') or '?'!r}: registered adapters"
+                            f" are never replaced; write to another directory")
+
+
 def _publish(tmp: Path, out: Path) -> None:
-    """Rename a complete temp dir to ``out`` (replacing an older ``out``)."""
+    """Rename a complete temp dir to ``out`` (replacing an older ``out`` unless it is registered)."""
+    _refuse_registered(out)
     if out.exists():
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -72,6 +82,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
     base = str(base_model or base_model_of(adapter_dir))
     if not Path(base).is_dir():
         raise TrainingError(f"base model {base} not found (pass --base-model)")
+    _refuse_registered(out)
     # an explicit dtype, the base checkpoint's own (float32 when config.json names none): the
     # merged model is the size of its base (peft computes the LoRA delta in float32 on CPU)
     model = AutoModelForCausalLM.from_pretrained(base, dtype=_checkpoint_dtype(base) or torch.float32)

@@ -312,6 +312,7 @@ class LoRAFinetuneRecipe:
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM
 
+        self._refuse_registered_output()  # before hours of training, not only at save time
         options = model_load_options(device=self.device, precision=self.precision, packing=self.packing,
                                      flash_attn_available=_has_flash_attn())
         kwargs: dict = {"dtype": getattr(torch, options["dtype"]),
@@ -535,12 +536,26 @@ class LoRAFinetuneRecipe:
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
         }
 
+    def _refuse_registered_output(self) -> None:
+        """A registered adapter is immutable: never replace a directory the registry points to."""
+        from replyloop.registry import registered_marker
+
+        marker = registered_marker(self.output_dir)
+        if marker is not None:
+            model = marker.get("name") or "?"
+            raise OutputRegisteredError(
+                f"{self.cfg.where('output_dir')}output_dir: {self.output_dir} holds the registered model {model!r} "
+                f"(id {marker.get('model_id')}, registry {marker.get('db_path')}); registered adapters are never "
+                f"replaced: set output_dir to a new directory (e.g. adapters/<date>)")
+
     def save_output(self) -> TrainResult:
-        """The best adapter + manifest, assembled in a temp dir beside ``output_dir`` and renamed."""
+        """The best adapter + manifest, assembled in a temp dir beside ``output_dir`` and renamed.
+        An existing ``output_dir`` is replaced, unless it is a registered adapter (an error)."""
         self.accelerator.wait_for_everyone()
         manifest = self.manifest()
         if not self.is_main:
             return TrainResult(self.output_dir, manifest)
+        self._refuse_registered_output()
         model = self.accelerator.unwrap_model(self.model)
         ckpt.load_trainable_state(model, self.best_state)
         out = self.output_dir
@@ -577,6 +592,10 @@ class LoRAFinetuneRecipe:
 
 class SaveError(TrainingError):
     """Could not save the training output"""
+
+
+class OutputRegisteredError(TrainingError):
+    """output_dir is a registered adapter, which training never replaces"""
 
 
 def _is_io_error(exc: BaseException) -> bool:
