@@ -168,7 +168,7 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
     bs = batch_size or opts.batch_size
     timings = {}
 
-    local = LocalModels()
+    local = LocalModels(device=config.file.drafting.device)
     t0 = time.perf_counter()
     m, tok = local.activate(model)
     drafts = generate(m, tok, questions, max_new_tokens=max_new, batch_size=bs, min_new_tokens=min_new_tokens)

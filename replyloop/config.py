@@ -95,6 +95,7 @@ class DraftingConfig(Section):
     backend: Literal["local", "openai"] = "local"
     openai_base_url: str = ""  # e.g. a vLLM server with multi-LoRA: http://gpu-host:8000/v1
     max_new_tokens: int = Field(96, ge=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"  # local backend: auto = CUDA when available
 
 
 class ConfigFile(Section):

@@ -23,7 +23,7 @@ from replyloop.config import Config
 from replyloop.errors import ReplyloopError
 from replyloop.registry import Registry
 from replyloop.store import Store
-from training.prompting import render_prompt
+from training.prompting import prompt_input_ids
 
 
 class DraftingError(ReplyloopError):
@@ -53,13 +53,14 @@ def generate(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int,
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    prompts = [render_prompt(tokenizer, q) for q in questions]
-    lengths = [len(tokenizer(p, add_special_tokens=False)["input_ids"]) for p in prompts]
-    order = sorted(range(len(prompts)), key=lambda i: lengths[i])
+    prompts = [prompt_input_ids(tokenizer, q) for q in questions]  # the ids training used
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str | None] = [None] * len(prompts)
-    for start in range(0, len(order), max(1, batch_size)):
-        idx = order[start:start + batch_size]
-        enc = tokenizer([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+    step = max(1, batch_size)
+    for start in range(0, len(order), step):
+        idx = order[start:start + step]
+        enc = tokenizer.pad({"input_ids": [prompts[i] for i in idx]}, padding=True, return_tensors="pt")
+        enc = {k: v.to(model.device) for k, v in enc.items()}
         with torch.inference_mode():
             gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                  min_new_tokens=min(min_new_tokens, max_new_tokens),
@@ -70,10 +71,27 @@ def generate(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int,
     return out  # type: ignore[return-value]
 
 
+def drafting_device(setting: str, *, cuda_available: bool, bf16_supported: bool) -> tuple[str, str]:
+    """``(device, dtype name)`` the local backend loads the base model with.
+
+    ``setting`` is ``drafting.device``: ``auto`` takes CUDA when there is one. On CUDA the model
+    is loaded in bfloat16 (float16 on GPUs without bf16), on the CPU always in float32, whatever
+    dtype the checkpoint was saved in."""
+    if setting not in ("auto", "cpu", "cuda"):
+        raise DraftingError(f"drafting.device: {setting!r} is not one of auto, cpu, cuda")
+    if setting == "cuda" and not cuda_available:
+        raise DraftingError("drafting.device: cuda was asked for, but CUDA is not available on this machine;"
+                            " use drafting.device: auto or cpu")
+    if setting == "cpu" or not cuda_available:
+        return "cpu", "float32"
+    return "cuda", "bfloat16" if bf16_supported else "float16"
+
+
 class LocalModels:
     """One base model in memory with the registry's adapters attached by name."""
 
-    def __init__(self):
+    def __init__(self, device: str = "auto"):
+        self.device_setting = device
         self.base_model: str | None = None
         self.model = None
         self.tokenizer = None
@@ -85,11 +103,18 @@ class LocalModels:
         return f"model-{model_row['id']}"
 
     def _load_base(self, base_model: str) -> None:
+        import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
+        cuda = torch.cuda.is_available()
+        device, dtype = drafting_device(self.device_setting, cuda_available=cuda,
+                                        bf16_supported=cuda and torch.cuda.is_bf16_supported())
+        kwargs: dict = {"dtype": getattr(torch, dtype)}  # explicit: "auto" would keep a bf16 checkpoint bf16 on CPU
+        if device == "cuda":
+            kwargs["device_map"] = "cuda"
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(base_model)
-            self.model = AutoModelForCausalLM.from_pretrained(base_model)
+            self.model = AutoModelForCausalLM.from_pretrained(base_model, **kwargs)
         except OSError as exc:
             raise DraftingError(f"cannot load base model {base_model!r}: {exc}") from None
         self.model.eval()
@@ -182,7 +207,7 @@ class Drafter:
         self.config = config
         self.store = store
         self.registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
-        self.local = LocalModels()
+        self.local = LocalModels(device=config.file.drafting.device)
         self._engine = policy_engine
         self._lock = threading.Lock()
         opts = config.file.drafting

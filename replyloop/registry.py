@@ -20,6 +20,7 @@ from replyloop.textnorm import sha256
 
 STATUSES = ("candidate", "canary", "champion", "retired", "rejected")
 MANIFEST = "manifest.json"
+REGISTERED_MARKER = ".replyloop-registered"  # written into an adapter dir by register(): it is immutable
 
 
 class RegistryError(ReplyloopError):
@@ -43,6 +44,18 @@ def read_manifest(adapter_dir: str | Path) -> dict:
     if not isinstance(manifest, dict) or not manifest.get("base_model"):
         raise RegistryError(f"{path}: field base_model is missing")
     return manifest
+
+
+def registered_marker(adapter_dir: str | Path) -> dict | None:
+    """The marker ``register`` left in ``adapter_dir`` (model id, name, database), or None."""
+    path = Path(adapter_dir) / REGISTERED_MARKER
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        data = None
+    return data if isinstance(data, dict) else {}
 
 
 class Registry:
@@ -105,13 +118,15 @@ class Registry:
     def register(self, adapter_dir: str | Path, run_id: int | None = None, name: str | None = None,
                  actor: str = "cli") -> dict:
         """Add a trained adapter (reads its manifest.json) as a candidate; registering the same
-        directory again returns the existing row."""
+        directory again returns the existing row. Writes ``.replyloop-registered`` into the
+        directory: training refuses to replace it (registered adapters are immutable)."""
         path = Path(adapter_dir).resolve()
         manifest = read_manifest(path)
         with self.store.transaction() as db:
-            existing = self.store.one("SELECT id FROM models WHERE adapter_path = ? AND adapter_deleted_at IS NULL",
-                                      (str(path),))
+            existing = self.store.one("SELECT id, name FROM models WHERE adapter_path = ?"
+                                      " AND adapter_deleted_at IS NULL", (str(path),))
             if existing is not None:
+                self._write_marker(path, existing["id"], existing["name"])
                 return self.get(existing["id"])
             if name is None:
                 name = path.name
@@ -131,7 +146,23 @@ class Registry:
             self.store.audit(actor, "model.register", "model", model_id,
                              {"name": name, "adapter_path": str(path), "run_id": run_id, "to": "candidate",
                               "snapshot_hash": manifest.get("snapshot_hash")})
+            self._write_marker(path, model_id, name)  # fails -> the row is rolled back
         return self.get(model_id)
+
+    def _write_marker(self, path: Path, model_id: int, name: str) -> None:
+        current = registered_marker(path)
+        if current and current.get("model_id") == model_id:
+            return
+        body = {"model_id": model_id, "name": name, "db_path": str(Path(self.store.path).resolve()),
+                "registered_at": timeutil.now_iso()}
+        tmp = path / (REGISTERED_MARKER + ".tmp")
+        try:
+            tmp.write_text(json.dumps(body, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
+            tmp.replace(path / REGISTERED_MARKER)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise RegistryError(f"{path}: cannot write {REGISTERED_MARKER} (registered adapters are marked"
+                                f" immutable): {exc.strerror or exc}") from None
 
     # -- transitions ---------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from replyloop.errors import ConfigError, DataFormatError, TrainingError
 from training.config import TrainConfig
-from training.prompting import render_prompt
+from training.prompting import prompt_input_ids
 
 IGNORE_INDEX = -100
 
@@ -139,8 +139,9 @@ def _store_records(cfg: TrainConfig, snapshot: str | None = None) -> Records:
 
 def tokenize_pair(tokenizer, prompt: str, response: str, max_seq_length: int) -> tuple[Example | None, bool]:
     """``(example, truncated)``: prompt tokens labelled -100, response tokens + EOS labelled
-    with themselves. Returns ``None`` when the prompt alone fills ``max_seq_length``."""
-    prompt_ids = tokenizer(render_prompt(tokenizer, prompt))["input_ids"]
+    with themselves. Returns ``None`` when the prompt alone fills ``max_seq_length``. The prompt
+    ids come from ``prompt_input_ids``, the function generation uses (same BOS handling)."""
+    prompt_ids = prompt_input_ids(tokenizer, prompt)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]

@@ -36,8 +36,18 @@ def base_model_of(adapter_dir: str | Path) -> str:
     return config["base_model_name_or_path"]
 
 
+def _refuse_registered(out: Path) -> None:
+    from replyloop.registry import registered_marker
+
+    marker = registered_marker(out)
+    if marker is not None:
+        raise TrainingError(f"{out} holds the registered model {marker.get('name') or '?'!r}: registered adapters"
+                            f" are never replaced; write to another directory")
+
+
 def _publish(tmp: Path, out: Path) -> None:
-    """Rename a complete temp dir to ``out`` (replacing an older ``out``)."""
+    """Rename a complete temp dir to ``out`` (replacing an older ``out`` unless it is registered)."""
+    _refuse_registered(out)
     if out.exists():
         old = out.with_name(f".{out.name}.old")
         shutil.rmtree(old, ignore_errors=True)
@@ -48,8 +58,20 @@ def _publish(tmp: Path, out: Path) -> None:
         tmp.rename(out)
 
 
+def _checkpoint_dtype(base: str):
+    """The torch dtype the base checkpoint was saved in (``config.json``), or None."""
+    import torch
+    from transformers import AutoConfig
+
+    dtype = getattr(AutoConfig.from_pretrained(base), "dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else None
+
+
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str | Path | None = None) -> Path:
     """Write base + adapter merged into plain weights (with the tokenizer) to ``out_dir``."""
+    import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -60,7 +82,10 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, base_model: str 
     base = str(base_model or base_model_of(adapter_dir))
     if not Path(base).is_dir():
         raise TrainingError(f"base model {base} not found (pass --base-model)")
-    model = AutoModelForCausalLM.from_pretrained(base)
+    _refuse_registered(out)
+    # an explicit dtype, the base checkpoint's own (float32 when config.json names none): the
+    # merged model is the size of its base (peft computes the LoRA delta in float32 on CPU)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=_checkpoint_dtype(base) or torch.float32)
     merged = PeftModel.from_pretrained(model, str(adapter_dir)).merge_and_unload()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))

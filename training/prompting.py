@@ -1,4 +1,5 @@
-"""How a customer question becomes model input. Drafting and evaluation use the same function."""
+"""How a customer question becomes model input. Training, drafting and evaluation use the same
+functions: ``render_prompt`` for the text, ``prompt_input_ids`` for the token ids."""
 
 from __future__ import annotations
 
@@ -19,3 +20,28 @@ def render_prompt(tokenizer, prompt: str) -> str:
         return tokenizer.apply_chat_template(
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
     return PLAIN_TEMPLATE.format(prompt=prompt)
+
+
+def adds_bos(tokenizer) -> bool:
+    """Whether the tokenizer puts its BOS token in front of a text when asked for special tokens
+    (Llama / Mistral / Gemma style tokenizers do; Qwen's does not)."""
+    bos = getattr(tokenizer, "bos_token_id", None)
+    if bos is None:
+        return False
+    probe = "a"
+    with_special = tokenizer(probe, add_special_tokens=True)["input_ids"]
+    without = tokenizer(probe, add_special_tokens=False)["input_ids"]
+    return with_special[:1] == [bos] and without[:1] != [bos]
+
+
+def prompt_input_ids(tokenizer, prompt: str) -> list[int]:
+    """The token ids of the prompt, exactly as training and generation feed them to the model.
+
+    A chat template is tokenised without extra special tokens (the template writes the BOS it
+    wants, as ``apply_chat_template(tokenize=True)`` does); the plain template gets the
+    tokenizer's BOS exactly once when the tokenizer normally adds one, and nothing else (no EOS).
+    """
+    ids = list(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
+    if not has_chat_template(tokenizer) and adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+        ids.insert(0, tokenizer.bos_token_id)
+    return ids

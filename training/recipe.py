@@ -326,13 +326,11 @@ class LoRAFinetuneRecipe:
         from peft import LoraConfig, PeftModel, get_peft_model
         from transformers import AutoModelForCausalLM
 
-        kwargs: dict = {}
-        if self.device == "cuda":
-            kwargs["dtype"] = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
-            if self.packing and _has_flash_attn():
-                kwargs["attn_implementation"] = "flash_attention_2"
-        else:
-            kwargs["attn_implementation"] = "sdpa"
+        self._refuse_registered_output()  # before hours of training, not only at save time
+        options = model_load_options(device=self.device, precision=self.precision, packing=self.packing,
+                                     flash_attn_available=_has_flash_attn())
+        kwargs: dict = {"dtype": getattr(torch, options["dtype"]),
+                        "attn_implementation": options["attn_implementation"]}
         if self.cfg.quantization == "4bit":
             from transformers import BitsAndBytesConfig
 
@@ -552,12 +550,26 @@ class LoRAFinetuneRecipe:
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
         }
 
+    def _refuse_registered_output(self) -> None:
+        """A registered adapter is immutable: never replace a directory the registry points to."""
+        from replyloop.registry import registered_marker
+
+        marker = registered_marker(self.output_dir)
+        if marker is not None:
+            model = marker.get("name") or "?"
+            raise OutputRegisteredError(
+                f"{self.cfg.where('output_dir')}output_dir: {self.output_dir} holds the registered model {model!r} "
+                f"(id {marker.get('model_id')}, registry {marker.get('db_path')}); registered adapters are never "
+                f"replaced: set output_dir to a new directory (e.g. adapters/<date>)")
+
     def save_output(self) -> TrainResult:
-        """The best adapter + manifest, assembled in a temp dir beside ``output_dir`` and renamed."""
+        """The best adapter + manifest, assembled in a temp dir beside ``output_dir`` and renamed.
+        An existing ``output_dir`` is replaced, unless it is a registered adapter (an error)."""
         self.accelerator.wait_for_everyone()
         manifest = self.manifest()
         if not self.is_main:
             return TrainResult(self.output_dir, manifest)
+        self._refuse_registered_output()
         model = self.accelerator.unwrap_model(self.model)
         ckpt.load_trainable_state(model, self.best_state)
         out = self.output_dir
@@ -596,6 +608,10 @@ class SaveError(TrainingError):
     """Could not save the training output"""
 
 
+class OutputRegisteredError(TrainingError):
+    """output_dir is a registered adapter, which training never replaces"""
+
+
 def _is_io_error(exc: BaseException) -> bool:
     """An OSError, or safetensors' own error for a failed write (``I/O error: ... (os error N)``)."""
     if isinstance(exc, OSError):
@@ -609,6 +625,22 @@ def _os_error(exc: BaseException) -> str:
         return f"[Errno {exc.errno}] {exc.strerror}"
     text = str(exc) or exc.__class__.__name__
     return text.split("I/O error: ", 1)[-1]  # safetensors: "Error while serializing: I/O error: ..."
+
+
+def model_load_options(*, device: str, precision: str, packing: bool, flash_attn_available: bool) -> dict:
+    """``{"dtype": torch dtype name, "attn_implementation": ...}`` for loading the base model.
+
+    The dtype is always explicit (transformers 5 defaults to the checkpoint's dtype, so a
+    bf16-saved model would otherwise train in bf16 on a CPU with ``precision: fp32``): float32
+    for fp32, else the precision's dtype. flash-attention-2 only runs in fp16/bf16 on CUDA, so
+    it is asked for only there, with packing (it reads sample boundaries from ``position_ids``)
+    and when ``flash_attn`` is installed; everything else uses sdpa with the 4-D block mask.
+    ``precision`` is the resolved one (fp32, bf16 or fp16; never auto)."""
+    dtypes = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
+    if precision not in dtypes:
+        raise ValueError(f"precision {precision!r} is not resolved (expected one of {', '.join(dtypes)})")
+    flash = device == "cuda" and precision in ("bf16", "fp16") and packing and flash_attn_available
+    return {"dtype": dtypes[precision], "attn_implementation": "flash_attention_2" if flash else "sdpa"}
 
 
 def _has_flash_attn() -> bool:
