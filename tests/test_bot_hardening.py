@@ -10,7 +10,7 @@ import threading
 import time
 
 from bot_support import *  # noqa: F401,F403
-from bot_support import INTAKE, INTAKE_TOKEN, SUPERVISORS
+from bot_support import INTAKE, INTAKE_TOKEN, SUPERVISORS, CannedDrafter
 
 
 def _open_fds() -> int:
