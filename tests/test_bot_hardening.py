@@ -303,3 +303,15 @@ def test_intake_channel_stores_plain_text_not_slack_markup(env):
     assert env.store.scalar("SELECT text FROM questions") == (
         "退货 & 换货 <急> @小王 在 #售后 说看 订单页 (https://shop.example/o?id=1&x=2),"
         " 官网 shop.example 或 https://help.example/faq")
+
+
+def test_clipping_never_cuts_an_escaped_entity():
+    from bot.cards import _clip, escape
+
+    for tail in ("<b>", "&x", "a>b"):
+        for pad in range(2890, 2900):
+            clipped = _clip(escape("问" * pad + tail + "x" * 20))
+            assert len(clipped) <= 2900 and clipped.endswith("…")
+            body = clipped[:-1]
+            last_amp = body.rfind("&")
+            assert last_amp == -1 or body[last_amp:].split(";")[0] in ("&amp", "&lt", "&gt") and ";" in body[last_amp:], body[-8:]
