@@ -57,6 +57,7 @@ def policy_checker(config: Config, engine=None) -> Checker | None:
         verdict, violations = check_policies(engine, text)
         return {"verdict": verdict, "violations": violations}
 
+    check.engine = engine  # type: ignore[attr-defined]  # lets intake trust a draft this engine checked
     return check
 
 
@@ -92,9 +93,11 @@ def _prepare(q: QuestionIn, drafter: Drafter | None, checker: Checker | None) ->
         raise
     except Exception as exc:  # a model backend failing is reported, not a crash of the caller
         raise DraftingError(f"drafting failed for conversation {q.conversation_id}: {exc}") from exc
-    if checker is not None:
+    checked_by_drafter = (getattr(checker, "engine", None) is not None
+                          and getattr(checker, "engine") is getattr(drafter, "policy_engine", None))
+    if checker is not None and not checked_by_drafter:
         check = check_text(checker, result.text)
-    else:
+    else:  # no checker, or the drafter already ran this very engine on the draft
         check = {"verdict": getattr(result, "verdict", "pass") or "pass",
                  "violations": list(getattr(result, "violations", []) or [])}
     return _Prepared(q, result.text, getattr(result, "model_id", None), getattr(result, "model_name", None),

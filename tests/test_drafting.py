@@ -163,3 +163,27 @@ def test_openai_backend_unreachable(workspace, tmp_path):
     reg.promote(reg.register(fake_adapter(tmp_path, "m"))["id"], "alice", force=True)
     with pytest.raises(DraftingError, match=r"http://127.0.0.1:9/v1/chat/completions: .*refused"):
         Drafter(config, store).draft("你好", "c")
+
+
+def test_intake_trusts_the_drafters_check_by_the_same_engine(served):
+    """serve shares one engine between drafter and checker: a model draft is checked once, and
+    the stored verdict is that check's (the canary drafts 全额赔付: block)."""
+    from replyloop.dataio import QuestionIn
+    from replyloop.intake import ingest, policy_checker
+
+    config, store, reg, champion, canary = served
+    drafter = Drafter(config, store)
+    engine = drafter.policy_engine
+    calls = []
+    real_check = engine.check
+    engine.check = lambda text: calls.append(text) or real_check(text)
+    conversation = next(f"c{i}" for i in range(100) if reg.route(f"c{i}")["id"] == canary["id"])
+    [res] = ingest(config, store, [QuestionIn(conversation, "坏了能赔吗", "售后")], source="http",
+                   drafter=drafter, checker=policy_checker(config, engine))
+    draft = store.get_draft(res.draft_id)
+    assert len(calls) == 1 and calls[0] == draft["text"]
+    assert draft["verdict"] == "block" and draft["violations"][0]["rule"] == "full-compensation"
+    # a checker with its own engine still checks the draft itself
+    ingest(config, store, [QuestionIn(conversation, "坏了能赔吗?", "售后")], source="http", drafter=drafter,
+           checker=policy_checker(config))
+    assert len(calls) == 2
