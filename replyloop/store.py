@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import sqlite3
 import threading
 import time
@@ -145,8 +146,9 @@ class Store:
     def backup(self, dest: str | Path, overwrite: bool = False) -> dict:
         """A consistent copy of the database while others keep writing (SQLite's online backup),
         checked with ``PRAGMA integrity_check`` and only then moved to ``dest``."""
+        as_dir = str(dest).endswith(("/", os.sep))  # `backups/` names a directory, even a new one
         dest = Path(dest)
-        if dest.is_dir():
+        if dest.is_dir() or as_dir:
             dest = dest / f"{self.path.stem}-{timeutil.now():%Y%m%d-%H%M%S}.db"
         if dest.exists() and not overwrite:
             raise ConflictError(f"{dest}: already exists (use --force to overwrite)")

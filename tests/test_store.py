@@ -219,3 +219,8 @@ def test_backup_while_another_process_keeps_approving(workspace, tmp_path):
     again = cli("data", "backup", tmp_path / "final.db", "--force", "--config", config.source, "--json")
     assert again.exit_code == 0, again.output
     assert '"samples": 1200' in again.output
+    # a new directory named with a trailing slash gets a timestamped file inside it
+    into = cli("data", "backup", f"{tmp_path}/new-dir/", "--config", config.source)
+    assert into.exit_code == 0, into.output
+    [made] = (tmp_path / "new-dir").iterdir()
+    assert made.name.startswith("replyloop-") and made.suffix == ".db" and str(made) in into.output

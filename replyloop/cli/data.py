@@ -129,7 +129,7 @@ def snapshot(
 
 @data_app.command("backup")
 def backup(
-    dest: Path = typer.Argument(..., help="A file, or a directory (then replyloop-<time>.db inside it)."),
+    dest: str = typer.Argument(..., help="A file, or a directory (existing, or ending in /): replyloop-<time>.db inside it."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing file."),
     config: Optional[Path] = ConfigOption,
     as_json: bool = JsonOption,
