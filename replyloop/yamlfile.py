@@ -40,30 +40,49 @@ class YamlDoc:
 _FAST_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when installed
 
 
-def _walk(node: yaml.Node, prefix: tuple, lines: dict) -> None:
+def _walk(node: yaml.Node, prefix: tuple, lines: dict, path: Path, error: type[Exception]) -> None:
+    """Record the line of every key path; a key repeated in one mapping raises ``error``.
+
+    PyYAML would silently keep the last of two equal keys (a second ``phrases:`` in a rule
+    drops the first list), so a repeat is an error naming file, line and key.
+    """
     if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple, int] = {}
         for key_node, value_node in node.value:
             key = key_node.value
-            lines[prefix + (key,)] = key_node.start_mark.line + 1
-            _walk(value_node, prefix + (key,), lines)
+            line = key_node.start_mark.line + 1
+            if isinstance(key_node, yaml.ScalarNode):
+                ident = (key_node.tag, key)
+                if ident in seen:
+                    dotted = ".".join(str(part) for part in prefix + (key,))
+                    raise error(f"{path}:{line}: duplicate key '{dotted}' (first at line {seen[ident]})")
+                seen[ident] = line
+            else:
+                continue  # a complex (mapping/sequence) key: not addressable by a key path
+            lines[prefix + (key,)] = line
+            _walk(value_node, prefix + (key,), lines, path, error)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
             lines[prefix + (index,)] = item.start_mark.line + 1
-            _walk(item, prefix + (index,), lines)
+            _walk(item, prefix + (index,), lines, path, error)
 
 
 def load_yaml(path: str | Path, error: type[Exception] = ConfigError, *, fast: bool = False) -> YamlDoc:
     """Read a YAML file; syntax errors become ``error`` naming file and line.
 
-    Parsed once: the node tree (with line marks) is composed, then the data is built from it.
+    Parsed once: the node tree (with line marks) is composed and checked for duplicate keys
+    (``file:line: duplicate key 'a.b'``), then the data is built from it.
     ``fast=True`` uses libyaml's ``CSafeLoader`` when PyYAML has it (policy files with
     thousands of rules); otherwise the pure-Python ``SafeLoader``.
     """
     path = Path(path)
     text = read_utf8(path, error)
     loader = (_FAST_LOADER if fast else yaml.SafeLoader)(text)
+    lines: dict[tuple, int] = {}
     try:
         node = loader.get_single_node()
+        if node is not None:
+            _walk(node, (), lines, path, error)  # before construction, which flattens merge keys
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -72,9 +91,6 @@ def load_yaml(path: str | Path, error: type[Exception] = ConfigError, *, fast: b
         raise error(f"{where}: invalid YAML: {problem}") from None
     finally:
         loader.dispose()
-    lines: dict[tuple, int] = {}
-    if node is not None:
-        _walk(node, (), lines)
     return YamlDoc(path=path, data=data, lines=lines)
 
 

@@ -82,3 +82,26 @@ def test_template_documents_every_key():
     for section, model in ConfigFile.model_fields.items():
         keys = set(model.annotation.model_fields)
         assert set(data[section]) == keys, section
+
+
+def test_duplicate_section_is_an_error_naming_file_and_line(tmp_path):
+    # PyYAML keeps the last of two equal keys: the first store: section would be lost silently.
+    path = write(tmp_path / "replyloop.yaml", "store:\n  path: a.db\nstore:\n  heldout_share: 0.2\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(exc.value) == f"{path}:3: duplicate key 'store' (first at line 1)"
+
+
+def test_duplicate_nested_key_is_an_error(tmp_path):
+    path = write(tmp_path / "replyloop.yaml", "scheduler:\n  min_new_samples: 10\n  min_new_samples: 20\n")
+    with pytest.raises(ConfigError) as exc:
+        load_config(path)
+    assert str(exc.value) == f"{path}:3: duplicate key 'scheduler.min_new_samples' (first at line 2)"
+
+
+def test_cli_duplicate_key_exit_code_2_no_traceback(replyloop_home):
+    write(replyloop_home / "replyloop.yaml", "store:\n  path: a.db\nstore:\n  heldout_share: 0.2\n")
+    result = cli("data", "stats")
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: {replyloop_home / 'replyloop.yaml'}:3: duplicate key 'store' (first at line 1)\n"
+    assert "Traceback" not in result.output

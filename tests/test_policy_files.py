@@ -149,3 +149,16 @@ def test_read_policies_keeps_file_and_line(tmp_path):
     path = write(tmp_path, "a.yaml", "# comment\n" + GOOD)
     [rule] = read_policies(tmp_path).rules
     assert (rule.file, rule.line, rule.phrases[0].norm) == (path, 3, "全额赔付")
+
+
+def test_duplicate_key_in_a_rule_rejects_the_file(tmp_path):
+    # A second `phrases:` would silently replace the first (PyYAML keeps the last): 全额赔付 no longer banned.
+    from helpers import cli
+
+    bad = write(tmp_path, "a.yaml", "rules:\n  - id: x\n    severity: block\n    message: m\n"
+                                    "    phrases: [全额赔付]\n    phrases: [免审核退款]\n")
+    assert error_of(tmp_path) == f"{bad}:6: duplicate key 'rules.0.phrases' (first at line 5)"
+    result = cli("check", "-p", tmp_path, "我们全额赔付，免审核退款")
+    assert result.exit_code == 2
+    assert result.stderr == f"Error: {bad}:6: duplicate key 'rules.0.phrases' (first at line 5)\n"
+    assert "Traceback" not in result.output
