@@ -122,8 +122,12 @@ def _chat_pair(path: Path, line: int, messages) -> tuple[str, str]:
 def jsonl_rows(path: Path, text: str, expected: str = "a JSON object") -> Iterable[tuple[int, dict]]:
     """``(line number, object)`` for each non-blank line of JSONL ``text`` read from ``path``;
     a line that is not JSON, or not an object (``expected`` says what was), is a
-    DataFormatError naming ``path:line``."""
-    for line, raw in enumerate(text.splitlines(), start=1):
+    DataFormatError naming ``path:line``.
+
+    Lines end at ``\n`` only (``\r\n`` too): ``str.splitlines`` would also split on U+2028,
+    U+2029 and U+0085, which ``json.dumps(ensure_ascii=False)`` leaves raw inside strings."""
+    for line, raw in enumerate(text.split("\n"), start=1):
+        raw = raw.removesuffix("\r")
         if not raw.strip():
             continue
         try:

@@ -102,3 +102,14 @@ def test_real_subprocess():
     proc = cli_subprocess("check", "--json", "不用担心，我们全额赔付")
     assert proc.returncode == 1, proc.stderr
     assert json.loads(proc.stdout)["violations"][0]["match"] == "全额赔付"
+
+
+def test_file_with_unicode_line_separators_in_a_reply(tmp_path):
+    # U+2028/U+2029 are common in text pasted from web pages or Slack; json.dumps leaves them raw.
+    path = tmp_path / "replies.jsonl"
+    lines = [{"id": "a", "text": "您好\u2028我们全额赔付"}, {"id": "b", "text": "稍等\u2029马上处理\x85谢谢"}]
+    path.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in lines) + "\n", encoding="utf-8")
+    result = cli("check", "--json", "--file", path)
+    assert result.exit_code == 1, result.output
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [(r["id"], r["verdict"]) for r in rows] == [("a", "block"), ("b", "pass")]

@@ -255,3 +255,31 @@ def test_stats_counts_approvals_since_the_champions_snapshot(ws, samples_csv):
     assert stats["champion_snapshot"] == trained.hash
     assert stats["approved_since_snapshot"] == 2
     assert "Champion's snapshot: " + trained.hash in cli("data", "stats").stdout
+
+
+UNICODE_BREAKS = "第一行\u2028第二行\u2029第三段\x85完"  # line/paragraph separators json.dumps leaves raw
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "chatml"])
+def test_export_then_import_keeps_unicode_line_separators(ws, tmp_path, fmt):
+    from replyloop.store import SampleIn, Store
+
+    _, store = ws
+    store.add_samples([SampleIn("请问" + UNICODE_BREAKS, "好的\u2028稍等", "售后服务")])
+    out = tmp_path / "out.jsonl"
+    result = cli("data", "export", out, "--format", fmt, "--no-scrub-pii")
+    assert result.exit_code == 0, result.output
+    assert "\u2028" in out.read_text(encoding="utf-8")  # written raw, so the reader must not split on it
+    [sample] = read_samples(out)
+    assert (sample.prompt, sample.response, sample.category) == ("请问" + UNICODE_BREAKS, "好的\u2028稍等", "售后服务")
+    other = Store(tmp_path / "other.db")
+    other.add_samples(read_samples(out))
+    assert other.samples()[0]["prompt"] == "请问" + UNICODE_BREAKS
+
+
+def test_jsonl_crlf_line_endings_and_line_numbers(tmp_path):
+    path = write(tmp_path / "crlf.jsonl", '{"prompt": "q1", "response": "a1"}\r\n\r\n{"prompt": "q2"}\r\n')
+    with pytest.raises(DataFormatError, match=rf"{path.name}:3: empty response"):
+        read_samples(path)
+    write(path, '{"prompt": "q1", "response": "a1"}\r\n{"prompt": "q2", "response": "a2"}\r\n')
+    assert [s.response for s in read_samples(path)] == ["a1", "a2"]
