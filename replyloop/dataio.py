@@ -37,6 +37,8 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
         raise DataFormatError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise DataFormatError(f"{path}: is a directory, expected a file") from None
+    except OSError as exc:  # permission denied, a path through a file, ...
+        raise DataFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig") else encoding
     try:
         return raw.decode(codec)
@@ -185,39 +187,57 @@ def read_questions(path: str | Path, encoding: str = "utf-8") -> list[QuestionIn
 def export_samples(rows: list[dict], fmt: str, out: str | Path, scrubber: Scrubber | None = None,
                    system_prompt: str | None = None) -> Path:
     """Write samples for other tools. lora-scripts: ``out`` is the ``train_data_dir`` and gets
-    ``metadata.csv``; jsonl and chatml: ``out`` is the file. Returns the file written."""
+    ``metadata.csv``; jsonl and chatml: ``out`` is the file. Returns the file written.
+
+    Written to a temporary file that replaces the target at the end (removed on failure); an
+    ``out`` of the wrong kind (a file for lora-scripts, a directory for jsonl) or a path that
+    cannot be written is a DataFormatError naming it."""
     if fmt not in FORMATS:
         raise DataFormatError(f"unknown export format {fmt!r} (choose {', '.join(FORMATS)})")
     out = Path(out)
+    if fmt == "lora-scripts" and out.exists() and not out.is_dir():
+        raise DataFormatError(f"{out}: is a file; --format lora-scripts writes {METADATA_NAME} into a directory")
+    if fmt != "lora-scripts" and out.is_dir():
+        raise DataFormatError(f"{out}: is a directory; --format {fmt} writes a file (give a file name)")
     clean = (lambda s: scrubber.scrub(s)) if scrubber else (lambda s: s)
     records = [(clean(r["prompt"]), clean(r["response"]), r.get("category") or "", r.get("intent") or "")
                for r in rows]
+    target = out / METADATA_NAME if fmt == "lora-scripts" else out
+    tmp = target.with_name(target.name + ".tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # a parent that is a file, permission denied, ...
+        raise DataFormatError(f"{target.parent}: cannot create the directory ({exc.strerror or exc})") from None
+    try:
+        _write_records(tmp, fmt, records, system_prompt)
+        tmp.replace(target)
+    except BaseException as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise DataFormatError(f"{target}: cannot write ({exc.strerror or exc})") from None
+        raise
+    return target
+
+
+def _write_records(tmp: Path, fmt: str, records: list[tuple[str, str, str, str]], system_prompt: str | None) -> None:
     if fmt == "lora-scripts":
-        out.mkdir(parents=True, exist_ok=True)
-        target = out / METADATA_NAME
-        tmp = target.with_suffix(".csv.tmp")
         with tmp.open("w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh)
             writer.writerow(["prompt", "response", "category", "intent"])
             writer.writerows(records)
-    else:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        target = out
-        tmp = out.with_name(out.name + ".tmp")
-        with tmp.open("w", encoding="utf-8") as fh:
-            for prompt, response, category, intent in records:
-                if fmt == "jsonl":
-                    obj = {"prompt": prompt, "response": response}
-                    if category:
-                        obj["category"] = category
-                    if intent:
-                        obj["intent"] = intent
-                else:
-                    messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
-                    messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-                    obj = {"messages": messages}
-                    if category:
-                        obj["category"] = category
-                fh.write(json.dumps(obj, ensure_ascii=False) + "\n")
-    tmp.replace(target)
-    return target
+        return
+    with tmp.open("w", encoding="utf-8") as fh:
+        for prompt, response, category, intent in records:
+            if fmt == "jsonl":
+                obj = {"prompt": prompt, "response": response}
+                if category:
+                    obj["category"] = category
+                if intent:
+                    obj["intent"] = intent
+            else:
+                messages = [{"role": "system", "content": system_prompt}] if system_prompt else []
+                messages += [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+                obj = {"messages": messages}
+                if category:
+                    obj["category"] = category
+            fh.write(json.dumps(obj, ensure_ascii=False) + "\n")

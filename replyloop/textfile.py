@@ -8,10 +8,15 @@ from replyloop.errors import DataFormatError
 
 
 def read_utf8(path: Path, error: type[Exception] = DataFormatError) -> str:
-    """The file's text; a missing file or non-UTF-8 bytes raise ``error`` naming ``path``."""
+    """The file's text; a missing or unreadable file, a directory or non-UTF-8 bytes raise
+    ``error`` naming ``path``."""
     try:
         return path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
         raise error(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise error(f"{path}: is a directory, expected a file") from None
+    except OSError as exc:  # permission denied, a path through a file, ...
+        raise error(f"{path}: cannot read ({exc.strerror or exc})") from None
     except UnicodeDecodeError as exc:
         raise error(f"{path}: not UTF-8 text ({exc.reason})") from None

@@ -55,14 +55,14 @@ def export(
     Example: replyloop data export out/train_data --format lora-scripts
     """
     from replyloop.dataio import export_samples
-    from replyloop.errors import ReplyloopError
+    from replyloop.errors import DataFormatError
     from replyloop.pii import Scrubber
 
-    cfg, store = workspace(config)
-    if split and not snapshot:
-        raise ReplyloopError("--split needs --snapshot")
     if split not in (None, "train", "heldout"):
-        raise ReplyloopError("--split must be train or heldout")
+        raise DataFormatError(f"--split must be train or heldout, not {split!r}")
+    if split and not snapshot:
+        raise DataFormatError("--split needs --snapshot")
+    cfg, store = workspace(config)
     with store:
         rows = store.snapshot_samples(snapshot, split) if snapshot else store.samples()
     opts = cfg.file.export
