@@ -97,6 +97,10 @@ _SUFFIX_EN = re.compile(
 )
 
 _ANY_LATIN = re.compile("[a-z]")
+# Cheap first tests (most hits have neither): every negator or question word of the chain
+# contains one of the prefix hint characters, every suffix refusal one of the suffix ones.
+_PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否nNｎＮ]|(?i:refus|reject|whether)")
+_SUFFIX_HINT = re.compile(r"[不没沒无無恕nNｎＮxXｘＸ]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _ANY_APOSTROPHE = re.compile("[\u2019\u2018\u02bc`]")  # translate() is slow on CJK text: only when needed
 
@@ -148,7 +152,7 @@ def _fold(text: str) -> str:
 def is_negated(prefix: str, suffix: str = "") -> bool:
     """True when the phrase between ``prefix`` and ``suffix`` (original text, same clause) is negated."""
     negations = 0
-    if prefix:
+    if prefix and _PREFIX_HINT.search(prefix):
         folded = _fold(prefix)
         zh = _after_last(_BREAK_ZH, _DROP.sub("", folded))
         count = _zh_chain(zh) if zh else 0
@@ -157,7 +161,7 @@ def is_negated(prefix: str, suffix: str = "") -> bool:
         if count is None:
             return True
         negations += count
-    if suffix:
+    if suffix and _SUFFIX_HINT.search(suffix):
         folded = _fold(suffix)
         if _SUFFIX_ZH.match(_DROP.sub("", folded)) or _SUFFIX_EN.match(folded):
             negations += 1
