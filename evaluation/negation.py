@@ -1,14 +1,26 @@
-"""Clause-scoped negation: is a phrase negated by what precedes it in its own clause?
+"""Clause-scoped negation: is a phrase negated by the words right next to it in its own clause?
 
 The caller cuts the clause (sentence punctuation ，。！？；,.!? and newlines end a clause) and
-passes the text between the clause start and the phrase. Inside it:
+passes the text between the clause start and the phrase (``prefix``) and the text between the
+phrase and the clause end (``suffix``); other rule hits are already cut out of both. Then:
 
-- A contrast or addition conjunction (但, 不过, 而是, 而且, but, however, ...) starts a new scope:
-  ``不会拖延而且全额赔付`` is not negated.
-- A negator (不, 不能, 无法, 没有, 并不, 暂不, 不会, 不可以, 未能, cannot, can't, unable to,
-  do not, will not, not, never, any ``-n't``) negates, unless it is the start of a
-  pseudo-negator that does not negate what follows: 不仅, 不但, 不管, 无论, 不用担心, 不得不,
-  毫不, not only, no matter, don't worry, ...
+- Prefix. A contrast, addition or condition word (但, 不过, 而是, 而且, 如果, 若, 假如, 要是,
+  万一, 的话, 只要, 一旦, 即使, but, however, if, unless, when, ...) starts a new scope: only the
+  text after the last one counts. From the phrase backwards, the *chain* is the run of words that
+  are negators, polarity flips or modal / promise words (能, 会, 可以, 可能, 一定, 予以, 给予,
+  为您, 承诺, 保证, 提供, 支持, 是, 再, 都, 有, ...; can, will, be, offer, give, a, any, ...);
+  it ends at the first other word. Negators: 不, 没, 没有, 无法, 未能, 未, 并非, 绝非, 无须,
+  无需, 勿, 拒绝 (a polarity flip); not, no, never, cannot, without, unable, any ``-n't``,
+  refuse, decline, deny. A pseudo-negator (不仅, 不但, 不管, 无论, 不用担心, 无需担心, 不要紧,
+  没事, 没问题, 不得不, 毫不, ...) is not a negator and ends the chain. The phrase is negated
+  when the chain holds an odd number of negators (``不会不全额赔付`` is a promise), or a
+  question word (是否, 能否, 可否, 能不能, 会不会, whether: the outcome is left open).
+- Suffix. A refusal right after the phrase (``全额赔付不了``, ``是不可能的``, ``做不到``,
+  ``无法实现``; ``is not possible``, ``is not available``, ``cannot be offered``) negates too;
+  with a negated prefix the two cancel.
+
+So a negator elsewhere in the clause (``如果24小时内不发货我们全额赔付``,
+``商品不合格我们全额赔付``) does not clear the promise.
 """
 
 from __future__ import annotations
@@ -17,23 +29,78 @@ import re
 
 from evaluation.textmap import _DROP, fold
 
-NEGATORS_ZH = ["不", "没", "无法", "未能", "未曾", "并非", "绝非", "无须", "无需", "勿"]
+# --- Chinese -----------------------------------------------------------------------------
+NEGATORS_ZH = ["不", "没", "没有", "无法", "未能", "未曾", "未", "并非", "绝非", "无须", "无需", "勿",
+               "并不", "决不", "绝不", "从不", "从未", "毫无", "拒绝"]
+QUESTION_ZH = ["是否", "能否", "可否", "能不能", "会不会", "可不可以", "是不是", "有没有", "要不要", "给不给",
+               "赔不赔", "行不行", "可不可能"]
 PSEUDO_ZH = [
     "不仅", "不但", "不管", "不论", "不只", "不光", "不止", "不单", "不错", "不少", "不久", "不断",
-    "不过", "不好意思", "不用担心", "不必担心", "不要担心", "不用着急", "不必着急", "不要着急",
-    "不客气", "不得不", "毫不", "无论", "没关系", "没问题", "不言而喻", "不遗余力",
+    "不过", "不好意思", "不用担心", "不必担心", "不要担心", "不需要担心", "不用着急", "不必着急", "不要着急",
+    "无需担心", "无须担心", "别担心", "别着急", "不用怕", "别怕",
+    "不客气", "不得不", "毫不", "无论", "没关系", "没问题", "没有问题", "没事", "不要紧", "不会有问题",
+    "不言而喻", "不遗余力", "不用说", "不必说", "更不用说", "不在话下", "毫无疑问", "不折不扣", "要不", "要不然",
+    "不然",
 ]
-BREAKERS_ZH = ["但", "可是", "不过", "然而", "而是", "而且", "并且", "却"]
+_PRONOUNS = ["您", "你们", "你", "大家", "客户", "顾客", "亲", "买家"]
+MODAL_ZH = [
+    "能", "会", "可", "可以", "可能", "能够", "一定", "肯定", "必定", "必须", "必", "绝对", "完全", "百分百",
+    "百分之百", "敢", "该", "应该", "应", "需要", "需", "要", "用", "愿意", "打算", "再", "都", "均", "一律",
+    "一概", "全部", "直接", "马上", "立即", "立刻", "轻易", "随便", "随意", "主动", "额外", "目前", "暂时",
+    "暂", "现在", "还", "是", "有", "予以", "给予", "予", "给", "为", "向", "帮", "替", "做到", "承诺", "保证",
+    "担保", "确保", "答应", "同意", "接受", "提供", "支持", "进行", "办理", "安排", "实现", "兑现", "申请",
+    "享受", "享有", "获得", "得到",
+] + [p + q for p in ("为", "给", "向", "帮", "替", "对") for q in _PRONOUNS]
+BREAKERS_ZH = ["但", "可是", "不过", "然而", "而是", "而且", "并且", "却",
+               "如果", "若", "假如", "假设", "要是", "万一", "的话", "只要", "一旦", "即使", "就算", "哪怕"]
 
-_NEG_ZH = re.compile("|".join(map(re.escape, NEGATORS_ZH)))
-_PSEUDO_ZH = re.compile("|".join(map(re.escape, sorted(PSEUDO_ZH, key=len, reverse=True))))
+_ZH_KIND: dict[str, str] = {}
+for _kind, _words in (("modal", MODAL_ZH), ("neg", NEGATORS_ZH), ("question", QUESTION_ZH), ("pseudo", PSEUDO_ZH)):
+    for _w in _words:
+        _ZH_KIND[_w] = _kind  # later lists win: 没有问题 is a pseudo-negator, not 没有 + 问题
+# Matched on the reversed prefix, longest token first: the token that ends right before the phrase.
+_ZH_TOKEN = re.compile("|".join(re.escape(w[::-1]) for w in sorted(_ZH_KIND, key=len, reverse=True)))
 _BREAK_ZH = re.compile("|".join(map(re.escape, BREAKERS_ZH)))
+_SUFFIX_ZH = re.compile(
+    "(?:这个|这点|这种|这样|的话|的|是|我们|目前|暂时|恐怕|可能|确实|实在|都|也|还)*"
+    "(?:不了|不可能|没可能|做不到|办不到|实现不了|满足不了|给不了|赔不了|兑现不了|不行|不予|不支持|不提供|不适用"
+    "|无法(?:做到|实现|办到|满足|承诺|保证|提供|支持|兑现|办理|操作|给予|答应)|没办法|没法(?:做到|实现|办到)"
+    "|(?:不能|不可以|不会)(?:承诺|保证|提供|支持|给予|做到|实现|兑现|答应)|没有的|暂不(?:支持|提供)|恕难|不在.{0,6}范围)"
+)
 
-_NEG_EN = re.compile(r"\b(?:not|cannot|never|unable\s+to|[a-z]+n't)\b")
-_PSEUDO_EN = re.compile(r"\b(?:not\s+only|not\s+just|no\s+matter|(?:do\s+not|don't)\s+(?:worry|hesitate))\b")
-_BREAK_EN = re.compile(r"\b(?:but|however|instead|rather|although|though)\b")
-# Every negator contains one of these (a cheap first test; most clauses have none).
-_HINT = re.compile(r"[不没無沒无未并並绝絕非须須需勿nNｎＮ]")
+# --- English -------------------------------------------------------------------------------
+_WORD_EN = re.compile(r"[a-z_]+(?:'[a-z]+)?")
+_NEG_EN = re.compile(r"not|no|never|cannot|nor|without|unable|[a-z]+n't|cant|dont|doesnt|didnt|wont|wouldnt|"
+                     r"couldnt|isnt|arent|refuse[sd]?|declines?|declined|deny|denies|denied|rejects?|rejected")
+_QUESTION_EN = {"whether"}
+MODAL_EN = set("""
+can could will would shall should may might must be is are am was were been being able to do does did have has had
+offer offers offered offering provide provides provided providing give gives given giving guarantee guarantees
+guaranteed promise promises promised grant grants granted issue issues issued pay pays paid make makes get gets
+receive receives accept accepts agree agrees approve approves arrange arrange you your a an the any always ever
+currently presently yet really possibly necessarily also still there us
+""".split())
+_PSEUDO_EN = re.compile(r"\b(?:not\s+only|not\s+just|no\s+matter|no\s+problem|no\s+worries|no\s+doubt|"
+                        r"(?:do\s+not|don't|dont)\s+(?:worry|hesitate))\b")
+_BREAK_EN = re.compile(r"\b(?:but|however|instead|rather|although|though|if|unless|when|whenever|once|provided|"
+                       r"in\s+case|as\s+long\s+as)\b")
+_PRED_EN = (r"(?:possible|available|an\s+option|offered|provided|given|granted|guaranteed|promised|applicable|"
+            r"covered|included|something\s+we)")
+_SUFFIX_EN = re.compile(
+    r"\s*(?:(?:is|are|was|were|will\s+be|would\s+be)\s+(?:(?:currently|simply|unfortunately|really|just)\s+)?"
+    r"(?:not|never)\s+" + _PRED_EN +
+    r"|(?:isn't|aren't|wasn't|weren't|won't\s+be|wouldn't\s+be)\s+" + _PRED_EN +
+    r"|(?:is|are)\s+(?:impossible|unavailable|out\s+of\s+the\s+question|excluded)"
+    r"|(?:can't|cannot|can\s+not|couldn't|won't|will\s+not)\s+be\s+(?:offered|provided|given|granted|guaranteed|"
+    r"promised|arranged|approved)"
+    r"|(?:does\s+not|doesn't|do\s+not|don't)\s+apply)\b"
+)
+
+_ANY_LATIN = re.compile("[a-z]")
+# Cheap first tests (most hits have neither): every negator or question word of the chain
+# contains one of the prefix hint characters, every suffix refusal one of the suffix ones.
+_PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否nNｎＮ]|(?i:refus|reject|whether)")
+_SUFFIX_HINT = re.compile(r"[不没沒无無恕nNｎＮxXｘＸ]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _ANY_APOSTROPHE = re.compile("[\u2019\u2018\u02bc`]")  # translate() is slow on CJK text: only when needed
 
@@ -45,24 +112,57 @@ def _after_last(pattern: re.Pattern, text: str) -> str:
     return text[last.end():] if last else text
 
 
-def _negated(text: str, negators: re.Pattern, pseudo: re.Pattern) -> bool:
-    covered = set()
-    for m in pseudo.finditer(text):
-        covered.update(range(m.start(), m.end()))
-    return any(m.start() not in covered for m in negators.finditer(text))
+def _zh_chain(zh: str) -> int | None:
+    """Negators in the chain that ends ``zh``; None for a question word (not negated, not a promise)."""
+    rev, pos, count = zh[::-1], 0, 0
+    while True:
+        m = _ZH_TOKEN.match(rev, pos)
+        if m is None:
+            return count
+        kind = _ZH_KIND[m.group()[::-1]]
+        if kind == "pseudo":
+            return count
+        if kind == "question":
+            return None
+        if kind == "neg":
+            count += 1
+        pos = m.end()
 
 
-def is_negated(prefix: str) -> bool:
-    """True when ``prefix`` (clause start up to the phrase, original text) negates the phrase."""
-    if not prefix or not _HINT.search(prefix):
-        return False
-    folded = fold(prefix)
+def _en_chain(en: str) -> int | None:
+    en = _PSEUDO_EN.sub(" _pseudo_ ", en)
+    count = 0
+    for word in reversed(_WORD_EN.findall(en)):
+        if word in _QUESTION_EN:
+            return None
+        if _NEG_EN.fullmatch(word):
+            count += 1
+        elif word not in MODAL_EN:
+            return count
+    return count
+
+
+def _fold(text: str) -> str:
+    folded = fold(text)
     if _ANY_APOSTROPHE.search(folded):
         folded = folded.translate(_APOSTROPHES)
-    zh = _after_last(_BREAK_ZH, _DROP.sub("", folded))
-    if _negated(zh, _NEG_ZH, _PSEUDO_ZH):
-        return True
-    if "n" not in folded:
-        return False  # every English negator contains an "n"
-    en = _after_last(_BREAK_EN, folded)
-    return _negated(en, _NEG_EN, _PSEUDO_EN)
+    return folded
+
+
+def is_negated(prefix: str, suffix: str = "") -> bool:
+    """True when the phrase between ``prefix`` and ``suffix`` (original text, same clause) is negated."""
+    negations = 0
+    if prefix and _PREFIX_HINT.search(prefix):
+        folded = _fold(prefix)
+        zh = _after_last(_BREAK_ZH, _DROP.sub("", folded))
+        count = _zh_chain(zh) if zh else 0
+        if count == 0 and _ANY_LATIN.search(folded):
+            count = _en_chain(_after_last(_BREAK_EN, folded))
+        if count is None:
+            return True
+        negations += count
+    if suffix and _SUFFIX_HINT.search(suffix):
+        folded = _fold(suffix)
+        if _SUFFIX_ZH.match(_DROP.sub("", folded)) or _SUFFIX_EN.match(folded):
+            negations += 1
+    return negations % 2 == 1

@@ -18,7 +18,9 @@ How a reply is checked:
 3. Only when something matched is the offset map built: spans are reported in the original text.
    Phrases that start or end with a Latin letter or digit must sit on word boundaries in the
    original text and keep its word breaks (``scam`` does not match ``bus camp``).
-4. A rule hit is dropped when a negator precedes it in the same clause (``evaluation.negation``).
+4. A rule hit is dropped when the words right next to it in its clause negate it
+   (``evaluation.negation``: a chain of negators and modal words just before it, or a refusal
+   such as ``不了`` / ``is not possible`` just after it; other hits are cut out of that context).
    Terminology hits are not subject to negation: they are about wording.
 """
 
@@ -203,11 +205,14 @@ class PolicyEngine:
         found: dict[tuple, Violation] = {}
         if len(hits) > 1:
             hits.sort(key=lambda h: (h[1], -h[2]))
+        spans: list[tuple[int, int]] = []   # every accepted hit (rules and terminology)
+        rule_hits: list[tuple[Rule, int, int]] = []
         for what, ns, ne in hits:
             start, end = tm.span(ns, ne)
             if isinstance(what, _Literal):
                 if (what.latin_start or what.latin_end or what.gaps) and not self._on_word_boundaries(tm, what, start, end):
                     continue
+                spans.append((start, end))
                 if what.kind == "term":
                     term = self.terms[what.index]
                     v = Violation(term.id, "warn", f"用“{term.preferred}”，不用“{what.phrase.text}”",
@@ -216,12 +221,14 @@ class PolicyEngine:
                     continue
                 rule = self.rules[what.index]
             else:
+                spans.append((start, end))
                 rule = self.rules[self._patterns[what][0]]
-            # The clause starts after the last boundary before the hit. ``start`` is a letter or
-            # digit, so no boundary ends after it; searching up to start + 1 lets ``\.(?!\d)`` see it.
-            last = _LAST_BOUNDARY.match(text, 0, start + 1)
-            clause_start = last.end() if last else 0
-            if is_negated(text[clause_start:start]):
+            rule_hits.append((rule, start, end))
+        for rule, start, end in rule_hits:
+            if (rule.id, start, end) in found:
+                continue
+            prefix, suffix = _context(text, start, end, spans if len(spans) > 1 else ())
+            if is_negated(prefix, suffix):
                 continue
             v = Violation(rule.id, rule.severity, rule.message, start, end, text[start:end])
             found.setdefault((v.rule, start, end), v)
@@ -247,6 +254,35 @@ class PolicyEngine:
             last = v.end
         out.append(text[last:])
         return "".join(out)
+
+
+def _context(text: str, start: int, end: int, spans) -> tuple[str, str]:
+    """The text before and after the hit ``[start, end)`` in its clause, for negation.
+
+    A hit that overlaps the beginning (or end) of this one widens it: a hit inside another is
+    negated with it. Another hit in the clause ends the context: its words (``绝对不会有问题``)
+    are not negators of this one.
+    """
+    changed = True
+    while changed:
+        changed = False
+        for s, e in spans:
+            if s < start < e:
+                start, changed = s, True
+            if s < end < e:
+                end, changed = e, True
+    # The clause starts after the last boundary before the hit. ``start`` is a letter or
+    # digit, so no boundary ends after it; searching up to start + 1 lets ``\.(?!\d)`` see it.
+    last = _LAST_BOUNDARY.match(text, 0, start + 1)
+    clause_start = last.end() if last else 0
+    nxt = _BOUNDARY.search(text, end)  # the lookbehind ``(?<!\d)`` still sees the hit's last character
+    clause_end = nxt.start() if nxt else len(text)
+    for s, e in spans:
+        if e <= start and e > clause_start:
+            clause_start = e
+        if s >= end and s < clause_end:
+            clause_end = s
+    return text[clause_start:start], text[end:clause_end]
 
 
 def _drop_nested(violations: list[Violation]) -> list[Violation]:

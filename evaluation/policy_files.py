@@ -120,6 +120,11 @@ def _check_pattern(pattern: str) -> str | None:
     if odd:
         return ("regex is matched against normalised text (simplified, half-width, lower-case, no spaces "
                 f"or punctuation) and can never match these characters: {' '.join(repr(c) for c in odd)}")
+    dead = regexcheck.dead_ranges(pattern, lambda ch: fold(ch) == ch and compact(ch) == ch)
+    if dead:
+        return ("regex is matched against normalised text (simplified, half-width, lower-case, no spaces "
+                "or punctuation) and can never match any character of these ranges: "
+                + " ".join(f"[{chr(lo)}-{chr(hi)}]" for lo, hi in dead))
     return None
 
 

@@ -10,6 +10,8 @@
 - ``trigger_literals(pattern)``: all the strings a pattern can match when there are only a few
   (``风一(很|非常)?见线`` -> three strings), else ``[required_literal(pattern)]``: the automaton
   triggers of a pattern.
+- ``dead_ranges(pattern, alive)``: the class ranges none of whose characters is ``alive``
+  (``[A-Z]`` against case-folded text), so a rule that could never fire is rejected at load time.
 - ``unsupported(pattern)``: a reason for constructs the engine does not allow (backreferences,
   named groups, inline flags), since patterns are combined into one regex.
 
@@ -195,6 +197,31 @@ def literals(pattern: str) -> list[str]:
 
     walk(_parse(pattern))
     return out
+
+
+def ranges(pattern: str) -> list[tuple[int, int]]:
+    """Every character range ``[lo-hi]`` of the pattern's classes, as code points (negated classes excluded)."""
+    out = []
+
+    def walk(seq):
+        for op, av in _items(seq):
+            if op == C.IN and not any(iop == C.NEGATE for iop, _ in av):
+                out.extend(tuple(iav) for iop, iav in av if iop == C.RANGE)
+            for child in _children(op, av):
+                walk(child)
+
+    walk(_parse(pattern))
+    return out
+
+
+def dead_ranges(pattern: str, alive, limit: int = 0x3000) -> list[tuple[int, int]]:
+    """The ranges of the pattern none of whose characters satisfies ``alive`` (``[A-Z]`` on case-folded
+    text). Ranges wider than ``limit`` are not scanned (counted as alive)."""
+    dead = []
+    for lo, hi in ranges(pattern):
+        if hi - lo < limit and not any(alive(chr(c)) for c in range(lo, hi + 1)):
+            dead.append((lo, hi))
+    return dead
 
 
 def required_literal(pattern: str) -> str | None:

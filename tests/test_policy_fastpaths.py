@@ -147,7 +147,7 @@ def test_automaton_scan_equals_brute_force_find(tmp_path):
 
 
 @pytest.mark.parametrize("text, verdict", [
-    ("我们不会说3.5全额赔付", "pass"),      # 3.5 is a decimal point: same clause, negated
+    ("我们不会3.5倍全额赔付", "block"),     # the negator is not next to the phrase (see test_clause_context)
     ("我们不会说.全额赔付", "block"),       # a full stop ends the clause
     ("我们不会说a.全额赔付", "block"),
     ("不.5全额赔付", "block"),              # '.' after a non-digit ends the clause
@@ -156,6 +156,30 @@ def test_automaton_scan_equals_brute_force_find(tmp_path):
 ])
 def test_clause_start(text, verdict):
     assert load_policies().check(text).verdict == verdict
+
+
+@pytest.mark.parametrize("text, hit, prefix, suffix", [
+    ("我们不会说3.5全额赔付", "全额赔付", "我们不会说3.5", ""),       # 3.5 is a decimal point: same clause
+    ("我们不会说.全额赔付。好的", "全额赔付", "", ""),                  # a full stop ends the clause
+    ("全额赔付3.5倍不了，好", "全额赔付", "", "3.5倍不了"),
+    ("Full compensation is not possible. Sorry", "Full compensation", "", " is not possible"),
+])
+def test_clause_context(text, hit, prefix, suffix):
+    from evaluation.policy import _context
+
+    start = text.index(hit)
+    assert _context(text, start, start + len(hit), ()) == (prefix, suffix)
+
+
+def test_clause_context_cuts_other_hits_out():
+    from evaluation.policy import _context
+
+    text = "放心绝对不会有问题我们全额赔付不了哦"
+    aa, fc = (2, 9), (11, 15)
+    assert _context(text, *fc, [aa, fc]) == ("我们", "不了哦")
+    assert _context(text, *aa, [aa, fc]) == ("放心", "我们")
+    # a hit inside another one gets the larger hit's context
+    assert _context("不能全额赔付哦", 4, 6, [(2, 6), (4, 6)]) == ("不能", "哦")
 
 
 def test_aligned_textmap_equals_built_one():

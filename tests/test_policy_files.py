@@ -162,3 +162,25 @@ def test_duplicate_key_in_a_rule_rejects_the_file(tmp_path):
     assert result.exit_code == 2
     assert result.stderr == f"Error: {bad}:6: duplicate key 'rules.0.phrases' (first at line 5)\n"
     assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("pattern, shown", [
+    ("[A-Z]+退款", "[A-Z]"),                    # case-folded text has no upper case
+    ("退款[Ａ-Ｚ]", "[Ａ-Ｚ]"),                  # full-width: NFKC makes it half-width
+    ("[a-zA-Z]+退款", "[A-Z]"),                 # the dead half of a class is a mistake too
+    (r"退款[\u3001-\u3003]", "[、-〃]"),       # CJK punctuation is dropped from the text
+])
+def test_class_range_that_can_never_match_is_rejected(tmp_path, pattern, shown):
+    bad = write(tmp_path, "a.yaml", "rules:\n  - id: dead\n    severity: warn\n    message: m\n"
+                                    f"    patterns: ['{pattern}']\n")
+    message = error_of(tmp_path)
+    assert message.startswith(f"{bad}:5: rule 'dead': pattern"), message
+    assert "can never match" in message and shown in message
+
+
+@pytest.mark.parametrize("pattern", ["[a-z]+退款", "[0-9]{1,3}元", "[一-龥]+退款", "[^A-Z]退款", r"[\u0000-\U0010ffff]退款"])
+def test_class_range_that_can_match_is_accepted(tmp_path, pattern):
+    write(tmp_path, "a.yaml", "rules:\n  - id: ok\n    severity: warn\n    message: m\n"
+                              f"    patterns: ['{pattern}']\n")
+    engine = load_policies(tmp_path)
+    assert len(engine.rules) == 1
