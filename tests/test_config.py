@@ -51,11 +51,15 @@ def test_missing_file_is_a_clear_error(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-def test_cli_config_error_exit_code_2_no_traceback(replyloop_home):
-    write(replyloop_home / "replyloop.yaml", "slack:\n  review_chanel: x\n")
+@pytest.mark.parametrize("text, message", [
+    ("slack:\n  review_chanel: x\n", "2: key 'slack.review_chanel': unknown key"),
+    ("store:\n  path: a.db\nstore:\n  heldout_share: 0.2\n", "3: duplicate key 'store' (first at line 1)"),
+])
+def test_cli_config_error_exit_code_2_no_traceback(replyloop_home, text, message):
+    write(replyloop_home / "replyloop.yaml", text)
     result = cli("data", "stats")
     assert result.exit_code == 2
-    assert result.stderr == f"Error: {replyloop_home / 'replyloop.yaml'}:2: key 'slack.review_chanel': unknown key\n"
+    assert result.stderr == f"Error: {replyloop_home / 'replyloop.yaml'}:{message}\n"
     assert "Traceback" not in result.output
 
 
@@ -84,24 +88,14 @@ def test_template_documents_every_key():
         assert set(data[section]) == keys, section
 
 
-def test_duplicate_section_is_an_error_naming_file_and_line(tmp_path):
-    # PyYAML keeps the last of two equal keys: the first store: section would be lost silently.
-    path = write(tmp_path / "replyloop.yaml", "store:\n  path: a.db\nstore:\n  heldout_share: 0.2\n")
+@pytest.mark.parametrize("text, message", [
+    # PyYAML keeps the last of two equal keys: the first store: section would be lost silently
+    ("store:\n  path: a.db\nstore:\n  heldout_share: 0.2\n", "3: duplicate key 'store' (first at line 1)"),
+    ("scheduler:\n  min_new_samples: 10\n  min_new_samples: 20\n",
+     "3: duplicate key 'scheduler.min_new_samples' (first at line 2)"),
+])
+def test_duplicate_key_is_an_error_naming_file_and_line(tmp_path, text, message):
+    path = write(tmp_path / "replyloop.yaml", text)
     with pytest.raises(ConfigError) as exc:
         load_config(path)
-    assert str(exc.value) == f"{path}:3: duplicate key 'store' (first at line 1)"
-
-
-def test_duplicate_nested_key_is_an_error(tmp_path):
-    path = write(tmp_path / "replyloop.yaml", "scheduler:\n  min_new_samples: 10\n  min_new_samples: 20\n")
-    with pytest.raises(ConfigError) as exc:
-        load_config(path)
-    assert str(exc.value) == f"{path}:3: duplicate key 'scheduler.min_new_samples' (first at line 2)"
-
-
-def test_cli_duplicate_key_exit_code_2_no_traceback(replyloop_home):
-    write(replyloop_home / "replyloop.yaml", "store:\n  path: a.db\nstore:\n  heldout_share: 0.2\n")
-    result = cli("data", "stats")
-    assert result.exit_code == 2
-    assert result.stderr == f"Error: {replyloop_home / 'replyloop.yaml'}:3: duplicate key 'store' (first at line 1)\n"
-    assert "Traceback" not in result.output
+    assert str(exc.value) == f"{path}:{message}"
