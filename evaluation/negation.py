@@ -31,7 +31,7 @@ from evaluation.textmap import _DROP, fold
 
 # --- Chinese -----------------------------------------------------------------------------
 NEGATORS_ZH = ["不", "没", "没有", "无法", "未能", "未曾", "未", "并非", "绝非", "无须", "无需", "勿",
-               "并不", "决不", "绝不", "从不", "从未", "毫无", "拒绝"]
+               "并不", "决不", "绝不", "从不", "从未", "毫无", "拒绝", "没办法", "没法", "无力", "难以"]
 QUESTION_ZH = ["是否", "能否", "可否", "能不能", "会不会", "可不可以", "是不是", "有没有", "要不要", "给不给",
                "赔不赔", "行不行", "可不可能"]
 PSEUDO_ZH = [
@@ -99,7 +99,7 @@ _SUFFIX_EN = re.compile(
 _ANY_LATIN = re.compile("[a-z]")
 # Cheap first tests (most hits have neither): every negator or question word of the chain
 # contains one of the prefix hint characters, every suffix refusal one of the suffix ones.
-_PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否nNｎＮ]|(?i:refus|reject|whether)")
+_PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否难難nNｎＮ]|(?i:refus|reject|whether)")
 _SUFFIX_HINT = re.compile(r"[不没沒无無恕nNｎＮxXｘＸ]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _ANY_APOSTROPHE = re.compile("[\u2019\u2018\u02bc`]")  # translate() is slow on CJK text: only when needed

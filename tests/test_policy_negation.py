@@ -64,3 +64,11 @@ def test_suffix(suffix, negated):
 def test_prefix_and_suffix_cancel():
     assert is_negated("不是", "不了") is False
     assert is_negated("我们", "不了") is True
+
+
+def test_every_chinese_negator_and_question_word_passes_the_prefix_hint():
+    """The hint is a fast pre-check on the original text: a negator it misses is never counted."""
+    from evaluation.negation import _PREFIX_HINT, NEGATORS_ZH, QUESTION_ZH
+
+    missed = [w for w in NEGATORS_ZH + QUESTION_ZH if not _PREFIX_HINT.search(w)]
+    assert missed == []
