@@ -170,19 +170,25 @@ class RunLock:
         interval = _heartbeat_every() if every_s is None else every_s
 
         def beat() -> None:
-            while not stop.wait(interval):
-                try:
-                    if not self.heartbeat():
-                        log.error("the %s lock is no longer held by this process (pid %s)", self.name, self.pid)
-                except Exception:  # a busy or briefly unavailable database: try again next time
-                    log.exception("could not refresh the %s lock's heartbeat", self.name)
+            try:
+                while not stop.wait(interval):
+                    try:
+                        if not self.heartbeat() and not stop.is_set():
+                            log.error("the %s lock is no longer held by this process (pid %s)", self.name, self.pid)
+                    except Exception:  # a busy or briefly unavailable database: try again next time
+                        if not stop.is_set():
+                            log.exception("could not refresh the %s lock's heartbeat", self.name)
+            finally:
+                self.store.release_thread()  # this thread's connection, before the owner closes the store
 
         thread = threading.Thread(target=beat, name=f"{self.name}-lock-heartbeat", daemon=True)
         thread.start()
 
         def stop_beating() -> None:
             stop.set()
-            thread.join(timeout=30)
+            # a heartbeat in flight may wait out the busy timeout: let it finish before the
+            # caller releases the lock and closes the store
+            thread.join()
 
         return stop_beating
 

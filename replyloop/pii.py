@@ -22,9 +22,12 @@ PATTERNS: dict[str, re.Pattern] = {
     # Mobile: 3-4-4 (optionally +86 / 0086 / 86 first); after a country code also 4-3-4.
     "phone": re.compile(r"(?<![0-9])(?:(?:\+|00)?86[\s-]?)?1[3-9]\d(?:[\s-]?\d{4}){2}(?![0-9])"
                         r"|(?<![0-9])(?:\+|00)?86[\s-]?1[3-9]\d{2}[\s-]?\d{3}[\s-]?\d{4}(?![0-9])"),
-    # Landline: a 0-prefixed area code of 3-4 digits (010, 0755), optionally in parentheses, then
-    # 7-8 digits. The leading 0 keeps prices, dates, quantities and order numbers out.
-    "landline": re.compile(r"(?<![0-9])(?:\(0[1-9]\d{1,2}\)|0[1-9]\d{1,2})[\s-]?\d{7,8}(?![0-9])"),
+    # Landline: a 0-prefixed area code of 3-4 digits (010, 0755) in parentheses or followed by a
+    # space or dash, then 7-8 digits; run together (01012345678) only after a phone word, so
+    # invoice codes, barcodes and other 0-led numbers stay readable.
+    "landline": re.compile(r"(?<![0-9])(?:\(0[1-9]\d{1,2}\)[\s-]?|0[1-9]\d{1,2}[\s-])\d{7,8}(?![0-9])"
+                           r"|(?:(?<=电话)|(?<=座机)|(?<=固话)|(?<=tel)|(?<=phone))[\s:：是为]*0[1-9]\d{1,2}\d{7,8}(?![0-9])",
+                           re.IGNORECASE),
 }
 # The Scrubber switch (and the count) each pattern belongs to.
 KIND_OF = {"landline": "phone"}

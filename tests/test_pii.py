@@ -28,6 +28,9 @@ from replyloop.pii import Scrubber
     ("订单号：ＡＢ１２３４５６７８９", "订单号：[ORDER]", "order"),
     ("订单号 2026112712345678 没到", "订单号 [ORDER] 没到", "order"),
     ("请联系 help@example.com", "请联系 [EMAIL]", "email"),
+    ("电话01012345678", "电话[PHONE]", "phone"),  # run together: only after a phone word
+    ("座机：075512345678", "座机：[PHONE]", "phone"),
+    ("Tel 01012345678", "Tel [PHONE]", "phone"),
 ])
 def test_masked(text, masked, kind):
     scrubber = Scrubber()
@@ -39,6 +42,8 @@ def test_masked(text, masked, kind):
     "价格1299元", "¥12999.00", "价格：１２９９元", "2026-11-27", "2026年11月27日", "营业时间 10:30-18:00",
     "到货时间2026-01-05 09:00", "3件 0.5kg", "邮编100000", "优惠码 20261127", "版本 v0.12.3",
     "SKU 0755123", "库存0件", "满300减50，共2件", "退款1299.00元已于2026/11/27到账",
+    # 0-led codes customers need to read: invoice code, UPC barcode, a serial number
+    "发票代码 044031900111", "商品条码 036000291452", "编号0755123456",
 ])
 def test_not_masked(text):
     scrubber = Scrubber()
