@@ -422,7 +422,9 @@ class Store:
         for r in rows:
             if key_of[r["id"]] not in bucket:
                 bucket[key_of[r["id"]]] = self.heldout_bucket(r["prompt"], seed)
-        held = {k for k, b in bucket.items() if b < share}
+        # a question an earlier snapshot trained on stays train, even after heldout_share or the
+        # split seed changed: the champion may know it, so it can never measure a challenger
+        held = {k for k, b in bucket.items() if b < share and "train" not in history.get(k, ())}
         if share > 0:
             by_category: dict[str, set[str]] = {}
             for r in rows:

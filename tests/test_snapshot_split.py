@@ -125,3 +125,18 @@ def test_the_split_is_deterministic(tmp_path):
     assert split_of(hist, h.hash) == {"问题0": "train", "问题3": "heldout"}
     assert h.hash != f.hash
     assert (hist.create_snapshot(SHARE).hash, hist.create_snapshot(SHARE).created) == (h.hash, False)
+
+
+def test_a_larger_heldout_share_never_moves_a_trained_question_to_heldout(tmp_path):
+    store = Store(tmp_path / "a.db")
+    questions = [f"问题{i}" for i in range(60)]
+    store.add_samples([SampleIn(q, "答", "物流查询") for q in questions])
+    first = split_of(store, store.create_snapshot(0.1).hash)
+    store.add_samples([SampleIn(f"新问题{i}", "答", "物流查询") for i in range(40)])
+    second = split_of(store, store.create_snapshot(0.6).hash)
+    moved = [k for k, side in first.items() if side == "train" and second[k] == "heldout"]
+    assert moved == []
+    # the new questions follow the new share (a trained question only stays where it was)
+    new = {k: side for k, side in second.items() if k.startswith("新问题")}
+    assert {k for k, side in new.items() if side == "heldout"} == {k for k in new if bucket(k) < 0.6}
+    assert any(bucket(k) < 0.6 for k, side in first.items() if side == "train")  # the test can fail
