@@ -16,6 +16,7 @@ from pathlib import Path
 from replyloop.errors import DataFormatError
 from replyloop.pii import Scrubber
 from replyloop.store import SampleIn
+from replyloop.textfile import read_bytes
 
 FORMATS = ("lora-scripts", "jsonl", "chatml")
 METADATA_NAME = "metadata.csv"
@@ -31,14 +32,7 @@ class QuestionIn:
 
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     """Decode a file; UTF-8 may carry a BOM. A decoding error names the line."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise DataFormatError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise DataFormatError(f"{path}: is a directory, expected a file") from None
-    except OSError as exc:  # permission denied, a path through a file, ...
-        raise DataFormatError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    raw = read_bytes(path)
     codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig") else encoding
     try:
         return raw.decode(codec)
