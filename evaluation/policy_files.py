@@ -86,19 +86,18 @@ class PolicySet:
     files: tuple[Path, ...]
 
 
+# list key -> (the entry's naming field, the label's word)
+_ENTRY_NAMES = {"rules": ("id", "rule"), "terminology": ("preferred", "terminology")}
+
+
 def _rule_label(doc: YamlDoc, loc: tuple) -> str:
-    if len(loc) >= 2 and loc[0] == "rules" and isinstance(loc[1], int):
+    if len(loc) >= 2 and loc[0] in _ENTRY_NAMES and isinstance(loc[1], int):
+        field, word = _ENTRY_NAMES[loc[0]]
         try:
-            rule_id = doc.data["rules"][loc[1]].get("id")
+            name = doc.data[loc[0]][loc[1]].get(field)
         except (AttributeError, IndexError, KeyError, TypeError):
-            rule_id = None
-        return f"rule '{rule_id}'" if rule_id else f"rule #{loc[1] + 1}"
-    if len(loc) >= 2 and loc[0] == "terminology" and isinstance(loc[1], int):
-        try:
-            preferred = doc.data["terminology"][loc[1]].get("preferred")
-        except (AttributeError, IndexError, KeyError, TypeError):
-            preferred = None
-        return f"terminology '{preferred}'" if preferred else f"terminology #{loc[1] + 1}"
+            name = None
+        return f"{word} '{name}'" if name else f"{word} #{loc[1] + 1}"
     return "file"
 
 
