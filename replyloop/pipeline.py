@@ -227,29 +227,30 @@ def write_run_train_config(config: Config, store: Store, run_id: int, snapshot_h
     return target
 
 
-def training_argv(config: Config, train_config: Path, run_id: int, output_dir: Path) -> list[str]:
-    template = config.file.training.command
+def _command_argv(key: str, template: str, **values) -> list[str]:
+    """``template`` (the config key ``key``) filled in with ``values``, split like a shell would;
+    an unknown placeholder names the key and the placeholders it may use."""
     try:
-        command = template.format(python=shlex.quote(sys.executable), config=shlex.quote(str(train_config)),
-                                  run_id=run_id, output_dir=shlex.quote(str(output_dir)),
-                                  workspace=shlex.quote(str(config.root)))
+        command = template.format(**values)
     except (KeyError, IndexError) as exc:
-        raise ConfigError(f"training.command: unknown placeholder {exc} (use {{python}}, {{config}}, "
-                          "{run_id}, {output_dir}, {workspace})") from None
+        allowed = ", ".join("{" + name + "}" for name in values)
+        raise ConfigError(f"{key}: unknown placeholder {exc} (use {allowed})") from None
     return shlex.split(command)
+
+
+def training_argv(config: Config, train_config: Path, run_id: int, output_dir: Path) -> list[str]:
+    return _command_argv("training.command", config.file.training.command, python=shlex.quote(sys.executable),
+                         config=shlex.quote(str(train_config)), run_id=run_id,
+                         output_dir=shlex.quote(str(output_dir)), workspace=shlex.quote(str(config.root)))
 
 
 def evaluation_argv(config: Config, model: dict, run_id: int) -> list[str]:
     if config.source is None:
         raise ConfigError("evaluation.command needs the workspace's replyloop.yaml to pass as {config}")
-    try:
-        command = config.file.evaluation.command.format(
-            python=shlex.quote(sys.executable), config=shlex.quote(str(config.source)), model=model["id"],
-            model_name=shlex.quote(model["name"]), run_id=run_id, workspace=shlex.quote(str(config.root)))
-    except (KeyError, IndexError) as exc:
-        raise ConfigError(f"evaluation.command: unknown placeholder {exc} (use {{python}}, {{config}}, "
-                          "{model}, {model_name}, {run_id}, {workspace})") from None
-    return shlex.split(command)
+    return _command_argv("evaluation.command", config.file.evaluation.command, python=shlex.quote(sys.executable),
+                         config=shlex.quote(str(config.source)), model=model["id"],
+                         model_name=shlex.quote(model["name"]), run_id=run_id,
+                         workspace=shlex.quote(str(config.root)))
 
 
 def evaluate_candidate(config: Config, store: Store, run_id: int, model: dict, run_dir: Path,
