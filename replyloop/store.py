@@ -381,8 +381,13 @@ class Store:
                 raise ReplyloopError("the dataset has no samples yet: import or approve some first")
             content = "\n".join(sorted(f"{r['dedupe_key']}\x1f{r['category'] or ''}" for r in rows))
             digest_text = f"{content}\n{heldout_share:.6f}\n{seed}"
-            splits = self._split(rows, heldout_share, seed, self._split_history(rows))
-            if splits != self._split(rows, heldout_share, seed, {}):
+            key_of = {r["id"]: compact(r["prompt"]) for r in rows}
+            bucket: dict[str, float] = {}
+            for r in rows:
+                if key_of[r["id"]] not in bucket:
+                    bucket[key_of[r["id"]]] = self.heldout_bucket(r["prompt"], seed)
+            splits = self._split(rows, key_of, bucket, heldout_share, self._split_history(key_of))
+            if splits != self._split(rows, key_of, bucket, heldout_share, {}):
                 held = sorted({compact(r["prompt"]) for r in rows if splits[r["id"]] == "heldout"})
                 digest_text += "\nheldout:" + "\x1f".join(held)
             digest = sha256(digest_text)[:16]
@@ -404,24 +409,19 @@ class Store:
             return Snapshot(digest, existing is None, counts.get("train", 0), counts.get("heldout", 0),
                             self._without_heldout(digest) if heldout_share > 0 else [])
 
-    def _split_history(self, rows: list[dict]) -> dict[str, set[str]]:
+    def _split_history(self, key_of: dict[int, str]) -> dict[str, set[str]]:
         """Question key -> the splits it had in earlier snapshots (samples are never deleted)."""
-        key_of = {r["id"]: compact(r["prompt"]) for r in rows}
         history: dict[str, set[str]] = {}
         for sample_id, split in self.db.execute("SELECT DISTINCT sample_id, split FROM snapshot_samples").fetchall():
             if sample_id in key_of:
                 history.setdefault(key_of[sample_id], set()).add(split)
         return history
 
-    def _split(self, rows: list[dict], share: float, seed: str,
-               history: dict[str, set[str]] | None = None) -> dict[int, str]:
-        """Sample id -> ``train`` / ``heldout``, decided per question key for the whole table."""
-        history = history or {}
-        key_of = {r["id"]: compact(r["prompt"]) for r in rows}
-        bucket: dict[str, float] = {}
-        for r in rows:
-            if key_of[r["id"]] not in bucket:
-                bucket[key_of[r["id"]]] = self.heldout_bucket(r["prompt"], seed)
+    @staticmethod
+    def _split(rows: list[dict], key_of: dict[int, str], bucket: dict[str, float], share: float,
+               history: dict[str, set[str]]) -> dict[int, str]:
+        """Sample id -> ``train`` / ``heldout``, decided per question key (``key_of``, with its
+        hash ``bucket``) for the whole table."""
         # a question an earlier snapshot trained on stays train, even after heldout_share or the
         # split seed changed: the champion may know it, so it can never measure a challenger
         held = {k for k, b in bucket.items() if b < share and "train" not in history.get(k, ())}
