@@ -388,7 +388,7 @@ class Store:
                     bucket[key_of[r["id"]]] = self.heldout_bucket(r["prompt"], seed)
             splits = self._split(rows, key_of, bucket, heldout_share, self._split_history(key_of))
             if splits != self._split(rows, key_of, bucket, heldout_share, {}):
-                held = sorted({compact(r["prompt"]) for r in rows if splits[r["id"]] == "heldout"})
+                held = sorted({key_of[r["id"]] for r in rows if splits[r["id"]] == "heldout"})
                 digest_text += "\nheldout:" + "\x1f".join(held)
             digest = sha256(digest_text)[:16]
             existing = self.one("SELECT hash FROM snapshots WHERE hash = ?", (digest,))
