@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot import review
+from bot.slackclient import slack_error
 from replyloop.dataio import QuestionIn
 from replyloop.errors import ReplyloopError
 from replyloop.intake import ingest
@@ -90,12 +91,9 @@ def handle_http(bot: "Bot", headers: dict[str, str], body: bytes) -> IntakeRespo
     try:
         [result] = ingest(bot.config, bot.store, [question], source="http", drafter=bot.drafter,
                           checker=bot.checker)
-    except ReplyloopError as exc:
+    except ReplyloopError as exc:  # anything else is answered 500 by the server's request guard
         log.warning("intake failed: %s", exc)
         return IntakeResponse(500, {"ok": False, "error": str(exc)})
-    except Exception:  # a checker's or the database's own error: logged, not shown to the caller
-        log.exception("intake failed")
-        return IntakeResponse(500, {"ok": False, "error": "internal error"})
     if result.draft_id is not None:
         bot.background.submit(_post_card_logged, bot, result.draft_id)
     draft = bot.store.get_draft(result.draft_id) if result.draft_id else None
@@ -121,10 +119,8 @@ def is_intake_channel(bot: "Bot", channel: str | None) -> bool:
         try:
             info = bot.client.conversations_info(channel=channel)
         except Exception as exc:  # not cached: the next message in this channel asks again
-            error = getattr(exc, "response", None)
-            error = error.get("error") if error is not None else f"{type(exc).__name__}: {exc}"
             log.warning("conversations.info for %s failed (%s): cannot tell whether it is the intake "
-                        "channel #%s; its message is not taken in", channel, error, wanted)
+                        "channel #%s; its message is not taken in", channel, slack_error(exc), wanted)
             return False
         name = (info.get("channel") or {}).get("name") or ""
         bot.channel_names[channel] = name

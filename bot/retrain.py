@@ -7,6 +7,7 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from bot import cards, status
+from bot.slackclient import slack_error
 from replyloop.errors import LockedError, ReplyloopError
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def start_now(bot: "Bot", user: str, channel: str | None, respond: Callable[...,
         try:
             respond(**kwargs)
         except Exception as exc:
-            log.warning("could not answer /retrain now through its response_url: %s", _slack_error(exc))
+            log.warning("could not answer /retrain now through its response_url: %s", slack_error(exc))
 
     def notify(text: str) -> None:
         """Never raises: the run's outcome must not depend on Slack. When the channel cannot be
@@ -56,7 +57,7 @@ def start_now(bot: "Bot", user: str, channel: str | None, respond: Callable[...,
             return
         except Exception as exc:
             log.warning("could not post the retrain update to channel %s (%s); answering the command instead",
-                        target, _slack_error(exc))
+                        target, slack_error(exc))
         answer(response_type="in_channel", text=text)
 
     def run() -> None:
@@ -75,12 +76,3 @@ def start_now(bot: "Bot", user: str, channel: str | None, respond: Callable[...,
     answer(response_type="in_channel",
            text=f"<@{user}> started a retrain. I'll report here when training, evaluation and the gate are done.")
     threading.Thread(target=run, name="retrain-slack", daemon=True).start()
-
-
-def _slack_error(exc: Exception) -> str:
-    """Slack's error code (``channel_not_found``) when it answered, else the exception."""
-    response = getattr(exc, "response", None)
-    try:
-        return str(response.get("error")) if response is not None and response.get("error") else str(exc)
-    except Exception:
-        return str(exc)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from slack_sdk.errors import SlackApiError
 
 from bot import cards
+from bot.slackclient import slack_error
 from replyloop.errors import NotFoundError, ReplyloopError
 from replyloop.intake import check_text
 
@@ -54,7 +55,7 @@ def post_pending_cards(bot: "Bot", limit: int | None = None) -> int:
             if post_card(bot, draft_id):
                 posted += 1
         except SlackApiError as exc:
-            log.warning("posting the card of draft %s failed: %s", draft_id, exc.response.get("error"))
+            log.warning("posting the card of draft %s failed: %s", draft_id, slack_error(exc))
     return posted
 
 

@@ -25,6 +25,7 @@ from slack_sdk.signature import SignatureVerifier
 from bot import intake, review
 from bot.app import Bot, create_bot
 from bot.logs import redacting_logger
+from bot.slackclient import slack_error
 from replyloop.config import Config, Secrets
 from replyloop.errors import ConfigError
 from replyloop.intake import draft_pending
@@ -279,8 +280,7 @@ def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, po
             try:
                 handler.connect()
             except SlackApiError as exc:  # a wrong token: say which, not a traceback
-                error = exc.response.get("error") if exc.response is not None else str(exc)
-                raise ConfigError(f"Socket Mode could not connect: apps.connections.open answered {error!r} "
+                raise ConfigError(f"Socket Mode could not connect: apps.connections.open answered {slack_error(exc)!r} "
                                   "(SLACK_APP_TOKEN must be the app-level xapp- token with the "
                                   "connections:write scope)") from None
         if handler is not None:

@@ -30,3 +30,12 @@ def web_client(config: Config, secrets: Secrets | None = None, max_retries: int 
         ConnectionErrorRetryHandler(max_retry_count=max_retries),
     ])
     return client
+
+
+def slack_error(exc: Exception) -> str:
+    """Slack's error code (``channel_not_found``) when it answered, else the exception."""
+    response = getattr(exc, "response", None)
+    try:
+        return str(response.get("error")) if response is not None and response.get("error") else str(exc)
+    except Exception:
+        return str(exc)

@@ -8,7 +8,8 @@ import threading
 import time
 
 from slack_sdk import WebClient
-from slack_sdk.errors import SlackApiError
+
+from bot.slackclient import slack_error
 
 log = logging.getLogger(__name__)
 
@@ -21,7 +22,6 @@ class Supervisors:
         self.ttl_s = ttl_s
         self._members: frozenset[str] = frozenset()
         self._fetched_at = float("-inf")
-        self._known = False        # a fetch has answered at least once (or failed once)
         self._refreshing = False   # one thread asks Slack; the others use the last known members
         self._cond = threading.Condition()
 
@@ -33,7 +33,7 @@ class Supervisors:
         if not self.group or self.client is None:
             return frozenset()
         with self._cond:
-            while self._refreshing and not self._known:
+            while self._refreshing and self._fetched_at == float("-inf"):  # the very first fetch
                 self._cond.wait()
             if self._refreshing or time.monotonic() - self._fetched_at < self.ttl_s:
                 return self._members
@@ -42,18 +42,14 @@ class Supervisors:
         try:
             resp = self.client.usergroups_users_list(usergroup=self.group)
             members = frozenset(resp.get("users") or [])
-        except SlackApiError as exc:
-            log.warning("usergroups.users.list for %s failed: %s (keeping the last known members)",
-                        self.group, exc.response.get("error") if exc.response is not None else exc)
         except Exception as exc:
-            log.warning("usergroups.users.list for %s failed: %s: %s (keeping the last known members)",
-                        self.group, type(exc).__name__, exc)
+            log.warning("usergroups.users.list for %s failed: %s (keeping the last known members)",
+                        self.group, slack_error(exc))
         finally:
             with self._cond:
                 if members is not None:
                     self._members = members
                 self._fetched_at = time.monotonic()
-                self._known = True
                 self._refreshing = False
                 self._cond.notify_all()
         return self._members
