@@ -58,6 +58,15 @@ def registered_marker(adapter_dir: str | Path) -> dict | None:
     return data if isinstance(data, dict) else {}
 
 
+def registered_refusal(adapter_dir: str | Path) -> str | None:
+    """Why ``adapter_dir`` must not be replaced (it holds a registered model), or None."""
+    marker = registered_marker(adapter_dir)
+    if marker is None:
+        return None
+    return (f"{adapter_dir} holds the registered model {marker.get('name') or '?'!r} (id {marker.get('model_id')}, "
+            f"registry {marker.get('db_path')}); registered adapters are never replaced")
+
+
 class Registry:
     def __init__(self, store: Store, keep_adapters: int = 5):
         self.store = store

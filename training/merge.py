@@ -37,12 +37,11 @@ def base_model_of(adapter_dir: str | Path) -> str:
 
 
 def _refuse_registered(out: Path) -> None:
-    from replyloop.registry import registered_marker
+    from replyloop.registry import registered_refusal
 
-    marker = registered_marker(out)
-    if marker is not None:
-        raise TrainingError(f"{out} holds the registered model {marker.get('name') or '?'!r}: registered adapters"
-                            f" are never replaced; write to another directory")
+    reason = registered_refusal(out)
+    if reason is not None:
+        raise TrainingError(f"{reason}; write to another directory")
 
 
 def _publish(tmp: Path, out: Path) -> None:

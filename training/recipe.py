@@ -185,8 +185,8 @@ class LoRAFinetuneRecipe:
                            "records_sha256": records_fingerprint(self.records.pairs),
                            "examples_sha256": examples_fingerprint(examples)}
         if resume_state is not None:
-            config_differs = bool(ckpt.config_differences(resume_state["config"], cfg.to_record()))
-            ckpt.check_resume_data(saved_data, self.data_state, resume_path, config_differs=config_differs)
+            diffs = ckpt.warn_config_mismatch(resume_state["config"], cfg.to_record(), resume_path)
+            ckpt.check_resume_data(saved_data, self.data_state, resume_path, config_differs=bool(diffs))
         self.train_examples, self.eval_examples = self._setup_data(examples)
 
         from accelerate import Accelerator
@@ -214,7 +214,6 @@ class LoRAFinetuneRecipe:
         resume_rng = None
         if resume_path is not None:
             state = ckpt.load_checkpoint(resume_path)
-            ckpt.warn_config_mismatch(state.config, cfg.to_record(), resume_path)
             ckpt.load_trainable_state(model, state.trainable)
             optimizer.load_state_dict(state.optimizer)
             scheduler.load_state_dict(state.scheduler)
@@ -336,7 +335,7 @@ class LoRAFinetuneRecipe:
 
             kwargs["quantization_config"] = BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
-                bnb_4bit_compute_dtype=kwargs.get("dtype", torch.bfloat16))
+                bnb_4bit_compute_dtype=kwargs["dtype"])
         model = AutoModelForCausalLM.from_pretrained(str(base_path), **kwargs)
         self.flash = getattr(model.config, "_attn_implementation", "") == "flash_attention_2"
         model.config.use_cache = False
@@ -552,15 +551,12 @@ class LoRAFinetuneRecipe:
 
     def _refuse_registered_output(self) -> None:
         """A registered adapter is immutable: never replace a directory the registry points to."""
-        from replyloop.registry import registered_marker
+        from replyloop.registry import registered_refusal
 
-        marker = registered_marker(self.output_dir)
-        if marker is not None:
-            model = marker.get("name") or "?"
-            raise OutputRegisteredError(
-                f"{self.cfg.where('output_dir')}output_dir: {self.output_dir} holds the registered model {model!r} "
-                f"(id {marker.get('model_id')}, registry {marker.get('db_path')}); registered adapters are never "
-                f"replaced: set output_dir to a new directory (e.g. adapters/<date>)")
+        reason = registered_refusal(self.output_dir)
+        if reason is not None:
+            raise OutputRegisteredError(f"{self.cfg.where('output_dir')}output_dir: {reason}: "
+                                        "set output_dir to a new directory (e.g. adapters/<date>)")
 
     def save_output(self) -> TrainResult:
         """The best adapter + manifest, assembled in a temp dir beside ``output_dir`` and renamed.
