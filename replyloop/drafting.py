@@ -23,7 +23,7 @@ from replyloop.config import Config
 from replyloop.errors import ReplyloopError
 from replyloop.registry import Registry
 from replyloop.store import Store
-from training.prompting import prompt_input_ids
+from training.prompting import needs_bos, prompt_input_ids
 
 
 class DraftingError(ReplyloopError):
@@ -53,7 +53,8 @@ def generate(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int,
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    prompts = [prompt_input_ids(tokenizer, q) for q in questions]  # the ids training used
+    bos = needs_bos(tokenizer)
+    prompts = [prompt_input_ids(tokenizer, q, bos=bos) for q in questions]  # the ids training used
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str | None] = [None] * len(prompts)
     step = max(1, batch_size)

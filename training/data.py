@@ -12,7 +12,7 @@ from pathlib import Path
 
 from replyloop.errors import ConfigError, DataFormatError, TrainingError
 from training.config import TrainConfig
-from training.prompting import prompt_input_ids
+from training.prompting import needs_bos, prompt_input_ids
 
 IGNORE_INDEX = -100
 
@@ -137,11 +137,12 @@ def _store_records(cfg: TrainConfig, snapshot: str | None = None) -> Records:
 
 # -- tokenisation ------------------------------------------------------------------------------
 
-def tokenize_pair(tokenizer, prompt: str, response: str, max_seq_length: int) -> tuple[Example | None, bool]:
+def tokenize_pair(tokenizer, prompt: str, response: str, max_seq_length: int,
+                  bos: bool | None = None) -> tuple[Example | None, bool]:
     """``(example, truncated)``: prompt tokens labelled -100, response tokens + EOS labelled
     with themselves. Returns ``None`` when the prompt alone fills ``max_seq_length``. The prompt
     ids come from ``prompt_input_ids``, the function generation uses (same BOS handling)."""
-    prompt_ids = prompt_input_ids(tokenizer, prompt)
+    prompt_ids = prompt_input_ids(tokenizer, prompt, bos=bos)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
     if tokenizer.eos_token_id is not None:
         response_ids = response_ids + [tokenizer.eos_token_id]
@@ -156,8 +157,9 @@ def tokenize_pair(tokenizer, prompt: str, response: str, max_seq_length: int) ->
 def tokenize_records(tokenizer, pairs: list[tuple[str, str]], max_seq_length: int) -> tuple[list[Example], TokenStats]:
     stats = TokenStats(samples=len(pairs))
     examples = []
+    bos = needs_bos(tokenizer)  # probed once, not per sample
     for prompt, response in pairs:
-        ex, truncated = tokenize_pair(tokenizer, prompt, response, max_seq_length)
+        ex, truncated = tokenize_pair(tokenizer, prompt, response, max_seq_length, bos)
         if ex is None:
             stats.dropped += 1
             continue

@@ -34,14 +34,21 @@ def adds_bos(tokenizer) -> bool:
     return with_special[:1] == [bos] and without[:1] != [bos]
 
 
-def prompt_input_ids(tokenizer, prompt: str) -> list[int]:
+def needs_bos(tokenizer) -> bool:
+    """Whether ``prompt_input_ids`` puts a BOS in front of the prompt: the plain template with a
+    tokenizer that normally adds one (a chat template writes its own)."""
+    return not has_chat_template(tokenizer) and adds_bos(tokenizer)
+
+
+def prompt_input_ids(tokenizer, prompt: str, *, bos: bool | None = None) -> list[int]:
     """The token ids of the prompt, exactly as training and generation feed them to the model.
 
     A chat template is tokenised without extra special tokens (the template writes the BOS it
     wants, as ``apply_chat_template(tokenize=True)`` does); the plain template gets the
     tokenizer's BOS exactly once when the tokenizer normally adds one, and nothing else (no EOS).
+    ``bos`` is ``needs_bos(tokenizer)``, worked out once by callers that tokenise many prompts.
     """
     ids = list(tokenizer(render_prompt(tokenizer, prompt), add_special_tokens=False)["input_ids"])
-    if not has_chat_template(tokenizer) and adds_bos(tokenizer) and ids[:1] != [tokenizer.bos_token_id]:
+    if (needs_bos(tokenizer) if bos is None else bos) and ids[:1] != [tokenizer.bos_token_id]:
         ids.insert(0, tokenizer.bos_token_id)
     return ids
