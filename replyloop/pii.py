@@ -46,11 +46,11 @@ class Scrubber:
         self.counts: Counter = Counter()
 
     def scrub(self, text: str) -> str:
+        matched = text.translate(_HALF_WIDTH)  # same length as text
         for name, pattern in PATTERNS.items():
             kind = KIND_OF.get(name, name)
             if not getattr(self, kind):
                 continue
-            matched = text.translate(_HALF_WIDTH)  # same length as text
             pieces, last = [], 0
             for match in pattern.finditer(matched):
                 start, end = match.span()
@@ -61,4 +61,5 @@ class Scrubber:
                 self.counts[kind] += 1
             if pieces:
                 text = "".join(pieces) + text[last:]
+                matched = text.translate(_HALF_WIDTH)
         return text
