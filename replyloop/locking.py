@@ -7,6 +7,7 @@ start time and the boot id are recorded too (``process_identity``)."""
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import logging
 import os
 import socket
@@ -60,6 +61,7 @@ def _heartbeat_every() -> float:
     return value
 
 
+@functools.lru_cache(maxsize=1)  # fixed while this process runs
 def _boot_id() -> str | None:
     try:
         with open("/proc/sys/kernel/random/boot_id", encoding="ascii") as fh:
