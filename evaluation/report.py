@@ -374,8 +374,8 @@ class WeeklyReport:
             add("model_rates", self.label, r.name, "rate", r.rate)
             add("model_rates", self.label, r.name, "ci_low", r.ci_low)
             add("model_rates", self.label, r.name, "ci_high", r.ci_high)
-        if self.canary_difference:
-            for metric, value in zip(("difference", "ci_low", "ci_high"), self.canary_difference):
+        if difference := self.canary_difference:
+            for metric, value in zip(("difference", "ci_low", "ci_high"), difference):
                 add("model_rates", self.label, "canary - champion", metric, value)
         return out
 
@@ -844,8 +844,8 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
         lines += _table(["model", "role", "reviews", "approved unchanged", "rate", "95% CI"],
                         [[f"{m.name} (#{m.model_id})", m.role, m.reviews, m.approved, fmt_pct(m.rate),
                           f"{fmt_pct(m.ci_low)} – {fmt_pct(m.ci_high)}"] for m in r.model_rates])
-        if r.canary_difference:
-            d, low, high = r.canary_difference
+        if difference := r.canary_difference:
+            d, low, high = difference
             lines += [f"Canary − champion: {d * 100:+.1f} points (95% interval {low * 100:+.1f} to {high * 100:+.1f},"
                       " Newcombe); an interval that spans 0 means the week's reviews cannot tell them apart.", ""]
     counts = {a: sum(e.action == a for e in r.events) for a in MODEL_ACTIONS}
