@@ -209,10 +209,12 @@ class PolicyEngine:
         rule_hits: list[tuple[Rule, int, int]] = []
         for what, ns, ne in hits:
             start, end = tm.span(ns, ne)
-            if isinstance(what, _Literal):
-                if (what.latin_start or what.latin_end or what.gaps) and not self._on_word_boundaries(tm, what, start, end):
-                    continue
-                spans.append((start, end))
+            literal = isinstance(what, _Literal)
+            if (literal and (what.latin_start or what.latin_end or what.gaps)
+                    and not self._on_word_boundaries(tm, what, start, end)):
+                continue
+            spans.append((start, end))
+            if literal:
                 if what.kind == "term":
                     term = self.terms[what.index]
                     v = Violation(term.id, "warn", f"用“{term.preferred}”，不用“{what.phrase.text}”",
@@ -221,7 +223,6 @@ class PolicyEngine:
                     continue
                 rule = self.rules[what.index]
             else:
-                spans.append((start, end))
                 rule = self.rules[self._patterns[what][0]]
             rule_hits.append((rule, start, end))
         for rule, start, end in rule_hits:
