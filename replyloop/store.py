@@ -360,7 +360,11 @@ class Store:
     @staticmethod
     def heldout_bucket(prompt: str, seed: str) -> float:
         """A stable number in [0, 1) from the question alone: same question, same split, always."""
-        return int(sha256(seed + "\x1f" + compact(prompt))[:15], 16) / 16**15
+        return Store._key_bucket(compact(prompt), seed)
+
+    @staticmethod
+    def _key_bucket(key: str, seed: str) -> float:
+        return int(sha256(seed + "\x1f" + key)[:15], 16) / 16**15
 
     def create_snapshot(self, heldout_share: float = 0.15, seed: str = "replyloop",
                         actor: str = "cli") -> Snapshot:
@@ -382,12 +386,10 @@ class Store:
             content = "\n".join(sorted(f"{r['dedupe_key']}\x1f{r['category'] or ''}" for r in rows))
             digest_text = f"{content}\n{heldout_share:.6f}\n{seed}"
             key_of = {r["id"]: compact(r["prompt"]) for r in rows}
-            bucket: dict[str, float] = {}
-            for r in rows:
-                if key_of[r["id"]] not in bucket:
-                    bucket[key_of[r["id"]]] = self.heldout_bucket(r["prompt"], seed)
-            splits = self._split(rows, key_of, bucket, heldout_share, self._split_history(key_of))
-            if splits != self._split(rows, key_of, bucket, heldout_share, {}):
+            bucket = {key: self._key_bucket(key, seed) for key in set(key_of.values())}
+            history = self._split_history(key_of)
+            splits = self._split(rows, key_of, bucket, heldout_share, history)
+            if history and splits != self._split(rows, key_of, bucket, heldout_share, {}):
                 held = sorted({key_of[r["id"]] for r in rows if splits[r["id"]] == "heldout"})
                 digest_text += "\nheldout:" + "\x1f".join(held)
             digest = sha256(digest_text)[:16]
