@@ -59,7 +59,7 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     reports = list((workdir / "reports").glob("*/report.md"))
     assert len(reports) == 1 and "Weekly consistency report" in reports[0].read_text(encoding="utf-8")
     assert (reports[0].parent / "numbers.csv").exists()
-    assert "Weekly report" in result.stdout
+    assert f"Weekly report: {reports[0]}" in result.stdout  # the whole path, not cut to the table's width
     # the summary compares the retrained model with the champion on the same held-out questions
     compared = store.one("SELECT model_id, against_model_id FROM evaluations WHERE against_model_id IS NOT NULL"
                          " ORDER BY id DESC LIMIT 1")

@@ -44,9 +44,12 @@ def register(app: typer.Typer) -> None:
             summary = run_demo(workdir, DemoSettings.quick() if quick else DemoSettings(), force=force, say=say)
         table = Table(title=f"replyloop demo: done in {summary.seconds:.0f} s")
         table.add_column("What")
-        table.add_column("Result")
+        table.add_column("Result", overflow="fold")  # paths wrap instead of being cut off
         for what, result in summary.rows:
             table.add_row(what, result)
         console.print(table)
+        if summary.report_dir:
+            console.print(f"Weekly report: {summary.report_dir / 'report.md'}", markup=False, highlight=False,
+                          soft_wrap=True)
         console.print(f"Workspace: {summary.workdir}\nTry:  cd {summary.workdir} && replyloop models list && "
                       "replyloop data stats && replyloop retrain --dry-run", markup=False, highlight=False)
