@@ -64,6 +64,21 @@ def test_gate_failure_keeps_the_champion(replyloop_home, tiny_base_dir):
     assert champion_name(store) == first.model_name
     assert store.one("SELECT status FROM models WHERE id = ?", (second.model_id,))["status"] == "rejected"
 
+    # training.from_champion false: from the base model; canary_percent 0: the passing model is
+    # promoted directly, beside an existing champion
+    approve(store, 3, start=10)
+    config.file.evaluation.floor = 0.0
+    config.file.training.from_champion = False
+    config.file.scheduler.canary_percent = 0
+    messages = []
+    third = run_pipeline(config, store, notify=messages.append)
+    assert third.status == "succeeded" and third.action == "champion", third.message
+    assert "from the base model" in messages[0] and "incremental" not in messages[0]
+    run_yaml = (replyloop_home / "runs" / f"run-{third.run_id}" / "train.yaml").read_text(encoding="utf-8")
+    assert "init_adapter" not in run_yaml
+    assert champion_name(store) == third.model_name and Registry(store).canary() is None
+    assert store.one("SELECT status FROM models WHERE id = ?", (first.model_id,))["status"] == "retired"
+
 
 def test_training_failure_marks_run_failed_and_keeps_everything(replyloop_home, tiny_base_dir):
     config, store = make_workspace(replyloop_home, tiny_base_dir)
