@@ -283,3 +283,22 @@ def test_jsonl_crlf_line_endings_and_line_numbers(tmp_path):
         read_samples(path)
     write(path, '{"prompt": "q1", "response": "a1"}\r\n{"prompt": "q2", "response": "a2"}\r\n')
     assert [s.response for s in read_samples(path)] == ["a1", "a2"]
+
+
+def test_shipped_sample_set_is_clean_bilingual_and_paraphrased(samples_csv):
+    """The demo and tests learn from these pairs: no reply may carry a banned promise or an
+    avoided term, some are English, and every intent has several paraphrases."""
+    from collections import Counter
+
+    from evaluation.policy import load_policies
+    from replyloop.dataio import read_samples
+    from replyloop.paths import default_policies_dir
+
+    samples = read_samples(samples_csv)
+    engine = load_policies(default_policies_dir())
+    flagged = [(s.response, engine.check(s.response).verdict) for s in samples if engine.check(s.response).violations]
+    assert flagged == []
+    english = sum(1 for s in samples if s.prompt.isascii())
+    assert 0.1 <= english / len(samples) <= 0.3
+    per_intent = Counter(s.intent for s in samples)
+    assert None not in per_intent and min(per_intent.values()) >= 3
