@@ -48,9 +48,13 @@ def export(
     split: Optional[str] = typer.Option(None, "--split", help="With --snapshot: train or heldout."),
     scrub: Optional[bool] = typer.Option(None, "--scrub-pii/--no-scrub-pii", help="Mask phones, emails, ID-card and order numbers (default: export.scrub_pii)."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="chatml: a system message for every sample."),
+    raw_csv: bool = typer.Option(False, "--raw-csv", help="lora-scripts: write cells exactly as stored, without the quote that stops a spreadsheet running =, +, -, @ cells as formulas (for programs, never for a spreadsheet)."),
     config: Optional[Path] = ConfigOption,
 ):
     """Write the dataset in a format other SFT tools read.
+
+    A CSV cell that begins with = + - @ | % a tab or CR gets a leading ' so that a spreadsheet
+    shows it as text instead of running it (--raw-csv turns that off).
 
     Example: replyloop data export out/train_data --format lora-scripts
     """
@@ -70,7 +74,8 @@ def export(
     if opts.scrub_pii if scrub is None else scrub:
         scrubber = Scrubber(phone=opts.mask_phone, email=opts.mask_email, id_card=opts.mask_id_card,
                             order=opts.mask_order)
-    target = export_samples(rows, fmt, out, scrubber=scrubber, system_prompt=system_prompt)
+    target = export_samples(rows, fmt, out, scrubber=scrubber, system_prompt=system_prompt,
+                            csv_safe=not raw_csv)
     typer.echo(f"Wrote {len(rows)} sample(s) to {target}")
     if scrubber is not None:
         masked = ", ".join(f"{k} {v}" for k, v in sorted(scrubber.counts.items()) if v) or "nothing"
