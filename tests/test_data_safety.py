@@ -175,3 +175,46 @@ def test_questions_import_uses_the_same_limits(workspace, tmp_path):
     assert store.scalar("SELECT count(*) FROM questions") == 0
     with pytest.raises(FieldError, match=r"q2.jsonl:1: conversation_id is longer than 200 characters"):
         read_questions(write(tmp_path / "q2.jsonl", json.dumps({"conversation_id": "c" * 300, "question": "q"}) + "\n"))
+
+
+# -- the same prompt with contradictory answers --------------------------------------------------
+
+
+def test_contradictory_answers_are_warned_about_and_counted(workspace, tmp_path):
+    _, store = workspace
+    first = write(tmp_path / "a.csv", "prompt,response,category\n"
+                  "买了七天还能退吗,七天内可退,退换货政策\n"
+                  "怎么改地址,在订单页修改,物流查询\n"
+                  "买了 七天还能退吗,不可以退,退换货政策\n"       # the same prompt after normalisation
+                  "买了七天还能退吗,七天内可退,退换货政策\n")      # a plain duplicate: no warning
+    result = cli_subprocess("data", "import", first)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"Warning: {first}:4: the prompt '买了 七天还能退吗' has a different answer on line 2\n"
+    assert result.stdout == (f"Imported 3 sample(s) from {first}, skipped 1 duplicate(s); 1 row(s) whose prompt "
+                             "has a different answer (see `replyloop data stats`)\n")
+    later = write(tmp_path / "b.jsonl", json.dumps({"prompt": "怎么改地址", "response": "不能改"}, ensure_ascii=False) + "\n")
+    result = cli_subprocess("data", "import", later)
+    [sample_id] = [s["id"] for s in store.samples() if s["response"] == "在订单页修改"]
+    assert result.stderr == f"Warning: {later}:1: the prompt '怎么改地址' has a different answer on stored sample #{sample_id}\n"
+    stats = json.loads(cli_subprocess("data", "stats", "--json").stdout)
+    assert stats["conflicting_prompts"] == 2 and stats["samples"] == 4
+    assert "Prompts with conflicting answers: 2" in cli_subprocess("data", "stats").stdout
+
+
+def test_an_old_database_gets_prompt_keys(tmp_path):
+    import sqlite_utils
+
+    from replyloop import migrations
+    from replyloop.store import Store
+
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(path)
+    migrations.migrate(old, upto="m030_process_identity")
+    for prompt, response, key in (("怎么退货？", "七天内可退", "k1"), ("怎么 退货?", "不可以退", "k2")):
+        old.execute("INSERT INTO samples (prompt, response, source, approved_at, dedupe_key) VALUES (?, ?, 'import', '2026-01-01', ?)",
+                    (prompt, response, key))
+    old.conn.commit()
+    old.close()
+    store = Store(path)
+    assert {r["prompt_key"] for r in store.samples()} == {"怎么退货?"}
+    assert store.stats()["conflicting_prompts"] == 1
