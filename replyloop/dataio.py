@@ -135,7 +135,7 @@ def _csv_rows(path: Path, lines: Iterable[str], required: tuple[str, ...]) -> It
             if len(values) != len(header):
                 raise DataFormatError(
                     f"{path}:{line}: expected {len(header)} fields, found {len(values)} (check the quoting)")
-            yield line, dict(zip(header, map(csvsafe.unescape, values)))
+            yield line, dict(zip(header, [csvsafe.unescape(v) if v[:1] == "'" else v for v in values]))
     except csv.Error as exc:
         raise DataFormatError(f"{path}:{reader.line_num}: broken CSV quoting ({exc})") from None
 

@@ -36,6 +36,7 @@ _BAD_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _VISIBLE = re.compile(r"[^\s\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
                       r"\u2060-\u2064\u206a-\u206f\u3164\ufeff\uffa0]")
 _LABEL = re.compile(r"[^\W_]|[" + re.escape(LABEL_PUNCTUATION) + r"]")
+_LABEL_TEXT = re.compile(r"(?:[^\W_]|[" + re.escape(LABEL_PUNCTUATION) + r"])+")
 
 
 def _kind(value: object) -> str:
@@ -60,23 +61,36 @@ def _describe(ch: str) -> str:
     return f"a control character (U+{ord(ch):04X})"
 
 
+def _rules(name: str) -> tuple[int | None, re.Pattern, bool]:
+    return MAX_LENGTH.get(name), (_BAD_IN_TEXT if name in TEXT_FIELDS else _BAD_IN_LINE), name in LABEL_FIELDS
+
+
+_RULES: dict[str, tuple[int | None, re.Pattern, bool]] = {}
+
+
 def clean(name: str, value: object, required: bool = False) -> str | None:
     """``value`` of the field ``name`` checked and trimmed: a string within the field's length and
     character limits (None for a missing or blank optional field). Raises FieldError."""
-    if value is None:
+    if value is None or value == "":
         if required:
             raise FieldError(name, f"empty {name}")
         return None
-    if name == "conversation_id" and isinstance(value, int) and not isinstance(value, bool):
-        if abs(value) >= 10 ** MAX_INT_DIGITS:  # before str(): a huge int would be slow or refused
-            raise FieldError(name, f"{name} is a number of more than {MAX_INT_DIGITS} digits")
-        value = str(value)
-    if not isinstance(value, str):
-        raise FieldError(name, f"{name} must be a string, not {_kind(value)}")
-    limit = MAX_LENGTH.get(name)
+    rules = _RULES.get(name)
+    if rules is None:
+        rules = _RULES[name] = _rules(name)
+    limit, bad_chars, label = rules
+    if type(value) is not str:
+        if name == "conversation_id" and isinstance(value, int) and not isinstance(value, bool):
+            if abs(value) >= 10 ** MAX_INT_DIGITS:  # before str(): a huge int would be slow or refused
+                raise FieldError(name, f"{name} is a number of more than {MAX_INT_DIGITS} digits")
+            value = str(value)
+        elif isinstance(value, str):
+            value = str(value)
+        else:
+            raise FieldError(name, f"{name} must be a string, not {_kind(value)}")
     if limit is not None and len(value) > limit * 2:  # far too long: refuse before scanning it
         raise FieldError(name, f"{name} is longer than {limit} characters ({len(value)})")
-    bad = (_BAD_IN_TEXT if name in TEXT_FIELDS else _BAD_IN_LINE).search(value)
+    bad = bad_chars.search(value)
     if bad:
         raise FieldError(name, f"{name} contains {_describe(bad.group())} at character {bad.start() + 1}")
     value = value.strip()
@@ -86,12 +100,11 @@ def clean(name: str, value: object, required: bool = False) -> str | None:
         return None
     if limit is not None and len(value) > limit:
         raise FieldError(name, f"{name} is longer than {limit} characters ({len(value)})")
-    if name in LABEL_FIELDS:
+    if label and (not _LABEL_TEXT.fullmatch(value) or not value.strip(".")):
         odd = next((ch for ch in value if not _LABEL.match(ch)), None)
-        if odd is not None or not value.strip("."):
-            raise FieldError(name, f"{name} may hold only letters, digits, spaces and "
-                                   f"{' '.join(LABEL_PUNCTUATION.strip())}"
-                                   + (f" (found {odd!r})" if odd else " (not only dots)"))
+        raise FieldError(name, f"{name} may hold only letters, digits, spaces and "
+                               f"{' '.join(LABEL_PUNCTUATION.strip())}"
+                               + (f" (found {odd!r})" if odd else " (not only dots)"))
     return value
 
 

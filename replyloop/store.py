@@ -21,7 +21,7 @@ import sqlite_utils
 
 from replyloop import migrations, timeutil
 from replyloop.errors import ConflictError, NotFoundError, ReplyloopError
-from replyloop.textnorm import compact, dedupe_key, sha256
+from replyloop.textnorm import compact, dedupe_key, prompt_key, sha256
 
 DECISIONS = ("approve", "edit", "reject")
 BUSY_TIMEOUT_S = 30.0
@@ -65,6 +65,7 @@ class ImportResult:
 
 
 IMPORT_BATCH = 5000       # rows per executemany into the staging table
+IMPORT_CACHE_KIB = -131072  # page cache while the final INSERT ... SELECT runs (allocated only as used)
 CONFLICT_EXAMPLES = 10
 
 
@@ -333,13 +334,13 @@ class Store:
 
     def _insert_sample(self, sample: SampleIn, source: str, approved_by: str | None,
                        approved_at: str, review_id: int | None = None) -> int | None:
-        prompt_key = compact(sample.prompt)
+        prompt = compact(sample.prompt)
         cur = self.db.execute(
             "INSERT OR IGNORE INTO samples (prompt, response, category, intent, source, approved_by,"
             " approved_at, review_id, dedupe_key, prompt_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sample.prompt.strip(), sample.response.strip(), sample.category or None, sample.intent or None,
              source, approved_by, approved_at, review_id,
-             sha256(prompt_key + "\x1f" + compact(sample.response)), prompt_key),
+             sha256(prompt + "\x1f" + compact(sample.response)), prompt_key(prompt)),
         )
         return cur.lastrowid if cur.rowcount else None
 
@@ -361,6 +362,7 @@ class Store:
         try:
             self._stage(conn, samples)
             result = self._conflicts(conn)
+            conn.execute(f"PRAGMA main.cache_size = {IMPORT_CACHE_KIB}")  # the index pages the insert touches
             with self.transaction():
                 before = self.scalar("SELECT coalesce(max(id), 0) FROM samples")
                 cur = conn.execute(
@@ -379,6 +381,7 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             conn.execute("DROP TABLE IF EXISTS temp.import_staging")
+            conn.execute("PRAGMA main.cache_size = -2000")  # SQLite's default again
 
     @staticmethod
     def _stage(conn: sqlite3.Connection, samples) -> None:
@@ -387,9 +390,9 @@ class Store:
             for n, item in enumerate(samples, start=1):
                 line, sample = item if isinstance(item, tuple) else (n, item)
                 prompt, response = sample.prompt.strip(), sample.response.strip()
-                prompt_key = compact(prompt)
+                key = compact(prompt)
                 yield (line, prompt, response, sample.category or None, sample.intent or None,
-                       sha256(prompt_key + "\x1f" + compact(response)), prompt_key)
+                       sha256(key + "\x1f" + compact(response)), prompt_key(key))
 
         batch: list[tuple] = []
         conn.execute("BEGIN")  # touches only the temp database: no lock on the store
@@ -460,12 +463,12 @@ class Store:
         includes the held-out questions, so a hash always names one split.
         """
         with self.transaction() as db:
-            rows = self.query("SELECT id, prompt, prompt_key, category, dedupe_key FROM samples ORDER BY id")
+            rows = self.query("SELECT id, prompt, category, dedupe_key FROM samples ORDER BY id")
             if not rows:
                 raise ReplyloopError("the dataset has no samples yet: import or approve some first")
             content = "\n".join(sorted(f"{r['dedupe_key']}\x1f{r['category'] or ''}" for r in rows))
             digest_text = f"{content}\n{heldout_share:.6f}\n{seed}"
-            key_of = {r["id"]: r["prompt_key"] or compact(r["prompt"]) for r in rows}
+            key_of = {r["id"]: compact(r["prompt"]) for r in rows}
             bucket = {key: self._key_bucket(key, seed) for key in set(key_of.values())}
             history = self._split_history(key_of)
             splits = self._split(rows, key_of, bucket, heldout_share, history)
@@ -526,10 +529,10 @@ class Store:
         """Categories of a snapshot with two or more questions and no held-out one."""
         questions: dict[str, set[str]] = {}
         covered: set[str] = set()
-        for r in self.query("SELECT s.prompt, s.prompt_key, s.category, ss.split FROM snapshot_samples ss"
+        for r in self.query("SELECT s.prompt, s.category, ss.split FROM snapshot_samples ss"
                             " JOIN samples s ON s.id = ss.sample_id WHERE ss.snapshot_hash = ?", (snapshot_hash,)):
             category = r["category"] or "(none)"
-            questions.setdefault(category, set()).add(r["prompt_key"] or compact(r["prompt"]))
+            questions.setdefault(category, set()).add(compact(r["prompt"]))
             if r["split"] == "heldout":
                 covered.add(category)
         return sorted(c for c, keys in questions.items() if len(keys) >= 2 and c not in covered)

@@ -61,3 +61,9 @@ def compact(text: str) -> str:
 def dedupe_key(prompt: str, response: str) -> str:
     """Two samples are duplicates when prompt and response match after ``compact``."""
     return sha256(compact(prompt) + "\x1f" + compact(response))
+
+
+def prompt_key(compacted: str) -> str:
+    """``samples.prompt_key`` of a prompt already passed through ``compact``: a short hash that
+    finds the same prompt with another answer."""
+    return sha256(compacted)[:16]

@@ -1,0 +1,237 @@
+"""`replyloop data import` at scale, against the old path measured in the same run.
+
+    python benchmarks/import_scale.py                 # 1,000,000 rows (about 138 MB)
+    python benchmarks/import_scale.py --rows 200000   # quicker
+    python benchmarks/import_scale.py --rows 2000 --json   # a smoke run, used by the tests
+
+For each path (old: read the whole file, parse it into a list, insert row by row inside one
+write transaction; new: ``dataio.iter_samples`` streamed into a staging table without the
+write lock, then one ``INSERT … SELECT``) it runs, in a fresh process each:
+
+- the import into an empty database (seconds, peak RSS of the importing process);
+- a "bot" process beside it that stores a question every 50 ms, as ``/intake`` does, and
+  reports the longest wait for one write (it must never fail, and with the new path wait no
+  longer than the final insert);
+
+then ``data snapshot`` and ``data export`` of the imported rows (time and peak RSS).
+
+Goals (issue 15): 1M rows in <= 15 s on 2 cores, peak RSS <= 2x the file size, a concurrent
+write waits no longer than the final insert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def make_csv(path: Path, rows: int) -> int:
+    """``rows`` distinct Q&A pairs built from the shipped sample set (about 138 bytes a row)."""
+    with open(ROOT / "replyloop" / "samples" / "cs_samples.csv", encoding="utf-8-sig", newline="") as fh:
+        base = list(csv.DictReader(fh))
+    with open(path, "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["prompt", "response", "category"])
+        for i in range(rows):
+            b = base[i % len(base)]
+            w.writerow([f"{b['prompt'][:14]}（工单{i}）", f"{b['response'][:20]}（编号{i}）", b["category"]])
+    return path.stat().st_size
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+# -- the paths, each run in its own process (``_child``) -------------------------------------
+
+
+def old_import(db: Path, path: Path) -> dict:
+    """The import as it was: whole file in memory, a list of samples, row-by-row inserts under the lock."""
+    import unicodedata
+
+    from replyloop.store import SampleIn, Store
+    from replyloop import timeutil
+    from replyloop.textnorm import sha256
+
+    def compact(text: str) -> str:  # the old normalisation: unicodedata's NFKC on every text
+        import re
+        return re.sub(r"\s+", "", re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip())
+
+    start = time.perf_counter()
+    text = path.read_bytes().decode("utf-8-sig")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    header = next(reader)
+    samples = [SampleIn(**{k: (v.strip() or None) for k, v in zip(header, values)}) for values in reader]
+    store = Store(db)
+    locked_at = time.perf_counter()
+    conn = store.db.conn
+    conn.execute("BEGIN IMMEDIATE")
+    at = timeutil.now_iso()
+    for s in samples:
+        conn.execute("INSERT OR IGNORE INTO samples (prompt, response, category, intent, source, approved_by,"
+                     " approved_at, review_id, dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                     (s.prompt, s.response, s.category, s.intent, "import", None, at, None,
+                      sha256(compact(s.prompt) + "\x1f" + compact(s.response))))
+    conn.execute("COMMIT")
+    end = time.perf_counter()
+    added = store.sample_count()
+    store.close()
+    return {"seconds": end - start, "locked_seconds": end - locked_at, "added": added}
+
+
+def new_import(db: Path, path: Path) -> dict:
+    from replyloop.dataio import iter_samples
+    from replyloop.store import Store
+
+    start = time.perf_counter()
+    store = Store(db)
+    locked: dict = {}
+    real = store.transaction
+
+    def timed_transaction():  # measure the write-lock part: the final INSERT ... SELECT
+        import contextlib
+
+        @contextlib.contextmanager
+        def cm():
+            t = time.perf_counter()
+            with real() as db_:
+                yield db_
+            locked["seconds"] = time.perf_counter() - t
+        return cm()
+
+    store.transaction = timed_transaction  # type: ignore[method-assign]
+    result = store.add_samples(iter_samples(path), source="import")
+    end = time.perf_counter()
+    store.close()
+    return {"seconds": end - start, "locked_seconds": locked.get("seconds"), "added": result.added}
+
+
+def snapshot(db: Path) -> dict:
+    from replyloop.store import Store
+
+    start = time.perf_counter()
+    with Store(db) as store:
+        snap = store.create_snapshot(0.15, "replyloop")
+    return {"seconds": time.perf_counter() - start, "train": snap.train, "heldout": snap.heldout}
+
+
+def export(db: Path, out: Path) -> dict:
+    from replyloop.dataio import export_samples
+    from replyloop.store import Store
+
+    start = time.perf_counter()
+    with Store(db) as store:
+        target = export_samples(store.samples(), "lora-scripts", out)
+    return {"seconds": time.perf_counter() - start, "bytes": target.stat().st_size}
+
+
+def bot_writer(db: Path, stop: Path) -> dict:
+    """Store a question every 50 ms until ``stop`` exists; the longest wait, and any failure."""
+    from replyloop.store import Store
+
+    waits, failures = [], 0
+    with Store(db) as store:
+        i = 0
+        while not stop.exists():
+            t = time.perf_counter()
+            try:
+                store.add_question(f"并发问题{i}", f"bench-{i}", source="http")
+            except Exception:  # noqa: BLE001 - counted: the goal is that this never happens
+                failures += 1
+            waits.append(time.perf_counter() - t)
+            i += 1
+            time.sleep(0.05)
+    return {"writes": len(waits), "failures": failures, "max_wait_s": max(waits, default=0.0)}
+
+
+def _child(argv: list[str]) -> None:
+    mode, *args = argv
+    fn = {"old": old_import, "new": new_import, "snapshot": snapshot, "export": export, "bot": bot_writer}[mode]
+    out = fn(*map(Path, args))
+    out["peak_rss_mb"] = peak_rss_mb()
+    print(json.dumps(out))
+
+
+def run_child(*args: object, timeout: float = 3600) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run([sys.executable, __file__, "_child", *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+    if proc.returncode != 0:
+        raise SystemExit(f"benchmark child {args[0]} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def import_with_bot(mode: str, db: Path, csv_path: Path, tmp: Path) -> dict:
+    stop = tmp / f"stop-{mode}"
+    from replyloop.store import Store
+    Store(db).close()  # migrate first, so the bot does not wait on the migration
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    bot = subprocess.Popen([sys.executable, __file__, "_child", "bot", str(db), str(stop)],
+                           stdout=subprocess.PIPE, text=True, env=env)
+    time.sleep(1.0)  # let the bot start writing
+    try:
+        result = run_child(mode, db, csv_path)
+    finally:
+        stop.touch()
+        out, _ = bot.communicate(timeout=120)
+    result["bot"] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "_child":
+        _child(sys.argv[2:])
+        return
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", type=int, default=1_000_000)
+    ap.add_argument("--skip-old", action="store_true", help="Measure only the new path.")
+    ap.add_argument("--json", action="store_true", help="Print the figures as JSON.")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="import-scale-") as tmp_name:
+        tmp = Path(tmp_name)
+        csv_path = tmp / "big.csv"
+        size = make_csv(csv_path, args.rows)
+        report: dict = {"rows": args.rows, "file_mb": size / 2**20, "cpus": os.cpu_count()}
+        if not args.skip_old:
+            report["old"] = import_with_bot("old", tmp / "old.db", csv_path, tmp)
+        report["new"] = import_with_bot("new", tmp / "new.db", csv_path, tmp)
+        report["snapshot"] = run_child("snapshot", tmp / "new.db")
+        report["export"] = run_child("export", tmp / "new.db", tmp / "export")
+    new = report["new"]
+    new["rss_vs_file"] = new["peak_rss_mb"] / report["file_mb"]
+    if "old" in report:
+        report["speedup"] = report["old"]["seconds"] / new["seconds"]
+        report["old"]["rss_vs_file"] = report["old"]["peak_rss_mb"] / report["file_mb"]
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    print(f"{args.rows:,} rows, {report['file_mb']:.0f} MB CSV, {report['cpus']} CPUs")
+    print(f"{'path':<6} {'seconds':>8} {'write lock s':>12} {'peak RSS MB':>12} {'RSS/file':>9} "
+          f"{'bot max wait s':>15} {'bot failures':>13}")
+    for name in ("old", "new"):
+        if name in report:
+            r = report[name]
+            print(f"{name:<6} {r['seconds']:>8.1f} {r['locked_seconds']:>12.2f} {r['peak_rss_mb']:>12.0f} "
+                  f"{r['rss_vs_file']:>9.2f} {r['bot']['max_wait_s']:>15.2f} {r['bot']['failures']:>13}")
+    if "speedup" in report:
+        print(f"new vs old: {report['speedup']:.1f}x faster, peak RSS {new['peak_rss_mb'] / report['old']['peak_rss_mb']:.2f}x")
+    print(f"goals (1M rows): <= 15 s -> {new['seconds']:.1f} s; RSS <= 2x file -> {new['rss_vs_file']:.2f}x; "
+          f"bot wait <= final insert -> {new['bot']['max_wait_s']:.2f} s vs {new['locked_seconds']:.2f} s")
+    print(f"snapshot: {report['snapshot']['seconds']:.1f} s, {report['snapshot']['peak_rss_mb']:.0f} MB;  "
+          f"export: {report['export']['seconds']:.1f} s, {report['export']['peak_rss_mb']:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
