@@ -5,8 +5,9 @@
     python benchmarks/import_scale.py --rows 2000 --json   # a smoke run, used by the tests
 
 For each path (old: read the whole file, parse it into a list, insert row by row inside one
-write transaction; new: ``dataio.iter_samples`` streamed into a staging table without the
-write lock, then one ``INSERT … SELECT``) it runs, in a fresh process each:
+write transaction; new: ``dataio.iter_staged``, the file streamed, validated and keyed by one
+worker process per CPU into a staging table without the write lock, then one
+``INSERT … SELECT``; ``--serial`` also measures it validating in the importing process) it runs, in a fresh process each:
 
 - the import into an empty database (seconds, peak RSS of the importing process);
 - a "bot" process beside it that stores a question every 50 ms, as ``/intake`` does, and
@@ -91,8 +92,8 @@ def old_import(db: Path, path: Path) -> dict:
     return {"seconds": end - start, "locked_seconds": end - locked_at, "added": added}
 
 
-def new_import(db: Path, path: Path) -> dict:
-    from replyloop.dataio import iter_samples
+def new_import(db: Path, path: Path, workers: int | None = None) -> dict:
+    from replyloop.dataio import iter_staged
     from replyloop.store import Store
 
     start = time.perf_counter()
@@ -112,7 +113,7 @@ def new_import(db: Path, path: Path) -> dict:
         return cm()
 
     store.transaction = timed_transaction  # type: ignore[method-assign]
-    result = store.add_samples(iter_samples(path), source="import")
+    result = store.import_rows(iter_staged(path, workers=workers), source="import")
     end = time.perf_counter()
     store.close()
     return {"seconds": end - start, "locked_seconds": locked.get("seconds"), "added": result.added}
@@ -133,7 +134,7 @@ def export(db: Path, out: Path) -> dict:
 
     start = time.perf_counter()
     with Store(db) as store:
-        target = export_samples(store.samples(), "lora-scripts", out)
+        target = export_samples(store.iter_samples(), "lora-scripts", out)
     return {"seconds": time.perf_counter() - start, "bytes": target.stat().st_size}
 
 
@@ -158,7 +159,8 @@ def bot_writer(db: Path, stop: Path) -> dict:
 
 def _child(argv: list[str]) -> None:
     mode, *args = argv
-    fn = {"old": old_import, "new": new_import, "snapshot": snapshot, "export": export, "bot": bot_writer}[mode]
+    fn = {"old": old_import, "new": new_import, "serial": lambda db, path: new_import(db, path, workers=0),
+          "snapshot": snapshot, "export": export, "bot": bot_writer}[mode]
     out = fn(*map(Path, args))
     out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
@@ -197,6 +199,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--skip-old", action="store_true", help="Measure only the new path.")
+    ap.add_argument("--serial", action="store_true",
+                    help="Also measure the new path validating in one process (--workers 0).")
     ap.add_argument("--json", action="store_true", help="Print the figures as JSON.")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="import-scale-") as tmp_name:
@@ -207,10 +211,14 @@ def main() -> None:
         if not args.skip_old:
             report["old"] = import_with_bot("old", tmp / "old.db", csv_path, tmp)
         report["new"] = import_with_bot("new", tmp / "new.db", csv_path, tmp)
+        if args.serial:
+            report["serial"] = import_with_bot("serial", tmp / "serial.db", csv_path, tmp)
         report["snapshot"] = run_child("snapshot", tmp / "new.db")
         report["export"] = run_child("export", tmp / "new.db", tmp / "export")
     new = report["new"]
-    new["rss_vs_file"] = new["peak_rss_mb"] / report["file_mb"]
+    for name in ("new", "serial"):
+        if name in report:
+            report[name]["rss_vs_file"] = report[name]["peak_rss_mb"] / report["file_mb"]
     if "old" in report:
         report["speedup"] = report["old"]["seconds"] / new["seconds"]
         report["old"]["rss_vs_file"] = report["old"]["peak_rss_mb"] / report["file_mb"]
@@ -220,7 +228,7 @@ def main() -> None:
     print(f"{args.rows:,} rows, {report['file_mb']:.0f} MB CSV, {report['cpus']} CPUs")
     print(f"{'path':<6} {'seconds':>8} {'write lock s':>12} {'peak RSS MB':>12} {'RSS/file':>9} "
           f"{'bot max wait s':>15} {'bot failures':>13}")
-    for name in ("old", "new"):
+    for name in ("old", "new", "serial"):
         if name in report:
             r = report[name]
             print(f"{name:<6} {r['seconds']:>8.1f} {r['locked_seconds']:>12.2f} {r['peak_rss_mb']:>12.0f} "

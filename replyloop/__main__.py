@@ -1,3 +1,4 @@
 from replyloop.cli.main import main
 
-main()
+if __name__ == "__main__":  # not when a spawned import worker imports this module
+    main()

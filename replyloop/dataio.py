@@ -19,7 +19,7 @@ from typing import TextIO
 from replyloop import csvsafe, fields
 from replyloop.errors import DataFormatError, FieldError
 from replyloop.pii import Scrubber
-from replyloop.store import SampleIn
+from replyloop.store import SampleIn, staging_row
 from replyloop.textfile import read_bytes
 
 FORMATS = ("lora-scripts", "jsonl", "chatml")
@@ -111,7 +111,8 @@ def detect_format(path: Path) -> str:
     raise DataFormatError(f"{path}: cannot tell the format from the extension {suffix or '(none)'}; use .csv or .jsonl")
 
 
-def _csv_rows(path: Path, lines: Iterable[str], required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+def _csv_reader(path: Path, lines: Iterable[str], required: tuple[str, ...]):
+    """``(csv reader, header)``, the header checked for the ``required`` columns."""
     reader = csv.reader(io.StringIO(lines, newline="") if isinstance(lines, str) else lines, strict=True)
     try:
         header = next(reader)
@@ -125,19 +126,39 @@ def _csv_rows(path: Path, lines: Iterable[str], required: tuple[str, ...]) -> It
         raise DataFormatError(
             f"{path}:1: missing column{'s' if len(missing) > 1 else ''} {', '.join(missing)} "
             f"(found: {', '.join(header) or 'nothing'})")
+    return reader, header
+
+
+def _csv_dict(header: list[str], values: list[str]) -> dict | None:
+    """A CSV record as a dict (None for a blank one); a wrong field count is a DataFormatError."""
+    if not values or all(not v.strip() for v in values):
+        return None
+    if len(values) != len(header):
+        raise DataFormatError(f"expected {len(header)} fields, found {len(values)} (check the quoting)")
+    return dict(zip(header, [csvsafe.unescape(v) if v[:1] == "'" else v for v in values]))
+
+
+def _csv_records(path: Path, reader) -> Iterator[tuple[int, list[str]]]:
+    """``(line the record starts on, values)`` of each record after the header."""
     previous = reader.line_num
     try:
         for values in reader:
-            line = previous + 1  # the physical line the record starts on
+            line = previous + 1
             previous = reader.line_num
-            if not values or all(not v.strip() for v in values):
-                continue
-            if len(values) != len(header):
-                raise DataFormatError(
-                    f"{path}:{line}: expected {len(header)} fields, found {len(values)} (check the quoting)")
-            yield line, dict(zip(header, [csvsafe.unescape(v) if v[:1] == "'" else v for v in values]))
+            yield line, values
     except csv.Error as exc:
         raise DataFormatError(f"{path}:{reader.line_num}: broken CSV quoting ({exc})") from None
+
+
+def _csv_rows(path: Path, lines: Iterable[str], required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    reader, header = _csv_reader(path, lines, required)
+    for line, values in _csv_records(path, reader):
+        try:
+            row = _csv_dict(header, values)
+        except DataFormatError as exc:
+            raise DataFormatError(f"{path}:{line}: {exc}") from None
+        if row is not None:
+            yield line, row
 
 
 def _chat_pair(messages) -> tuple[str, str]:
@@ -173,20 +194,30 @@ def jsonl_rows(path: Path, text: str | Iterable[str], expected: str = "a JSON ob
     U+2029 and U+0085, which ``json.dumps(ensure_ascii=False)`` leaves raw inside strings."""
     lines = text.split("\n") if isinstance(text, str) else text
     for line, raw in enumerate(lines, start=1):
-        raw = raw.removesuffix("\n").removesuffix("\r")
-        if not raw.strip():
-            continue
         try:
-            obj = json.loads(raw)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path}:{line}: bad JSON ({exc.msg})") from None
-        except RecursionError:
-            raise DataFormatError(f"{path}:{line}: bad JSON (nested too deeply)") from None
-        except ValueError as exc:  # an integer of more than 4300 digits, ...
-            raise DataFormatError(f"{path}:{line}: bad JSON ({exc})") from None
-        if not isinstance(obj, dict):
-            raise DataFormatError(f"{path}:{line}: expected {expected}")
-        yield line, obj
+            obj = _json_object(raw, expected)
+        except DataFormatError as exc:
+            raise DataFormatError(f"{path}:{line}: {exc}") from None
+        if obj is not None:
+            yield line, obj
+
+
+def _json_object(raw: str, expected: str = "a JSON object") -> dict | None:
+    """One JSONL line as an object (None for a blank line); errors are unlocated DataFormatErrors."""
+    raw = raw.removesuffix("\n").removesuffix("\r")
+    if not raw.strip():
+        return None
+    try:
+        obj = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"bad JSON ({exc.msg})") from None
+    except RecursionError:
+        raise DataFormatError("bad JSON (nested too deeply)") from None
+    except ValueError as exc:  # an integer of more than 4300 digits, ...
+        raise DataFormatError(f"bad JSON ({exc})") from None
+    if not isinstance(obj, dict):
+        raise DataFormatError(f"expected {expected}")
+    return obj
 
 
 def _rows(path: Path, fh: TextIO, fmt: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
@@ -224,6 +255,104 @@ def iter_samples(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[in
         raise DataFormatError(f"{path}: no samples in the file")
 
 
+PARALLEL_MIN_BYTES = 8 * 2**20  # a smaller file is validated in this process (no worker start-up)
+CHUNK_ROWS = 10_000
+
+
+def _stage_chunk(fmt: str, header: list[str] | None, chunk: list[tuple[int, object]]) -> list[tuple] | tuple:
+    """Worker: parse (a CSV record's values, a JSONL line), validate and key one chunk; a bad row
+    comes back as ``("error", line, message, field)`` (the chunk's first), raised in the parent
+    in file order."""
+    out = []
+    for line, raw in chunk:
+        try:
+            row = _csv_dict(header, raw) if fmt == "csv" else _json_object(raw)
+            if row is not None:
+                out.append(staging_row(line, _sample(row)))
+        except FieldError as exc:
+            return ("error", line, exc.reason, exc.field)
+        except DataFormatError as exc:
+            return ("error", line, str(exc), None)
+    return out
+
+
+def iter_staged(path: str | Path, encoding: str = "utf-8", workers: int | None = None) -> Iterator[tuple]:
+    """``store.staging_row`` tuples of a samples file, in file order, for ``Store.import_rows``.
+
+    A file of ``PARALLEL_MIN_BYTES`` or more is parsed here and validated and keyed in
+    ``workers`` forked processes (default: one per CPU, at most 4), at most two chunks ahead of
+    the import each, so memory stays bounded; the first bad row in file order raises, as
+    ``iter_samples`` would. Workers are forked, so only from a single-threaded process (the
+    CLI); with other threads running (``serve``) or without ``fork`` the file is read here."""
+    import multiprocessing
+    import os
+    import threading
+
+    path = Path(path)
+    detect_format(path)
+    try:
+        size = path.stat().st_size
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    if workers is None:
+        workers = min(os.cpu_count() or 1, 4) if size >= PARALLEL_MIN_BYTES else 0
+    if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
+        workers = 0  # forking a process with other threads can deadlock the child
+    if workers < 1:
+        for line, sample in iter_samples(path, encoding):
+            yield staging_row(line, sample)
+        return
+    yield from _iter_staged_parallel(path, encoding, workers)
+
+
+def _iter_staged_parallel(path: Path, encoding: str, workers: int) -> Iterator[tuple]:
+    import collections
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    fmt = detect_format(path)
+    pending: collections.deque = collections.deque()
+    empty = True
+    with _open_lines(path, encoding, newline="" if fmt == "csv" else "\n") as fh, \
+            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        try:
+            chunk: list = []
+            if fmt == "csv":
+                reader, header = _csv_reader(path, fh, ("prompt", "response"))
+                records: Iterable = _csv_records(path, reader)
+            else:
+                header, records = None, enumerate(fh, start=1)
+
+            def results(final: bool = False) -> Iterator[tuple]:
+                while pending and (final or len(pending) >= 2 * workers or pending[0].done()):
+                    done = pending.popleft().result()
+                    if isinstance(done, tuple):
+                        _, line, message, field_name = done
+                        if field_name is not None:
+                            raise FieldError(field_name, message, f"{path}:{line}")
+                        raise DataFormatError(f"{path}:{line}: {message}")
+                    yield from done
+
+            for item in records:
+                chunk.append(item)
+                if len(chunk) >= CHUNK_ROWS:
+                    pending.append(pool.submit(_stage_chunk, fmt, header, chunk))
+                    chunk = []
+                    for row in results():
+                        empty = False
+                        yield row
+            if chunk:
+                pending.append(pool.submit(_stage_chunk, fmt, header, chunk))
+            for row in results(final=True):
+                empty = False
+                yield row
+        finally:
+            for future in pending:
+                future.cancel()
+    if empty:
+        raise DataFormatError(f"{path}: no samples in the file")
+
+
 def read_samples(path: str | Path, encoding: str = "utf-8") -> list[SampleIn]:
     """All samples of a CSV (``prompt,response[,category,intent]``) or JSONL file."""
     return [sample for _, sample in iter_samples(path, encoding)]
@@ -248,7 +377,7 @@ def read_questions(path: str | Path, encoding: str = "utf-8") -> list[QuestionIn
 # -- export ---------------------------------------------------------------------------------
 
 
-def export_samples(rows: list[dict], fmt: str, out: str | Path, scrubber: Scrubber | None = None,
+def export_samples(rows: Iterable[dict], fmt: str, out: str | Path, scrubber: Scrubber | None = None,
                    system_prompt: str | None = None, csv_safe: bool = True) -> Path:
     """Write samples for other tools. lora-scripts: ``out`` is the ``train_data_dir`` and gets
     ``metadata.csv``; jsonl and chatml: ``out`` is the file. Returns the file written.
@@ -265,8 +394,8 @@ def export_samples(rows: list[dict], fmt: str, out: str | Path, scrubber: Scrubb
     if fmt != "lora-scripts" and out.is_dir():
         raise DataFormatError(f"{out}: is a directory; --format {fmt} writes a file (give a file name)")
     clean = (lambda s: scrubber.scrub(s)) if scrubber else (lambda s: s)
-    records = [(clean(r["prompt"]), clean(r["response"]), r.get("category") or "", r.get("intent") or "")
-               for r in rows]
+    records = ((clean(r["prompt"]), clean(r["response"]), r.get("category") or "", r.get("intent") or "")
+               for r in rows)  # a stream: ``rows`` may be a cursor over a million samples
     target = out / METADATA_NAME if fmt == "lora-scripts" else out
     tmp = target.with_name(target.name + ".tmp")
     try:

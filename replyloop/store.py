@@ -64,6 +64,15 @@ class ImportResult:
     conflict_examples: list[Conflict] = field(default_factory=list)  # the first few
 
 
+def staging_row(line: int, sample: SampleIn) -> tuple:
+    """A sample as ``Store.import_rows`` takes it: ``(line, prompt, response, category, intent,
+    dedupe_key, prompt_key)``, trimmed and keyed (the CPU-heavy part, done by import workers)."""
+    prompt, response = sample.prompt.strip(), sample.response.strip()
+    key = compact(prompt)
+    return (line, prompt, response, sample.category or None, sample.intent or None,
+            sha256(key + "\x1f" + compact(response)), prompt_key(key))
+
+
 IMPORT_BATCH = 5000       # rows per executemany into the staging table
 IMPORT_CACHE_KIB = -131072  # page cache while the final INSERT ... SELECT runs (allocated only as used)
 CONFLICT_EXAMPLES = 10
@@ -348,11 +357,25 @@ class Store:
                     approved_by: str | None = None) -> ImportResult:
         """Insert samples all or nothing; duplicates (after normalisation) are counted, not added.
 
-        ``samples`` may be a stream of ``(line, sample)`` (``dataio.iter_samples``): it is read
-        once, into a temporary staging table, without holding the database's write lock, so
-        a bad row found late (the reader raises) stores nothing and the bot keeps writing
-        meanwhile; then one ``INSERT … SELECT`` moves the rows in a short transaction. The
-        result counts prompts that have a different answer in the file or the store."""
+        ``samples`` may be a stream of ``(line, sample)`` (``dataio.iter_samples``); see
+        ``import_rows``. Inside the caller's transaction the rows join it instead."""
+        if self.db.conn.in_transaction:  # inside the caller's transaction: row by row, within it
+            return self._add_in_transaction(samples, source, approved_by, timeutil.now_iso())
+
+        def staged():
+            for n, item in enumerate(samples, start=1):
+                yield staging_row(*item) if isinstance(item, tuple) else staging_row(n, item)
+
+        return self.import_rows(staged(), source, approved_by)
+
+    def import_rows(self, rows: Iterable[tuple], source: str = "import", approved_by: str | None = None) -> ImportResult:
+        """Import ``staging_row`` tuples (in file order) all or nothing.
+
+        The stream is read once, into a temporary staging table (on disk), without holding the
+        database's write lock: a bad row found late (the reader raises) stores nothing, and the
+        bot keeps writing meanwhile. Then one ``INSERT … SELECT`` moves the rows in a short
+        transaction. The result also counts rows whose prompt has a different answer in the file
+        or in the store."""
         at = timeutil.now_iso()
         conn = self.db.conn
         conn.execute("PRAGMA temp_store = FILE")  # the staging table spills to disk, not to RAM
@@ -360,7 +383,7 @@ class Store:
         conn.execute("CREATE TEMP TABLE import_staging (line INTEGER PRIMARY KEY, prompt TEXT, response TEXT,"
                      " category TEXT, intent TEXT, dedupe_key TEXT, prompt_key TEXT)")
         try:
-            self._stage(conn, samples)
+            self._stage(conn, rows)
             result = self._conflicts(conn)
             conn.execute(f"PRAGMA main.cache_size = {IMPORT_CACHE_KIB}")  # the index pages the insert touches
             with self.transaction():
@@ -383,20 +406,29 @@ class Store:
             conn.execute("DROP TABLE IF EXISTS temp.import_staging")
             conn.execute("PRAGMA main.cache_size = -2000")  # SQLite's default again
 
-    @staticmethod
-    def _stage(conn: sqlite3.Connection, samples) -> None:
-        """Validated rows into ``temp.import_staging`` with their keys (the slow, lock-free part)."""
-        def rows():
-            for n, item in enumerate(samples, start=1):
-                line, sample = item if isinstance(item, tuple) else (n, item)
-                prompt, response = sample.prompt.strip(), sample.response.strip()
-                key = compact(prompt)
-                yield (line, prompt, response, sample.category or None, sample.intent or None,
-                       sha256(key + "\x1f" + compact(response)), prompt_key(key))
+    def _add_in_transaction(self, samples, source: str, approved_by: str | None, at: str) -> ImportResult:
+        result = ImportResult()
+        ids = []
+        for item in samples:
+            sample = item[1] if isinstance(item, tuple) else item
+            sample_id = self._insert_sample(sample, source, approved_by, at)
+            if sample_id is None:
+                result.duplicates += 1
+            else:
+                result.added += 1
+                ids.append(sample_id)
+        result.sample_ids = ids
+        if result.added:
+            self.audit(approved_by or "cli", "samples.add", "samples", None,
+                       {"source": source, "added": result.added, "duplicates": result.duplicates})
+        return result
 
+    @staticmethod
+    def _stage(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
+        """Rows into ``temp.import_staging`` (the slow, lock-free part)."""
         batch: list[tuple] = []
         conn.execute("BEGIN")  # touches only the temp database: no lock on the store
-        for row in rows():
+        for row in rows:
             batch.append(row)
             if len(batch) >= IMPORT_BATCH:
                 conn.executemany("INSERT INTO temp.import_staging VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
@@ -434,6 +466,25 @@ class Store:
             return []
         marks = ",".join("?" * len(ids))
         return self.query(f"SELECT * FROM samples WHERE id IN ({marks}) ORDER BY id", ids)
+
+    def iter_samples(self, snapshot_hash: str | None = None, split: str | None = None) -> Iterator[dict]:
+        """Samples (of a snapshot, of one split) in id order, read as a stream: ``data export``
+        of a million rows never holds them all in memory."""
+        if snapshot_hash is None:
+            sql, params = "SELECT * FROM samples ORDER BY id", []
+        else:
+            if self.one("SELECT hash FROM snapshots WHERE hash = ?", (snapshot_hash,)) is None:
+                raise NotFoundError(f"snapshot {snapshot_hash} not found")
+            sql = ("SELECT s.*, ss.split FROM snapshot_samples ss JOIN samples s ON s.id = ss.sample_id"
+                   " WHERE ss.snapshot_hash = ?" + (" AND ss.split = ?" if split else "") + " ORDER BY s.id")
+            params = [snapshot_hash, split] if split else [snapshot_hash]
+        return self._stream(sql, params)
+
+    def _stream(self, sql: str, params: list) -> Iterator[dict]:
+        cursor = self.db.conn.execute(sql, params)
+        names = [d[0] for d in cursor.description]
+        for row in cursor:
+            yield dict(zip(names, row))
 
     def sample_count(self) -> int:
         return self.scalar("SELECT count(*) FROM samples")

@@ -219,3 +219,49 @@ def test_an_old_database_gets_prompt_keys(tmp_path):
     from replyloop.textnorm import prompt_key
     assert {r["prompt_key"] for r in store.samples()} == {prompt_key("怎么退货?")}
     assert store.stats()["conflicting_prompts"] == 1
+
+
+def test_add_samples_inside_a_transaction_joins_it(workspace):
+    from replyloop.store import SampleIn
+
+    _, store = workspace
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            assert store.add_samples([SampleIn("q1", "a1"), SampleIn("q1", "a1")]).added == 1
+            raise RuntimeError("the caller fails after the import")
+    assert store.sample_count() == 0  # rolled back with the caller's transaction
+    with store.transaction():
+        store.add_samples([SampleIn("q1", "a1")])
+    assert store.sample_count() == 1
+
+
+def test_kill_9_during_a_large_import_stores_all_or_nothing(workspace, tmp_path):
+    """A real `data import` subprocess killed at several moments: the store holds every row or none."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, store = workspace
+    rows = 20000
+    big = tmp_path / "big.csv"
+    with big.open("w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["prompt", "response", "category"])
+        for i in range(rows):
+            w.writerow([f"问题{i}：快递到哪了？", f"您好，请提供订单号（编号{i}）", "物流查询"])
+    outcomes = set()
+    for delay in (0.3, 1.5, 3.0, 6.0):
+        before = store.sample_count()
+        proc = subprocess.Popen([sys.executable, "-m", "replyloop", "data", "import", str(big)],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=os.environ.copy())
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        after = store.sample_count()
+        assert after - before in (0, rows) and (after in (0, rows)), (delay, before, after)
+        assert store.scalar("PRAGMA integrity_check") == "ok"
+        outcomes.add(after)
+    assert cli("data", "import", big).exit_code == 0
+    assert store.sample_count() == rows
