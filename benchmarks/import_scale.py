@@ -116,7 +116,9 @@ def new_import(db: Path, path: Path, workers: int | None = None) -> dict:
     result = store.import_rows(iter_staged(path, workers=workers), source="import")
     end = time.perf_counter()
     store.close()
-    return {"seconds": end - start, "locked_seconds": locked.get("seconds"), "added": result.added}
+    workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker
+    return {"seconds": end - start, "locked_seconds": locked.get("seconds"), "added": result.added,
+            "worker_peak_rss_mb": workers_rss}
 
 
 def snapshot(db: Path) -> dict:
@@ -233,6 +235,9 @@ def main() -> None:
             r = report[name]
             print(f"{name:<6} {r['seconds']:>8.1f} {r['locked_seconds']:>12.2f} {r['peak_rss_mb']:>12.0f} "
                   f"{r['rss_vs_file']:>9.2f} {r['bot']['max_wait_s']:>15.2f} {r['bot']['failures']:>13}")
+    for name in ("new", "serial"):
+        if report.get(name, {}).get("worker_peak_rss_mb"):
+            print(f"{name}: largest validation worker peak RSS {report[name]['worker_peak_rss_mb']:.0f} MB")
     if "speedup" in report:
         print(f"new vs old: {report['speedup']:.1f}x faster, peak RSS {new['peak_rss_mb'] / report['old']['peak_rss_mb']:.2f}x")
     print(f"goals (1M rows): <= 15 s -> {new['seconds']:.1f} s; RSS <= 2x file -> {new['rss_vs_file']:.2f}x; "

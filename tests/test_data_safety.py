@@ -251,7 +251,6 @@ def test_kill_9_during_a_large_import_stores_all_or_nothing(workspace, tmp_path)
         w.writerow(["prompt", "response", "category"])
         for i in range(rows):
             w.writerow([f"问题{i}：快递到哪了？", f"您好，请提供订单号（编号{i}）", "物流查询"])
-    outcomes = set()
     for delay in (0.3, 1.5, 3.0, 6.0):
         before = store.sample_count()
         proc = subprocess.Popen([sys.executable, "-m", "replyloop", "data", "import", str(big)],
@@ -262,6 +261,26 @@ def test_kill_9_during_a_large_import_stores_all_or_nothing(workspace, tmp_path)
         after = store.sample_count()
         assert after - before in (0, rows) and (after in (0, rows)), (delay, before, after)
         assert store.scalar("PRAGMA integrity_check") == "ok"
-        outcomes.add(after)
     assert cli("data", "import", big).exit_code == 0
     assert store.sample_count() == rows
+
+
+def test_parallel_validation_gives_the_same_rows_and_the_first_error(tmp_path, workspace):
+    from replyloop.dataio import iter_staged
+
+    _, store = workspace
+    good = tmp_path / "big.csv"
+    lines = ["prompt,response,category"] + [f"问题{i}，快递呢？,回答{i},物流查询" for i in range(25000)]
+    good.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    assert list(iter_staged(good, workers=2)) == list(iter_staged(good, workers=0))
+    bad = tmp_path / "bad.csv"
+    lines[24000] = "\x00,回答,物流查询"  # line 24001, in a later chunk than the next one
+    lines[12000] = "问题,回答,../etc"    # line 12001: reported first, in file order
+    bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(FieldError, match=r"bad.csv:12001: category may hold only letters"):
+        list(iter_staged(bad, workers=2))
+    result = cli_subprocess("data", "import", bad, "--workers", "2")
+    assert result.returncode == 2 and f"Error: {bad}:12001: category may hold only letters" in result.stderr
+    assert store.sample_count() == 0
+    result = cli_subprocess("data", "import", good, "--workers", "2")
+    assert result.returncode == 0 and "Imported 25000 sample(s)" in result.stdout
