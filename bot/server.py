@@ -50,7 +50,9 @@ __all__ = ["BotServer", "Limits", "serve", "sweep", "default_drafter", "EVENTS_P
 
 MAX_BODY = MAX_SLACK_BODY
 SWEEP_EVERY_S = 60.0
-FD_RESERVE = 256  # file descriptors kept for SQLite, the Slack client, the trainer's pipes
+FD_RESERVE = 256  # open files kept apart: a batch of accepts, SQLite, the Slack client, the trainer's pipes
+ACCEPT_BATCH = 64
+LISTEN_BACKLOG = 2048  # the kernel's queue of connections not yet accepted
 
 
 def _raw_response(status: int, reason: str, error: str) -> bytes:
@@ -98,9 +100,11 @@ class _GuardedH11(H11Protocol):
         super().__init__(*args, **kwargs)
         size = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
         self.conn = _H11Connection(h11.SERVER, size)
+        self.access_log = False  # bot.web logs what it refuses; uvicorn would decide by the handlers it finds
         self._head_timer = None
         self._cycle_seen = None
         self._counted = False
+        self._head_bytes = 0
 
     # -- connection cap ------------------------------------------------------------------------
 
@@ -151,6 +155,15 @@ class _GuardedH11(H11Protocol):
     def data_received(self, data: bytes) -> None:
         if self.cycle is None or self.cycle.response_complete:  # a new request head is arriving
             self._arm()
+            # h11 bounds only a head still incomplete after a read: one read of 256 KB passes
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4
+            if self._head_bytes > self.guard.limits.max_header_bytes:
+                self.transport.write(_raw_response(
+                    431, "Request Header Fields Too Large",
+                    f"request head larger than {self.guard.limits.max_header_bytes} bytes"))
+                self._drop()
+                return
         super().data_received(data)
 
     def handle_events(self) -> None:
@@ -158,6 +171,7 @@ class _GuardedH11(H11Protocol):
         if self.cycle is not None and self.cycle is not self._cycle_seen:
             # the head is complete; the app runs from the next loop turn and times the body itself
             self._cycle_seen = self.cycle
+            self._head_bytes = 0
             self._disarm()
             self.cycle.scope.setdefault("extensions", {})["replyloop.trust"] = self.trust
 
@@ -237,7 +251,7 @@ class BotServer:
         self.probes: dict[str, Callable[[], tuple[bool, str]]] = {}
         self._guard = _Guard(limits)
         self.web = Web(self, limits)
-        self._socket = socket.create_server((host, port), backlog=2048)  # bound now: the real port is known
+        self._socket = socket.create_server((host, port), backlog=LISTEN_BACKLOG)  # bound now: the real port is known
         config = uvicorn.Config(
             self.web, http=_protocol_class(self._guard), loop="asyncio", lifespan="off", ws="none",
             log_config=None, access_log=False, proxy_headers=False, server_header=False,
@@ -246,6 +260,9 @@ class BotServer:
             limit_concurrency=2 * limits.max_connections,
             h11_max_incomplete_event_size=limits.max_header_bytes,
             timeout_graceful_shutdown=limits.shutdown_s,  # type: ignore[arg-type]
+            # asyncio accepts this many connections per loop turn; the ones the cap drops are
+            # closed on the next turn, so open files stay under max_connections + ACCEPT_BATCH
+            backlog=ACCEPT_BATCH,
         )
         self._uvicorn = uvicorn.Server(config)
         self._thread: threading.Thread | None = None
@@ -306,14 +323,8 @@ class BotServer:
         if not self._uvicorn.started:
             self.stop()
             raise RuntimeError(f"the HTTP server did not start: {self._failure!r}")
+        self._socket.listen(LISTEN_BACKLOG)  # asyncio set the kernel's queue to ACCEPT_BATCH
         return self
-
-    def serve_forever(self) -> None:
-        """Serve on this thread (in the main thread uvicorn handles SIGINT / SIGTERM)."""
-        try:
-            self._uvicorn.run(sockets=[self._socket])
-        finally:
-            self.web.close()
 
     def stop(self) -> None:
         """Graceful: stop accepting, let in-flight requests finish (``Limits.shutdown_s``), close."""
