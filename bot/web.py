@@ -48,7 +48,7 @@ class Limits:
     body_timeout_s: float = 10.0       # end of the headers -> end of the body, else 408
     keep_alive_s: float = 5.0          # an idle kept-alive connection is closed after this
     max_header_bytes: int = 16 * 1024  # request line + headers (h11); beyond, 431
-    max_body_bytes_in_flight: int = 64 * 1024 * 1024  # bodies being received by all requests together; beyond, 503
+    max_body_bytes_in_flight: int = 32 * 1024 * 1024  # bodies being received by all requests together; beyond, 503
     slack_threads: int = 16            # bolt dispatch (the listeners run on bolt's own pool)
     intake_threads: int = 8            # POST /intake (it may draft)
     health_threads: int = 2            # GET /health, apart so busy intake never delays it
