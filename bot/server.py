@@ -34,7 +34,7 @@ from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from slack_sdk.errors import SlackApiError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from bot import review
+from bot import intake, review  # noqa: F401  (intake: used by sweep)
 from bot.app import Bot, create_bot
 from bot.logs import redacting_logger
 from bot.slackclient import slack_error
