@@ -1,5 +1,9 @@
-"""Loggers that never print a token: every record is formatted, then Slack-token-shaped strings
-(``xoxb-…``, ``xapp-…``) and the configured secrets are replaced by ``[redacted]``."""
+"""Logs that never print a token: every record is formatted, then Slack-token-shaped strings
+(``xoxb-…``, ``xapp-…``) and the configured secrets are replaced by ``[redacted]``.
+
+The filter sits on the handlers (a logger's own filters do not see the records of its
+children: ``bot.review``, ``bot.intake``, ``slack_bolt.App``…), so whatever logger a record
+comes from, it is redacted before it is written."""
 
 from __future__ import annotations
 
@@ -41,11 +45,36 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def redacting_logger(name: str, secrets: Secrets | None) -> logging.Logger:
-    """``logging.getLogger(name)`` with a redacting filter attached (once)."""
-    logger = logging.getLogger(name)
-    for f in list(logger.filters):
+def _handlers() -> list[logging.Handler]:
+    """Every handler now configured: the root's, each logger's, and logging's last resort."""
+    handlers = list(logging.getLogger().handlers)
+    for logger in list(logging.Logger.manager.loggerDict.values()):
+        handlers.extend(getattr(logger, "handlers", ()))
+    if logging.lastResort is not None:
+        handlers.append(logging.lastResort)
+    return handlers
+
+
+def _replace_filter(target: logging.Filterer, new: RedactingFilter) -> None:
+    for f in list(target.filters):
         if isinstance(f, RedactingFilter):
-            logger.removeFilter(f)
-    logger.addFilter(RedactingFilter(secrets))
+            target.removeFilter(f)
+    target.addFilter(new)
+
+
+def install_redaction(secrets: Secrets | None) -> RedactingFilter:
+    """Attach one redacting filter (for ``secrets``) to every handler configured now (call it
+    after logging is configured; a second call replaces the first's filter)."""
+    redactor = RedactingFilter(secrets)
+    for handler in set(_handlers()):
+        _replace_filter(handler, redactor)
+    return redactor
+
+
+def redacting_logger(name: str, secrets: Secrets | None) -> logging.Logger:
+    """``logging.getLogger(name)``, for a library that is given a logger (bolt, slack_sdk), with
+    redaction on that logger and on every handler (``install_redaction``)."""
+    logger = logging.getLogger(name)
+    redactor = install_redaction(secrets)
+    _replace_filter(logger, redactor)
     return logger

@@ -13,7 +13,6 @@ default week is the last *complete* one, the week that just ended when the Monda
 
 from __future__ import annotations
 
-import csv
 import datetime as dt
 import difflib
 import io
@@ -29,7 +28,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from evaluation.stats import rate_difference, wilson_interval
-from replyloop import timeutil
+from replyloop import csvsafe, timeutil
 from replyloop.config import Config
 from replyloop.errors import ConfigError, ReplyloopError
 from replyloop.store import Store
@@ -674,7 +673,7 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
 
 def write_numbers_csv(report: WeeklyReport, path: Path) -> None:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csvsafe.writer(buffer, lineterminator="\n")  # categories come from customers: no formulas
     writer.writerow(["section", "week", "category", "metric", "value"])
     for row in report.rows():
         writer.writerow([row.section, row.week, row.category, row.metric, row.value])

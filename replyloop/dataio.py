@@ -6,14 +6,18 @@ naming the file and line, so a malformed file is rejected whole.
 
 from __future__ import annotations
 
+import codecs
+import contextlib
 import csv
 import io
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
-from replyloop.errors import DataFormatError
+from replyloop import csvsafe, fields
+from replyloop.errors import DataFormatError, FieldError
 from replyloop.pii import Scrubber
 from replyloop.store import SampleIn
 from replyloop.textfile import read_bytes
@@ -30,18 +34,72 @@ class QuestionIn:
     draft: str | None = None
 
 
+QUESTION_FIELDS = ("conversation_id", "question", "category", "draft")
+SAMPLE_FIELDS = ("prompt", "response", "category", "intent")
+
+
+def question_from_mapping(data: Mapping, strict: bool = False) -> QuestionIn:
+    """A customer question from a mapping (a JSON object, a CSV row), every field checked against
+    ``replyloop.fields`` (lengths, characters, types). ``strict``: unknown keys are refused too
+    (the HTTP intake). Raises FieldError naming the field."""
+    if strict:
+        fields.unknown_fields(data, QUESTION_FIELDS)
+    return QuestionIn(fields.clean("conversation_id", data.get("conversation_id"), required=True),
+                      fields.clean("question", data.get("question"), required=True),
+                      fields.clean("category", data.get("category")), fields.clean("draft", data.get("draft")))
+
+
+def sample_from_mapping(data: Mapping) -> SampleIn:
+    """A sample (``prompt``, ``response``, optional ``category``, ``intent``) checked like a question."""
+    return SampleIn(fields.clean("prompt", data.get("prompt"), required=True),
+                    fields.clean("response", data.get("response"), required=True),
+                    fields.clean("category", data.get("category")), fields.clean("intent", data.get("intent")))
+
+
+def _open_error(path: Path, exc: OSError) -> DataFormatError:
+    if isinstance(exc, FileNotFoundError):
+        return DataFormatError(f"{path}: file not found")
+    if isinstance(exc, IsADirectoryError):
+        return DataFormatError(f"{path}: is a directory, expected a file")
+    return DataFormatError(f"{path}: cannot read ({exc.strerror or exc})")
+
+
+def _codec(encoding: str) -> str:
+    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig") else encoding
+    try:
+        codecs.lookup(codec)
+    except LookupError:
+        raise DataFormatError(f"unknown encoding {encoding!r}") from None
+    return codec
+
+
 def read_text(path: Path, encoding: str = "utf-8") -> str:
     """Decode a file; UTF-8 may carry a BOM. A decoding error names the line."""
     raw = read_bytes(path)
-    codec = "utf-8-sig" if encoding.lower().replace("_", "-") in ("utf-8", "utf8", "utf-8-sig") else encoding
+    codec = _codec(encoding)
     try:
         return raw.decode(codec)
-    except LookupError:
-        raise DataFormatError(f"unknown encoding {encoding!r}") from None
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
         hint = " (try --encoding gbk)" if codec == "utf-8-sig" else ""
         raise DataFormatError(f"{path}:{line}: not valid {encoding} text{hint}") from None
+
+
+@contextlib.contextmanager
+def _open_lines(path: Path, encoding: str, newline: str) -> Iterator[TextIO]:
+    """The file opened as text for streaming; an unreadable file, and a decoding error anywhere
+    in it, is a DataFormatError naming the file and line (found by ``read_text`` on that path)."""
+    codec = _codec(encoding)
+    try:
+        fh = open(path, encoding=codec, newline=newline)
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    try:
+        with fh:
+            yield fh
+    except UnicodeDecodeError:
+        read_text(path, encoding)  # raises with the line number
+        raise DataFormatError(f"{path}: not valid {encoding} text") from None
 
 
 def detect_format(path: Path) -> str:
@@ -53,8 +111,8 @@ def detect_format(path: Path) -> str:
     raise DataFormatError(f"{path}: cannot tell the format from the extension {suffix or '(none)'}; use .csv or .jsonl")
 
 
-def _csv_rows(path: Path, text: str, required: tuple[str, ...]) -> Iterable[tuple[int, dict]]:
-    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+def _csv_rows(path: Path, lines: Iterable[str], required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    reader = csv.reader(io.StringIO(lines, newline="") if isinstance(lines, str) else lines, strict=True)
     try:
         header = next(reader)
     except StopIteration:
@@ -77,99 +135,111 @@ def _csv_rows(path: Path, text: str, required: tuple[str, ...]) -> Iterable[tupl
             if len(values) != len(header):
                 raise DataFormatError(
                     f"{path}:{line}: expected {len(header)} fields, found {len(values)} (check the quoting)")
-            yield line, dict(zip(header, values))
+            yield line, dict(zip(header, map(csvsafe.unescape, values)))
     except csv.Error as exc:
         raise DataFormatError(f"{path}:{reader.line_num}: broken CSV quoting ({exc})") from None
 
 
-def _field(path: Path, line: int, row: dict, name: str) -> str:
-    value = row.get(name)
-    if not isinstance(value, str) or not value.strip():
-        raise DataFormatError(f"{path}:{line}: empty {name}")
-    return value.strip()
-
-
-def _optional(row: dict, name: str) -> str | None:
-    value = row.get(name)
-    return value.strip() if isinstance(value, str) and value.strip() else None
-
-
-def _chat_pair(path: Path, line: int, messages) -> tuple[str, str]:
+def _chat_pair(messages) -> tuple[str, str]:
     if not isinstance(messages, list) or not messages:
-        raise DataFormatError(f"{path}:{line}: 'messages' must be a non-empty list")
+        raise FieldError("messages", "'messages' must be a non-empty list")
     for i, message in enumerate(messages):
         if not isinstance(message, dict) or not isinstance(message.get("role"), str) \
                 or not isinstance(message.get("content"), str):
-            raise DataFormatError(f"{path}:{line}: messages[{i}] needs string 'role' and 'content'")
+            raise FieldError("messages", f"messages[{i}] needs string 'role' and 'content'")
     last = messages[-1]
     if last["role"] != "assistant":
-        raise DataFormatError(f"{path}:{line}: the last message must be the assistant's reply")
+        raise FieldError("messages", "the last message must be the assistant's reply")
     users = [m for m in messages[:-1] if m["role"] == "user"]
     if not users:
-        raise DataFormatError(f"{path}:{line}: no user message before the assistant's reply")
-    prompt, response = users[-1]["content"].strip(), last["content"].strip()
-    if not prompt:
-        raise DataFormatError(f"{path}:{line}: empty user message")
-    if not response:
-        raise DataFormatError(f"{path}:{line}: empty response")
+        raise FieldError("messages", "no user message before the assistant's reply")
+    try:
+        prompt = fields.clean("prompt", users[-1]["content"], required=True)
+    except FieldError as exc:
+        raise FieldError("messages", exc.reason.replace("empty prompt", "empty user message")) from None
+    try:
+        response = fields.clean("response", last["content"], required=True)
+    except FieldError as exc:
+        raise FieldError("messages", exc.reason) from None
     return prompt, response
 
 
-def jsonl_rows(path: Path, text: str, expected: str = "a JSON object") -> Iterable[tuple[int, dict]]:
-    """``(line number, object)`` for each non-blank line of JSONL ``text`` read from ``path``;
-    a line that is not JSON, or not an object (``expected`` says what was), is a
-    DataFormatError naming ``path:line``.
+def jsonl_rows(path: Path, text: str | Iterable[str], expected: str = "a JSON object") -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` for each non-blank line of JSONL ``text`` (a string, or lines
+    read with ``newline="\\n"``) read from ``path``; a line that is not JSON, nests too deeply, or
+    is not an object (``expected`` says what was), is a DataFormatError naming ``path:line``.
 
-    Lines end at ``\n`` only (``\r\n`` too): ``str.splitlines`` would also split on U+2028,
+    Lines end at ``\\n`` only (``\\r\\n`` too): ``str.splitlines`` would also split on U+2028,
     U+2029 and U+0085, which ``json.dumps(ensure_ascii=False)`` leaves raw inside strings."""
-    for line, raw in enumerate(text.split("\n"), start=1):
-        raw = raw.removesuffix("\r")
+    lines = text.split("\n") if isinstance(text, str) else text
+    for line, raw in enumerate(lines, start=1):
+        raw = raw.removesuffix("\n").removesuffix("\r")
         if not raw.strip():
             continue
         try:
             obj = json.loads(raw)
         except json.JSONDecodeError as exc:
             raise DataFormatError(f"{path}:{line}: bad JSON ({exc.msg})") from None
+        except RecursionError:
+            raise DataFormatError(f"{path}:{line}: bad JSON (nested too deeply)") from None
+        except ValueError as exc:  # an integer of more than 4300 digits, ...
+            raise DataFormatError(f"{path}:{line}: bad JSON ({exc})") from None
         if not isinstance(obj, dict):
             raise DataFormatError(f"{path}:{line}: expected {expected}")
         yield line, obj
 
 
-def read_samples(path: str | Path, encoding: str = "utf-8") -> list[SampleIn]:
-    """All samples of a CSV (``prompt,response[,category,intent]``) or JSONL file."""
+def _rows(path: Path, fh: TextIO, fmt: str, required: tuple[str, ...]) -> Iterator[tuple[int, dict]]:
+    return _csv_rows(path, fh, required) if fmt == "csv" else jsonl_rows(path, fh)
+
+
+def _sample(obj: dict) -> SampleIn:
+    if "messages" in obj:
+        prompt, response = _chat_pair(obj["messages"])
+        return SampleIn(prompt, response, fields.clean("category", obj.get("category")),
+                        fields.clean("intent", obj.get("intent")))
+    if "prompt" in obj or "response" in obj:
+        return sample_from_mapping(obj)
+    raise DataFormatError("expected 'prompt' and 'response', or 'messages'")
+
+
+def iter_samples(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[int, SampleIn]]:
+    """``(line, sample)`` of a CSV (``prompt,response[,category,intent]``) or JSONL file, read as a
+    stream (the file is never held in memory whole). A bad row raises DataFormatError (a
+    FieldError for a bad field) naming ``path:line``; an empty file too."""
     path = Path(path)
     fmt = detect_format(path)
-    text = read_text(path, encoding)
-    samples = []
-    if fmt == "csv":
-        for line, row in _csv_rows(path, text, ("prompt", "response")):
-            samples.append(SampleIn(_field(path, line, row, "prompt"), _field(path, line, row, "response"),
-                                    _optional(row, "category"), _optional(row, "intent")))
-    else:
-        for line, obj in jsonl_rows(path, text):
-            if "messages" in obj:
-                prompt, response = _chat_pair(path, line, obj["messages"])
-            elif "prompt" in obj or "response" in obj:
-                prompt, response = _field(path, line, obj, "prompt"), _field(path, line, obj, "response")
-            else:
-                raise DataFormatError(f"{path}:{line}: expected 'prompt' and 'response', or 'messages'")
-            samples.append(SampleIn(prompt, response, _optional(obj, "category"), _optional(obj, "intent")))
-    if not samples:
+    empty = True
+    with _open_lines(path, encoding, newline="" if fmt == "csv" else "\n") as fh:
+        for line, row in _rows(path, fh, fmt, ("prompt", "response")):
+            try:
+                sample = _sample(row)
+            except FieldError as exc:
+                raise exc.at(f"{path}:{line}") from None
+            except DataFormatError as exc:
+                raise DataFormatError(f"{path}:{line}: {exc}") from None
+            empty = False
+            yield line, sample
+    if empty:
         raise DataFormatError(f"{path}: no samples in the file")
-    return samples
+
+
+def read_samples(path: str | Path, encoding: str = "utf-8") -> list[SampleIn]:
+    """All samples of a CSV (``prompt,response[,category,intent]``) or JSONL file."""
+    return [sample for _, sample in iter_samples(path, encoding)]
 
 
 def read_questions(path: str | Path, encoding: str = "utf-8") -> list[QuestionIn]:
     """Customer questions from CSV (``conversation_id,question[,category,draft]``) or JSONL."""
     path = Path(path)
     fmt = detect_format(path)
-    text = read_text(path, encoding)
-    rows = _csv_rows(path, text, ("conversation_id", "question")) if fmt == "csv" else jsonl_rows(path, text)
-    questions = [
-        QuestionIn(_field(path, line, row, "conversation_id"), _field(path, line, row, "question"),
-                   _optional(row, "category"), _optional(row, "draft"))
-        for line, row in rows
-    ]
+    questions = []
+    with _open_lines(path, encoding, newline="" if fmt == "csv" else "\n") as fh:
+        for line, row in _rows(path, fh, fmt, ("conversation_id", "question")):
+            try:
+                questions.append(question_from_mapping(row))
+            except FieldError as exc:
+                raise exc.at(f"{path}:{line}") from None
     if not questions:
         raise DataFormatError(f"{path}: no questions in the file")
     return questions
@@ -179,13 +249,14 @@ def read_questions(path: str | Path, encoding: str = "utf-8") -> list[QuestionIn
 
 
 def export_samples(rows: list[dict], fmt: str, out: str | Path, scrubber: Scrubber | None = None,
-                   system_prompt: str | None = None) -> Path:
+                   system_prompt: str | None = None, csv_safe: bool = True) -> Path:
     """Write samples for other tools. lora-scripts: ``out`` is the ``train_data_dir`` and gets
     ``metadata.csv``; jsonl and chatml: ``out`` is the file. Returns the file written.
 
     Written to a temporary file that replaces the target at the end (removed on failure); an
     ``out`` of the wrong kind (a file for lora-scripts, a directory for jsonl) or a path that
-    cannot be written is a DataFormatError naming it."""
+    cannot be written is a DataFormatError naming it. ``csv_safe`` (lora-scripts): a cell that a
+    spreadsheet would run as a formula gets a leading quote (``replyloop.csvsafe``)."""
     if fmt not in FORMATS:
         raise DataFormatError(f"unknown export format {fmt!r} (choose {', '.join(FORMATS)})")
     out = Path(out)
@@ -203,7 +274,7 @@ def export_samples(rows: list[dict], fmt: str, out: str | Path, scrubber: Scrubb
     except OSError as exc:  # a parent that is a file, permission denied, ...
         raise DataFormatError(f"{target.parent}: cannot create the directory ({exc.strerror or exc})") from None
     try:
-        _write_records(tmp, fmt, records, system_prompt)
+        _write_records(tmp, fmt, records, system_prompt, csv_safe)
         tmp.replace(target)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
@@ -213,10 +284,11 @@ def export_samples(rows: list[dict], fmt: str, out: str | Path, scrubber: Scrubb
     return target
 
 
-def _write_records(tmp: Path, fmt: str, records: list[tuple[str, str, str, str]], system_prompt: str | None) -> None:
+def _write_records(tmp: Path, fmt: str, records: Iterable[tuple[str, str, str, str]], system_prompt: str | None,
+                   csv_safe: bool = True) -> None:
     if fmt == "lora-scripts":
         with tmp.open("w", encoding="utf-8", newline="") as fh:
-            writer = csv.writer(fh)
+            writer = csvsafe.writer(fh, safe=csv_safe)
             writer.writerow(["prompt", "response", "category", "intent"])
             writer.writerows(records)
         return

@@ -50,3 +50,15 @@ class TrainingError(ReplyloopError):
 
 class GateFailed(ReplyloopError):
     """The promotion gate did not pass"""
+
+
+class FieldError(DataFormatError):
+    """A field of the input is invalid"""
+
+    def __init__(self, field: str, message: str, where: str | None = None):
+        self.field, self.reason, self.where = field, message, where
+        super().__init__(f"{where}: {message}" if where else message)
+
+    def at(self, where: str) -> "FieldError":
+        """The same error located in a file (``path:line``)."""
+        return FieldError(self.field, self.reason, where)

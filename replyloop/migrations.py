@@ -267,3 +267,16 @@ def m030_process_identity(db: sqlite_utils.Database) -> None:
         ALTER TABLE locks ADD COLUMN owner_started TEXT;
         ALTER TABLE training_runs ADD COLUMN pid_started TEXT;
     """)
+
+
+@migration
+def m031_sample_prompt_key(db: sqlite_utils.Database) -> None:
+    """``samples.prompt_key``: the prompt as ``textnorm.compact`` sees it (what dedupe and the
+    held-out split compare), indexed, so the same prompt stored with different answers is found
+    with SQL (import warnings, ``data stats``) and snapshots need not normalise every prompt again."""
+    from replyloop.textnorm import compact
+
+    db.execute("ALTER TABLE samples ADD COLUMN prompt_key TEXT")
+    rows = db.execute("SELECT id, prompt FROM samples").fetchall()
+    db.conn.executemany("UPDATE samples SET prompt_key = ? WHERE id = ?", [(compact(p), i) for i, p in rows])
+    db.execute("CREATE INDEX idx_samples_prompt_key ON samples(prompt_key, dedupe_key)")

@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from replyloop import timeutil
+from replyloop.childenv import child_env
 from replyloop.config import Config
 from replyloop.errors import ConfigError, ConflictError, ReplyloopError, TrainingError
 from replyloop.locking import RunLock, pid_alive, process_identity, same_process
@@ -284,7 +285,7 @@ def run_training_process(store: Store, run_id: int, argv: list[str], log_path: P
     log, copy progress lines into the run row; returns the exit code."""
     with log_path.open("ab") as logfile:
         proc = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                start_new_session=True, env={**os.environ, **(env or {})})
+                                start_new_session=True, env=child_env(env))  # without the bot's secrets
     _update_run(store, run_id, pid=proc.pid, pid_started=process_identity(proc.pid))  # see recover()
     offset, last_beat = 0, 0.0
     try:

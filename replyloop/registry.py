@@ -10,6 +10,7 @@ transaction together with its ``audit_log`` row (``model.register``, ``model.can
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -25,6 +26,38 @@ REGISTERED_MARKER = ".replyloop-registered"  # written into an adapter dir by re
 
 class RegistryError(ReplyloopError):
     """The registry refused this change"""
+
+
+class ModelNameError(RegistryError):
+    """Invalid model name"""
+
+    exit_code = 2
+
+
+MAX_NAME = 64
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+NAME_RULE = (f"1-{MAX_NAME} characters: letters A-Z a-z, digits, '.', '_', '-', starting with a letter or digit,"
+             " and not only digits (an all-digit name would be read as a model id)")
+
+
+def check_model_name(name: str) -> str:
+    """``name`` if it is a safe model name (``NAME_RULE``), else ModelNameError saying why."""
+    if not isinstance(name, str) or not name:
+        raise ModelNameError(f"model name is empty: use {NAME_RULE}")
+    if name.isdigit():
+        raise ModelNameError(f"model name {name!r} is only digits: `models show {name}` would find model id "
+                             f"{name}; use {NAME_RULE}")
+    if len(name) > MAX_NAME or not NAME_RE.fullmatch(name):
+        raise ModelNameError(f"model name {name!r} is not allowed: use {NAME_RULE}")
+    return name
+
+
+def default_model_name(directory: str) -> str:
+    """A safe name from an adapter directory's name (``check_model_name`` holds for it)."""
+    name = re.sub(r"[^A-Za-z0-9._-]+", "-", directory).strip("-._")[:MAX_NAME].rstrip("-._")
+    if not name or name.isdigit():
+        name = f"model-{name}" if name else "model"
+    return name[:MAX_NAME]
 
 
 def canary_bucket(conversation_id: str) -> float:
@@ -129,6 +162,8 @@ class Registry:
         """Add a trained adapter (reads its manifest.json) as a candidate; registering the same
         directory again returns the existing row. Writes ``.replyloop-registered`` into the
         directory: training refuses to replace it (registered adapters are immutable)."""
+        if name is not None:
+            check_model_name(name)
         path = Path(adapter_dir).resolve()
         manifest = read_manifest(path)
         with self.store.transaction() as db:
@@ -138,10 +173,10 @@ class Registry:
                 self._write_marker(path, existing["id"], existing["name"])
                 return self.get(existing["id"])
             if name is None:
-                name = path.name
+                name = stem = default_model_name(path.name)
                 n = 2
                 while self.store.one("SELECT 1 FROM models WHERE name = ?", (name,)):
-                    name = f"{path.name}-{n}"
+                    name = f"{stem[:MAX_NAME - 1 - len(str(n))]}-{n}"
                     n += 1
             elif self.store.one("SELECT 1 FROM models WHERE name = ?", (name,)):
                 raise ConflictError(f"a model named {name!r} already exists")

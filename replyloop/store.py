@@ -13,7 +13,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,11 +45,27 @@ class SampleIn:
     intent: str | None = None
 
 
+@dataclass(frozen=True)
+class Conflict:
+    """A prompt (``line`` of the file being imported) that has another answer: on ``other_line``
+    of the same file, or in the stored sample ``sample_id``."""
+    line: int
+    prompt: str
+    other_line: int | None = None
+    sample_id: int | None = None
+
+
 @dataclass
 class ImportResult:
     added: int = 0
     duplicates: int = 0
-    sample_ids: list[int] = field(default_factory=list)
+    sample_ids: Sequence[int] = field(default_factory=list)
+    conflicts: int = 0  # rows whose prompt has a different answer (in the file or the store)
+    conflict_examples: list[Conflict] = field(default_factory=list)  # the first few
+
+
+IMPORT_BATCH = 5000       # rows per executemany into the staging table
+CONFLICT_EXAMPLES = 10
 
 
 @dataclass
@@ -317,30 +333,94 @@ class Store:
 
     def _insert_sample(self, sample: SampleIn, source: str, approved_by: str | None,
                        approved_at: str, review_id: int | None = None) -> int | None:
+        prompt_key = compact(sample.prompt)
         cur = self.db.execute(
             "INSERT OR IGNORE INTO samples (prompt, response, category, intent, source, approved_by,"
-            " approved_at, review_id, dedupe_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " approved_at, review_id, dedupe_key, prompt_key) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (sample.prompt.strip(), sample.response.strip(), sample.category or None, sample.intent or None,
-             source, approved_by, approved_at, review_id, dedupe_key(sample.prompt, sample.response)),
+             source, approved_by, approved_at, review_id,
+             sha256(prompt_key + "\x1f" + compact(sample.response)), prompt_key),
         )
         return cur.lastrowid if cur.rowcount else None
 
-    def add_samples(self, samples: Iterable[SampleIn], source: str = "import",
+    def add_samples(self, samples: Iterable[SampleIn] | Iterable[tuple[int, SampleIn]], source: str = "import",
                     approved_by: str | None = None) -> ImportResult:
-        """Insert samples in one transaction; duplicates (after normalisation) are counted, not added."""
-        result = ImportResult()
+        """Insert samples all or nothing; duplicates (after normalisation) are counted, not added.
+
+        ``samples`` may be a stream of ``(line, sample)`` (``dataio.iter_samples``): it is read
+        once, into a temporary staging table, without holding the database's write lock, so
+        a bad row found late (the reader raises) stores nothing and the bot keeps writing
+        meanwhile; then one ``INSERT … SELECT`` moves the rows in a short transaction. The
+        result counts prompts that have a different answer in the file or the store."""
         at = timeutil.now_iso()
-        with self.transaction():
-            for sample in samples:
-                sample_id = self._insert_sample(sample, source, approved_by, at)
-                if sample_id is None:
-                    result.duplicates += 1
-                else:
-                    result.added += 1
-                    result.sample_ids.append(sample_id)
-            if result.added:
-                self.audit(approved_by or "cli", "samples.add", "samples", None,
-                           {"source": source, "added": result.added, "duplicates": result.duplicates})
+        conn = self.db.conn
+        conn.execute("PRAGMA temp_store = FILE")  # the staging table spills to disk, not to RAM
+        conn.execute("DROP TABLE IF EXISTS temp.import_staging")
+        conn.execute("CREATE TEMP TABLE import_staging (line INTEGER PRIMARY KEY, prompt TEXT, response TEXT,"
+                     " category TEXT, intent TEXT, dedupe_key TEXT, prompt_key TEXT)")
+        try:
+            self._stage(conn, samples)
+            result = self._conflicts(conn)
+            with self.transaction():
+                before = self.scalar("SELECT coalesce(max(id), 0) FROM samples")
+                cur = conn.execute(
+                    "INSERT OR IGNORE INTO main.samples (prompt, response, category, intent, source, approved_by,"
+                    " approved_at, dedupe_key, prompt_key) SELECT prompt, response, category, intent, ?, ?, ?,"
+                    " dedupe_key, prompt_key FROM temp.import_staging ORDER BY line", (source, approved_by, at))
+                total = self.scalar("SELECT count(*) FROM temp.import_staging")
+                result.added = max(cur.rowcount, 0)
+                result.duplicates = total - result.added
+                result.sample_ids = range(before + 1, before + 1 + result.added)
+                if result.added:
+                    self.audit(approved_by or "cli", "samples.add", "samples", None,
+                               {"source": source, "added": result.added, "duplicates": result.duplicates})
+            return result
+        finally:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            conn.execute("DROP TABLE IF EXISTS temp.import_staging")
+
+    @staticmethod
+    def _stage(conn: sqlite3.Connection, samples) -> None:
+        """Validated rows into ``temp.import_staging`` with their keys (the slow, lock-free part)."""
+        def rows():
+            for n, item in enumerate(samples, start=1):
+                line, sample = item if isinstance(item, tuple) else (n, item)
+                prompt, response = sample.prompt.strip(), sample.response.strip()
+                prompt_key = compact(prompt)
+                yield (line, prompt, response, sample.category or None, sample.intent or None,
+                       sha256(prompt_key + "\x1f" + compact(response)), prompt_key)
+
+        batch: list[tuple] = []
+        conn.execute("BEGIN")  # touches only the temp database: no lock on the store
+        for row in rows():
+            batch.append(row)
+            if len(batch) >= IMPORT_BATCH:
+                conn.executemany("INSERT INTO temp.import_staging VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+                batch.clear()
+        if batch:
+            conn.executemany("INSERT INTO temp.import_staging VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
+        conn.execute("COMMIT")
+
+    @staticmethod
+    def _conflicts(conn: sqlite3.Connection) -> ImportResult:
+        """Prompts of the staged file with another answer, in the file or already stored."""
+        result = ImportResult()
+        in_file = ("SELECT s.line, s.prompt, f.first AS other_line, NULL FROM temp.import_staging s JOIN"
+                   " (SELECT prompt_key, min(line) AS first, min(dedupe_key) AS low, max(dedupe_key) AS high"
+                   "  FROM temp.import_staging GROUP BY prompt_key HAVING low != high) f ON f.prompt_key = s.prompt_key"
+                   " WHERE s.line != f.first AND s.dedupe_key != (SELECT dedupe_key FROM temp.import_staging"
+                   "  WHERE line = f.first)")
+        in_store = ("SELECT s.line, s.prompt, NULL, (SELECT min(m.id) FROM main.samples m WHERE m.prompt_key = s.prompt_key"
+                    " AND m.dedupe_key != s.dedupe_key) AS sample_id FROM temp.import_staging s"
+                    " WHERE EXISTS (SELECT 1 FROM main.samples m WHERE m.prompt_key = s.prompt_key"
+                    " AND m.dedupe_key != s.dedupe_key)")
+        for sql in (in_file, in_store):
+            for line, prompt, other_line, sample_id in conn.execute(sql):
+                result.conflicts += 1
+                if len(result.conflict_examples) < CONFLICT_EXAMPLES:
+                    result.conflict_examples.append(Conflict(line, prompt, other_line, sample_id))
+        result.conflict_examples.sort(key=lambda c: c.line)
         return result
 
     def samples(self, ids: Iterable[int] | None = None) -> list[dict]:
@@ -380,12 +460,12 @@ class Store:
         includes the held-out questions, so a hash always names one split.
         """
         with self.transaction() as db:
-            rows = self.query("SELECT id, prompt, category, dedupe_key FROM samples ORDER BY id")
+            rows = self.query("SELECT id, prompt, prompt_key, category, dedupe_key FROM samples ORDER BY id")
             if not rows:
                 raise ReplyloopError("the dataset has no samples yet: import or approve some first")
             content = "\n".join(sorted(f"{r['dedupe_key']}\x1f{r['category'] or ''}" for r in rows))
             digest_text = f"{content}\n{heldout_share:.6f}\n{seed}"
-            key_of = {r["id"]: compact(r["prompt"]) for r in rows}
+            key_of = {r["id"]: r["prompt_key"] or compact(r["prompt"]) for r in rows}
             bucket = {key: self._key_bucket(key, seed) for key in set(key_of.values())}
             history = self._split_history(key_of)
             splits = self._split(rows, key_of, bucket, heldout_share, history)
@@ -446,10 +526,10 @@ class Store:
         """Categories of a snapshot with two or more questions and no held-out one."""
         questions: dict[str, set[str]] = {}
         covered: set[str] = set()
-        for r in self.query("SELECT s.prompt, s.category, ss.split FROM snapshot_samples ss"
+        for r in self.query("SELECT s.prompt, s.prompt_key, s.category, ss.split FROM snapshot_samples ss"
                             " JOIN samples s ON s.id = ss.sample_id WHERE ss.snapshot_hash = ?", (snapshot_hash,)):
             category = r["category"] or "(none)"
-            questions.setdefault(category, set()).add(compact(r["prompt"]))
+            questions.setdefault(category, set()).add(r["prompt_key"] or compact(r["prompt"]))
             if r["split"] == "heldout":
                 covered.add(category)
         return sorted(c for c, keys in questions.items() if len(keys) >= 2 and c not in covered)
@@ -500,6 +580,10 @@ class Store:
             "by_source": {r["source"]: r["n"] for r in self.query(
                 "SELECT source, count(*) AS n FROM samples GROUP BY source ORDER BY n DESC, source")},
             "questions": self.scalar("SELECT count(*) FROM questions"),
+            # prompts stored with two or more different answers (七天内可退 / 不可以退)
+            "conflicting_prompts": self.scalar(
+                "SELECT count(*) FROM (SELECT 1 FROM samples GROUP BY prompt_key"
+                " HAVING min(dedupe_key) != max(dedupe_key))"),
             "pending_reviews": self.pending_count(),
             "champion_snapshot": snapshot,
             "approved_since_snapshot": self.samples_since(snapshot),

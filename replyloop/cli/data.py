@@ -24,7 +24,7 @@ def import_(
 
     Example: replyloop data import exports/faq.csv --encoding gbk
     """
-    from replyloop.dataio import read_questions, read_samples
+    from replyloop.dataio import iter_samples, read_questions
 
     cfg, store = workspace(config)
     with store:
@@ -35,9 +35,21 @@ def import_(
             ids = ingest_questions(cfg, store, questions, source="import")
             typer.echo(f"Imported {len(ids)} question(s) from {file}")
             return
-        samples = read_samples(file, encoding)
-        result = store.add_samples(samples, source="import")
-        typer.echo(f"Imported {result.added} sample(s) from {file}, skipped {result.duplicates} duplicate(s)")
+        result = store.add_samples(iter_samples(file, encoding), source="import")
+        for c in result.conflict_examples:
+            other = f"line {c.other_line}" if c.other_line else f"stored sample #{c.sample_id}"
+            typer.echo(f"Warning: {file}:{c.line}: the prompt {_clip(c.prompt)!r} has a different answer on "
+                       f"{other}", err=True)
+        if result.conflicts > len(result.conflict_examples):
+            typer.echo(f"Warning: {result.conflicts - len(result.conflict_examples)} more row(s) with a prompt "
+                       "that has a different answer", err=True)
+        typer.echo(f"Imported {result.added} sample(s) from {file}, skipped {result.duplicates} duplicate(s)"
+                   + (f"; {result.conflicts} row(s) whose prompt has a different answer (see `replyloop data stats`)"
+                      if result.conflicts else ""))
+
+
+def _clip(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 @data_app.command("export")
@@ -48,9 +60,13 @@ def export(
     split: Optional[str] = typer.Option(None, "--split", help="With --snapshot: train or heldout."),
     scrub: Optional[bool] = typer.Option(None, "--scrub-pii/--no-scrub-pii", help="Mask phones, emails, ID-card and order numbers (default: export.scrub_pii)."),
     system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="chatml: a system message for every sample."),
+    raw_csv: bool = typer.Option(False, "--raw-csv", help="lora-scripts: write cells exactly as stored, without the quote that stops a spreadsheet running =, +, -, @ cells as formulas (for programs, never for a spreadsheet)."),
     config: Optional[Path] = ConfigOption,
 ):
     """Write the dataset in a format other SFT tools read.
+
+    A CSV cell that begins with = + - @ | % a tab or CR gets a leading ' so that a spreadsheet
+    shows it as text instead of running it (--raw-csv turns that off).
 
     Example: replyloop data export out/train_data --format lora-scripts
     """
@@ -70,7 +86,8 @@ def export(
     if opts.scrub_pii if scrub is None else scrub:
         scrubber = Scrubber(phone=opts.mask_phone, email=opts.mask_email, id_card=opts.mask_id_card,
                             order=opts.mask_order)
-    target = export_samples(rows, fmt, out, scrubber=scrubber, system_prompt=system_prompt)
+    target = export_samples(rows, fmt, out, scrubber=scrubber, system_prompt=system_prompt,
+                            csv_safe=not raw_csv)
     typer.echo(f"Wrote {len(rows)} sample(s) to {target}")
     if scrubber is not None:
         masked = ", ".join(f"{k} {v}" for k, v in sorted(scrubber.counts.items()) if v) or "nothing"
@@ -92,6 +109,9 @@ def stats(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption):
         print_json(s)
         return
     console.print(f"Samples: {s['samples']}   questions: {s['questions']}   pending reviews: {s['pending_reviews']}")
+    if s["conflicting_prompts"]:
+        console.print(f"Prompts with conflicting answers: {s['conflicting_prompts']} (the same prompt, different "
+                      "responses: keep the right one)")
     console.print(f"Champion's snapshot: {s['champion_snapshot'] or '(no champion yet)'}   "
                   f"approved since: {s['approved_since_snapshot']}")
     for title, key in (("Category", "by_category"), ("Source", "by_source")):

@@ -101,7 +101,7 @@ def show(
 @models_app.command("register")
 def register_(
     adapter_dir: Path = typer.Argument(..., help="A trained adapter directory with manifest.json."),
-    name: Optional[str] = typer.Option(None, "--name", help="Default: the directory name."),
+    name: Optional[str] = typer.Option(None, "--name", help="Letters, digits, . _ - (not only digits; 64 at most). Default: the directory name, made safe."),
     run_id: Optional[int] = typer.Option(None, "--run-id", help="The training run that produced it."),
     by: str = ByOption,
     config: Optional[Path] = ConfigOption,

