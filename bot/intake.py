@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING
 
 from bot import review
 from bot.slackclient import slack_error
-from replyloop.dataio import QuestionIn
+from replyloop import fields
+from replyloop.dataio import QuestionIn, question_from_mapping
 from replyloop.errors import DataFormatError, ReplyloopError
 from replyloop.intake import ingest
 
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BODY = 256 * 1024
-FIELDS = {"conversation_id", "question", "draft", "category"}
 
 
 @dataclass
@@ -45,48 +45,19 @@ def authorized(expected: str | None, header: str | None) -> bool:
     return hmac.compare_digest(header[len("Bearer "):].strip().encode(), expected.encode())
 
 
-MAX_INT_DIGITS = 64  # a numeric conversation_id longer than this is refused, not converted
-# control characters (tab / LF / CR allowed) and lone surrogates (a JSON "\\ud800"): never stored
-_BAD_CHARACTER = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
-
-
-class _LongNumber(str):
-    """A JSON integer of more than MAX_INT_DIGITS digits, kept as its digits (``int()`` of
-    thousands of digits is refused by Python, and slow before that)."""
-
-
-def _number(digits: str):
-    return _LongNumber(digits) if len(digits.lstrip("-")) > MAX_INT_DIGITS else int(digits)
-
-
-def _field(name: str, value: object, required: bool) -> str | None:
-    """One intake field checked and trimmed; raises IntakeError naming it."""
-    if isinstance(value, _LongNumber):
-        raise IntakeError(f"'{name}' is a number of {len(value.lstrip('-'))} digits (at most {MAX_INT_DIGITS}; "
-                          "send an identifier as a string)")
-    if name == "conversation_id" and isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
-    if value is None and not required:
-        return None
-    if not isinstance(value, str):
-        raise IntakeError(f"'{name}' is required and must be a non-empty string" if required
-                          else f"'{name}' must be a string")
-    bad = _BAD_CHARACTER.search(value)
-    if bad:
-        ch = bad.group()
-        what = f"a lone surrogate (U+{ord(ch):04X}, not valid Unicode)" if "\ud800" <= ch <= "\udfff" \
-            else f"a control character (U+{ord(ch):04X})"
-        raise IntakeError(f"'{name}' contains {what} at character {bad.start() + 1}")
-    value = value.strip()
-    if not value:
-        if required:
-            raise IntakeError(f"'{name}' is required and must be a non-empty string")
-        return None
-    return value
+def _number(digits: str) -> int:
+    """``json.loads``'s integers: one longer than the field rules allow becomes a stand-in just
+    over the limit, so the error names the field (``int()`` refuses thousands of digits with a
+    ValueError that names nothing, and is slow before that)."""
+    if len(digits.lstrip("-")) > fields.MAX_INT_DIGITS:
+        return 10 ** fields.MAX_INT_DIGITS
+    return int(digits)
 
 
 def parse(body: bytes) -> QuestionIn:
-    """Validate an intake body; raises IntakeError naming the field (or the body)."""
+    """Validate an intake body: JSON here, every field by the shared rules (``replyloop.fields``:
+    lengths, characters, types; unknown fields refused). Raises IntakeError, or FieldError naming
+    the field."""
     try:
         data = json.loads(body.decode("utf-8"), parse_int=_number)
     except UnicodeDecodeError:
@@ -95,18 +66,11 @@ def parse(body: bytes) -> QuestionIn:
         raise IntakeError(f"body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from None
     except RecursionError:
         raise IntakeError("body is not valid JSON (nested too deeply)") from None
-    except ValueError as exc:  # anything else json refuses (none known): still the client's error
+    except ValueError as exc:  # anything else json refuses: still the client's error
         raise IntakeError(f"body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise IntakeError("body must be a JSON object {conversation_id, question, draft?, category?}")
-    unknown = sorted(set(data) - FIELDS)
-    if unknown:
-        raise IntakeError(f"unknown field(s): {', '.join(unknown)} (allowed: {', '.join(sorted(FIELDS))})")
-    values = {name: _field(name, data.get(name), required=name in ("conversation_id", "question"))
-              for name in ("conversation_id", "question", "draft", "category")}
-    if len(values["question"]) > 4000:
-        raise IntakeError("'question' is longer than 4000 characters")
-    return QuestionIn(values["conversation_id"], values["question"], values["category"], values["draft"])
+    return question_from_mapping(data, strict=True)
 
 
 def handle_http(bot: "Bot", headers: dict[str, str], body: bytes) -> IntakeResponse:

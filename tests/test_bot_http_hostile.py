@@ -252,11 +252,18 @@ def test_malformed_requests_get_4xx_one_log_line_and_nothing_stored(env, caplog)
         (lambda: env.sim.request("POST", "/intake", b"[" * 100_000 + b"]" * 100_000, auth),
          400, "body is not valid JSON (nested too deeply)"),
         (lambda: env.sim.request("POST", "/intake", b'{"conversation_id": "c", "question": "\\ud800"}', auth),
-         400, "'question' contains a lone surrogate (U+D800, not valid Unicode) at character 1"),
+         400, "question contains a lone surrogate (U+D800: not valid Unicode) at character 1"),
         (lambda: env.sim.request("POST", "/intake", b'{"conversation_id": ' + b"7" * 5000 + b', "question": "q"}', auth),
-         400, "'conversation_id' is a number of 5000 digits (at most 64; send an identifier as a string)"),
+         400, "conversation_id is a number of more than 200 digits"),
+        # the field limits of the shared validator (replyloop.fields), as the issue found them accepted
+        (lambda: env.sim.request("POST", "/intake", json.dumps({"conversation_id": "c" * 200_000, "question": "q"}),
+                                 auth),
+         400, "conversation_id is longer than 200 characters (200000)"),
         (lambda: env.sim.request("POST", "/intake", b'{"conversation_id": "c\\u0000", "question": "q"}', auth),
-         400, "'conversation_id' contains a control character (U+0000) at character 2"),
+         400, "conversation_id contains a NUL character (U+0000) at character 2"),
+        (lambda: env.sim.request("POST", "/intake", json.dumps(
+            {"conversation_id": "c", "question": "q", "category": "../../../etc/passwd\u0000"}), auth),
+         400, "category contains a NUL character (U+0000) at character 20"),
     ]
     for send, status, error in cases:
         caplog.clear()
