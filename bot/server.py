@@ -252,6 +252,7 @@ class BotServer:
         self._guard = _Guard(limits)
         self.web = Web(self, limits)
         self._socket = socket.create_server((host, port), backlog=LISTEN_BACKLOG)  # bound now: the real port is known
+        self._address = self._socket.getsockname()
         config = uvicorn.Config(
             self.web, http=_protocol_class(self._guard), loop="asyncio", lifespan="off", ws="none",
             log_config=None, access_log=False, proxy_headers=False, server_header=False,
@@ -290,11 +291,11 @@ class BotServer:
 
     @property
     def port(self) -> int:
-        return self._socket.getsockname()[1]
+        return self._address[1]
 
     @property
     def url(self) -> str:
-        host = self._socket.getsockname()[0]
+        host = self._address[0]
         if host in ("0.0.0.0", "::"):
             host = "127.0.0.1"
         return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"

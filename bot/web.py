@@ -185,7 +185,7 @@ class Web:
             if method not in ("GET", "HEAD"):
                 raise Refused(405, "/health takes GET", ((b"allow", b"GET, HEAD"),))
             status, body = await self._run("health", self.server.health)
-            await send_json(send, status, body)
+            await send_json(send, status, body, close=request.body_pending)  # a body is never read
             return
         if path == "/intake":
             route = "intake"

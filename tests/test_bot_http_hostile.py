@@ -279,9 +279,10 @@ def test_malformed_requests_get_4xx_one_log_line_and_nothing_stored(env, caplog)
     env.wait_review(card_id)
 
 
-def test_a_slow_listener_does_not_stall_the_event_loop(env):
+def test_a_slow_listener_does_not_stall_the_event_loop_and_stop_waits_for_it(env):
     """bolt runs the edit modal's policy check before the ack: a slow one blocks its dispatch
-    thread, never the event loop (``/health`` and other requests keep answering)."""
+    thread, never the event loop (``/health`` and other requests keep answering); a graceful
+    stop lets it finish."""
     release = threading.Event()
 
     def slow_checker(text):
@@ -305,9 +306,17 @@ def test_a_slow_listener_does_not_stall_the_event_loop(env):
         conn.close()
         assert time.perf_counter() - started < BOUND_S
     assert not done
+    # a graceful stop: no new connections, but the submission in flight is answered
+    stopping = threading.Thread(target=env.server.stop)
+    stopping.start()
+    time.sleep(0.5)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", env.server.port), timeout=2)
+    assert stopping.is_alive() and not done
     release.set()
     submit.join(10)
-    assert done and done[0].status == 200
+    stopping.join(15)
+    assert done and done[0].status == 200 and not stopping.is_alive()
 
 
 # -- the real `replyloop serve` process ---------------------------------------------------------
