@@ -30,11 +30,10 @@ from collections.abc import Callable
 
 import h11
 import uvicorn
-from h11._connection import DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
 from slack_sdk.errors import SlackApiError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from bot import intake, review  # noqa: F401  (intake: used by sweep)
+from bot import intake, review  # noqa: F401  (intake: ack15's sweep takes in held channel messages)
 from bot.app import Bot, create_bot
 from bot.logs import redacting_logger
 from bot.slackclient import slack_error
@@ -98,8 +97,7 @@ class _GuardedH11(H11Protocol):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        size = self.config.h11_max_incomplete_event_size or DEFAULT_MAX_INCOMPLETE_EVENT_SIZE
-        self.conn = _H11Connection(h11.SERVER, size)
+        self.conn = _H11Connection(h11.SERVER, self.config.h11_max_incomplete_event_size or 16 * 1024)
         self.access_log = False  # bot.web logs what it refuses; uvicorn would decide by the handlers it finds
         self._head_timer = None
         self._cycle_seen = None
