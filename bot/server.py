@@ -1,31 +1,43 @@
-"""Running the bot: one ``ThreadingHTTPServer`` serving ``POST /slack/events`` (HTTP mode,
-dispatched to bolt, which verifies signatures and rejects stale timestamps with 401),
-``POST /intake`` and ``GET /health``; in Socket Mode the same server serves only intake and
-health while Slack events arrive over the socket (``SLACK_APP_TOKEN``).
+"""Running the bot: uvicorn serving ``bot.web``'s ASGI app on ``host:port``:
+``POST /slack/events`` (HTTP mode; bolt's ASGI adapter, which verifies signatures and rejects
+stale timestamps with 401), ``POST /intake`` and ``GET /health``. In Socket Mode the same
+server serves only intake and health while Slack events arrive over the socket
+(``SLACK_APP_TOKEN``).
 
     serve(config, store, secrets, http=True, port=3000, scheduler=None)   # blocks
 
 ``scheduler`` is anything with ``start()`` and ``shutdown(wait=False)`` (an APScheduler
 BackgroundScheduler); the pipeline attaches its jobs to it.
+
+Hostile clients (``Limits``): uvicorn's h11 protocol bounds the request head
+(``h11_max_incomplete_event_size``), closes idle kept-alive connections
+(``timeout_keep_alive``) and answers 503 past ``limit_concurrency``. ``_GuardedH11`` adds what
+uvicorn lacks: a deadline for the request head (a slowloris client gets 408 and is closed), a
+cap on open connections that closes the oldest *unauthenticated* one to admit a new one (so
+idle or stalled clients can never lock out Slack or ``/health``), and a JSON answer naming
+what h11 refused. ``bot.web`` checks the token / signature headers and the declared length
+before it reads a body, and reads it within a deadline.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import resource
+import socket
 import threading
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import urlparse
 
-from slack_bolt.request import BoltRequest
+import h11
+import uvicorn
 from slack_sdk.errors import SlackApiError
-from slack_sdk.signature import SignatureVerifier
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from bot import intake, review
+from bot import intake, review  # noqa: F401  (intake: ack15's sweep takes in held channel messages)
 from bot.app import Bot, create_bot
 from bot.logs import redacting_logger
 from bot.slackclient import slack_error
+from bot.web import EVENTS_PATH, MAX_SLACK_BODY, Limits, Web
 from replyloop.config import Config, Secrets
 from replyloop.errors import ConfigError
 from replyloop.intake import draft_pending
@@ -33,128 +45,227 @@ from replyloop.store import Store
 
 log = logging.getLogger(__name__)
 
-EVENTS_PATH = "/slack/events"
-MAX_BODY = 1024 * 1024
+__all__ = ["BotServer", "Limits", "serve", "sweep", "default_drafter", "EVENTS_PATH", "MAX_BODY"]
+
+MAX_BODY = MAX_SLACK_BODY
 SWEEP_EVERY_S = 60.0
+FD_RESERVE = 256  # open files kept apart: a batch of accepts, SQLite, the Slack client, the trainer's pipes
+ACCEPT_BATCH = 64
+LISTEN_BACKLOG = 2048  # the kernel's queue of connections not yet accepted
+
+
+def _raw_response(status: int, reason: str, error: str) -> bytes:
+    """A whole ``Connection: close`` answer, written outside h11 (no request was parsed)."""
+    body = json.dumps({"ok": False, "error": error}).encode()
+    return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json; charset=utf-8\r\n"
+            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n").encode() + body
+
+
+# h11's reasons, in the words of the bot's other answers
+_H11_REFUSALS = {"bad Content-Length": "invalid Content-Length (send one decimal byte count)",
+                 "conflicting Content-Length headers": "invalid Content-Length (send one decimal byte count)"}
+
+
+class _H11Connection(h11.Connection):
+    """h11's connection, remembering why it refused a request (uvicorn answers a bare 400)."""
+
+    refused: h11.RemoteProtocolError | None = None
+
+    def next_event(self):
+        try:
+            return super().next_event()
+        except h11.RemoteProtocolError as exc:
+            self.refused = exc
+            raise
+
+
+class _Guard:
+    """Bookkeeping of one server's connections; used on its event loop's thread only."""
+
+    def __init__(self, limits: Limits):
+        self.limits = limits
+        self.open = 0
+        self.untrusted: dict[_GuardedH11, None] = {}  # insertion order: the oldest first
+        self.evicted = 0
+        self.timed_out = 0
+
+
+class _GuardedH11(H11Protocol):
+    """uvicorn's h11 protocol with a header deadline and a connection cap (see the module doc)."""
+
+    guard: _Guard  # set on the per-server subclass
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.conn = _H11Connection(h11.SERVER, self.config.h11_max_incomplete_event_size or 16 * 1024)
+        self.access_log = False  # bot.web logs what it refuses; uvicorn would decide by the handlers it finds
+        self._head_timer = None
+        self._cycle_seen = None
+        self._counted = False
+        self._head_bytes = 0
+
+    # -- connection cap ------------------------------------------------------------------------
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        guard = self.guard
+        guard.open += 1
+        self._counted = True
+        guard.untrusted[self] = None
+        self._arm()
+        if guard.open > guard.limits.max_connections:
+            victim = next((p for p in guard.untrusted if p is not self), None)
+            if victim is None:  # every other connection is an authenticated request in progress
+                self.transport.write(_raw_response(503, "Service Unavailable", "too many connections; retry shortly"))
+                self._drop()
+            else:  # idle, or still sending an unauthenticated request: it gives way
+                victim._drop()
+            guard.evicted += 1
+
+    def _drop(self) -> None:
+        if self._counted:
+            self.guard.open -= 1
+            self._counted = False
+        self.guard.untrusted.pop(self, None)
+        self._disarm()
+        self.transport.close()
+
+    def trust(self) -> None:
+        """The current request is authenticated (called by ``bot.web`` through the scope)."""
+        self.guard.untrusted.pop(self, None)
+
+    def connection_lost(self, exc) -> None:
+        if self._counted:
+            self.guard.open -= 1
+            self._counted = False
+        self.guard.untrusted.pop(self, None)
+        self._disarm()
+        super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        if self._counted:  # idle again: first in line to give way (moved to the end: the newest)
+            self.guard.untrusted.pop(self, None)
+            self.guard.untrusted[self] = None
+        super().on_response_complete()
+
+    # -- header deadline ----------------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        if self.cycle is None or self.cycle.response_complete:  # a new request head is arriving
+            self._arm()
+            # h11 bounds only a head still incomplete after a read: one read of 256 KB passes
+            end = data.find(b"\r\n\r\n")
+            self._head_bytes += len(data) if end < 0 else end + 4
+            if self._head_bytes > self.guard.limits.max_header_bytes:
+                self.transport.write(_raw_response(
+                    431, "Request Header Fields Too Large",
+                    f"request head larger than {self.guard.limits.max_header_bytes} bytes"))
+                self._drop()
+                return
+        super().data_received(data)
+
+    def handle_events(self) -> None:
+        super().handle_events()
+        if self.cycle is not None and self.cycle is not self._cycle_seen:
+            # the head is complete; the app runs from the next loop turn and times the body itself
+            self._cycle_seen = self.cycle
+            self._head_bytes = 0
+            self._disarm()
+            self.cycle.scope.setdefault("extensions", {})["replyloop.trust"] = self.trust
+
+    def _arm(self) -> None:
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.guard.limits.header_timeout_s, self._head_timed_out)
+
+    def _disarm(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing() or (self.cycle is not None and not self.cycle.response_complete):
+            return
+        self.guard.timed_out += 1
+        self.transport.write(_raw_response(
+            408, "Request Timeout", f"the request head did not arrive within {self.guard.limits.header_timeout_s:g} s"))
+        self._drop()
+
+    # -- what h11 refused, as JSON ------------------------------------------------------------
+
+    def send_400_response(self, msg: str) -> None:
+        exc, self.conn.refused = self.conn.refused, None
+        status = getattr(exc, "error_status_hint", 400) if exc is not None else 400
+        if status not in (400, 413, 414, 431, 501):
+            status = 400
+        reason = str(exc) if exc is not None else msg
+        if status == 431:
+            reason = f"request head larger than {self.guard.limits.max_header_bytes} bytes"
+        data = json.dumps({"ok": False, "error": _H11_REFUSALS.get(reason, reason)}).encode()
+        try:
+            for event in (h11.Response(status_code=status, headers=[(b"content-type", b"application/json; charset=utf-8"),
+                                                                    (b"content-length", str(len(data)).encode()),
+                                                                    (b"connection", b"close")]),
+                          h11.Data(data=data), h11.EndOfMessage()):
+                self.transport.write(self.conn.send(event))
+        except h11.LocalProtocolError:  # a response had already begun: only closing is left
+            pass
+        self._drop()
+
+
+def _protocol_class(guard: _Guard) -> type[_GuardedH11]:
+    return type("GuardedH11Protocol", (_GuardedH11,), {"guard": guard})
+
+
+def _file_limit(wanted: int) -> int:
+    """Raise the soft limit of open files towards ``wanted`` (up to the hard limit); returns it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        new = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+            soft = new
+        except (ValueError, OSError):
+            pass
+    return soft
 
 
 class BotServer:
-    """The HTTP side of the bot on ``host:port`` (port 0: any free port; see ``url``)."""
+    """The HTTP side of the bot on ``host:port`` (port 0: any free port; see ``port`` and ``url``)."""
 
-    def __init__(self, bot: Bot, host: str = "127.0.0.1", port: int = 0, slack_events: bool = True):
+    def __init__(self, bot: Bot, host: str = "127.0.0.1", port: int = 0, slack_events: bool = True,
+                 limits: Limits | None = None):
         self.bot = bot
         self.slack_events = slack_events
-        # only HTTP mode receives signed Slack requests; Socket Mode runs without a signing secret
-        self.verifier = SignatureVerifier(bot.secrets.slack_signing_secret or "") if slack_events else None
-        server = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, fmt, *args):  # request lines only, never headers
-                log.debug("%s %s", self.address_string(), fmt % args)
-
-            def do_GET(self):
-                self._guarded(self._get)
-
-            def do_POST(self):
-                self._guarded(self._post)
-
-            def _guarded(self, handle: Callable[[], None]) -> None:
-                """Every request gets an answer: an unexpected error is logged with its traceback
-                and answered 500 (no detail to the client)."""
-                self._responded = False
-                try:
-                    handle()
-                except Exception:
-                    log.exception("%s %s failed", self.command, urlparse(self.path).path)
-                    self.close_connection = True
-                    if not self._responded:
-                        try:
-                            self._send(500, {"ok": False, "error": "internal error"})
-                        except OSError:
-                            pass
-                finally:  # a thread per connection: its SQLite connection must not outlive it
-                    server.bot.store.release_thread()
-
-            def _get(self):
-                if urlparse(self.path).path == "/health":
-                    self._send(*server.health())
-                else:
-                    self._send(404, {"ok": False, "error": "not found"})
-
-            def _post(self):
-                url = urlparse(self.path)
-                if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-                    self.close_connection = True  # the body's framing is not read: drop the connection
-                    self._send(411, {"ok": False, "error": "chunked bodies are not supported: send Content-Length"})
-                    return
-                raw = (self.headers.get("Content-Length") or "0").strip()
-                if not raw.isascii() or not raw.isdigit():
-                    self.close_connection = True
-                    self._send(400, {"ok": False, "error": f"invalid Content-Length {raw[:40]!r}"})
-                    return
-                length = int(raw)
-                if length > MAX_BODY:
-                    self._send(413, {"ok": False, "error": "body too large"})
-                    self.close_connection = True
-                    return
-                body = self.rfile.read(length) if length else b""
-                headers = {k.lower(): v for k, v in self.headers.items()}
-                if url.path == EVENTS_PATH and server.slack_events:
-                    self._slack(url.query, headers, body)
-                elif url.path == "/intake":
-                    result = intake.handle_http(server.bot, headers, body)
-                    self._send(result.status, result.body)
-                else:
-                    self._send(404, {"ok": False, "error": "not found"})
-
-            def _slack(self, query: str, headers: dict, body: bytes):
-                try:
-                    text = body.decode("utf-8")
-                except UnicodeDecodeError:
-                    self._send(400, {"ok": False, "error": "body is not UTF-8"})
-                    return
-                if not server.verifier.is_valid_request(text, headers):
-                    self._send(401, {"ok": False, "error": "invalid signature or stale timestamp"})
-                    return
-                try:  # bolt parses before it verifies: a malformed body must not kill the handler
-                    req = BoltRequest(body=text, query=query, headers=headers)
-                except ValueError as exc:
-                    self._send(400, {"ok": False, "error": f"malformed payload ({exc})"})
-                    return
-                resp = server.bot.app.dispatch(req)
-                data = (resp.body or "").encode("utf-8")
-                self.send_response(resp.status)
-                for name, values in resp.headers.items():
-                    if name.lower() == "content-length":
-                        continue
-                    for value in values:
-                        self.send_header(name, value)
-                self.send_header("Content-Length", str(len(data)))
-                self._responded = True
-                self.end_headers()
-                self.wfile.write(data)
-
-            def _send(self, status: int, payload: dict):
-                data = json.dumps(payload, ensure_ascii=False).encode("utf-8")
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json; charset=utf-8")
-                if self.close_connection:
-                    self.send_header("Connection", "close")
-                self.send_header("Content-Length", str(len(data)))
-                self._responded = True
-                self.end_headers()
-                self.wfile.write(data)
-
-        class Server(ThreadingHTTPServer):
-            daemon_threads = True
-            request_queue_size = 128
-
-        self._httpd = Server((host, port), Handler)
-        self._thread: threading.Thread | None = None
+        limits = limits or Limits()
+        files = _file_limit(limits.max_connections + FD_RESERVE)
+        if files != resource.RLIM_INFINITY and files < limits.max_connections + FD_RESERVE:
+            fitting = max(16, files - FD_RESERVE)
+            log.warning("only %d open files allowed (ulimit -n): serving at most %d connections instead of %d",
+                        files, fitting, limits.max_connections)
+            limits = Limits(**{**limits.__dict__, "max_connections": fitting})
+        self.limits = limits
         # name -> () -> (ok, what is wrong); ``serve`` adds the scheduler and the Socket Mode link
         self.probes: dict[str, Callable[[], tuple[bool, str]]] = {}
+        self._guard = _Guard(limits)
+        self.web = Web(self, limits)
+        self._socket = socket.create_server((host, port), backlog=LISTEN_BACKLOG)  # bound now: the real port is known
+        self._address = self._socket.getsockname()
+        config = uvicorn.Config(
+            self.web, http=_protocol_class(self._guard), loop="asyncio", lifespan="off", ws="none",
+            log_config=None, access_log=False, proxy_headers=False, server_header=False,
+            timeout_keep_alive=limits.keep_alive_s,  # type: ignore[arg-type]  (a float is fine)
+            # a second fence behind the connection cap: at most this many requests at once, else 503
+            limit_concurrency=2 * limits.max_connections,
+            h11_max_incomplete_event_size=limits.max_header_bytes,
+            timeout_graceful_shutdown=limits.shutdown_s,  # type: ignore[arg-type]
+            # asyncio accepts this many connections per loop turn; the ones the cap drops are
+            # closed on the next turn, so open files stay under max_connections + ACCEPT_BATCH
+            backlog=ACCEPT_BATCH,
+        )
+        self._uvicorn = uvicorn.Server(config)
+        self._thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
 
     def health(self) -> tuple[int, dict]:
         """``GET /health``: 200 when the database answers and every probe holds, else 503 with
@@ -178,25 +289,49 @@ class BotServer:
 
     @property
     def port(self) -> int:
-        return self._httpd.server_address[1]
+        return self._address[1]
 
     @property
     def url(self) -> str:
-        host = self._httpd.server_address[0]
-        return f"http://{'127.0.0.1' if host == '0.0.0.0' else host}:{self.port}"
+        host = self._address[0]
+        if host in ("0.0.0.0", "::"):
+            host = "127.0.0.1"
+        return f"http://[{host}]:{self.port}" if ":" in host else f"http://{host}:{self.port}"
 
-    def start(self) -> "BotServer":
-        self._thread = threading.Thread(target=self._httpd.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="replyloop-http", daemon=True)
+    @property
+    def connections(self) -> int:
+        """Open connections (as the connection cap counts them)."""
+        return self._guard.open
+
+    def _run(self) -> None:
+        try:
+            self._uvicorn.run(sockets=[self._socket])
+        except BaseException as exc:  # uvicorn exits with SystemExit when it cannot start
+            self._failure = exc
+            log.error("the HTTP server stopped: %r", exc)
+
+    def start(self, timeout: float = 30.0) -> "BotServer":
+        """Serve on a background thread; returns once it accepts connections."""
+        self._thread = threading.Thread(target=self._run, name="replyloop-http", daemon=True)
         self._thread.start()
+        ready = threading.Event()
+        while not self._uvicorn.started:
+            if not self._thread.is_alive() or ready.wait(0.01) or timeout <= 0:
+                break
+            timeout -= 0.01
+        if not self._uvicorn.started:
+            self.stop()
+            raise RuntimeError(f"the HTTP server did not start: {self._failure!r}")
+        self._socket.listen(LISTEN_BACKLOG)  # asyncio set the kernel's queue to ACCEPT_BATCH
         return self
 
-    def serve_forever(self) -> None:
-        self._httpd.serve_forever()
-
     def stop(self) -> None:
-        self._httpd.shutdown()
-        self._httpd.server_close()
+        """Graceful: stop accepting, let in-flight requests finish (``Limits.shutdown_s``), close."""
+        self._uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(self.limits.shutdown_s + 5)
+        self.web.close()
+        self._socket.close()
 
     def __enter__(self) -> "BotServer":
         return self.start()

@@ -113,7 +113,7 @@ class BotEnv:
         raise TimeoutError(f"no review of draft {draft_id}")
 
 
-def make_env(workspace, drafter=None, checker=None, **slack) -> BotEnv:
+def make_env(workspace, drafter=None, checker=None, limits=None, **slack) -> BotEnv:
     config, store = workspace
     fake = FakeSlack(group_members={GROUP: [GROUP_MEMBER]}).start()
     s = config.file.slack
@@ -129,7 +129,7 @@ def make_env(workspace, drafter=None, checker=None, **slack) -> BotEnv:
     pipeline = PipelineRecorder()
     bot = create_bot(config, store, secrets, drafter=drafter, checker=checker or PhraseRules(),
                      start_pipeline=pipeline)
-    server = BotServer(bot).start()
+    server = BotServer(bot, limits=limits).start()
     return BotEnv(config, store, fake, bot, server, Simulator(server.url, SIGNING_SECRET, fake), pipeline)
 
 

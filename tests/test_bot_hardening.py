@@ -161,9 +161,10 @@ def test_bad_framing_gets_an_answer(env):
     head = b"POST /intake HTTP/1.1\r\nHost: x\r\n" + auth
     body = b'{"conversation_id": "c", "question": "q", "draft": "a"}'
     status, answer = _raw(env, head + b"Content-Length: abc\r\n\r\n" + body)
-    assert (status, answer) == (400, {"ok": False, "error": "invalid Content-Length 'abc'"})
+    invalid = {"ok": False, "error": "invalid Content-Length (send one decimal byte count)"}  # h11 refuses it
+    assert (status, answer) == (400, invalid)
     status, answer = _raw(env, head + b"Content-Length: -1\r\n\r\n" + body)  # used to hang
-    assert (status, answer) == (400, {"ok": False, "error": "invalid Content-Length '-1'"})
+    assert (status, answer) == (400, invalid)
     chunked = head + b"Transfer-Encoding: chunked\r\n\r\n" + hex(len(body))[2:].encode() + b"\r\n" + body + b"\r\n0\r\n\r\n"
     status, answer = _raw(env, chunked)
     assert (status, answer) == (411, {"ok": False, "error": "chunked bodies are not supported: send Content-Length"})

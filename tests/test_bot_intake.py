@@ -57,9 +57,10 @@ def test_intake_malformed_payloads_get_400_with_reason(env):
     cases = {
         b"{not json": "body is not valid JSON (Expecting property name enclosed in double quotes at line 1 column 2)",
         b"[1, 2]": "body must be a JSON object {conversation_id, question, draft?, category?}",
-        b'{"question": "q"}': "'conversation_id' is required and must be a non-empty string",
-        b'{"conversation_id": "c", "question": "  "}': "'question' is required and must be a non-empty string",
-        b'{"conversation_id": "c", "question": "q", "draft": 5}': "'draft' must be a string",
+        # the fields by the shared rules of replyloop.fields (also those of data import)
+        b'{"question": "q"}': "empty conversation_id",
+        b'{"conversation_id": "c", "question": "  "}': "empty question",
+        b'{"conversation_id": "c", "question": "q", "draft": 5}': "draft must be a string, not a number",
         b'{"conversation_id": "c", "question": "q", "extra": 1}':
             "unknown field(s): extra (allowed: category, conversation_id, draft, question)",
         b"\xff\xfe": "body is not UTF-8",
