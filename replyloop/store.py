@@ -313,6 +313,19 @@ class Store:
             review = self.one("SELECT * FROM reviews WHERE id = ?", (review_id,))
             return Decision(review=review, created=True, sample_id=sample_id)
 
+    def mark_card_updated(self, review_id: int) -> None:
+        """The decided card is in Slack (its buttons are gone)."""
+        with self.transaction() as db:
+            db.execute("UPDATE reviews SET card_updated_at = ? WHERE id = ?", (timeutil.now_iso(), review_id))
+
+    def decided_without_card_update(self, before: str, limit: int = 200) -> list[int]:
+        """Drafts decided before ``before`` (ISO time) whose posted card still shows its buttons:
+        the card update was lost (a crash after the decision's commit, Slack down)."""
+        return [r["draft_id"] for r in self.query(
+            "SELECT r.draft_id FROM reviews r JOIN drafts d ON d.id = r.draft_id"
+            " WHERE r.card_updated_at IS NULL AND d.slack_ts IS NOT NULL AND r.created_at < ?"
+            " ORDER BY r.id LIMIT ?", (before, int(limit)))]
+
     # -- samples -----------------------------------------------------------------------------
 
     def _insert_sample(self, sample: SampleIn, source: str, approved_by: str | None,
