@@ -79,7 +79,7 @@ class DraftQueue:
             return set(self._busy)
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._pool.shutdown(wait=True, cancel_futures=True)  # the running drafts finish
 
 
 @dataclass
