@@ -178,8 +178,11 @@ def _metadata(draft_id: int, channel: str | None, ts: str | None) -> str:
 
 
 def parse_metadata(raw: str) -> dict:
-    data = json.loads(raw or "{}")
-    if not isinstance(data, dict) or not isinstance(data.get("draft_id"), int):
+    try:
+        data = json.loads(raw or "{}")
+    except (TypeError, ValueError):
+        data = None
+    if not isinstance(data, dict) or type(data.get("draft_id")) is not int:
         raise ValueError("private_metadata has no draft_id")
     return data
 

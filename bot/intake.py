@@ -206,8 +206,9 @@ TAKEN_SUBTYPES = (None, "file_share", "thread_broadcast")  # see the module docs
 
 
 def _attachment_note(event: dict) -> str:
+    files = event.get("files")
     names = [str(f.get("name") or f.get("title") or f.get("filetype") or "file")
-             for f in event.get("files") or [] if isinstance(f, dict)]
+             for f in (files if isinstance(files, list) else []) if isinstance(f, dict)]
     return f"[attachment: {', '.join(names)}]" if names else ""
 
 
@@ -216,7 +217,8 @@ def message_text(event: dict) -> str | None:
     None for a message that is not a customer question (see the module docstring)."""
     if event.get("subtype") not in TAKEN_SUBTYPES or event.get("bot_id"):
         return None
-    text = slack_to_text(event.get("text") or "").strip()
+    raw = event.get("text")
+    text = slack_to_text(raw if isinstance(raw, str) else "").strip()
     note = _attachment_note(event)
     return "\n".join(part for part in (text, note) if part) or None
 
@@ -234,15 +236,16 @@ def store_message(bot: "Bot", event: dict) -> Stored | None:
     transaction), or hold it while its channel is not known; None when there is nothing to do
     (not a question, not the intake channel, a retry already stored)."""
     text = message_text(event)
-    channel = event.get("channel")
-    ts = event.get("ts")
-    if text is None or not channel or not ts:
+    channel, ts, thread = event.get("channel"), event.get("ts"), event.get("thread_ts")
+    if text is None or not isinstance(channel, str) or not isinstance(ts, str) or not channel or not ts:
         return None
+    if not isinstance(thread, str):
+        thread = None
     intake = known_intake_channel(bot, channel)
     if intake is False:
         return None
     key = f"slack:{channel}:{ts}"
-    conversation = f"slack:{channel}:{event.get('thread_ts') or ts}"
+    conversation = f"slack:{channel}:{thread or ts}"
     if intake is None:
         return Stored(channel=channel) if hold_question(bot.store, key, channel, conversation, text) else None
     [result] = store_questions(bot.store, [QuestionIn(conversation, text)], "slack", keys=[(key, channel)])

@@ -115,11 +115,17 @@ def ephemeral(bot: "Bot", channel: str | None, user: str, text: str) -> None:
 # -- helpers -------------------------------------------------------------------------------
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+
+
 def _action_draft_id(action: dict) -> int:
     try:
-        return int(action.get("value", ""))
+        value = int(action.get("value", ""))
     except (TypeError, ValueError):
-        raise NotFoundError(f"button value {action.get('value')!r} is not a draft id") from None
+        value = None
+    if value is None or not 0 < value <= MAX_ID:
+        raise NotFoundError(f"button value {str(action.get('value'))[:40]!r} is not a draft id")
+    return value
 
 
 def _container(body: dict) -> tuple[str | None, str | None]:
@@ -175,7 +181,7 @@ def _guard(bot: "Bot", user: str, channel: str | None) -> bool:
 
 def decide_click(bot: "Bot", body: dict, action: dict) -> Outcome:
     """Approve: the supervisor check and the decision, before ``ack()``."""
-    user = body["user"]["id"]
+    user = (body.get("user") or {}).get("id")
     channel, ts = _container(body)
     if not bot.supervisors.is_supervisor(user):
         return Outcome(user, channel, ts, notice=NOT_SUPERVISOR)
@@ -234,10 +240,12 @@ def validate_reject(view: dict) -> dict | None:
 
 
 def _submission(bot: "Bot", body: dict, view: dict) -> tuple[str, dict | None]:
-    user = body["user"]["id"]
+    user = (body.get("user") or {}).get("id")
     try:
         meta = cards.parse_metadata(view.get("private_metadata", ""))
     except ValueError:
+        return user, None
+    if not 0 < meta["draft_id"] <= MAX_ID:
         return user, None
     return user, meta
 

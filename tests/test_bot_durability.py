@@ -352,3 +352,29 @@ def test_file_share_and_thread_broadcast_are_questions_other_subtypes_are_not(en
         {"text": "[attachment: photo.png]", "conversation_id": f"slack:{INTAKE}:1700000000.000150"},
         {"text": "补充：订单号 123", "conversation_id": f"slack:{INTAKE}:1700000000.000100"},
     ]
+
+
+def test_hostile_clicks_submissions_and_events_are_answered_and_change_nothing(env_drafting):
+    env = env_drafting
+    draft_id, card = env.post_card()
+    huge = env.sim.block_action(card, "approve", "USUP1")
+    huge["actions"][0]["value"] = "9" * 30  # past SQLite's integers
+    assert env.sim.post_payload(huge).status == 200
+    note = env.fake.wait_for("chat.postEphemeral")[0]
+    assert note.params["text"] == f"button value {'9' * 30!r} is not a draft id"
+    view = modal_call({**env.store.get_draft(draft_id), "slack_channel": REVIEW}, "reject")
+    for metadata in ('{"draft_id": ' + "9" * 30 + "}", '{"draft_id": true}', "[]", "not json"):
+        view.params["view"]["private_metadata"] = metadata
+        assert env.sim.submit(view, "USUP1", {cards.REASON_BLOCK: "x"}).status == 200
+    for event in ({"type": "message", "channel": INTAKE, "user": "U1", "ts": "1700000000.1", "text": 5},
+                  {"type": "message", "channel": INTAKE, "user": "U1", "ts": "1700000000.2", "text": "a",
+                   "subtype": "file_share", "files": 7},
+                  {"type": "message", "channel": INTAKE, "user": "U1", "ts": 17, "text": "b"},
+                  {"type": "message", "channel": ["x"], "user": "U1", "ts": "1700000000.3", "text": "c"},
+                  {"type": "message", "channel": INTAKE, "user": "U1", "ts": "1700000000.4", "text": "d",
+                   "thread_ts": {"x": 1}}):
+        assert env.sim.event(event).status == 200, event
+    _wait(lambda: env.store.scalar("SELECT count(*) FROM questions") == 3)  # the one seeded, "a", "d"
+    assert env.store.scalar("SELECT count(*) FROM reviews") == 0
+    texts = [r["text"] for r in env.store.query("SELECT text FROM questions ORDER BY id")]
+    assert texts[1:] == ["a", "d"]
