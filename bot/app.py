@@ -1,5 +1,9 @@
-"""The slack-bolt App: listeners acknowledge at once and hand the rest to ``bot.review``,
-``bot.retrain`` and ``bot.intake`` (which run after the ack, on bolt's listener threads).
+"""The slack-bolt App. What an ack promises is stored before the ack: a decision (Approve, an
+Edit or Reject submission) is one SQLite transaction written by the listener before ``ack()``,
+and an intake-channel message is stored with its dedup key by a listener middleware before
+bolt's automatic ack of the event. The slow rest runs after the ack, off the listener threads:
+card updates and notices on the small work pool, drafting on its own bounded queue
+(``DraftQueue``), so a slow model never holds a thread that acknowledges clicks.
 
     app = build_app(config, store, Secrets.from_env())          # a slack_bolt.App
     bot = create_bot(config, store, secrets, drafter=..., start_pipeline=...)   # App + what serve needs
@@ -20,6 +24,7 @@ from bot import cards, intake, retrain, review, status
 from bot.logs import redacting_logger
 from bot.slackclient import web_client
 from bot.supervisors import Supervisors
+from replyloop import timeutil
 from replyloop.config import Config, Secrets
 from replyloop.intake import Checker, Drafter, policy_checker
 from replyloop.store import Store
@@ -27,7 +32,54 @@ from replyloop.store import Store
 log = logging.getLogger(__name__)
 
 LISTENER_THREADS = 32  # bolt's default is 5: acks of 50 clicking supervisors would queue
-WORK_THREADS = 4       # decisions after the ack (SQLite writes serialise anyway)
+WORK_THREADS = 4       # card updates and notices after the ack
+DRAFT_THREADS = 2      # drafting model calls (a local model uses the CPU cores anyway)
+DRAFT_QUEUE = 500      # drafts waiting beyond this are left to the sweep (their questions are stored)
+
+
+class DraftQueue:
+    """A bounded pool for drafting (and other slow intake work): at most ``capacity`` jobs queued
+    or running; one job per key at a time. A job that does not fit is not queued, which loses
+    nothing: its question is already stored and ``replyloop serve``'s sweep drafts it."""
+
+    def __init__(self, workers: int = DRAFT_THREADS, capacity: int = DRAFT_QUEUE):
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="replyloop-draft")
+        self._slots = threading.BoundedSemaphore(capacity)
+        self._busy: set = set()
+        self._lock = threading.Lock()
+
+    def submit(self, key, fn: Callable[..., object], *args) -> bool:
+        with self._lock:
+            if key in self._busy or not self._slots.acquire(blocking=False):
+                return False
+            self._busy.add(key)
+
+        def run():
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("%s failed", getattr(fn, "__name__", fn))
+            finally:
+                with self._lock:
+                    self._busy.discard(key)
+                self._slots.release()
+
+        try:
+            self._pool.submit(run)
+        except RuntimeError:  # shut down
+            with self._lock:
+                self._busy.discard(key)
+            self._slots.release()
+            return False
+        return True
+
+    def busy(self) -> set:
+        """Keys queued or running now."""
+        with self._lock:
+            return set(self._busy)
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)  # the running drafts finish
 
 
 @dataclass
@@ -47,6 +99,8 @@ class Bot:
         default_factory=lambda: ThreadPoolExecutor(max_workers=4, thread_name_prefix="replyloop-bg"))
     work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=WORK_THREADS, thread_name_prefix="replyloop-work"))
+    drafting: DraftQueue = field(default_factory=DraftQueue)
+    started_at: str = field(default_factory=timeutil.now_iso)
     posting: set[int] = field(default_factory=set)
     posting_lock: threading.Lock = field(default_factory=threading.Lock)
     channel_names: dict[str, str] = field(default_factory=dict)
@@ -55,8 +109,8 @@ class Bot:
         self.client.views_publish(user_id=user, view=cards.home_view(status.home(self.store)))
 
     def after_ack(self, fn: Callable[..., object], *args) -> None:
-        """Run a decision's slow part (store, chat.update) on the small work pool: the listener
-        thread is free at once, and few runnable threads keep other acks fast."""
+        """Run a decision's slow part (chat.update, notices) on the small work pool: the
+        listener thread is free at once, and few runnable threads keep other acks fast."""
         def run():
             try:
                 fn(self, *args)
@@ -65,6 +119,7 @@ class Bot:
         self.work.submit(run)
 
     def close(self) -> None:
+        self.drafting.shutdown()
         self.work.shutdown(wait=True)
         self.background.shutdown(wait=False, cancel_futures=True)
 
@@ -109,8 +164,9 @@ def build_app(config: Config, store: Store, secrets: Secrets, client: WebClient 
 def _register(app: App, bot: Bot) -> None:
     @app.action(cards.APPROVE)
     def on_approve(ack, body, action):
+        outcome = review.decide_click(bot, body, action)  # durable before Slack hears 200
         ack()
-        bot.after_ack(review.approve, body, action)
+        bot.after_ack(review.finish, outcome)
 
     @app.action(cards.EDIT)
     def on_edit(ack, body, action):
@@ -128,13 +184,19 @@ def _register(app: App, bot: Bot) -> None:
         if errors:
             ack(response_action="errors", errors=errors)
             return
+        outcome = review.decide_edit(bot, body, view)
         ack()
-        bot.after_ack(review.submit_edit, body, view)
+        bot.after_ack(review.finish, outcome)
 
     @app.view(cards.REJECT_VIEW)
     def on_reject_submit(ack, body, view):
+        errors = review.validate_reject(view)
+        if errors:
+            ack(response_action="errors", errors=errors)
+            return
+        outcome = review.decide_reject(bot, body, view)
         ack()
-        bot.after_ack(review.submit_reject, body, view)
+        bot.after_ack(review.finish, outcome)
 
     @app.command("/retrain")
     def on_retrain(ack, command, respond):
@@ -146,6 +208,11 @@ def _register(app: App, bot: Bot) -> None:
         if event.get("tab", "home") == "home":
             bot.publish_home(event["user"])
 
-    @app.event("message")
-    def on_message(event):
-        intake.handle_message(bot, event)
+    def store_first(context, event, next):  # noqa: A002 (bolt's argument name)
+        """Runs before bolt acknowledges the event: the message is stored (or held) by then."""
+        context["replyloop_intake"] = intake.store_message(bot, event)
+        next()
+
+    @app.event("message", middleware=[store_first])
+    def on_message(context):
+        intake.after_store(bot, context.get("replyloop_intake"))

@@ -1,5 +1,13 @@
 """Block Kit builders: the review card, the decided card, the edit and reject modals, App Home,
-and the ``/retrain`` texts. Pure functions of plain data; no Slack calls here."""
+and the ``/retrain`` texts. Pure functions of plain data; no Slack calls here.
+
+Every text stays within Block Kit's limits, whatever the data (a 3,000-character rejection
+reason, a 200 KB conversation id, hundreds of supervisors): Slack refuses a whole message or
+view (``invalid_blocks``) when one field is over. The limits used (docs.slack.dev, Block Kit
+reference): section text 3000, header 150, context 10 elements, button text 75 and value 2000,
+input label 2000, ``plain_text_input`` ``max_length`` at most 3000, modal title / submit / close
+24, ``private_metadata`` 3000, 50 blocks in a message and 100 in a modal or App Home.
+"""
 
 from __future__ import annotations
 
@@ -17,7 +25,13 @@ REASON_INPUT = "text"
 
 VERDICT_ICON = {"pass": ":white_check_mark:", "warn": ":warning:", "block": ":no_entry:"}
 DECISION_WORDS = {"approve": "Approved", "edit": "Edited and approved", "reject": "Rejected"}
-MAX_TEXT = 2900  # Slack caps a section's text at 3000 characters
+MAX_TEXT = 2900     # a section's text: Slack's limit is 3000 (room for a label)
+MAX_HEADER = 150    # a header's plain_text
+MAX_CONTEXT = 300   # one context element (a category, a conversation id)
+MAX_INPUT = 3000    # plain_text_input max_length (Slack's largest): the edited reply, the reason
+MAX_ERROR = 1900    # a modal error message
+MAX_TITLE = 24      # a modal's title, submit and close
+MAX_HOME_BLOCKS = 100
 
 
 def escape(text: str) -> str:
@@ -34,6 +48,22 @@ def _clip(text: str, limit: int = MAX_TEXT) -> str:
     if amp != -1 and ";" not in cut[amp:]:
         cut = cut[:amp]
     return cut + "…"
+
+
+def clip_plain(text: str, limit: int) -> str:
+    """Plain text (no entities) of at most ``limit`` characters."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _plain(text: str, limit: int) -> dict:
+    return {"type": "plain_text", "text": clip_plain(text, limit)}
+
+
+def _section(block_id: str | None, text: str) -> dict:
+    block = {"type": "section", "text": {"type": "mrkdwn", "text": _clip(text, 3000)}}
+    if block_id:
+        block["block_id"] = block_id
+    return block
 
 
 def highlight(text: str, violations: list[dict]) -> str:
@@ -76,10 +106,10 @@ def _context(draft: dict) -> dict:
     verdict = draft.get("verdict") or "pass"
     model = draft.get("model_name") or (f"model {draft['model_id']}" if draft.get("model_id") else "unknown")
     items = [
-        f"*Category:* {escape(draft.get('category') or '(none)')}",
-        f"*Model:* {escape(model)}",
+        f"*Category:* {_clip(escape(draft.get('category') or '(none)'), MAX_CONTEXT)}",
+        f"*Model:* {_clip(escape(model), MAX_CONTEXT)}",
         f"*Policy:* {VERDICT_ICON.get(verdict, '')} {verdict}",
-        f"*Conversation:* {escape(str(draft.get('conversation_id', '')))}",
+        f"*Conversation:* {_clip(escape(str(draft.get('conversation_id', ''))), MAX_CONTEXT)}",
     ]
     return {"type": "context", "block_id": "meta", "elements": [{"type": "mrkdwn", "text": t} for t in items]}
 
@@ -90,7 +120,7 @@ def review_card(draft: dict) -> tuple[str, list[dict]]:
     draft_id = draft["id"]
     violations = draft.get("violations") or []
     verdict = draft.get("verdict") or "pass"
-    blocks = [{"type": "header", "text": {"type": "plain_text", "text": f"Review draft #{draft_id}"}}]
+    blocks = [{"type": "header", "text": _plain(f"Review draft #{draft_id}", MAX_HEADER)}]
     blocks += _question_blocks(draft)
     blocks.append({"type": "section", "block_id": "draft",
                    "text": {"type": "mrkdwn", "text": f"*AI draft*\n{_clip(highlight(draft['text'], violations))}"}})
@@ -118,8 +148,8 @@ def decided_card(draft: dict) -> tuple[str, list[dict]]:
     """The card after the decision: who decided what, when; no buttons."""
     decision = draft["decision"]
     when = draft["decided_at"]
-    blocks = [{"type": "header", "text": {"type": "plain_text", "text": f"Draft #{draft['id']}: "
-                                                                       f"{DECISION_WORDS[decision].lower()}"}}]
+    blocks = [{"type": "header", "text": _plain(f"Draft #{draft['id']}: {DECISION_WORDS[decision].lower()}",
+                                                MAX_HEADER)}]
     blocks += _question_blocks(draft)
     if decision == "reject":
         blocks.append({"type": "section", "block_id": "draft",
@@ -131,9 +161,9 @@ def decided_card(draft: dict) -> tuple[str, list[dict]]:
     blocks.append(_context(draft))
     icon = {"approve": ":white_check_mark:", "edit": ":pencil2:", "reject": ":x:"}[decision]
     line = f"{icon} {DECISION_WORDS[decision]} by <@{draft['reviewer']}> at {when}"
-    if draft.get("reason"):
+    if draft.get("reason"):  # up to MAX_INPUT characters, more once escaped: clipped to the section
         line += f"\n*Reason:* {escape(draft['reason'])}"
-    blocks.append({"type": "section", "block_id": "decision", "text": {"type": "mrkdwn", "text": line}})
+    blocks.append({"type": "section", "block_id": "decision", "text": {"type": "mrkdwn", "text": _clip(line)}})
     text = f"Draft #{draft['id']} {DECISION_WORDS[decision].lower()} by <@{draft['reviewer']}>"
     return text, blocks
 
@@ -148,8 +178,11 @@ def _metadata(draft_id: int, channel: str | None, ts: str | None) -> str:
 
 
 def parse_metadata(raw: str) -> dict:
-    data = json.loads(raw or "{}")
-    if not isinstance(data, dict) or not isinstance(data.get("draft_id"), int):
+    try:
+        data = json.loads(raw or "{}")
+    except (TypeError, ValueError):
+        data = None
+    if not isinstance(data, dict) or type(data.get("draft_id")) is not int:
         raise ValueError("private_metadata has no draft_id")
     return data
 
@@ -164,7 +197,7 @@ def edit_modal(draft: dict, channel: str | None, ts: str | None) -> dict:
         "type": "input", "block_id": REPLY_BLOCK,
         "label": {"type": "plain_text", "text": "Reply"},
         "element": {"type": "plain_text_input", "action_id": REPLY_INPUT, "multiline": True,
-                    "initial_value": draft["text"][:3000]},
+                    "max_length": MAX_INPUT, "initial_value": draft["text"][:MAX_INPUT]},
     })
     return _modal(EDIT_VIEW, f"Edit draft #{draft['id']}", "Approve edit", draft, channel, ts, blocks)
 
@@ -174,7 +207,8 @@ def reject_modal(draft: dict, channel: str | None, ts: str | None) -> dict:
                   _question_blocks(draft) + [{
                       "type": "input", "block_id": REASON_BLOCK, "optional": True,
                       "label": {"type": "plain_text", "text": "Reason (optional)"},
-                      "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True},
+                      "element": {"type": "plain_text_input", "action_id": REASON_INPUT, "multiline": True,
+                                  "max_length": MAX_INPUT},
                   }])
 
 
@@ -184,9 +218,9 @@ def _modal(callback_id: str, title: str, submit: str, draft: dict, channel: str 
     return {
         "type": "modal", "callback_id": callback_id,
         "private_metadata": _metadata(draft["id"], channel, ts),
-        "title": {"type": "plain_text", "text": title[:24]},  # Slack caps modal titles at 24 characters
-        "submit": {"type": "plain_text", "text": submit},
-        "close": {"type": "plain_text", "text": "Cancel"},
+        "title": _plain(title, MAX_TITLE),
+        "submit": _plain(submit, MAX_TITLE),
+        "close": _plain("Cancel", MAX_TITLE),
         "blocks": blocks,
     }
 
@@ -211,25 +245,42 @@ def model_line(model: dict | None, role: str) -> str:
     return line
 
 
+def _chunks(head: str, lines: list[str], limit: int = MAX_TEXT) -> list[str]:
+    """``head`` and ``lines`` as texts of at most ``limit`` characters each, split between lines."""
+    out, current = [], head
+    for line in lines:
+        line = _clip(line, limit)
+        if len(current) + 1 + len(line) > limit:
+            out.append(current)
+            current = line
+        else:
+            current = f"{current}\n{line}" if current else line
+    out.append(current)
+    return out
+
+
 def home_view(home: dict) -> dict:
-    """App Home: the queue, approvals this week per supervisor, champion and canary."""
+    """App Home: the queue, approvals this week per supervisor, champion and canary. Long lists
+    are split over several sections; past Slack's 100 blocks the rest is counted, not listed."""
     approvals = home["approvals_this_week"]
     lines = [f"• <@{r['reviewer']}>: {r['approved']} approved, {r['edited']} edited, {r['rejected']} rejected"
              for r in approvals] or ["• none yet"]
-    return {
-        "type": "home",
-        "blocks": [
-            {"type": "header", "text": {"type": "plain_text", "text": "replyloop"}},
-            {"type": "section", "block_id": "queue",
-             "text": {"type": "mrkdwn", "text": f"*Review queue:* {home['queue']} draft(s) waiting"}},
-            {"type": "section", "block_id": "approvals",
-             "text": {"type": "mrkdwn", "text": f"*This week (since {home['week_start'][:10]})*\n" + "\n".join(lines)}},
-            {"type": "divider"},
-            {"type": "section", "block_id": "models",
-             "text": {"type": "mrkdwn", "text": model_line(home["champion"], "Champion") + "\n"
-                      + model_line(home["canary"], "Canary")}},
-        ],
-    }
+    head = [
+        {"type": "header", "text": _plain("replyloop", MAX_HEADER)},
+        _section("queue", f"*Review queue:* {home['queue']} draft(s) waiting"),
+    ]
+    tail = [
+        {"type": "divider"},
+        _section("models", model_line(home["champion"], "Champion") + "\n" + model_line(home["canary"], "Canary")),
+    ]
+    texts = _chunks(f"*This week (since {home['week_start'][:10]})*", lines)
+    room = MAX_HOME_BLOCKS - len(head) - len(tail)
+    if len(texts) > room:
+        shown = texts[: room - 1]
+        listed = sum(t.count("\n• ") + t.startswith("• ") for t in shown)
+        texts = shown + [f"… and {len(lines) - listed} more supervisor(s)"]
+    sections = [_section("approvals" if i == 0 else f"approvals_{i}", t) for i, t in enumerate(texts)]
+    return {"type": "home", "blocks": head + sections + tail}
 
 
 def retrain_status_text(status: dict) -> str:

@@ -21,6 +21,11 @@ handshake, text frames both ways with masked client frames, ping/pong, close). T
     envelope_id = slack.socket_send("interactive", payload)   # a block_actions payload
     ack = slack.wait_for_ack(envelope_id)                      # {"envelope_id": ..., "payload"?: ...}
 
+Block Kit limits: ``chat.postMessage`` / ``chat.update`` with a block over Slack's limits are
+refused with ``invalid_blocks`` (and ``views.open`` / ``views.update`` / ``views.push`` /
+``views.publish`` with ``invalid_arguments``), naming the field, as Slack does; the refused call
+is recorded as ``METHOD:invalid``. See ``block_kit_errors`` for the limits checked.
+
 Not implemented: wss:// (TLS), fragmented frames from the fake, permessage-deflate, and
 Slack's own refresh of a connection every few hours (``socket_disconnect()`` asks for one).
 """
@@ -149,6 +154,135 @@ class SocketConnection:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+
+
+# Block Kit limits (docs.slack.dev Block Kit reference): what Slack refuses a message or view for
+MAX_BLOCKS = {"message": 50, "modal": 100, "home": 100}
+MAX_ID = 255
+
+
+def _text_errors(obj: Any, where: str, limit: int, plain_only: bool = False) -> list[str]:
+    if not isinstance(obj, dict) or obj.get("type") not in (("plain_text",) if plain_only else ("plain_text", "mrkdwn")):
+        return [f"{where}: must be a {'plain_text' if plain_only else 'text'} object"]
+    text = obj.get("text")
+    if not isinstance(text, str) or not text:
+        return [f"{where}.text: must be more than 0 characters"]
+    if len(text) > limit:
+        return [f"{where}.text: must be less than {limit + 1} characters (is {len(text)})"]
+    return []
+
+
+def _id_errors(value: Any, where: str) -> list[str]:
+    if value is not None and (not isinstance(value, str) or len(value) > MAX_ID):
+        return [f"{where}: must be a string of at most {MAX_ID} characters"]
+    return []
+
+
+def _element_errors(el: Any, where: str) -> list[str]:
+    if not isinstance(el, dict):
+        return [f"{where}: must be an object"]
+    errors = _id_errors(el.get("action_id"), f"{where}.action_id")
+    kind = el.get("type")
+    if kind == "button":
+        errors += _text_errors(el.get("text"), f"{where}.text", 75, plain_only=True)
+        if el.get("value") is not None and len(str(el["value"])) > 2000:
+            errors.append(f"{where}.value: must be less than 2001 characters")
+    elif kind == "plain_text_input":
+        top = el.get("max_length", 3000)
+        if not isinstance(top, int) or not 1 <= top <= 3000:
+            errors.append(f"{where}.max_length: must be between 1 and 3000")
+            top = 3000
+        if el.get("initial_value") is not None and len(str(el["initial_value"])) > top:
+            errors.append(f"{where}.initial_value: must be less than {top + 1} characters")
+        if el.get("placeholder") is not None:
+            errors += _text_errors(el["placeholder"], f"{where}.placeholder", 150, plain_only=True)
+    elif kind in ("mrkdwn", "plain_text"):
+        errors += _text_errors(el, where, 3000)
+    return errors
+
+
+def block_kit_errors(blocks: Any, surface: str = "message") -> list[str]:
+    """What Slack would refuse in ``blocks`` (empty when they are valid): section text 3000 and
+    fields 10 x 2000, header 150 (plain_text), context 10 elements, actions 25 elements, button
+    text 75 and value 2000, input label and hint 2000, plain_text_input max_length 1-3000 with
+    its initial_value within, placeholder 150, block_id and action_id 255, and at most 50
+    blocks in a message (100 in a modal or App Home)."""
+    if isinstance(blocks, str):
+        try:
+            blocks = json.loads(blocks)
+        except ValueError:
+            return ["blocks: not valid JSON"]
+    if not isinstance(blocks, list):
+        return ["blocks: must be an array"]
+    errors = []
+    if len(blocks) > MAX_BLOCKS[surface]:
+        errors.append(f"blocks: must have at most {MAX_BLOCKS[surface]} items (has {len(blocks)})")
+    for i, block in enumerate(blocks):
+        where = f"blocks[{i}]"
+        if not isinstance(block, dict):
+            errors.append(f"{where}: must be an object")
+            continue
+        errors += _id_errors(block.get("block_id"), f"{where}.block_id")
+        kind = block.get("type")
+        if kind == "header":
+            errors += _text_errors(block.get("text"), f"{where}.text", 150, plain_only=True)
+        elif kind == "section":
+            if block.get("text") is None and not block.get("fields"):
+                errors.append(f"{where}: needs text or fields")
+            if block.get("text") is not None:
+                errors += _text_errors(block["text"], f"{where}.text", 3000)
+            fields = block.get("fields") or []
+            if len(fields) > 10:
+                errors.append(f"{where}.fields: must have at most 10 items")
+            for j, f in enumerate(fields):
+                errors += _text_errors(f, f"{where}.fields[{j}]", 2000)
+            if block.get("accessory") is not None:
+                errors += _element_errors(block["accessory"], f"{where}.accessory")
+        elif kind == "context":
+            elements = block.get("elements") or []
+            if not 1 <= len(elements) <= 10:
+                errors.append(f"{where}.elements: must have 1 to 10 items")
+            for j, el in enumerate(elements):
+                errors += _element_errors(el, f"{where}.elements[{j}]")
+        elif kind == "actions":
+            elements = block.get("elements") or []
+            if not 1 <= len(elements) <= 25:
+                errors.append(f"{where}.elements: must have 1 to 25 items")
+            for j, el in enumerate(elements):
+                errors += _element_errors(el, f"{where}.elements[{j}]")
+        elif kind == "input":
+            if surface == "message":
+                errors.append(f"{where}: input blocks are not allowed in messages")
+            errors += _text_errors(block.get("label"), f"{where}.label", 2000, plain_only=True)
+            if block.get("hint") is not None:
+                errors += _text_errors(block["hint"], f"{where}.hint", 2000, plain_only=True)
+            errors += _element_errors(block.get("element"), f"{where}.element")
+        elif kind not in ("divider", "image", "rich_text", "file", "video"):
+            errors.append(f"{where}.type: unknown block type {kind!r}")
+    return errors
+
+
+def view_errors(view: Any) -> list[str]:
+    """What Slack would refuse in a modal or App Home view: the blocks, a title / submit / close
+    of at most 24 characters, private_metadata 3000, callback_id 255."""
+    if isinstance(view, str):
+        try:
+            view = json.loads(view)
+        except ValueError:
+            return ["view: not valid JSON"]
+    if not isinstance(view, dict) or view.get("type") not in ("modal", "home"):
+        return ["view.type: must be modal or home"]
+    errors = block_kit_errors(view.get("blocks") or [], view["type"])
+    errors = [f"view.{e}" for e in errors]
+    if view["type"] == "modal":
+        errors += _text_errors(view.get("title"), "view.title", 24, plain_only=True)
+        for name in ("submit", "close"):
+            if view.get(name) is not None:
+                errors += _text_errors(view[name], f"view.{name}", 24, plain_only=True)
+    if len(str(view.get("private_metadata") or "")) > 3000:
+        errors.append("view.private_metadata: must be less than 3001 characters")
+    errors += _id_errors(view.get("callback_id"), "view.callback_id")
+    return errors
 
 
 def _decode_params(content_type: str, body: bytes, query: str) -> dict[str, Any]:
@@ -528,9 +662,28 @@ class FakeSlack:
             pause = self._delays.get(method, 0.0)
         if pause:
             time.sleep(pause)
+        invalid = self._invalid(method, params)
+        if invalid is not None:
+            self._record(Call(method + ":invalid", params, headers, body=body, response=invalid))
+            return 200, invalid, {}
         answer = self._answer(method, params)
         self._record(Call(method, params, headers, body=body, response=answer))
         return 200, answer, {}
+
+    @staticmethod
+    def _invalid(method: str, params: dict) -> dict | None:
+        """Slack's answer to blocks or a view over Block Kit's limits, else None."""
+        if method in ("chat.postMessage", "chat.update", "chat.postEphemeral") and params.get("blocks") is not None:
+            errors = block_kit_errors(params["blocks"], "message")
+            if errors:
+                return {"ok": False, "error": "invalid_blocks", "errors": errors,
+                        "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]}}
+        if method in ("views.open", "views.update", "views.push", "views.publish"):
+            errors = view_errors(params.get("view"))
+            if errors:
+                return {"ok": False, "error": "invalid_arguments",
+                        "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]}}
+        return None
 
     def _open_connection(self) -> dict:
         ticket = uuid.uuid4().hex

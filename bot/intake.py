@@ -1,7 +1,18 @@
 """Intake of customer questions: ``POST /intake`` (bearer token) and the Slack intake channel.
 
-Both store through ``replyloop.intake.ingest`` (draft if missing, policy check, one
-transaction) and then post the review card in the background.
+Both store first and draft afterwards (``replyloop.intake``): a 201 from ``/intake`` and Slack's
+200 for a channel message both mean the question is stored. The channel's message is stored by
+``store_message`` before bolt acknowledges the event, with its dedup key (channel and ts) in the
+same transaction, so a Slack retry is spotted before any drafting; drafting and the card follow
+on the bot's drafting queue (``after_store``), never on a listener thread.
+
+Message subtypes: plain messages, ``file_share`` (a message with an attachment: its text plus a
+note naming the files) and ``thread_broadcast`` (a thread reply also sent to the channel) are
+customer questions. Every other subtype is ignored: ``bot_message`` and anything with a
+``bot_id`` (bots, the app itself), ``message_changed`` / ``message_deleted`` (an edit or a
+deletion of a message already taken in: the question keeps its first text), ``message_replied``
+(a notice about a thread, not a message) and channel events (``channel_join``, ``channel_topic``,
+``pinned_item``, ...), which carry no question.
 """
 
 from __future__ import annotations
@@ -18,7 +29,8 @@ from bot.slackclient import slack_error
 from replyloop import fields
 from replyloop.dataio import QuestionIn, question_from_mapping
 from replyloop.errors import DataFormatError, ReplyloopError
-from replyloop.intake import ingest
+from replyloop.intake import (DraftingError, draft_question, held_channels, hold_question, ingest,
+                              release_held, store_questions)
 
 if TYPE_CHECKING:
     from bot.app import Bot
@@ -109,23 +121,41 @@ def _post_card_logged(bot: "Bot", draft_id: int) -> None:
         log.exception("posting the card of draft %s failed (serve posts it again later)", draft_id)
 
 
-def is_intake_channel(bot: "Bot", channel: str | None) -> bool:
-    wanted = bot.config.file.slack.intake_channel.strip().lstrip("#")
+def _wanted(bot: "Bot") -> str:
+    return bot.config.file.slack.intake_channel.strip().lstrip("#")
+
+
+def known_intake_channel(bot: "Bot", channel: str | None) -> bool | None:
+    """Whether ``channel`` is the intake channel, without asking Slack: None while its name is
+    not known yet (``lookup_channel`` asks)."""
+    wanted = _wanted(bot)
     if not wanted or not channel:
         return False
     if channel == wanted:
         return True
     name = bot.channel_names.get(channel)
-    if name is None:
-        try:
-            info = bot.client.conversations_info(channel=channel)
-        except Exception as exc:  # not cached: the next message in this channel asks again
-            log.warning("conversations.info for %s failed (%s): cannot tell whether it is the intake "
-                        "channel #%s; its message is not taken in", channel, slack_error(exc), wanted)
-            return False
-        name = (info.get("channel") or {}).get("name") or ""
-        bot.channel_names[channel] = name
-    return name == wanted
+    return None if name is None else name == wanted
+
+
+def lookup_channel(bot: "Bot", channel: str) -> bool | None:
+    """Ask Slack for the channel's name (``conversations.info``, cached); None when Slack cannot
+    be asked (the next message or the sweep asks again)."""
+    known = known_intake_channel(bot, channel)
+    if known is not None:
+        return known
+    try:
+        info = bot.client.conversations_info(channel=channel)
+    except Exception as exc:
+        log.warning("conversations.info for %s failed (%s): cannot tell yet whether it is the intake "
+                    "channel #%s; its messages are kept and taken in once it can", channel, slack_error(exc),
+                    _wanted(bot))
+        return None
+    bot.channel_names[channel] = (info.get("channel") or {}).get("name") or ""
+    return known_intake_channel(bot, channel)
+
+
+def is_intake_channel(bot: "Bot", channel: str | None) -> bool:
+    return bool(channel) and bool(lookup_channel(bot, channel))
 
 
 _TAG = re.compile(r"<([^<>]*)>")
@@ -173,20 +203,100 @@ def slack_to_text(text: str) -> str:
     return "".join(out)
 
 
-def handle_message(bot: "Bot", event: dict) -> None:
-    """A message in the intake channel becomes a question (the thread is the conversation)."""
-    if event.get("subtype") or event.get("bot_id"):
+TAKEN_SUBTYPES = (None, "file_share", "thread_broadcast")  # see the module docstring for the rest
+
+
+def _attachment_note(event: dict) -> str:
+    files = event.get("files")
+    names = [str(f.get("name") or f.get("title") or f.get("filetype") or "file")
+             for f in (files if isinstance(files, list) else []) if isinstance(f, dict)]
+    return f"[attachment: {', '.join(names)}]" if names else ""
+
+
+def message_text(event: dict) -> str | None:
+    """The customer's text of a message event (plain text, with a note of its attachments), or
+    None for a message that is not a customer question (see the module docstring)."""
+    if event.get("subtype") not in TAKEN_SUBTYPES or event.get("bot_id"):
+        return None
+    raw = event.get("text")
+    text = slack_to_text(raw if isinstance(raw, str) else "").strip()
+    note = _attachment_note(event)
+    return "\n".join(part for part in (text, note) if part) or None
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What ``store_message`` did: a new question to draft, or a held message to resolve."""
+
+    question_id: int | None = None
+    channel: str | None = None  # held: its channel's name is to be looked up
+
+
+def store_message(bot: "Bot", event: dict) -> Stored | None:
+    """Before the ack: store an intake-channel message as a question with its dedup key (one
+    transaction), or hold it while its channel is not known; None when there is nothing to do
+    (not a question, not the intake channel, a retry already stored)."""
+    text = message_text(event)
+    channel, ts, thread = event.get("channel"), event.get("ts"), event.get("thread_ts")
+    if text is None or not isinstance(channel, str) or not isinstance(ts, str) or not channel or not ts:
+        return None
+    if not isinstance(thread, str):
+        thread = None
+    intake = known_intake_channel(bot, channel)
+    if intake is False:
+        return None
+    key = f"slack:{channel}:{ts}"
+    conversation = f"slack:{channel}:{thread or ts}"
+    if intake is None:
+        return Stored(channel=channel) if hold_question(bot.store, key, channel, conversation, text) else None
+    [result] = store_questions(bot.store, [QuestionIn(conversation, text)], "slack", keys=[(key, channel)])
+    return Stored(question_id=result.question_id) if result.created else None
+
+
+def after_store(bot: "Bot", stored: Stored | None) -> None:
+    """After the ack (a listener thread): queue the slow part, never run it here."""
+    if stored is None:
         return
-    channel = event.get("channel")
-    text = slack_to_text(event.get("text") or "").strip()
-    if not text or not is_intake_channel(bot, channel):
-        return
-    conversation = f"slack:{channel}:{event.get('thread_ts') or event.get('ts')}"
+    if stored.question_id is not None:
+        bot.drafting.submit(stored.question_id, draft_and_post, bot, stored.question_id)
+    elif stored.channel is not None:
+        bot.drafting.submit(f"resolve:{stored.channel}", resolve_held, bot, stored.channel)
+
+
+def draft_and_post(bot: "Bot", question_id: int) -> None:
+    """On the drafting queue: draft a stored question and post its card. A failure leaves the
+    question stored for the sweep."""
+    if bot.drafter is None:
+        return  # stored without a draft, like an import: it waits for a drafting model
     try:
-        [result] = ingest(bot.config, bot.store, [QuestionIn(conversation, text)], source="slack",
-                          drafter=bot.drafter, checker=bot.checker, skip_existing=True)
-    except ReplyloopError as exc:
-        log.warning("intake from channel %s failed: %s", channel, exc)
+        draft_id = draft_question(bot.store, question_id, bot.drafter, bot.checker)
+    except (DraftingError, ReplyloopError) as exc:
+        log.warning("drafting question %s failed (it is stored; the sweep drafts it later): %s", question_id, exc)
         return
-    if result.created and result.draft_id is not None:
-        _post_card_logged(bot, result.draft_id)
+    if draft_id is not None:
+        _post_card_logged(bot, draft_id)
+
+
+def resolve_held(bot: "Bot", channel: str) -> int:
+    """Look up a held channel; take its messages in (and draft them) or drop them. Returns how
+    many questions it took in (0 also while Slack cannot be asked: they stay held)."""
+    intake = lookup_channel(bot, channel)
+    if intake is None:
+        return 0
+    ids = release_held(bot.store, channel, take=intake, source="slack")
+    for qid in ids:
+        if not bot.drafting.submit(qid, draft_and_post, bot, qid):
+            log.info("drafting queue full: question %s is drafted by the sweep", qid)
+    return len(ids)
+
+
+def resolve_all_held(bot: "Bot") -> int:
+    """The sweep: channels whose lookup failed earlier are asked again."""
+    return sum(resolve_held(bot, channel) for channel in held_channels(bot.store))
+
+
+def handle_message(bot: "Bot", event: dict) -> None:
+    """A message in the intake channel becomes a question (the thread is the conversation):
+    stored, then drafted on the drafting queue. (The bolt app runs the two halves around the
+    event's ack; this runs both, for callers outside bolt.)"""
+    after_store(bot, store_message(bot, event))

@@ -1,4 +1,11 @@
-"""Review flow: post cards, and what Approve / Edit / Reject do after the listener's ``ack()``.
+"""Review flow: post cards, and what Approve / Edit / Reject do around the listener's ``ack()``.
+
+A decision is durable before Slack hears "200": the listener calls ``decide_click`` /
+``decide_edit`` / ``decide_reject`` (the supervisor check and ``Store.decide``, one short SQLite
+transaction: review, sample, audit row), then ``ack()``, then hands the slow Slack calls
+(``finish``: ``chat.update`` of the card, ephemeral notices) to the bot's work pool. A crash
+between the commit and the card update leaves a decided card with buttons; ``fix_lost_card_updates``
+(the sweep of ``replyloop serve``) replaces them after a restart.
 
 Decisions go through ``Store.decide`` (one decision per draft, race-free): a double click, a
 Slack retry or a second supervisor gets an ephemeral "already approved by ..." and nothing
@@ -7,13 +14,16 @@ changes. Only supervisors may act; anyone else gets an ephemeral message.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
 
 from bot import cards
 from bot.slackclient import slack_error
+from replyloop import timeutil
 from replyloop.errors import NotFoundError, ReplyloopError
 from replyloop.intake import check_text
 
@@ -60,12 +70,39 @@ def post_pending_cards(bot: "Bot", limit: int | None = None) -> int:
 
 
 def update_card(bot: "Bot", draft: dict, channel: str | None = None, ts: str | None = None) -> None:
+    """Replace the card's buttons with the decision, then record that it is done."""
     channel = draft.get("slack_channel") or channel
     ts = draft.get("slack_ts") or ts
-    if not (channel and ts):
-        return
-    text, blocks = cards.decided_card(draft)
-    bot.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+    if channel and ts:
+        text, blocks = cards.decided_card(draft)
+        bot.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
+    if draft.get("review_id"):
+        bot.store.mark_card_updated(draft["review_id"])
+
+
+# Slack errors that no retry of chat.update will change: stop trying that card
+FINAL_UPDATE_ERRORS = {"message_not_found", "cant_update_message", "channel_not_found", "is_archived",
+                       "not_in_channel", "invalid_blocks", "msg_too_long", "edit_window_closed"}
+LOST_UPDATE_AFTER_S = 120.0  # a decision of this process whose card is older than this was not updated
+
+
+def fix_lost_card_updates(bot: "Bot", limit: int = 200) -> int:
+    """Update the cards of decisions whose card update never happened: decided before this bot
+    started (a crash between the decision's commit and ``chat.update``) or more than
+    ``LOST_UPDATE_AFTER_S`` ago (Slack was down). Returns how many cards were updated."""
+    recent = (timeutil.now() - dt.timedelta(seconds=LOST_UPDATE_AFTER_S)).isoformat(timespec="microseconds")
+    fixed = 0
+    for draft_id in bot.store.decided_without_card_update(max(bot.started_at, recent), limit):
+        draft = bot.store.get_draft(draft_id)
+        try:
+            update_card(bot, draft)
+            fixed += 1
+        except SlackApiError as exc:
+            error = slack_error(exc)
+            log.warning("updating the decided card of draft %s failed: %s", draft_id, error)
+            if error in FINAL_UPDATE_ERRORS:
+                bot.store.mark_card_updated(draft["review_id"])
+    return fixed
 
 
 def ephemeral(bot: "Bot", channel: str | None, user: str, text: str) -> None:
@@ -78,11 +115,17 @@ def ephemeral(bot: "Bot", channel: str | None, user: str, text: str) -> None:
 # -- helpers -------------------------------------------------------------------------------
 
 
+MAX_ID = 2**63 - 1  # SQLite's largest integer
+
+
 def _action_draft_id(action: dict) -> int:
     try:
-        return int(action.get("value", ""))
+        value = int(action.get("value", ""))
     except (TypeError, ValueError):
-        raise NotFoundError(f"button value {action.get('value')!r} is not a draft id") from None
+        value = None
+    if value is None or not 0 < value <= MAX_ID:
+        raise NotFoundError(f"button value {str(action.get('value'))[:40]!r} is not a draft id")
+    return value
 
 
 def _container(body: dict) -> tuple[str | None, str | None]:
@@ -91,19 +134,39 @@ def _container(body: dict) -> tuple[str | None, str | None]:
     return channel, container.get("message_ts") or (body.get("message") or {}).get("ts")
 
 
-def _decide(bot: "Bot", draft_id: int, decision: str, user: str, channel: str | None, ts: str | None,
-            final_text: str | None = None, reason: str | None = None) -> None:
-    """Record the decision and update the card, or tell the user why not (ephemeral)."""
+@dataclass(frozen=True)
+class Outcome:
+    """What a click or a submission decided before its ack, for the slow part after it."""
+
+    user: str
+    channel: str | None
+    ts: str | None
+    draft_id: int | None = None
+    created: bool = False
+    notice: str | None = None  # an ephemeral message instead of a card update
+
+
+def _record(bot: "Bot", draft_id: int, decision: str, user: str, channel: str | None, ts: str | None,
+            final_text: str | None = None, reason: str | None = None) -> Outcome:
+    """Store the decision (one transaction) or say why not. Database errors propagate: the
+    listener then answers 500 instead of acknowledging what is not stored."""
     try:
         result = bot.store.decide(draft_id, decision, user, final_text=final_text, reason=reason)
-    except ReplyloopError as exc:  # BlockedDraftError included
-        ephemeral(bot, channel, user, f"Draft #{draft_id}: {exc}")
+    except ReplyloopError as exc:  # BlockedDraftError, NotFoundError included
+        return Outcome(user, channel, ts, draft_id, notice=f"Draft #{draft_id}: {exc}")
+    return Outcome(user, channel, ts, draft_id, created=result.created)
+
+
+def finish(bot: "Bot", outcome: Outcome) -> None:
+    """After the ack: update the card, or tell the user why nothing changed (ephemeral)."""
+    if outcome.notice:
+        ephemeral(bot, outcome.channel, outcome.user, outcome.notice)
         return
-    draft = bot.store.get_draft(draft_id)
-    if not result.created:
-        ephemeral(bot, channel, user, cards.already_decided_text(draft))
+    draft = bot.store.get_draft(outcome.draft_id)
+    if not outcome.created:
+        ephemeral(bot, outcome.channel, outcome.user, cards.already_decided_text(draft))
         return
-    update_card(bot, draft, channel, ts)
+    update_card(bot, draft, outcome.channel, outcome.ts)
 
 
 def _guard(bot: "Bot", user: str, channel: str | None) -> bool:
@@ -113,20 +176,20 @@ def _guard(bot: "Bot", user: str, channel: str | None) -> bool:
     return False
 
 
-# -- listeners' work (after ack) -------------------------------------------------------------
+# -- decisions (before the ack) and modals (after it) ------------------------------------------
 
 
-def approve(bot: "Bot", body: dict, action: dict) -> None:
-    user = body["user"]["id"]
+def decide_click(bot: "Bot", body: dict, action: dict) -> Outcome:
+    """Approve: the supervisor check and the decision, before ``ack()``."""
+    user = (body.get("user") or {}).get("id")
     channel, ts = _container(body)
-    if not _guard(bot, user, channel):
-        return
+    if not bot.supervisors.is_supervisor(user):
+        return Outcome(user, channel, ts, notice=NOT_SUPERVISOR)
     try:
         draft_id = _action_draft_id(action)
     except NotFoundError as exc:
-        ephemeral(bot, channel, user, str(exc))
-        return
-    _decide(bot, draft_id, "approve", user, channel, ts)
+        return Outcome(user, channel, ts, notice=str(exc))
+    return _record(bot, draft_id, "approve", user, channel, ts)
 
 
 def open_modal(bot: "Bot", body: dict, action: dict, kind: str) -> None:
@@ -157,28 +220,55 @@ def validate_edit(bot: "Bot", view: dict) -> dict | None:
     text = _view_value(view, cards.REPLY_BLOCK, cards.REPLY_INPUT)
     if not text:
         return {cards.REPLY_BLOCK: "The reply is empty."}
+    if len(text) > cards.MAX_INPUT:
+        return {cards.REPLY_BLOCK: f"The reply is longer than {cards.MAX_INPUT} characters."}
     check = check_text(bot.checker, text)
     if check["verdict"] == "block":
         blocking = [v for v in check["violations"] if v.get("severity") == "block"] or check["violations"]
         parts = [f"{v.get('message') or v.get('rule')}" + (f" (“{v['match']}”)" if v.get("match") else "")
                  for v in blocking]
-        return {cards.REPLY_BLOCK: ("Breaks a blocking policy rule: " + "; ".join(parts))[:1900]}
+        return {cards.REPLY_BLOCK: cards.clip_plain("Breaks a blocking policy rule: " + "; ".join(parts),
+                                                    cards.MAX_ERROR)}
     return None
 
 
-def submit_edit(bot: "Bot", body: dict, view: dict) -> None:
-    user = body["user"]["id"]
-    meta = cards.parse_metadata(view.get("private_metadata", ""))
-    if not _guard(bot, user, meta.get("channel")):
-        return
+def validate_reject(view: dict) -> dict | None:
+    """The reason's length (the modal's ``max_length`` already stops it in Slack's client)."""
+    if len(_view_value(view, cards.REASON_BLOCK, cards.REASON_INPUT)) > cards.MAX_INPUT:
+        return {cards.REASON_BLOCK: f"The reason is longer than {cards.MAX_INPUT} characters."}
+    return None
+
+
+def _submission(bot: "Bot", body: dict, view: dict) -> tuple[str, dict | None]:
+    user = (body.get("user") or {}).get("id")
+    try:
+        meta = cards.parse_metadata(view.get("private_metadata", ""))
+    except ValueError:
+        return user, None
+    if not 0 < meta["draft_id"] <= MAX_ID:
+        return user, None
+    return user, meta
+
+
+def decide_edit(bot: "Bot", body: dict, view: dict) -> Outcome:
+    """The edit modal's submission (already validated): the decision, before ``ack()``."""
+    user, meta = _submission(bot, body, view)
+    if meta is None:
+        return Outcome(user, None, None, notice="This form is malformed (no draft id): nothing was changed.")
+    channel, ts = meta.get("channel"), meta.get("ts")
+    if not bot.supervisors.is_supervisor(user):
+        return Outcome(user, channel, ts, notice=NOT_SUPERVISOR)
     text = _view_value(view, cards.REPLY_BLOCK, cards.REPLY_INPUT)
-    _decide(bot, meta["draft_id"], "edit", user, meta.get("channel"), meta.get("ts"), final_text=text)
+    return _record(bot, meta["draft_id"], "edit", user, channel, ts, final_text=text)
 
 
-def submit_reject(bot: "Bot", body: dict, view: dict) -> None:
-    user = body["user"]["id"]
-    meta = cards.parse_metadata(view.get("private_metadata", ""))
-    if not _guard(bot, user, meta.get("channel")):
-        return
+def decide_reject(bot: "Bot", body: dict, view: dict) -> Outcome:
+    """The reject modal's submission: the decision, before ``ack()``."""
+    user, meta = _submission(bot, body, view)
+    if meta is None:
+        return Outcome(user, None, None, notice="This form is malformed (no draft id): nothing was changed.")
+    channel, ts = meta.get("channel"), meta.get("ts")
+    if not bot.supervisors.is_supervisor(user):
+        return Outcome(user, channel, ts, notice=NOT_SUPERVISOR)
     reason = _view_value(view, cards.REASON_BLOCK, cards.REASON_INPUT) or None
-    _decide(bot, meta["draft_id"], "reject", user, meta.get("channel"), meta.get("ts"), reason=reason)
+    return _record(bot, meta["draft_id"], "reject", user, channel, ts, reason=reason)

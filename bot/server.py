@@ -341,15 +341,29 @@ class BotServer:
 
 
 def sweep(bot: Bot, failed: dict[int, float] | None = None) -> int:
-    """Draft questions that have no draft (with a drafter) and post cards that were never posted.
-    A question that fails to draft is skipped (``failed`` remembers it for a while); the cards
-    are posted whatever drafting did."""
+    """Take in held intake messages whose channel can now be looked up, draft questions that have
+    no draft (with a drafter; not those on the drafting queue), post cards that were never
+    posted, and update decided cards whose update was lost (a crash, Slack down). A question
+    that fails to draft is skipped (``failed`` remembers it for a while); the cards are posted
+    whatever drafting did. Returns how many cards were posted."""
+    try:
+        intake.resolve_all_held(bot)
+    except Exception:
+        log.exception("taking in held intake messages failed")
     if bot.drafter is not None:
         try:
-            draft_pending(bot.config, bot.store, bot.drafter, bot.checker, failed=failed)
+            draft_pending(bot.config, bot.store, bot.drafter, bot.checker, failed=failed,
+                          busy={k for k in bot.drafting.busy() if isinstance(k, int)})
         except Exception:
             log.exception("drafting pending questions failed; posting the pending cards anyway")
-    return review.post_pending_cards(bot)
+    posted = review.post_pending_cards(bot)
+    try:
+        fixed = review.fix_lost_card_updates(bot)
+        if fixed:
+            log.info("updated %d decided card(s) whose update was lost", fixed)
+    except Exception:
+        log.exception("updating decided cards failed")
+    return posted
 
 
 def _sweeper(bot: Bot, stop: threading.Event, every_s: float) -> None:

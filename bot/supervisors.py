@@ -28,8 +28,10 @@ class Supervisors:
     def group_members(self) -> frozenset[str]:
         """Members of the supervisor group, refreshed at most every ``ttl_s`` seconds. When Slack
         cannot be asked (an error answer, a network failure), the last known members are kept,
-        logged, and Slack is asked again after ``ttl_s``. The Slack call runs outside the lock:
-        other clicks get the last known members meanwhile (only the very first fetch is waited for)."""
+        logged, and Slack is asked again after ``ttl_s``. The Slack call runs outside the lock,
+        and once members are known it runs on a background thread: a click is checked against
+        the last known members before its ack and never waits for Slack (only the very first
+        fetch, or one after a failed fetch with no members known, is waited for)."""
         if not self.group or self.client is None:
             return frozenset()
         with self._cond:
@@ -38,6 +40,16 @@ class Supervisors:
             if self._refreshing or time.monotonic() - self._fetched_at < self.ttl_s:
                 return self._members
             self._refreshing = True
+            background = bool(self._members)
+            if background:
+                self._fetched_at = time.monotonic()  # nobody else starts a refresh meanwhile
+        if background:
+            threading.Thread(target=self._refresh, name="replyloop-supervisors", daemon=True).start()
+            return self._members
+        self._refresh()
+        return self._members
+
+    def _refresh(self) -> None:
         members = None
         try:
             resp = self.client.usergroups_users_list(usergroup=self.group)
@@ -52,7 +64,6 @@ class Supervisors:
                 self._fetched_at = time.monotonic()
                 self._refreshing = False
                 self._cond.notify_all()
-        return self._members
 
     def is_supervisor(self, user_id: str | None) -> bool:
         if not user_id:

@@ -280,3 +280,29 @@ def m031_sample_prompt_key(db: sqlite_utils.Database) -> None:
     rows = db.execute("SELECT id, prompt FROM samples").fetchall()
     db.conn.executemany("UPDATE samples SET prompt_key = ? WHERE id = ?", [(prompt_key(compact(p)), i) for i, p in rows])
     db.execute("CREATE INDEX idx_samples_prompt_key ON samples(prompt_key)")
+
+
+@migration
+def m032_durable_bot(db: sqlite_utils.Database) -> None:
+    """What the bot must not lose between Slack's 200 and its slow work:
+
+    - ``reviews.card_updated_at``: when the decided card replaced the buttons in Slack; a decision
+      whose card update was lost (a crash after the commit, Slack down) is updated again later.
+      Decisions made before this migration count as updated.
+    - ``intake_events``: one row per Slack message taken in (the dedup key of a message and its
+      retries, written in the same transaction as its question), and messages whose channel
+      could not be resolved yet (``state = 'unresolved'``, the text kept until it is)."""
+    run_script(db, """
+        ALTER TABLE reviews ADD COLUMN card_updated_at TEXT;
+        UPDATE reviews SET card_updated_at = created_at;
+        CREATE TABLE intake_events (
+            key TEXT PRIMARY KEY,            -- slack:<channel>:<ts>
+            channel TEXT NOT NULL,
+            conversation_id TEXT NOT NULL,
+            text TEXT,                       -- only while unresolved
+            state TEXT NOT NULL CHECK (state IN ('question', 'unresolved', 'ignored')),
+            question_id INTEGER REFERENCES questions(id),
+            received_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_intake_events_unresolved ON intake_events(state) WHERE state = 'unresolved';
+    """)

@@ -119,6 +119,9 @@ class Store:
         self._local = threading.local()
         self._connections: list[sqlite3.Connection] = []
         self._lock = threading.Lock()
+        # this process's writers queue here, in order, instead of in SQLite's busy handler (which
+        # sleeps 1, 2, 5 ... 100 ms between tries: the tail of a burst of clicks)
+        self._write_lock = threading.RLock()
         try:
             if migrate:
                 migrations.migrate(self.db)
@@ -212,15 +215,16 @@ class Store:
         if conn.in_transaction:
             yield db
             return
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield db
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-        else:
-            conn.execute("COMMIT")
+        with self._write_lock:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+            else:
+                conn.execute("COMMIT")
 
     def query(self, sql: str, params: Iterable | dict = ()) -> list[dict]:
         return list(self.db.query(sql, params))
@@ -338,6 +342,19 @@ class Store:
                        {"review_id": review_id, "sample_id": sample_id, "reason": reason})
             review = self.one("SELECT * FROM reviews WHERE id = ?", (review_id,))
             return Decision(review=review, created=True, sample_id=sample_id)
+
+    def mark_card_updated(self, review_id: int) -> None:
+        """The decided card is in Slack (its buttons are gone)."""
+        with self.transaction() as db:
+            db.execute("UPDATE reviews SET card_updated_at = ? WHERE id = ?", (timeutil.now_iso(), review_id))
+
+    def decided_without_card_update(self, before: str, limit: int = 200) -> list[int]:
+        """Drafts decided before ``before`` (ISO time) whose posted card still shows its buttons:
+        the card update was lost (a crash after the decision's commit, Slack down)."""
+        return [r["draft_id"] for r in self.query(
+            "SELECT r.draft_id FROM reviews r JOIN drafts d ON d.id = r.draft_id"
+            " WHERE r.card_updated_at IS NULL AND d.slack_ts IS NOT NULL AND r.created_at < ?"
+            " ORDER BY r.id LIMIT ?", (before, int(limit)))]
 
     # -- samples -----------------------------------------------------------------------------
 
