@@ -50,8 +50,8 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_base):
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL and seen < steps
-    assert not (tmp_path / "out" / "adapter").exists()
-    assert list((tmp_path / "out" / "adapter.checkpoints").glob("step-*"))
+    assert not (tmp_path / "out" / "adapter" / "manifest.json").exists()
+    assert list((tmp_path / "out" / "adapter").glob("checkpoint-*"))
 
     resumed = cli_subprocess("train", "--config", config, "--resume", env=env)
     assert resumed.returncode == 0, resumed.stderr
@@ -87,7 +87,7 @@ def test_config_errors_are_reported_with_file_and_line(tmp_path):
     assert result.exit_code == 2
     assert result.output == f"Error: {config}:4: key 'lora_rnk': unknown key\n"
     result = cli("train")
-    assert result.exit_code == 2 and "Example: replyloop train --config train.yaml" in result.output
+    assert result.exit_code == 2 and "Example: replyloop train --config configs/cs_lora.yaml" in result.output
     config.write_text("base_model: missing\noutput_dir: o\ntrain_data_dir: .\n", encoding="utf-8")
     result = cli("train", "--config", config)
     assert result.exit_code == 1
@@ -162,6 +162,6 @@ def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base):
     meta.write_text(text.replace("\n", "\n改过的问题,改过的回答,物流查询,\n", 1), encoding="utf-8")  # one sample more
     result = cli("train", "--config", config, "--resume")
     assert result.exit_code == 1
-    assert result.output.startswith(f"Error: cannot resume from {tmp_path / 'out' / 'adapter.checkpoints' / 'step-000002'}"
+    assert result.output.startswith(f"Error: cannot resume from {tmp_path / 'out' / 'adapter' / 'checkpoint-2'}"
                                     f": the training data in {meta} changed since the checkpoint (180 samples then, "
                                     f"181 now)")
