@@ -80,7 +80,7 @@ def test_merge_and_export_subcommands(trained_adapter, tmp_path):
     assert result.output == f"Error: {tmp_path / 'nothing'}: not an adapter directory (no adapter_config.json)\n"
 
 
-def test_config_errors_are_reported_with_file_and_line(tmp_path):
+def test_config_errors_are_reported_with_file_and_line(tmp_path, monkeypatch):
     config = tmp_path / "train.yaml"
     config.write_text("base_model: b\noutput_dir: o\ntrain_data_dir: d\nlora_rnk: 8\n", encoding="utf-8")
     result = cli("train", "--config", config)
@@ -89,9 +89,13 @@ def test_config_errors_are_reported_with_file_and_line(tmp_path):
     result = cli("train")
     assert result.exit_code == 2 and "Example: replyloop train --config configs/cs_lora.yaml" in result.output
     config.write_text("base_model: missing\noutput_dir: o\ntrain_data_dir: .\n", encoding="utf-8")
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
     result = cli("train", "--config", config)
-    assert result.exit_code == 1
-    assert result.output.startswith(f"Error: {config}:1: base_model: {tmp_path / 'missing'} does not exist")
+    assert result.exit_code == 2
+    assert result.output == (f"Error: {config}:1: base_model: missing does not exist (tried "
+                             f"{tmp_path / 'project' / 'missing'}, {tmp_path / 'missing'}); a local model directory "
+                             f"is needed, replyloop never downloads models\n")
 
 
 STORE_YAML = YAML.replace("train_data_dir: data\n", "dataset: store\nstore_path: {store}\n")
