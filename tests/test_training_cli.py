@@ -95,7 +95,10 @@ def test_config_errors_are_reported_with_file_and_line(tmp_path, monkeypatch):
     assert result.exit_code == 2
     assert result.output == (f"Error: {config}:1: base_model: missing does not exist (tried "
                              f"{tmp_path / 'project' / 'missing'}, {tmp_path / 'missing'}); a local model directory "
-                             f"is needed, replyloop never downloads models\n")
+                             f"is needed, replyloop never downloads models\n"
+                             # every problem at once: train_data_dir `.` is the project, without metadata.csv
+                             f"{config}: metadata_path: metadata.csv does not exist "
+                             f"({tmp_path / 'project' / 'metadata.csv'})\n")
 
 
 STORE_YAML = YAML.replace("train_data_dir: data\n", "dataset: store\nstore_path: {store}\n")
