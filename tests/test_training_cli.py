@@ -39,7 +39,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_base):
     config.write_text(YAML.format(base=tiny_base, steps=steps), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "replyloop", "train", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
     seen = 0
     for line in proc.stdout:
         assert line.startswith("replyloop-progress {")
@@ -53,7 +53,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_base):
     assert not (tmp_path / "out" / "adapter" / "manifest.json").exists()
     assert list((tmp_path / "out" / "adapter").glob("checkpoint-*"))
 
-    resumed = cli_subprocess("train", "--config", config, "--resume", env=env)
+    resumed = cli_subprocess("train", "--config", config, "--resume", env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     lines = [json.loads(x.split(" ", 1)[1]) for x in resumed.stdout.splitlines() if x.startswith("replyloop-progress")]
     assert lines[0]["step"] > 1 and lines[-1]["step"] == steps
@@ -118,7 +118,7 @@ def test_killed_store_run_resumes_on_its_snapshot_despite_new_approvals(tmp_path
     config.write_text(STORE_YAML.format(base=tiny_base, steps=steps, store=store.path), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "replyloop", "train", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
     seen = 0
     for line in proc.stdout:
         seen = json.loads(line.split(" ", 1)[1])["step"]
@@ -132,7 +132,7 @@ def test_killed_store_run_resumes_on_its_snapshot_despite_new_approvals(tmp_path
         qid = store.add_question(f"新问题{i}：快递一直没更新", "c-kill", "物流查询")
         store.decide(store.add_draft(qid, f"您好，我们已催促快递公司更新第{i}单的物流信息。"), "approve", "U1")
 
-    resumed = cli_subprocess("train", "--config", config, "--resume", env=env)
+    resumed = cli_subprocess("train", "--config", config, "--resume", env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     manifest = json.loads((tmp_path / "out" / "adapter" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["snapshot_hash"] == snapshot and manifest["resumed_from"]
@@ -145,7 +145,7 @@ def test_killed_store_run_resumes_on_its_snapshot_despite_new_approvals(tmp_path
     assert manifest["metrics"]["eval_loss"] == pytest.approx(plain.manifest["metrics"]["eval_loss"], abs=1e-6)
 
 
-def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base):
+def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base, monkeypatch):
     from training.recipe import run_training
 
     (tmp_path / "data").mkdir()
@@ -153,6 +153,7 @@ def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base):
     shutil.copy(SAMPLES, meta)
     config = tmp_path / "train.yaml"
     config.write_text(YAML.format(base=tiny_base, steps=6), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # output_dir out/adapter: relative to the directory the command runs in
 
     class Stop(Exception):
         pass

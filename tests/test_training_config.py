@@ -62,3 +62,13 @@ def test_missing_required_keys(tmp_path):
 def test_shipped_example_config_loads():
     cfg = load_train_config(ROOT / "training" / "examples" / "train.yaml")
     assert cfg.dataset == "store" and cfg.packing is True
+
+
+def test_shipped_article_config_is_the_articles_and_loads():
+    from test_training_article import ARTICLE_YAML
+
+    path = ROOT / "training" / "examples" / "cs_lora.yaml"
+    keys = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    assert keys == ARTICLE_YAML.splitlines()[1:]  # the article's lines, unchanged
+    cfg = load_train_config(path)
+    assert cfg.task_type == "CAUSAL_LM" and cfg.save_steps == 100

@@ -648,9 +648,8 @@ class LoRAFinetuneRecipe:
 
     def save_output(self) -> TrainResult:
         """The best adapter + manifest, assembled in a temp dir beside ``output_dir`` and renamed.
-        What ``output_dir`` already holds besides an adapter (the kept ``checkpoint-<step>/``
-        folders, a ``logging_dir`` inside it, the user's files) is carried into the new one by
-        hard links, so the rename loses none of it. An existing ``output_dir`` is replaced, unless
+        The kept ``checkpoint-<step>/`` folders and a ``logging_dir`` inside ``output_dir`` are
+        carried into the new one by hard links, so the swap loses neither. An existing ``output_dir`` is replaced, unless
         it is a registered adapter (an error)."""
         self.accelerator.wait_for_everyone()
         manifest = self.manifest()
@@ -671,11 +670,14 @@ class LoRAFinetuneRecipe:
             (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
                                                encoding="utf-8")
             if out.exists():
-                _carry_over(out, tmp)
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                out.rename(old)
-                tmp.rename(out)
-                shutil.rmtree(old, ignore_errors=True)
+                _carry_over(out, tmp, self.cfg.logging_path)
+                if _exchange(tmp, out):  # one atomic swap: out is never missing
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                    out.rename(old)
+                    tmp.rename(out)
+                    shutil.rmtree(old, ignore_errors=True)
             else:
                 tmp.rename(out)
         except BaseException as exc:
@@ -698,30 +700,49 @@ class SaveError(TrainingError):
     """Could not save the training output"""
 
 
-# What a finished output_dir holds of its own; everything else in it is carried into the new one.
-ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "adapter_model.bin", "manifest.json",
-                 "README.md"}
-
-
-def _carry_over(old: Path, new: Path) -> None:
-    """Hard-link (copy where links fail) what ``old`` holds besides an adapter into ``new``:
-    checkpoints, TensorBoard events, the user's own files. Unfinished checkpoints
-    (``.tmp-checkpoint-*``) are left behind."""
+def _carry_over(old: Path, new: Path, logging_dir: Path) -> None:
+    """Hard-link (copy where links fail) into ``new`` what of ``old`` must outlive the rename:
+    its complete ``checkpoint-<step>/`` folders and a ``logging_dir`` inside it (TensorBoard
+    events). Everything else in ``old`` (an older adapter, stray files) is replaced, as before."""
     def link(src, dst):
         try:
             os.link(src, dst)
         except OSError:
             shutil.copy2(src, dst)
 
-    for entry in old.iterdir():
-        if entry.name in ADAPTER_FILES or entry.name.startswith(ckpt.TMP_PREFIX) or (new / entry.name).exists():
+    keep = [p.name for p in ckpt.list_checkpoints(old)]
+    logs = Path(logging_dir).resolve()
+    if logs == old:  # events written straight into output_dir
+        keep += [p.name for p in old.glob("events.out.tfevents.*")]
+    elif logs.is_relative_to(old):
+        keep.append(logs.relative_to(old).parts[0])
+    for name in dict.fromkeys(keep):
+        entry = old / name
+        if (new / name).exists() or not entry.exists():
             continue
         if entry.is_dir() and not entry.is_symlink():
-            shutil.copytree(entry, new / entry.name, symlinks=True, copy_function=link)
-        elif entry.is_symlink():
-            os.symlink(os.readlink(entry), new / entry.name)
+            shutil.copytree(entry, new / name, symlinks=True, copy_function=link)
         else:
-            link(entry, new / entry.name)
+            link(entry, new / name)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system cannot (then the caller renames in two steps)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False  # EINVAL/ENOSYS (filesystem or kernel without it): fall back
 
 
 def _num(value) -> str:
