@@ -390,7 +390,7 @@ def _legacy_candidate(workdir, config, store, registry, s: DemoSettings, export_
         TRAIN_YAML.format(base=workdir / "base-model", steps=s.train_steps, dataset="folder")
         .replace("output_dir: adapters/latest", "output_dir: adapters/legacy-import")
         + "train_data_dir: legacy-export\nmetadata_path: metadata.csv\n", encoding="utf-8")
-    result = run_training(load_train_config(config_path), progress=lambda event: None)
+    result = run_training(load_train_config(config_path, cwd=workdir), progress=lambda event: None)  # paths: workdir's
     model = registry.register(result.output_dir, name="legacy-import", actor="demo")
     report = evaluate_model(config, store, model["id"], against="champion", snapshot=snapshot.hash, actor="demo")
     reasons = "; ".join(report.gate.reasons) or "passed"

@@ -111,12 +111,14 @@ def _fail_run(store: Store, run_id: int, error: str) -> None:
 def remove_run_scratch(output_dir: str | Path | None) -> None:
     """Delete what the trainer keeps beside ``output_dir`` while it runs: temp dirs
     (``.<name>.tmp-*``, ``.<name>.old-*``, ``<name>.tmp*``) and its resume checkpoints
-    (``<name>.checkpoints``: LoRA weights and optimizer moments; the pipeline never resumes)."""
+    (``<name>/checkpoint-<step>``, ``<name>/.tmp-checkpoint-*``, and the older layout's
+    ``<name>.checkpoints``: LoRA weights and optimizer moments; the pipeline never resumes)."""
     if not output_dir:
         return
     out = Path(output_dir)
+    inside = [*out.glob("checkpoint-*"), *out.glob(".tmp-checkpoint-*")] if out.is_dir() and not out.is_symlink() else []
     for tmp in [*out.parent.glob(f".{out.name}.*"), *out.parent.glob(f"{out.name}.tmp*"),
-                out.with_name(f"{out.name}.checkpoints")]:
+                out.with_name(f"{out.name}.checkpoints"), *inside]:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists() or tmp.is_symlink():
@@ -201,27 +203,21 @@ def write_run_train_config(config: Config, store: Store, run_id: int, snapshot_h
     if not source.exists():
         raise ConfigError(f"{source}: training config not found (training.config in {config.source or 'the config'}); "
                           "copy training/examples/train.yaml there and set base_model")
-    from replyloop.yamlfile import load_yaml
+    from training.config import run_config_data
 
-    data = load_yaml(source).data or {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys")
-    base = data.get("base_model")
-    if isinstance(base, str) and base and not Path(base).is_absolute() and (source.parent / base).exists():
-        data["base_model"] = str((source.parent / base).resolve())
-    data.update({
+    # Validated and its paths resolved from the user's file (errors name that file and line);
+    # the copy carries absolute paths and `generated_from`, so the trainer's messages do too.
+    data = run_config_data(source, {
         "dataset": "store",
         "store_path": str(store.path.resolve()),
         "snapshot": snapshot_hash,
         "output_dir": str(output_dir),
         "logging_dir": str(run_dir / "tensorboard"),
-        "init_adapter": init_adapter,
+        "init_adapter": init_adapter,  # None: removed (a fresh adapter)
         "resume_from_checkpoint": False,
-    })
-    for key in ("train_data_dir", "metadata_path"):
-        data.pop(key, None)
-    if init_adapter is None:
-        data.pop("init_adapter")
+        "train_data_dir": None,
+        "metadata_path": None,
+    }, cwd=config.root)
     target = run_dir / "train.yaml"
     target.write_text(f"# generated for run #{run_id} from {source}\n"
                       + yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
@@ -392,9 +388,9 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         if not (output_dir / "adapter_config.json").exists():
             raise TrainingError(f"training finished but {output_dir} holds no adapter")
 
+        remove_run_scratch(output_dir)  # a trainer that left checkpoints: the pipeline never resumes them
         model = registry.register(output_dir, run_id=run_id, name=name)
         _update_run(store, run_id, model_id=model["id"])
-        remove_run_scratch(output_dir)  # a trainer that left checkpoints: the pipeline never resumes them
         lock.heartbeat()
         gate, evaluation = evaluate_candidate(config, store, run_id, model, run_dir, lock)
         if gate.passed:

@@ -88,7 +88,8 @@ def test_training_failure_marks_run_failed_and_keeps_everything(replyloop_home, 
     messages = []
     result = run_pipeline(config, store, notify=messages.append)
     assert result.status == "failed"
-    assert "lora_rnak" in result.message and "training exited with code 2" in result.message
+    # the config error names the user's train.yaml and line, not the run's generated copy
+    assert result.message == f"{replyloop_home / 'train.yaml'}:17: key 'lora_rnak': unknown key"
     run = store.one("SELECT * FROM training_runs WHERE id = ?", (result.run_id,))
     assert run["status"] == "failed" and "lora_rnak" in run["error"]
     assert not (config.adapters_dir / "x").exists()

@@ -370,6 +370,8 @@ def test_a_failed_run_leaves_no_checkpoints_or_temp_dirs(workspace, outcome):
     approve_n(store, 6)
     config.train_config_path.parent.mkdir(parents=True, exist_ok=True)
     config.train_config_path.write_text("base_model: base\n", encoding="utf-8")
+    (config.root / "base").mkdir()  # relative to the workspace: checked before the run's copy is written
+    (config.root / "base" / "config.json").write_text("{}", encoding="utf-8")
     mode = "fail" if outcome == "training fails" else "ok"
     trainer = config.root / "fake_trainer.py"
     trainer.write_text(FAKE_TRAINER, encoding="utf-8")

@@ -39,7 +39,7 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_base):
     config.write_text(YAML.format(base=tiny_base, steps=steps), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "replyloop", "train", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
     seen = 0
     for line in proc.stdout:
         assert line.startswith("replyloop-progress {")
@@ -50,10 +50,10 @@ def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_base):
             break
     proc.wait(timeout=60)
     assert proc.returncode == -signal.SIGKILL and seen < steps
-    assert not (tmp_path / "out" / "adapter").exists()
-    assert list((tmp_path / "out" / "adapter.checkpoints").glob("step-*"))
+    assert not (tmp_path / "out" / "adapter" / "manifest.json").exists()
+    assert list((tmp_path / "out" / "adapter").glob("checkpoint-*"))
 
-    resumed = cli_subprocess("train", "--config", config, "--resume", env=env)
+    resumed = cli_subprocess("train", "--config", config, "--resume", env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     lines = [json.loads(x.split(" ", 1)[1]) for x in resumed.stdout.splitlines() if x.startswith("replyloop-progress")]
     assert lines[0]["step"] > 1 and lines[-1]["step"] == steps
@@ -80,18 +80,25 @@ def test_merge_and_export_subcommands(trained_adapter, tmp_path):
     assert result.output == f"Error: {tmp_path / 'nothing'}: not an adapter directory (no adapter_config.json)\n"
 
 
-def test_config_errors_are_reported_with_file_and_line(tmp_path):
+def test_config_errors_are_reported_with_file_and_line(tmp_path, monkeypatch):
     config = tmp_path / "train.yaml"
     config.write_text("base_model: b\noutput_dir: o\ntrain_data_dir: d\nlora_rnk: 8\n", encoding="utf-8")
     result = cli("train", "--config", config)
     assert result.exit_code == 2
     assert result.output == f"Error: {config}:4: key 'lora_rnk': unknown key\n"
     result = cli("train")
-    assert result.exit_code == 2 and "Example: replyloop train --config train.yaml" in result.output
+    assert result.exit_code == 2 and "Example: replyloop train --config configs/cs_lora.yaml" in result.output
     config.write_text("base_model: missing\noutput_dir: o\ntrain_data_dir: .\n", encoding="utf-8")
+    (tmp_path / "project").mkdir()
+    monkeypatch.chdir(tmp_path / "project")
     result = cli("train", "--config", config)
-    assert result.exit_code == 1
-    assert result.output.startswith(f"Error: {config}:1: base_model: {tmp_path / 'missing'} does not exist")
+    assert result.exit_code == 2
+    assert result.output == (f"Error: {config}:1: base_model: missing does not exist (tried "
+                             f"{tmp_path / 'project' / 'missing'}, {tmp_path / 'missing'}); a local model directory "
+                             f"is needed, replyloop never downloads models\n"
+                             # every problem at once: train_data_dir `.` is the project, without metadata.csv
+                             f"{config}: metadata_path: metadata.csv does not exist "
+                             f"({tmp_path / 'project' / 'metadata.csv'})\n")
 
 
 STORE_YAML = YAML.replace("train_data_dir: data\n", "dataset: store\nstore_path: {store}\n")
@@ -111,7 +118,7 @@ def test_killed_store_run_resumes_on_its_snapshot_despite_new_approvals(tmp_path
     config.write_text(STORE_YAML.format(base=tiny_base, steps=steps, store=store.path), encoding="utf-8")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "replyloop", "train", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=tmp_path)
     seen = 0
     for line in proc.stdout:
         seen = json.loads(line.split(" ", 1)[1])["step"]
@@ -125,7 +132,7 @@ def test_killed_store_run_resumes_on_its_snapshot_despite_new_approvals(tmp_path
         qid = store.add_question(f"新问题{i}：快递一直没更新", "c-kill", "物流查询")
         store.decide(store.add_draft(qid, f"您好，我们已催促快递公司更新第{i}单的物流信息。"), "approve", "U1")
 
-    resumed = cli_subprocess("train", "--config", config, "--resume", env=env)
+    resumed = cli_subprocess("train", "--config", config, "--resume", env=env, cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
     manifest = json.loads((tmp_path / "out" / "adapter" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["snapshot_hash"] == snapshot and manifest["resumed_from"]
@@ -138,7 +145,7 @@ def test_killed_store_run_resumes_on_its_snapshot_despite_new_approvals(tmp_path
     assert manifest["metrics"]["eval_loss"] == pytest.approx(plain.manifest["metrics"]["eval_loss"], abs=1e-6)
 
 
-def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base):
+def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base, monkeypatch):
     from training.recipe import run_training
 
     (tmp_path / "data").mkdir()
@@ -146,6 +153,7 @@ def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base):
     shutil.copy(SAMPLES, meta)
     config = tmp_path / "train.yaml"
     config.write_text(YAML.format(base=tiny_base, steps=6), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # output_dir out/adapter: relative to the directory the command runs in
 
     class Stop(Exception):
         pass
@@ -162,6 +170,6 @@ def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base):
     meta.write_text(text.replace("\n", "\n改过的问题,改过的回答,物流查询,\n", 1), encoding="utf-8")  # one sample more
     result = cli("train", "--config", config, "--resume")
     assert result.exit_code == 1
-    assert result.output.startswith(f"Error: cannot resume from {tmp_path / 'out' / 'adapter.checkpoints' / 'step-000002'}"
+    assert result.output.startswith(f"Error: cannot resume from {tmp_path / 'out' / 'adapter' / 'checkpoint-2'}"
                                     f": the training data in {meta} changed since the checkpoint (180 samples then, "
                                     f"181 now)")

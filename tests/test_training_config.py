@@ -10,20 +10,21 @@ from training.config import load_train_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_lora_scripts_yaml_loads_unchanged(tmp_path):
-    path = tmp_path / "train.yaml"
+def test_lora_scripts_yaml_loads_unchanged(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    path = tmp_path / "configs" / "train.yaml"
     path.write_text(
         "train_data_dir: ./data\nmetadata_path: metadata.csv\nbase_model: ./models/base\ntask_type: CAUSAL_LM\n"
         "lora_rank: 16\nlora_alpha: 32\nlora_dropout: 0.05\ntarget_modules: [q_proj, v_proj]\nbatch_size: 2\n"
         "gradient_accumulation_steps: 4\nepochs: 2\nlearning_rate: 0.0001\nmax_seq_length: 256\n"
         "output_dir: ./output\nsave_steps: 50\nlogging_dir: ./logs\nresume_from_checkpoint: false\n",
         encoding="utf-8")
-    cfg = load_train_config(path)
+    monkeypatch.chdir(tmp_path)  # run from the project root, as lora-scripts users do
+    cfg = load_train_config("configs/train.yaml")
     assert cfg.lora_rank == 16 and cfg.target_modules == ["q_proj", "v_proj"]
-    assert cfg.metadata_file == tmp_path / "data" / "metadata.csv"
-    assert cfg.output_path == (tmp_path / "output").resolve()
+    assert cfg.metadata_file == tmp_path / "data" / "metadata.csv"  # not there yet: train_data_dir's
+    assert cfg.output_path == (tmp_path / "output").resolve()  # outputs: the directory the command runs in
     assert cfg.logging_path == tmp_path / "logs"
-    assert cfg.checkpoints_path == (tmp_path / "output.checkpoints").resolve()
 
 
 def test_unknown_keys_are_named_with_their_lines(tmp_path):
@@ -61,3 +62,13 @@ def test_missing_required_keys(tmp_path):
 def test_shipped_example_config_loads():
     cfg = load_train_config(ROOT / "training" / "examples" / "train.yaml")
     assert cfg.dataset == "store" and cfg.packing is True
+
+
+def test_shipped_article_config_is_the_articles_and_loads():
+    from test_training_article import ARTICLE_YAML
+
+    path = ROOT / "training" / "examples" / "cs_lora.yaml"
+    keys = [line for line in path.read_text(encoding="utf-8").splitlines() if line and not line.startswith("#")]
+    assert keys == ARTICLE_YAML.splitlines()[1:]  # the article's lines, unchanged
+    cfg = load_train_config(path)
+    assert cfg.task_type == "CAUSAL_LM" and cfg.save_steps == 100

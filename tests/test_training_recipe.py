@@ -9,7 +9,7 @@ import torch
 
 from replyloop.errors import ConfigError, TrainingError
 from training.recipe import LoRAFinetuneRecipe, run_training
-from training_fixtures import cfg_factory, data_dir, make_cfg, tiny_base, trained_adapter  # noqa: F401
+from training_fixtures import FAST, cfg_factory, data_dir, make_cfg, tiny_base, trained_adapter  # noqa: F401
 
 
 class Stop(Exception):
@@ -49,7 +49,9 @@ def test_loss_falls_and_output_is_complete(cfg_factory):
     assert m["train_tokens"] > 0 and m["truncated"] > 0  # max_seq_length 96 cuts some replies
     assert manifest["snapshot_hash"] is None and manifest["dataset"]["type"] == "folder"
     assert list(cfg.logging_path.glob("events.out.tfevents.*"))
-    assert not cfg.checkpoints_path.exists()  # finished: nothing left to resume
+    # the last keep_checkpoints (2) checkpoints stay in output_dir, each a loadable adapter
+    assert sorted(p.name for p in cfg.output_path.glob("checkpoint-*")) == ["checkpoint-16", "checkpoint-20"]
+    assert (cfg.output_path / "checkpoint-20" / "adapter_model.safetensors").exists()
     step_lines = [e for e in events if "loss" in e]
     assert [e["step"] for e in step_lines] == list(range(1, 25))
     assert all(e["total_steps"] == 24 and e["tokens_per_s"] > 0 for e in step_lines)
@@ -62,9 +64,9 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, tiny_b
     _, progress = _events(cfg, stop_at=10)
     with pytest.raises(Stop):
         run_training(cfg, progress=progress)
-    assert not cfg.output_path.exists()  # a killed run leaves nothing that looks finished
+    # a killed run leaves nothing that looks finished: its checkpoints, no adapter or manifest
+    assert sorted(p.name for p in cfg.output_path.iterdir()) == ["checkpoint-4", "checkpoint-8"]
     assert not list(cfg.output_path.parent.glob(".adapter.tmp-*"))
-    assert sorted(p.name for p in cfg.checkpoints_path.iterdir()) == ["step-000004", "step-000008"]
     events, progress = _events(cfg)
     resumed = run_training(make_cfg(tmp_path / "b", tiny_base, resume_from_checkpoint=True), progress=progress)
     assert events[0]["step"] == 9
@@ -89,7 +91,7 @@ def test_resume_with_a_changed_config_warns_field_by_field(cfg_factory):
     with pytest.warns(ResumeMismatchWarning) as record:
         run_training(cfg_factory(resume_from_checkpoint=True, learning_rate=0.01), progress=lambda e: None)
     messages = [str(w.message) for w in record]
-    assert messages == ["resuming from step-000004 with a different config: "
+    assert messages == ["resuming from checkpoint-4 with a different config: "
                         "learning_rate: checkpoint has 0.02, config has 0.01"]
 
 
@@ -112,7 +114,7 @@ def test_resume_from_the_store_keeps_the_checkpoints_snapshot(cfg_factory, works
     _, progress = _events(cfg, stop_at=10)
     with pytest.raises(Stop):
         run_training(cfg, progress=progress)
-    state = json.loads((cfg.checkpoints_path / "step-000008" / "state.json").read_text(encoding="utf-8"))
+    state = json.loads((cfg.output_path / "checkpoint-8" / "state.json").read_text(encoding="utf-8"))
     assert state["data"]["snapshot_hash"] == snapshot
     # approvals while the run was down: a new snapshot would have other batches and another split
     for i in range(6):
@@ -140,7 +142,7 @@ def test_resume_on_a_changed_csv_is_an_error_naming_the_file(cfg_factory, data_d
     meta = data_dir / "metadata.csv"
     lines = meta.read_text(encoding="utf-8").splitlines(keepends=True)
     meta.write_text("".join(lines[:1] + lines[2:]), encoding="utf-8")  # one sample fewer
-    with pytest.raises(ResumeDataError, match=rf"cannot resume from .*step-000004: the training data in "
+    with pytest.raises(ResumeDataError, match=rf"cannot resume from .*checkpoint-4: the training data in "
                                               rf"{meta} changed since the checkpoint \(180 samples then, 179 now\)"):
         run_training(cfg_factory(resume_from_checkpoint=True), progress=lambda e: None)
     meta.write_text("".join(lines), encoding="utf-8")  # restored: resumes
@@ -155,7 +157,7 @@ def test_resume_from_a_checkpoint_without_data_record_warns(cfg_factory):
     _, progress = _events(cfg, stop_at=5)
     with pytest.raises(Stop):
         run_training(cfg, progress=progress)
-    state_path = cfg.checkpoints_path / "step-000004" / "state.json"
+    state_path = cfg.output_path / "checkpoint-4" / "state.json"
     state = json.loads(state_path.read_text(encoding="utf-8"))
     del state["data"]  # as written before checkpoints recorded their data
     state_path.write_text(json.dumps(state), encoding="utf-8")
@@ -187,15 +189,32 @@ def test_resume_without_checkpoint_is_an_error(cfg_factory):
         run_training(cfg_factory(resume_from_checkpoint=True), progress=lambda e: None)
 
 
-def test_incremental_training_starts_from_the_adapter(cfg_factory, trained_adapter, workspace):
+def test_incremental_training_starts_from_the_adapter(cfg_factory, trained_adapter, workspace, tmp_path, tiny_base):
     from safetensors.torch import load_file
 
-    result = run_training(cfg_factory(init_adapter=str(trained_adapter), learning_rate=0.0, max_steps=2,
-                                      lora_rank=4), progress=lambda e: None)
+    from training.recipe import AdapterMismatchError
+
+    # a config that asks for another shape than the adapter it continues is an error naming both
+    with pytest.raises(AdapterMismatchError) as exc:
+        run_training(cfg_factory(init_adapter=str(trained_adapter), lora_rank=4, lora_alpha=16,
+                                 target_modules=["q_proj", "v_proj"]), progress=lambda e: None)
+    assert str(exc.value).splitlines() == [
+        f"lora_rank: 4, but init_adapter {trained_adapter} was trained with r=8; set lora_rank: 8 or remove "
+        "lora_rank (a continued adapter keeps its shape), or remove init_adapter to train a new adapter",
+        f"target_modules: [q_proj, v_proj], but init_adapter {trained_adapter} was trained on [down_proj, "
+        "gate_proj, q_proj, up_proj, v_proj]; set target_modules to those or remove it, or remove init_adapter "
+        "to train a new adapter"]
+    values = {**FAST, "init_adapter": str(trained_adapter), "learning_rate": 0.0, "max_steps": 2}
+    del values["target_modules"]  # left out: the adapter's
+    result = run_training(make_cfg(tmp_path, tiny_base, lora_alpha=16, **values), progress=lambda e: None)
     before = load_file(trained_adapter / "adapter_model.safetensors")
     after = load_file(result.output_dir / "adapter_model.safetensors")
     assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
     assert result.manifest["init_adapter"] == str(trained_adapter.resolve())
+    # the manifest records what was trained: the adapter's shape, not the defaults (4 attention modules)
+    assert result.manifest["lora"] == {"lora_rank": 8, "lora_alpha": 16, "lora_dropout": 0.1, "target_modules": [
+        "down_proj", "gate_proj", "q_proj", "up_proj", "v_proj"]}
+    assert result.manifest["config"]["target_modules"] == result.manifest["lora"]["target_modules"]
 
     config, store = workspace
     with pytest.raises(TrainingError, match="has no champion model yet"):
@@ -264,10 +283,10 @@ def test_store_dataset_trains_on_the_snapshot_train_split(cfg_factory, workspace
 # -- errors --------------------------------------------------------------------------------------
 
 def test_base_model_missing(cfg_factory, tmp_path):
-    with pytest.raises(TrainingError) as exc:
+    with pytest.raises(ConfigError) as exc:
         run_training(cfg_factory(base_model="models/nope"), progress=lambda e: None)
-    assert str(exc.value) == (f"base_model: {tmp_path / 'models' / 'nope'} does not exist (a local model "
-                              f"directory is needed; replyloop never downloads models)")
+    assert str(exc.value) == (f"base_model: models/nope does not exist ({tmp_path / 'models' / 'nope'}); a local "
+                              f"model directory is needed, replyloop never downloads models")
 
 
 def test_unknown_target_modules_list_the_existing_ones(cfg_factory):

@@ -1,16 +1,23 @@
 """Resume checkpoints: trainable weights, optimizer, scheduler, RNG and data position.
 
-Each checkpoint is a directory ``<output_dir>.checkpoints/step-000040/`` written under a
-temporary name and renamed when complete, so a killed run leaves either a whole checkpoint
-or none. Resuming with a config that differs from the checkpoint's warns field by field; a
-checkpoint also records what it trained on (``data``: the store snapshot, fingerprints of the
-records and of the tokenised examples), and resuming on other data is an error.
+Each checkpoint is a directory ``<output_dir>/checkpoint-<step>/`` (where HF Trainer and
+lora-scripts configs put them), written under a temporary name and renamed when complete, so
+a killed run leaves either a whole checkpoint or none. It holds a LoRA adapter that
+``PeftModel.from_pretrained`` loads (``adapter_config.json``, ``adapter_model.safetensors``: the
+weights at that step) plus what resuming needs: ``trainable.pt`` (the same weights, by
+parameter name), ``best.pt``, ``optimizer.pt``, ``scheduler.pt``, ``rng.pt`` and ``state.json``
+(progress, config, data, run id). The last ``keep`` checkpoints of a run are kept, after the
+run too; a fresh run's first checkpoint replaces those of earlier runs. Resuming with a
+config that differs from the checkpoint's warns field by field; a checkpoint also records what
+it trained on (``data``: the store snapshot, fingerprints of the records and of the tokenised
+examples), and resuming on other data is an error.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import shutil
 import tempfile
 import warnings
@@ -19,9 +26,11 @@ from pathlib import Path
 
 from replyloop.errors import TrainingError
 
-PREFIX = "step-"
+PREFIX = "checkpoint-"
+TMP_PREFIX = ".tmp-checkpoint-"
+_NAME = re.compile(r"checkpoint-(\d+)")
 # Changing these between runs does not change what the resumed run computes.
-HARMLESS = {"resume_from_checkpoint", "logging_dir", "save_steps", "keep_checkpoints"}
+HARMLESS = {"resume_from_checkpoint", "logging_dir", "save_steps", "keep_checkpoints", "generated_from"}
 
 
 class ResumeMismatchWarning(UserWarning):
@@ -90,11 +99,15 @@ def load_trainable_state(model, state: dict) -> None:
 
 
 def save_checkpoint(root: Path, *, model, optimizer, scheduler, progress: TrainingProgress,
-                    best_state: dict | None, config: dict, keep: int = 2, data: dict | None = None) -> Path:
+                    best_state: dict | None, config: dict, keep: int = 2, data: dict | None = None,
+                    run_id: str | None = None) -> Path:
+    """Write ``root/checkpoint-<step>/`` atomically; then keep the last ``keep`` checkpoints of
+    run ``run_id`` and remove those of other (earlier) runs."""
     root.mkdir(parents=True, exist_ok=True)
-    final = root / f"{PREFIX}{progress.step:06d}"
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+    final = root / f"{PREFIX}{progress.step}"
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=root))
     try:
+        model.save_pretrained(str(tmp))  # a loadable adapter: PeftModel.from_pretrained(base, tmp)
         _save(trainable_state(model), tmp / "trainable.pt")
         if best_state is not None:
             _save(best_state, tmp / "best.pt")
@@ -102,17 +115,26 @@ def save_checkpoint(root: Path, *, model, optimizer, scheduler, progress: Traini
         _save(scheduler.state_dict(), tmp / "scheduler.pt")
         _save(rng_state(), tmp / "rng.pt")
         (tmp / "state.json").write_text(json.dumps(
-            {"progress": progress.state_dict(), "config": config, "data": data}, ensure_ascii=False, indent=2),
-            encoding="utf-8")
+            {"progress": progress.state_dict(), "config": config, "data": data, "run_id": run_id},
+            ensure_ascii=False, indent=2), encoding="utf-8")
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    for old in list_checkpoints(root)[:-keep]:
+    found = list_checkpoints(root)
+    ours = [p for p in found if _run_id(p) == run_id]
+    for old in [p for p in found if p not in ours] + ours[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _run_id(path: Path) -> str | None:
+    try:
+        return read_state(path).get("run_id")
+    except (TrainingError, ValueError, OSError):
+        return None
 
 
 def _save(obj, path: Path) -> None:
@@ -127,11 +149,19 @@ def _save(obj, path: Path) -> None:
     path.write_bytes(buf.getbuffer())
 
 
+def checkpoint_step(path: Path) -> int | None:
+    """The step of a ``checkpoint-<step>`` directory name (None for anything else)."""
+    match = _NAME.fullmatch(path.name)
+    return int(match.group(1)) if match else None
+
+
 def list_checkpoints(root: Path) -> list[Path]:
+    """The complete checkpoints in ``root`` (those with ``state.json``), by step."""
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX)
-                  and (p / "state.json").exists())
+    found = [p for p in root.iterdir() if p.is_dir() and checkpoint_step(p) is not None
+             and (p / "state.json").exists()]
+    return sorted(found, key=checkpoint_step)
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -177,11 +207,13 @@ def load_checkpoint(path: Path) -> Checkpoint:
                       data=meta.get("data"))
 
 
-def check_resume_data(saved: dict | None, current: dict, path: Path, config_differs: bool = False) -> None:
+def check_resume_data(saved: dict | None, current: dict, path: Path, config_differs: bool = False,
+                      fresh: str = "start fresh without --resume") -> None:
     """Refuse to resume on data other than the checkpoint's: the restored batch position would
     index other batches. ``saved`` None (an older checkpoint) warns that it cannot be checked.
     Examples that tokenise differently are an error only when the config is the same (a changed
-    ``max_seq_length`` or ``base_model`` was already warned about)."""
+    ``max_seq_length`` or ``base_model`` was already warned about). ``fresh`` tells how to start
+    fresh in the words the user used (``without --resume``, or the YAML key and its line)."""
     if saved is None:
         warnings.warn(f"resuming from {path.name}: the checkpoint does not record its training data, so "
                       f"replyloop cannot check that {current.get('source')} is unchanged", ResumeMismatchWarning,
@@ -193,16 +225,16 @@ def check_resume_data(saved: dict | None, current: dict, path: Path, config_diff
         names = f"snapshot {now}" if now else f"{current.get('source')}"
         was = f"snapshot {saved.get('snapshot_hash')}" if saved.get("snapshot_hash") else saved.get("source")
         raise ResumeDataError(f"{where}: it trained on {was}, the config names {names}; resume with the "
-                              f"checkpoint's data (remove snapshot from the config) or start fresh without --resume")
+                              f"checkpoint's data (remove snapshot from the config) or {fresh}")
     if saved.get("records_sha256") != current.get("records_sha256"):
         src = current.get("source")
         before = f" (was {saved['source']})" if saved.get("source") and saved.get("source") != src else ""
         raise ResumeDataError(f"{where}: the training data in {src}{before} changed since the checkpoint "
                               f"({saved.get('records', '?')} samples then, {current.get('records')} now); restore "
-                              f"the file or start fresh without --resume")
+                              f"the file or {fresh}")
     if saved.get("examples_sha256") != current.get("examples_sha256") and not config_differs:
         raise ResumeDataError(f"{where}: the same samples from {current.get('source')} tokenise differently "
-                              f"(the tokenizer in base_model changed?); start fresh without --resume")
+                              f"(the tokenizer in base_model changed?); {fresh}")
 
 
 def config_differences(saved: dict, current: dict) -> list[str]:

@@ -82,6 +82,8 @@ def examples_fingerprint(examples: list[Example]) -> str:
 
 
 def _folder_records(cfg: TrainConfig) -> Records:
+    """The samples of ``metadata_path``. Other CSV files in ``train_data_dir`` are not read:
+    they are listed in the description (``other_csv``), and the run says so."""
     from replyloop.dataio import read_samples
 
     folder = cfg.path("train_data_dir")
@@ -94,7 +96,15 @@ def _folder_records(cfg: TrainConfig) -> Records:
         if "no samples" in str(exc):
             raise DatasetTooSmallError(f"dataset is empty: {meta} has no samples") from None
         raise
-    return Records([(s.prompt, s.response) for s in samples], {"type": "folder", "path": str(meta)})
+    return Records([(s.prompt, s.response) for s in samples],
+                   {"type": "folder", "path": str(meta), "other_csv": other_csv_files(folder, meta)})
+
+
+def other_csv_files(folder: Path, metadata: Path) -> list[str]:
+    """CSV files directly in ``folder`` other than ``metadata`` (not trained on), sorted."""
+    meta = metadata.resolve()
+    return sorted(str(p) for p in folder.iterdir() if p.suffix.lower() == ".csv" and p.is_file()
+                  and p.resolve() != meta)
 
 
 def _workspace():

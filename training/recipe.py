@@ -17,6 +17,7 @@ import shutil
 import sys
 import tempfile
 import time
+import uuid
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ from training.data import (DatasetTooSmallError, Example, collate_packed, collat
                            examples_fingerprint, load_records, records_fingerprint, split_eval, tokenize_records)
 
 Progress = Callable[[dict], None]
+Notice = Callable[[str], None]
 
 
 class BaseModelNotFoundError(TrainingError):
@@ -45,6 +47,16 @@ class DeviceUnavailableError(TrainingError):
 
 class NoChampionError(TrainingError):
     """init_adapter: champion, but the registry has no champion model"""
+
+
+class AdapterMismatchError(ConfigError):
+    """lora_rank / target_modules disagree with the init_adapter the run continues from"""
+
+
+def stderr_notice(text: str) -> None:
+    """Default for run notes: ``Note: ...`` on stderr (beside the progress lines on stdout)."""
+    sys.stderr.write(f"Note: {text}\n")
+    sys.stderr.flush()
 
 
 @dataclass
@@ -131,10 +143,10 @@ class ConsoleProgress:
 # -- the recipe ---------------------------------------------------------------------------------
 
 class LoRAFinetuneRecipe:
-    def __init__(self, cfg: TrainConfig, progress: Progress | None = None):
+    def __init__(self, cfg: TrainConfig, progress: Progress | None = None, notice: Notice | None = None):
         self.cfg = cfg
         self.output_dir = cfg.output_path
-        self.checkpoint_dir = cfg.checkpoints_path
+        self.checkpoint_dir = cfg.output_path  # output_dir/checkpoint-<step>/, as HF Trainer writes them
         self.batch_size = cfg.batch_size
         self.grad_accum = cfg.gradient_accumulation_steps
         self.packing = cfg.packing
@@ -147,6 +159,10 @@ class LoRAFinetuneRecipe:
             self._console = ConsoleProgress()
             progress = self._console
         self._progress = progress
+        self._notice = notice or stderr_notice
+        self.notes: list[str] = []  # also in the manifest
+        self.run_id = uuid.uuid4().hex  # a resumed run keeps its checkpoint's
+        self.lora: dict = {}  # the LoRA actually trained (rank, alpha, dropout, modules)
         self.progress = ckpt.TrainingProgress()
         self.best_state: dict | None = None
         self.writer = None
@@ -165,10 +181,13 @@ class LoRAFinetuneRecipe:
         warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
         transformers.utils.logging.disable_progress_bar()
         cfg = self.cfg
+        cfg.check_paths()  # every missing input at once, before anything is loaded
         self.device, self.precision = self._setup_device(device=cfg.device, precision=cfg.precision,
                                                          quantization=cfg.quantization)
         base_path = self._resolve_base_model(cfg)
         self.init_adapter = self._resolve_init_adapter(cfg)
+        if self.init_adapter is not None:
+            self._check_init_adapter(cfg, self.init_adapter)
         # A resumed run trains on the data its checkpoint trained on: the checkpoint's snapshot
         # (not a new one with the samples approved since), and the same records, or an error.
         resume_path = self._resume_path(cfg)
@@ -178,6 +197,11 @@ class LoRAFinetuneRecipe:
         if saved_data and cfg.dataset == "store" and cfg.snapshot is None:
             resume_snapshot = saved_data.get("snapshot_hash")
         self.records = load_records(cfg, snapshot=resume_snapshot)
+        others = self.records.description.get("other_csv") or []
+        if others:
+            shown = ", ".join(Path(p).name for p in others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+            self.note(f"train_data_dir {cfg.path('train_data_dir')} holds {len(others)} other CSV file(s) that are "
+                      f"not trained on: {shown}; only metadata_path {self.records.description['path']} is read")
         self.tokenizer = self._setup_tokenizer(base_path)
         examples, self.token_stats = tokenize_records(self.tokenizer, self.records.pairs, cfg.max_seq_length)
         self.data_state = {"source": self.records.description.get("path"), "snapshot_hash": self.records.snapshot_hash,
@@ -186,7 +210,9 @@ class LoRAFinetuneRecipe:
                            "examples_sha256": examples_fingerprint(examples)}
         if resume_state is not None:
             diffs = ckpt.warn_config_mismatch(resume_state["config"], cfg.to_record(), resume_path)
-            ckpt.check_resume_data(saved_data, self.data_state, resume_path, config_differs=bool(diffs))
+            ckpt.check_resume_data(saved_data, self.data_state, resume_path, config_differs=bool(diffs),
+                                   fresh=self._fresh_hint())
+            self.run_id = resume_state.get("run_id") or self.run_id
         self.train_examples, self.eval_examples = self._setup_data(examples)
 
         from accelerate import Accelerator
@@ -199,6 +225,7 @@ class LoRAFinetuneRecipe:
 
         torch.manual_seed(self.seed)  # LoRA init and dropout
         model = self._setup_model(base_path=base_path, init_adapter=self.init_adapter)
+        self.lora = _lora_settings(model)
         self.compute_dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
         if self.compute_dtype == torch.float32 and self.precision in ("bf16", "fp16"):
             self.compute_dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
@@ -227,6 +254,7 @@ class LoRAFinetuneRecipe:
         self.scheduler = scheduler
         if resume_rng is not None:
             ckpt.set_rng_state(resume_rng)
+        self._note_checkpoints()
         if self.is_main:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -365,21 +393,78 @@ class LoRAFinetuneRecipe:
         value = cfg.resume_from_checkpoint
         if value is False or value is None:
             return None
+        how = cfg.named("resume_from_checkpoint")
         if value is True:
             found = ckpt.latest_checkpoint(self.checkpoint_dir)
             if found is None:
-                raise TrainingError(f"{cfg.where('resume_from_checkpoint')}resume_from_checkpoint: no checkpoint "
-                                    f"in {self.checkpoint_dir} yet (set it to false to start fresh)")
+                fix = "run without --resume" if how == "--resume" else "set it to false"
+                raise TrainingError(f"{cfg.where('resume_from_checkpoint')}{how.split(' (')[0]}: no checkpoint "
+                                    f"in {self.checkpoint_dir} yet (no checkpoint-<step> folder; {fix} to start "
+                                    f"fresh)")
             return found
-        path = cfg.path("resume_from_checkpoint")
-        if not path.exists():
-            raise TrainingError(f"{cfg.where('resume_from_checkpoint')}resume_from_checkpoint: {path} does not exist")
-        if not (path / "state.json").exists():
-            found = ckpt.latest_checkpoint(path)
-            if found is None:
-                raise TrainingError(f"resume_from_checkpoint: {path} holds no checkpoint")
-            path = found
-        return path
+        path = cfg.path("resume_from_checkpoint")  # existence: checked by cfg.check_paths()
+        if (path / "state.json").exists():
+            return path
+        found = ckpt.latest_checkpoint(path)  # a folder of checkpoints (an output_dir): its latest
+        if found is None:
+            have = ckpt.list_checkpoints(self.checkpoint_dir)
+            listed = ", ".join(str(p) for p in have) if have else f"none in {self.checkpoint_dir}"
+            raise TrainingError(f"{cfg.where('resume_from_checkpoint')}resume_from_checkpoint: {path} is not a "
+                                f"checkpoint (no state.json) and holds none; checkpoints: {listed}")
+        return found
+
+    def _fresh_hint(self) -> str:
+        """How to start fresh, in the words the user wrote."""
+        how = self.cfg.named("resume_from_checkpoint")
+        if how == "--resume":
+            return "start fresh without --resume"
+        return f"start fresh with resume_from_checkpoint: false ({how.split(' (', 1)[-1].rstrip(')')})" \
+            if "(" in how else "start fresh with resume_from_checkpoint: false"
+
+    def _check_init_adapter(self, cfg: TrainConfig, path: Path) -> None:
+        """A config that continues an adapter must not ask for another shape: ``lora_rank``,
+        ``lora_alpha`` and ``target_modules``, where the config sets them, must match the
+        adapter's ``adapter_config.json`` (keys left out take the adapter's values)."""
+        saved = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        problems = []
+        checks = [("lora_rank", "r", cfg.lora_rank, saved.get("r")),
+                  ("lora_alpha", "lora_alpha", cfg.lora_alpha, saved.get("lora_alpha"))]
+        for key, name, mine, theirs in checks:
+            if key in cfg.model_fields_set and theirs is not None and float(mine) != float(theirs):
+                problems.append(f"{cfg.where(key)}{key}: {_num(mine)}, but init_adapter {path} was trained with "
+                                f"{name}={_num(theirs)}; set {key}: {_num(theirs)} or remove {key} (a continued "
+                                f"adapter keeps its shape), or remove init_adapter to train a new adapter")
+        mine, theirs = cfg.target_modules, saved.get("target_modules")
+        if "target_modules" in cfg.model_fields_set and isinstance(mine, list) and isinstance(theirs, list) \
+                and {m.rsplit(".", 1)[-1] for m in mine} != {m.rsplit(".", 1)[-1] for m in theirs}:
+            problems.append(f"{cfg.where('target_modules')}target_modules: [{', '.join(mine)}], but init_adapter "
+                            f"{path} was trained on [{', '.join(sorted(theirs))}]; set target_modules to those or "
+                            f"remove it, or remove init_adapter to train a new adapter")
+        if problems:
+            raise AdapterMismatchError("\n".join(problems))
+
+    def note(self, text: str) -> None:
+        """Something the user should know about this run (printed when it starts, kept in the manifest)."""
+        self.notes.append(text)
+        if getattr(self, "is_main", os.environ.get("RANK", "0") == "0"):  # before accelerate: torchrun's RANK
+            self._notice(text)
+
+    def _note_checkpoints(self) -> None:
+        cfg, p = self.cfg, self.progress
+        next_save = (p.step // self.save_steps + 1) * self.save_steps
+        saves = next_save < self.total_steps
+        if not saves:
+            again = "from step 0" if p.step == 0 else f"from step {p.step}"
+            self.note(f"{cfg.where('save_steps')}save_steps is {self.save_steps} and this run ends at step "
+                      f"{self.total_steps}: it writes no{' further' if p.step else ''} checkpoint, so if it is "
+                      f"interrupted it starts again {again}; set save_steps below {self.total_steps - p.step} "
+                      f"to be able to resume")
+        stale = [c for c in ckpt.list_checkpoints(self.checkpoint_dir) if ckpt._run_id(c) != self.run_id]
+        if stale and self.resumed_from is None:
+            names = ", ".join(c.name for c in stale)
+            fate = ("its first checkpoint replaces them" if saves else "they are kept (this run writes none)")
+            self.note(f"output_dir {self.checkpoint_dir} holds {names} from an earlier run; this run starts fresh "
+                      f"and {fate} (set resume_from_checkpoint to continue from one instead)")
 
     # -- data --------------------------------------------------------------------------------
 
@@ -519,7 +604,8 @@ class LoRAFinetuneRecipe:
             return ckpt.save_checkpoint(
                 self.checkpoint_dir, model=self.accelerator.unwrap_model(self.model), optimizer=self.optimizer,
                 scheduler=self.scheduler, progress=self.progress, best_state=self.best_state,
-                config=self.cfg.to_record(), keep=self.cfg.keep_checkpoints, data=self.data_state)
+                config=self.cfg.to_record(), keep=self.cfg.keep_checkpoints, data=self.data_state,
+                run_id=self.run_id)
         except Exception as exc:
             if not _is_io_error(exc):
                 raise
@@ -536,7 +622,8 @@ class LoRAFinetuneRecipe:
             "snapshot_hash": self.records.snapshot_hash,
             "dataset": {**self.records.description, "samples": stats.samples,
                         "train_samples": len(self.train_examples), "eval_samples": len(self.eval_examples)},
-            "config": self.cfg.to_record(),
+            "config": {**self.cfg.to_record(), **self.lora},  # what was trained (init_adapter: its shape)
+            "lora": self.lora,
             "metrics": {
                 "train_loss": p.last_loss, "eval_loss": p.best_eval_loss, "best_step": p.best_step,
                 "steps": p.step, "train_tokens": p.train_tokens, "seen_tokens": p.seen_tokens,
@@ -547,6 +634,7 @@ class LoRAFinetuneRecipe:
             "created_at": timeutil.now_iso(),
             "init_adapter": str(self.init_adapter) if self.init_adapter else None,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            "notes": self.notes,
         }
 
     def _refuse_registered_output(self) -> None:
@@ -560,12 +648,17 @@ class LoRAFinetuneRecipe:
 
     def save_output(self) -> TrainResult:
         """The best adapter + manifest, assembled in a temp dir beside ``output_dir`` and renamed.
-        An existing ``output_dir`` is replaced, unless it is a registered adapter (an error)."""
+        The kept ``checkpoint-<step>/`` folders and a ``logging_dir`` inside ``output_dir`` are
+        carried into the new one by hard links, so the swap loses neither. An existing ``output_dir`` is replaced, unless
+        it is a registered adapter (an error)."""
         self.accelerator.wait_for_everyone()
         manifest = self.manifest()
         if not self.is_main:
             return TrainResult(self.output_dir, manifest)
         self._refuse_registered_output()
+        if self.writer is not None:  # flush the events before they are linked into the new dir
+            self.writer.close()
+            self.writer = None
         model = self.accelerator.unwrap_model(self.model)
         ckpt.load_trainable_state(model, self.best_state)
         out = self.output_dir
@@ -577,10 +670,14 @@ class LoRAFinetuneRecipe:
             (tmp / "manifest.json").write_text(json.dumps(manifest, ensure_ascii=False, indent=2) + "\n",
                                                encoding="utf-8")
             if out.exists():
-                old = out.with_name(f".{out.name}.old-{os.getpid()}")
-                out.rename(old)
-                tmp.rename(out)
-                shutil.rmtree(old, ignore_errors=True)
+                _carry_over(out, tmp, self.cfg.logging_path)
+                if _exchange(tmp, out):  # one atomic swap: out is never missing
+                    shutil.rmtree(tmp, ignore_errors=True)
+                else:
+                    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+                    out.rename(old)
+                    tmp.rename(out)
+                    shutil.rmtree(old, ignore_errors=True)
             else:
                 tmp.rename(out)
         except BaseException as exc:
@@ -589,7 +686,6 @@ class LoRAFinetuneRecipe:
             if _is_io_error(exc):  # disk full, read-only or immutable directory
                 raise SaveError(f"could not save the adapter to {out}: {_os_error(exc)}") from exc
             raise
-        shutil.rmtree(self.checkpoint_dir, ignore_errors=True)  # finished: nothing to resume
         return TrainResult(out, manifest)
 
     def cleanup(self) -> None:
@@ -602,6 +698,66 @@ class LoRAFinetuneRecipe:
 
 class SaveError(TrainingError):
     """Could not save the training output"""
+
+
+def _carry_over(old: Path, new: Path, logging_dir: Path) -> None:
+    """Hard-link (copy where links fail) into ``new`` what of ``old`` must outlive the rename:
+    its complete ``checkpoint-<step>/`` folders and a ``logging_dir`` inside it (TensorBoard
+    events). Everything else in ``old`` (an older adapter, stray files) is replaced, as before."""
+    def link(src, dst):
+        try:
+            os.link(src, dst)
+        except OSError:
+            shutil.copy2(src, dst)
+
+    keep = [p.name for p in ckpt.list_checkpoints(old)]
+    logs = Path(logging_dir).resolve()
+    if logs == old:  # events written straight into output_dir
+        keep += [p.name for p in old.glob("events.out.tfevents.*")]
+    elif logs.is_relative_to(old):
+        keep.append(logs.relative_to(old).parts[0])
+    for name in dict.fromkeys(keep):
+        entry = old / name
+        if (new / name).exists() or not entry.exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, new / name, symlinks=True, copy_function=link)
+        else:
+            link(entry, new / name)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories atomically (Linux ``renameat2(RENAME_EXCHANGE)``); False where the
+    system cannot (then the caller renames in two steps)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    return False  # EINVAL/ENOSYS (filesystem or kernel without it): fall back
+
+
+def _num(value) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _lora_settings(model) -> dict:
+    """The LoRA shape of a peft model, as config keys (what the manifest records as trained)."""
+    config = next(iter(getattr(model, "peft_config", {}).values()), None)
+    if config is None:
+        return {}
+    modules = config.target_modules
+    modules = sorted(modules) if isinstance(modules, (set, list, tuple)) else modules
+    return {"lora_rank": config.r, "lora_alpha": config.lora_alpha, "lora_dropout": config.lora_dropout,
+            "target_modules": modules}
 
 
 class OutputRegisteredError(TrainingError):
@@ -647,14 +803,16 @@ def _has_flash_attn() -> bool:
     return True
 
 
-def run_training(cfg: TrainConfig, progress: Progress | None = None) -> TrainResult:
+def run_training(cfg: TrainConfig, progress: Progress | None = None, notice: Notice | None = None) -> TrainResult:
     """Train, keep the best adapter by held-out loss, write ``output_dir`` atomically.
 
     ``progress`` receives one dict per step (``step``, ``total_steps``, ``loss``,
     ``tokens_per_s``, ...) and per evaluation (``eval_loss``); ``None`` prints a progress bar on
-    a terminal and ``replyloop-progress {json}`` lines otherwise.
+    a terminal and ``replyloop-progress {json}`` lines otherwise. ``notice`` receives the run's
+    notes (other CSVs not read, no checkpoint before the end, ...); ``None`` prints
+    ``Note: ...`` on stderr.
     """
-    recipe = LoRAFinetuneRecipe(cfg, progress=progress)
+    recipe = LoRAFinetuneRecipe(cfg, progress=progress, notice=notice)
     try:
         recipe.setup()
         recipe.train()

@@ -15,14 +15,17 @@ def train(
     ctx: typer.Context,
     config: Optional[Path] = typer.Option(None, "--config", "-c",
                                           help="Training config (lora-scripts-style YAML)."),
-    resume: bool = typer.Option(False, "--resume", help="Resume from the latest checkpoint of output_dir."),
+    resume: bool = typer.Option(False, "--resume",
+                                help="Resume from the latest output_dir/checkpoint-<step>/ (resume_from_checkpoint: true)."),
 ):
     """Fine-tune a LoRA adapter from a lora-scripts-style YAML config.
 
     Writes output_dir/ (adapter_model.safetensors, adapter_config.json, manifest.json)
-    atomically; progress goes to a bar on a terminal, `replyloop-progress {json}` lines otherwise.
+    atomically, with checkpoints in output_dir/checkpoint-<step>/; relative paths start from the
+    directory you run this in (inputs also from the config's folder). Progress goes to a bar on a
+    terminal, `replyloop-progress {json}` lines otherwise; notes (`Note: ...`) to stderr.
 
-    Example: replyloop train --config train.yaml
+    Example: replyloop train --config configs/cs_lora.yaml
     """
     if ctx.invoked_subcommand is not None:
         if config is not None:
@@ -34,8 +37,7 @@ def train(
     from training.config import load_train_config
     from training.recipe import run_training
 
-    overrides = {"resume_from_checkpoint": True} if resume else {}
-    cfg = load_train_config(config, **overrides)
+    cfg = load_train_config(config, resume=resume)
     result = run_training(cfg)
     m = result.manifest["metrics"]
     eval_loss = "n/a" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}"
