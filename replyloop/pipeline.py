@@ -606,6 +606,5 @@ def _dry_run(config: Config, store: Store, lock: RunLock) -> PipelineResult:
                           if config.file.evaluation.command else "in this process"),
         f"Lock: {'held by pid ' + str(holder['owner_pid']) if holder else 'free'}",
     ]
-    if problem is not None:
-        return PipelineResult(None, "config-error", problem, details={"due": asdict(due), "plan": lines})
-    return PipelineResult(None, "dry-run", "\n".join(lines), details={"due": asdict(due)})
+    return PipelineResult(None, "dry-run" if problem is None else "config-error", "\n".join(lines),
+                          details={"due": asdict(due), "config_error": problem})

@@ -223,10 +223,15 @@ def test_threshold_job_not_due_and_due(workspace, monkeypatch):
     text = config.source.read_text(encoding="utf-8")
     config.source.write_text(text.replace("min_new_samples: 50", "min_new_samples: 2"), encoding="utf-8")
     approve_n(store, 2)
-    # due: the pipeline runs and fails cleanly (this workspace has no training config), champion untouched
+    # due, but this workspace has no training config: a config error naming the file and the key,
+    # no run recorded, champion untouched; posted once, then only logged while it stays the same
     result = jobs.threshold_job(str(config.source))
-    assert result.startswith("failed:") and "train.yaml: training config not found" in result
-    assert store.one("SELECT status FROM training_runs")["status"] == "failed"
+    assert result.startswith("config-error:") and "train.yaml: training config not found" in result
+    assert "training.config at " in result and "replyloop init" in result
+    assert store.scalar("SELECT count(*) FROM training_runs") == 0
+    assert jobs.threshold_job(str(config.source)).startswith("config-error:")
+    assert store.scalar("SELECT count(*) FROM audit_log WHERE action = 'run.config_error'") == 1
+    assert store.one("SELECT * FROM locks") is None
 
 
 def test_a_live_owner_on_this_host_is_never_stale_however_old_its_heartbeat(workspace):
@@ -370,6 +375,8 @@ def test_a_failed_run_leaves_no_checkpoints_or_temp_dirs(workspace, outcome):
     approve_n(store, 6)
     config.train_config_path.parent.mkdir(parents=True, exist_ok=True)
     config.train_config_path.write_text("base_model: base\n", encoding="utf-8")
+    (config.root / "base").mkdir()  # checked before the run: a local directory with config.json
+    (config.root / "base" / "config.json").write_text("{}", encoding="utf-8")
     mode = "fail" if outcome == "training fails" else "ok"
     trainer = config.root / "fake_trainer.py"
     trainer.write_text(FAKE_TRAINER, encoding="utf-8")

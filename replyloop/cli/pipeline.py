@@ -137,9 +137,9 @@ def register(app: typer.Typer) -> None:
                 if as_json:
                     typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2, default=str))
                 else:
-                    typer.echo("\n".join(result.details.get("plan", [])) or result.message)
+                    typer.echo(result.message)
                 if result.status == "config-error":
-                    raise ConfigError(result.message)
+                    raise ConfigError(result.details["config_error"])
                 return
             try:
                 load_training_source(cfg)  # a config that cannot run fails here, before anything is recorded
