@@ -397,33 +397,33 @@ def log_tail(path: Path, lines: int = 15) -> str:
     return "\n".join(_log_lines(path)[-lines:])
 
 
-def log_error_lines(path: Path, max_lines: int = 12) -> list[str]:
-    """The lines of a child's log that say why it failed: the ``Error: ...`` message the CLI
-    prints (with its continuation lines), else the end of a Python traceback (the last frame and
-    the exception), else the log's last lines. Progress lines are left out."""
+def log_error_lines(path: Path, max_lines: int = 12) -> tuple[str, list[str]]:
+    """Why a child failed, from its log: ``(headline, lines)``. The ``Error: ...`` message the
+    CLI prints (with its continuation lines); else the end of a Python traceback (the last frame,
+    headed by the exception line); else the log's last lines. Progress lines are left out."""
     lines = _log_lines(path)
     starts = [i for i, ln in enumerate(lines) if ln.startswith("Error:")]
     if starts:
-        return lines[starts[-1]:][:max_lines]
+        found = lines[starts[-1]:][:max_lines]
+        return found[0], found
     tb = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
     if tb:
         body = lines[tb[-1] + 1:]
         frames = [i for i, ln in enumerate(body) if ln.lstrip().startswith('File "')]
-        tail = body[frames[-1]:] if frames else body
-        return tail[-max_lines:]
-    return lines[-max_lines:]
+        found = (body[frames[-1]:] if frames else body)[-max_lines:]
+        return found[-1], found
+    found = lines[-max_lines:]
+    return (found[-1] if found else ""), found
 
 
 def child_failure(what: str, code: int, log_path: Path, extra: str = "") -> str:
-    """``training exited with code 1: Error: ...`` plus the rest of the error lines and the log path."""
-    found = log_error_lines(log_path)
-    if code < 0:
-        head = f"{what} was killed by signal {-code}{extra}"
-    else:
-        head = f"{what} exited with code {code}{extra}"
+    """``training exited with code 1: Error: ...``, then the error lines and the log's path."""
+    headline, found = log_error_lines(log_path)
+    head = f"{what} was killed by signal {-code}{extra}" if code < 0 else f"{what} exited with code {code}{extra}"
     if not found:
         return f"{head}; its log {log_path} is empty"
-    return f"{head}: {found[0]}\n" + "\n".join(found[1:]) + ("\n" if len(found) > 1 else "") + f"(full log: {log_path})"
+    rest = [ln for ln in found if ln != headline] if found[0] == headline else found
+    return f"{head}: {headline}\n" + "".join(ln + "\n" for ln in rest) + f"(full log: {log_path})"
 
 
 # -- the pipeline ----------------------------------------------------------------------------------
