@@ -547,8 +547,10 @@ def _config_error(store: Store, error: str, trigger: str, requested_by: str | No
     """A training config that cannot run: no run row, an audit entry and one message. The
     scheduler's job meets the same error every few minutes: it is posted once, then only logged
     until the error changes."""
-    last = store.one("SELECT detail FROM audit_log WHERE action = 'run.config_error' ORDER BY id DESC LIMIT 1")
-    repeated = last is not None and json.loads(last["detail"] or "{}").get("error") == error[:2000]
+    last = store.one("SELECT id, detail FROM audit_log WHERE action IN ('run.config_error', 'run.start')"
+                     " ORDER BY id DESC LIMIT 1")  # a run started since: the error is new again
+    repeated = (last is not None and last["detail"] is not None
+                and json.loads(last["detail"]).get("error") == error[:2000])
     message = f":warning: Retrain not started: the training config needs fixing.\n```\n{error[:2500]}\n```"
     if trigger == "scheduler" and repeated:
         log.warning("retrain not started (config error, already posted): %s", error)
