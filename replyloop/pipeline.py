@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -230,26 +231,36 @@ def load_training_source(config: Config) -> TrainingSource:
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys at the top level")
     data = {k: v for k, v in data.items() if k not in RUN_KEYS}
+    problems: list[tuple[int, str]] = []  # every problem of the file, reported together by line
     base = data.get("base_model")
+    base_line = doc.line_of(("base_model",)) or 0
     if base is None or (isinstance(base, str) and (not base.strip() or base.strip().startswith(PLACEHOLDER_PREFIX))):
         shown = ("is missing" if base is None else
                  "is not set (still the placeholder written by `replyloop init`)" if base.strip() else "is empty")
-        raise ConfigError(f"{_key_where(doc, 'base_model')}: base_model {shown}: set base_model to a local model "
-                          "directory (config.json, weights and tokenizer, e.g. one saved with save_pretrained)")
-    if isinstance(base, str):
+        problems.append((base_line, f"{_key_where(doc, 'base_model')}: base_model {shown}: set base_model to a "
+                                    "local model directory (config.json, weights and tokenizer, e.g. one saved "
+                                    "with save_pretrained)"))
+    elif isinstance(base, str):
         path = Path(base).expanduser()
-        resolved = path if path.is_absolute() else (source.parent / path)
-        data["base_model"] = str(resolved.resolve())
+        resolved = (path if path.is_absolute() else (source.parent / path)).resolve()
+        data["base_model"] = str(resolved)
         # a local trainer ({python} ...) sees this machine's files; a remote one (srun, kubectl) may not
         if "{python}" in config.file.training.command and not (resolved / "config.json").is_file():
             what = "does not exist" if not resolved.exists() else "has no config.json"
-            raise ConfigError(f"{_key_where(doc, 'base_model')}: base_model: {resolved} {what} "
-                              f"(relative paths are relative to {source.parent}); set base_model to a local "
-                              "model directory; replyloop never downloads models")
+            problems.append((base_line, f"{_key_where(doc, 'base_model')}: base_model: {resolved} {what} "
+                                        f"(relative paths are relative to {source.parent}); set base_model to a "
+                                        "local model directory; replyloop never downloads models"))
     from training.config import TrainConfig
 
     # validate as the run will see it: the team's keys plus placeholders for the run's own
-    parse_model(doc, TrainConfig, data={**data, "dataset": "store", "output_dir": str(config.adapters_dir / "run")})
+    try:
+        parse_model(doc, TrainConfig, data={**data, "dataset": "store", "output_dir": str(config.adapters_dir / "run")})
+    except ConfigError as exc:
+        for message in str(exc).splitlines():
+            found = re.match(rf"{re.escape(str(source))}:(\d+):", message)
+            problems.append((int(found.group(1)) if found else 0, message))
+    if problems:
+        raise ConfigError("\n".join(message for _, message in sorted(problems, key=lambda item: item[0])))
     return TrainingSource(path=source, data=data)
 
 
