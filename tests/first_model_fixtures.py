@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def fluent_tiny_base(out_dir: Path, pairs: list[tuple[str, str]], steps: int = 150, seed: int = 0) -> Path:
+def fluent_tiny_base(out_dir: Path, pairs: list[tuple[str, str]], steps: int = 100, seed: int = 0) -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
