@@ -430,7 +430,12 @@ def log_error_lines(path: Path, max_lines: int = 12) -> tuple[str, list[str]]:
 def child_failure(what: str, code: int, log_path: Path, extra: str = "") -> str:
     """``training exited with code 1: Error: ...``, then the error lines and the log's path."""
     headline, found = log_error_lines(log_path)
-    head = f"{what} was killed by signal {-code}{extra}" if code < 0 else f"{what} exited with code {code}{extra}"
+    head = f"{what} exited with code {code}{extra}"
+    if code < 0:
+        try:
+            head = f"{what} exited with code {code} (killed by {signal.Signals(-code).name}){extra}"
+        except ValueError:
+            pass
     if not found:
         return f"{head}; its log {log_path} is empty"
     rest = [ln for ln in found if ln != headline] if found[0] == headline else found
