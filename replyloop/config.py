@@ -172,8 +172,12 @@ class Config:
         raise AttributeError(name)
 
 
-def template_text() -> str:
-    return (paths.package_dir() / "templates" / "replyloop.yaml").read_text(encoding="utf-8")
+def template_text(name: str = "replyloop.yaml") -> str:
+    return (paths.package_dir() / "templates" / name).read_text(encoding="utf-8")
+
+
+# the value ``replyloop init`` writes into train.yaml; the pipeline refuses to run while it is there
+BASE_MODEL_PLACEHOLDER = "CHANGE-ME: path to a local model directory"
 
 
 def load_config(path: str | Path | None = None) -> Config:
@@ -201,4 +205,22 @@ def write_default_config(root: str | Path, overwrite: bool = False) -> Path:
     if target.exists() and not overwrite:
         raise ConfigError(f"{target}: already exists (use --force to overwrite)")
     target.write_text(template_text(), encoding="utf-8")
+    return target
+
+
+def write_training_template(config: Config) -> Path | None:
+    """Write the commented training config at ``training.config`` unless a file is there already
+    (a team's own config is never replaced). Returns the path written, or None when kept."""
+    target = config.train_config_path
+    if target.exists():
+        return None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("x", encoding="utf-8") as fh:  # never replaces a file that appeared meanwhile
+            fh.write(template_text("train.yaml"))
+    except FileExistsError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{target}: cannot write the training config "
+                          f"(training.config in {config.source or 'the config'}): {exc.strerror or exc}") from None
     return target

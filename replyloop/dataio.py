@@ -22,8 +22,13 @@ from replyloop.pii import Scrubber
 from replyloop.store import SampleIn, staging_row
 from replyloop.textfile import read_bytes
 
-FORMATS = ("lora-scripts", "jsonl", "chatml")
+FORMATS = ("lora-scripts", "jsonl", "chatml", "llama-factory", "llama-factory-sharegpt")
+DIR_FORMATS = ("lora-scripts", "llama-factory", "llama-factory-sharegpt")  # OUT is a directory
 METADATA_NAME = "metadata.csv"
+# LLaMA-Factory reads a dataset_dir holding dataset_info.json, which names each dataset's file
+# and columns (hiyouga/LLaMA-Factory data/README.md); ours is registered under this name
+LLAMA_FACTORY_DATASET = "replyloop"
+DATASET_INFO_NAME = "dataset_info.json"
 
 
 @dataclass(frozen=True)
@@ -377,10 +382,41 @@ def read_questions(path: str | Path, encoding: str = "utf-8") -> list[QuestionIn
 # -- export ---------------------------------------------------------------------------------
 
 
+def llama_factory_entry(fmt: str, file_name: str, system_prompt: str | None) -> dict:
+    """The ``dataset_info.json`` entry describing our file (LLaMA-Factory data/README.md)."""
+    if fmt == "llama-factory":  # alpaca: instruction (+ input) -> output, optional system column
+        columns = {"prompt": "instruction", "query": "input", "response": "output"}
+        if system_prompt:
+            columns["system"] = "system"
+        return {"file_name": file_name, "formatting": "alpaca", "columns": columns}
+    columns = {"messages": "conversations"}
+    if system_prompt:
+        columns["system"] = "system"
+    return {"file_name": file_name, "formatting": "sharegpt", "columns": columns,
+            "tags": {"role_tag": "from", "content_tag": "value", "user_tag": "human", "assistant_tag": "gpt"}}
+
+
+def _dataset_info(path: Path) -> dict:
+    """An existing ``dataset_info.json`` (a LLaMA-Factory ``data/`` folder) to add our entry to."""
+    if not path.exists():
+        return {}
+    try:
+        info = json.loads(read_text(path))
+    except ValueError as exc:
+        line = getattr(exc, "lineno", None)
+        raise DataFormatError(f"{path}{':' + str(line) if line else ''}: not valid JSON ({exc}); "
+                              "fix it or export into another directory") from None
+    if not isinstance(info, dict):
+        raise DataFormatError(f"{path}: expected a JSON object of dataset entries")
+    return info
+
+
 def export_samples(rows: Iterable[dict], fmt: str, out: str | Path, scrubber: Scrubber | None = None,
                    system_prompt: str | None = None, csv_safe: bool = True) -> Path:
     """Write samples for other tools. lora-scripts: ``out`` is the ``train_data_dir`` and gets
-    ``metadata.csv``; jsonl and chatml: ``out`` is the file. Returns the file written.
+    ``metadata.csv``; llama-factory (alpaca) / llama-factory-sharegpt: ``out`` is LLaMA-Factory's
+    ``dataset_dir`` and gets ``replyloop.json`` plus a ``replyloop`` entry in ``dataset_info.json``
+    (other entries kept); jsonl and chatml: ``out`` is the file. Returns the data file written.
 
     Written to a temporary file that replaces the target at the end (removed on failure); an
     ``out`` of the wrong kind (a file for lora-scripts, a directory for jsonl) or a path that
@@ -389,24 +425,41 @@ def export_samples(rows: Iterable[dict], fmt: str, out: str | Path, scrubber: Sc
     if fmt not in FORMATS:
         raise DataFormatError(f"unknown export format {fmt!r} (choose {', '.join(FORMATS)})")
     out = Path(out)
-    if fmt == "lora-scripts" and out.exists() and not out.is_dir():
-        raise DataFormatError(f"{out}: is a file; --format lora-scripts writes {METADATA_NAME} into a directory")
-    if fmt != "lora-scripts" and out.is_dir():
+    if fmt in DIR_FORMATS and out.exists() and not out.is_dir():
+        what = METADATA_NAME if fmt == "lora-scripts" else f"{LLAMA_FACTORY_DATASET}.json and {DATASET_INFO_NAME}"
+        raise DataFormatError(f"{out}: is a file; --format {fmt} writes {what} into a directory")
+    if fmt not in DIR_FORMATS and out.is_dir():
         raise DataFormatError(f"{out}: is a directory; --format {fmt} writes a file (give a file name)")
     clean = (lambda s: scrubber.scrub(s)) if scrubber else (lambda s: s)
     records = ((clean(r["prompt"]), clean(r["response"]), r.get("category") or "", r.get("intent") or "")
                for r in rows)  # a stream: ``rows`` may be a cursor over a million samples
-    target = out / METADATA_NAME if fmt == "lora-scripts" else out
+    if fmt == "lora-scripts":
+        target = out / METADATA_NAME
+    elif fmt in DIR_FORMATS:
+        target = out / f"{LLAMA_FACTORY_DATASET}.json"
+    else:
+        target = out
+    info_path = out / DATASET_INFO_NAME
+    info = None
+    if fmt.startswith("llama-factory"):  # read (and reject) a broken dataset_info.json before writing anything
+        info = _dataset_info(info_path)
+        info[LLAMA_FACTORY_DATASET] = llama_factory_entry(fmt, target.name, system_prompt)
     tmp = target.with_name(target.name + ".tmp")
+    info_tmp = info_path.with_name(info_path.name + ".tmp")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:  # a parent that is a file, permission denied, ...
         raise DataFormatError(f"{target.parent}: cannot create the directory ({exc.strerror or exc})") from None
     try:
         _write_records(tmp, fmt, records, system_prompt, csv_safe)
+        if info is not None:
+            info_tmp.write_text(json.dumps(info, ensure_ascii=False, indent=2) + "\n", encoding="utf-8")
         tmp.replace(target)
+        if info is not None:
+            info_tmp.replace(info_path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
+        info_tmp.unlink(missing_ok=True)
         if isinstance(exc, OSError):
             raise DataFormatError(f"{target}: cannot write ({exc.strerror or exc})") from None
         raise
@@ -420,6 +473,18 @@ def _write_records(tmp: Path, fmt: str, records: Iterable[tuple[str, str, str, s
             writer = csvsafe.writer(fh, safe=csv_safe)
             writer.writerow(["prompt", "response", "category", "intent"])
             writer.writerows(records)
+        return
+    if fmt.startswith("llama-factory"):  # a JSON array, as LLaMA-Factory's data/README.md shows
+        items = []
+        for prompt, response, _category, _intent in records:
+            if fmt == "llama-factory":
+                item = {"instruction": prompt, "input": "", "output": response}
+            else:
+                item = {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": response}]}
+            if system_prompt:
+                item["system"] = system_prompt
+            items.append(item)
+        tmp.write_text(json.dumps(items, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
         return
     with tmp.open("w", encoding="utf-8") as fh:
         for prompt, response, category, intent in records:

@@ -14,6 +14,7 @@ import datetime as dt
 import json
 import logging
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -37,6 +38,7 @@ from replyloop.store import Store
 log = logging.getLogger(__name__)
 
 Notify = Callable[[str], None]
+Progress = Callable[[dict], None]  # {"stage": ..., ...} and the trainer's progress events
 PROGRESS_PREFIX = "replyloop-progress "
 
 
@@ -54,7 +56,7 @@ class Due:
 @dataclass
 class PipelineResult:
     run_id: int | None
-    status: str                      # succeeded | failed | skipped | dry-run
+    status: str                      # succeeded | failed | config-error | skipped | dry-run
     message: str
     model_id: int | None = None
     model_name: str | None = None
@@ -196,30 +198,79 @@ def recover(store: Store) -> list[int]:
 # -- training as a separate process ---------------------------------------------------------------
 
 
-def write_run_train_config(config: Config, store: Store, run_id: int, snapshot_hash: str, output_dir: Path,
-                           run_dir: Path, init_adapter: str | None) -> Path:
-    """The team's training config with this run's dataset, output and starting adapter."""
-    source = config.train_config_path
-    if not source.exists():
-        raise ConfigError(f"{source}: training config not found (training.config in {config.source or 'the config'}); "
-                          "copy training/examples/train.yaml there and set base_model")
+PLACEHOLDER_PREFIX = "CHANGE-ME"  # replyloop.config.BASE_MODEL_PLACEHOLDER, written by `replyloop init`
+# the keys the pipeline sets per run (the team's values for them are replaced or removed)
+RUN_KEYS = ("dataset", "store_path", "snapshot", "output_dir", "logging_dir", "init_adapter",
+            "resume_from_checkpoint", "train_data_dir", "metadata_path")
+
+
+@dataclass
+class TrainingSource:
+    """The team's training config (``training.config``), checked before a run is created."""
+
+    path: Path
+    data: dict  # its keys, validated, less the ones the pipeline sets, with paths made absolute
+
+
+def _key_where(doc, key: str) -> str:
+    return doc.where((key,)) if doc.line_of((key,)) else str(doc.path)
+
+
+def load_training_source(config: Config) -> TrainingSource:
+    """Read and check the workspace's training config the way a run would use it, so a missing
+    file, an unset ``base_model`` or an invalid key is a ``ConfigError`` naming the user's file,
+    line and key before any run is recorded. Relative paths resolve by the training config's rule
+    (``training.config.run_config_data``: the workspace folder, then the file's folder)."""
+    from replyloop.yamlfile import load_yaml
     from training.config import run_config_data
 
-    # Validated and its paths resolved from the user's file (errors name that file and line);
-    # the copy carries absolute paths and `generated_from`, so the trainer's messages do too.
-    data = run_config_data(source, {
+    source = config.train_config_path
+    named = "training.config in the workspace config"
+    if config.source is not None and config.source.exists():
+        named = f"training.config at {load_yaml(config.source).where(('training', 'config'))}"
+    if not source.exists():
+        raise ConfigError(f"{source}: training config not found ({named}); run `replyloop init` in the "
+                          "workspace to write a commented one, then set base_model in it")
+    doc = load_yaml(source)
+    data = doc.data if doc.data is not None else {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of keys at the top level")
+    base = data.get("base_model")
+    if base is None or (isinstance(base, str) and (not base.strip() or base.strip().startswith(PLACEHOLDER_PREFIX))):
+        shown = ("is missing" if base is None else
+                 "is not set (still the placeholder written by `replyloop init`)" if base.strip() else "is empty")
+        raise ConfigError(f"{_key_where(doc, 'base_model')}: base_model {shown}: set base_model to a "
+                          "local model directory (config.json, weights and tokenizer, e.g. one saved "
+                          "with save_pretrained)")
+    # Validated as the run will see it (errors name the user's file and line); a local trainer
+    # ({python} ...) sees this machine's files, so its input paths are checked too; a remote one
+    # (srun, kubectl) may not.
+    overrides = {"dataset": "store", "store_path": str(config.db_path), "snapshot": None,
+                 "output_dir": str(config.adapters_dir / "run"), "logging_dir": None, "init_adapter": None,
+                 "resume_from_checkpoint": False, "train_data_dir": None, "metadata_path": None}
+    data = run_config_data(source, overrides, cwd=config.root,
+                           check_paths="{python}" in config.file.training.command)
+    data = {k: v for k, v in data.items() if k not in RUN_KEYS}
+    return TrainingSource(path=source, data=data)
+
+
+def write_run_train_config(source: TrainingSource, store: Store, run_id: int, snapshot_hash: str,
+                           output_dir: Path, run_dir: Path, init_adapter: str | None) -> Path:
+    """The team's training config with this run's dataset, output and starting adapter; the copy
+    carries absolute paths and ``generated_from``, so the trainer's messages name the user's file."""
+    data = dict(source.data)
+    data.update({
         "dataset": "store",
         "store_path": str(store.path.resolve()),
         "snapshot": snapshot_hash,
         "output_dir": str(output_dir),
         "logging_dir": str(run_dir / "tensorboard"),
-        "init_adapter": init_adapter,  # None: removed (a fresh adapter)
         "resume_from_checkpoint": False,
-        "train_data_dir": None,
-        "metadata_path": None,
-    }, cwd=config.root)
+    })
+    if init_adapter is not None:
+        data["init_adapter"] = init_adapter
     target = run_dir / "train.yaml"
-    target.write_text(f"# generated for run #{run_id} from {source}\n"
+    target.write_text(f"# generated for run #{run_id} from {source.path}\n"
                       + yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return target
 
@@ -269,16 +320,16 @@ def evaluate_candidate(config: Config, store: Store, run_id: int, model: dict, r
                     " ORDER BY id DESC LIMIT 1", (model["id"], before))
     # `replyloop eval` exits 1 when the gate fails; anything else, or no stored evaluation, is an error
     if code not in (0, 1) or row is None:
-        raise EvaluationError(f"evaluation exited with code {code}"
-                              f"{'' if row else ' and stored no evaluation of model ' + model['name']}"
-                              f"; last lines of {log_path}:\n{log_tail(log_path)}")
+        raise EvaluationError(child_failure("evaluation", code, log_path,
+                                            "" if row else f" and stored no evaluation of model {model['name']}"))
     return GateResult.from_stored(row["gate_passed"], json.loads(row["gate"])), json.loads(row["report"])
 
 
 def run_training_process(store: Store, run_id: int, argv: list[str], log_path: Path, lock: RunLock,
-                         env: dict | None = None, poll_s: float = 0.5) -> int:
+                         env: dict | None = None, poll_s: float = 0.5, progress: Progress | None = None) -> int:
     """Launch a child of the run (training; evaluation with ``evaluation.command``), capture its
-    log, copy progress lines into the run row; returns the exit code."""
+    log, copy progress lines into the run row (and pass each event to ``progress``); returns the
+    exit code."""
     with log_path.open("ab") as logfile:
         proc = subprocess.Popen(argv, stdout=logfile, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, env=child_env(env))  # without the bot's secrets
@@ -287,7 +338,7 @@ def run_training_process(store: Store, run_id: int, argv: list[str], log_path: P
     try:
         while True:
             code = proc.poll()
-            offset = _read_progress(store, run_id, log_path, offset)
+            offset = _read_progress(store, run_id, log_path, offset, progress)
             if time.monotonic() - last_beat > 5:
                 lock.heartbeat()
                 last_beat = time.monotonic()
@@ -307,7 +358,7 @@ def with_kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _read_progress(store: Store, run_id: int, log_path: Path, offset: int) -> int:
+def _read_progress(store: Store, run_id: int, log_path: Path, offset: int, progress: Progress | None = None) -> int:
     with log_path.open("rb") as fh:
         fh.seek(offset)
         chunk = fh.read()
@@ -323,28 +374,79 @@ def _read_progress(store: Store, run_id: int, log_path: Path, offset: int) -> in
                 event = json.loads(line[len(PROGRESS_PREFIX):])
             except ValueError:
                 continue
-            values.update({k: event[k] for k in ("step", "total_steps", "loss")
-                           if isinstance(event, dict) and event.get(k) is not None})
+            if not isinstance(event, dict):
+                continue
+            values.update({k: event[k] for k in ("step", "total_steps", "loss") if event.get(k) is not None})
+            if progress is not None:
+                try:
+                    progress(event)
+                except Exception:  # a display problem must not fail the run
+                    log.exception("progress display failed")
     if values:
         _update_run(store, run_id, **values)
     return offset + end + 1
 
 
-def log_tail(path: Path, lines: int = 15) -> str:
+def _log_lines(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return ""
-    return "\n".join([ln for ln in text.splitlines() if not ln.startswith(PROGRESS_PREFIX)][-lines:])
+        return []
+    return [ln.rstrip() for ln in text.splitlines() if not ln.startswith(PROGRESS_PREFIX) and ln.strip()]
+
+
+def log_tail(path: Path, lines: int = 15) -> str:
+    return "\n".join(_log_lines(path)[-lines:])
+
+
+def log_error_lines(path: Path, max_lines: int = 12) -> tuple[str, list[str]]:
+    """Why a child failed, from its log: ``(headline, lines)``. The ``Error: ...`` message the
+    CLI prints (with its continuation lines); else the end of a Python traceback (the last frame,
+    headed by the exception line); else the log's last lines. Progress lines are left out."""
+    lines = _log_lines(path)
+    starts = [i for i, ln in enumerate(lines) if ln.startswith("Error:")]
+    if starts:
+        found = lines[starts[-1]:][:max_lines]
+        return found[0], found
+    tb = [i for i, ln in enumerate(lines) if ln.startswith("Traceback (most recent call last)")]
+    if tb:
+        body = lines[tb[-1] + 1:]
+        frames = [i for i, ln in enumerate(body) if ln.lstrip().startswith('File "')]
+        found = (body[frames[-1]:] if frames else body)[-max_lines:]
+        return found[-1], found
+    found = lines[-max_lines:]
+    return (found[-1] if found else ""), found
+
+
+def child_failure(what: str, code: int, log_path: Path, extra: str = "") -> str:
+    """``training exited with code 1: Error: ...``, then the error lines and the log's path."""
+    headline, found = log_error_lines(log_path)
+    head = f"{what} exited with code {code}{extra}"
+    if code < 0:
+        try:
+            head = f"{what} exited with code {code} (killed by {signal.Signals(-code).name}){extra}"
+        except ValueError:
+            pass
+    if not found:
+        return f"{head}; its log {log_path} is empty"
+    rest = [ln for ln in found if ln != headline] if found[0] == headline else found
+    return f"{head}: {headline}\n" + "".join(ln + "\n" for ln in rest) + f"(full log: {log_path})"
 
 
 # -- the pipeline ----------------------------------------------------------------------------------
 
 
 def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_by: str | None = None,
-                 notify: Notify | None = None, dry_run: bool = False) -> PipelineResult:
-    """Snapshot, train, evaluate, gate, register; never touches the champion unless the gate passed."""
+                 notify: Notify | None = None, dry_run: bool = False,
+                 progress: Progress | None = None) -> PipelineResult:
+    """Snapshot, train, evaluate, gate, register; never touches the champion unless the gate passed.
+
+    The training config is checked first: a missing file, an unset ``base_model`` or an invalid
+    key returns status ``config-error`` and records no run. ``progress`` receives
+    ``{"stage": "training", "run_id", "log_path"}``, the trainer's progress events, and
+    ``{"stage": "evaluating"}``."""
     say = notify or (lambda message: None)
+    show = progress or (lambda event: None)
     lock = RunLock(store)
     if dry_run:
         return _dry_run(config, store, lock)
@@ -352,6 +454,10 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
     if canary is not None:
         raise ConflictError(f"model {canary['name']} is the canary: promote it or roll it back first "
                             "(`replyloop models promote` / `replyloop models rollback`)")
+    try:
+        source = load_training_source(config)
+    except ConfigError as exc:
+        return _config_error(store, str(exc), trigger, requested_by, say)
     lock.acquire()
     run_id = None
     output_dir = None
@@ -373,7 +479,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         run_dir.mkdir(parents=True, exist_ok=True)
         champion = registry.champion()
         init = champion["adapter_path"] if (champion and config.file.training.from_champion) else None
-        train_yaml = write_run_train_config(config, store, run_id, snapshot.hash, output_dir, run_dir, init)
+        train_yaml = write_run_train_config(source, store, run_id, snapshot.hash, output_dir, run_dir, init)
         argv = training_argv(config, train_yaml, run_id, output_dir)
         log_path = run_dir / "train.log"
         _update_run(store, run_id, config=json.dumps({"argv": argv, "train_config": str(train_yaml)}),
@@ -382,9 +488,12 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
             f"{' by <@' + requested_by + '>' if requested_by and requested_by.startswith('U') else ''}): "
             f"snapshot {snapshot.hash} with {snapshot.train} training and {snapshot.heldout} held-out samples"
             f"{', incremental from ' + champion['name'] if init else ', from the base model'}.")
-        code = run_training_process(store, run_id, argv, log_path, lock)
+        show({"stage": "training", "run_id": run_id, "log_path": str(log_path)})
+        code = run_training_process(store, run_id, argv, log_path, lock, progress=progress)
+        if code == 2:  # the trainer's exit code for a bad config (a check only the trainer can make)
+            raise ConfigError("config error: " + child_failure("training", code, log_path))
         if code != 0:
-            raise TrainingError(f"training exited with code {code}; last lines of {log_path}:\n{log_tail(log_path)}")
+            raise TrainingError(child_failure("training", code, log_path))
         if not (output_dir / "adapter_config.json").exists():
             raise TrainingError(f"training finished but {output_dir} holds no adapter")
 
@@ -392,6 +501,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         model = registry.register(output_dir, run_id=run_id, name=name)
         _update_run(store, run_id, model_id=model["id"])
         lock.heartbeat()
+        show({"stage": "evaluating", "run_id": run_id, "model": model["name"]})
         gate, evaluation = evaluate_candidate(config, store, run_id, model, run_dir, lock)
         if gate.passed:
             percent = config.file.scheduler.canary_percent
@@ -417,15 +527,46 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         if run_id is not None:
             _abandon_output(store, output_dir, error)
             _fail_run(store, run_id, error)
-        say(f":x: Retrain run #{run_id or '-'} failed: {error.splitlines()[0]}\nThe champion is unchanged.")
+        say(_failure_message(run_id, error))
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
+        if isinstance(exc, ConfigError):
+            return PipelineResult(run_id, "config-error", error)
         if isinstance(exc, ReplyloopError):
             return PipelineResult(run_id, "failed", error)
         log.exception("pipeline run %s failed", run_id)
         return PipelineResult(run_id, "failed", f"{exc.__class__.__name__}: {error}")
     finally:
         lock.release()
+
+
+def _failure_message(run_id: int | None, error: str) -> str:
+    """The failure as posted: the first line, then the error lines in a code block."""
+    first, _, rest = error.partition("\n")
+    rest = rest.strip()
+    if len(rest) > 2500:  # Slack shows long messages collapsed; the log has everything
+        rest = "...\n" + rest[-2500:]
+    block = f"\n```\n{rest}\n```" if rest else ""
+    return f":x: Retrain run #{run_id or '-'} failed: {first}{block}\nThe champion is unchanged."
+
+
+def _config_error(store: Store, error: str, trigger: str, requested_by: str | None, say: Notify) -> PipelineResult:
+    """A training config that cannot run: no run row, an audit entry and one message. The
+    scheduler's job meets the same error every few minutes: it is posted once, then only logged
+    until the error changes."""
+    last = store.one("SELECT id, detail FROM audit_log WHERE action IN ('run.config_error', 'run.start')"
+                     " ORDER BY id DESC LIMIT 1")  # a run started since: the error is new again
+    repeated = (last is not None and last["detail"] is not None
+                and json.loads(last["detail"]).get("error") == error[:2000])
+    message = f":warning: Retrain not started: the training config needs fixing.\n```\n{error[:2500]}\n```"
+    if trigger == "scheduler" and repeated:
+        log.warning("retrain not started (config error, already posted): %s", error)
+    else:
+        with store.transaction():
+            store.audit(requested_by or trigger, "run.config_error", "training_run", None, {"error": error[:2000]})
+        log.warning("retrain not started (config error): %s", error)
+        say(message)
+    return PipelineResult(None, "config-error", error)
 
 
 def _abandon_output(store: Store, output_dir: Path | None, error: str) -> None:
@@ -459,15 +600,20 @@ def _dry_run(config: Config, store: Store, lock: RunLock) -> PipelineResult:
     champion = Registry(store).champion()
     init = champion["adapter_path"] if (champion and config.file.training.from_champion) else None
     argv = training_argv(config, Path("<run-dir>/train.yaml"), 0, config.adapters_dir / "<new>")
+    try:
+        load_training_source(config)
+        problem = None
+    except ConfigError as exc:
+        problem = str(exc)
     lines = [
         f"Due: {'yes' if due.due else 'no'} ({due.reason})",
         f"Champion: {champion['name'] if champion else '(none)'}",
-        f"Training config: {config.train_config_path}"
-        f"{'' if config.train_config_path.exists() else ' (MISSING)'}",
+        f"Training config: {config.train_config_path} ({'ok' if problem is None else 'ERROR, see below'})",
         f"Start from: {init or 'the base model'}",
         f"Command: {shlex.join(argv)}",
         "Evaluation: " + (shlex.join(evaluation_argv(config, {"id": "<new>", "name": "<new>"}, 0))
                           if config.file.evaluation.command else "in this process"),
         f"Lock: {'held by pid ' + str(holder['owner_pid']) if holder else 'free'}",
     ]
-    return PipelineResult(None, "dry-run", "\n".join(lines), details={"due": asdict(due)})
+    return PipelineResult(None, "dry-run" if problem is None else "config-error", "\n".join(lines),
+                          details={"due": asdict(due), "config_error": problem})

@@ -80,22 +80,42 @@ def test_gate_failure_keeps_the_champion(replyloop_home, tiny_base_dir):
     assert store.one("SELECT status FROM models WHERE id = ?", (first.model_id,))["status"] == "retired"
 
 
-def test_training_failure_marks_run_failed_and_keeps_everything(replyloop_home, tiny_base_dir):
+def test_training_config_error_records_no_run_and_keeps_everything(replyloop_home, tiny_base_dir):
     config, store = make_workspace(replyloop_home, tiny_base_dir)
-    (replyloop_home / "train.yaml").write_text(
-        (replyloop_home / "train.yaml").read_text() + "lora_rnak: 3\n", encoding="utf-8")
+    train_yaml = replyloop_home / "train.yaml"
+    train_yaml.write_text(train_yaml.read_text() + "lora_rnak: 3\n", encoding="utf-8")
+    line = len(train_yaml.read_text().splitlines())
+    samples = store.sample_count()
+    messages = []
+    result = run_pipeline(config, store, notify=messages.append)
+    assert result.status == "config-error" and result.run_id is None
+    assert f"{train_yaml}:{line}: key 'lora_rnak': unknown key" in result.message
+    assert store.scalar("SELECT count(*) FROM training_runs") == 0  # not recorded as a failed training
+    assert not config.adapters_dir.exists() or list(config.adapters_dir.glob("*")) == []
+    assert store.sample_count() == samples and champion_name(store) is None
+    assert "Retrain not started" in messages[-1] and "lora_rnak" in messages[-1]
+    assert store.one("SELECT * FROM locks") is None
+
+
+def test_training_failure_marks_run_failed_shows_the_error_and_keeps_everything(replyloop_home, tiny_base_dir):
+    """A real trainer that fails at run time (more samples per batch than the dataset has):
+    the run is failed, and its message carries the trainer's own error line, not just the exit code."""
+    config, store = make_workspace(replyloop_home, tiny_base_dir)
+    train_yaml = replyloop_home / "train.yaml"
+    train_yaml.write_text(train_yaml.read_text().replace("batch_size: 8", "batch_size: 5000"), encoding="utf-8")
     samples = store.sample_count()
     messages = []
     result = run_pipeline(config, store, notify=messages.append)
     assert result.status == "failed"
-    # the config error names the user's train.yaml and line, not the run's generated copy
-    assert result.message == f"{replyloop_home / 'train.yaml'}:17: key 'lora_rnak': unknown key"
+    first = result.message.splitlines()[0]
+    assert first.startswith("training exited with code 1: Error: dataset is smaller than one batch: ")
+    assert "batch_size is 5000" in first
+    assert f"(full log: {replyloop_home / 'runs' / f'run-{result.run_id}' / 'train.log'})" in result.message
     run = store.one("SELECT * FROM training_runs WHERE id = ?", (result.run_id,))
-    assert run["status"] == "failed" and "lora_rnak" in run["error"]
-    assert not (config.adapters_dir / "x").exists()
+    assert run["status"] == "failed" and "dataset is smaller than one batch" in run["error"]
     assert list(config.adapters_dir.glob("*")) == []
     assert store.sample_count() == samples and champion_name(store) is None
-    assert "The champion is unchanged" in messages[-1]
+    assert "dataset is smaller than one batch" in messages[-1] and "The champion is unchanged" in messages[-1]
     assert store.one("SELECT * FROM locks") is None
 
 

@@ -223,10 +223,15 @@ def test_threshold_job_not_due_and_due(workspace, monkeypatch):
     text = config.source.read_text(encoding="utf-8")
     config.source.write_text(text.replace("min_new_samples: 50", "min_new_samples: 2"), encoding="utf-8")
     approve_n(store, 2)
-    # due: the pipeline runs and fails cleanly (this workspace has no training config), champion untouched
+    # due, but this workspace has no training config: a config error naming the file and the key,
+    # no run recorded, champion untouched; posted once, then only logged while it stays the same
     result = jobs.threshold_job(str(config.source))
-    assert result.startswith("failed:") and "train.yaml: training config not found" in result
-    assert store.one("SELECT status FROM training_runs")["status"] == "failed"
+    assert result.startswith("config-error:") and "train.yaml: training config not found" in result
+    assert "training.config at " in result and "replyloop init" in result
+    assert store.scalar("SELECT count(*) FROM training_runs") == 0
+    assert jobs.threshold_job(str(config.source)).startswith("config-error:")
+    assert store.scalar("SELECT count(*) FROM audit_log WHERE action = 'run.config_error'") == 1
+    assert store.one("SELECT * FROM locks") is None
 
 
 def test_a_live_owner_on_this_host_is_never_stale_however_old_its_heartbeat(workspace):
@@ -402,3 +407,37 @@ def test_remove_partial_output_takes_checkpoints_logs_and_temp_dirs_of_that_run_
         (d / "f").write_text("x")
     remove_partial_output(out)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(d.name for d in theirs)
+
+
+def test_threshold_job_posts_an_unfilled_training_config_once(workspace, monkeypatch):
+    """`replyloop init`'s train.yaml still has the base_model placeholder: the scheduler's job
+    posts the error (file, line, key) to the review channel once, records no run, and does not
+    repeat the post every check; a different error is posted again."""
+    from bot import jobs
+    from bot.fake_slack import FakeSlack
+    from replyloop.config import load_config, write_training_template
+
+    config, store = workspace
+    write_training_template(config)
+    line = next(i for i, ln in enumerate(config.train_config_path.read_text().splitlines(), 1)
+                if ln.startswith("base_model:"))
+    with FakeSlack() as slack:
+        text = config.source.read_text(encoding="utf-8")
+        text = text.replace("min_new_samples: 50", "min_new_samples: 2")
+        text = text.replace("api_base_url: https://slack.com/api/", f"api_base_url: {slack.base_url}")
+        config.source.write_text(text, encoding="utf-8")
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-test")
+        approve_n(store, 2)
+        first = jobs.threshold_job(str(config.source))
+        assert first.startswith(f"config-error: {config.train_config_path}:{line}: base_model is not set")
+        assert jobs.threshold_job(str(config.source)) == first
+        posts = slack.wait_for("chat.postMessage")
+        time.sleep(0.3)
+        assert len(slack.calls_to("chat.postMessage")) == 1
+        assert posts[0].params["channel"] == load_config(config.source).file.slack.review_channel
+        assert posts[0].params["text"].startswith(":warning: Retrain not started: the training config needs fixing.")
+        assert f"{config.train_config_path}:{line}: base_model is not set" in posts[0].params["text"]
+        config.train_config_path.unlink()
+        assert "training config not found" in jobs.threshold_job(str(config.source))
+        assert len(slack.wait_for("chat.postMessage", count=2)) == 2
+    assert store.scalar("SELECT count(*) FROM training_runs") == 0

@@ -299,15 +299,18 @@ def load_train_config(path: str | Path, *, resume: bool = False, cwd: str | Path
     return cfg
 
 
-def run_config_data(source: str | Path, overrides: dict[str, Any], *, cwd: str | Path | None = None) -> dict:
+def run_config_data(source: str | Path, overrides: dict[str, Any], *, cwd: str | Path | None = None,
+                    check_paths: bool = True) -> dict:
     """For a pipeline run: the user's training config ``source`` with ``overrides`` (a value of
     None removes the key), validated and its input paths checked, with errors naming ``source``
     and its lines; relative paths resolved by the rule above (from ``cwd`` and ``source``'s
     folder) and written absolute. Dump the result as the run's ``train.yaml``: the trainer then
-    resolves nothing from the copy's folder, and its messages name ``source``'s lines."""
+    resolves nothing from the copy's folder, and its messages name ``source``'s lines.
+    ``check_paths=False``: the trainer runs elsewhere (srun, kubectl) and may see other files."""
     source = Path(source)
     cfg = load_train_config(source, cwd=cwd, **overrides)
-    cfg.check_paths()
+    if check_paths:
+        cfg.check_paths()
     _, data, _ = _load(source, overrides)
     data.update(cfg.resolved_paths())
     data["generated_from"] = {"file": str(source.absolute()), "overrides": sorted(overrides)}

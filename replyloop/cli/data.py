@@ -55,12 +55,12 @@ def _clip(text: str, limit: int = 40) -> str:
 
 @data_app.command("export")
 def export(
-    out: Path = typer.Argument(..., help="lora-scripts: the train_data_dir to write metadata.csv into; jsonl/chatml: the file."),
-    fmt: str = typer.Option("lora-scripts", "--format", "-f", help="lora-scripts | jsonl | chatml"),
+    out: Path = typer.Argument(..., help="lora-scripts: the train_data_dir to write metadata.csv into; llama-factory: the dataset_dir; jsonl/chatml: the file."),
+    fmt: str = typer.Option("lora-scripts", "--format", "-f", help="lora-scripts | jsonl | chatml | llama-factory (alpaca) | llama-factory-sharegpt"),
     snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Export this snapshot instead of all samples."),
     split: Optional[str] = typer.Option(None, "--split", help="With --snapshot: train or heldout."),
     scrub: Optional[bool] = typer.Option(None, "--scrub-pii/--no-scrub-pii", help="Mask phones, emails, ID-card and order numbers (default: export.scrub_pii)."),
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="chatml: a system message for every sample."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="chatml, llama-factory: a system message for every sample."),
     raw_csv: bool = typer.Option(False, "--raw-csv", help="lora-scripts: write cells exactly as stored, without the quote that stops a spreadsheet running =, +, -, @ cells as formulas (for programs, never for a spreadsheet)."),
     config: Optional[Path] = ConfigOption,
 ):
@@ -98,6 +98,9 @@ def export(
         target = export_samples(counted(rows), fmt, out, scrubber=scrubber, system_prompt=system_prompt,
                                 csv_safe=not raw_csv)
     typer.echo(f"Wrote {written} sample(s) to {target}")
+    if fmt.startswith("llama-factory"):
+        typer.echo(f"Registered it as dataset 'replyloop' in {out / 'dataset_info.json'} "
+                   f"(LLaMA-Factory: dataset_dir: {out}, dataset: replyloop)")
     if scrubber is not None:
         masked = ", ".join(f"{k} {v}" for k, v in sorted(scrubber.counts.items()) if v) or "nothing"
         typer.echo(f"PII masked: {masked}")

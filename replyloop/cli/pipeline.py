@@ -3,12 +3,96 @@
 from __future__ import annotations
 
 import json
+import re
+import sys
+import time
 from pathlib import Path
 from typing import Optional
 
 import typer
 
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
+from replyloop.errors import ConfigError
+
+
+def _clock(seconds) -> str:
+    if seconds is None:
+        return "?"
+    seconds = int(max(0, seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def plain(text: str) -> str:
+    """A Slack message for a terminal: no ``` fences, no leading :emoji:, no *bold* marks."""
+    text = re.sub(r"^:[a-z0-9_+-]+: ", "", text)
+    text = "\n".join(line for line in text.splitlines() if line.strip() != "```")
+    return re.sub(r"\*([^*\n]+)\*", r"\1", text)
+
+
+class RunDisplay:
+    """What ``retrain`` shows while a run trains: the log path, then on a terminal a progress bar
+    (step, loss, ETA) and off a terminal a plain line every ``every_s`` seconds (and at the first
+    and last step)."""
+
+    def __init__(self, stream=None, every_s: float = 10.0):
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.every_s = every_s
+        self._progress = None
+        self._task = None
+        self._last_line = 0.0
+
+    def _write(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            self.stream.write(text + "\n")
+            self.stream.flush()
+
+    def __call__(self, event: dict) -> None:
+        stage = event.get("stage")
+        if stage == "training":
+            self._write(f"Training run #{event['run_id']}; log: {event['log_path']}")
+            return
+        if stage == "evaluating":
+            self.close()
+            self._write(f"Training done; evaluating {event.get('model', 'the new adapter')} "
+                        "on the held-out questions ...")
+            return
+        if "eval_loss" in event:
+            self._write(f"step {event.get('step')}: held-out loss {event['eval_loss']:.4f} "
+                        f"(best {event.get('best_eval_loss', event['eval_loss']):.4f} at step {event.get('best_step')})")
+            return
+        if "loss" not in event or "step" not in event:
+            return
+        step, total = event["step"], event.get("total_steps")
+        if self.tty:
+            self._bar(step, total, event)
+            return
+        now = time.monotonic()
+        if step in (1, total) or now - self._last_line >= self.every_s:
+            self._last_line = now
+            self._write(f"step {step}/{total or '?'}  loss {event['loss']:.4f}  "
+                        f"{event.get('tokens_per_s', 0):.0f} tokens/s  ETA {_clock(event.get('eta_s'))}")
+
+    def _bar(self, step: int, total, event: dict) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        if self._progress is None:
+            self._progress = Progress(
+                TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
+                TextColumn("{task.fields[speed]} tok/s"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+                console=Console(file=self.stream), transient=False)
+            self._progress.start()
+            self._task = self._progress.add_task("train", total=total, loss="-", speed="-", eta="?")
+        self._progress.update(self._task, completed=step, total=total, loss=f"{event['loss']:.4f}",
+                              speed=f"{event.get('tokens_per_s', 0):.0f}", eta=_clock(event.get("eta_s")))
+
+    def close(self) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
 
 
 def register(app: typer.Typer) -> None:
@@ -24,11 +108,13 @@ def register(app: typer.Typer) -> None:
         """Run the retrain pipeline: snapshot, train, evaluate, gate, canary / promote.
 
         Without --now it runs only when due (enough new approved samples, min_interval_hours
-        passed), so it can be called from cron. Exit code 1 when the run failed or was refused.
+        passed), so it can be called from cron. Exit code 1 when the run failed or was refused,
+        2 when the training config (training.config) is missing, unfilled or invalid.
+        On a terminal training shows a progress bar (step, loss, ETA); otherwise plain lines.
 
         Example: replyloop retrain --now
         """
-        from replyloop.pipeline import check_due, recover as recover_runs, run_pipeline
+        from replyloop.pipeline import check_due, load_training_source, recover as recover_runs, run_pipeline
 
         cfg, store = workspace(config)
         with store:
@@ -36,7 +122,32 @@ def register(app: typer.Typer) -> None:
                 cleaned = recover_runs(store)
                 typer.echo(f"Recovered {len(cleaned)} run(s): {', '.join(map(str, cleaned)) or 'none'}")
                 return
-            if not now and not dry_run:
+            notify = lambda text: typer.echo(plain(text))  # noqa: E731
+            if post:
+                from bot.jobs import slack_notifier
+
+                slack = slack_notifier(cfg)
+
+                def notify(text: str) -> None:
+                    typer.echo(plain(text))
+                    slack(text)
+
+            if dry_run:
+                result = run_pipeline(cfg, store, trigger="cli", dry_run=True)
+                if as_json:
+                    typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2, default=str))
+                else:
+                    typer.echo(result.message)
+                if result.status == "config-error":
+                    raise ConfigError(result.details["config_error"])
+                return
+            try:
+                load_training_source(cfg)  # a config that cannot run fails here, before anything is recorded
+            except ConfigError as exc:
+                if post:
+                    slack(f":warning: Retrain not started: the training config needs fixing.\n```\n{exc}\n```")
+                raise
+            if not now:
                 due = check_due(cfg, store)
                 if not due.due:
                     if as_json:
@@ -44,20 +155,21 @@ def register(app: typer.Typer) -> None:
                     else:
                         typer.echo(f"Not due: {due.reason}. Use --now to run anyway.")
                     return
-            notify = typer.echo
-            if post:
-                from bot.jobs import slack_notifier
+            display = None if as_json else RunDisplay()
 
-                slack = slack_notifier(cfg)
+            def say(text: str) -> None:
+                if display is not None:
+                    display.close()
+                notify(text)
 
-                def notify(text: str) -> None:
-                    typer.echo(text)
-                    slack(text)
-
-            result = run_pipeline(cfg, store, trigger="cli", notify=None if as_json else notify, dry_run=dry_run)
+            try:
+                result = run_pipeline(cfg, store, trigger="cli", notify=None if as_json else say, progress=display)
+            finally:
+                if display is not None:
+                    display.close()
         if as_json:
             typer.echo(json.dumps(result.to_dict(), ensure_ascii=False, indent=2, default=str))
-        elif dry_run:
-            typer.echo(result.message)
+        if result.status == "config-error":
+            raise typer.Exit(2)
         if result.status == "failed":
             raise typer.Exit(1)

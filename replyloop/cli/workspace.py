@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from replyloop import paths
-from replyloop.config import load_config, write_default_config
+from replyloop.config import load_config, write_default_config, write_training_template
 from replyloop.store import Store
 
 
@@ -19,7 +19,8 @@ def register(app: typer.Typer) -> None:
         force: bool = typer.Option(False, "--force", help="Overwrite an existing replyloop.yaml."),
         samples: bool = typer.Option(False, "--samples", help="Also import the shipped sample Q&A set."),
     ):
-        """Create a workspace: replyloop.yaml, the SQLite database, and (optionally) sample data.
+        """Create a workspace: replyloop.yaml, train.yaml (training.config), the SQLite database,
+        and (optionally) sample data. An existing train.yaml is kept, even with --force.
 
         Example: replyloop init ./cs-workspace --samples
         """
@@ -31,6 +32,11 @@ def register(app: typer.Typer) -> None:
             write_default_config(root, overwrite=force)
             typer.echo(f"Wrote {config_path}")
         config = load_config(config_path)
+        written = write_training_template(config)
+        if written is not None:
+            typer.echo(f"Wrote {written}: set base_model there to a local model directory")
+        else:
+            typer.echo(f"{config.train_config_path} already exists; keeping it.")
         with Store(config.db_path) as store:
             typer.echo(f"Database {config.db_path} ready")
             if samples:
