@@ -61,6 +61,10 @@ class TrainConfig(BaseModel):
     max_grad_norm: float | None = Field(1.0, gt=0)
     keep_checkpoints: int = Field(2, ge=1)
 
+    # -- prompt format (recorded in the manifest; drafting and evaluation read it from there) ----
+    prompt_template: Literal["auto", "plain", "raw", "chat"] = "auto"  # auto: chat if the tokenizer has one, else plain
+    system_prompt: str | None = None  # empty: no system text, and no chat-template default either
+
     _doc: YamlDoc | None = PrivateAttr(None)
     _root: Path | None = PrivateAttr(None)
 
