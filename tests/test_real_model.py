@@ -97,6 +97,8 @@ def test_smollm2_trains_drafts_and_evaluates_with_its_chat_template(smollm2, wor
     line = next(x for x in trained.stderr.splitlines() if x.startswith("token lengths of "))
     lengths = manifest["metrics"]["token_lengths"]
     assert f"p50 {lengths['p50']}, p95 {lengths['p95']}, max {lengths['max']}; max_seq_length 160" in line
+    assert lengths["p50"] > 150  # byte-level BPE: Chinese costs several tokens a character
+    assert "TruncationWarning" in trained.stderr and f"raise max_seq_length to about {lengths['p95']}" in trained.stderr
 
     registered = cli("models", "register", adapter, "--name", "smol")
     assert registered.exit_code == 0, registered.output
