@@ -171,14 +171,15 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
     local = LocalModels(device=config.file.drafting.device)
     t0 = time.perf_counter()
     m, tok = local.activate(model)
-    drafts = generate(m, tok, questions, max_new_tokens=max_new, batch_size=bs, min_new_tokens=min_new_tokens)
+    drafts = generate(m, tok, questions, max_new_tokens=max_new, batch_size=bs, min_new_tokens=min_new_tokens,
+                      prompt_format=local.prompt_format)
     timings["generate_s"] = time.perf_counter() - t0
     champion_drafts = None
     if other is not None:
         t0 = time.perf_counter()
         m, tok = local.activate(other)
         champion_drafts = generate(m, tok, questions, max_new_tokens=max_new, batch_size=bs,
-                                   min_new_tokens=min_new_tokens)
+                                   min_new_tokens=min_new_tokens, prompt_format=local.prompt_format)
         timings["generate_champion_s"] = time.perf_counter() - t0
 
     encoder = encoder or Encoder.from_config(config, store)

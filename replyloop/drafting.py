@@ -23,7 +23,7 @@ from replyloop.config import Config
 from replyloop.errors import ReplyloopError
 from replyloop.registry import Registry
 from replyloop.store import Store
-from training.prompting import needs_bos, prompt_input_ids
+from training.prompting import PromptFormat, needs_bos, prompt_input_ids, resolve_format
 
 
 class DraftingError(ReplyloopError):
@@ -45,16 +45,20 @@ class DraftResult:
 
 
 def generate(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int, batch_size: int = 16,
-             min_new_tokens: int = 0) -> list[str]:
+             min_new_tokens: int = 0, prompt_format: PromptFormat | None = None) -> list[str]:
     """Greedy replies to ``questions``, batched with left padding (inputs sorted by length to
-    waste little padding); returned in the order given."""
+    waste little padding); returned in the order given. ``prompt_format`` is the adapter's
+    (``LocalModels.prompt_format``; None: ``auto`` with no system prompt); generation stops at
+    its end token (e.g. ``<|im_end|>``) or EOS."""
     import torch
 
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    bos = needs_bos(tokenizer)
-    prompts = [prompt_input_ids(tokenizer, q, bos=bos) for q in questions]  # the ids training used
+    fmt = prompt_format or resolve_format(tokenizer)
+    bos = needs_bos(tokenizer, fmt)
+    stop = fmt.stop_ids(tokenizer)
+    prompts = [prompt_input_ids(tokenizer, q, bos=bos, fmt=fmt) for q in questions]  # the ids training used
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     out: list[str | None] = [None] * len(prompts)
     step = max(1, batch_size)
@@ -65,7 +69,7 @@ def generate(model, tokenizer, questions: Sequence[str], *, max_new_tokens: int,
         with torch.inference_mode():
             gen = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens,
                                  min_new_tokens=min(min_new_tokens, max_new_tokens),
-                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+                                 pad_token_id=tokenizer.pad_token_id, eos_token_id=stop or None)
         width = enc["input_ids"].shape[1]
         for row, i in enumerate(idx):
             out[i] = tokenizer.decode(gen[row, width:], skip_special_tokens=True).strip()
@@ -97,6 +101,8 @@ class LocalModels:
         self.model = None
         self.tokenizer = None
         self.adapters: dict[str, str] = {}   # adapter name -> path
+        self.formats: dict[str, PromptFormat] = {}  # adapter name -> its manifest's prompt format
+        self.prompt_format: PromptFormat | None = None  # the active adapter's
         self.base_loads = 0
 
     @staticmethod
@@ -121,6 +127,7 @@ class LocalModels:
         self.model.eval()
         self.base_model = base_model
         self.adapters = {}
+        self.formats = {}
         self.base_loads += 1
 
     def activate(self, model_row: dict):
@@ -141,8 +148,28 @@ class LocalModels:
                 self.model.load_adapter(path, adapter_name=name)
             self.model.eval()
             self.adapters[name] = path
+            self.formats[name] = adapter_prompt_format(path, self.tokenizer)
         self.model.set_adapter(name)
+        self.prompt_format = self.formats[name]
         return self.model, self.tokenizer
+
+
+def adapter_prompt_format(adapter_dir: str | Path, tokenizer=None) -> PromptFormat | None:
+    """The prompt format recorded in an adapter's manifest.json (``prompt``). An adapter without
+    one (trained before it was recorded, or outside replyloop) gets ``auto`` for ``tokenizer``;
+    None when no tokenizer is at hand (the OpenAI backend then sends one user message)."""
+    from replyloop.registry import read_manifest
+
+    try:
+        manifest = read_manifest(adapter_dir)
+    except ReplyloopError:
+        manifest = {}
+    if manifest.get("prompt") is None and tokenizer is None:
+        return None
+    try:
+        return PromptFormat.from_manifest(manifest, tokenizer)
+    except ValueError as exc:
+        raise DraftingError(f"{Path(adapter_dir) / 'manifest.json'}: {exc}") from None
 
 
 class OpenAIBackend:
@@ -157,13 +184,22 @@ class OpenAIBackend:
         self.timeout = timeout
         self.api_key = api_key
 
-    def complete(self, model_name: str, question: str) -> str:
-        body = json.dumps({"model": model_name, "messages": [{"role": "user", "content": question}],
-                           "max_tokens": self.max_new_tokens, "temperature": 0}).encode()
+    def complete(self, model_name: str, question: str, prompt_format: PromptFormat | None = None) -> str:
+        """A chat adapter gets ``/chat/completions`` with the adapter's messages (its system
+        prompt, or an empty system message where training used one to keep the template's
+        default out); a plain or raw adapter gets ``/completions`` with the exact prompt text."""
+        fmt = prompt_format or PromptFormat(template="chat")  # no record: the server's chat template
+        if fmt.template == "chat":
+            body = {"model": model_name, "messages": fmt.messages(question)}
+            endpoint, answer = "chat/completions", lambda choice: choice["message"]["content"]
+        else:
+            body = {"model": model_name, "prompt": fmt.text(question)}
+            endpoint, answer = "completions", lambda choice: choice["text"]
+        body = json.dumps({**body, "max_tokens": self.max_new_tokens, "temperature": 0}).encode()
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
-        url = f"{self.base_url}/chat/completions"
+        url = f"{self.base_url}/{endpoint}"
         request = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as resp:
@@ -176,7 +212,7 @@ class OpenAIBackend:
         except json.JSONDecodeError:
             raise DraftingError(f"{url}: the response is not JSON") from None
         try:
-            return payload["choices"][0]["message"]["content"].strip()
+            return answer(payload["choices"][0]).strip()
         except (KeyError, IndexError, TypeError, AttributeError):
             raise DraftingError(f"{url}: unexpected response shape: {str(payload)[:200]}") from None
 
@@ -229,12 +265,14 @@ class Drafter:
         row = self.registry.get(model) if model is not None else self.registry.route(conversation_id)
         started = time.perf_counter()
         if self._remote is not None:
-            text = self._remote.complete(row["name"], question.strip())
+            text = self._remote.complete(row["name"], question.strip(),
+                                         adapter_prompt_format(row["adapter_path"]) if row.get("adapter_path") else None)
         else:
             with self._lock:
                 m, tok = self.local.activate(row)
                 text = generate(m, tok, [question.strip()], max_new_tokens=self.config.file.drafting.max_new_tokens,
-                                batch_size=1, min_new_tokens=min_new_tokens)[0]
+                                batch_size=1, min_new_tokens=min_new_tokens,
+                                prompt_format=self.local.prompt_format)[0]
         latency = time.perf_counter() - started
         verdict, violations = check_policies(self.policy_engine, text)
         return DraftResult(text=text, model_id=row["id"], model_name=row["name"], verdict=verdict,

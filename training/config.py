@@ -87,6 +87,10 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1)  # output_dir/checkpoint-N kept during and after the run
     generated_from: GeneratedFrom | None = None  # set by the pipeline in runs/run-N/train.yaml
 
+    # -- prompt format (recorded in the manifest; drafting and evaluation read it from there) ----
+    prompt_template: Literal["auto", "plain", "raw", "chat"] = "auto"  # auto: chat if the tokenizer has one, else plain
+    system_prompt: str | None = None  # empty: no system text, and no chat-template default either
+
     _doc: YamlDoc | None = PrivateAttr(None)
     _source_doc: YamlDoc | None = PrivateAttr(None)
     _cwd: Path | None = PrivateAttr(None)

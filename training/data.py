@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from replyloop.errors import ConfigError, DataFormatError, TrainingError
 from training.config import TrainConfig
-from training.prompting import needs_bos, prompt_input_ids
+from training.prompting import PromptFormat, needs_bos, prompt_input_ids, resolve_format
 
 IGNORE_INDEX = -100
+TRUNCATION_WARN_SHARE = 0.05  # warn at train start when more samples than this are cut or dropped
 
 
 class DatasetTooSmallError(TrainingError):
@@ -49,6 +51,31 @@ class TokenStats:
     tokens: int = 0
     label_tokens: int = 0
     lengths: list[int] = field(default_factory=list)
+    full_lengths: list[int] = field(default_factory=list)  # prompt + reply + end token, before cutting
+    max_seq_length: int = 0
+
+    def report(self) -> dict:
+        """Token lengths before cutting (p50 / p95 / max) and how many samples were cut or dropped."""
+        ordered = sorted(self.full_lengths)
+
+        def pct(q: float) -> int:
+            return ordered[min(len(ordered) - 1, math.ceil(q * len(ordered)) - 1)] if ordered else 0
+
+        cut = self.truncated + self.dropped
+        return {"event": "token_lengths", "samples": self.samples, "max_seq_length": self.max_seq_length,
+                "p50": pct(0.5), "p95": pct(0.95), "max": ordered[-1] if ordered else 0,
+                "truncated": self.truncated, "dropped": self.dropped,
+                "cut_share": round(cut / self.samples, 4) if self.samples else 0.0}
+
+    def warning(self) -> str | None:
+        """A message when more than TRUNCATION_WARN_SHARE of the samples are cut or dropped."""
+        r = self.report()
+        if not self.samples or r["cut_share"] <= TRUNCATION_WARN_SHARE:
+            return None
+        return (f"{r['truncated']} of {self.samples} samples are longer than max_seq_length {self.max_seq_length} "
+                f"and were cut, {r['dropped']} dropped (prompt alone too long) - {r['cut_share']:.0%}, more than "
+                f"{TRUNCATION_WARN_SHARE:.0%}; token lengths p50 {r['p50']}, p95 {r['p95']}, max {r['max']}: "
+                f"raise max_seq_length to about {r['p95']}")
 
 
 # -- records -----------------------------------------------------------------------------------
@@ -148,14 +175,21 @@ def _store_records(cfg: TrainConfig, snapshot: str | None = None) -> Records:
 # -- tokenisation ------------------------------------------------------------------------------
 
 def tokenize_pair(tokenizer, prompt: str, response: str, max_seq_length: int,
-                  bos: bool | None = None) -> tuple[Example | None, bool]:
-    """``(example, truncated)``: prompt tokens labelled -100, response tokens + EOS labelled
-    with themselves. Returns ``None`` when the prompt alone fills ``max_seq_length``. The prompt
-    ids come from ``prompt_input_ids``, the function generation uses (same BOS handling)."""
-    prompt_ids = prompt_input_ids(tokenizer, prompt, bos=bos)
+                  bos: bool | None = None, fmt: PromptFormat | None = None,
+                  full_lengths: list[int] | None = None) -> tuple[Example | None, bool]:
+    """``(example, truncated)``: prompt tokens labelled -100, response tokens + the end token
+    (the chat template's end of turn, e.g. ``<|im_end|>``, else EOS) labelled with themselves.
+    Returns ``None`` when the prompt alone fills ``max_seq_length``. The prompt ids come from
+    ``prompt_input_ids``, the function generation uses (same template, same BOS handling).
+    ``full_lengths``, when given, gets the sample's token count before cutting."""
+    fmt = fmt or resolve_format(tokenizer)
+    prompt_ids = prompt_input_ids(tokenizer, prompt, bos=bos, fmt=fmt)
     response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
-    if tokenizer.eos_token_id is not None:
-        response_ids = response_ids + [tokenizer.eos_token_id]
+    end = fmt.end_id(tokenizer)
+    if end is not None:
+        response_ids = response_ids + [end]
+    if full_lengths is not None:  # the length before cutting, for the token-length report
+        full_lengths.append(len(prompt_ids) + len(response_ids))
     room = max_seq_length - len(prompt_ids)
     if room <= 0:
         return None, True
@@ -164,12 +198,14 @@ def tokenize_pair(tokenizer, prompt: str, response: str, max_seq_length: int,
     return Example(prompt_ids + response_ids, [IGNORE_INDEX] * len(prompt_ids) + response_ids), truncated
 
 
-def tokenize_records(tokenizer, pairs: list[tuple[str, str]], max_seq_length: int) -> tuple[list[Example], TokenStats]:
-    stats = TokenStats(samples=len(pairs))
+def tokenize_records(tokenizer, pairs: list[tuple[str, str]], max_seq_length: int,
+                     fmt: PromptFormat | None = None) -> tuple[list[Example], TokenStats]:
+    stats = TokenStats(samples=len(pairs), max_seq_length=max_seq_length)
     examples = []
-    bos = needs_bos(tokenizer)  # probed once, not per sample
+    fmt = fmt or resolve_format(tokenizer)  # resolved once, not per sample
+    bos = needs_bos(tokenizer, fmt)  # probed once, not per sample
     for prompt, response in pairs:
-        ex, truncated = tokenize_pair(tokenizer, prompt, response, max_seq_length, bos)
+        ex, truncated = tokenize_pair(tokenizer, prompt, response, max_seq_length, bos, fmt, stats.full_lengths)
         if ex is None:
             stats.dropped += 1
             continue

@@ -28,6 +28,7 @@ from training import checkpointing as ckpt
 from training.config import TrainConfig
 from training.data import (DatasetTooSmallError, Example, collate_packed, collate_padded, epoch_batches,
                            examples_fingerprint, load_records, records_fingerprint, split_eval, tokenize_records)
+from training.prompting import resolve_format
 
 Progress = Callable[[dict], None]
 Notice = Callable[[str], None]
@@ -35,6 +36,10 @@ Notice = Callable[[str], None]
 
 class BaseModelNotFoundError(TrainingError):
     """The base model directory does not exist"""
+
+
+class TruncationWarning(UserWarning):
+    """Many training samples are longer than max_seq_length"""
 
 
 class UnknownTargetModulesError(ConfigError):
@@ -110,6 +115,12 @@ def library_versions() -> dict:
 
     return {"replyloop": replyloop.__version__, "torch": torch.__version__, "transformers": transformers.__version__,
             "peft": peft.__version__, "python": sys.version.split()[0]}
+
+
+def token_lengths_line(r: dict) -> str:
+    """One line for the token-length report (a terminal shows it before the progress bar)."""
+    return (f"token lengths of {r['samples']} samples (prompt + reply): p50 {r['p50']}, p95 {r['p95']}, "
+            f"max {r['max']}; max_seq_length {r['max_seq_length']}: {r['truncated']} truncated, {r['dropped']} dropped")
 
 
 class ConsoleProgress:
@@ -203,7 +214,9 @@ class LoRAFinetuneRecipe:
             self.note(f"train_data_dir {cfg.path('train_data_dir')} holds {len(others)} other CSV file(s) that are "
                       f"not trained on: {shown}; only metadata_path {self.records.description['path']} is read")
         self.tokenizer = self._setup_tokenizer(base_path)
-        examples, self.token_stats = tokenize_records(self.tokenizer, self.records.pairs, cfg.max_seq_length)
+        self.prompt_format = resolve_format(self.tokenizer, cfg.prompt_template, cfg.system_prompt, where=cfg.where)
+        examples, self.token_stats = tokenize_records(self.tokenizer, self.records.pairs, cfg.max_seq_length,
+                                                      fmt=self.prompt_format)
         self.data_state = {"source": self.records.description.get("path"), "snapshot_hash": self.records.snapshot_hash,
                            "records": len(self.records.pairs),
                            "records_sha256": records_fingerprint(self.records.pairs),
@@ -222,6 +235,7 @@ class LoRAFinetuneRecipe:
         self.world = self.accelerator.num_processes
         self.rank = self.accelerator.process_index
         self.is_main = self.accelerator.is_main_process
+        self._report_token_lengths()
 
         torch.manual_seed(self.seed)  # LoRA init and dropout
         model = self._setup_model(base_path=base_path, init_adapter=self.init_adapter)
@@ -335,6 +349,15 @@ class LoRAFinetuneRecipe:
         if tokenizer.pad_token_id is None:
             tokenizer.pad_token = tokenizer.eos_token
         return tokenizer
+
+    def _report_token_lengths(self) -> None:
+        """The token-length distribution (one line to ``notice``), and a TruncationWarning when
+        more than TRUNCATION_WARN_SHARE of the samples are cut or dropped."""
+        if self.is_main:
+            self._notice(token_lengths_line(self.token_stats.report()))
+        message = self.token_stats.warning()
+        if message is not None:
+            warnings.warn(f"{self.cfg.where('max_seq_length')}{message}", TruncationWarning, stacklevel=2)
 
     def _setup_data(self, examples: list[Example]) -> tuple[list[Example], list[Example]]:
         source = self.records.description.get("path", "")
@@ -620,6 +643,7 @@ class LoRAFinetuneRecipe:
         return {
             "base_model": str(self._resolve_base_model(self.cfg)),
             "snapshot_hash": self.records.snapshot_hash,
+            "prompt": self.prompt_format.to_record(),
             "dataset": {**self.records.description, "samples": stats.samples,
                         "train_samples": len(self.train_examples), "eval_samples": len(self.eval_examples)},
             "config": {**self.cfg.to_record(), **self.lora},  # what was trained (init_adapter: its shape)
@@ -628,6 +652,7 @@ class LoRAFinetuneRecipe:
                 "train_loss": p.last_loss, "eval_loss": p.best_eval_loss, "best_step": p.best_step,
                 "steps": p.step, "train_tokens": p.train_tokens, "seen_tokens": p.seen_tokens,
                 "truncated": stats.truncated, "dropped": stats.dropped, "stopped_early": p.stopped_early,
+                "token_lengths": {k: v for k, v in stats.report().items() if k in ("p50", "p95", "max")},
                 "tokens_per_s": round(self._tokens_this_run / self._train_time, 1) if self._train_time else None,
             },
             "versions": library_versions(),
@@ -809,8 +834,8 @@ def run_training(cfg: TrainConfig, progress: Progress | None = None, notice: Not
     ``progress`` receives one dict per step (``step``, ``total_steps``, ``loss``,
     ``tokens_per_s``, ...) and per evaluation (``eval_loss``); ``None`` prints a progress bar on
     a terminal and ``replyloop-progress {json}`` lines otherwise. ``notice`` receives the run's
-    notes (other CSVs not read, no checkpoint before the end, ...); ``None`` prints
-    ``Note: ...`` on stderr.
+    notes and one-line reports meant for a person (the token-length distribution at the start,
+    other CSVs not read, no checkpoint before the end, ...); ``None`` prints ``Note: ...`` on stderr.
     """
     recipe = LoRAFinetuneRecipe(cfg, progress=progress, notice=notice)
     try:

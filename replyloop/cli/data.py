@@ -60,7 +60,7 @@ def export(
     snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Export this snapshot instead of all samples."),
     split: Optional[str] = typer.Option(None, "--split", help="With --snapshot: train or heldout."),
     scrub: Optional[bool] = typer.Option(None, "--scrub-pii/--no-scrub-pii", help="Mask phones, emails, ID-card and order numbers (default: export.scrub_pii)."),
-    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="chatml, llama-factory: a system message for every sample."),
+    system_prompt: Optional[str] = typer.Option(None, "--system-prompt", help="chatml, llama-factory: a system message for every sample (chatml default: system_prompt of the workspace's training config)."),
     raw_csv: bool = typer.Option(False, "--raw-csv", help="lora-scripts: write cells exactly as stored, without the quote that stops a spreadsheet running =, +, -, @ cells as formulas (for programs, never for a spreadsheet)."),
     config: Optional[Path] = ConfigOption,
 ):
@@ -85,6 +85,8 @@ def export(
     if opts.scrub_pii if scrub is None else scrub:
         scrubber = Scrubber(phone=opts.mask_phone, email=opts.mask_email, id_card=opts.mask_id_card,
                             order=opts.mask_order)
+    if system_prompt is None and fmt == "chatml":
+        system_prompt = _training_system_prompt(cfg.train_config_path)
     written = 0
 
     def counted(rows):
@@ -104,6 +106,18 @@ def export(
     if scrubber is not None:
         masked = ", ".join(f"{k} {v}" for k, v in sorted(scrubber.counts.items()) if v) or "nothing"
         typer.echo(f"PII masked: {masked}")
+
+
+def _training_system_prompt(path: Path) -> str | None:
+    """``system_prompt`` of the workspace's training config, so a chatml export carries the system
+    message training used (None when the file or the key is absent)."""
+    from replyloop.yamlfile import load_yaml
+
+    if not path.is_file():
+        return None
+    data = load_yaml(path).data
+    value = data.get("system_prompt") if isinstance(data, dict) else None
+    return value if isinstance(value, str) and value else None
 
 
 @data_app.command("stats")
