@@ -267,3 +267,13 @@ def m030_process_identity(db: sqlite_utils.Database) -> None:
         ALTER TABLE locks ADD COLUMN owner_started TEXT;
         ALTER TABLE training_runs ADD COLUMN pid_started TEXT;
     """)
+
+
+@migration
+def m040_evaluation_chrf(db: sqlite_utils.Database) -> None:
+    """chrF beside the embedding cosine (mean of the drafts against the references; per category in
+    ``by_category``), and the share of reference characters the embedding model could not read."""
+    run_script(db, """
+        ALTER TABLE evaluations ADD COLUMN mean_chrf REAL;
+        ALTER TABLE evaluations ADD COLUMN unknown_share REAL;
+    """)
