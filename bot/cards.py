@@ -238,8 +238,11 @@ def model_line(model: dict | None, role: str) -> str:
     ev = model.get("evaluation")
     if ev:
         gate = {1: "passed", 0: "failed"}.get(ev.get("gate_passed"), "n/a")
-        line += (f" — consistency {_pct(ev.get('mean_similarity'))}, share above threshold "
+        chrf = "" if ev.get("mean_chrf") is None else f", chrF {_pct(ev['mean_chrf'])}"
+        line += (f" — consistency {_pct(ev.get('mean_similarity'))}{chrf}, share above threshold "
                  f"{_pct(ev.get('share_above'))}, gate {gate} ({ev['created_at'][:16]})")
+        if ev.get("embedding_unreadable"):
+            line += " :warning: the embedding model cannot read the references, chrF decided the gate"
     else:
         line += " — not evaluated yet"
     return line

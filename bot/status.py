@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 from replyloop import timeutil
 from replyloop.config import Config
@@ -11,7 +12,22 @@ from replyloop.store import Store
 
 
 def model_with_status(store: Store, status: str) -> dict | None:
-    return Registry(store).with_status(status)
+    """The champion or canary with its latest evaluation, which also carries ``mean_chrf`` and
+    ``embedding_unreadable`` (the unknown-token guard fired: chrF decided its gate)."""
+    from evaluation.gate import UNREADABLE
+
+    model = Registry(store).with_status(status)
+    ev = model and model.get("evaluation")
+    if ev:
+        row = store.one("SELECT mean_chrf, unknown_share, gate FROM evaluations WHERE id = ?", (ev["id"],))
+        try:
+            criteria = json.loads(row["gate"] or "[]")
+        except ValueError:
+            criteria = []
+        ev.update(mean_chrf=row["mean_chrf"], unknown_share=row["unknown_share"],
+                  embedding_unreadable=any(isinstance(c, dict) and c.get("name") == UNREADABLE
+                                           and not c.get("passed") for c in criteria))
+    return model
 
 
 def retrain_status(config: Config, store: Store) -> dict:

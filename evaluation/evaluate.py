@@ -1,7 +1,9 @@
 """Evaluate a registered model on the held-out split of the snapshot it was trained on.
 
 ``evaluate_model`` drafts (greedy, batched, left-padded) a reply to every held-out question,
-scores the drafts against the approved references with sentence embeddings, runs each
+scores the drafts against the approved references with sentence embeddings and with chrF
+(character n-grams), checks that the embedding model can read the references (the share of
+reference characters its tokenizer maps to ``[UNK]``), runs each
 draft through the policy engine, re-drafts the same questions with the champion for a fair
 comparison, applies the promotion gate, and stores the result in ``evaluations``.
 """
@@ -14,7 +16,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from evaluation import consistency, gate
-from evaluation.embeddings import Encoder
+from evaluation.embeddings import UNREADABLE_FIX, Encoder
 from replyloop import timeutil
 from replyloop.config import Config
 from replyloop.errors import ReplyloopError
@@ -44,6 +46,8 @@ class EvalReport:
     items: list[dict]
     gate: gate.GateResult
     timings: dict = field(default_factory=dict)
+    unknown_share: float | None = None     # share of reference characters the embedding tokenizer cannot read
+    max_unknown_share: float = 0.2
     id: int | None = None
     created_at: str = ""
 
@@ -51,12 +55,30 @@ class EvalReport:
     def passed(self) -> bool:
         return self.gate.passed
 
+    @property
+    def embedding_readable(self) -> bool:
+        return self.unknown_share is None or self.unknown_share <= self.max_unknown_share
+
+    @property
+    def warnings(self) -> list[str]:
+        """What the reader must know before trusting the embedding numbers."""
+        if self.embedding_readable:
+            return []
+        return [f"Warning: {self.unknown_share:.0%} of the reference characters are unknown tokens ([UNK]) for"
+                f" the embedding model {self.embedding_model} (limit {self.max_unknown_share:.0%},"
+                " evaluation.max_unknown_share): its similarity scores measure little more than punctuation,"
+                f" so the gate does not count them and chrF decides. Fix: {UNREADABLE_FIX}."]
+
     def to_dict(self) -> dict:
         return {
             "id": self.id, "created_at": self.created_at,
             "model": {"id": self.model_id, "name": self.model_name},
             "snapshot_hash": self.snapshot_hash,
             "embedding_model": self.embedding_model,
+            "unknown_share": self.unknown_share,
+            "max_unknown_share": self.max_unknown_share,
+            "embedding_readable": self.embedding_readable,
+            "warnings": self.warnings,
             "against": None if self.against_model_id is None else
             {"id": self.against_model_id, "name": self.against_model_name},
             "n": self.candidate.n,
@@ -72,26 +94,33 @@ class EvalReport:
         """A short Markdown summary; ends with the gate verdict unless ``verdict`` is False."""
         c, ch = self.candidate, self.champion
         lines = [f"## Evaluation of {self.model_name} (model {self.model_id})", "",
-                 f"Held-out questions: {c.n} from snapshot `{self.snapshot_hash}`; embeddings: {self.embedding_model}.",
-                 ""]
-        head = "| category | n | mean | share >= %.2f |" % c.threshold
-        sep = "| --- | ---: | ---: | ---: |"
+                 f"Held-out questions: {c.n} from snapshot `{self.snapshot_hash}`; embeddings: {self.embedding_model}"
+                 + ("" if self.unknown_share is None else
+                    f" ({self.unknown_share:.0%} of reference characters unknown to it)") + "; chrF: character"
+                 " n-grams (sacrebleu).", ""]
+        if self.warnings:
+            lines += [f"**{w}**" for w in self.warnings] + [""]
+        head = "| category | n | mean | share >= %.2f | chrF |" % c.threshold
+        sep = "| --- | ---: | ---: | ---: | ---: |"
         if ch is not None:
-            head += f" champion ({self.against_model_name}) mean |"
-            sep += " ---: |"
+            head += f" champion ({self.against_model_name}) mean | champion chrF |"
+            sep += " ---: | ---: |"
         lines += [head, sep]
-        rows = [("**all**", c.n, c.mean, c.share_above, ch.mean if ch else None)]
+        rows = [("**all**", c.n, c.mean, c.share_above, c.chrf_mean,
+                 (ch.mean, ch.chrf_mean) if ch else None)]
         for cat, s in c.by_category.items():
-            rows.append((cat, s.n, s.mean, s.share_above, ch.by_category[cat].mean if ch else None))
-        for name, n, mean, share, champ in rows:
-            line = f"| {name} | {n} | {mean:.3f} | {share:.0%} |"
+            champ = ch.by_category.get(cat) if ch else None
+            rows.append((cat, s.n, s.mean, s.share_above, s.chrf, champ and (champ.mean, champ.chrf)))
+        for name, n, mean, share, chrf, champ in rows:
+            line = f"| {name} | {n} | {mean:.3f} | {share:.0%} | {_num(chrf)} |"
             if ch is not None:
-                line += f" {champ:.3f} |"
+                line += f" {_num(champ and champ[0])} | {_num(champ and champ[1])} |"
             lines.append(line)
         if c.self_consistency:
             worst = sorted(c.self_consistency.items(), key=lambda kv: kv[1]["mean"])[:5]
-            lines += ["", f"Self-consistency (mean pairwise similarity of paraphrase drafts, by {c.intent_source}),"
-                      " lowest first: " + ", ".join(f"{k} {v['mean']:.3f} (n={v['n']})" for k, v in worst)]
+            lines += ["", f"Self-consistency (mean pairwise similarity / chrF of paraphrase drafts, by"
+                      f" {c.intent_source}), lowest first: "
+                      + ", ".join(f"{k} {v['mean']:.3f} / {_num(v.get('chrf'))} (n={v['n']})" for k, v in worst)]
         lines += ["", "Policy: " + ", ".join(f"{k} {v}" for k, v in sorted(self.verdicts.items()))
                   if self.policy_available else "Policy: engine not available (drafts not checked)"]
         for rule, v in sorted(self.violations.items()):
@@ -102,10 +131,15 @@ class EvalReport:
         return "\n".join(lines) + "\n"
 
 
+def _num(value) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
 def _public(result: consistency.ConsistencyResult) -> dict:
     d = result.to_dict()
     d.pop("similarities", None)
     d.pop("groups", None)
+    d.pop("chrf", None)
     return d
 
 
@@ -184,12 +218,14 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
 
     encoder = encoder or Encoder.from_config(config, store)
     t0 = time.perf_counter()
+    unknown = encoder.unknown_share(references)
     ref_vecs = encoder.encode(references)
-    cand = consistency.score(encoder.encode(drafts), ref_vecs, categories, intents, threshold=opts.threshold)
+    cand = consistency.score(encoder.encode(drafts), ref_vecs, categories, intents, threshold=opts.threshold,
+                             draft_texts=drafts, reference_texts=references)
     champ = None
     if champion_drafts is not None:
         champ = consistency.score(encoder.encode(champion_drafts), ref_vecs, categories, intents,
-                                  threshold=opts.threshold)
+                                  threshold=opts.threshold, draft_texts=champion_drafts, reference_texts=references)
     timings["embed_s"] = time.perf_counter() - t0
 
     engine = policy_engine if policy_engine is not None else load_policy_engine(config)
@@ -201,23 +237,32 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
         block_count=None if engine is None else verdicts.get("block", 0), block_rules=blocks,
         champion_mean=champ.mean if champ else None,
         champion_by_category={k: v.mean for k, v in champ.by_category.items()} if champ else None,
-        floor=opts.floor, tolerance=opts.tolerance, category_margin=opts.category_margin, block_example=example)
+        floor=opts.floor, tolerance=opts.tolerance, category_margin=opts.category_margin, block_example=example,
+        chrf_mean=cand.chrf_mean, chrf_by_category={k: v.chrf for k, v in cand.by_category.items()},
+        champion_chrf_mean=champ.chrf_mean if champ else None,
+        champion_chrf_by_category={k: v.chrf for k, v in champ.by_category.items()} if champ else None,
+        chrf_floor=opts.chrf_floor, chrf_tolerance=opts.chrf_tolerance,
+        chrf_category_margin=opts.chrf_category_margin, unknown_share=unknown,
+        max_unknown_share=opts.max_unknown_share, embedding_model=encoder.name, fix=UNREADABLE_FIX)
 
     items = []
     for i, row in enumerate(heldout):
         item = {"sample_id": row["id"], "question": questions[i], "reference": references[i], "draft": drafts[i],
                 "category": categories[i], "intent": cand.groups[i], "similarity": cand.similarities[i],
+                "chrf": cand.chrf[i],
                 "verdict": per_item[i][0], "violations": [v["rule"] for v in per_item[i][1]]}
         if champ is not None:
             item["champion_draft"] = champion_drafts[i]
             item["champion_similarity"] = champ.similarities[i]
+            item["champion_chrf"] = champ.chrf[i]
         items.append(item)
 
     report = EvalReport(model_id=model["id"], model_name=model["name"], snapshot_hash=snapshot_hash,
                         embedding_model=encoder.name, candidate=cand, champion=champ,
                         against_model_id=other and other["id"], against_model_name=other and other["name"],
                         violations=rules, verdicts=verdicts, policy_available=engine is not None, items=items,
-                        gate=result, timings=timings, created_at=timeutil.now_iso())
+                        gate=result, timings=timings, created_at=timeutil.now_iso(), unknown_share=unknown,
+                        max_unknown_share=opts.max_unknown_share)
     _store(store, report, actor)
     return report
 
@@ -226,10 +271,11 @@ def _store(store: Store, report: EvalReport, actor: str) -> None:
     with store.transaction() as db:
         cur = db.execute(
             "INSERT INTO evaluations (model_id, snapshot_hash, against_model_id, embedding_model, n, mean_similarity,"
-            " share_above, by_category, self_consistency, violations, gate_passed, gate, report, summary_md,"
-            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " share_above, mean_chrf, unknown_share, by_category, self_consistency, violations, gate_passed, gate,"
+            " report, summary_md, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (report.model_id, report.snapshot_hash, report.against_model_id, report.embedding_model,
-             report.candidate.n, report.candidate.mean, report.candidate.share_above,
+             report.candidate.n, report.candidate.mean, report.candidate.share_above, report.candidate.chrf_mean,
+             report.unknown_share,
              json.dumps({k: v.__dict__ for k, v in report.candidate.by_category.items()}, ensure_ascii=False),
              json.dumps(report.candidate.self_consistency, ensure_ascii=False),
              json.dumps(report.violations, ensure_ascii=False), int(report.gate.passed),
@@ -240,7 +286,9 @@ def _store(store: Store, report: EvalReport, actor: str) -> None:
         db.execute("UPDATE models SET last_evaluation_id = ? WHERE id = ?", (report.id, report.model_id))
         store.audit(actor, "model.evaluate", "model", report.model_id,
                     {"evaluation_id": report.id, "gate_passed": report.gate.passed,
-                     "mean": round(report.candidate.mean, 4), "against": report.against_model_id})
+                     "mean": round(report.candidate.mean, 4),
+                     "chrf": None if report.candidate.chrf_mean is None else round(report.candidate.chrf_mean, 4),
+                     "against": report.against_model_id})
 
 
 def load_report(store: Store, evaluation_id: int) -> dict:

@@ -1,9 +1,16 @@
 """The promotion gate: a challenger replaces the champion only if every criterion holds.
 
 1. zero block violations of the policy rules in its drafts;
-2. mean consistency >= ``evaluation.floor``;
+2. mean consistency (embedding cosine) >= ``evaluation.floor``;
 3. mean consistency >= the champion's on the same held-out set minus ``evaluation.tolerance``;
-4. no category's mean drops by more than ``evaluation.category_margin`` below the champion's.
+4. no category's mean drops by more than ``evaluation.category_margin`` below the champion's;
+5-7. the same three for chrF (character n-grams, ``evaluation.chrf_floor``,
+   ``evaluation.chrf_tolerance``, ``evaluation.chrf_category_margin``), when chrF was measured.
+
+Unreadable references: when the embedding model's tokenizer maps more than
+``evaluation.max_unknown_share`` of the reference characters to its unknown token (the bundled
+English MiniLM on Chinese), criteria 2-4 are still measured and shown but not counted
+(``counted`` False, marked SKIP), a WARN line names the fix, and chrF decides.
 
 Each criterion carries the measured value and the limit, so the verdict explains itself.
 """
@@ -11,6 +18,8 @@ Each criterion carries the measured value and the limit, so the verdict explains
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+
+UNREADABLE = "embedding model reads the references"
 
 
 @dataclass
@@ -20,12 +29,19 @@ class Criterion:
     limit: float | int | None
     passed: bool
     detail: str = ""
+    counted: bool = True      # False: shown, but not part of the verdict
 
     def describe(self) -> str:
-        mark = "PASS" if self.passed else "FAIL"
+        if self.counted:
+            mark = "PASS" if self.passed else "FAIL"
+        else:
+            mark = "WARN" if self.name == UNREADABLE else "SKIP"
         value = _fmt(self.value)
         text = f"[{mark}] {self.name}: {value} (limit {_fmt(self.limit)})"
-        return text + (f" — {self.detail}" if self.detail else "")
+        detail = self.detail
+        if mark == "SKIP":
+            detail = "; ".join(filter(None, [detail, f"not counted, would {'pass' if self.passed else 'fail'}"]))
+        return text + (f" — {detail}" if detail else "")
 
 
 @dataclass
@@ -35,8 +51,13 @@ class GateResult:
 
     @property
     def reasons(self) -> list[str]:
-        """One line per failed criterion."""
-        return [c.describe() for c in self.criteria if not c.passed]
+        """One line per failed criterion that counts."""
+        return [c.describe() for c in self.criteria if c.counted and not c.passed]
+
+    @property
+    def warnings(self) -> list[str]:
+        """The unknown-token warning, when it fired."""
+        return [c.describe() for c in self.criteria if c.name == UNREADABLE and not c.passed]
 
     def to_dict(self) -> dict:
         return {"passed": self.passed, "criteria": [asdict(c) for c in self.criteria]}
@@ -59,11 +80,45 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def _consistency_criteria(label: str, mean: float, by_category: dict[str, float], champion_mean: float | None,
+                          champion_by_category: dict[str, float] | None, floor: float, tolerance: float,
+                          category_margin: float) -> list[Criterion]:
+    """Floor, tolerance against the champion and category margin of one score (cosine or chrF)."""
+    criteria = [Criterion(f"{label} >= floor", mean, floor, mean >= floor)]
+    if champion_mean is None:
+        criteria.append(Criterion(f"{label} vs champion", mean, None, True, "no champion to compare with"))
+    else:
+        limit = champion_mean - tolerance
+        criteria.append(Criterion(f"{label} vs champion", mean, limit, mean >= limit,
+                                  f"champion {champion_mean:.3f} - tolerance {tolerance:.3f}"))
+    prefix = "" if label == "mean consistency" else label.removeprefix("mean ") + " "
+    name = f"largest {prefix}category drop"
+    if champion_by_category:
+        drops = {c: champion_by_category[c] - by_category.get(c, 0.0) for c in champion_by_category}
+        worst = max(drops, key=drops.get)
+        ok = drops[worst] <= category_margin
+        failed = [f"{c} {by_category.get(c, 0.0):.3f} vs {champion_by_category[c]:.3f}"
+                  for c, d in sorted(drops.items()) if d > category_margin]
+        detail = ("dropped: " + "; ".join(failed)) if failed else f"largest drop in {worst}"
+        criteria.append(Criterion(name, round(drops[worst], 6), category_margin, ok, detail))
+    else:
+        criteria.append(Criterion(name, None, category_margin, True, "no champion to compare with"))
+    return criteria
+
+
 def decide(*, mean: float, by_category: dict[str, float], block_count: int | None,
            block_rules: dict[str, int] | None = None, champion_mean: float | None = None,
            champion_by_category: dict[str, float] | None = None, floor: float, tolerance: float,
-           category_margin: float, block_example: str = "") -> GateResult:
-    """The gate verdict. ``block_count`` None means the policy engine could not run (fails)."""
+           category_margin: float, block_example: str = "",
+           chrf_mean: float | None = None, chrf_by_category: dict[str, float] | None = None,
+           champion_chrf_mean: float | None = None, champion_chrf_by_category: dict[str, float] | None = None,
+           chrf_floor: float = 0.0, chrf_tolerance: float = 0.0, chrf_category_margin: float = 0.0,
+           unknown_share: float | None = None, max_unknown_share: float = 1.0,
+           embedding_model: str = "", fix: str = "") -> GateResult:
+    """The gate verdict. ``block_count`` None means the policy engine could not run (fails).
+
+    ``chrf_mean`` None: chrF was not measured (its criteria are left out). ``unknown_share`` above
+    ``max_unknown_share``: the embedding criteria are shown but not counted, and chrF decides."""
     criteria = []
     if block_count is None:
         criteria.append(Criterion("block violations", None, 0, False,
@@ -72,23 +127,24 @@ def decide(*, mean: float, by_category: dict[str, float], block_count: int | Non
         rules = ", ".join(f"{rule} ×{n}" for rule, n in sorted((block_rules or {}).items()))
         detail = rules + (f"; e.g. {block_example}" if block_example else "") if block_count else ""
         criteria.append(Criterion("block violations", block_count, 0, block_count == 0, detail))
-    criteria.append(Criterion("mean consistency >= floor", mean, floor, mean >= floor))
-    if champion_mean is None:
-        criteria.append(Criterion("mean consistency vs champion", mean, None, True,
-                                  "no champion to compare with"))
-    else:
-        limit = champion_mean - tolerance
-        criteria.append(Criterion("mean consistency vs champion", mean, limit, mean >= limit,
-                                  f"champion {champion_mean:.3f} - tolerance {tolerance:.3f}"))
-    if champion_by_category:
-        drops = {c: champion_by_category[c] - by_category.get(c, 0.0) for c in champion_by_category}
-        worst = max(drops, key=drops.get)
-        ok = drops[worst] <= category_margin
-        failed = [f"{c} {by_category.get(c, 0.0):.3f} vs {champion_by_category[c]:.3f}"
-                  for c, d in sorted(drops.items()) if d > category_margin]
-        detail = ("dropped: " + "; ".join(failed)) if failed else f"largest drop in {worst}"
-        criteria.append(Criterion("largest category drop", round(drops[worst], 6), category_margin, ok, detail))
-    else:
-        criteria.append(Criterion("largest category drop", None, category_margin, True,
-                                  "no champion to compare with"))
-    return GateResult(passed=all(c.passed for c in criteria), criteria=criteria)
+    unreadable = unknown_share is not None and unknown_share > max_unknown_share
+    if unreadable:
+        model = f" for {embedding_model}" if embedding_model else ""
+        decides = "chrF decides" if chrf_mean is not None else "and chrF was not measured"
+        criteria.append(Criterion(
+            UNREADABLE, round(unknown_share, 6), max_unknown_share, False,
+            f"{unknown_share:.0%} of the reference characters are unknown tokens{model}: embedding similarity"
+            f" is not counted, {decides}" + (f"; fix: {fix}" if fix else ""), counted=False))
+    embedding = _consistency_criteria("mean consistency", mean, by_category, champion_mean, champion_by_category,
+                                      floor, tolerance, category_margin)
+    for c in embedding:
+        c.counted = not unreadable
+    criteria += embedding
+    if chrf_mean is not None:
+        criteria += _consistency_criteria("mean chrF", chrf_mean, chrf_by_category or {}, champion_chrf_mean,
+                                          champion_chrf_by_category, chrf_floor, chrf_tolerance,
+                                          chrf_category_margin)
+    elif unreadable:
+        criteria.append(Criterion("mean chrF >= floor", None, chrf_floor, False,
+                                  "chrF was not measured, and the embedding model cannot read the references"))
+    return GateResult(passed=all(c.passed for c in criteria if c.counted), criteria=criteria)

@@ -151,6 +151,9 @@ class ConsistencyPoint:
     mean_similarity: float | None
     n: int
     by_category: dict[str, float]   # category -> mean similarity
+    mean_chrf: float | None = None  # chrF of the drafts against the references (None: not measured)
+    chrf_by_category: dict[str, float] = field(default_factory=dict)
+    unknown_share: float | None = None   # reference characters the embedding model could not read
 
 
 @dataclass
@@ -242,6 +245,7 @@ class WeeklyReport:
     out_dir: Path | None = None
     files: dict[str, Path] = field(default_factory=dict)
     chart_labels: dict[str, str] = field(default_factory=dict)  # shown label -> category (no CJK font)
+    max_unknown_share: float = 0.2                               # evaluation.max_unknown_share
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -297,6 +301,20 @@ class WeeklyReport:
         return now.mean_similarity - before.mean_similarity
 
     @property
+    def chrf_change(self) -> float | None:
+        now, before = self.consistency_at(self.label), self.consistency_at(self.previous_label)
+        if now is None or before is None or now.mean_chrf is None or before.mean_chrf is None:
+            return None
+        return now.mean_chrf - before.mean_chrf
+
+    @property
+    def unreadable(self) -> list[ConsistencyPoint]:
+        """Evaluations whose embedding model could not read the references (above
+        ``evaluation.max_unknown_share``): their embedding numbers measure little."""
+        return [p for p in self.consistency
+                if p.unknown_share is not None and p.unknown_share > self.max_unknown_share]
+
+    @property
     def categories(self) -> list[str]:
         """Every category seen in decisions or evaluations, sorted."""
         cats = set()
@@ -331,6 +349,10 @@ class WeeklyReport:
             add("consistency", p.week, "", f"{prefix}_mean_similarity", p.mean_similarity)
             for cat, mean in sorted(p.by_category.items()):
                 add("consistency", p.week, cat, f"{prefix}_mean_similarity", mean)
+            add("consistency", p.week, "", f"{prefix}_mean_chrf", p.mean_chrf)
+            for cat, mean in sorted(p.chrf_by_category.items()):
+                add("consistency", p.week, cat, f"{prefix}_mean_chrf", mean)
+            add("consistency", p.week, "", f"{prefix}_unknown_share", p.unknown_share)
         for week, counts, change in self.automation_history():
             for key in (*DECISION_KEYS, "reviewed"):
                 add("reviews", week, "", key, getattr(counts, key))
@@ -348,6 +370,7 @@ class WeeklyReport:
             add("automation", week, "", "rate", counts.automation_rate)
             add("automation", week, "", "change_vs_previous_week", change)
         add("consistency", self.label, "", "champion_change_vs_previous_week", self.consistency_change)
+        add("consistency", self.label, "", "champion_chrf_change_vs_previous_week", self.chrf_change)
         for r in self.replacements:
             add("replacements", self.label, f"{r.old} → {r.new}", "count", r.count)
         add("violations", self.label, "", "drafts_created", self.drafts_created)
@@ -631,7 +654,7 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
 
     # consistency: the champion's (and canary's) latest evaluation up to each week's end
     evaluations = store.query(
-        "SELECT id, model_id, n, mean_similarity, by_category, created_at FROM evaluations"
+        "SELECT id, model_id, n, mean_similarity, mean_chrf, unknown_share, by_category, created_at FROM evaluations"
         " WHERE created_at < ? ORDER BY created_at, id", (hi,))
     consistency = []
     for w in weeks:
@@ -646,15 +669,19 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
                     latest = e
             if latest is None:
                 continue
-            cats = {}
+            cats, chrf_cats = {}, {}
             for cat, value in _json(latest["by_category"]).items():
                 mean = value.get("mean") if isinstance(value, dict) else value
                 if isinstance(mean, (int, float)):
                     cats[cat or NO_CATEGORY] = float(mean)
+                chrf = value.get("chrf") if isinstance(value, dict) else None
+                if isinstance(chrf, (int, float)):
+                    chrf_cats[cat or NO_CATEGORY] = float(chrf)
             consistency.append(ConsistencyPoint(
                 week=w.label, role=role, model_id=model_id, model_name=history.name(model_id),
                 evaluation_id=latest["id"], evaluated_at=latest["created_at"],
-                mean_similarity=latest["mean_similarity"], n=latest["n"], by_category=cats))
+                mean_similarity=latest["mean_similarity"], n=latest["n"], by_category=cats,
+                mean_chrf=latest["mean_chrf"], chrf_by_category=chrf_cats, unknown_share=latest["unknown_share"]))
 
     return WeeklyReport(
         week=week, timezone=config.file.scheduler.timezone, start=start, end=end,
@@ -666,6 +693,7 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
         violations=_count_rules(parsed), approved_violations=_count_rules([v for _, v in approved_bad]),
         approved_violation_drafts=sorted(d for d, _ in approved_bad),
         champion=champion, canary=canary, model_rates=rates, events=events,
+        max_unknown_share=config.file.evaluation.max_unknown_share,
     )
 
 
@@ -778,7 +806,9 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
               f" {fmt_pct(prev.automation_rate)} ({fmt_pp(r.automation_change)}).",
               f"- Champion consistency: **{fmt_num(champ_now and champ_now.mean_similarity)}**"
               f" ({fmt_num(r.consistency_change, signed=True)} vs {r.previous_label}:"
-              f" {fmt_num(champ_prev and champ_prev.mean_similarity)}).",
+              f" {fmt_num(champ_prev and champ_prev.mean_similarity)}); chrF **{fmt_num(champ_now and champ_now.mean_chrf)}**"
+              f" ({fmt_num(r.chrf_change, signed=True)} vs {r.previous_label}:"
+              f" {fmt_num(champ_prev and champ_prev.mean_chrf)}).",
               f"- Policy: {r.drafts_flagged} of {r.drafts_created} drafts flagged, {r.drafts_blocked} blocked;"
               f" {len(r.approved_violation_drafts)} approved with a violation.",
               f"- Champion: {_model(r.champion)}; canary: {_model(r.canary, canary=True)}.", ""]
@@ -787,12 +817,27 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
     cats = sorted({c for p in r.consistency for c in p.by_category})
     lines += [f"## Consistency (last {len(r.history)} weeks)", "",
               "Mean embedding similarity of the model's drafts to the approved references"
-              " (latest evaluation up to the end of each week).", ""]
+              " (latest evaluation up to the end of each week), then their mean chrF (character n-grams,"
+              " which reads Chinese with no model).", ""]
     points = [p for p in r.consistency]
+    unreadable = r.unreadable
+    if unreadable:
+        worst = max(unreadable, key=lambda p: p.unknown_share)
+        lines += [f"**The embedding model could not read the references** of {len(unreadable)} of these"
+                  f" evaluations (up to {fmt_pct(worst.unknown_share)} of their characters were unknown tokens,"
+                  f" limit {fmt_pct(r.max_unknown_share)}): their similarity measures little more than"
+                  " punctuation, and the gate let chrF decide. Set `evaluation.embedding_model` to a Chinese or"
+                  " multilingual sentence-transformers model directory.", ""]
     if points:
         lines += _table(["week", "role", "model", "evaluation", "n", "overall", *cats],
                         [[p.week, p.role, f"{p.model_name} (#{p.model_id})", f"#{p.evaluation_id}", p.n,
                           fmt_num(p.mean_similarity), *[fmt_num(p.by_category.get(c)) for c in cats]]
+                         for p in points])
+        chrf_cats = sorted({c for p in r.consistency for c in p.chrf_by_category})
+        lines += ["chrF:", ""]
+        lines += _table(["week", "role", "model", "overall chrF", "unknown tokens", *chrf_cats],
+                        [[p.week, p.role, f"{p.model_name} (#{p.model_id})", fmt_num(p.mean_chrf),
+                          fmt_pct(p.unknown_share), *[fmt_num(p.chrf_by_category.get(c)) for c in chrf_cats]]
                          for p in points])
     else:
         lines += ["No evaluations of a champion or canary in these weeks.", ""]

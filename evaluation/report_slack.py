@@ -54,7 +54,10 @@ def summary_text(report: WeeklyReport) -> str:
         f" ({fmt_pp(r.automation_change)} vs {r.previous_label})",
         f"• Decisions: {this.approved} approved unchanged, {this.edited} edited, {this.rejected} rejected",
         f"• Champion consistency: *{fmt_num(now and now.mean_similarity)}*"
-        f" ({fmt_num(r.consistency_change, signed=True)} vs {r.previous_label})",
+        f" ({fmt_num(r.consistency_change, signed=True)} vs {r.previous_label}),"
+        f" chrF *{fmt_num(now and now.mean_chrf)}* ({fmt_num(r.chrf_change, signed=True)})"
+        + (" :warning: the embedding model cannot read the references, chrF decides"
+           if now is not None and now in r.unreadable else ""),
         f"• Policy: {r.drafts_flagged} of {r.drafts_created} drafts flagged, {r.drafts_blocked} blocked,"
         f" {len(r.approved_violation_drafts)} approved with a violation"
         + (" :warning:" if r.approved_violation_drafts else ""),

@@ -97,6 +97,7 @@ def _write_config(workdir: Path, slack_base_url: str, s: DemoSettings) -> Path:
     # tiny models draft near-noise, so the consistency floor is calibrated down for the demo;
     # the comparison with the champion and the block rules work as in production
     data["evaluation"].update({"floor": 0.1, "tolerance": 0.1, "category_margin": 0.3, "max_new_tokens": 32,
+                               "chrf_floor": 0.0, "chrf_tolerance": 0.1, "chrf_category_margin": 0.3,
                                "batch_size": 32})
     data["drafting"].update({"max_new_tokens": 40})
     path.write_text("# Written by `replyloop demo`: a tiny model and a local fake Slack.\n"

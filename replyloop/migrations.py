@@ -306,3 +306,13 @@ def m032_durable_bot(db: sqlite_utils.Database) -> None:
         );
         CREATE INDEX idx_intake_events_unresolved ON intake_events(state) WHERE state = 'unresolved';
     """)
+
+
+@migration
+def m033_evaluation_chrf(db: sqlite_utils.Database) -> None:
+    """chrF beside the embedding cosine (mean of the drafts against the references; per category in
+    ``by_category``), and the share of reference characters the embedding model could not read."""
+    run_script(db, """
+        ALTER TABLE evaluations ADD COLUMN mean_chrf REAL;
+        ALTER TABLE evaluations ADD COLUMN unknown_share REAL;
+    """)

@@ -131,4 +131,4 @@ def test_gate_without_champion_or_policy_engine():
     ok = gate.decide(mean=0.6, by_category={"a": 0.6}, block_count=0, **GATE)
     assert ok.passed
     assert ok.to_dict()["criteria"][2] == {"name": "mean consistency vs champion", "value": 0.6, "limit": None,
-                                           "passed": True, "detail": "no champion to compare with"}
+                                           "passed": True, "detail": "no champion to compare with", "counted": True}

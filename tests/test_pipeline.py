@@ -58,16 +58,17 @@ def test_gate_failure_keeps_the_champion(replyloop_home, tiny_base_dir):
     assert first.action == "champion"
     approve(store, 3)
     config.file.evaluation.floor = 0.999  # nothing this small reaches it
+    config.file.evaluation.chrf_floor = 0.999  # (MiniLM cannot read the Chinese references: chrF decides)
     second = run_pipeline(config, store)
     assert second.status == "succeeded" and second.action == "rejected" and second.gate_passed is False
-    assert "mean consistency >= floor" in second.message
+    assert "[FAIL] mean chrF >= floor" in second.message
     assert champion_name(store) == first.model_name
     assert store.one("SELECT status FROM models WHERE id = ?", (second.model_id,))["status"] == "rejected"
 
     # training.from_champion false: from the base model; canary_percent 0: the passing model is
     # promoted directly, beside an existing champion
     approve(store, 3, start=10)
-    config.file.evaluation.floor = 0.0
+    config.file.evaluation.floor = config.file.evaluation.chrf_floor = 0.0
     config.file.training.from_champion = False
     config.file.scheduler.canary_percent = 0
     messages = []
@@ -302,12 +303,13 @@ def test_evaluation_as_a_separate_process(replyloop_home, tiny_base_dir):
 
     # a gate failure in the child (exit 1 with a stored evaluation) rejects the candidate
     approve(store, 3)
-    config.file.evaluation.floor = 0.999
+    config.file.evaluation.floor = config.file.evaluation.chrf_floor = 0.999
+    # (replaces both floor and chrf_floor)
     config.source.write_text(config.source.read_text(encoding="utf-8").replace("floor: 0.0", "floor: 0.999"),
                              encoding="utf-8")
     second = run_pipeline(config, store)
     assert second.status == "succeeded" and second.action == "rejected" and second.gate_passed is False
-    assert "mean consistency >= floor" in second.message and "FAIL" in second.message
+    assert "[FAIL] mean chrF >= floor" in second.message
     assert champion_name(store) == first.model_name
 
     # a child that dies or stores nothing fails the run; the candidate never serves

@@ -58,12 +58,14 @@ def _audit(store, at, action, model_id, detail):
                      " (?, 'U1', ?, 'model', ?, ?)", (at, action, str(model_id), json.dumps(detail, ensure_ascii=False)))
 
 
-def _evaluation(store, model_id, at, mean, by_category, n=30):
+def _evaluation(store, model_id, at, mean, by_category, n=30, unknown=0.74):
+    """An evaluation row; its chrF is the similarity minus 0.5 (overall and per category)."""
     return store.db.execute(
-        "INSERT INTO evaluations (model_id, embedding_model, n, mean_similarity, by_category, created_at)"
-        " VALUES (?, 'minilm', ?, ?, ?, ?)",
-        (model_id, n, mean, json.dumps({c: {"mean": m, "share_above": 0.5, "n": 10}
-                                        for c, m in by_category.items()}, ensure_ascii=False), at)).lastrowid
+        "INSERT INTO evaluations (model_id, embedding_model, n, mean_similarity, mean_chrf, unknown_share,"
+        " by_category, created_at) VALUES (?, 'minilm', ?, ?, ?, ?, ?, ?)",
+        (model_id, n, mean, round(mean - 0.5, 6), unknown,
+         json.dumps({c: {"mean": m, "share_above": 0.5, "n": 10, "chrf": round(m - 0.5, 6)}
+                     for c, m in by_category.items()}, ensure_ascii=False), at)).lastrowid
 
 
 def seed(store) -> dict:
@@ -280,7 +282,12 @@ def expected_numbers(ids) -> dict:
         e[("consistency", w, "", f"{role}_mean_similarity")] = mean
         for cat, value in cats.items():
             e[("consistency", w, cat, f"{role}_mean_similarity")] = value
+        e[("consistency", w, "", f"{role}_mean_chrf")] = mean - 0.5
+        for cat, value in cats.items():
+            e[("consistency", w, cat, f"{role}_mean_chrf")] = value - 0.5
+        e[("consistency", w, "", f"{role}_unknown_share")] = 0.74
     e[("consistency", WEEK, "", "champion_change_vs_previous_week")] = 0.80 - 0.71
+    e[("consistency", WEEK, "", "champion_chrf_change_vs_previous_week")] = 0.30 - 0.21
     e[("replacements", WEEK, "快递条码 → 电子面单", "count")] = 2
     e[("replacements", WEEK, "重启手机 → 清除缓存", "count")] = 1
     e.update({("violations", WEEK, "", "drafts_created"): 23,  # 20 reviewed + 2 pending + the W49 review's draft
@@ -334,7 +341,13 @@ def test_report_md_and_charts(seeded, tmp_path):
     assert md.startswith(f"# Weekly consistency report {WEEK}\n")
     assert "2026-11-23 to 2026-11-29 (Asia/Shanghai)" in md
     assert "**75.0%** (15 of 20 reviewed drafts); 2026-W47: 40.0% (+35.0 pp)" in md
-    assert "Champion consistency: **0.800** (+0.090 vs 2026-W47: 0.710)" in md
+    assert ("Champion consistency: **0.800** (+0.090 vs 2026-W47: 0.710); chrF **0.300** (+0.090 vs 2026-W47:"
+            " 0.210)") in md
+    # every seeded evaluation had 74% unknown reference characters (MiniLM on Chinese): the report says so
+    assert ("**The embedding model could not read the references** of 4 of these evaluations (up to 74.0% of"
+            " their characters were unknown tokens, limit 20.0%)") in md
+    assert "| week | role | model | overall chrF | unknown tokens | 物流查询 | 登录异常 |" in md
+    assert f"| {WEEK} | champion | v2 (#{ids['v2']}) | 0.300 | 74.0% | 0.280 | 0.320 |" in md
     assert "| 快递条码 | 电子面单 | 2 |" in md
     assert f"**1 approved drafts had violations** (should be 0): drafts #{ids['approved_bad']}." in md
     assert f"| v2 (#{ids['v2']}) | champion | 16 | 12 | 75.0% | 50.5% – 89.8% |" in md

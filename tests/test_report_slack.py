@@ -35,7 +35,8 @@ def _check_post(slack: FakeSlack) -> None:
     text = message.params["text"]
     assert text.startswith(f"*Weekly consistency report {WEEK}*")
     assert "Automation (approved without edit): *75.0%* of 20 reviews (+35.0 pp vs 2026-W47)" in text
-    assert "Champion consistency: *0.800* (+0.090 vs 2026-W47)" in text
+    assert ("Champion consistency: *0.800* (+0.090 vs 2026-W47), chrF *0.300* (+0.090) :warning: the embedding"
+            " model cannot read the references, chrF decides") in text
     assert "1 approved with a violation :warning:" in text
     assert "快递条码 → 电子面单 (2)" in text
     assert message.headers["authorization"] == "Bearer xoxb-test"

@@ -40,6 +40,8 @@ def weekly(
     typer.echo(f"automation {fmt_pct(report.this_week.automation_rate)} ({fmt_pp(report.automation_change)}),"
                f" consistency {fmt_num(consistency and consistency.mean_similarity)}"
                f" ({fmt_num(report.consistency_change, signed=True)}),"
+               f" chrF {fmt_num(consistency and consistency.mean_chrf)}"
+               f" ({fmt_num(report.chrf_change, signed=True)}),"
                f" {report.drafts_flagged} flagged drafts, {len(report.approved_violation_drafts)} approved"
                " with violations")
     for short, category in report.chart_labels.items():
