@@ -269,6 +269,9 @@ def write_run_train_config(source: TrainingSource, store: Store, run_id: int, sn
     })
     if init_adapter is not None:
         data["init_adapter"] = init_adapter
+    # the keys this run set or removed (the others are the user's, named by file and line)
+    set_here = sorted({k for k in RUN_KEYS if k in data} | {"train_data_dir", "metadata_path"})
+    data["generated_from"] = {**data.get("generated_from", {"file": str(source.path.absolute())}), "overrides": set_here}
     target = run_dir / "train.yaml"
     target.write_text(f"# generated for run #{run_id} from {source.path}\n"
                       + yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
