@@ -26,9 +26,9 @@ from typing import TYPE_CHECKING
 
 from bot import review
 from bot.slackclient import slack_error
-from replyloop import fields
-from replyloop.dataio import QuestionIn, question_from_mapping
-from replyloop.errors import DataFormatError, ReplyloopError
+from replyloop import dataio, errors, fields
+from replyloop.dataio import QuestionIn
+from replyloop.errors import ReplyloopError
 from replyloop.intake import (DraftingError, draft_question, held_channels, hold_question, ingest,
                               release_held, store_questions)
 
@@ -82,7 +82,7 @@ def parse(body: bytes) -> QuestionIn:
         raise IntakeError(f"body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise IntakeError("body must be a JSON object {conversation_id, question, draft?, category?}")
-    return question_from_mapping(data, strict=True)
+    return dataio.question_from_mapping(data, strict=True)
 
 
 def handle_http(bot: "Bot", headers: dict[str, str], body: bytes) -> IntakeResponse:
@@ -95,14 +95,14 @@ def handle_http(bot: "Bot", headers: dict[str, str], body: bytes) -> IntakeRespo
         return IntakeResponse(413, {"ok": False, "error": f"body larger than {MAX_BODY} bytes"})
     try:
         question = parse(body)
-    except (IntakeError, DataFormatError) as exc:
+    except (IntakeError, errors.DataFormatError) as exc:
         return IntakeResponse(400, {"ok": False, "error": str(exc)})
     if question.draft is None and bot.drafter is None:
         return IntakeResponse(400, {"ok": False, "error": "'draft' is required: no drafting model is configured"})
     try:
         [result] = ingest(bot.config, bot.store, [question], source="http", drafter=bot.drafter,
                           checker=bot.checker)
-    except DataFormatError as exc:  # a field limit of the shared validator
+    except errors.DataFormatError as exc:  # a field limit of the shared validator
         return IntakeResponse(400, {"ok": False, "error": str(exc)})
     except ReplyloopError as exc:  # anything else is answered 500 by the server's request guard
         log.warning("intake failed: %s", exc)

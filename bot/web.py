@@ -271,7 +271,7 @@ class _Request:
         client = scope.get("client")
         self.client = f"{client[0]}:{client[1]}" if client else "?"
         self.headers = _headers(scope)
-        raw = self.headers.get("content-length", "0").strip() or "0"
+        raw = self.headers.get("content-length", "0").split(",")[0].strip() or "0"  # h11 allows "5, 5"
         self.length = int(raw) if raw.isdigit() else 0  # h11 has refused a malformed one already
         # an answer given before the body is read closes the connection: the rest is never parsed
         self.body_pending = self.length > 0 or "transfer-encoding" in self.headers

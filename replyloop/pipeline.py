@@ -14,7 +14,6 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 import shlex
 import shutil
 import signal

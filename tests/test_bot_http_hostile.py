@@ -122,16 +122,17 @@ def hostile(workspace):
 
 def test_stalled_heads_get_408_and_are_closed_while_health_answers(hostile):
     port = hostile.server.port
-    with HealthWatch(port) as watch:
-        started = time.monotonic()
-        stalled = [_open(port, b"POST /intake HTTP/1.1\r\nHost: x\r\n" + AUTH.encode()[: i % 20])
-                   for i in range(300)]
-        answers = [_read_all(sock, timeout=10) for sock in stalled]
+    started = time.monotonic()
+    stalled = [_open(port, b"POST /intake HTTP/1.1\r\nHost: x\r\n" + AUTH.encode()[: i % 20]) for i in range(300)]
+    with HealthWatch(port) as watch:  # while they are held, and as they are closed
+        first = _read_all(stalled[0], timeout=10)
         first_closed = time.monotonic() - started
+        answers = [first] + [_read_all(sock, timeout=10) for sock in stalled[1:]]
+        all_closed = time.monotonic() - started
     for sock in stalled:
         sock.close()
-    assert first_closed >= 1.0  # not before the deadline ...
-    assert time.monotonic() - started < 10  # ... and all soon after it
+    assert first_closed >= 1.4  # not before the 1.5 s deadline ...
+    assert all_closed < 10  # ... and all soon after it
     for raw in answers:
         assert _answer(raw) == (408, {"ok": False, "error": "the request head did not arrive within 1.5 s"})
     assert watch.failures == [] and len(watch.latencies) >= 10
@@ -157,9 +158,9 @@ def test_stalled_bodies_get_408_and_nothing_is_stored(hostile):
     body = json.dumps({"conversation_id": "c", "question": "q", "draft": "a"}).encode()
     heads = [f"POST /intake HTTP/1.1\r\nHost: x\r\n{AUTH}Content-Length: {len(body) + 500}\r\n\r\n",
              f"POST /slack/events HTTP/1.1\r\nHost: x\r\n{_fresh_ts_headers()}Content-Length: 5000\r\n\r\n"]
+    started = time.monotonic()
+    stalled = [_open(port, heads[i % 2].encode() + body[:10]) for i in range(200)]
     with HealthWatch(port) as watch:
-        started = time.monotonic()
-        stalled = [_open(port, heads[i % 2].encode() + body[:10]) for i in range(200)]
         answers = [_read_all(sock, timeout=10) for sock in stalled]
         elapsed = time.monotonic() - started
     for sock in stalled:
@@ -344,7 +345,8 @@ def test_serve_keeps_answering_health_with_bounded_memory_under_1100_slow_client
                 urlopen_health(url)
             baseline = _rss_kb(serve.proc.pid)
             socks: list[socket.socket] = []
-            with HealthWatch(port, rss_of=serve.proc.pid) as watch:
+            # the burst of connections: every /health is answered (within the client's 10 s) ...
+            with HealthWatch(port, rss_of=serve.proc.pid) as burst:
                 for i in range(1100):
                     try:
                         socks.append(_open(port, b"GET /health HTTP/1.1\r\n" if i % 2 else b""))
@@ -360,13 +362,15 @@ def test_serve_keeps_answering_health_with_bounded_memory_under_1100_slow_client
                     except OSError:
                         pass
                     socks.append(s)
+            # ... and while they are held, /health and signed Slack requests answer within the bound
+            with HealthWatch(port, rss_of=serve.proc.pid) as held:
                 slack_times = [_signed_url_verification(port, RELIABILITY_SECRET) for _ in range(5)]
-                time.sleep(1)
-            peak = max(watch.rss + [_rss_kb(serve.proc.pid)])
+                time.sleep(1.5)
+            peak = max(burst.rss + held.rss + [_rss_kb(serve.proc.pid)])
             for s in socks:
                 s.close()
-            assert watch.failures == [], watch.failures[:5]
-            assert len(watch.latencies) >= 10 and max(watch.latencies) < BOUND_S, max(watch.latencies)
+            assert burst.failures == [] and held.failures == [], (burst.failures + held.failures)[:5]
+            assert len(held.latencies) >= 10 and max(held.latencies) < BOUND_S, held.latencies
             assert max(slack_times) < BOUND_S, slack_times  # signed Slack requests get through too
             assert (peak - baseline) < 60 * 1024, (baseline, peak)
             urlopen_health(url)
