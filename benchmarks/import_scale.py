@@ -14,7 +14,8 @@ worker process per CPU into a staging table without the write lock, then one
   reports the longest wait for one write (it must never fail, and with the new path wait no
   longer than the final insert);
 
-then ``data snapshot`` and ``data export`` of the imported rows (time and peak RSS).
+then ``data snapshot`` (with the bot writing beside it) and ``data export`` of the imported
+rows, the old way and the new way (time, write-lock time, peak RSS).
 
 Goals (issue 15): 1M rows in <= 15 s on 2 cores, peak RSS <= 2x the file size, a concurrent
 write waits no longer than the final insert.
@@ -126,8 +127,58 @@ def snapshot(db: Path) -> dict:
 
     start = time.perf_counter()
     with Store(db) as store:
+        locked: dict = {}
+        real = store.transaction
+
+        def timed_transaction():
+            import contextlib
+
+            @contextlib.contextmanager
+            def cm():
+                t = time.perf_counter()
+                with real() as db_:
+                    yield db_
+                locked["seconds"] = time.perf_counter() - t
+            return cm()
+
+        store.transaction = timed_transaction  # type: ignore[method-assign]
         snap = store.create_snapshot(0.15, "replyloop")
-    return {"seconds": time.perf_counter() - start, "train": snap.train, "heldout": snap.heldout}
+    return {"seconds": time.perf_counter() - start, "locked_seconds": locked.get("seconds"), "train": snap.train,
+            "heldout": snap.heldout, "hash": snap.hash}
+
+
+def old_snapshot(db: Path) -> dict:
+    """The snapshot as it was: every row as a dict, content sorted in Python, the whole
+    computation inside the write transaction (first snapshot: no history)."""
+    import re
+    import unicodedata
+
+    from replyloop import timeutil
+    from replyloop.store import Store
+    from replyloop.textnorm import sha256
+
+    def compact(text: str) -> str:
+        return re.sub(r"\s+", "", re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip())
+
+    start = time.perf_counter()
+    with Store(db) as store, store.transaction() as dbx:
+        rows = store.query("SELECT id, prompt, category, dedupe_key FROM samples ORDER BY id")
+        content = "\n".join(sorted(f"{r['dedupe_key']}\x1f{r['category'] or ''}" for r in rows))
+        digest = sha256(f"{content}\n{0.15:.6f}\nreplyloop")[:16]
+        key_of = {r["id"]: compact(r["prompt"]) for r in rows}
+        bucket = {key: Store._key_bucket(key, "replyloop") for key in set(key_of.values())}
+        splits = Store._split([(r["id"], r["category"]) for r in rows], key_of, bucket, 0.15, {})
+        dbx.execute("INSERT INTO snapshots (hash, created_at, sample_count, heldout_share, max_sample_id)"
+                    " VALUES (?, ?, ?, ?, ?)", (digest, timeutil.now_iso(), len(rows), 0.15, max(splits)))
+        dbx.conn.executemany("INSERT INTO snapshot_samples (snapshot_hash, sample_id, split) VALUES (?, ?, ?)",
+                             [(digest, sid, split) for sid, split in splits.items()])
+        # the old coverage check: a second query over the snapshot, normalising every prompt again
+        questions: dict = {}
+        for r in store.query("SELECT s.prompt, s.category, ss.split FROM snapshot_samples ss JOIN samples s"
+                             " ON s.id = ss.sample_id WHERE ss.snapshot_hash = ?", (digest,)):
+            questions.setdefault(r["category"] or "(none)", set()).add(compact(r["prompt"]))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "locked_seconds": seconds, "hash": digest}
 
 
 def export(db: Path, out: Path) -> dict:
@@ -137,6 +188,18 @@ def export(db: Path, out: Path) -> dict:
     start = time.perf_counter()
     with Store(db) as store:
         target = export_samples(store.iter_samples(), "lora-scripts", out)
+    return {"seconds": time.perf_counter() - start, "bytes": target.stat().st_size}
+
+
+def old_export(db: Path, out: Path) -> dict:
+    """The export as it was: every sample as a dict in a list, then the records as a list."""
+    from replyloop.dataio import export_samples
+    from replyloop.store import Store
+
+    start = time.perf_counter()
+    with Store(db) as store:
+        rows = store.samples()
+        target = export_samples(list(rows), "lora-scripts", out)
     return {"seconds": time.perf_counter() - start, "bytes": target.stat().st_size}
 
 
@@ -162,7 +225,8 @@ def bot_writer(db: Path, stop: Path) -> dict:
 def _child(argv: list[str]) -> None:
     mode, *args = argv
     fn = {"old": old_import, "new": new_import, "serial": lambda db, path: new_import(db, path, workers=0),
-          "snapshot": snapshot, "export": export, "bot": bot_writer}[mode]
+          "snapshot": snapshot, "old_snapshot": old_snapshot, "export": export, "old_export": old_export,
+          "bot": bot_writer}[mode]
     out = fn(*map(Path, args))
     out["peak_rss_mb"] = peak_rss_mb()
     print(json.dumps(out))
@@ -177,7 +241,8 @@ def run_child(*args: object, timeout: float = 3600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def import_with_bot(mode: str, db: Path, csv_path: Path, tmp: Path) -> dict:
+def with_bot(mode: str, db: Path, *args: object, tmp: Path) -> dict:
+    """``run_child(mode, db, *args)`` while a bot process writes to ``db`` every 50 ms."""
     stop = tmp / f"stop-{mode}"
     from replyloop.store import Store
     Store(db).close()  # migrate first, so the bot does not wait on the migration
@@ -186,7 +251,7 @@ def import_with_bot(mode: str, db: Path, csv_path: Path, tmp: Path) -> dict:
                            stdout=subprocess.PIPE, text=True, env=env)
     time.sleep(1.0)  # let the bot start writing
     try:
-        result = run_child(mode, db, csv_path)
+        result = run_child(mode, db, *args)
     finally:
         stop.touch()
         out, _ = bot.communicate(timeout=120)
@@ -211,11 +276,14 @@ def main() -> None:
         size = make_csv(csv_path, args.rows)
         report: dict = {"rows": args.rows, "file_mb": size / 2**20, "cpus": os.cpu_count()}
         if not args.skip_old:
-            report["old"] = import_with_bot("old", tmp / "old.db", csv_path, tmp)
-        report["new"] = import_with_bot("new", tmp / "new.db", csv_path, tmp)
+            report["old"] = with_bot("old", tmp / "old.db", csv_path, tmp=tmp)
+        report["new"] = with_bot("new", tmp / "new.db", csv_path, tmp=tmp)
         if args.serial:
-            report["serial"] = import_with_bot("serial", tmp / "serial.db", csv_path, tmp)
-        report["snapshot"] = run_child("snapshot", tmp / "new.db")
+            report["serial"] = with_bot("serial", tmp / "serial.db", csv_path, tmp=tmp)
+        if not args.skip_old:  # the same rows, the old way (in the old path's database)
+            report["old_snapshot"] = with_bot("old_snapshot", tmp / "old.db", tmp=tmp)
+            report["old_export"] = run_child("old_export", tmp / "old.db", tmp / "old-export")
+        report["snapshot"] = with_bot("snapshot", tmp / "new.db", tmp=tmp)
         report["export"] = run_child("export", tmp / "new.db", tmp / "export")
     new = report["new"]
     for name in ("new", "serial"):
@@ -242,8 +310,13 @@ def main() -> None:
         print(f"new vs old: {report['speedup']:.1f}x faster, peak RSS {new['peak_rss_mb'] / report['old']['peak_rss_mb']:.2f}x")
     print(f"goals (1M rows): <= 15 s -> {new['seconds']:.1f} s; RSS <= 2x file -> {new['rss_vs_file']:.2f}x; "
           f"bot wait <= final insert -> {new['bot']['max_wait_s']:.2f} s vs {new['locked_seconds']:.2f} s")
-    print(f"snapshot: {report['snapshot']['seconds']:.1f} s, {report['snapshot']['peak_rss_mb']:.0f} MB;  "
-          f"export: {report['export']['seconds']:.1f} s, {report['export']['peak_rss_mb']:.0f} MB")
+    for kind in ("snapshot", "export"):
+        for name in (f"old_{kind}", kind):
+            if name in report:
+                r = report[name]
+                bot = (f", write lock {r['locked_seconds']:.2f} s, bot max wait {r['bot']['max_wait_s']:.2f} s"
+                       f" ({r['bot']['failures']} failures)") if "bot" in r else ""
+                print(f"{name:<13} {r['seconds']:>7.1f} s, peak RSS {r['peak_rss_mb']:>5.0f} MB{bot}")
 
 
 if __name__ == "__main__":

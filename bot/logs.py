@@ -64,9 +64,13 @@ def _replace_filter(target: logging.Filterer, new: RedactingFilter) -> None:
 
 def install_redaction(secrets: Secrets | None) -> RedactingFilter:
     """Attach one redacting filter (for ``secrets``) to every handler configured now (call it
-    after logging is configured; a second call replaces the first's filter)."""
+    after logging is configured). A later call keeps redacting the secrets of earlier ones
+    (a client built without secrets must not undo the bot's redaction)."""
+    handlers = set(_handlers())
     redactor = RedactingFilter(secrets)
-    for handler in set(_handlers()):
+    known = {v for h in handlers for f in h.filters if isinstance(f, RedactingFilter) for v in f.values}
+    redactor.values = sorted(known | set(redactor.values), key=len, reverse=True)
+    for handler in handlers:
         _replace_filter(handler, redactor)
     return redactor
 

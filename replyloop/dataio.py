@@ -1,7 +1,8 @@
 """Read and write Q&A files: lora-scripts CSV, JSONL (prompt/response or chat messages), ChatML.
 
-Readers parse the whole file before anything is stored, and raise ``DataFormatError``
-naming the file and line, so a malformed file is rejected whole.
+Readers stream the file and check every field (``replyloop.fields``); a bad row raises
+``DataFormatError`` (``FieldError`` for a bad field) naming the file and line. The store
+stages the whole stream before it writes anything, so a malformed file is rejected whole.
 """
 
 from __future__ import annotations

@@ -8,6 +8,7 @@ writers queue on SQLite's lock instead of failing halfway.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -83,6 +84,14 @@ class Decision:
     review: dict
     created: bool
     sample_id: int | None = None
+
+
+@dataclass(frozen=True)
+class _SnapshotPlan:
+    state: tuple
+    digest: str
+    splits: dict[int, str]
+    without_heldout: list[str]
 
 
 @dataclass
@@ -530,37 +539,66 @@ class Store:
         content gives the same hash; when the store's history changed the split, the hash
         includes the held-out questions, so a hash always names one split.
         """
+        plan = self._plan_snapshot(heldout_share, seed)  # the slow part, without the write lock
         with self.transaction() as db:
-            rows = self.query("SELECT id, prompt, category, dedupe_key FROM samples ORDER BY id")
-            if not rows:
-                raise ReplyloopError("the dataset has no samples yet: import or approve some first")
-            content = "\n".join(sorted(f"{r['dedupe_key']}\x1f{r['category'] or ''}" for r in rows))
-            digest_text = f"{content}\n{heldout_share:.6f}\n{seed}"
-            key_of = {r["id"]: compact(r["prompt"]) for r in rows}
-            bucket = {key: self._key_bucket(key, seed) for key in set(key_of.values())}
-            history = self._split_history(key_of)
-            splits = self._split(rows, key_of, bucket, heldout_share, history)
-            if history and splits != self._split(rows, key_of, bucket, heldout_share, {}):
-                held = sorted({key_of[r["id"]] for r in rows if splits[r["id"]] == "heldout"})
-                digest_text += "\nheldout:" + "\x1f".join(held)
-            digest = sha256(digest_text)[:16]
+            if plan.state != self._snapshot_state():  # samples or snapshots changed meanwhile
+                plan = self._plan_snapshot(heldout_share, seed)
+            digest = plan.digest
             existing = self.one("SELECT hash FROM snapshots WHERE hash = ?", (digest,))
             if existing is None:
                 db.execute(
                     "INSERT INTO snapshots (hash, created_at, sample_count, heldout_share, max_sample_id)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (digest, timeutil.now_iso(), len(rows), heldout_share, max(r["id"] for r in rows)),
+                    (digest, timeutil.now_iso(), len(plan.splits), heldout_share, max(plan.splits)),
                 )
                 db.conn.executemany(
                     "INSERT INTO snapshot_samples (snapshot_hash, sample_id, split) VALUES (?, ?, ?)",
-                    [(digest, sid, split) for sid, split in splits.items()],
+                    ((digest, sid, split) for sid, split in plan.splits.items()),
                 )
-                self.audit(actor, "snapshot.create", "snapshot", digest, {"samples": len(rows)})
-            counts = dict(db.execute(
-                "SELECT split, count(*) FROM snapshot_samples WHERE snapshot_hash = ? GROUP BY split",
-                (digest,)).fetchall())
-            return Snapshot(digest, existing is None, counts.get("train", 0), counts.get("heldout", 0),
-                            self._without_heldout(digest) if heldout_share > 0 else [])
+                self.audit(actor, "snapshot.create", "snapshot", digest, {"samples": len(plan.splits)})
+            held = sum(1 for split in plan.splits.values() if split == "heldout")
+            return Snapshot(digest, existing is None, len(plan.splits) - held, held,
+                            plan.without_heldout if heldout_share > 0 else [])
+
+    def _snapshot_state(self) -> tuple:
+        """What a snapshot plan depends on (samples are only ever added, snapshots too)."""
+        return tuple(self.db.execute(
+            "SELECT (SELECT count(*) FROM samples), (SELECT max(id) FROM samples),"
+            " (SELECT count(*) FROM snapshots), (SELECT max(rowid) FROM snapshot_samples)").fetchone())
+
+    def _plan_snapshot(self, heldout_share: float, seed: str) -> "_SnapshotPlan":
+        """Hash and split of the current samples, read in one consistent read transaction."""
+        conn = self.db.conn
+        own = not conn.in_transaction
+        if own:
+            conn.execute("BEGIN")  # deferred: a consistent read that blocks no writer (WAL)
+        try:
+            state = self._snapshot_state()
+            rows = conn.execute("SELECT id, prompt, category FROM samples ORDER BY id").fetchall()
+            if not rows:
+                raise ReplyloopError("the dataset has no samples yet: import or approve some first")
+            digest = hashlib.sha256()
+            first = True
+            # the content in code point order (SQLite compares UTF-8 bytes: the same order), streamed
+            for (item,) in conn.execute("SELECT dedupe_key || char(31) || coalesce(category, '') FROM samples"
+                                        " ORDER BY 1"):
+                digest.update((item if first else "\n" + item).encode("utf-8"))
+                first = False
+            digest.update(f"\n{heldout_share:.6f}\n{seed}".encode("utf-8"))
+            key_of = {sid: compact(prompt) for sid, prompt, _ in rows}
+            categories = [(sid, category) for sid, _, category in rows]
+            del rows
+            bucket = {key: self._key_bucket(key, seed) for key in set(key_of.values())}
+            history = self._split_history(key_of)
+        finally:
+            if own and conn.in_transaction:
+                conn.execute("COMMIT")
+        splits = self._split(categories, key_of, bucket, heldout_share, history)
+        if history and splits != self._split(categories, key_of, bucket, heldout_share, {}):
+            held = sorted({key_of[sid] for sid, split in splits.items() if split == "heldout"})
+            digest.update(("\nheldout:" + "\x1f".join(held)).encode("utf-8"))
+        return _SnapshotPlan(state, digest.hexdigest()[:16], splits,
+                             self._without_heldout(categories, key_of, splits))
 
     def _split_history(self, key_of: dict[int, str]) -> dict[str, set[str]]:
         """Question key -> the splits it had in earlier snapshots (samples are never deleted)."""
@@ -571,7 +609,7 @@ class Store:
         return history
 
     @staticmethod
-    def _split(rows: list[dict], key_of: dict[int, str], bucket: dict[str, float], share: float,
+    def _split(rows: list[tuple[int, str | None]], key_of: dict[int, str], bucket: dict[str, float], share: float,
                history: dict[str, set[str]]) -> dict[int, str]:
         """Sample id -> ``train`` / ``heldout``, decided per question key (``key_of``, with its
         hash ``bucket``) for the whole table."""
@@ -580,8 +618,8 @@ class Store:
         held = {k for k, b in bucket.items() if b < share and "train" not in history.get(k, ())}
         if share > 0:
             by_category: dict[str, set[str]] = {}
-            for r in rows:
-                by_category.setdefault(r["category"] or "", set()).add(key_of[r["id"]])
+            for sid, category in rows:
+                by_category.setdefault(category or "", set()).add(key_of[sid])
             for category in sorted(by_category):  # content order, not insertion order
                 keys = by_category[category]
                 if len(keys) < 2 or keys & held:
@@ -593,15 +631,16 @@ class Store:
                     held.add(min(safe, key=lambda k: ("heldout" not in history.get(k, ()), bucket[k], k)))
         return {sid: ("heldout" if key in held else "train") for sid, key in key_of.items()}
 
-    def _without_heldout(self, snapshot_hash: str) -> list[str]:
-        """Categories of a snapshot with two or more questions and no held-out one."""
+    @staticmethod
+    def _without_heldout(rows: list[tuple[int, str | None]], key_of: dict[int, str],
+                         splits: dict[int, str]) -> list[str]:
+        """Categories with two or more questions and no held-out one."""
         questions: dict[str, set[str]] = {}
         covered: set[str] = set()
-        for r in self.query("SELECT s.prompt, s.category, ss.split FROM snapshot_samples ss"
-                            " JOIN samples s ON s.id = ss.sample_id WHERE ss.snapshot_hash = ?", (snapshot_hash,)):
-            category = r["category"] or "(none)"
-            questions.setdefault(category, set()).add(compact(r["prompt"]))
-            if r["split"] == "heldout":
+        for sid, category in rows:
+            category = category or "(none)"
+            questions.setdefault(category, set()).add(key_of[sid])
+            if splits[sid] == "heldout":
                 covered.add(category)
         return sorted(c for c, keys in questions.items() if len(keys) >= 2 and c not in covered)
 

@@ -284,3 +284,19 @@ def test_parallel_validation_gives_the_same_rows_and_the_first_error(tmp_path, w
     assert store.sample_count() == 0
     result = cli_subprocess("data", "import", good, "--workers", "2")
     assert result.returncode == 0 and "Imported 25000 sample(s)" in result.stdout
+
+
+def test_snapshot_hash_is_unchanged_by_the_streamed_planning(workspace, samples_csv):
+    """The content hash is still sha256 of the sorted (dedupe_key, category) lines, share and seed."""
+    from replyloop.textnorm import sha256
+
+    _, store = workspace
+    store.add_samples(read_samples(samples_csv))
+    snap = store.create_snapshot(0.15, "replyloop")
+    rows = store.query("SELECT dedupe_key, category FROM samples")
+    content = "\n".join(sorted(f"{r['dedupe_key']}\x1f{r['category'] or ''}" for r in rows))
+    assert snap.hash == sha256(f"{content}\n{0.15:.6f}\nreplyloop")[:16]
+    assert (snap.train, snap.heldout) == (store.scalar("SELECT count(*) FROM snapshot_samples WHERE split = 'train'"),
+                                          store.scalar("SELECT count(*) FROM snapshot_samples WHERE split = 'heldout'"))
+    again = store.create_snapshot(0.15, "replyloop")
+    assert (again.hash, again.created, again.train, again.heldout) == (snap.hash, False, snap.train, snap.heldout)

@@ -23,3 +23,6 @@ def test_import_scale_smoke():
     assert report["speedup"] > 0
     assert report["snapshot"]["train"] + report["snapshot"]["heldout"] == 3000
     assert report["export"]["bytes"] > 0
+    assert report["old_snapshot"]["hash"] == report["snapshot"]["hash"]  # same rows, same snapshot
+    assert report["snapshot"]["bot"]["failures"] == 0
+    assert report["old_export"]["bytes"] == report["export"]["bytes"]

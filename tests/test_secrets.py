@@ -143,3 +143,12 @@ def test_a_directory_name_is_made_safe(workspace, tmp_path):
     assert cli("models", "register", adapter(tmp_path / "b", "42")).output == "model 3 model-42-2: candidate\n"
     assert cli("models", "register", adapter(tmp_path, "ok-1.2_x"), "--name", "v1.2_final-3").exit_code == 0
     assert cli("models", "show", "model-42").output.startswith("model 1 model-42")
+
+
+def test_a_later_call_without_secrets_keeps_redacting_them(root_stream):
+    from bot.logs import install_redaction, redacting_logger
+
+    redacting_logger("bot", SECRETS)
+    install_redaction(None)  # e.g. a Slack client built without the bot's secrets
+    logging.getLogger("bot.review").warning("signing secret %s", SIGNING)
+    assert "signing secret [redacted]" in root_stream.getvalue() and SIGNING not in root_stream.getvalue()
