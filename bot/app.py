@@ -100,6 +100,7 @@ class Bot:
     work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=WORK_THREADS, thread_name_prefix="replyloop-work"))
     drafting: DraftQueue = field(default_factory=DraftQueue)
+    decisions: review.DecisionWriter | None = None
     started_at: str = field(default_factory=timeutil.now_iso)
     posting: set[int] = field(default_factory=set)
     posting_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -121,6 +122,8 @@ class Bot:
     def close(self) -> None:
         self.drafting.shutdown()
         self.work.shutdown(wait=True)
+        if self.decisions is not None:
+            self.decisions.close()
         self.background.shutdown(wait=False, cancel_futures=True)
 
 
@@ -139,7 +142,8 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     slack = config.file.slack
     bot = Bot(config=config, store=store, secrets=secrets, client=client,
               supervisors=supervisors or Supervisors(client, slack.supervisors, slack.supervisor_group),
-              checker=checker, drafter=drafter, start_pipeline=start_pipeline)
+              checker=checker, drafter=drafter, start_pipeline=start_pipeline,
+              decisions=review.DecisionWriter(store))
     app = App(
         client=client,
         signing_secret=secrets.slack_signing_secret or "",
