@@ -1,6 +1,7 @@
 """The slack-bolt App. What an ack promises is stored before the ack: a decision (Approve, an
-Edit or Reject submission) is one SQLite transaction written by the listener before ``ack()``,
-and an intake-channel message is stored with its dedup key by a listener middleware before
+Edit or Reject submission) is committed before the listener calls ``ack()`` (by the bot's
+decision writer, ``review.DecisionWriter``, which commits the decisions arriving together in one
+short transaction), and an intake-channel message is stored with its dedup key by a listener middleware before
 bolt's automatic ack of the event. The slow rest runs after the ack, off the listener threads:
 card updates and notices on the small work pool, drafting on its own bounded queue
 (``DraftQueue``), so a slow model never holds a thread that acknowledges clicks.

@@ -29,7 +29,7 @@ from bot.slackclient import slack_error
 from replyloop import timeutil
 from replyloop.errors import NotFoundError, ReplyloopError
 from replyloop.intake import check_text
-from replyloop.store import Decision, Store
+from replyloop.store import BUSY_TIMEOUT_S, Decision, Store
 
 if TYPE_CHECKING:
     from bot.app import Bot
@@ -51,16 +51,21 @@ class DecisionWriter:
 
     def __init__(self, store: Store):
         self.store = store
+        self._closed = False
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="replyloop-decisions", daemon=True)
         self._thread.start()
 
     def decide(self, draft_id: int, decision: str, reviewer: str, final_text: str | None = None,
                reason: str | None = None) -> Decision:
-        """``Store.decide``, committed when it returns (its errors are raised here)."""
+        """``Store.decide``, committed when it returns (its errors are raised here). After
+        ``close``, or when the database is stuck past its busy timeout, it raises RuntimeError /
+        TimeoutError: the listener then answers 500 instead of acknowledging."""
+        if self._closed:
+            raise RuntimeError("the decision writer is closed (the bot is shutting down)")
         future: Future = Future()
         self._queue.put((future, (draft_id, decision, reviewer), {"final_text": final_text, "reason": reason}))
-        return future.result()
+        return future.result(timeout=BUSY_TIMEOUT_S + 5)
 
     def _run(self) -> None:
         while True:
@@ -100,6 +105,7 @@ class DecisionWriter:
                 future.set_result(result)
 
     def close(self) -> None:
+        self._closed = True
         self._queue.put(None)
         self._thread.join(10)
 
