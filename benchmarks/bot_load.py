@@ -9,6 +9,9 @@ against a local fake Slack (bot/fake_slack.py) in this process. Cards are stored
 drafts and posted by the server itself at start-up; each supervisor takes the next card and
 clicks Approve with a correctly signed block_actions request built from the recorded card.
 A share of cards (--double) is clicked by two supervisors at nearly the same moment.
+The bot stores each decision before it acknowledges the click, so "all decided" is reached when
+the last click is answered; the card updates (``chat.update``) follow on its work pool and are
+waited for too ("all cards updated").
 
 Baseline, measured in the same run on the same server: GET /health under the same
 concurrency (the cost of the HTTP round trip alone). Goal: p99 ack <= 100 ms, 0 lost,

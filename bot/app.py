@@ -1,6 +1,7 @@
 """The slack-bolt App. What an ack promises is stored before the ack: a decision (Approve, an
-Edit or Reject submission) is one SQLite transaction written by the listener before ``ack()``,
-and an intake-channel message is stored with its dedup key by a listener middleware before
+Edit or Reject submission) is committed before the listener calls ``ack()`` (by the bot's
+decision writer, ``review.DecisionWriter``, which commits the decisions arriving together in one
+short transaction), and an intake-channel message is stored with its dedup key by a listener middleware before
 bolt's automatic ack of the event. The slow rest runs after the ack, off the listener threads:
 card updates and notices on the small work pool, drafting on its own bounded queue
 (``DraftQueue``), so a slow model never holds a thread that acknowledges clicks.
@@ -100,6 +101,7 @@ class Bot:
     work: ThreadPoolExecutor = field(
         default_factory=lambda: ThreadPoolExecutor(max_workers=WORK_THREADS, thread_name_prefix="replyloop-work"))
     drafting: DraftQueue = field(default_factory=DraftQueue)
+    decisions: review.DecisionWriter | None = None
     started_at: str = field(default_factory=timeutil.now_iso)
     posting: set[int] = field(default_factory=set)
     posting_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -121,6 +123,8 @@ class Bot:
     def close(self) -> None:
         self.drafting.shutdown()
         self.work.shutdown(wait=True)
+        if self.decisions is not None:
+            self.decisions.close()
         self.background.shutdown(wait=False, cancel_futures=True)
 
 
@@ -139,7 +143,8 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     slack = config.file.slack
     bot = Bot(config=config, store=store, secrets=secrets, client=client,
               supervisors=supervisors or Supervisors(client, slack.supervisors, slack.supervisor_group),
-              checker=checker, drafter=drafter, start_pipeline=start_pipeline)
+              checker=checker, drafter=drafter, start_pipeline=start_pipeline,
+              decisions=review.DecisionWriter(store))
     app = App(
         client=client,
         signing_secret=secrets.slack_signing_secret or "",

@@ -29,8 +29,8 @@ from bot.slackclient import slack_error
 from replyloop import dataio, errors, fields
 from replyloop.dataio import QuestionIn
 from replyloop.errors import ReplyloopError
-from replyloop.intake import (DraftingError, draft_question, held_channels, hold_question, ingest,
-                              release_held, store_questions)
+from replyloop.intake import (draft_question, held_channels, hold_question, ingest, release_held,
+                              store_questions)
 
 if TYPE_CHECKING:
     from bot.app import Bot
@@ -270,7 +270,7 @@ def draft_and_post(bot: "Bot", question_id: int) -> None:
         return  # stored without a draft, like an import: it waits for a drafting model
     try:
         draft_id = draft_question(bot.store, question_id, bot.drafter, bot.checker)
-    except (DraftingError, ReplyloopError) as exc:
+    except ReplyloopError as exc:  # DraftingError included
         log.warning("drafting question %s failed (it is stored; the sweep drafts it later): %s", question_id, exc)
         return
     if draft_id is not None:

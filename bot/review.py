@@ -16,6 +16,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import queue
+import threading
+from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -26,6 +29,7 @@ from bot.slackclient import slack_error
 from replyloop import timeutil
 from replyloop.errors import NotFoundError, ReplyloopError
 from replyloop.intake import check_text
+from replyloop.store import BUSY_TIMEOUT_S, Decision, Store
 
 if TYPE_CHECKING:
     from bot.app import Bot
@@ -33,6 +37,78 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 NOT_SUPERVISOR = "Only supervisors can review drafts. Ask an admin to add you to `slack.supervisors`."
+
+# -- the decision writer ---------------------------------------------------------------------
+
+
+class DecisionWriter:
+    """Writes the decisions of every listener thread on one thread, those that arrive together in
+    one transaction (a group commit). ``decide`` returns once its decision is committed, so the
+    listener acknowledges only what is stored; a burst of clicks costs one short transaction per
+    batch instead of 32 threads queueing on SQLite's lock."""
+
+    MAX_BATCH = 64
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._closed = False
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="replyloop-decisions", daemon=True)
+        self._thread.start()
+
+    def decide(self, draft_id: int, decision: str, reviewer: str, final_text: str | None = None,
+               reason: str | None = None) -> Decision:
+        """``Store.decide``, committed when it returns (its errors are raised here). After
+        ``close``, or when the database is stuck past its busy timeout, it raises RuntimeError /
+        TimeoutError: the listener then answers 500 instead of acknowledging."""
+        if self._closed:
+            raise RuntimeError("the decision writer is closed (the bot is shutting down)")
+        future: Future = Future()
+        self._queue.put((future, (draft_id, decision, reviewer), {"final_text": final_text, "reason": reason}))
+        return future.result(timeout=BUSY_TIMEOUT_S + 5)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                self.store.release_thread()
+                return
+            batch = [item]
+            while len(batch) < self.MAX_BATCH:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._queue.put(None)  # stop after this batch
+                    break
+                batch.append(more)
+            self._write(batch)
+
+    def _write(self, batch: list) -> None:
+        done = []
+        try:
+            with self.store.transaction():
+                for future, args, kwargs in batch:
+                    try:  # a refused decision (blocked, not found) writes nothing: the others go on
+                        done.append((future, self.store.decide(*args, **kwargs), None))
+                    except ReplyloopError as exc:
+                        done.append((future, None, exc))
+        except BaseException as exc:  # the database failed: nothing of the batch is stored
+            for future, _, _ in batch:
+                future.set_exception(exc)
+            return
+        for future, result, exc in done:  # only after the commit
+            if exc is not None:
+                future.set_exception(exc)
+            else:
+                future.set_result(result)
+
+    def close(self) -> None:
+        self._closed = True
+        self._queue.put(None)
+        self._thread.join(10)
+
 
 # -- cards ---------------------------------------------------------------------------------
 
@@ -151,7 +227,8 @@ def _record(bot: "Bot", draft_id: int, decision: str, user: str, channel: str | 
     """Store the decision (one transaction) or say why not. Database errors propagate: the
     listener then answers 500 instead of acknowledging what is not stored."""
     try:
-        result = bot.store.decide(draft_id, decision, user, final_text=final_text, reason=reason)
+        writer = bot.decisions or bot.store  # the same call, committed when it returns
+        result = writer.decide(draft_id, decision, user, final_text=final_text, reason=reason)
     except ReplyloopError as exc:  # BlockedDraftError, NotFoundError included
         return Outcome(user, channel, ts, draft_id, notice=f"Draft #{draft_id}: {exc}")
     return Outcome(user, channel, ts, draft_id, created=result.created)

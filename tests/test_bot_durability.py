@@ -378,3 +378,51 @@ def test_hostile_clicks_submissions_and_events_are_answered_and_change_nothing(e
     assert env.store.scalar("SELECT count(*) FROM reviews") == 0
     texts = [r["text"] for r in env.store.query("SELECT text FROM questions ORDER BY id")]
     assert texts[1:] == ["a", "d"]
+
+
+def test_decision_writer_commits_batches_with_refusals_and_races_inside(workspace):
+    from bot.review import DecisionWriter
+    from replyloop.dataio import QuestionIn
+    from replyloop.errors import NotFoundError
+    from replyloop.intake import ingest
+    from replyloop.store import BlockedDraftError
+
+    config, store = workspace
+    rules = {"保证退款": "block"}
+    check = lambda t: ({"verdict": "block", "violations": [{"rule": "r", "severity": "block"}]}
+                       if any(p in t for p in rules) else {"verdict": "pass", "violations": []})
+    results = ingest(config, store, [QuestionIn(f"w-{i}", f"问 {i}", None, "我们保证退款" if i % 5 == 0 else f"答 {i}")
+                                     for i in range(40)], source="http", checker=check)
+    writer = DecisionWriter(store)
+    outcomes: dict = {}
+    lock = threading.Lock()
+
+    def click(k: int) -> None:
+        for r in results:  # every thread decides every draft: one wins each
+            try:
+                d = writer.decide(r.draft_id, "approve", f"U{k}")
+                value = ("created" if d.created else "lost", d.review["reviewer"])
+            except BlockedDraftError:
+                value = ("blocked", None)
+            with lock:
+                outcomes.setdefault(r.draft_id, []).append(value)
+
+    threads = [threading.Thread(target=click, args=(k,)) for k in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    with pytest.raises(NotFoundError):
+        writer.decide(10**6, "approve", "U1")
+    writer.close()
+    for i, r in enumerate(results):
+        kinds = [o[0] for o in outcomes[r.draft_id]]
+        if i % 5 == 0:
+            assert kinds == ["blocked"] * 8
+        else:
+            assert kinds.count("created") == 1 and kinds.count("lost") == 7
+            winner = next(o[1] for o in outcomes[r.draft_id] if o[0] == "created")
+            assert {o[1] for o in outcomes[r.draft_id]} == {winner}  # the losers were told the winner
+    assert store.scalar("SELECT count(*) FROM reviews") == 32
+    assert store.scalar("SELECT count(*) FROM samples WHERE source = 'review'") == 32
+    assert store.scalar("SELECT count(*) FROM audit_log WHERE action = 'review.approve'") == 32
