@@ -103,6 +103,15 @@ def test_a_missing_path_names_the_key_the_line_and_every_place_tried(tmp_path, m
     assert not (tmp_path / "output").exists()  # nothing written
 
 
+def test_a_folder_is_not_a_metadata_file(tmp_path, monkeypatch):
+    project(tmp_path, files=["data/prompts.csv"], text=BASE + "metadata_path: prompts.csv\n")
+    (tmp_path / "prompts.csv").mkdir()  # a folder of that name where the command runs: not the CSV
+    monkeypatch.chdir(tmp_path)
+    cfg = load_train_config("configs/train.yaml")
+    cfg.check_paths()
+    assert cfg.metadata_file == tmp_path / "data" / "prompts.csv"
+
+
 def test_an_ambiguous_metadata_path_is_an_error(tmp_path, monkeypatch):
     project(tmp_path, files=["prompts.csv", "data/prompts.csv"], text=BASE + "metadata_path: prompts.csv\n")
     monkeypatch.chdir(tmp_path)
