@@ -237,7 +237,8 @@ def test_a_pipeline_runs_copy_resolves_from_the_users_file_and_names_its_lines(t
                  "train_data_dir": None}
     data = run_config_data(user, overrides, cwd=ws)
     assert data["base_model"] == str(ws / "models" / "base")
-    assert data["generated_from"] == {"file": str(user), "overrides": sorted(overrides)}
+    assert data["generated_from"] == {"file": str(user), "overrides": ["dataset", "output_dir", "store_path"]}
+    assert "train_data_dir" not in data  # None: removed
     run = ws / "runs" / "run-1" / "train.yaml"
     run.parent.mkdir(parents=True)
     run.write_text("# generated\n" + yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")

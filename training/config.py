@@ -312,7 +312,8 @@ def run_config_data(source: str | Path, overrides: dict[str, Any], *, cwd: str |
     cfg.check_paths()
     _, data, _ = _load(source, overrides)
     data.update(cfg.resolved_paths())
-    data["generated_from"] = {"file": str(source.absolute()), "overrides": sorted(overrides)}
+    data["generated_from"] = {"file": str(source.absolute()),
+                              "overrides": sorted(k for k, v in overrides.items() if v is not None)}
     return data
 
 
