@@ -358,9 +358,11 @@ FAKE_TRAINER = (
     "import json, sys; from pathlib import Path\n"
     "out = Path(sys.argv[1]); ckpt = out.with_name(out.name + '.checkpoints') / 'checkpoint-000002'\n"
     "ckpt.mkdir(parents=True); (ckpt / 'optimizer.pt').write_bytes(b'adamw moments')\n"
+    "inner = out / 'checkpoint-2'; inner.mkdir(parents=True); (inner / 'optimizer.pt').write_bytes(b'moments')\n"
+    "(out / '.tmp-checkpoint-x').mkdir()\n"
     "tmp = out.with_name('.' + out.name + '.tmp-1'); tmp.mkdir(); (tmp / 'x').write_text('half')\n"
     "if sys.argv[2] == 'fail': sys.exit(1)\n"
-    "out.mkdir(); (out / 'adapter_config.json').write_text('{}')\n"
+    "(out / 'adapter_config.json').write_text('{}')\n"
     "(out / 'manifest.json').write_text(json.dumps({'base_model': 'base'}))\n"
 )
 
@@ -392,6 +394,9 @@ def test_a_failed_run_leaves_no_checkpoints_or_temp_dirs(workspace, outcome):
     assert left == (["rl-other-r99.checkpoints"] if mode == "fail" else [name, "rl-other-r99.checkpoints"])
     if mode == "ok":  # the registered candidate is rejected and kept for inspection
         assert store.scalar("SELECT status FROM models") == "rejected"
+        # without the trainer's checkpoints (output_dir/checkpoint-<step>): removed before registering
+        assert sorted(p.name for p in (config.adapters_dir / name).iterdir()) == [
+            ".replyloop-registered", "adapter_config.json", "manifest.json"]
 
 
 def test_remove_partial_output_takes_checkpoints_logs_and_temp_dirs_of_that_run_only(tmp_path):

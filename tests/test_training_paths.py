@@ -103,6 +103,15 @@ def test_a_missing_path_names_the_key_the_line_and_every_place_tried(tmp_path, m
     assert not (tmp_path / "output").exists()  # nothing written
 
 
+def test_a_folder_is_not_a_metadata_file(tmp_path, monkeypatch):
+    project(tmp_path, files=["data/prompts.csv"], text=BASE + "metadata_path: prompts.csv\n")
+    (tmp_path / "prompts.csv").mkdir()  # a folder of that name where the command runs: not the CSV
+    monkeypatch.chdir(tmp_path)
+    cfg = load_train_config("configs/train.yaml")
+    cfg.check_paths()
+    assert cfg.metadata_file == tmp_path / "data" / "prompts.csv"
+
+
 def test_an_ambiguous_metadata_path_is_an_error(tmp_path, monkeypatch):
     project(tmp_path, files=["prompts.csv", "data/prompts.csv"], text=BASE + "metadata_path: prompts.csv\n")
     monkeypatch.chdir(tmp_path)
@@ -228,7 +237,8 @@ def test_a_pipeline_runs_copy_resolves_from_the_users_file_and_names_its_lines(t
                  "train_data_dir": None}
     data = run_config_data(user, overrides, cwd=ws)
     assert data["base_model"] == str(ws / "models" / "base")
-    assert data["generated_from"] == {"file": str(user), "overrides": sorted(overrides)}
+    assert data["generated_from"] == {"file": str(user), "overrides": ["dataset", "output_dir", "store_path"]}
+    assert "train_data_dir" not in data  # None: removed
     run = ws / "runs" / "run-1" / "train.yaml"
     run.parent.mkdir(parents=True)
     run.write_text("# generated\n" + yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")

@@ -178,8 +178,9 @@ class TrainConfig(BaseModel):
         found = self.candidates(key)
         if not found:
             return None
-        fallback = found[-1] if key == "metadata_path" else found[0]
-        return next((c for c in found if c.exists()), fallback).absolute()
+        if key == "metadata_path":  # a file: a folder of that name does not count
+            return next((c for c in found if c.is_file()), found[-1]).absolute()
+        return next((c for c in found if c.exists()), found[0]).absolute()
 
     @property
     def output_path(self) -> Path:
@@ -204,7 +205,8 @@ class TrainConfig(BaseModel):
             problems.append(f"{self.where(key)}{key}: {getattr(self, key)} {what} ({places}){hint}")
 
         def exists(key: str) -> bool:
-            return any(c.exists() for c in self.candidates(key))
+            test = Path.is_file if key == "metadata_path" else Path.exists
+            return any(test(c) for c in self.candidates(key))
 
         base = self.path("base_model")
         if not exists("base_model"):
@@ -317,7 +319,8 @@ def run_config_data(source: str | Path, overrides: dict[str, Any], *, cwd: str |
         cfg.check_paths()
     _, data, _ = _load(source, overrides)
     data.update(cfg.resolved_paths())
-    data["generated_from"] = {"file": str(source.absolute()), "overrides": sorted(overrides)}
+    data["generated_from"] = {"file": str(source.absolute()),
+                              "overrides": sorted(k for k, v in overrides.items() if v is not None)}
     return data
 
 
