@@ -165,6 +165,17 @@ def test_manifest_record_round_trips_and_old_manifests_read_as_trained(chat_tok,
         PromptFormat.from_manifest({"prompt": {"template": "jinja"}})
 
 
+def test_a_broken_prompt_record_names_the_manifest(tmp_path):
+    from replyloop.drafting import DraftingError, adapter_prompt_format
+
+    (tmp_path / "manifest.json").write_text(json.dumps({"base_model": "m", "prompt": {"template": "jinja"}}),
+                                            encoding="utf-8")
+    with pytest.raises(DraftingError, match=rf"^{tmp_path / 'manifest.json'}: prompt.template 'jinja' is not one of"):
+        adapter_prompt_format(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"base_model": "m"}), encoding="utf-8")
+    assert adapter_prompt_format(tmp_path) is None  # no record, no tokenizer: the server's chat template
+
+
 # -- token lengths ----------------------------------------------------------------------------------
 
 def test_token_length_report_counts_cut_and_dropped(tiny_base):
