@@ -149,30 +149,38 @@ def unknown_share(tokenizer, texts: Sequence[str]) -> float | None:
     """Share of the non-whitespace characters of ``texts`` covered by ``tokenizer``'s unknown token.
 
     A fast tokenizer's offsets give the characters behind each ``[UNK]``; without offsets each
-    character is tokenized alone."""
+    character is tokenized alone. None: no tokenizer, no unknown token, or no text."""
     unk_id = getattr(tokenizer, "unk_token_id", None)
     texts = [t for t in texts if t and not t.isspace()]
     if tokenizer is None or unk_id is None or not texts:
         return None
-    total = unknown = 0
-    if getattr(tokenizer, "is_fast", False):
-        enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False,
-                        verbose=False)
-        for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
-            covered = set()
-            for tid, (start, end) in zip(ids, offsets):
-                if tid == unk_id:
-                    covered.update(i for i in range(start, end) if not text[i].isspace())
-            unknown += len(covered)
-            total += sum(1 for ch in text if not ch.isspace())
-    else:
-        cache: dict[str, bool] = {}
-        for text in texts:
-            for ch in text:
-                if ch.isspace():
-                    continue
-                if ch not in cache:
-                    cache[ch] = unk_id in tokenizer.convert_tokens_to_ids(tokenizer.tokenize(ch))
-                unknown += cache[ch]
-                total += 1
+    count = _unknown_by_offsets if getattr(tokenizer, "is_fast", False) else _unknown_by_character
+    unknown, total = count(tokenizer, unk_id, texts)
     return unknown / total if total else None
+
+
+def _unknown_by_offsets(tokenizer, unk_id: int, texts: list[str]) -> tuple[int, int]:
+    enc = tokenizer(texts, add_special_tokens=False, return_offsets_mapping=True, truncation=False, verbose=False)
+    unknown = total = 0
+    for text, ids, offsets in zip(texts, enc["input_ids"], enc["offset_mapping"]):
+        covered = set()
+        for tid, (start, end) in zip(ids, offsets):
+            if tid == unk_id:
+                covered.update(i for i in range(start, end) if not text[i].isspace())
+        unknown += len(covered)
+        total += sum(1 for ch in text if not ch.isspace())
+    return unknown, total
+
+
+def _unknown_by_character(tokenizer, unk_id: int, texts: list[str]) -> tuple[int, int]:
+    known: dict[str, bool] = {}
+    unknown = total = 0
+    for text in texts:
+        for ch in text:
+            if ch.isspace():
+                continue
+            if ch not in known:
+                known[ch] = unk_id not in tokenizer.convert_tokens_to_ids(tokenizer.tokenize(ch))
+            unknown += not known[ch]
+            total += 1
+    return unknown, total

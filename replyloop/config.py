@@ -56,8 +56,8 @@ class EvaluationConfig(Section):
     # chrF (character n-grams, reads Chinese with no model): the gate's own floor, tolerance and
     # category margin, calibrated on the shipped sample set (README "Evaluation")
     chrf_floor: float = Field(0.15, ge=0.0, le=1.0)
-    chrf_tolerance: float = Field(0.05, ge=0.0, le=1.0)
-    chrf_category_margin: float = Field(0.15, ge=0.0, le=1.0)
+    chrf_tolerance: float = Field(0.07, ge=0.0, le=1.0)
+    chrf_category_margin: float = Field(0.2, ge=0.0, le=1.0)
     # above this share of reference characters mapped to [UNK], embedding similarity is not counted
     max_unknown_share: float = Field(0.2, ge=0.0, le=1.0)
     max_new_tokens: int = Field(96, ge=1)

@@ -42,3 +42,19 @@ def test_many_is_pairwise_and_checks_lengths():
     assert chrf_many([], []) == []
     with pytest.raises(ValueError, match="2 hypotheses against 1 references"):
         chrf_many(hyps, refs[:1])
+
+
+def test_a_supervisors_wording_fix_raises_chrf():
+    ref = "您好，请提供电子面单号，我们马上为您查询物流。"
+    legacy = "您好，请提供快递条码，我们马上为您查询物流。"
+    fixed = "您好，请提供电子面单号码，我们马上为您查询物流。"
+    assert chrf(legacy, ref) < chrf(fixed, ref) < 1.0
+
+
+def test_hostile_text():
+    # lone surrogates, NUL, zero-width and emoji are not letters: dropped before scoring, never an error
+    assert chrf("\ud800您好\x00", "您好") == pytest.approx(1.0)
+    assert chrf("\u200b\u200b", "") == 1.0
+    assert chrf("😀", "您好") == 0.0
+    long = "您好请在订单详情里申请退货" * 2000
+    assert 0.0 < chrf(long, long[::-1]) < 0.5
