@@ -207,6 +207,26 @@ class TrainingSource:
 
     path: Path
     data: dict  # its keys, less the ones the pipeline sets, with base_model made absolute
+    lines: dict = field(default_factory=dict)  # top-level key -> its line in the team's file
+
+    def point_at_source(self, text: str, run_yaml: Path) -> str:
+        """Rewrite ``runs/run-N/train.yaml:LINE`` in a trainer's message as the team's own
+        ``train.yaml:LINE`` of the same key (the run's copy is generated; the team edits theirs).
+        Keys the pipeline set (output_dir, snapshot, ...) keep pointing at the run's copy."""
+        from replyloop.yamlfile import load_yaml
+
+        try:
+            run_lines = {line: loc[0] for loc, line in load_yaml(run_yaml).lines.items() if len(loc) == 1}
+        except (ConfigError, OSError):
+            return text
+
+        def swap(match: re.Match) -> str:
+            key = run_lines.get(int(match.group(1)))
+            if key in self.lines and key not in RUN_KEYS:
+                return f"{self.path}:{self.lines[key]}"
+            return match.group(0)
+
+        return re.sub(re.escape(str(run_yaml)) + r":(\d+)", swap, text)
 
 
 def _key_where(doc, key: str) -> str:
@@ -261,7 +281,8 @@ def load_training_source(config: Config) -> TrainingSource:
             problems.append((int(found.group(1)) if found else 0, message))
     if problems:
         raise ConfigError("\n".join(message for _, message in sorted(problems, key=lambda item: item[0])))
-    return TrainingSource(path=source, data=data)
+    return TrainingSource(path=source, data=data,
+                          lines={loc[0]: line for loc, line in doc.lines.items() if len(loc) == 1})
 
 
 def write_run_train_config(source: TrainingSource, store: Store, run_id: int, snapshot_hash: str,
@@ -500,9 +521,10 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         show({"stage": "training", "run_id": run_id, "log_path": str(log_path)})
         code = run_training_process(store, run_id, argv, log_path, lock, progress=progress)
         if code == 2:  # the trainer's exit code for a bad config (a check only the trainer can make)
-            raise ConfigError("config error: " + child_failure("training", code, log_path))
+            raise ConfigError("config error: " + source.point_at_source(child_failure("training", code, log_path),
+                                                                        train_yaml))
         if code != 0:
-            raise TrainingError(child_failure("training", code, log_path))
+            raise TrainingError(source.point_at_source(child_failure("training", code, log_path), train_yaml))
         if not (output_dir / "adapter_config.json").exists():
             raise TrainingError(f"training finished but {output_dir} holds no adapter")
 

@@ -54,7 +54,7 @@ def test_retrain_now_on_a_terminal_shows_a_progress_bar_and_the_log_path(replylo
     log_path = replyloop_home / "runs" / "run-1" / "train.log"
     assert f"Training run #1; log: {log_path}" in out
     assert "\x1b[" in out  # drawn with terminal control sequences, redrawn in place
-    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out)
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out).replace("\r", "\n")  # each redraw on its own line
     bar = re.findall(r"^train \S+ (\d+)/8 loss (\d+\.\d{4}) (\d+) tok/s \d+:\d\d:\d\d ETA (\d+:\d\d:\d\d)", text, re.M)
     assert bar and bar[-1][0] == "8" and bar[-1][3] == "0:00:00", text
     assert not re.search(r"^step \d+/8  loss", text, re.M)  # the plain lines are for logs, not terminals
