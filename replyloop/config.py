@@ -221,13 +221,22 @@ def write_training_template(config: Config) -> Path | None:
     target = config.train_config_path
     if target.exists():
         return None
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("x", encoding="utf-8") as fh:  # never replaces a file that appeared meanwhile
-            fh.write(template_text("train.yaml"))
+        tmp.write_text(template_text("train.yaml"), encoding="utf-8")
+        try:
+            os.link(tmp, target)  # complete or absent, and never replaces a file that appeared meanwhile
+        except FileExistsError:
+            raise
+        except OSError:  # a filesystem without hard links
+            with target.open("x", encoding="utf-8") as fh:
+                fh.write(template_text("train.yaml"))
     except FileExistsError:
         return None
     except OSError as exc:
         raise ConfigError(f"{target}: cannot write the training config "
                           f"(training.config in {config.source or 'the config'}): {exc.strerror or exc}") from None
+    finally:
+        tmp.unlink(missing_ok=True)
     return target

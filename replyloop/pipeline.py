@@ -532,8 +532,6 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         say(_failure_message(run_id, error))
         if isinstance(exc, (KeyboardInterrupt, SystemExit)):
             raise
-        if isinstance(exc, ConfigError):
-            return PipelineResult(run_id, "config-error", error)
         if isinstance(exc, ReplyloopError):
             return PipelineResult(run_id, "failed", error)
         log.exception("pipeline run %s failed", run_id)

@@ -134,7 +134,10 @@ def test_your_first_model_as_written(tmp_path):
     log_path = workspace / "runs" / "run-1" / "train.log"
     assert f"Training run #1; log: {log_path}" in trained and log_path.exists()
     total = re.search(r"step 1/(\d+)  loss \d+\.\d+", trained).group(1)
-    assert f"step {total}/{total}  loss" in trained and "ETA 0:00:00" in trained
+    # off a terminal: plain lines (first step, every 10 s, last step), the held-out losses, no markup
+    assert re.search(rf"^step {total}/{total}  loss \d+\.\d{{4}}  \d+ tokens/s  ETA 0:00:00$", trained, re.M)
+    assert re.search(rf"^step {total}: held-out loss \d+\.\d{{4}} \(best ", trained, re.M)
+    assert "\x1b[" not in trained and "```" not in trained and ":white_check_mark:" not in trained
     assert "passed the gate and is now the champion" in trained
     assert "no champion to compare with" in trained  # the first model: the floor and the rules alone
     champion = re.search(r"(rl-\d{8}-\d{6}-r1) passed the gate", trained).group(1)

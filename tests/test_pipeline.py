@@ -98,6 +98,26 @@ def test_training_config_error_records_no_run_and_keeps_everything(replyloop_hom
     assert store.one("SELECT * FROM locks") is None
 
 
+def test_a_config_error_only_the_trainer_finds_names_the_teams_file_and_line(replyloop_home, tiny_base_dir):
+    """target_modules the model does not have: found once the model is loaded, in the trainer. The
+    run says config error, and the message points at the team's train.yaml, not the run's copy."""
+    config, store = make_workspace(replyloop_home, tiny_base_dir)
+    train_yaml = replyloop_home / "train.yaml"
+    text = train_yaml.read_text().replace("target_modules: [q_proj, v_proj, gate_proj, up_proj, down_proj]",
+                                          "target_modules: [q_proj, x_proj]")
+    train_yaml.write_text(text, encoding="utf-8")
+    line = next(i for i, ln in enumerate(text.splitlines(), 1) if ln.startswith("target_modules:"))
+    messages = []
+    result = run_pipeline(config, store, notify=messages.append)
+    assert result.status == "failed" and result.run_id is not None  # it started: a failed run that says why
+    assert result.message.startswith(f"config error: training exited with code 2: Error: {train_yaml}:{line}: "
+                                     "target_modules: x_proj not in the model"), result.message
+    assert "runs/run-" not in result.message.splitlines()[0]
+    run = store.one("SELECT status, error FROM training_runs WHERE id = ?", (result.run_id,))
+    assert run["status"] == "failed" and run["error"].startswith("config error: ")
+    assert f"{train_yaml}:{line}" in messages[-1]
+
+
 def test_training_failure_marks_run_failed_shows_the_error_and_keeps_everything(replyloop_home, tiny_base_dir):
     """A real trainer that fails at run time (more samples per batch than the dataset has):
     the run is failed, and its message carries the trainer's own error line, not just the exit code."""

@@ -446,3 +446,26 @@ def test_threshold_job_posts_an_unfilled_training_config_once(workspace, monkeyp
         assert "training config not found" in jobs.threshold_job(str(config.source))
         assert len(slack.wait_for("chat.postMessage", count=2)) == 2
     assert store.scalar("SELECT count(*) FROM training_runs") == 0
+
+
+def test_init_writes_a_commented_train_yaml_and_keeps_an_existing_one(replyloop_home):
+    from helpers import cli
+    from training.config import load_train_config
+
+    first = cli("init")
+    assert first.exit_code == 0, first.output
+    train_yaml = replyloop_home / "train.yaml"
+    assert f"Wrote {train_yaml}: set base_model there to a local model directory" in first.output
+    text = train_yaml.read_text(encoding="utf-8")
+    assert text.startswith("# Training config of this workspace") and "replyloop retrain --now" in text
+    assert 'base_model: "CHANGE-ME: path to a local model directory"' in text
+    # every key of the shipped template is one the trainer accepts
+    cfg = load_train_config(train_yaml, base_model="/models/x")
+    assert cfg.lora_rank == 8 and cfg.dataset == "store"
+    dry = cli("retrain", "--dry-run")
+    assert dry.exit_code == 2 and "Training config: " + str(train_yaml) + " (ERROR, see below)" in dry.output
+    train_yaml.write_text(text.replace('"CHANGE-ME: path to a local model directory"', "/models/ours"),
+                          encoding="utf-8")
+    again = cli("init", "--force")
+    assert again.exit_code == 0 and f"{train_yaml} already exists; keeping it." in again.output
+    assert "base_model: /models/ours" in train_yaml.read_text(encoding="utf-8")  # the team's edit survives
