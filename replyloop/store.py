@@ -224,7 +224,9 @@ class Store:
         if conn.in_transaction:
             yield db
             return
-        with self._write_lock:
+        if not self._write_lock.acquire(timeout=BUSY_TIMEOUT_S):  # as long as SQLite's busy timeout
+            raise sqlite3.OperationalError("database is locked (by another writer of this process)")
+        try:
             conn.execute("BEGIN IMMEDIATE")
             try:
                 yield db
@@ -234,6 +236,8 @@ class Store:
                 raise
             else:
                 conn.execute("COMMIT")
+        finally:
+            self._write_lock.release()
 
     def query(self, sql: str, params: Iterable | dict = ()) -> list[dict]:
         return list(self.db.query(sql, params))
