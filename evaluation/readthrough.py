@@ -22,7 +22,8 @@ What is read through, in order:
 5. Look-alike letters: in a word that has a Latin letter, Cyrillic and Greek letters that Unicode's
    confusables data (the ``confusable-homoglyphs`` package) lists as a Latin letter's homoglyph
    become that letter (``withоut`` with a Cyrillic о); ``1`` between letters and ``I`` after a
-   lower-case letter become ``l`` (``fu1l``, ``fuIl``).
+   lower-case letter become ``l`` (``fu1l``, ``fuIl``, ``fuII``); ``l`` between capitals becomes
+   ``i`` (``COMPENSATlON``).
 """
 
 from __future__ import annotations
@@ -47,18 +48,19 @@ _COMPAT_RANGES = "\u2460-\u24ff\u2776-\u2793\u3251-\u32bf\u2f00-\u2fdf\uf900-\uf
 _COMPAT = re.compile(rf"[{_COMPAT_RANGES}]")
 _GREEK_CYRILLIC = r"\u0370-\u03ff\u1f00-\u1fff\u0400-\u052f"
 _LATIN_WORD = re.compile(rf"[A-Za-z{_GREEK_CYRILLIC}0-9]*[{_GREEK_CYRILLIC}][A-Za-z{_GREEK_CYRILLIC}0-9]*")
-_ONE_ELL = re.compile(r"(?<=[A-Za-z])1(?=[A-Za-z])|(?<=[a-z])I")
+_ONE_ELL = re.compile(r"(?<=[A-Za-z])1(?=[A-Za-z])|(?<=[a-z])I+")
+_ELL_EYE = re.compile(r"(?<=[A-Z])l(?=[A-Z])")   # COMPENSATlON: an l among capitals is an I
 
 # HTML and Slack: comments, struck-through elements, tags, Slack links; entities separately.
 _HTML = re.compile(
     r"<!--.*?(?:-->|$)"
-    r"|<(del|s|strike)\b[^<>]*>.*?</\1\s*>"
+    r"|<(del|s|strike)\b[^<>]*>.{0,500}?</\1\s*>"  # bounded: hostile input stays linear
     r"|<(?P<url>(?:https?|mailto|tel):[^<>|\s]*|[@#!][^<>|\s]*)(?:\|(?P<label>[^<>]*))?>"
     r"|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>",
     re.S | re.I,
 )
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
-_MARKDOWN = re.compile(r"~~.*?~~|!?\[(?P<text>[^\[\]\n]*)\]\([^()\s]*(?:\s+\"[^\"]*\")?\)", re.S)
+_MARKDOWN = re.compile(r"~~.{0,500}?~~|!?\[(?P<text>[^\[\]\n]*)\]\([^()\s]*(?:\s+\"[^\"]*\")?\)", re.S)
 _URLENC = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 
 # Deciding that nothing here applies (most replies) must cost little next to normalisation:
@@ -72,7 +74,8 @@ _GATE_UNITS = "小时|小時|钟头|鐘頭|天|日|工作日|分钟|分鐘|周|�
 # The pattern starts with one character class, so ``re`` skips ahead with its fast class scan;
 # the lookbehinds then tell which case the found character is (about a fifth of ``normalise``).
 _GATE = re.compile(
-    rf"[{_SPECIAL}1I{_NUM}](?:(?<=[{_SPECIAL}])|(?<=[A-Za-z]1)(?=[A-Za-z])|(?<=[a-z]I)|(?<=[0-9][{_NUM}])"
+    rf"[{_SPECIAL}1Il{_NUM}](?:(?<=[{_SPECIAL}])|(?<=[A-Za-z]1)(?=[A-Za-z])|(?<=[a-z]I)|(?<=[A-Z]l)(?=[A-Z])"
+    rf"|(?<=[0-9][{_NUM}])"
     rf"|(?<=[{_NUM}])(?:[0-9]|[个個]?(?:{_GATE_UNITS})))"
 )
 
@@ -144,7 +147,12 @@ def _urlenc(m: re.Match):
 
 def _compat(m: re.Match):
     folded = "".join(c for c in unicodedata.normalize("NFKC", m.group()) if c.isalnum())
-    return None if folded == m.group() else [folded]
+    if folded == m.group():  # no decomposition (❷, dingbat digits): its numeric value
+        value = unicodedata.numeric(m.group(), None)
+        if value is None or not float(value).is_integer():
+            return None
+        folded = str(int(value))
+    return [folded]
 
 
 def _digit(m: re.Match):
@@ -156,9 +164,11 @@ def _cn_number(m: re.Match):
     import cn2an  # lazy: about 0.1 s, only for replies with Chinese numbers next to a unit or digit
 
     run = m.group().translate(_TRAD_NUM)
+    if len(run) > 16:
+        return None  # not a number anyone reads (hostile input): left as written
     try:
         value = cn2an.cn2an(run, "smart")
-    except (ValueError, KeyError, TypeError, IndexError):
+    except (ValueError, KeyError, TypeError, IndexError, OverflowError):
         try:  # digit by digit (二四, 〇五)
             value = "".join(str(cn2an.cn2an(ch, "smart")) for ch in run)
         except (ValueError, KeyError, TypeError, IndexError):
@@ -199,7 +209,11 @@ def _confusable_word(m: re.Match):
 
 
 def _one_ell(m: re.Match):
-    return ["l"]
+    return ["l" * len(m.group())]
+
+
+def _ell_eye(m: re.Match):
+    return ["i"]
 
 
 _STEPS = (
@@ -213,6 +227,7 @@ _STEPS = (
     (None, _CN_RUN, _cn_number),
     (None, _LATIN_WORD, _confusable_word),
     (None, _ONE_ELL, _one_ell),
+    (None, _ELL_EYE, _ell_eye),
 )
 
 
