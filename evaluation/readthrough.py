@@ -216,19 +216,20 @@ def _ell_eye(m: re.Match):
     return ["i"]
 
 
-_STEPS = (
-    ("<", _HTML, _html),
-    ("&", _ENTITY, _entity),
-    ("<", _HTML, _html),          # entities can spell tags (&lt;b&gt;): read them as rendered
-    ("~[", _MARKDOWN, _markdown),
-    ("%", _URLENC, _urlenc),
-    (None, _COMPAT, _compat),
-    (None, _OTHER_DIGIT, _digit),
-    (None, _CN_RUN, _cn_number),
-    (None, _LATIN_WORD, _confusable_word),
-    (None, _ONE_ELL, _one_ell),
-    (None, _ELL_EYE, _ell_eye),
+_STEPS = (  # (a character class the step needs, its regex, its replacement)
+    ("[<]", _HTML, _html),
+    ("[&]", _ENTITY, _entity),
+    ("[<]", _HTML, _html),          # entities can spell tags (&lt;b&gt;): read them as rendered
+    (r"[~\[]", _MARKDOWN, _markdown),
+    ("[%]", _URLENC, _urlenc),
+    (f"[{_COMPAT_RANGES}]", _COMPAT, _compat),
+    (f"[{_DIGITS_ELSEWHERE}]", _OTHER_DIGIT, _digit),
+    (f"[{_NUM}]", _CN_RUN, _cn_number),
+    (f"[{_GREEK_CYRILLIC}]", _LATIN_WORD, _confusable_word),
+    ("[1I]", _ONE_ELL, _one_ell),
+    ("l", _ELL_EYE, _ell_eye),
 )
+_STEPS = tuple((re.compile(need).search, rx, repl) for need, rx, repl in _STEPS)
 
 
 def read_through(text: str) -> Clean | None:
@@ -237,10 +238,9 @@ def read_through(text: str) -> Clean | None:
     if _GATE.search(text) is None:
         return None
     buf = _Buf(text)
-    for chars, rx, repl in _STEPS:
-        if chars is not None and not any(c in buf.text for c in chars):
-            continue
-        buf.sub(rx, repl)
+    for needed, rx, repl in _STEPS:
+        if needed(buf.text) is not None:
+            buf.sub(rx, repl)
     if buf.text == text:
         return None
     return Clean(buf.text, buf.starts, buf.ends)
