@@ -121,3 +121,21 @@ def test_pattern_that_is_only_whitespace_is_a_load_error_naming_file_line_rule(t
     message = str(info.value)
     assert message.startswith(f"{bad}:9: rule 'spaces': pattern")
     assert "empty string" in message
+
+
+@pytest.mark.parametrize("text", ["24<br>小时必发", "放心，我们全额<b>赔付</b>。"])
+def test_edit_submission_and_intake_check_block_markup(engine, text):
+    """The issue's examples through the bot's Edit validation and intake's checker (same engine)."""
+    from types import SimpleNamespace
+
+    from bot import cards
+    from bot.review import validate_edit
+    from replyloop.intake import check_text, policy_checker
+
+    checker = policy_checker(None, engine=engine)
+    assert check_text(checker, text)["verdict"] == "block"
+    view = {"state": {"values": {cards.REPLY_BLOCK: {cards.REPLY_INPUT: {"value": text}}}}}
+    errors = validate_edit(SimpleNamespace(checker=checker), view)
+    assert errors and "Breaks a blocking policy rule" in errors[cards.REPLY_BLOCK]
+    assert validate_edit(SimpleNamespace(checker=checker), {"state": {"values": {cards.REPLY_BLOCK: {
+        cards.REPLY_INPUT: {"value": "我们不能<b>全额赔付</b>，以审核结果为准"}}}}}) is None
