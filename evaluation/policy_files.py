@@ -8,8 +8,8 @@ Format (every key other than these is an error)::
         message: 不得承诺全额赔付
         phrases: [全额赔付, full compensation]          # literal phrases
         patterns: ['保证在?(24|二十四)小时内?发货']     # regexes over normalised text (optional);
-                                                        # normalised at load: \s, spaces, punctuation
-                                                        # and \b removed, letters case-folded
+                                                        # normalised at load: \\s, spaces, punctuation
+                                                        # and \\b removed, letters case-folded
     terminology:
       - preferred: 电子面单
         avoid: [快递条码]
