@@ -7,6 +7,8 @@
 
 How a reply is checked:
 
+0. Markup (HTML, Markdown, Slack mrkdwn), URL-encoding, number forms and look-alike letters are
+   read through (``evaluation.readthrough``); spans are mapped back to the original reply.
 1. The reply is normalised (``evaluation.textmap``: NFKC, casefold, Traditional to Simplified,
    whitespace / punctuation / zero-width characters dropped).
 2. One Aho-Corasick automaton holds every normalised phrase of every rule, every terminology
@@ -34,6 +36,7 @@ import ahocorasick_rs
 
 from evaluation.negation import is_negated
 from evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
+from evaluation.readthrough import read_through
 from evaluation.regexcheck import trigger_literals
 from evaluation.textmap import TextMap, fold, normalise
 
@@ -190,7 +193,24 @@ class PolicyEngine:
         return True
 
     def check(self, text: str) -> CheckResult:
-        """Check one reply; spans point into ``text``."""
+        """Check one reply; spans point into ``text``.
+
+        Markup, encodings, number forms and look-alike letters are read through first
+        (``evaluation.readthrough``): the reply is checked as it reads, spans map back to ``text``.
+        """
+        clean = read_through(text)
+        if clean is None:
+            return self._check(text)
+        result = self._check(clean.text)
+        if not result.violations:
+            return result
+        violations = []
+        for v in result.violations:
+            start, end = clean.span(v.start, v.end)
+            violations.append(Violation(v.rule, v.severity, v.message, start, end, text[start:end], v.suggestion))
+        return CheckResult(result.verdict, violations)
+
+    def _check(self, text: str) -> CheckResult:
         norm, aligned = normalise(text)
         matches = self._scan(norm, overlapping=True) if self._scan is not None else []
         # Fast path (most replies): nothing in the automaton and no literal-free regex matches.

@@ -7,7 +7,9 @@ Format (every key other than these is an error)::
         severity: block              # block | warn
         message: 不得承诺全额赔付
         phrases: [全额赔付, full compensation]          # literal phrases
-        patterns: ['保证在?(24|二十四)小时内?发货']     # regexes over normalised text (optional)
+        patterns: ['保证在?(24|二十四)小时内?发货']     # regexes over normalised text (optional);
+                                                        # normalised at load: \\s, spaces, punctuation
+                                                        # and \\b removed, letters case-folded
     terminology:
       - preferred: 电子面单
         avoid: [快递条码]
@@ -26,6 +28,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from evaluation import regexcheck
+from evaluation.readthrough import read_through
 from evaluation.textmap import compact, fold
 from replyloop.errors import PolicyError
 from replyloop.yamlfile import YamlDoc, describe_error, load_yaml
@@ -130,7 +133,8 @@ def _check_pattern(pattern: str) -> str | None:
 def _phrases(doc: YamlDoc, loc: tuple, values: list[str], errors: list[str]) -> tuple[Phrase, ...]:
     out = []
     for i, text in enumerate(values):
-        norm = compact(text)
+        clean = read_through(text)  # a phrase is read like a reply (三天内 -> 3天内, markup, look-alikes)
+        norm = compact(clean.text if clean is not None else text)
         if not norm:
             errors.append(_error(doc, loc + (i,), f"empty phrase {text!r} (nothing left after normalisation)"))
             continue
@@ -169,12 +173,20 @@ def _load_file(path: Path, seen: dict[str, str], errors: list[str]) -> tuple[lis
         if not r.phrases and not r.patterns:
             errors.append(_error(doc, loc, "needs at least one of 'phrases' or 'patterns'"))
         phrases = _phrases(doc, loc + ("phrases",), r.phrases, errors)
+        patterns = []
         for j, pattern in enumerate(r.patterns):
-            problem = _check_pattern(pattern)
+            try:
+                compiled = regexcheck.normalise_pattern(pattern)
+            except re.error as exc:
+                compiled, problem = pattern, f"regex does not compile: {exc}"
+            else:
+                problem = _check_pattern(compiled)
             if problem:
-                errors.append(_error(doc, loc + ("patterns", j), f"pattern {pattern!r}: {problem}"))
+                shown = f"{pattern!r} (as matched: {compiled!r})" if compiled != pattern else repr(pattern)
+                errors.append(_error(doc, loc + ("patterns", j), f"pattern {shown}: {problem}"))
+            patterns.append(compiled)
         rules.append(Rule(id=r.id, severity=r.severity, message=r.message, phrases=phrases,
-                          patterns=tuple(r.patterns), file=path, line=doc.line_of(loc)))
+                          patterns=tuple(patterns), file=path, line=doc.line_of(loc)))
     for i, t in enumerate(spec.terminology):
         loc = ("terminology", i)
         term_id = f"terminology:{t.preferred}"

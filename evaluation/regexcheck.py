@@ -339,3 +339,134 @@ def trigger_literals(pattern: str, limit: int = 16) -> list[str] | None:
         i = max(j, i + 1)
     best = _best(candidates)
     return sorted(best) if best else None
+
+
+_QUANTIFIER = re.compile(r"(?:[?*+]|\{\d*(?:,\d*)?\})[?+]?")
+_SPECIALS = set(".^$*+?{}[]\\|()")
+_ESCAPE_LEN = {"x": 4, "u": 6, "U": 10}
+
+
+def _vanishes(ch: str) -> bool:
+    """True for a character that normalisation removes (whitespace, punctuation, symbols)."""
+    from evaluation.textmap import compact
+
+    return not compact(ch)
+
+
+def _escape(pattern: str, i: int) -> tuple[str, int]:
+    """The escape starting at ``pattern[i] == '\\\\'``: its source and the index after it."""
+    c = pattern[i + 1] if i + 1 < len(pattern) else ""
+    if c in _ESCAPE_LEN:
+        n = _ESCAPE_LEN[c]
+        return pattern[i:i + n], i + n
+    if c == "N" and pattern.startswith("{", i + 2):
+        j = pattern.index("}", i) + 1
+        return pattern[i:j], j
+    return pattern[i:i + 2], i + 2
+
+
+def _class_end(pattern: str, i: int) -> int:
+    """Index just after the character class starting at ``pattern[i] == '['``."""
+    j = i + 1
+    if j < len(pattern) and pattern[j] == "^":
+        j += 1
+    if j < len(pattern) and pattern[j] == "]":
+        j += 1
+    while j < len(pattern) and pattern[j] != "]":
+        j += 2 if pattern[j] == "\\" else 1
+    if j >= len(pattern):
+        raise re.error("unterminated character set", pattern, i)
+    return j + 1
+
+
+def _normalise_class(body: str) -> str | None:
+    """A class body without the members normalisation removes; None when none is left."""
+    if body.startswith("^"):
+        return body  # a negated class: left as written
+    tokens, i = [], 0
+    while i < len(body):
+        if body[i] == "\\":
+            token, i = _escape(body, i)
+        else:
+            token, i = body[i], i + 1
+        tokens.append(token)
+    out, k = [], 0
+    while k < len(tokens):
+        if k + 2 < len(tokens) and tokens[k + 1] == "-":  # a range (escaped ends too): kept as written
+            out.extend(tokens[k:k + 3])
+            k += 3
+            continue
+        token = tokens[k]
+        k += 1
+        if token in ("\\s", "\\W"):
+            continue
+        literal = token[1] if len(token) == 2 and token[0] == "\\" and not token[1].isalnum() else token
+        if len(literal) == 1 and _vanishes(literal):
+            continue
+        out.append(token)
+    return "".join(out) or None
+
+
+def normalise_pattern(pattern: str) -> str:
+    """Rewrite a pattern to match normalised text, the way the reply text is normalised.
+
+    Normalisation removes whitespace and punctuation, so ``\\s``, ``\\s+``, ``\\s*``, ``\\W``, a
+    literal space, ``,?``, ``\\.``, word boundaries ``\\b`` / ``\\B`` and such class members are
+    removed with their quantifiers (``ships?\\s+within\\s+24\\s+hours,?\\s+guaranteed`` ->
+    ``ships?within24hoursguaranteed``); literal letters outside classes are case-folded and made
+    half-width (``Full`` -> ``full``). Anything else is kept as written. Raises ``re.error`` on
+    a pattern that does not compile.
+    """
+    from evaluation.textmap import fold
+
+    re.compile(pattern)
+    out, i, n = [], 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        drop = False
+        if ch == "\\":
+            token, i = _escape(pattern, i)
+            if token in ("\\s", "\\W", "\\b", "\\B"):
+                drop = True
+            elif len(token) == 2 and not token[1].isalnum() and _vanishes(token[1]):
+                drop = True
+            else:
+                out.append(token)
+        elif ch == "[":
+            j = _class_end(pattern, i)
+            body = _normalise_class(pattern[i + 1:j - 1])
+            i = j
+            if body is None:
+                drop = True
+            else:
+                out.append(f"[{body}]")
+        elif ch in _SPECIALS:
+            out.append(ch)
+            i += 1
+            if ch == "(" and pattern.startswith("?", i):  # (?:, (?=, (?!, (?<=, (?<!: keep the marker
+                m = re.match(r"\?(?::|=|!|<=|<!)", pattern[i:])
+                if m:
+                    out.append(m.group())
+                    i += m.end()
+            elif ch == "{":  # a quantifier's body
+                m = re.match(r"\d*(?:,\d*)?\}", pattern[i:])
+                if m:
+                    out.append(m.group())
+                    i += m.end()
+        elif _vanishes(ch):
+            drop = True
+            i += 1
+        else:
+            folded = fold(ch)
+            out.append(folded if len(folded) == 1 else ch)
+            i += 1
+        if drop:
+            m = _QUANTIFIER.match(pattern, i)
+            if m:
+                i = m.end()
+    rewritten = "".join(out)
+    try:
+        re.compile(rewritten)
+    except re.error:
+        return pattern  # the rewrite broke it: check the pattern as written (its error names it)
+    return rewritten
