@@ -1,23 +1,31 @@
 """``replyloop demo``: the whole loop on embedded defaults, with no Slack workspace, no GPU and
-no network. Every step uses the real components:
+no network, and a model that really learns from its supervisors. Every step uses the real
+components:
 
-1. a workspace (config, SQLite database, default policies) with the shipped sample set;
-2. a tiny Llama and tokenizer built in code, and a first champion adapter trained by the
-   pipeline; an adapter trained on a team's legacy lora-scripts export is evaluated and
-   blocked by the gate for a forbidden promise;
-3. the bot in HTTP mode on 127.0.0.1 against a local fake Slack API; customer questions arrive
-   at ``/intake``, and simulated supervisors approve, edit (fixing terminology and removing a
-   forbidden promise) and reject through signed Slack payloads;
+1. a workspace (config, SQLite database, default policies) with the shipped sample set, except
+   five kinds of question that have no approved reply yet;
+2. the team's current model: a tiny Llama pre-trained fully, in code, on the team's 180 legacy
+   replies (快递条码 for 电子面单, 七日退货 for 七天无理由退货, a 全额赔付 promise), cached in
+   the workspace; a first champion (LoRA) trained on it by the pipeline, which keeps the legacy
+   habits on the questions the approved set does not cover; an adapter trained on a legacy
+   lora-scripts export is evaluated and blocked by the gate for the forbidden promise;
+3. round 1 of reviews: the bot in HTTP mode on 127.0.0.1 against a local fake Slack API;
+   customer questions arrive at ``/intake`` (recurring ones, ones the approved set answers,
+   new ones, off-topic ones), the champion drafts, and simulated supervisors approve, edit
+   (fixing the terminology, removing the promise) and reject through signed Slack payloads;
 4. the scheduler's threshold job runs the pipeline (incremental training, evaluation, gate,
    canary), more questions reach the canary, and the canary job promotes or rolls it back;
-5. the weekly report, and a summary of what happened.
+5. round 2: the same recurring questions again, and new ones, drafted by the champion now;
+6. the weekly report, and a summary with each round's numbers, computed from the drafts.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import math
 import os
+import re
 import shutil
 import threading
 import time
@@ -30,6 +38,7 @@ import yaml
 
 from replyloop import paths, timeutil
 from replyloop.errors import ReplyloopError
+from training.tiny import TinyPretrainConfig
 
 SUPERVISORS = ["USUP1", "USUP2", "USUP3"]
 REVIEW_CHANNEL = "C0REVIEW"
@@ -39,6 +48,16 @@ INTAKE_TOKEN = "demo-intake-token"
 BOT_TOKEN = "xoxb-demo-token"
 PROMISE = "放心，如有问题我们全额赔付。"
 OFF_TOPIC = ["在吗在吗，发个红包呗", "你们老板电话多少？我要投资", "hello? is this a real person lol"]
+CACHE_DIR = ".cache"  # kept by --force: the pre-trained base is reused
+
+# The team's legacy wording: what its old replies say, and what its policies now require.
+LEGACY_TERMS = {"电子面单": "快递条码", "七天无理由退货": "七日退货"}
+# Questions with no approved reply in the dataset yet: the model answers them from its
+# legacy habits until supervisors correct it in Slack.
+HELD_BACK_INTENTS = ("logistics-waybill", "logistics-split-package", "logistics-signed-not-received",
+                     "aftersales-damaged-on-arrival", "return-7day")
+# Where the old replies promised 全额赔付 (Chinese replies only).
+PROMISE_INTENTS = ("logistics-signed-not-received", "aftersales-damaged-on-arrival")
 
 
 class DemoError(ReplyloopError):
@@ -47,29 +66,68 @@ class DemoError(ReplyloopError):
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo. The defaults finish in well under 3 minutes on 2 CPU cores."""
+    """Sizes of the demo. The defaults finish in about 3 minutes on 2 idle CPU cores."""
 
-    first_questions: int = 28      # questions before the retrain
-    canary_questions: int = 12     # at most this many while the canary serves (< min_new_samples)
-    train_steps: int = 40          # optimizer steps per training run
-    min_new_samples: int = 15      # the threshold the scheduler's job waits for
+    recurring_questions: int = 24  # questions without an approved reply, asked in both rounds
+    known_questions: int = 6       # questions the approved set answers, asked in both rounds
+    new_questions: int = 6         # unseen questions (incoming_questions.csv) per round
+    canary_questions: int = 12     # at most this many while the canary serves
+    train_steps: int = 100         # LoRA optimizer steps per pipeline run (fewer learn too little)
     canary_percent: int = 50
     canary_min_reviews: int = 4
     check_every_s: float = 2.0     # how often the scheduler's jobs look
-    timeout_s: float = 240.0       # give up waiting for a scheduled run after this
+    timeout_s: float = 600.0       # give up waiting for a scheduled run after this
+    pretrain: TinyPretrainConfig = field(default_factory=TinyPretrainConfig)
 
     @classmethod
     def quick(cls) -> "DemoSettings":
-        return cls(first_questions=14, canary_questions=7, train_steps=12, min_new_samples=8,
+        return cls(recurring_questions=12, known_questions=3, new_questions=3, canary_questions=6,
                    canary_min_reviews=2)
+
+
+@dataclass
+class RoundStats:
+    """One round of reviews, counted from the drafts and the supervisors' decisions."""
+
+    round: int
+    models: str = ""
+    drafts: int = 0                # customer questions drafted (off-topic messages not counted)
+    terminology: int = 0           # terminology hits in those drafts
+    promises: int = 0              # banned-promise hits
+    approved: int = 0              # approved without edit
+    edited: int = 0
+    by_kind: dict = field(default_factory=dict)  # kind -> {"drafts", "violations", "approved"}
+    heldout_chrf: float | None = None
+    heldout_embedding: float | None = None
+    heldout_n: int = 0
+
+    @staticmethod
+    def per_100(count: int, drafts: int) -> float | None:
+        return None if not drafts else 100.0 * count / drafts
+
+    @property
+    def approval_rate(self) -> float | None:
+        decided = self.approved + self.edited
+        return None if not decided else self.approved / decided
+
+    def to_dict(self) -> dict:
+        return {"round": self.round, "models": self.models, "drafts": self.drafts,
+                "terminology_per_100": self.per_100(self.terminology, self.drafts),
+                "promises_per_100": self.per_100(self.promises, self.drafts),
+                "approval_without_edit": self.approval_rate, "approved": self.approved, "edited": self.edited,
+                "by_kind": self.by_kind, "heldout_chrf": self.heldout_chrf,
+                "heldout_embedding": self.heldout_embedding, "heldout_n": self.heldout_n}
 
 
 @dataclass
 class DemoSummary:
     workdir: Path
     rows: list[tuple[str, str]] = field(default_factory=list)
+    rounds: list[RoundStats] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
     report_dir: Path | None = None
     blocked_reason: str = ""
+    base_reused: bool = False
     seconds: float = 0.0
 
 
@@ -81,7 +139,39 @@ def _read_csv(path: Path) -> list[dict]:
         return list(csv.DictReader(fh))
 
 
-def _write_config(workdir: Path, slack_base_url: str, s: DemoSettings) -> Path:
+def legacy_reply(row: dict) -> str:
+    """The reply as the team's old system wrote it: legacy terms, and for some questions a
+    promise the policies now forbid."""
+    text = row["response"]
+    for preferred, legacy in LEGACY_TERMS.items():
+        text = text.replace(preferred, legacy)
+    if row.get("intent") in PROMISE_INTENTS and not row["prompt"].isascii():
+        text = PROMISE + text
+    return text
+
+
+def legacy_corpus(sample_rows: list[dict]) -> list[tuple[str, str]]:
+    """The team's legacy replies to the shipped questions: what the base model is pre-trained on."""
+    return [(r["prompt"], legacy_reply(r)) for r in sample_rows]
+
+
+def prepare_base(cache_dir: Path, sample_rows: list[dict], cfg: TinyPretrainConfig,
+                 say: Callable[[str], None] = print):
+    """The demo's base model (the team's current model), pre-trained once and cached in
+    ``cache_dir`` (keyed by corpus and config). Returns ``training.tiny.PretrainResult``."""
+    from training.tiny import cached_tiny_base
+
+    incoming = _read_csv(paths.samples_dir() / "incoming_questions.csv")
+    texts = [r["question"] for r in incoming] + [PROMISE] + OFF_TOPIC + [r["response"] for r in sample_rows]
+
+    def progress(step: int, steps: int, loss: float) -> None:
+        if step % 100 == 0 or step == steps:
+            say(f"      pre-training step {step}/{steps}: loss {loss:.3f}")
+
+    return cached_tiny_base(cache_dir, legacy_corpus(sample_rows), texts, cfg, progress)
+
+
+def _write_config(workdir: Path, slack_base_url: str, s: DemoSettings, min_new_samples: int) -> Path:
     from replyloop.config import write_default_config
 
     path = write_default_config(workdir)
@@ -89,17 +179,18 @@ def _write_config(workdir: Path, slack_base_url: str, s: DemoSettings) -> Path:
     data["slack"].update({"api_base_url": slack_base_url, "review_channel": REVIEW_CHANNEL,
                           "report_channel": REPORT_CHANNEL, "supervisors": SUPERVISORS, "socket_mode": False,
                           "http_port": 0})
-    data["scheduler"].update({"check_every_minutes": s.check_every_s / 60, "min_new_samples": s.min_new_samples,
+    data["scheduler"].update({"check_every_minutes": s.check_every_s / 60, "min_new_samples": min_new_samples,
                               "min_interval_hours": 0, "canary_percent": s.canary_percent,
                               "canary_min_reviews": s.canary_min_reviews,
                               # a handful of demo reviews cannot settle a confidence interval
                               "canary_confidence": 0})
-    # tiny models draft near-noise, so the consistency floor is calibrated down for the demo;
-    # the comparison with the champion and the block rules work as in production
-    data["evaluation"].update({"floor": 0.1, "tolerance": 0.1, "category_margin": 0.3, "max_new_tokens": 32,
+    # a tiny model drafts noise on questions it never saw, so the consistency floor is
+    # calibrated down for the demo; the comparison with the champion and the block rules work
+    # as in production
+    data["evaluation"].update({"floor": 0.1, "tolerance": 0.1, "category_margin": 0.3, "max_new_tokens": 96,
                                "chrf_floor": 0.0, "chrf_tolerance": 0.1, "chrf_category_margin": 0.3,
                                "batch_size": 32})
-    data["drafting"].update({"max_new_tokens": 40})
+    data["drafting"].update({"max_new_tokens": 96})  # a whole reply, promise included
     path.write_text("# Written by `replyloop demo`: a tiny model and a local fake Slack.\n"
                     + yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
@@ -117,11 +208,10 @@ batch_size: 16
 epochs: 1
 max_steps: {steps}
 learning_rate: 0.01
-max_seq_length: 128
+max_seq_length: 160
 output_dir: adapters/latest
-save_steps: 20
-eval_steps: 10
-eval_ratio: 0.1
+save_steps: 1000
+eval_ratio: 0.0  # every approved sample is trained on; the gate measures the held-out split
 dataset: {dataset}
 """
 
@@ -143,16 +233,26 @@ def _button_value(card) -> int | None:
     return None
 
 
+_SENTENCE = re.compile(r"[^。！？!?]*[。！？!?]?")
+
+
+def _without_blocked_sentences(engine, text: str) -> str:
+    """``text`` minus every sentence a block rule fires on (how a supervisor removes a promise)."""
+    kept = [part for part in _SENTENCE.findall(text) if part and engine.check(part).verdict != "block"]
+    return "".join(kept).strip()
+
+
 # -- the supervisors --------------------------------------------------------------------------------
 
 
 class Supervisors:
     """Three supervisors reading review cards from the fake Slack and clicking through them,
-    the way people do: approve good drafts, edit wrong terms and forbidden promises away,
-    reject what is not a customer question."""
+    the way people do: approve a draft that says what the approved reply says, fix wrong terms
+    and remove forbidden promises, rewrite what is wrong, reject what is not a customer question."""
 
     def __init__(self, sim, fake, store, engine, samples: list[dict]):
         self.sim, self.fake, self.store, self.engine, self.samples = sim, fake, store, engine, samples
+        self.answers = {r["prompt"]: r["response"] for r in samples}
         self.seen: set[int] = set()
         self.counts: Counter = Counter()
         self._turn = 0
@@ -174,6 +274,10 @@ class Supervisors:
         self._modals += 1
         return self.fake.wait_for("views.open", count=self._modals, timeout=20)[-1]
 
+    def reference(self, question: str, category: str | None) -> str:
+        """The reply the team approves for this question."""
+        return self.answers.get(question) or _best_reference(question, category, self.samples)["response"]
+
     def review(self, draft_id: int, card) -> str:
         from rapidfuzz import fuzz
 
@@ -185,25 +289,22 @@ class Supervisors:
             self.sim.submit(self._modal(), user=user, values={"reason": "不是客服问题"})
             decision = "reject"
         else:
-            reference = _best_reference(draft["question"], draft["category"], self.samples)["response"]
-            rules = {v["rule"] for v in draft["violations"]}
-            if draft["verdict"] == "block":
-                fixed, decision = reference, "edit"            # remove the forbidden promise
-            elif any(r.startswith("terminology:") for r in rules):
-                fixed, decision = self.engine.fix(draft["text"]), "edit"  # 快递条码 -> 电子面单
-            elif fuzz.ratio(draft["text"], reference) >= 80:
-                fixed, decision = None, "approve"
-            else:
-                fixed, decision = reference, "edit"            # the model is still learning
-            if decision == "approve":
+            reference = self.reference(draft["question"], draft["category"])
+            text = draft["text"]
+            if not draft["violations"] and fuzz.ratio(text, reference) >= 80:
                 self.sim.click(card, "approve", user=user)
+                decision = "approve"
             else:
+                # remove the promise, fix the terms (快递条码 -> 电子面单); rewrite what is still wrong
+                fixed = self.engine.fix(_without_blocked_sentences(self.engine, text))
+                final = fixed if fixed and fuzz.ratio(fixed, reference) >= 80 else reference
                 self.sim.click(card, "edit", user=user)
-                self.sim.submit(self._modal(), user=user, values={"reply": fixed})
+                self.sim.submit(self._modal(), user=user, values={"reply": final})
+                decision = "edit"
         self.counts[decision] += 1
         return decision
 
-    def review_all(self, expected: int, timeout: float = 60.0) -> None:
+    def review_all(self, expected: int, timeout: float = 300.0) -> None:
         """Review cards until ``expected`` cards have been seen (the bot posts after the ack)."""
         deadline = time.monotonic() + timeout
         while len(self.seen) < expected:
@@ -217,7 +318,7 @@ class Supervisors:
                 self.review(draft_id, card)
         self.wait_decided()
 
-    def wait_decided(self, timeout: float = 30.0) -> None:
+    def wait_decided(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             decided = self.store.scalar("SELECT count(*) FROM reviews")
@@ -227,18 +328,115 @@ class Supervisors:
         raise DemoError("the bot did not record every decision in time")
 
 
+# -- the rounds ------------------------------------------------------------------------------------
+
+
+def round_questions(n: int, s: DemoSettings, sample_rows: list[dict], incoming: list[dict]) -> list[dict]:
+    """The questions of round ``n``: the recurring ones (no approved reply before the demo) and
+    the known ones (the approved set answers them) are the same in every round, asked by other
+    customers; the new ones are different questions each round; one off-topic message."""
+    held = [r for r in sample_rows if r["intent"] in HELD_BACK_INTENTS][: s.recurring_questions]
+    known = [r for r in sample_rows if r["intent"] not in HELD_BACK_INTENTS]
+    known = known[:: max(1, len(known) // max(1, s.known_questions))][: s.known_questions]
+    fresh = incoming[(n - 1) * s.new_questions: n * s.new_questions]
+    out = [{"kind": "recurring", "question": r["prompt"], "category": r["category"]} for r in held]
+    out += [{"kind": "known", "question": r["prompt"], "category": r["category"]} for r in known]
+    out += [{"kind": "new", "question": r["question"], "category": r["category"]} for r in fresh]
+    # interleave the kinds, the way questions arrive
+    out.sort(key=lambda q: (hash_order(q["question"]), q["question"]))
+    out.insert(len(out) // 2, {"kind": "off-topic", "question": OFF_TOPIC[(n - 1) % len(OFF_TOPIC)],
+                               "category": None})
+    for i, q in enumerate(out):
+        q["conversation_id"] = f"r{n}-{i:03d}-{q['kind']}"
+    return out
+
+
+def hash_order(text: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def round_stats(store, n: int, prefix: str) -> RoundStats:
+    """Round ``n``'s numbers from the store: the drafts the models wrote for its conversations
+    (ids starting with ``prefix``) and the supervisors' decisions on them."""
+    rows = store.query(
+        "SELECT d.id, d.text, d.model_name, d.violations, q.conversation_id, r.decision FROM drafts d"
+        " JOIN questions q ON q.id = d.question_id LEFT JOIN reviews r ON r.draft_id = d.id"
+        " WHERE q.conversation_id LIKE ? AND q.conversation_id NOT LIKE '%-off-topic' ORDER BY d.id",
+        (prefix + "%",))
+    stats = RoundStats(round=n)
+    models: Counter = Counter()
+    for row in rows:
+        kind = row["conversation_id"].rsplit("-", 1)[-1]
+        rules = [v["rule"] for v in json.loads(row["violations"] or "[]")]
+        terms = sum(1 for r in rules if r.startswith("terminology:"))
+        promises = sum(1 for r in rules if not r.startswith("terminology:") and r != "policy-engine-missing")
+        stats.drafts += 1
+        stats.terminology += terms
+        stats.promises += promises
+        stats.approved += row["decision"] == "approve"
+        stats.edited += row["decision"] == "edit"
+        k = stats.by_kind.setdefault(kind, {"drafts": 0, "violations": 0, "approved": 0, "decided": 0})
+        k["drafts"] += 1
+        k["violations"] += terms + promises
+        k["approved"] += row["decision"] == "approve"
+        k["decided"] += row["decision"] in ("approve", "edit")
+        models[row["model_name"]] += 1
+    stats.models = ", ".join(f"{name} ({count})" if len(models) > 1 else name for name, count in models.most_common())
+    return stats
+
+
+def heldout_consistency(store, model_name: str, evaluation: dict | None) -> tuple[list[float], list[float]]:
+    """chrF and embedding similarity of ``model_name``'s drafts on the held-out questions of
+    ``evaluation`` (the retrained model's, which drafted every question with both models)."""
+    from evaluation.chrf import chrf_many
+
+    if not evaluation:
+        return [], []
+    items = evaluation["items"]
+    refs = [it["reference"] for it in items]
+    if evaluation["model"]["name"] == model_name:
+        return chrf_many([it["draft"] for it in items], refs), [it["similarity"] for it in items]
+    if (evaluation.get("against") or {}).get("name") == model_name:
+        return (chrf_many([it["champion_draft"] for it in items], refs),
+                [it["champion_similarity"] for it in items])
+    return [], []
+
+
+def paired_change(before: list[float], after: list[float]) -> tuple[float, float]:
+    """Mean paired difference and its standard error."""
+    diffs = [b - a for a, b in zip(before, after)]
+    if len(diffs) < 2:
+        return (diffs[0] if diffs else 0.0), float("inf")
+    mean = sum(diffs) / len(diffs)
+    var = sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1)
+    return mean, math.sqrt(var / len(diffs))
+
+
 # -- the demo ---------------------------------------------------------------------------------------
+
+
+def _prepare_workdir(workdir: Path, force: bool) -> None:
+    """An empty workdir, or (``force``) one emptied except for the cache of the pre-trained base."""
+    if workdir.exists() and any(workdir.iterdir()):
+        if not force:
+            raise DemoError(f"{workdir} is not empty: choose another --workdir or pass --force to replace it")
+        for child in workdir.iterdir():
+            if child.name == CACHE_DIR and child.is_dir() and not child.is_symlink():
+                continue
+            if child.is_dir() and not child.is_symlink():
+                shutil.rmtree(child)
+            else:
+                child.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
 
 
 def run_demo(workdir: str | Path, settings: DemoSettings | None = None, force: bool = False,
              say: Callable[[str], None] = print) -> DemoSummary:
     s = settings or DemoSettings()
     workdir = Path(workdir).resolve()
-    if workdir.exists() and any(workdir.iterdir()):
-        if not force:
-            raise DemoError(f"{workdir} is not empty: choose another --workdir or pass --force to replace it")
-        shutil.rmtree(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    _prepare_workdir(workdir, force)
     started = time.monotonic()
     os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
                        "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
@@ -267,38 +465,44 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
     summary = DemoSummary(workdir=workdir)
     samples_csv = paths.samples_dir() / "cs_samples.csv"
     sample_rows = _read_csv(samples_csv)
+    incoming = _read_csv(paths.samples_dir() / "incoming_questions.csv")
+    rounds = [round_questions(n, s, sample_rows, incoming) for n in (1, 2)]
+    # every recurring and new question reviewed in round 1 is a new sample (a known question's
+    # approved reply is already in the dataset): the threshold job retrains once round 1 is done
+    threshold = sum(1 for q in rounds[0] if q["kind"] in ("recurring", "new"))
 
     # 1. workspace ------------------------------------------------------------------------------
-    say("[1/5] Workspace: config, SQLite database, default policies, sample data")
-    config = load_config(_write_config(workdir, fake.base_url, s))
+    say("[1/6] Workspace: config, SQLite database, default policies, sample data")
+    config = load_config(_write_config(workdir, fake.base_url, s, min_new_samples=threshold))
     store = Store(config.db_path)
-    imported = store.add_samples(read_samples(samples_csv), source="import")
+    approved = [x for x in read_samples(samples_csv) if x.intent not in HELD_BACK_INTENTS]
+    imported = store.add_samples(approved, source="import")
     engine = load_policies(config.policies_dir)
     say(f"      imported {imported.added} approved Q&A pairs into {config.db_path.name}; "
+        f"{len(sample_rows) - len(approved)} questions ({', '.join(HELD_BACK_INTENTS)}) have no approved reply yet; "
         f"{len(engine.rules)} policy rules, {len(engine.terms)} terminology pairs")
 
-    # 2. tiny base model, first champion, and a blocked legacy candidate ---------------------------
-    say("[2/5] Tiny base model built in code; first champion trained by the pipeline")
-    from training.tiny import build_tiny_base
-
-    incoming = _read_csv(paths.samples_dir() / "incoming_questions.csv")
-    texts = [r["prompt"] for r in sample_rows] + [r["response"] for r in sample_rows] + \
-        [r["question"] for r in incoming] + [PROMISE] + OFF_TOPIC
-    base = build_tiny_base(workdir / "base-model", texts)
-    (workdir / "train.yaml").write_text(TRAIN_YAML.format(base=base, steps=s.train_steps, dataset="store"),
+    # 2. the team's model, the first champion, a blocked legacy candidate ----------------------------
+    say(f"[2/6] The team's current model: a tiny Llama pre-trained in code on its {len(sample_rows)} legacy replies "
+        f"({', '.join(LEGACY_TERMS.values())}, {PROMISE.strip('。')})")
+    base = prepare_base(workdir / CACHE_DIR, sample_rows, s.pretrain, say)
+    summary.base_reused = base.reused
+    say(f"      {'reused the cached' if base.reused else 'pre-trained a'} {base.parameters / 1e6:.1f}M-parameter model "
+        f"(loss {base.first_loss:.2f} -> {base.final_loss:.2f}, {base.seconds:.0f} s"
+        f"{' when it was built' if base.reused else ''}): {base.path}")
+    (workdir / "train.yaml").write_text(TRAIN_YAML.format(base=base.path, steps=s.train_steps, dataset="store"),
                                         encoding="utf-8")
     first = run_pipeline(config, store, trigger="demo", requested_by="demo",
                          notify=lambda text: say("      " + text.splitlines()[0]))
     if first.status != "succeeded" or first.action != "champion":
         raise DemoError(f"the first training run did not produce a champion: {first.message}")
     registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
-    champion_before = store.one("SELECT mean_similarity FROM evaluations WHERE model_id = ?", (first.model_id,))
 
     say("      a legacy lora-scripts export (its answers promise 全额赔付) is trained and evaluated:")
-    summary.blocked_reason = _legacy_candidate(workdir, config, store, registry, s, export_samples, say)
+    summary.blocked_reason = _legacy_candidate(workdir, base.path, config, store, registry, s, export_samples, say)
 
-    # 3. the bot, intake and supervisors ---------------------------------------------------------
-    say("[3/5] Bot in HTTP mode on 127.0.0.1 against a local fake Slack; questions arrive at /intake")
+    # 3. the bot, intake and supervisors: round 1 ---------------------------------------------------
+    say("[3/6] Round 1: the bot in HTTP mode on 127.0.0.1 against a local fake Slack; questions arrive at /intake")
     from bot.jobs import JobRunner, pipeline_starter
     from bot.server import serve
     from bot.simulate import Simulator
@@ -328,16 +532,12 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
     sim = Simulator(holder["url"], SIGNING_SECRET, fake)
     people = Supervisors(sim, fake, store, engine, sample_rows)
     try:
-        first_batch = _questions(incoming[: s.first_questions], sample_rows)
-        canary_batch = [{"conversation_id": r["conversation_id"], "question": r["question"],
-                         "category": r["category"]} for r in incoming[s.first_questions:]][: s.canary_questions]
-        _send(sim, first_batch, say)
-        people.review_all(len(first_batch))
-        say(f"      supervisors: {people.counts['approve']} approved, {people.counts['edit']} edited, "
-            f"{people.counts['reject']} rejected")
+        _send(sim, rounds[0])
+        people.review_all(len(rounds[0]))
+        _say_round(say, round_stats(store, 1, "r1-"))
 
         # 4. the scheduler's threshold job retrains; the canary serves; the canary job decides --------
-        say("[4/5] The scheduler's threshold job sees the new samples and runs the pipeline")
+        say("[4/6] The scheduler's threshold job sees the new samples and runs the pipeline")
         run = _wait_for_scheduled_run(store, s.timeout_s)
         if run["status"] != "succeeded":
             raise DemoError(f"the scheduled run #{run['id']} failed: {run['error']}")
@@ -346,10 +546,12 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
             + (f" for {model['canary_percent']}% of new conversations" if model["status"] == "canary" else ""))
         if model["status"] == "canary":
             canary_id = model["id"]
+            canary_batch = [dict(q, conversation_id=f"c-{i:03d}-{q['kind']}")
+                            for i, q in enumerate(q for q in rounds[0] if q["kind"] == "recurring")]
             sent = 0
-            while sent < len(canary_batch):
+            while sent < min(len(canary_batch), s.canary_questions):
                 batch = canary_batch[sent: sent + 3]
-                _send(sim, batch, say)
+                _send(sim, batch)
                 sent += len(batch)
                 people.review_all(len(people.seen) + len(batch))
                 if registry.review_rates(canary_id)["reviews"] >= s.canary_min_reviews:
@@ -357,26 +559,73 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
             decision = _wait_for_canary_decision(store, canary_id, s.timeout_s)
             say(f"      the canary job {'promoted' if decision == 'champion' else 'rolled back'} "
                 f"{model['name']} ({decision})")
+
+        # 5. round 2 ------------------------------------------------------------------------------
+        champion = registry.champion()
+        say(f"[5/6] Round 2: the same recurring questions again, and new ones; {champion['name']} drafts")
+        _send(sim, rounds[1])
+        people.review_all(len(people.seen) + len(rounds[1]))
+        _say_round(say, round_stats(store, 2, "r2-"))
     finally:
         _wait_idle(store, s.timeout_s)  # a run started by the scheduler finishes before the bot stops
         stop.set()
         bot_thread.join(30)
         sim.close()
 
-    # 5. weekly report and summary -------------------------------------------------------------------
-    say("[5/5] Weekly consistency report")
+    # 6. weekly report and summary -------------------------------------------------------------------
+    say("[6/6] Weekly consistency report")
     from evaluation.report import IsoWeek, build_weekly_report, report_timezone
 
     tz = report_timezone(config)
     report = build_weekly_report(config, store, week=IsoWeek.containing(timeutil.now().astimezone(tz).date()))
     summary.report_dir = report.out_dir
+    summary.rounds = [round_stats(store, n, f"r{n}-") for n in (1, 2)]
+    summary.notes = _heldout_rows(store, summary.rounds)
     summary.seconds = time.monotonic() - started
-    summary.rows = _summary_rows(store, registry, imported.added, champion_before, people, summary)
+    summary.rows = _summary_rows(store, registry, imported.added, people, summary)
+    (workdir / "demo-summary.json").write_text(json.dumps(
+        {"rounds": [r.to_dict() for r in summary.rounds], "notes": summary.notes, "seconds": summary.seconds,
+         "base_reused": summary.base_reused}, ensure_ascii=False, indent=2), encoding="utf-8")
     store.close()
     return summary
 
 
-def _legacy_candidate(workdir, config, store, registry, s: DemoSettings, export_samples, say) -> str:
+def _say_round(say, stats: RoundStats) -> None:
+    rate = stats.approval_rate
+    say(f"      round {stats.round}: {stats.drafts} drafts by {stats.models}: "
+        f"{stats.terminology} terminology and {stats.promises} banned-promise violations; "
+        f"{stats.approved} approved without edit, {stats.edited} edited"
+        + (f" ({rate:.0%} approved)" if rate is not None else ""))
+
+
+def _heldout_rows(store, rounds: list[RoundStats]) -> list[str]:
+    """Fill in each round's held-out consistency (from the retrained model's evaluation, which
+    drafted the same held-out questions with both models) and say whether it changed beyond noise."""
+    row = store.one("SELECT report FROM evaluations WHERE against_model_id IS NOT NULL ORDER BY id DESC LIMIT 1")
+    evaluation = json.loads(row["report"]) if row else None
+    scores = []
+    for stats in rounds:
+        # the model that wrote most of the round's drafts
+        name = stats.models.split(" (")[0] if stats.models else ""
+        chrf, emb = heldout_consistency(store, name, evaluation)
+        if chrf:
+            stats.heldout_chrf, stats.heldout_embedding = sum(chrf) / len(chrf), sum(emb) / len(emb)
+            stats.heldout_n = len(chrf)
+        scores.append((chrf, emb))
+    notes = []
+    if evaluation and all(c for c, _ in scores) and rounds[0].models != rounds[1].models:
+        for label, i in (("chrF", 0), ("embedding", 1)):
+            change, se = paired_change(scores[0][i], scores[1][i])
+            verdict = ("within noise" if abs(change) < 2 * se else "up" if change > 0 else "down")
+            notes.append(f"held-out {label}: {change:+.3f} (± {2 * se:.3f}, 2 standard errors) on "
+                         f"{len(scores[0][i])} questions never trained on: {verdict}")
+        if all("within noise" in n for n in notes):
+            notes.append("a 1.2M-parameter model learns the replies it is trained on, not paraphrases it never "
+                         "saw: its learning shows in the recurring questions and the wording, not on held-out ones")
+    return notes
+
+
+def _legacy_candidate(workdir, base: Path, config, store, registry, s: DemoSettings, export_samples, say) -> str:
     """A team's existing adapter: trained on its old export, whose answers carry a forbidden
     promise. Evaluated on the current held-out set, it is blocked by the gate."""
     from evaluation.evaluate import evaluate_model
@@ -388,7 +637,7 @@ def _legacy_candidate(workdir, config, store, registry, s: DemoSettings, export_
     export_samples(legacy, "lora-scripts", workdir / "legacy-export")
     config_path = workdir / "legacy-train.yaml"
     config_path.write_text(
-        TRAIN_YAML.format(base=workdir / "base-model", steps=s.train_steps, dataset="folder")
+        TRAIN_YAML.format(base=base, steps=min(20, s.train_steps), dataset="folder")
         .replace("output_dir: adapters/latest", "output_dir: adapters/legacy-import")
         + "train_data_dir: legacy-export\nmetadata_path: metadata.csv\n", encoding="utf-8")
     result = run_training(load_train_config(config_path, cwd=workdir), progress=lambda event: None)  # paths: workdir's
@@ -411,30 +660,9 @@ def _wait_idle(store, timeout: float) -> None:
         time.sleep(0.25)
 
 
-def _questions(incoming: list[dict], samples: list[dict]) -> list[dict]:
-    """Incoming questions; some arrive with a draft from the old system (wrong terms, a
-    forbidden promise, or a correct answer), a few are not customer questions at all."""
-    out = []
-    for i, row in enumerate(incoming):
-        q = {"conversation_id": row["conversation_id"], "question": row["question"], "category": row["category"]}
-        reference = _best_reference(row["question"], row["category"], samples)["response"]
-        if i % 7 == 1:
-            q["draft"] = reference.replace("电子面单", "快递条码").replace("七天无理由退货", "七日退货") \
-                if ("电子面单" in reference or "七天无理由退货" in reference) else reference + "亲，快递条码在订单里。"
-        elif i % 7 == 3:
-            q["draft"] = reference + PROMISE
-        elif i % 7 == 5:
-            q["draft"] = reference
-        out.append(q)
-    for j, text in enumerate(OFF_TOPIC[: max(1, len(incoming) // 12)]):
-        out.insert(3 + j * 9, {"conversation_id": f"spam-{j}", "question": text, "category": None,
-                               "draft": "您好，请问有什么可以帮您？"})
-    return out
-
-
-def _send(sim, questions: list[dict], say) -> None:
+def _send(sim, questions: list[dict]) -> None:
     for q in questions:
-        payload = {k: v for k, v in q.items() if v is not None}
+        payload = {k: q[k] for k in ("conversation_id", "question", "category") if q.get(k) is not None}
         resp = sim.intake(payload, INTAKE_TOKEN)
         if resp.status not in (200, 201):
             raise DemoError(f"/intake answered {resp.status}: {resp.body}")
@@ -460,27 +688,18 @@ def _wait_for_canary_decision(store, model_id: int, timeout: float) -> str:
     raise DemoError("the canary job did not decide in time")
 
 
-def _comparison_row(compared: dict | None, fmt) -> tuple[str, str]:
-    if compared is None:
-        return ("Retrained vs champion", "no retrained model was evaluated")
-    report = json.loads(compared["report"])
-    return (f"Retrained vs champion ({report['n']} held-out questions)",
-            f"{report['against']['name']} {fmt(report['champion_consistency']['mean'])} -> "
-            f"{compared['name']} {fmt(report['consistency']['mean'])} ({compared['status']})")
+def _fmt(v, pattern: str = "{:.3f}") -> str:
+    return "n/a" if v is None else pattern.format(v)
 
 
-def _summary_rows(store, registry, imported: int, champion_before, people, summary) -> list[tuple[str, str]]:
+def _summary_rows(store, registry, imported: int, people, summary) -> list[tuple[str, str]]:
     champion = registry.champion()
-    # the retrained model was scored together with the champion on the same held-out questions:
-    # that pair, not two evaluations on different snapshots, says whether retraining helped
-    compared = store.one("SELECT e.report, m.name, m.status FROM evaluations e JOIN models m ON m.id = e.model_id"
-                         " WHERE e.against_model_id IS NOT NULL ORDER BY e.id DESC LIMIT 1")
     runs = Counter(r["status"] for r in store.query("SELECT status FROM training_runs"))
     statuses = Counter(r["status"] for r in store.query("SELECT status FROM models"))
     flagged = Counter(r["verdict"] for r in store.query("SELECT verdict FROM drafts"))
     approved = store.scalar("SELECT count(*) FROM samples WHERE source = 'review'")
-    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
     return [
+        ("Base model", "reused from the workspace cache" if summary.base_reused else "pre-trained in this run"),
         ("Samples in the dataset", f"{imported} imported -> {store.sample_count()} (+{approved} approved in Slack)"),
         ("Questions received at /intake", str(store.scalar("SELECT count(*) FROM questions"))),
         ("Review decisions", f"{people.counts['approve']} approved, {people.counts['edit']} edited, "
@@ -490,8 +709,38 @@ def _summary_rows(store, registry, imported: int, champion_before, people, summa
         ("Models", ", ".join(f"{n} {k}" for k, n in sorted(statuses.items()))),
         ("Legacy candidate", ("blocked by the gate: " + summary.blocked_reason) if summary.blocked_reason != "passed"
          else "passed the gate"),
-        ("First champion consistency", fmt(champion_before and champion_before["mean_similarity"])),
-        _comparison_row(compared, fmt),
         ("Champion now", champion["name"] if champion else "-"),
         ("Weekly report", str(summary.report_dir / "report.md") if summary.report_dir else "-"),
     ]
+
+
+def round_table(rounds: list[RoundStats]) -> tuple[list[str], list[list[str]]]:
+    """The per-round numbers as a header and rows (for the CLI's table)."""
+    header = ["", *[f"Round {r.round}" for r in rounds]]
+    pct = "{:.0%}"
+
+    def kind(r: RoundStats, name: str) -> str:
+        k = r.by_kind.get(name)
+        if not k:
+            return "-"
+        rate = k["approved"] / k["decided"] if k["decided"] else None
+        return (f"{_fmt(RoundStats.per_100(k['violations'], k['drafts']), '{:.0f}')} violations/100, "
+                f"{_fmt(rate, pct)} approved (n={k['drafts']})")
+
+    rows = [
+        ["Drafted by", *[r.models for r in rounds]],
+        ["Customer drafts", *[str(r.drafts) for r in rounds]],
+        ["Terminology violations / 100 drafts",
+         *[_fmt(RoundStats.per_100(r.terminology, r.drafts), "{:.1f}") for r in rounds]],
+        ["Banned-promise violations / 100 drafts",
+         *[_fmt(RoundStats.per_100(r.promises, r.drafts), "{:.1f}") for r in rounds]],
+        ["Approved without edit", *[f"{_fmt(r.approval_rate, pct)} ({r.approved}/{r.approved + r.edited})"
+                                    for r in rounds]],
+        ["  recurring questions", *[kind(r, "recurring") for r in rounds]],
+        ["  questions the approved set answers", *[kind(r, "known") for r in rounds]],
+        ["  new questions", *[kind(r, "new") for r in rounds]],
+        ["Held-out consistency, chrF", *[_fmt(r.heldout_chrf) + (f" (n={r.heldout_n})" if r.heldout_n else "")
+                                         for r in rounds]],
+        ["Held-out consistency, embedding", *[_fmt(r.heldout_embedding) for r in rounds]],
+    ]
+    return header, rows

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from helpers import cli_subprocess
+from replyloop.demo import HELD_BACK_INTENTS
 from replyloop.store import Store
 
 pytestmark = pytest.mark.slow
@@ -12,14 +13,27 @@ pytestmark = pytest.mark.slow
 
 def test_demo_quick_runs_the_whole_loop(tmp_path):
     workdir = tmp_path / "demo"
-    result = cli_subprocess("demo", "--quick", "--workdir", workdir, timeout=600)
+    result = cli_subprocess("demo", "--quick", "--workdir", workdir, timeout=1800)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    for step in ("[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]", "replyloop demo: done in"):
+    check_demo_outcome(workdir, result.stdout)
+
+
+def check_demo_outcome(workdir, stdout):
+    """What a finished demo left in its workspace and printed (also run by hand on a full demo)."""
+    from types import SimpleNamespace
+
+    result = SimpleNamespace(stdout=stdout)
+    for step in ("[1/6]", "[2/6]", "[3/6]", "[4/6]", "[5/6]", "[6/6]", "replyloop demo: done in"):
         assert step in result.stdout
 
     store = Store(workdir / "replyloop.db")
-    # 1. workspace and sample data
-    assert store.scalar("SELECT count(*) FROM samples WHERE source = 'import'") == 180
+    # 1. workspace and sample data: the shipped set minus the questions with no approved reply yet
+    held_back = [r for r in _sample_rows() if r["intent"] in HELD_BACK_INTENTS]
+    assert store.scalar("SELECT count(*) FROM samples WHERE source = 'import'") == 180 - len(held_back)
+    # the base model was pre-trained in this run and cached in the workspace
+    assert "pre-trained a 1.2M-parameter model" in result.stdout
+    cached = list((workdir / ".cache").glob("tiny-llama-*/pretrain.json"))
+    assert len(cached) == 1 and json.loads(cached[0].read_text(encoding="utf-8"))["final_loss"] < 0.5
     # 2. the first champion came from the pipeline, the legacy candidate was blocked for 全额赔付
     runs = store.query("SELECT * FROM training_runs ORDER BY id")
     assert [r["trigger"] for r in runs][:2] == ["demo", "scheduler"]
@@ -44,7 +58,7 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
                         " WHERE d.verdict = 'block' AND r.decision = 'approve'") == 0
     assert store.scalar("SELECT count(*) FROM drafts WHERE verdict = 'block'") >= 1
     edited = [r["final_text"] for r in store.query("SELECT final_text FROM reviews WHERE decision = 'edit'")]
-    assert not any("全额赔付" in t or "快递条码" in t for t in edited)
+    assert not any("全额赔付" in t or "快递条码" in t or "七日退货" in t for t in edited)
     # 4. the scheduler's run made a canary, and the canary job decided it
     scheduled = runs[1]
     canary_events = store.query("SELECT action FROM audit_log WHERE entity_id = ? AND action LIKE 'model.%'",
@@ -60,12 +74,76 @@ def test_demo_quick_runs_the_whole_loop(tmp_path):
     assert len(reports) == 1 and "Weekly consistency report" in reports[0].read_text(encoding="utf-8")
     assert (reports[0].parent / "numbers.csv").exists()
     assert f"Weekly report: {reports[0]}" in result.stdout  # the whole path, not cut to the table's width
-    # the summary compares the retrained model with the champion on the same held-out questions
+    # the retrained model was evaluated with the champion on the same held-out questions
     compared = store.one("SELECT model_id, against_model_id FROM evaluations WHERE against_model_id IS NOT NULL"
                          " ORDER BY id DESC LIMIT 1")
     assert compared["model_id"] == scheduled["model_id"] and compared["against_model_id"] == runs[0]["model_id"]
-    assert "Retrained vs champion" in result.stdout and "First champion consistency" in result.stdout
+
+    # the rounds, counted here from the drafts and reviews themselves
+    r1, r2 = _round(store, "r1-"), _round(store, "r2-")
+    first_champion = store.scalar("SELECT name FROM models WHERE id = ?", (runs[0]["model_id"],))
+    assert r1["models"] == {first_champion}  # every round-1 draft came from the first champion
+    assert r2["models"] == {store.scalar("SELECT name FROM models WHERE status = 'champion'")}
+    assert r1["drafts"] == r2["drafts"] > 0
+    # the first champion has the legacy habits: its own drafts say 快递条码 / promise 全额赔付
+    assert r1["terminology"] > 0 and r1["promises"] > 0
+    assert r1["texts_with_legacy"] > 0
+    # round 2 is better: fewer violations, more drafts approved without edit
+    assert r2["terminology"] + r2["promises"] < r1["terminology"] + r1["promises"]
+    assert r2["approved"] / r2["drafts"] > r1["approved"] / r1["drafts"]
+    # the summary prints these numbers (per 100 drafts), not numbers written in
+    summary = json.loads((workdir / "demo-summary.json").read_text(encoding="utf-8"))
+    for got, counted in zip(summary["rounds"], (r1, r2)):
+        assert got["drafts"] == counted["drafts"]
+        assert got["terminology_per_100"] == pytest.approx(100 * counted["terminology"] / counted["drafts"])
+        assert got["promises_per_100"] == pytest.approx(100 * counted["promises"] / counted["drafts"])
+        assert got["approval_without_edit"] == pytest.approx(counted["approved"] / counted["drafts"])
+        assert got["heldout_chrf"] is not None and 0 <= got["heldout_chrf"] <= 1
+        assert got["heldout_n"] == compared_n(store)
+    out = " ".join(result.stdout.split())
+    assert "Terminology violations / 100 drafts" in out and "Approved without edit" in out
+    assert f"{100 * r1['terminology'] / r1['drafts']:.1f}" in out
+    assert "Held-out consistency, chrF" in out and "held-out chrF" in out
     store.close()
+
+
+def _sample_rows():
+    import csv
+
+    from replyloop import paths
+
+    with (paths.samples_dir() / "cs_samples.csv").open(encoding="utf-8", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def compared_n(store):
+    return json.loads(store.one("SELECT report FROM evaluations WHERE against_model_id IS NOT NULL"
+                                " ORDER BY id DESC LIMIT 1")["report"])["n"]
+
+
+def _round(store, prefix):
+    """A round's drafts for customer questions, and the decisions on them, straight from the tables."""
+    rows = store.query("SELECT d.text, d.model_name, d.violations, r.decision FROM drafts d"
+                       " JOIN questions q ON q.id = d.question_id JOIN reviews r ON r.draft_id = d.id"
+                       " WHERE q.conversation_id LIKE ? AND q.conversation_id NOT LIKE '%off-topic'", (prefix + "%",))
+    rules = [[v["rule"] for v in json.loads(r["violations"])] for r in rows]
+    return {"drafts": len(rows), "models": {r["model_name"] for r in rows},
+            "terminology": sum(1 for rs in rules for x in rs if x.startswith("terminology:")),
+            "promises": sum(1 for rs in rules for x in rs if not x.startswith("terminology:")),
+            "approved": sum(r["decision"] == "approve" for r in rows),
+            "texts_with_legacy": sum(("快递条码" in r["text"]) or ("全额赔付" in r["text"]) for r in rows)}
+
+
+def test_force_keeps_the_cached_base_and_nothing_else(tmp_path):
+    from replyloop.demo import CACHE_DIR, _prepare_workdir
+
+    (tmp_path / CACHE_DIR / "tiny-llama-x").mkdir(parents=True)
+    (tmp_path / CACHE_DIR / "tiny-llama-x" / "config.json").write_text("{}")
+    (tmp_path / "replyloop.db").write_text("old")
+    (tmp_path / "adapters" / "a").mkdir(parents=True)
+    _prepare_workdir(tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CACHE_DIR]
+    assert (tmp_path / CACHE_DIR / "tiny-llama-x" / "config.json").exists()
 
 
 def test_demo_refuses_a_non_empty_workdir(tmp_path):

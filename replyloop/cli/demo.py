@@ -11,14 +11,16 @@ def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
         workdir: Path = typer.Option(Path("replyloop-demo"), "--workdir", help="Where the demo workspace is created (kept afterwards)."),
-        force: bool = typer.Option(False, "--force", help="Replace the workdir if it is not empty."),
+        force: bool = typer.Option(False, "--force", help="Replace the workdir if it is not empty (its cached base model is kept)."),
         quick: bool = typer.Option(False, "--quick", help="Smaller sizes (fewer questions, shorter training)."),
     ):
         """Run the whole loop on embedded defaults: tiny model, local fake Slack, no GPU, no network.
 
-        Creates a workspace, trains a first champion, blocks a candidate that promises 全额赔付,
-        runs the bot with simulated supervisors, lets the scheduler retrain and judge the canary,
-        and writes the weekly report. Leaves the workspace for `replyloop models list`,
+        Creates a workspace, pre-trains (once, cached in the workspace) a tiny model on the
+        team's legacy replies, trains a first champion, blocks a candidate that promises 全额赔付,
+        runs two rounds of reviews with simulated supervisors in between which the scheduler
+        retrains and judges the canary, writes the weekly report, and prints each round's
+        violations, approval rate and held-out consistency. Leaves the workspace for `replyloop models list`,
         `replyloop data stats`, ...
 
         Example: replyloop demo --workdir /tmp/replyloop-demo
@@ -29,7 +31,7 @@ def register(app: typer.Typer) -> None:
         from rich.console import Console
         from rich.table import Table
 
-        from replyloop.demo import DemoSettings, run_demo
+        from replyloop.demo import DemoSettings, round_table, run_demo
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         for noisy in ("apscheduler", "slack_bolt", "bot", "httpx"):
@@ -48,6 +50,15 @@ def register(app: typer.Typer) -> None:
         for what, result in summary.rows:
             table.add_row(what, result)
         console.print(table)
+        header, rows = round_table(summary.rounds)
+        rounds = Table(title="Rounds of reviews (computed from the drafts and the supervisors' decisions)")
+        for i, name in enumerate(header):
+            rounds.add_column(name, overflow="fold", ratio=2 if i == 0 else 3)
+        for row in rows:
+            rounds.add_row(*row)
+        console.print(rounds)
+        for note in summary.notes:
+            console.print(note, markup=False, highlight=False, soft_wrap=True)
         if summary.report_dir:
             console.print(f"Weekly report: {summary.report_dir / 'report.md'}", markup=False, highlight=False,
                           soft_wrap=True)
