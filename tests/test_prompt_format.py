@@ -235,7 +235,7 @@ def test_train_records_the_prompt_format_and_reports_token_lengths(tmp_path, cha
     config = tmp_path / "train.yaml"
     config.write_text(TRAIN_YAML.format(base=chat_base, max_len=64, extra="system_prompt: 你是电商客服。\n"),
                       encoding="utf-8")
-    r = cli_subprocess("train", "--config", config, env={"OMP_NUM_THREADS": "1"})
+    r = cli_subprocess("train", "--config", config, env={"OMP_NUM_THREADS": "1"}, cwd=tmp_path)  # paths: from cwd
     assert r.returncode == 0, r.stderr
     manifest = json.loads((tmp_path / "out" / "adapter" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["prompt"] == {"template": "chat", "system_prompt": "你是电商客服。", "system_turn": False,
@@ -243,7 +243,8 @@ def test_train_records_the_prompt_format_and_reports_token_lengths(tmp_path, cha
     assert manifest["config"]["prompt_template"] == "auto" and manifest["config"]["system_prompt"] == "你是电商客服。"
     lengths = manifest["metrics"]["token_lengths"]
     assert lengths["p50"] <= lengths["p95"] <= lengths["max"] and lengths["max"] > 64
-    line = next(x for x in r.stderr.splitlines() if x.startswith("token lengths of 180 samples"))
+    line = next(x.removeprefix("Note: ") for x in r.stderr.splitlines()
+                if x.startswith("Note: token lengths of 180 samples"))  # a run note, on stderr
     assert line == (f"token lengths of 180 samples (prompt + reply): p50 {lengths['p50']}, p95 {lengths['p95']}, "
                     f"max {lengths['max']}; max_seq_length 64: {manifest['metrics']['truncated']} truncated, "
                     f"{manifest['metrics']['dropped']} dropped")

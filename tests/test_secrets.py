@@ -77,6 +77,8 @@ def test_the_run_child_processes_get_no_secrets(workspace, monkeypatch):
     store.add_samples([SampleIn("导入", "回答")])
     config.train_config_path.parent.mkdir(parents=True, exist_ok=True)
     config.train_config_path.write_text("base_model: base\n", encoding="utf-8")
+    (config.root / "base").mkdir()  # checked before the run: a local directory with config.json
+    (config.root / "base" / "config.json").write_text("{}", encoding="utf-8")
     dump = config.root / "envs"
     dump.mkdir()
     trainer = config.root / "fake_trainer.py"
