@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="demo", help=f"base model ({', '.join(BASES)}); default: demo")
     parser.add_argument("--points", default="0,5,10,all",
                         help="numbers of approved corrections to train on, comma-separated ('all' = every one)")
-    parser.add_argument("--steps", type=int, default=40, help="LoRA optimizer steps at every point")
+    parser.add_argument("--steps", type=int, default=100, help="LoRA optimizer steps at every point (the demo's)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--cache", type=Path, default=Path(".cache/learning-curve"),
                         help="where the pre-trained demo base is cached")

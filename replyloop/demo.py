@@ -49,6 +49,7 @@ BOT_TOKEN = "xoxb-demo-token"
 PROMISE = "放心，如有问题我们全额赔付。"
 OFF_TOPIC = ["在吗在吗，发个红包呗", "你们老板电话多少？我要投资", "hello? is this a real person lol"]
 CACHE_DIR = ".cache"  # kept by --force: the pre-trained base is reused
+HELDOUT_SHARE, SPLIT_SEED = 0.15, "replyloop"  # store.heldout_share / store.split_seed the demo writes
 
 # The team's legacy wording: what its old replies say, and what its policies now require.
 LEGACY_TERMS = {"电子面单": "快递条码", "七天无理由退货": "七日退货"}
@@ -190,6 +191,7 @@ def _write_config(workdir: Path, slack_base_url: str, s: DemoSettings, min_new_s
     data["evaluation"].update({"floor": 0.1, "tolerance": 0.1, "category_margin": 0.3, "max_new_tokens": 96,
                                "batch_size": 32})
     data["drafting"].update({"max_new_tokens": 96})  # a whole reply, promise included
+    data["store"].update({"heldout_share": HELDOUT_SHARE, "split_seed": SPLIT_SEED})
     path.write_text("# Written by `replyloop demo`: a tiny model and a local fake Slack.\n"
                     + yaml.safe_dump(data, allow_unicode=True, sort_keys=False), encoding="utf-8")
     return path
@@ -334,7 +336,12 @@ def round_questions(n: int, s: DemoSettings, sample_rows: list[dict], incoming: 
     """The questions of round ``n``: the recurring ones (no approved reply before the demo) and
     the known ones (the approved set answers them) are the same in every round, asked by other
     customers; the new ones are different questions each round; one off-topic message."""
-    held = [r for r in sample_rows if r["intent"] in HELD_BACK_INTENTS][: s.recurring_questions]
+    from replyloop.store import Store
+
+    # a question in the store's held-out bucket is never trained on, so it cannot recur as a
+    # learned question: those measure generalisation (the held-out row), the rest recur
+    held = [r for r in sample_rows if r["intent"] in HELD_BACK_INTENTS
+            and Store.heldout_bucket(r["prompt"], SPLIT_SEED) >= HELDOUT_SHARE][: s.recurring_questions]
     known = [r for r in sample_rows if r["intent"] not in HELD_BACK_INTENTS]
     known = known[:: max(1, len(known) // max(1, s.known_questions))][: s.known_questions]
     fresh = incoming[(n - 1) * s.new_questions: n * s.new_questions]
