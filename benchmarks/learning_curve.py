@@ -62,7 +62,8 @@ def load_base(name: str, cache: Path, quick: bool = False) -> Path:
         print(f"base: {'cached' if result.reused else 'pre-trained'} {result.path} "
               f"(loss {result.first_loss:.2f} -> {result.final_loss:.2f})", file=sys.stderr)
         return result.path
-    raise SystemExit(f"Error: --base {name}: unknown base model (choose from {', '.join(BASES)})")
+    print(f"Error: --base {name}: unknown base model (choose from {', '.join(BASES)})", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def split(rows: list[dict], heldout_share: float, seed: str) -> tuple[list[dict], list[dict], list[dict]]:
