@@ -67,7 +67,7 @@ class DemoError(ReplyloopError):
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo. The defaults finish in about 3 minutes on 2 idle CPU cores."""
+    """Sizes of the demo (README "Demo" has the measured times; `quick` is what the test runs)."""
 
     recurring_questions: int = 24  # questions without an approved reply, asked in both rounds
     known_questions: int = 6       # questions the approved set answers, asked in both rounds
