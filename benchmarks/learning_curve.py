@@ -91,8 +91,10 @@ def load_base(name: str, cache: Path, quick: bool = False) -> Path:
         try:
             return smollm2_base()
         except PackagedModelMissing as exc:
-            raise SystemExit(f"Error: --base smollm2: {exc}") from None
-    raise SystemExit(f"Error: --base {name}: unknown base model (choose from {', '.join(BASES)})")
+            print(f"Error: --base smollm2: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
+    print(f"Error: --base {name}: unknown base model (choose from {', '.join(BASES)})", file=sys.stderr)
+    raise SystemExit(2)
 
 
 def split(rows: list[dict], heldout_share: float, seed: str) -> tuple[list[dict], list[dict], list[dict]]:
@@ -191,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base", default="demo", help=f"base model ({', '.join(BASES)}); default: demo")
     parser.add_argument("--points", default="0,5,10,all",
                         help="numbers of approved corrections to train on, comma-separated ('all' = every one)")
-    parser.add_argument("--steps", type=int, default=40, help="LoRA optimizer steps at every point")
+    parser.add_argument("--steps", type=int, default=100, help="LoRA optimizer steps at every point (the demo's)")
     parser.add_argument("--max-new-tokens", type=int, default=96)
     parser.add_argument("--cache", type=Path, default=Path(".cache/learning-curve"),
                         help="where the pre-trained demo base is cached")

@@ -29,4 +29,4 @@ def test_learning_curve_prints_the_table_and_plots(tmp_path):
 def test_an_unknown_base_is_an_error(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "learning_curve.py"), "--base", "gpt9",
                              "--cache", str(tmp_path)], capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert result.returncode != 0 and "Error: --base gpt9: unknown base model (choose from demo, smollm2)" in result.stderr
+    assert result.returncode == 2 and "Error: --base gpt9: unknown base model (choose from demo, smollm2)" in result.stderr
