@@ -99,21 +99,7 @@ def new_import(db: Path, path: Path, workers: int | None = None) -> dict:
 
     start = time.perf_counter()
     store = Store(db)
-    locked: dict = {}
-    real = store.transaction
-
-    def timed_transaction():  # measure the write-lock part: the final INSERT ... SELECT
-        import contextlib
-
-        @contextlib.contextmanager
-        def cm():
-            t = time.perf_counter()
-            with real() as db_:
-                yield db_
-            locked["seconds"] = time.perf_counter() - t
-        return cm()
-
-    store.transaction = timed_transaction  # type: ignore[method-assign]
+    locked = time_write_lock(store)  # the write-lock part: the final INSERT ... SELECT
     result = store.import_rows(iter_staged(path, workers=workers), source="import")
     end = time.perf_counter()
     store.close()
@@ -122,26 +108,31 @@ def new_import(db: Path, path: Path, workers: int | None = None) -> dict:
             "worker_peak_rss_mb": workers_rss}
 
 
+def time_write_lock(store) -> dict:
+    """Wrap ``store.transaction`` so the returned dict gets ``seconds``: how long the last write
+    transaction held the lock."""
+    import contextlib
+
+    locked: dict = {}
+    real = store.transaction
+
+    @contextlib.contextmanager
+    def timed_transaction():
+        t = time.perf_counter()
+        with real() as db_:
+            yield db_
+        locked["seconds"] = time.perf_counter() - t
+
+    store.transaction = timed_transaction  # type: ignore[method-assign]
+    return locked
+
+
 def snapshot(db: Path) -> dict:
     from replyloop.store import Store
 
     start = time.perf_counter()
     with Store(db) as store:
-        locked: dict = {}
-        real = store.transaction
-
-        def timed_transaction():
-            import contextlib
-
-            @contextlib.contextmanager
-            def cm():
-                t = time.perf_counter()
-                with real() as db_:
-                    yield db_
-                locked["seconds"] = time.perf_counter() - t
-            return cm()
-
-        store.transaction = timed_transaction  # type: ignore[method-assign]
+        locked = time_write_lock(store)
         snap = store.create_snapshot(0.15, "replyloop")
     return {"seconds": time.perf_counter() - start, "locked_seconds": locked.get("seconds"), "train": snap.train,
             "heldout": snap.heldout, "hash": snap.hash}

@@ -327,25 +327,31 @@ def _submission(bot: "Bot", body: dict, view: dict) -> tuple[str, dict | None]:
     return user, meta
 
 
-def decide_edit(bot: "Bot", body: dict, view: dict) -> Outcome:
-    """The edit modal's submission (already validated): the decision, before ``ack()``."""
+def _submitter(bot: "Bot", body: dict, view: dict) -> tuple[str, dict | None, Outcome | None]:
+    """A modal submission's user and metadata, or the refusal (malformed form, not a supervisor)."""
     user, meta = _submission(bot, body, view)
     if meta is None:
-        return Outcome(user, None, None, notice="This form is malformed (no draft id): nothing was changed.")
-    channel, ts = meta.get("channel"), meta.get("ts")
+        return user, None, Outcome(user, None, None, notice="This form is malformed (no draft id): nothing was changed.")
     if not bot.supervisors.is_supervisor(user):
-        return Outcome(user, channel, ts, notice=NOT_SUPERVISOR)
+        return user, meta, Outcome(user, meta.get("channel"), meta.get("ts"), notice=NOT_SUPERVISOR)
+    return user, meta, None
+
+
+def decide_edit(bot: "Bot", body: dict, view: dict) -> Outcome:
+    """The edit modal's submission (already validated): the decision, before ``ack()``."""
+    user, meta, refused = _submitter(bot, body, view)
+    if refused is not None:
+        return refused
+    channel, ts = meta.get("channel"), meta.get("ts")
     text = _view_value(view, cards.REPLY_BLOCK, cards.REPLY_INPUT)
     return _record(bot, meta["draft_id"], "edit", user, channel, ts, final_text=text)
 
 
 def decide_reject(bot: "Bot", body: dict, view: dict) -> Outcome:
     """The reject modal's submission: the decision, before ``ack()``."""
-    user, meta = _submission(bot, body, view)
-    if meta is None:
-        return Outcome(user, None, None, notice="This form is malformed (no draft id): nothing was changed.")
+    user, meta, refused = _submitter(bot, body, view)
+    if refused is not None:
+        return refused
     channel, ts = meta.get("channel"), meta.get("ts")
-    if not bot.supervisors.is_supervisor(user):
-        return Outcome(user, channel, ts, notice=NOT_SUPERVISOR)
     reason = _view_value(view, cards.REASON_BLOCK, cards.REASON_INPUT) or None
     return _record(bot, meta["draft_id"], "reject", user, channel, ts, reason=reason)
