@@ -243,8 +243,7 @@ def test_train_records_the_prompt_format_and_reports_token_lengths(tmp_path, cha
     assert manifest["config"]["prompt_template"] == "auto" and manifest["config"]["system_prompt"] == "你是电商客服。"
     lengths = manifest["metrics"]["token_lengths"]
     assert lengths["p50"] <= lengths["p95"] <= lengths["max"] and lengths["max"] > 64
-    line = next(x.removeprefix("Note: ") for x in r.stderr.splitlines()
-                if x.startswith("Note: token lengths of 180 samples"))  # a run note, on stderr
+    line = next(x for x in r.stderr.splitlines() if x.startswith("token lengths of 180 samples"))
     assert line == (f"token lengths of 180 samples (prompt + reply): p50 {lengths['p50']}, p95 {lengths['p95']}, "
                     f"max {lengths['max']}; max_seq_length 64: {manifest['metrics']['truncated']} truncated, "
                     f"{manifest['metrics']['dropped']} dropped")

@@ -128,7 +128,7 @@ TRAIN = BASE.replace("./models/base", "{base}") + "".join(
 
 def _without_token_lengths(text: str) -> str:
     """Output less the token-length report every run prints first."""
-    return "".join(line for line in text.splitlines(True) if not line.startswith("Note: token lengths of "))
+    return "".join(line for line in text.splitlines(True) if not line.startswith("token lengths of "))
 
 
 def _run(config, **kw):
@@ -136,7 +136,7 @@ def _run(config, **kw):
 
     notes = []
     result = run_training(load_train_config(config, **kw), progress=lambda e: None, notice=notes.append)
-    return result, [n for n in notes if not n.startswith("token lengths of ")]  # the run's notes only
+    return result, notes
 
 
 def test_checkpoints_logs_and_notes_of_a_run(tmp_path, tiny_base, monkeypatch):

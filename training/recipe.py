@@ -58,6 +58,12 @@ class AdapterMismatchError(ConfigError):
     """lora_rank / target_modules disagree with the init_adapter the run continues from"""
 
 
+def _report_line(text: str) -> None:
+    """A one-line report for the person running the trainer (stderr, beside the progress lines)."""
+    sys.stderr.write(text + "\n")
+    sys.stderr.flush()
+
+
 def stderr_notice(text: str) -> None:
     """Default for run notes: ``Note: ...`` on stderr (beside the progress lines on stdout)."""
     sys.stderr.write(f"Note: {text}\n")
@@ -354,7 +360,7 @@ class LoRAFinetuneRecipe:
         """The token-length distribution (one line to ``notice``), and a TruncationWarning when
         more than TRUNCATION_WARN_SHARE of the samples are cut or dropped."""
         if self.is_main:
-            self._notice(token_lengths_line(self.token_stats.report()))
+            _report_line(token_lengths_line(self.token_stats.report()))  # a report, not a run note
         message = self.token_stats.warning()
         if message is not None:
             warnings.warn(f"{self.cfg.where('max_seq_length')}{message}", TruncationWarning, stacklevel=2)
@@ -834,8 +840,8 @@ def run_training(cfg: TrainConfig, progress: Progress | None = None, notice: Not
     ``progress`` receives one dict per step (``step``, ``total_steps``, ``loss``,
     ``tokens_per_s``, ...) and per evaluation (``eval_loss``); ``None`` prints a progress bar on
     a terminal and ``replyloop-progress {json}`` lines otherwise. ``notice`` receives the run's
-    notes and one-line reports meant for a person (the token-length distribution at the start,
-    other CSVs not read, no checkpoint before the end, ...); ``None`` prints ``Note: ...`` on stderr.
+    notes (other CSVs not read, no checkpoint before the end, ...); ``None`` prints ``Note: ...``
+    on stderr. The token-length distribution is printed on stderr at the start.
     """
     recipe = LoRAFinetuneRecipe(cfg, progress=progress, notice=notice)
     try:
