@@ -238,16 +238,11 @@ def block_kit_errors(blocks: Any, surface: str = "message") -> list[str]:
                 errors += _text_errors(f, f"{where}.fields[{j}]", 2000)
             if block.get("accessory") is not None:
                 errors += _element_errors(block["accessory"], f"{where}.accessory")
-        elif kind == "context":
+        elif kind in ("context", "actions"):
+            most = 10 if kind == "context" else 25  # Block Kit: elements per block
             elements = block.get("elements") or []
-            if not 1 <= len(elements) <= 10:
-                errors.append(f"{where}.elements: must have 1 to 10 items")
-            for j, el in enumerate(elements):
-                errors += _element_errors(el, f"{where}.elements[{j}]")
-        elif kind == "actions":
-            elements = block.get("elements") or []
-            if not 1 <= len(elements) <= 25:
-                errors.append(f"{where}.elements: must have 1 to 25 items")
+            if not 1 <= len(elements) <= most:
+                errors.append(f"{where}.elements: must have 1 to {most} items")
             for j, el in enumerate(elements):
                 errors += _element_errors(el, f"{where}.elements[{j}]")
         elif kind == "input":

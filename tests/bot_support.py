@@ -140,6 +140,15 @@ def close_env(env: BotEnv) -> None:
     env.fake.stop()
 
 
+def wait_until(predicate, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` until it is true; TimeoutError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not reached")
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def env(workspace):
     e = make_env(workspace)
@@ -154,6 +163,6 @@ def env_drafting(workspace):
     close_env(e)
 
 
-__all__ = ["env", "env_drafting", "BotEnv", "PhraseRules", "CannedDrafter", "make_env", "close_env",
+__all__ = ["env", "env_drafting", "BotEnv", "PhraseRules", "CannedDrafter", "make_env", "close_env", "wait_until",
            "BOT_TOKEN", "APP_TOKEN", "SIGNING_SECRET", "INTAKE_TOKEN", "REVIEW", "INTAKE", "SUPERVISORS",
            "GROUP_MEMBER", "OUTSIDER"]

@@ -212,7 +212,7 @@ def test_kill_9_after_intake_message_200_keeps_the_question(replyloop_home):
 
 # -- in process: the bot on 127.0.0.1 against FakeSlack, bolt real, requests signed ------------------
 
-from bot_support import CannedDrafter, INTAKE, INTAKE_TOKEN, close_env, env_drafting, make_env  # noqa: E402,F401
+from bot_support import CannedDrafter, INTAKE, INTAKE_TOKEN, close_env, env_drafting, make_env, wait_until  # noqa: E402,F401
 
 
 class DownDrafter(CannedDrafter):
@@ -239,14 +239,6 @@ class SlowDrafter(CannedDrafter):
         return super().draft(question, conversation_id)
 
 
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
-
-
 def test_channel_message_is_stored_before_the_ack_even_with_the_model_down(workspace):
     from bot.server import sweep
 
@@ -257,7 +249,7 @@ def test_channel_message_is_stored_before_the_ack_even_with_the_model_down(works
         # stored by the time Slack has its 200 (no waiting here)
         [q] = env.store.query("SELECT * FROM questions")
         assert (q["text"], q["source"], q["conversation_id"]) == ("快递丢了怎么办", "slack", f"slack:{INTAKE}:1700000000.000100")
-        _wait(lambda: len(env.bot.drafter.calls) == 1)  # drafting was tried after the ack, and failed
+        wait_until(lambda: len(env.bot.drafter.calls) == 1)  # drafting was tried after the ack, and failed
         time.sleep(0.2)
         assert env.store.scalar("SELECT count(*) FROM drafts") == 0
         # Slack's retries are spotted by the dedup key before any drafting
@@ -280,7 +272,7 @@ def test_two_equal_messages_in_one_thread_are_two_questions(env_drafting):
     for ts in ("1700000000.000200", "1700000000.000300"):
         env.sim.event({"type": "message", "channel": INTAKE, "user": "UCUSTOMER", "text": "还在吗？", "ts": ts,
                        "thread_ts": "1700000000.000100"})
-    _wait(lambda: env.store.scalar("SELECT count(*) FROM drafts") == 2)
+    wait_until(lambda: env.store.scalar("SELECT count(*) FROM drafts") == 2)
     assert {r["conversation_id"] for r in env.store.query("SELECT * FROM questions")} == {
         f"slack:{INTAKE}:1700000000.000100"}
 
@@ -344,7 +336,7 @@ def test_file_share_and_thread_broadcast_are_questions_other_subtypes_are_not(en
                            ("me_message", {"text": "waves"})):
         env.sim.event({"type": "message", "subtype": subtype, "channel": INTAKE, "user": "UCUSTOMER",
                        "ts": "1700000000.000400", **extra})
-    _wait(lambda: env.store.scalar("SELECT count(*) FROM drafts") == 3)
+    wait_until(lambda: env.store.scalar("SELECT count(*) FROM drafts") == 3)
     time.sleep(0.3)
     rows = env.store.query("SELECT text, conversation_id FROM questions ORDER BY id")
     assert rows == [
@@ -374,7 +366,7 @@ def test_hostile_clicks_submissions_and_events_are_answered_and_change_nothing(e
                   {"type": "message", "channel": INTAKE, "user": "U1", "ts": "1700000000.4", "text": "d",
                    "thread_ts": {"x": 1}}):
         assert env.sim.event(event).status == 200, event
-    _wait(lambda: env.store.scalar("SELECT count(*) FROM questions") == 3)  # the one seeded, "a", "d"
+    wait_until(lambda: env.store.scalar("SELECT count(*) FROM questions") == 3)  # the one seeded, "a", "d"
     assert env.store.scalar("SELECT count(*) FROM reviews") == 0
     texts = [r["text"] for r in env.store.query("SELECT text FROM questions ORDER BY id")]
     assert texts[1:] == ["a", "d"]

@@ -28,14 +28,6 @@ def _fresh_request(env, method: str, path: str, body: bytes = b"", headers: dict
         conn.close()
 
 
-def _wait(predicate, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise TimeoutError("condition not reached")
-        time.sleep(0.02)
-
-
 def test_http_requests_do_not_leak_sqlite_connections(env):
     auth = {"Authorization": f"Bearer {INTAKE_TOKEN}", "Content-Type": "application/json"}
     for i in range(5):  # warm up: the bot's pools open their few connections
@@ -222,7 +214,7 @@ def test_supervisor_group_survives_slack_failures_and_asks_outside_the_lock(env)
     started = time.monotonic()
     assert sup.is_supervisor(GROUP_MEMBER)  # the last known members, without waiting for Slack
     assert time.monotonic() - started < 0.5
-    _wait(lambda: not sup._refreshing)
+    wait_until(lambda: not sup._refreshing)
     assert lists() == 3  # asked once
     env.fake.delay("usergroups.users.list", 0)
 
@@ -231,7 +223,7 @@ def test_supervisor_group_survives_slack_failures_and_asks_outside_the_lock(env)
     env.fake.stop()  # Slack unreachable: a connection error, not a SlackApiError
     down._fetched_at -= 61
     assert down.is_supervisor(GROUP_MEMBER)  # kept, no exception
-    _wait(lambda: not down._refreshing)
+    wait_until(lambda: not down._refreshing)
     assert down.is_supervisor(GROUP_MEMBER)
     assert down._fetched_at > time.monotonic() - 5  # and not asked again before ttl_s
 
@@ -260,11 +252,11 @@ def test_intake_channel_by_name_survives_a_failed_lookup(env):
         assert env.store.scalar("SELECT count(*) FROM questions") == 0
         assert env.store.scalar("SELECT text FROM intake_events WHERE state = 'unresolved'") == "第一条"
         env.sim.message("C0CQ", "第二条", user="UCUSTOMER", ts="1700000000.000200")
-        _wait(lambda: env.store.scalar("SELECT count(*) FROM questions") == 2)  # the held one too
+        wait_until(lambda: env.store.scalar("SELECT count(*) FROM questions") == 2)  # the held one too
         env.sim.message("C0OTHER", "别的频道", user="UCUSTOMER", ts="1700000000.000300")
         env.sim.message("C0CQ", "第三条", user="UCUSTOMER", ts="1700000000.000400")
-        _wait(lambda: env.store.scalar("SELECT count(*) FROM questions") == 3)
-        _wait(lambda: env.store.scalar("SELECT count(*) FROM intake_events WHERE state = 'ignored'") == 1)
+        wait_until(lambda: env.store.scalar("SELECT count(*) FROM questions") == 3)
+        wait_until(lambda: env.store.scalar("SELECT count(*) FROM intake_events WHERE state = 'ignored'") == 1)
         time.sleep(0.2)
         assert [r["text"] for r in env.store.query("SELECT text FROM questions ORDER BY id")] == [
             "第一条", "第二条", "第三条"]
@@ -290,7 +282,7 @@ def test_held_message_is_taken_in_by_the_sweep_after_slack_recovers(env):
         env.config.file.slack.intake_channel = "customer-questions"
         named.fail_next("conversations.info", status=500, count=10)
         env.sim.message("C0CQ", "唯一一条", user="UCUSTOMER", ts="1700000000.000100")
-        _wait(lambda: len(named.calls_to("conversations.info:failed")) >= 1)
+        wait_until(lambda: len(named.calls_to("conversations.info:failed")) >= 1)
         time.sleep(0.3)
         assert env.store.scalar("SELECT count(*) FROM questions") == 0
         # the retry of the same event is not held twice
@@ -339,7 +331,7 @@ def test_intake_channel_stores_plain_text_not_slack_markup(env):
     raw = ("退货 &amp; 换货 &lt;急&gt; <@U0AGENT|小王> 在 <#C0SHOP|售后> 说看 <https://shop.example/o?id=1&amp;x=2|订单页>,"
            " 官网 <http://shop.example|shop.example> 或 <https://help.example/faq>")
     env.sim.message(INTAKE, raw, user="UCUSTOMER", ts="1700000000.000500")
-    _wait(lambda: env.store.scalar("SELECT count(*) FROM questions") == 1)
+    wait_until(lambda: env.store.scalar("SELECT count(*) FROM questions") == 1)
     assert env.store.scalar("SELECT text FROM questions") == (
         "退货 & 换货 <急> @小王 在 #售后 说看 订单页 (https://shop.example/o?id=1&x=2),"
         " 官网 shop.example 或 https://help.example/faq")
