@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from slack_bolt import App
 from slack_sdk import WebClient
 
-from bot import cards, intake, retrain, review, status
+from bot import cards, delivery, intake, retrain, review, status
 from bot.logs import redacting_logger
 from bot.slackclient import web_client
 from bot.supervisors import Supervisors
@@ -106,6 +106,7 @@ class Bot:
     posting: set[int] = field(default_factory=set)
     posting_lock: threading.Lock = field(default_factory=threading.Lock)
     channel_names: dict[str, str] = field(default_factory=dict)
+    outbox: object | None = None  # deliver21: replyloop.outbox.Sender, when delivery is configured
 
     def publish_home(self, user: str) -> None:
         self.client.views_publish(user_id=user, view=cards.home_view(status.home(self.store)))
@@ -125,6 +126,8 @@ class Bot:
         self.work.shutdown(wait=True)
         if self.decisions is not None:
             self.decisions.close()
+        if self.outbox is not None:  # deliver21: what is not sent yet stays in the outbox
+            self.outbox.close()
         self.background.shutdown(wait=False, cancel_futures=True)
 
 
@@ -157,6 +160,7 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     )
     _register(app, bot)
     bot.app = app
+    bot.outbox = delivery.start(bot)  # deliver21: reply.decided events and their sender
     return bot
 
 

@@ -276,6 +276,9 @@ def home_view(home: dict) -> dict:
         {"type": "divider"},
         _section("models", model_line(home["champion"], "Champion") + "\n" + model_line(home["canary"], "Canary")),
     ]
+    for key in ("delivery", "automation"):  # deliver21: one line each, when there is something to say
+        if home.get(key):
+            tail.append(_section(key, home[key]))
     texts = _chunks(f"*This week (since {home['week_start'][:10]})*", lines)
     room = MAX_HOME_BLOCKS - len(head) - len(tail)
     if len(texts) > room:

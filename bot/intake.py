@@ -21,12 +21,12 @@ import hmac
 import json
 import logging
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from bot import review
 from bot.slackclient import slack_error
-from replyloop import dataio, errors, fields
+from replyloop import dataio, errors, fields, outbox
 from replyloop.dataio import QuestionIn
 from replyloop.errors import ReplyloopError
 from replyloop.intake import (draft_question, held_channels, hold_question, ingest, release_held,
@@ -82,7 +82,11 @@ def parse(body: bytes) -> QuestionIn:
         raise IntakeError(f"body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise IntakeError("body must be a JSON object {conversation_id, question, draft?, category?}")
-    return dataio.question_from_mapping(data, strict=True)
+    callback = data.pop("callback_url", None)  # deliver21: checked against the allow-list by handle_http
+    if callback is not None and not isinstance(callback, str):
+        raise IntakeError("callback_url: must be a string (an https:// URL)")
+    question = dataio.question_from_mapping(data, strict=True)
+    return replace(question, callback_url=callback) if callback else question
 
 
 def handle_http(bot: "Bot", headers: dict[str, str], body: bytes) -> IntakeResponse:
@@ -97,6 +101,11 @@ def handle_http(bot: "Bot", headers: dict[str, str], body: bytes) -> IntakeRespo
         question = parse(body)
     except (IntakeError, errors.DataFormatError) as exc:
         return IntakeResponse(400, {"ok": False, "error": str(exc)})
+    if question.callback_url:  # deliver21: no open proxy (allow-list, resolved addresses checked)
+        try:
+            outbox.check_callback_url(question.callback_url, bot.config.file.delivery)
+        except outbox.CallbackURLError as exc:
+            return IntakeResponse(400, {"ok": False, "error": str(exc)})
     if question.draft is None and bot.drafter is None:
         return IntakeResponse(400, {"ok": False, "error": "'draft' is required: no drafting model is configured"})
     try:

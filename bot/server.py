@@ -40,6 +40,7 @@ from bot.slackclient import slack_error
 from bot.web import EVENTS_PATH, MAX_SLACK_BODY, Limits, Web
 from replyloop.config import Config, Secrets
 from replyloop.errors import ConfigError
+from replyloop import outbox
 from replyloop.intake import draft_pending
 from replyloop.store import Store
 
@@ -274,6 +275,8 @@ class BotServer:
         try:
             body = {"queue": self.bot.store.pending_count(),
                     "running_runs": self.bot.store.scalar("SELECT count(*) FROM training_runs WHERE status = 'running'")}
+            if outbox.enabled(self.bot.config):  # deliver21: dead-lettered deliveries
+                body["outbox_dead"] = outbox.dead_count(self.bot.store)
             checks["database"] = "ok"
         except Exception as exc:
             checks["database"] = f"error: {exc}"

@@ -83,4 +83,11 @@ def home(store: Store) -> dict:
         "approvals_this_week": approvals,
         "champion": model_with_status(store, "champion"),
         "canary": model_with_status(store, "canary"),
+        "delivery": _delivery_line(store),  # deliver21
     }
+
+
+def _delivery_line(store: Store) -> str | None:
+    from bot.delivery import home_line
+
+    return home_line(store)

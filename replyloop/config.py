@@ -105,6 +105,58 @@ class DraftingConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # local backend: auto = CUDA when available
 
 
+# -- deliver21: delivery of decided replies (replyloop.outbox), earned automation
+# (replyloop.automation) and runtime adapter loading on the openai backend ----------------------
+
+DeliveryTarget = Literal["webhook", "slack_thread"]
+
+
+class WebhookConfig(Section):
+    url: str = ""  # the helpdesk's endpoint (https://); a question's own callback_url goes first
+    secret_env: str = "REPLYLOOP_WEBHOOK_SECRET"  # the env var holding the HMAC-SHA256 signing secret
+    timeout_s: float = Field(10.0, gt=0)
+    allow_plain_http: bool = False  # http:// targets (a receiver on the same host or in tests)
+
+
+class DeliveryConfig(Section):
+    # source of the question (http | slack | import | cli | demo) -> targets; a source not listed
+    # delivers nothing (post-hoc QA mode: the customer was answered elsewhere)
+    sources: dict[str, list[DeliveryTarget]] = Field(default_factory=dict)
+    webhook: WebhookConfig = Field(default_factory=WebhookConfig)
+    # /intake's callback_url: hosts allowed ("helpdesk.example.com", "*.example.com"); empty: refused
+    callback_hosts: list[str] = Field(default_factory=list)
+    # networks a callback_url may resolve into although private / loopback / link-local ("10.2.0.0/16")
+    callback_networks: list[str] = Field(default_factory=list)
+    max_attempts: int = Field(8, ge=1)      # then the event is dead-lettered (`replyloop outbox retry`)
+    backoff_base_s: float = Field(0.25, gt=0)  # first retry within this, doubling, with full jitter
+    backoff_max_s: float = Field(300.0, gt=0)
+    workers: int = Field(8, ge=1, le=64)    # deliveries in flight at once
+    poll_s: float = Field(0.1, gt=0)        # how often the sender looks for due events
+
+
+class AutomationConfig(Section):
+    enabled: bool = False
+    min_reviews: int = Field(50, ge=1)         # reviews of the intent (last `window`) before it can earn it
+    window: int = Field(200, ge=1)             # the last N reviews counted
+    level: float = Field(0.9, gt=0.0, le=1.0)  # Wilson lower bound of approval-without-edit needed
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    audit_share: float = Field(0.1, ge=0.0, le=1.0)  # would-be auto approvals still reviewed (by hash)
+    audit_min: int = Field(10, ge=1)           # audited reviews before the audit rate can revoke
+    min_embedding: float = Field(0.85, ge=-1.0, le=1.0)  # to the nearest approved reply of the intent
+    min_chrf: float = Field(0.6, ge=0.0, le=1.0)
+    min_question_similarity: float = Field(0.5, ge=0.0, le=1.0)  # chrF to the nearest approved question
+    max_question_chars: int = Field(200, ge=1)
+    complex_words: list[str] = Field(default_factory=lambda: [
+        "投诉", "律师", "起诉", "法院", "消协", "工商", "赔偿", "complaint", "lawyer", "lawsuit", "legal", "sue"])
+
+
+class ServingConfig(Section):
+    runtime_lora: bool = False  # POST /v1/load_lora_adapter on canary / promotion (vLLM runtime LoRA)
+    # adapter path prefixes as this host sees them -> as the vLLM host sees them
+    path_map: dict[str, str] = Field(default_factory=dict)
+    load_timeout_s: float = Field(120.0, gt=0)
+
+
 class ConfigFile(Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
@@ -115,6 +167,9 @@ class ConfigFile(Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     drafting: DraftingConfig = Field(default_factory=DraftingConfig)
+    delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)        # deliver21
+    automation: AutomationConfig = Field(default_factory=AutomationConfig)  # deliver21
+    serving: ServingConfig = Field(default_factory=ServingConfig)          # deliver21
 
 
 @dataclass(frozen=True)

@@ -38,6 +38,7 @@ class QuestionIn:
     question: str
     category: str | None = None
     draft: str | None = None
+    callback_url: str | None = None  # deliver21: POST /intake's webhook for this question (replyloop.outbox)
 
 
 QUESTION_FIELDS = ("conversation_id", "question", "category", "draft")

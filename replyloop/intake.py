@@ -151,7 +151,8 @@ def store_questions(store: Store, questions: Sequence[QuestionIn], source: str, 
                 if row:
                     out.append(Ingested(row["id"], row["draft_id"], created=False))
                     continue
-            qid = store.add_question(q.question, q.conversation_id, q.category, source=source)
+            qid = store.add_question(q.question, q.conversation_id, q.category, source=source,
+                                     callback_url=q.callback_url)
             draft_id = None
             if p.text:
                 draft_id = store.add_draft(qid, p.text, model_id=p.model_id, model_name=p.model_name,

@@ -316,3 +316,49 @@ def m033_evaluation_chrf(db: sqlite_utils.Database) -> None:
         ALTER TABLE evaluations ADD COLUMN mean_chrf REAL;
         ALTER TABLE evaluations ADD COLUMN unknown_share REAL;
     """)
+
+
+@migration
+def m100_deliver21_outbox(db: sqlite_utils.Database) -> None:
+    """Delivery of decided replies (``replyloop.outbox``) and earned automation:
+
+    - ``outbox``: one row per ``reply.decided`` event and target, written in the decision's own
+      transaction; the sender marks it delivered, or dead after ``delivery.max_attempts``.
+    - ``questions.callback_url``: a webhook given with the question (``POST /intake``).
+    - ``reviews.automated``: 1 for a draft approved by earned automation (no person saw it; the
+      reviewer is ``replyloop:auto`` and no sample is made); ``drafts.automation``: what earned
+      automation decided for the draft (NULL: not considered; ``auto``; ``audit``: would have been
+      automatic, sent to a person by the audit sample; ``review``: a person must review it, the
+      reason in ``drafts.automation_reason``).
+    - ``automation_intents``: per intent, its state (``manual`` | ``automatic`` | ``revoked``) and
+      a supervisor's pin."""
+    run_script(db, """
+        CREATE TABLE outbox (
+            id INTEGER PRIMARY KEY,
+            event_id TEXT NOT NULL,          -- the idempotency key the receiver dedupes on
+            review_id INTEGER NOT NULL REFERENCES reviews(id),
+            target TEXT NOT NULL CHECK (target IN ('webhook', 'slack_thread')),
+            url TEXT,                        -- webhook: where to (the question's callback_url or the config's)
+            payload TEXT NOT NULL,           -- JSON: the event
+            state TEXT NOT NULL DEFAULT 'pending' CHECK (state IN ('pending', 'delivered', 'dead')),
+            attempts INTEGER NOT NULL DEFAULT 0,
+            next_at REAL NOT NULL,           -- unix time of the next try
+            last_error TEXT,
+            created_at TEXT NOT NULL,
+            delivered_at TEXT,
+            UNIQUE (event_id, target)
+        );
+        CREATE INDEX idx_outbox_due ON outbox(next_at) WHERE state = 'pending';
+        CREATE INDEX idx_outbox_state ON outbox(state);
+        ALTER TABLE questions ADD COLUMN callback_url TEXT;
+        ALTER TABLE reviews ADD COLUMN automated INTEGER NOT NULL DEFAULT 0;
+        ALTER TABLE drafts ADD COLUMN automation TEXT;
+        ALTER TABLE drafts ADD COLUMN automation_reason TEXT;
+        CREATE TABLE automation_intents (
+            intent TEXT PRIMARY KEY,
+            state TEXT NOT NULL DEFAULT 'manual' CHECK (state IN ('manual', 'automatic', 'revoked')),
+            pinned TEXT CHECK (pinned IN ('manual', 'allowed')),
+            reason TEXT,
+            changed_at TEXT NOT NULL
+        );
+    """)

@@ -131,6 +131,8 @@ class Store:
         # this process's writers queue here, in order, instead of in SQLite's busy handler (which
         # sleeps 1, 2, 5 ... 100 ms between tries: the tail of a burst of clicks)
         self._write_lock = threading.RLock()
+        # deliver21: called inside a new decision's transaction as hook(store, draft, review)
+        self.decision_hooks: list = []
         try:
             if migrate:
                 migrations.migrate(self.db)
@@ -265,13 +267,14 @@ class Store:
     # -- questions and drafts --------------------------------------------------------------
 
     def add_question(self, text: str, conversation_id: str, category: str | None = None,
-                     source: str = "cli") -> int:
+                     source: str = "cli", callback_url: str | None = None) -> int:
         if not text or not text.strip():
             raise ReplyloopError("question text is empty")
         with self.transaction() as db:
             cur = db.execute(
-                "INSERT INTO questions (conversation_id, text, category, source, created_at) VALUES (?, ?, ?, ?, ?)",
-                (conversation_id, text.strip(), category or None, source, timeutil.now_iso()),
+                "INSERT INTO questions (conversation_id, text, category, source, created_at, callback_url)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (conversation_id, text.strip(), category or None, source, timeutil.now_iso(), callback_url or None),
             )
             return cur.lastrowid
 
@@ -319,11 +322,13 @@ class Store:
     # -- reviews ---------------------------------------------------------------------------
 
     def decide(self, draft_id: int, decision: str, reviewer: str, final_text: str | None = None,
-               reason: str | None = None) -> Decision:
+               reason: str | None = None, automated: bool = False) -> Decision:
         """Record the one decision on a draft; approve / edit also create the sample.
 
         Idempotent and race-free: the first decision wins, later calls (double clicks,
         retries, a second supervisor) get ``created=False`` and the first decision back.
+        ``automated``: an approval by earned automation that no person saw; it makes no sample
+        (the model never trains on its own unreviewed output).
         """
         if decision not in DECISIONS:
             raise ReplyloopError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
@@ -339,14 +344,16 @@ class Store:
                 raise BlockedDraftError()
             text = final_text.strip() if decision == "edit" else draft["text"]
             at = timeutil.now_iso()
+            if automated and decision != "approve":
+                raise ReplyloopError("only an approval can be automated")
             cur = db.execute(
-                "INSERT INTO reviews (draft_id, decision, reviewer, final_text, reason, created_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (draft_id, decision, reviewer, text if decision != "reject" else None, reason, at),
+                "INSERT INTO reviews (draft_id, decision, reviewer, final_text, reason, created_at, automated)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (draft_id, decision, reviewer, text if decision != "reject" else None, reason, at, int(automated)),
             )
             review_id = cur.lastrowid
             sample_id = None
-            if decision in ("approve", "edit"):
+            if decision in ("approve", "edit") and not automated:
                 sample_id = self._insert_sample(
                     SampleIn(draft["question"], text, draft["category"]), source="review",
                     approved_by=reviewer, approved_at=at, review_id=review_id,
@@ -354,6 +361,10 @@ class Store:
             self.audit(reviewer, f"review.{decision}", "draft", draft_id,
                        {"review_id": review_id, "sample_id": sample_id, "reason": reason})
             review = self.one("SELECT * FROM reviews WHERE id = ?", (review_id,))
+            # -- deliver21: the reply.decided event joins this transaction (replyloop.outbox) --
+            for hook in self.decision_hooks:
+                hook(self, draft, review)
+            # -- end deliver21 --
             return Decision(review=review, created=True, sample_id=sample_id)
 
     def mark_card_updated(self, review_id: int) -> None:

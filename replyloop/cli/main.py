@@ -54,6 +54,7 @@ COMMAND_MODULES = [
     "replyloop.cli.serve",       # serve
     "replyloop.cli.report",      # report weekly
     "replyloop.cli.demo",        # demo
+    "replyloop.cli.outbox",      # outbox list|retry, automation list|pin|unpin (deliver21)
 ]
 
 for _name in COMMAND_MODULES:

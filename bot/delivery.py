@@ -1,0 +1,62 @@
+"""The bot's side of reply delivery (``replyloop.outbox``): the decision hook on the bot's store,
+the outbox sender with a Slack poster for thread replies, and the App Home line.
+
+    sender = start(bot)   # None when nothing is configured to be delivered
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from slack_sdk.errors import SlackApiError
+
+from bot.slackclient import slack_error
+from replyloop import outbox
+
+if TYPE_CHECKING:
+    from bot.app import Bot
+
+log = logging.getLogger(__name__)
+
+# Slack errors that no retry changes: the event is dead-lettered at once
+FINAL_POST_ERRORS = {"channel_not_found", "is_archived", "not_in_channel", "msg_too_long", "no_text",
+                     "invalid_blocks", "thread_not_found", "restricted_action", "invalid_auth", "account_inactive"}
+
+
+def slack_poster(bot: "Bot") -> outbox.SlackPost:
+    def post(channel: str, thread_ts: str, text: str, event: dict) -> None:
+        try:
+            bot.client.chat_postMessage(channel=channel, thread_ts=thread_ts, text=text,
+                                        metadata={"event_type": "reply_decided",
+                                                  "event_payload": {"event_id": event["id"]}})
+        except SlackApiError as exc:
+            error = slack_error(exc)
+            retry_after = None
+            if getattr(exc.response, "status_code", None) == 429:
+                retry_after = outbox.retry_after_seconds((exc.response.headers or {}).get("Retry-After"))
+            raise outbox.DeliveryFailure(f"chat.postMessage: {error}", permanent=error in FINAL_POST_ERRORS,
+                                         retry_after=retry_after) from None
+        except OSError as exc:
+            raise outbox.DeliveryFailure(f"chat.postMessage: {exc}") from None
+    return post
+
+
+def start(bot: "Bot") -> outbox.Sender | None:
+    """Install the decision hook and start the sender when anything is to be delivered."""
+    if not outbox.enabled(bot.config):
+        return None
+    secret = outbox.validate(bot.config)
+    outbox.install(bot.store, bot.config)
+    return outbox.Sender(bot.store, bot.config, secret, slack_post=slack_poster(bot)).start()
+
+
+def home_line(store) -> str | None:
+    """App Home: one line about delivery (only when something was ever queued)."""
+    c = outbox.counts(store)
+    if not any(c.values()):
+        return None
+    line = f"*Delivery:* {c['delivered']} delivered, {c['pending']} pending, {c['dead']} dead-lettered"
+    if c["dead"]:
+        line += " (`replyloop outbox list` / `replyloop outbox retry --all-dead`)"
+    return line
