@@ -127,4 +127,6 @@ def judge_canary(config: Config, store: Store, notify: Notify | None = None,
         registry.rollback(actor="scheduler", reason="canary rolled back: " + summary)
         say(f":rewind: Canary *{canary['name']}* rolled back; *{a.champion['name'] if a.champion else '-'}* "
             f"stays champion: {summary}.")
+    from replyloop.drafting import unload_retired  # deliver21: vLLM drops what no longer serves
+    unload_retired(config, store)
     return {"decision": decision, "summary": summary, "model_id": canary["id"]}

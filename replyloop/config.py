@@ -155,6 +155,8 @@ class ServingConfig(Section):
     # adapter path prefixes as this host sees them -> as the vLLM host sees them
     path_map: dict[str, str] = Field(default_factory=dict)
     load_timeout_s: float = Field(120.0, gt=0)
+    # the --chat-template file vLLM was started with, for a base without its own chat template
+    chat_template: str = ""
 
 
 class ConfigFile(Section):

@@ -250,6 +250,7 @@ class Drafter:
         opts = config.file.drafting
         self.backend = opts.backend
         self._remote = OpenAIBackend(opts.openai_base_url, opts.max_new_tokens) if opts.backend == "openai" else None
+        self.runtime = RuntimeLoRA.from_config(config)  # deliver21: vLLM runtime LoRA loading, or None
 
     @property
     def policy_engine(self):
@@ -265,6 +266,8 @@ class Drafter:
         row = self.registry.get(model) if model is not None else self.registry.route(conversation_id)
         started = time.perf_counter()
         if self._remote is not None:
+            if self.runtime is not None:  # deliver21: only a model the server lists drafts
+                row = serve_with_runtime_lora(self, row)
             text = self._remote.complete(row["name"], question.strip(),
                                          adapter_prompt_format(row["adapter_path"]) if row.get("adapter_path") else None)
         else:
@@ -277,3 +280,200 @@ class Drafter:
         verdict, violations = check_policies(self.policy_engine, text)
         return DraftResult(text=text, model_id=row["id"], model_name=row["name"], verdict=verdict,
                            violations=violations, latency_s=latency, backend=self.backend)
+
+
+# -- deliver21: runtime LoRA loading on the openai backend (vLLM) ---------------------------------
+
+
+class RuntimeLoRAError(DraftingError):
+    """The drafting server could not load the adapter"""
+
+
+def chat_template_problem(base_model: str | None) -> str | None:
+    """Why ``/chat/completions`` cannot build the prompt training used, or None: a base model
+    directory (readable here) without a chat template (``chat_template`` in tokenizer_config.json
+    or a ``chat_template.jinja`` / ``.json`` file). A base that is not a directory here is not
+    judged (the server's own copy is)."""
+    if not base_model or not Path(base_model).is_dir():
+        return None
+    d = Path(base_model)
+    if (d / "chat_template.jinja").is_file() or (d / "chat_template.json").is_file():
+        return None
+    try:
+        if json.loads((d / "tokenizer_config.json").read_text(encoding="utf-8")).get("chat_template"):
+            return None
+    except (OSError, ValueError):
+        pass
+    return (f"base model {base_model} has no chat template, so the server's /v1/chat/completions cannot build "
+            "the prompt this adapter was trained with; train it with prompt_template: plain (served through "
+            "/v1/completions), or start vLLM with --chat-template FILE and set serving.chat_template to FILE")
+
+
+class RuntimeLoRA:
+    """vLLM's runtime LoRA endpoints (``VLLM_ALLOW_RUNTIME_LORA_UPDATING=True``):
+    ``POST /v1/load_lora_adapter`` / ``/v1/unload_lora_adapter`` with ``lora_name`` (the
+    registry's model name) and ``lora_path`` (the adapter directory as the server sees it, through
+    ``serving.path_map``), and ``GET /v1/models``, which lists what the server can draft with."""
+
+    CACHE_S = 5.0
+
+    def __init__(self, base_url: str, path_map: dict[str, str] | None = None, timeout: float = 120.0,
+                 api_key: str | None = None, chat_template: str = ""):
+        if not base_url:
+            raise DraftingError("drafting.openai_base_url is empty (needed by serving.runtime_lora)")
+        self.base_url = base_url.rstrip("/")
+        self.path_map = dict(path_map or {})
+        self.timeout = timeout
+        self.api_key = api_key
+        self.chat_template = chat_template
+        self._names: set[str] | None = None
+        self._read_at = 0.0
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_config(cls, config: Config) -> "RuntimeLoRA | None":
+        opts = config.file.serving
+        if config.file.drafting.backend != "openai" or not opts.runtime_lora:
+            return None
+        return cls(config.file.drafting.openai_base_url, opts.path_map, opts.load_timeout_s,
+                   chat_template=opts.chat_template)
+
+    def server_path(self, path: str) -> str:
+        """``path`` as the server sees it: the longest matching ``serving.path_map`` prefix replaced."""
+        best = ""
+        for local in self.path_map:
+            prefix = local.rstrip("/")
+            if (path == prefix or path.startswith(prefix + "/")) and len(prefix) > len(best):
+                best = prefix
+        if not best:
+            return path
+        key = next(k for k in self.path_map if k.rstrip("/") == best)
+        return self.path_map[key].rstrip("/") + path[len(best):]
+
+    def _call(self, method: str, endpoint: str, body: dict | None = None, timeout: float | None = None):
+        url = f"{self.base_url}/{endpoint}"
+        headers = {"Content-Type": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        data = json.dumps(body).encode() if body is not None else None
+        request = urllib.request.Request(url, data=data, headers=headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=timeout or self.timeout) as resp:
+                return resp.status, resp.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode("utf-8", "replace")[:500]
+        except (urllib.error.URLError, TimeoutError, OSError) as exc:
+            raise RuntimeLoRAError(f"{url}: {getattr(exc, 'reason', exc)}") from None
+
+    def models(self, fresh: bool = False) -> set[str]:
+        """The model ids ``GET /v1/models`` lists (the base and every LoRA loaded), cached briefly."""
+        with self._lock:
+            if not fresh and self._names is not None and time.monotonic() - self._read_at < self.CACHE_S:
+                return set(self._names)
+        status, text = self._call("GET", "models", timeout=min(self.timeout, 30.0))
+        if status != 200:
+            raise RuntimeLoRAError(f"{self.base_url}/models: HTTP {status}: {text[:200]}")
+        try:
+            names = {m["id"] for m in json.loads(text)["data"]}
+        except (ValueError, KeyError, TypeError):
+            raise RuntimeLoRAError(f"{self.base_url}/models: unexpected response: {text[:200]}") from None
+        with self._lock:
+            self._names, self._read_at = names, time.monotonic()
+        return set(names)
+
+    def load(self, model_row: dict) -> None:
+        """Load the model's adapter and check that ``/v1/models`` lists it; RuntimeLoRAError says why not."""
+        name, path = model_row["name"], model_row.get("adapter_path")
+        if not path:
+            raise RuntimeLoRAError(f"model {name} has no adapter directory")
+        fmt = adapter_prompt_format(path)
+        if (fmt is None or fmt.template == "chat") and not self.chat_template:
+            problem = chat_template_problem(model_row.get("base_model"))
+            if problem:
+                raise RuntimeLoRAError(f"model {name}: {problem}")
+        if name in self.models(fresh=True):
+            return
+        served = self.server_path(str(path))
+        status, text = self._call("POST", "load_lora_adapter", {"lora_name": name, "lora_path": served})
+        if status != 200 and "already" not in text.lower():
+            raise RuntimeLoRAError(f"{self.base_url}/load_lora_adapter answered HTTP {status} for {name} "
+                                   f"({served}): {text[:300]}")
+        if name not in self.models(fresh=True):
+            raise RuntimeLoRAError(f"{self.base_url}/load_lora_adapter accepted {name} ({served}) but "
+                                   "/v1/models does not list it")
+
+    def unload(self, name: str) -> None:
+        status, text = self._call("POST", "unload_lora_adapter", {"lora_name": name})
+        if status != 200:
+            raise RuntimeLoRAError(f"{self.base_url}/unload_lora_adapter answered HTTP {status} for {name}: {text[:300]}")
+        with self._lock:
+            self._names = None
+
+    def ensure(self, model_row: dict) -> None:
+        """Load the adapter unless the server lists it already (cheap when it does)."""
+        if model_row["name"] not in self.models():
+            self.load(model_row)
+
+    def prune(self, store: Store, keep_adapters: int) -> list[str]:
+        """Unload registry models the server still holds that no longer serve: rejected ones and
+        retired ones beyond the newest ``keep_adapters`` (kept loaded for a quick rollback). Names
+        the registry does not know (the base model, modules from ``--lora-modules``) are left alone.
+        Returns the unloaded names; a failure is logged, not raised."""
+        import logging
+
+        rows = store.query("SELECT name, status FROM models WHERE status IN ('retired', 'rejected')"
+                           " ORDER BY coalesce(retired_at, rolled_back_at, created_at) DESC, id DESC")
+        retired = [r["name"] for r in rows if r["status"] == "retired"]
+        drop = set(retired[keep_adapters:]) | {r["name"] for r in rows if r["status"] == "rejected"}
+        try:
+            loaded = self.models(fresh=True)
+        except RuntimeLoRAError as exc:
+            logging.getLogger(__name__).warning("cannot unload retired adapters: %s", exc)
+            return []
+        out = []
+        for name in sorted(drop & loaded):
+            try:
+                self.unload(name)
+                out.append(name)
+            except RuntimeLoRAError as exc:
+                logging.getLogger(__name__).warning("unloading %s failed: %s", name, exc)
+        return out
+
+
+def serve_with_runtime_lora(drafter: "Drafter", row: dict) -> dict:
+    """The model to draft with: ``row`` when the server has (or can load) its adapter, else the
+    champion (drafting keeps using the previous one); DraftingError when neither is servable."""
+    runtime = drafter.runtime
+    try:
+        runtime.ensure(row)
+        return row
+    except RuntimeLoRAError as exc:
+        champion = drafter.registry.champion()
+        if champion is None or champion["id"] == row["id"]:
+            raise
+        import logging
+        logging.getLogger(__name__).warning("drafting with champion %s instead of %s: %s", champion["name"],
+                                            row["name"], exc)
+        runtime.ensure(champion)
+        return champion
+
+
+def serving_note(config: Config, store: Store, model: dict) -> str | None:
+    """Before the pipeline makes ``model`` the canary or champion: with ``serving.runtime_lora``,
+    load its adapter into the drafting server (checked in ``/v1/models``). Returns why it could
+    not be loaded, or None (also when runtime loading is off)."""
+    runtime = RuntimeLoRA.from_config(config)
+    if runtime is None:
+        return None
+    try:
+        runtime.load(model)
+    except RuntimeLoRAError as exc:
+        return str(exc)
+    return None
+
+
+def unload_retired(config: Config, store: Store) -> list[str]:
+    """After a registry change: unload retired adapters past ``training.keep_adapters`` (and
+    rejected ones) from the drafting server, when ``serving.runtime_lora`` is on."""
+    runtime = RuntimeLoRA.from_config(config)
+    return runtime.prune(store, config.file.training.keep_adapters) if runtime is not None else []

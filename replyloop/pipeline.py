@@ -60,7 +60,7 @@ class PipelineResult:
     model_id: int | None = None
     model_name: str | None = None
     gate_passed: bool | None = None
-    action: str | None = None        # canary | champion | rejected
+    action: str | None = None        # canary | champion | rejected | waiting (the server could not load it)
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
@@ -505,7 +505,14 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         lock.heartbeat()
         show({"stage": "evaluating", "run_id": run_id, "model": model["name"]})
         gate, evaluation = evaluate_candidate(config, store, run_id, model, run_dir, lock)
-        if gate.passed:
+        # -- deliver21: with vLLM runtime LoRA the server loads the adapter first; when it cannot,
+        # the registry change waits (the model stays a candidate, the champion keeps drafting)
+        from replyloop.drafting import serving_note
+        load_error = serving_note(config, store, model) if gate.passed else None
+        # -- end deliver21
+        if gate.passed and load_error is not None:
+            action = "waiting"
+        elif gate.passed:
             percent = config.file.scheduler.canary_percent
             if registry.champion() is not None and percent > 0:
                 registry.start_canary(model["id"], percent, actor="pipeline")
@@ -516,11 +523,22 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         else:
             registry.reject(model["id"], actor="pipeline", reason="failed the gate: " + "; ".join(gate.reasons))
             action = "rejected"
+        if action in ("canary", "champion", "rejected") and load_error is None:  # deliver21
+            from replyloop.drafting import unload_retired
+            unload_retired(config, store)
         with store.transaction():
             _update_run(store, run_id, status="succeeded", finished_at=timeutil.now_iso())
             store.audit("pipeline", "run.finished", "training_run", run_id,
                         {"model_id": model["id"], "gate_passed": gate.passed, "action": action})
-        message = _result_message(run_id, model["name"], gate, action, config)
+        if action != "waiting":
+            message = _result_message(run_id, model["name"], gate, action, config)
+        else:  # deliver21
+            champion = registry.champion()
+            message = (f":warning: Run #{run_id}: *{model['name']}* passed the gate, but the drafting server could not "
+                       f"load it: {load_error}. The registry change waits: it stays a candidate and "
+                       f"*{champion['name'] if champion else 'no model'}* keeps drafting. Once the server has it, run "
+                       f"`replyloop models {'canary' if champion else 'promote'} {model['name']}`."
+                       "\n```\n" + gate.verdict() + "\n```")
         say(message)
         return PipelineResult(run_id, "succeeded", message, model["id"], model["name"], gate.passed, action,
                               {"evaluation": evaluation})
