@@ -107,6 +107,7 @@ class Bot:
     posting_lock: threading.Lock = field(default_factory=threading.Lock)
     channel_names: dict[str, str] = field(default_factory=dict)
     outbox: object | None = None  # deliver21: replyloop.outbox.Sender, when delivery is configured
+    automation: object | None = None  # deliver21: replyloop.automation.Automation, when enabled
 
     def publish_home(self, user: str) -> None:
         self.client.views_publish(user_id=user, view=cards.home_view(status.home(self.store)))
@@ -161,6 +162,7 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     _register(app, bot)
     bot.app = app
     bot.outbox = delivery.start(bot)  # deliver21: reply.decided events and their sender
+    bot.automation = delivery.start_automation(bot)  # deliver21: earned automation per intent
     return bot
 
 

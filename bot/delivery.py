@@ -1,7 +1,10 @@
-"""The bot's side of reply delivery (``replyloop.outbox``): the decision hook on the bot's store,
-the outbox sender with a Slack poster for thread replies, and the App Home line.
+"""The bot's side of reply delivery (``replyloop.outbox``) and earned automation
+(``replyloop.automation``): the decision hooks on the bot's store, the outbox sender with a Slack
+poster for thread replies, automatic approval instead of a review card, revocation notices, and
+the App Home line.
 
-    sender = start(bot)   # None when nothing is configured to be delivered
+    sender = start(bot)                  # None when nothing is configured to be delivered
+    automation = start_automation(bot)   # None when automation.enabled is false
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import TYPE_CHECKING
 from slack_sdk.errors import SlackApiError
 
 from bot.slackclient import slack_error
+from replyloop import automation as earned
 from replyloop import outbox
 
 if TYPE_CHECKING:
@@ -60,3 +64,38 @@ def home_line(store) -> str | None:
     if c["dead"]:
         line += " (`replyloop outbox list` / `replyloop outbox retry --all-dead`)"
     return line
+
+
+def start_automation(bot: "Bot") -> earned.Automation | None:
+    return earned.install(bot.store, bot.config)
+
+
+def automatic(bot: "Bot", draft_id: int) -> bool:
+    """Route a new draft (``Automation.route``): True when it was approved automatically (then no
+    card is posted; its reply is delivered like any approval). A failure of the check (the
+    embedding model cannot load) leaves the draft to a person."""
+    if bot.automation is None:
+        return False
+    try:
+        return bot.automation.route(draft_id).decision == "auto"
+    except Exception:
+        log.exception("the automation check of draft %s failed: it goes to review", draft_id)
+        return False
+
+
+def post_automation_notices(bot: "Bot") -> int:
+    """Post revocations not announced yet to the review channel; returns how many."""
+    posted = 0
+    for row in bot.automation.pending_notices():
+        try:
+            bot.client.chat_postMessage(
+                channel=bot.config.file.slack.review_channel,
+                text=(f":rotating_light: Automation for *{row['intent']}* is revoked: {row['reason']}. Its drafts go "
+                      f"to review again; a supervisor can allow it again with `replyloop automation pin "
+                      f"{row['intent']} --allow`."))
+        except SlackApiError as exc:
+            log.warning("posting the revocation of %s failed: %s", row["intent"], slack_error(exc))
+            continue
+        bot.automation.mark_notified(row["intent"])
+        posted += 1
+    return posted

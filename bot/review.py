@@ -114,7 +114,12 @@ class DecisionWriter:
 
 
 def post_card(bot: "Bot", draft_id: int) -> str | None:
-    """Post the review card of a draft to the review channel (once); returns its ts."""
+    """Post the review card of a draft to the review channel (once); returns its ts. A draft that
+    earned automation is approved instead (no card; ``bot.delivery.automatic``)."""
+    from bot.delivery import automatic  # deliver21
+
+    if automatic(bot, draft_id):
+        return None
     with bot.posting_lock:
         if draft_id in bot.posting:
             return None
@@ -244,6 +249,9 @@ def finish(bot: "Bot", outcome: Outcome) -> None:
         ephemeral(bot, outcome.channel, outcome.user, cards.already_decided_text(draft))
         return
     update_card(bot, draft, outcome.channel, outcome.ts)
+    if bot.automation is not None:  # deliver21: an audit that revoked automation is announced
+        from bot.delivery import post_automation_notices
+        post_automation_notices(bot)
 
 
 def _guard(bot: "Bot", user: str, channel: str | None) -> bool:

@@ -84,7 +84,14 @@ def home(store: Store) -> dict:
         "champion": model_with_status(store, "champion"),
         "canary": model_with_status(store, "canary"),
         "delivery": _delivery_line(store),  # deliver21
+        "automation": _automation_line(store),  # deliver21
     }
+
+
+def _automation_line(store: Store) -> str | None:
+    from replyloop.automation import home_line
+
+    return home_line(store)
 
 
 def _delivery_line(store: Store) -> str | None:

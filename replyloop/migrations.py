@@ -359,6 +359,7 @@ def m100_deliver21_outbox(db: sqlite_utils.Database) -> None:
             state TEXT NOT NULL DEFAULT 'manual' CHECK (state IN ('manual', 'automatic', 'revoked')),
             pinned TEXT CHECK (pinned IN ('manual', 'allowed')),
             reason TEXT,
-            changed_at TEXT NOT NULL
+            changed_at TEXT NOT NULL,
+            notified_at TEXT                 -- a revocation posted to Slack
         );
     """)

@@ -61,5 +61,73 @@ def outbox_retry(
     typer.echo(f"{n} event(s) queued for delivery again")
 
 
+def _status_line(s) -> str:
+    lower = "n/a" if s.lower is None else f"{s.lower:.2f}"
+    pin = f", pinned {s.pinned}" if s.pinned else ""
+    audits = f", audits {s.audits_approved}/{s.audits}" if s.audits else ""
+    reason = f" ({s.reason})" if s.reason and s.state == "revoked" else ""
+    return (f"{s.intent}: {s.state}{pin} - {s.approved}/{s.reviews} approved without edit, "
+            f"lower bound {lower}{audits}{reason}")
+
+
+@automation_app.command("list")
+def automation_list(as_json: bool = JsonOption, config_path=ConfigOption):
+    """Every intent (category) with its evidence: reviews, approvals without edit, the Wilson lower
+    bound, its state (manual, automatic, revoked), pin and audits.
+
+    Example: replyloop automation list
+    """
+    from replyloop.automation import Automation
+
+    cfg, store = workspace(config_path)
+    with store:
+        rows = Automation(cfg, store).intents()
+    if as_json:
+        print_json({"enabled": cfg.file.automation.enabled, "level": cfg.file.automation.level,
+                    "intents": [r.to_dict() for r in rows]})
+        return
+    if not cfg.file.automation.enabled:
+        typer.echo("automation is off (automation.enabled: false): every draft goes to review")
+    for r in rows:
+        typer.echo(_status_line(r))
+
+
+@automation_app.command("pin")
+def automation_pin(
+    intent: str = typer.Argument(..., help="The intent (category)."),
+    allow: bool = typer.Option(False, "--allow", help="Allow automation again (lifts a revocation) instead of pinning to manual."),
+    reason: str = typer.Option("", "--reason", help="Why (kept in the audit log)."),
+    actor: str = typer.Option("cli", "--by", help="Who (kept in the audit log)."),
+    config_path=ConfigOption,
+):
+    """Pin an intent to manual review, or --allow it to be automatic whenever its evidence earns it.
+
+    Example: replyloop automation pin 退款 --reason "new refund policy this week"
+    """
+    from replyloop.automation import Automation
+
+    cfg, store = workspace(config_path)
+    with store:
+        typer.echo(_status_line(Automation(cfg, store).pin(intent, actor, allow=allow, reason=reason)))
+
+
+@automation_app.command("unpin")
+def automation_unpin(
+    intent: str = typer.Argument(..., help="The intent (category)."),
+    actor: str = typer.Option("cli", "--by", help="Who (kept in the audit log)."),
+    config_path=ConfigOption,
+):
+    """Remove an intent's pin: its evidence decides again (a revocation stays until --allow).
+
+    Example: replyloop automation unpin 物流查询
+    """
+    from replyloop.automation import Automation
+
+    cfg, store = workspace(config_path)
+    with store:
+        typer.echo(_status_line(Automation(cfg, store).unpin(intent, actor)))
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(outbox_app, name="outbox")
+    app.add_typer(automation_app, name="automation")
