@@ -246,6 +246,7 @@ class WeeklyReport:
     files: dict[str, Path] = field(default_factory=dict)
     chart_labels: dict[str, str] = field(default_factory=dict)  # shown label -> category (no CJK font)
     max_unknown_share: float = 0.2                               # evaluation.max_unknown_share
+    automation_split: list[dict] = field(default_factory=list)   # deliver21: this week, per category
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -583,7 +584,7 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
         "SELECT r.decision, r.final_text, r.created_at, d.id AS draft_id, d.text AS draft_text,"
         " d.model_id, d.violations, q.category"
         " FROM reviews r JOIN drafts d ON d.id = r.draft_id JOIN questions q ON q.id = d.question_id"
-        " WHERE r.created_at >= ? AND r.created_at < ? ORDER BY r.id", (lo, hi))
+        " WHERE r.created_at >= ? AND r.created_at < ? AND r.automated = 0 ORDER BY r.id", (lo, hi))  # people only
     this_week_reviews = []
     for r in reviews:
         label = week_of(r["created_at"])
@@ -694,7 +695,14 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
         approved_violation_drafts=sorted(d for d, _ in approved_bad),
         champion=champion, canary=canary, model_rates=rates, events=events,
         max_unknown_share=config.file.evaluation.max_unknown_share,
+        automation_split=_automation_split(store, start, end),  # deliver21
     )
+
+
+def _automation_split(store: Store, start: dt.datetime, end: dt.datetime) -> list[dict]:
+    from replyloop.automation import weekly_split
+
+    return weekly_split(store, _iso(start), _iso(end))
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -785,6 +793,28 @@ def _table(header: list[str], rows: list[list]) -> list[str]:
     return lines + [""]
 
 
+def _ci(ci) -> str:
+    return f"[{fmt_pct(ci[0])}, {fmt_pct(ci[1])}]" if ci else "n/a"
+
+
+def _automation_lines(r: WeeklyReport) -> list[str]:
+    """deliver21: earned automation this week, per category (only when it acted)."""
+    if not r.automation_split:
+        return []
+    lines = ["## Earned automation", "",
+             f"Decisions of {r.label} by who made them: a person approving without edit (audits apart), "
+             "earned automation, and audits (would-be automatic drafts reviewed by a person), with 95% "
+             "Wilson intervals. Automatic approvals are not in the supervisor tables above and are never "
+             "trained on.", ""]
+    lines += _table(["category", "decided", "human-approved", "auto-approved", "automatic share", "audited",
+                     "audit approved", "revoked"],
+                    [[c["category"], c["decided"], c["human_approved"], c["auto_approved"],
+                      f"{fmt_pct(c['auto_share'])} {_ci(c['auto_share_ci'])}", c["audited"],
+                      f"{fmt_pct(c['audit_rate'])} {_ci(c['audit_rate_ci'])}" if c["audited"] else "-",
+                      "yes" if c["revoked"] else ""] for c in r.automation_split])
+    return lines
+
+
 def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None) -> str:
     """report.md: every number in it is also a row of numbers.csv."""
     charts = charts or {}
@@ -864,6 +894,8 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
                         [[a or "(nothing)", b or "(deleted)", n] for a, b, n in
                          ((x.old, x.new, x.count) for x in r.replacements)])
     lines += _chart(charts, "reviews.png", "Supervisor decisions")
+
+    lines += _automation_lines(r)  # deliver21
 
     # policy
     lines += ["## Policy violations", "",

@@ -332,3 +332,34 @@ def home_line(store: Store) -> str | None:
     return (f"*Automation:* {automatic} draft(s) approved automatically; "
             + ("; ".join(parts) if parts else "no revocations or pins") + " (`replyloop automation list`)")
 
+
+
+def weekly_split(store: Store, lo: str, hi: str) -> list[dict]:
+    """Per category, the decisions of ``[lo, hi)`` (ISO times) split into human-approved (a person
+    approved without edit, audits excluded), auto-approved, audited (with their approvals) and
+    whether automation was revoked then; the automatic share and the audited approval rate with
+    95% Wilson intervals. Empty when automation never acted in the period."""
+    from evaluation.stats import wilson_interval
+
+    rows = store.query(
+        "SELECT coalesce(q.category, '(none)') AS category, count(*) AS decided,"
+        " coalesce(sum(r.automated = 0 AND r.decision = 'approve' AND coalesce(d.automation, '') != 'audit'), 0)"
+        "   AS human_approved,"
+        " coalesce(sum(r.automated = 1), 0) AS auto_approved,"
+        " coalesce(sum(d.automation = 'audit'), 0) AS audited,"
+        " coalesce(sum(d.automation = 'audit' AND r.decision = 'approve'), 0) AS audit_approved"
+        " FROM reviews r JOIN drafts d ON d.id = r.draft_id JOIN questions q ON q.id = d.question_id"
+        " WHERE r.created_at >= ? AND r.created_at < ? GROUP BY 1 ORDER BY 1", (lo, hi))
+    revoked = {r["entity_id"] for r in store.query(
+        "SELECT entity_id FROM audit_log WHERE action = 'automation.revoke' AND at >= ? AND at < ?", (lo, hi))}
+    if not any(r["auto_approved"] or r["audited"] for r in rows) and not revoked:
+        return []
+    out = []
+    for r in rows:
+        share = wilson_interval(r["auto_approved"], r["decided"])
+        audit = wilson_interval(r["audit_approved"], r["audited"])
+        out.append({**r, "revoked": r["category"] in revoked,
+                    "auto_share": r["auto_approved"] / r["decided"] if r["decided"] else None,
+                    "auto_share_ci": share, "audit_rate": r["audit_approved"] / r["audited"] if r["audited"] else None,
+                    "audit_rate_ci": audit})
+    return out

@@ -374,7 +374,8 @@ class Registry:
             " coalesce(sum(r.decision = 'approve'), 0) AS approved,"
             " coalesce(sum(r.decision = 'edit'), 0) AS edited,"
             " coalesce(sum(r.decision = 'reject'), 0) AS rejected"
-            " FROM drafts d JOIN reviews r ON r.draft_id = d.id WHERE d.model_id = ? AND d.created_at >= ?",
+            " FROM drafts d JOIN reviews r ON r.draft_id = d.id WHERE d.model_id = ? AND d.created_at >= ?"
+            " AND r.automated = 0",  # deliver21: an automatic approval is no supervisor's evidence
             (model_id, since or ""))
         n = row["reviews"]
         return {**row, "approval_without_edit_rate": (row["approved"] / n) if n else None}

@@ -192,3 +192,40 @@ def test_an_audit_failure_revokes_automation_with_a_slack_message(workspace, enc
         assert actions == ["automation.revoke", "automation.allow", "automation.pin", "automation.unpin"]
     finally:
         close_env(env)
+
+
+def test_weekly_report_splits_automation_and_canary_evidence_ignores_automatic_approvals(auto):
+    from evaluation.report import IsoWeek, collect_weekly_report, render_markdown, report_timezone
+    from replyloop import timeutil
+    from replyloop.registry import Registry
+
+    config, store, automation = auto
+    config.file.automation.audit_share = 0.0
+    autos = [new_draft(store, f"我的订单 {400 + i} 什么时候到？") for i in range(4)]
+    assert [automation.route(d).decision for d in autos] == ["auto"] * 4
+    config.file.automation.audit_share = 1.0
+    audited = new_draft(store, "我的订单 410 什么时候到？", draft=SHIP_REPLY + "谢谢。")
+    assert automation.route(audited).decision == "audit"
+    store.decide(audited, "reject", SUPERVISORS[0], reason="wrong")
+    assert automation.check_revocation(SHIP).state == "revoked"  # (the bot's decision hook calls it)
+    assert automation.check_revocation(SHIP) is None  # once
+
+    report = collect_weekly_report(config, store, IsoWeek.containing(
+        timeutil.now().astimezone(report_timezone(config)).date()))  # this week
+    [ship] = [c for c in report.automation_split if c["category"] == SHIP]
+    assert (ship["decided"], ship["human_approved"], ship["auto_approved"], ship["audited"],
+            ship["audit_approved"], ship["revoked"]) == (65, 60, 4, 1, 0, True)
+    low, high = ship["auto_share_ci"]
+    assert low < 4 / 65 < high
+    assert report.decisions[report.label].reviewed == 60 + 60 + 1  # people's decisions only
+    text = render_markdown(report)
+    assert "## Earned automation" in text
+    assert f"| {SHIP} | 65 | 60 | 4 | 6.2% " in text and "| yes |" in text
+
+    # the canary judge counts supervisors' reviews only
+    with store.transaction() as db:
+        db.execute("INSERT INTO models (name, base_model, status, created_at) VALUES ('m', 'b', 'champion', 'now')")
+        model_id = db.execute("SELECT id FROM models WHERE name = 'm'").fetchone()[0]
+        db.execute("UPDATE drafts SET model_id = ?", (model_id,))
+    rates = Registry(store).review_rates(model_id)
+    assert rates["reviews"] == 121 and rates["approved"] == 100
