@@ -268,8 +268,12 @@ class Drafter:
         if self._remote is not None:
             if self.runtime is not None:  # deliver21: only a model the server lists drafts
                 row = serve_with_runtime_lora(self, row)
-            text = self._remote.complete(row["name"], question.strip(),
-                                         adapter_prompt_format(row["adapter_path"]) if row.get("adapter_path") else None)
+            fmt = adapter_prompt_format(row["adapter_path"]) if row.get("adapter_path") else None
+            if (fmt is None or fmt.template == "chat") and not self.config.file.serving.chat_template:
+                problem = chat_template_problem(row.get("base_model"))  # deliver21: the server's template
+                if problem:
+                    raise DraftingError(f"model {row['name']}: {problem}")
+            text = self._remote.complete(row["name"], question.strip(), fmt)
         else:
             with self._lock:
                 m, tok = self.local.activate(row)

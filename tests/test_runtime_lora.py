@@ -158,3 +158,25 @@ def test_a_chat_adapter_on_a_base_without_chat_template_is_refused(tmp_path):
         assert mapped.server_path("/data/adapters2/run-1") == "/mnt/adapters2/run-1"
     with pytest.raises(DraftingError, match="127.0.0.1:9"):
         RuntimeLoRA("http://127.0.0.1:9/v1").models()
+
+
+def test_drafting_through_the_server_refuses_a_base_without_chat_template(workspace, tmp_path):
+    from test_registry import fake_adapter
+
+    config, store = workspace
+    base = tmp_path / "base"
+    base.mkdir()
+    (base / "tokenizer_config.json").write_text("{}")
+    adapter = fake_adapter(tmp_path, "m1")
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    (adapter / "manifest.json").write_text(json.dumps({**manifest, "base_model": str(base)}))
+    with FakeVLLM() as fake:
+        fake.loras["m1"] = "/x"
+        config.file.drafting.backend, config.file.drafting.openai_base_url = "openai", fake.url
+        reg = Registry(store)
+        reg.promote(reg.register(adapter)["id"], "alice", force=True)
+        with pytest.raises(DraftingError, match="base model .* has no chat template"):
+            Drafter(config, store).draft("发票怎么开", "c-1")
+        assert not [c for c in fake.calls if c[1] == "/v1/chat/completions"]
+        config.file.serving.chat_template = "/srv/chatml.jinja"  # vLLM runs with --chat-template
+        assert Drafter(config, store).draft("发票怎么开", "c-1").text == "您好，这是m1的回复。"
