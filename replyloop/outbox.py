@@ -285,24 +285,42 @@ def verify(secret: str, timestamp: str, body: bytes, signature: str, now: float 
     return hmac.compare_digest(sign(secret, timestamp, body), signature or "")
 
 
+def _connect(host: str, port: int, ips: list[str] | None, timeout: float) -> socket.socket:
+    """A TCP connection to one of ``ips`` (addresses already checked), in order; to ``host``
+    when none are given (the operator's own webhook URL)."""
+    if not ips:
+        sock = socket.create_connection((host, port), timeout)
+    else:
+        error: OSError | None = None
+        for ip in ips:
+            try:
+                sock = socket.create_connection((ip, port), timeout)
+                break
+            except OSError as exc:
+                error = exc
+        else:
+            raise error or OSError(f"cannot connect to {host}")
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return sock
+
+
 class _PinnedHTTP(http.client.HTTPConnection):
-    def __init__(self, host, port, ip, timeout):
+    def __init__(self, host, port, ips, timeout):
         super().__init__(host, port, timeout=timeout)
-        self._ip = ip
+        self._ips = ips
 
     def connect(self):
-        self.sock = socket.create_connection((self._ip or self.host, self.port), self.timeout)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock = _connect(self.host, self.port, self._ips, self.timeout)
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
-    def __init__(self, host, port, ip, timeout, context):
+    def __init__(self, host, port, ips, timeout, context):
         super().__init__(host, port, timeout=timeout, context=context)
-        self._ip = ip
+        self._ips = ips
 
     def connect(self):
-        sock = socket.create_connection((self._ip or self.host, self.port), self.timeout)
-        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)
+        sock = _connect(self.host, self.port, self._ips, self.timeout)
+        self.sock = self._context.wrap_socket(sock, server_hostname=self.host)  # the certificate names the host
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -321,9 +339,9 @@ def retry_after_seconds(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def post_webhook(url: str, body: bytes, headers: dict[str, str], timeout: float, pin: str | None = None,
+def post_webhook(url: str, body: bytes, headers: dict[str, str], timeout: float, pin: list[str] | None = None,
                  context: ssl.SSLContext | None = None) -> int:
-    """One POST, connecting to ``pin`` (an address already checked) when given; no redirects.
+    """One POST, connecting to one of ``pin`` (addresses already checked) when given; no redirects.
     Returns the status (2xx); raises DeliveryFailure otherwise."""
     parts = urllib.parse.urlsplit(url)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
@@ -471,7 +489,7 @@ class Sender:
             try:
                 parts = _split_url(url, self.opts, "callback_url")
                 pin = resolve_allowed(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
-                                      self.opts)[0]
+                                      self.opts)
             except CallbackURLError as exc:
                 raise DeliveryFailure(str(exc), permanent=True) from None
         body = row["payload"].encode("utf-8")

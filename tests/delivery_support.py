@@ -37,7 +37,8 @@ class Behaviour:
 
 
 class Receiver:
-    def __init__(self, secret: str = WEBHOOK_SECRET, seed: int = 7, path: str = "/hook"):
+    def __init__(self, secret: str = WEBHOOK_SECRET, seed: int = 7, path: str = "/hook", tls=None,
+                 host: str = "127.0.0.1"):
         self.secret = secret
         self.path = path
         self.behaviour = Behaviour()
@@ -59,7 +60,10 @@ class Receiver:
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}{path}"
+        if tls is not None:  # an ssl.SSLContext (server side): an https:// receiver
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://{host}:{self.server.server_address[1]}{path}"
         self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
 
     def start(self) -> "Receiver":
@@ -126,3 +130,15 @@ class Receiver:
                 raise TimeoutError(f"received {len(self.event_ids())} of {n} events")
             time.sleep(0.02)
         return self.event_ids()
+
+
+def self_signed(directory, names=("localhost",), ips=("127.0.0.1",)):
+    """A self-signed certificate (openssl CLI) for ``names`` / ``ips``: (cert path, key path)."""
+    import subprocess
+
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    san = ",".join([f"DNS:{n}" for n in names] + [f"IP:{i}" for i in ips])
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", f"/CN={names[0]}", "-addext", f"subjectAltName={san}"],
+                   check=True, capture_output=True)
+    return cert, key

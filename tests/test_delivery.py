@@ -235,6 +235,42 @@ def test_callback_url_allow_list_refuses_private_addresses_and_redirects(workspa
             close_env(env)
 
 
+def test_https_callback_connects_to_the_checked_address_and_verifies_the_certificate(workspace, tmp_path):
+    import shutil
+    import ssl
+
+    from delivery_support import self_signed
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl command to make a test certificate")
+    config, store = workspace
+    cert, key = self_signed(tmp_path)
+    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_ctx.load_cert_chain(cert, key)
+    trusting = ssl.create_default_context(cafile=str(cert))
+    opts = config.file.delivery
+    opts.callback_hosts, opts.callback_networks = ["localhost"], ["127.0.0.0/8", "::1/128"]
+    with Receiver(tls=server_ctx, host="localhost") as rx:
+        outbox.install(store, config)
+        url = outbox.check_callback_url(rx.url, opts)
+        [r] = store_questions(store, [QuestionIn("tls-1", "在吗？", None, "在的。", callback_url=url)], "http",
+                              checker=PASS)
+        store.decide(r.draft_id, "approve", "USUP1")
+        [row] = _events(store)
+        assert (row["target"], row["url"]) == ("webhook", rx.url)
+        assert outbox.Sender(store, config, WEBHOOK_SECRET, context=trusting).deliver(row["id"]) == "delivered"
+        assert rx.receipts[0].body["conversation_id"] == "tls-1"
+        # a certificate the client does not trust: retried (not delivered), never sent in clear
+        [r2] = store_questions(store, [QuestionIn("tls-2", "在吗？", None, "在的。", callback_url=url)], "http",
+                               checker=PASS)
+        store.decide(r2.draft_id, "approve", "USUP1")
+        second = store.one("SELECT id FROM outbox WHERE state = 'pending'")["id"]
+        assert outbox.Sender(store, config, WEBHOOK_SECRET).deliver(second) == "pending"
+        assert "CERTIFICATE_VERIFY_FAILED" in store.one("SELECT last_error FROM outbox WHERE id = ?", (second,))[
+            "last_error"]
+        assert len(rx.receipts) == 1
+
+
 def test_serve_refuses_a_webhook_without_its_secret(workspace):
     from bot.app import create_bot
     from replyloop.config import Secrets
