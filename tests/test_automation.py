@@ -229,3 +229,23 @@ def test_weekly_report_splits_automation_and_canary_evidence_ignores_automatic_a
         db.execute("UPDATE drafts SET model_id = ?", (model_id,))
     rates = Registry(store).review_rates(model_id)
     assert rates["reviews"] == 121 and rates["approved"] == 100
+
+
+def test_an_automatic_approval_is_all_or_nothing(auto):
+    """The route, the review and its delivery event are one transaction: a failure inside it
+    (here: the event's hook) leaves the draft unrouted and undecided, and it goes to a person."""
+    config, store, automation = auto
+    config.file.automation.audit_share = 0.0
+
+    def failing_hook(store_, draft, review):
+        raise RuntimeError("disk full while writing the event")
+
+    store.decision_hooks.append(failing_hook)
+    draft_id = new_draft(store, "我的订单 500 什么时候到？")
+    with pytest.raises(RuntimeError, match="disk full"):
+        automation.route(draft_id)
+    draft = store.get_draft(draft_id)
+    assert (draft["automation"], draft["review_id"]) == (None, None)
+    assert store.scalar("SELECT count(*) FROM reviews WHERE automated = 1") == 0
+    store.decision_hooks.remove(failing_hook)
+    assert automation.route(draft_id).decision == "auto"  # tried again later (the sweep posts or routes it)
