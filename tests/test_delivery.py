@@ -17,7 +17,7 @@ from delivery_support import WEBHOOK_SECRET, Receiver
 from helpers import cli
 from replyloop import outbox
 from replyloop.dataio import QuestionIn
-from replyloop.intake import ingest, store_questions
+from replyloop.intake import store_questions
 
 PASS = lambda text: {"verdict": "pass", "violations": []}  # noqa: E731
 

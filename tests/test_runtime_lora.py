@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import yaml
@@ -72,7 +71,6 @@ def _loads(fake):
 
 
 def test_pipeline_loads_adapters_before_serving_them_and_waits_when_the_server_cannot(served):
-    from replyloop.canary import judge_canary  # noqa: F401  (its promotion unloads the same way)
     from replyloop.drafting import unload_retired
     from replyloop.pipeline import run_pipeline
 
