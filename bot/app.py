@@ -110,7 +110,9 @@ class Bot:
     automation: object | None = None  # deliver21: replyloop.automation.Automation, when enabled
 
     def publish_home(self, user: str) -> None:
-        self.client.views_publish(user_id=user, view=cards.home_view(status.home(self.store)))
+        home = status.home(self.store)
+        home["automation_blocks"] = delivery.automation_blocks(self)  # deliver21: [] unless automation is on
+        self.client.views_publish(user_id=user, view=cards.home_view(home))
 
     def after_ack(self, fn: Callable[..., object], *args) -> None:
         """Run a decision's slow part (chat.update, notices) on the small work pool: the
@@ -208,6 +210,11 @@ def _register(app: App, bot: Bot) -> None:
         outcome = review.decide_reject(bot, body, view)
         ack()
         bot.after_ack(review.finish, outcome)
+
+    @app.action(delivery.AUTOMATION_PIN)  # deliver21: App Home's pin / allow button of an intent
+    def on_automation_pin(ack, body, action):
+        ack()
+        delivery.pin_from_home(bot, body, action)
 
     @app.command("/retrain")
     def on_retrain(ack, command, respond):

@@ -279,6 +279,7 @@ def home_view(home: dict) -> dict:
     for key in ("delivery", "automation"):  # deliver21: one line each, when there is something to say
         if home.get(key):
             tail.append(_section(key, home[key]))
+    tail.extend(home.get("automation_blocks") or [])  # deliver21: per-intent pin / allow buttons
     texts = _chunks(f"*This week (since {home['week_start'][:10]})*", lines)
     room = MAX_HOME_BLOCKS - len(head) - len(tail)
     if len(texts) > room:

@@ -9,6 +9,7 @@ the App Home line.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import TYPE_CHECKING
 
@@ -99,3 +100,50 @@ def post_automation_notices(bot: "Bot") -> int:
         bot.automation.mark_notified(row["intent"])
         posted += 1
     return posted
+
+
+AUTOMATION_PIN = "replyloop_automation_pin"
+HOME_INTENTS = 10  # intents listed with a button on App Home (the rest: `replyloop automation list`)
+
+
+def automation_blocks(bot: "Bot") -> list[dict]:
+    """App Home: one section per intent (state, evidence) with a button: *Pin manual*, or *Allow*
+    for a pinned or revoked intent."""
+    if bot.automation is None:
+        return []
+    blocks: list[dict] = [{"type": "divider"}]
+    statuses = bot.automation.intents()
+    for i, s in enumerate(statuses[:HOME_INTENTS]):
+        lower = "n/a" if s.lower is None else f"{s.lower:.2f}"
+        allow = s.pinned == "manual" or s.state == "revoked"
+        text = (f"*{s.intent}*: {s.state}{', pinned ' + s.pinned if s.pinned else ''} - {s.approved}/{s.reviews} "
+                f"approved without edit, lower bound {lower}")
+        blocks.append({"type": "section", "block_id": f"automation_{i}", "text": {"type": "mrkdwn", "text": text[:2900]},
+                       "accessory": {"type": "button", "action_id": AUTOMATION_PIN,
+                                     "text": {"type": "plain_text", "text": "Allow" if allow else "Pin manual"},
+                                     "value": json.dumps({"intent": s.intent, "allow": allow}, ensure_ascii=False)}})
+    if len(statuses) > HOME_INTENTS:
+        blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": (
+            f"… and {len(statuses) - HOME_INTENTS} more intent(s): `replyloop automation list`")}]})
+    return blocks
+
+
+def pin_from_home(bot: "Bot", body: dict, action: dict) -> None:
+    """A supervisor's click on an intent's button: pin it to manual or allow it (audit-logged
+    under their Slack id), then App Home again."""
+    from bot.review import NOT_SUPERVISOR
+
+    user = (body.get("user") or {}).get("id")
+    if bot.automation is None:
+        return
+    if not bot.supervisors.is_supervisor(user):
+        bot.client.chat_postMessage(channel=user, text=NOT_SUPERVISOR)
+        return
+    try:
+        value = json.loads(action.get("value") or "")
+        intent, allow = str(value["intent"]), bool(value["allow"])
+        bot.automation.pin(intent, user, allow=allow, reason="App Home")
+    except (ValueError, KeyError, TypeError, earned.AutomationError) as exc:
+        bot.client.chat_postMessage(channel=user, text=f"Nothing changed: {exc}")
+        return
+    bot.publish_home(user)

@@ -176,10 +176,30 @@ def test_an_audit_failure_revokes_automation_with_a_slack_message(workspace, enc
         home = cards.home_view(status.home(store))
         assert any("revoked: 物流查询" in (b.get("text") or {}).get("text", "") for b in home["blocks"])
 
-        # a supervisor allows it again (audit-logged); pins and unpins from the CLI
-        result = cli("automation", "pin", SHIP, "--allow", "--by", "alice", "--reason", "fixed the template")
-        assert result.exit_code == 0, result.output
-        assert result.output.startswith(f"{SHIP}: automatic, pinned allowed")
+        # a supervisor allows it again from App Home (audit-logged under their id); an outsider cannot
+        import json as _json
+        env.bot.publish_home(SUPERVISORS[1])
+        view = env.fake.calls_to("views.publish")[-1].params["view"]
+        view = _json.loads(view) if isinstance(view, str) else view
+        [button] = [b["accessory"] for b in view["blocks"] if b.get("accessory") and SHIP in b["accessory"]["value"]]
+        assert button["text"]["text"] == "Allow"
+
+        def click(user):
+            return env.sim.post_payload({
+                "type": "block_actions", "user": {"id": user}, "api_app_id": env.sim.app_id,
+                "token": "legacy-verification-token", "container": {"type": "view", "view_id": "VHOME"},
+                "trigger_id": "1.2.3", "team": {"id": env.sim.team_id}, "view": {"id": "VHOME", "type": "home"},
+                "actions": [{**button, "block_id": "automation_0", "action_ts": "1.0"}]})
+        from bot_support import OUTSIDER
+        assert click(OUTSIDER).status == 200
+        wait_until(lambda: any(c.params.get("channel") == OUTSIDER for c in env.fake.calls_to("chat.postMessage")))
+        assert automation.status(SHIP).state == "revoked"
+        publishes = len(env.fake.calls_to("views.publish"))
+        assert click(SUPERVISORS[1]).status == 200
+        wait_until(lambda: len(env.fake.calls_to("views.publish")) > publishes)  # App Home shown again
+        assert automation.status(SHIP).state == "automatic"
+        assert store.one("SELECT actor FROM audit_log WHERE action = 'automation.allow'")["actor"] == SUPERVISORS[1]
+        # and from the CLI
         assert cli("automation", "pin", REFUND).output.startswith(f"{REFUND}: manual, pinned manual")
         listed = cli("automation", "list")
         assert f"{SHIP}: automatic" in listed.output and f"{REFUND}: manual, pinned manual" in listed.output
