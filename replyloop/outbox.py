@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 EVENT_TYPE = "reply.decided"
 TARGETS = ("webhook", "slack_thread")
 STATES = ("pending", "delivered", "dead")
+SOURCES = ("http", "slack", "import", "cli", "demo")  # questions.source
 SIGNATURE_HEADER = "X-Replyloop-Signature"
 TIMESTAMP_HEADER = "X-Replyloop-Request-Timestamp"
 MAX_URL = 2000
@@ -252,6 +253,8 @@ def validate(config: Config, environ: dict | None = None) -> str | None:
     environ = os.environ if environ is None else environ
     webhook = any("webhook" in t for t in opts.sources.values()) or bool(opts.callback_hosts)
     for source, targets in opts.sources.items():
+        if source not in SOURCES:
+            raise ConfigError(f"delivery.sources.{source}: unknown question source (one of {', '.join(SOURCES)})")
         if "webhook" in targets and not opts.webhook.url and not opts.callback_hosts:
             raise ConfigError(f"delivery.sources.{source}: webhook needs delivery.webhook.url "
                               "(or delivery.callback_hosts for per-question callback_url)")

@@ -277,6 +277,9 @@ def test_serve_refuses_a_webhook_without_its_secret(workspace):
     from replyloop.errors import ConfigError
 
     config, store = workspace
+    config.file.delivery.sources = {"htpp": ["webhook"]}
+    with pytest.raises(ConfigError, match=r"delivery.sources.htpp: unknown question source \(one of http, slack"):
+        create_bot(config, store, Secrets("xoxb-test", None, "s", None))
     config.file.delivery.sources = {"http": ["webhook"]}
     with pytest.raises(ConfigError, match="delivery.webhook.url"):
         create_bot(config, store, Secrets("xoxb-test", None, "s", None))
