@@ -360,6 +360,12 @@ def sweep(bot: Bot, failed: dict[int, float] | None = None) -> int:
         except Exception:
             log.exception("drafting pending questions failed; posting the pending cards anyway")
     posted = review.post_pending_cards(bot)
+    if bot.automation is not None:  # deliver21: revocations whose message was not posted yet
+        try:
+            from bot.delivery import post_automation_notices
+            post_automation_notices(bot)
+        except Exception:
+            log.exception("posting automation notices failed")
     try:
         fixed = review.fix_lost_card_updates(bot)
         if fixed:
