@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
@@ -84,8 +85,16 @@ def automatic(bot: "Bot", draft_id: int) -> bool:
         return False
 
 
+_NOTICES = threading.Lock()  # one poster at a time: a revocation is announced once
+
+
 def post_automation_notices(bot: "Bot") -> int:
     """Post revocations not announced yet to the review channel; returns how many."""
+    with _NOTICES:
+        return _post_notices(bot)
+
+
+def _post_notices(bot: "Bot") -> int:
     posted = 0
     for row in bot.automation.pending_notices():
         try:
