@@ -352,6 +352,7 @@ def m100_deliver21_outbox(db: sqlite_utils.Database) -> None:
         CREATE INDEX idx_outbox_state ON outbox(state);
         ALTER TABLE questions ADD COLUMN callback_url TEXT;
         ALTER TABLE reviews ADD COLUMN automated INTEGER NOT NULL DEFAULT 0;
+        CREATE INDEX IF NOT EXISTS idx_questions_category ON questions(category);  -- an intent's evidence
         ALTER TABLE drafts ADD COLUMN automation TEXT;
         ALTER TABLE drafts ADD COLUMN automation_reason TEXT;
         CREATE TABLE automation_intents (

@@ -52,6 +52,7 @@ def auto(workspace, encoder):
     config, store = workspace
     config.file.automation.enabled = True
     seed(store)
+    encoder.store = store  # embeddings cached in this test's database, as in production
     return config, store, Automation(config, store, encoder)
 
 
