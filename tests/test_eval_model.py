@@ -119,7 +119,12 @@ def test_eval_cli_verdict_and_exit_code(loaded, tiny_models):
         "[WARN] embedding model reads the references",
         "[SKIP] mean consistency >= floor", "[SKIP] mean consistency vs champion", "[SKIP] largest category drop",
         # chrF decides: the promise drafts share almost no wording with the references
-        "[FAIL] mean chrF >= floor", "[PASS] mean chrF vs champion", "[PASS] largest chrF category drop"]
+        "[FAIL] mean chrF >= floor", "[PASS] mean chrF vs champion", "[PASS] largest chrF category drop",
+        # degeneration: the promise adapter gives every question the same short canned promise
+        "[PASS] repetitive drafts", "[PASS] repetitive drafts vs champion",
+        "[FAIL] off-length drafts", "[PASS] off-length drafts vs champion",
+        "[FAIL] distinct-2 vs references", "[PASS] distinct-2 vs champion",
+        "[FAIL] one reply for many questions", "[PASS] one reply for many questions vs champion"], verdict
     assert ("fix: set evaluation.embedding_model: <a Chinese or multilingual sentence-transformers model"
             " directory>") in verdict[2]
     assert "not counted, would pass" in verdict[3]
