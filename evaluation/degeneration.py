@@ -8,7 +8,8 @@ Per draft:
 - ``repeat_share``: the share of its character n-grams (``ngram``, whitespace and punctuation
   removed, so it works on Chinese) that repeat an earlier n-gram of the same draft;
 - ``clause_run``: the longest run of the same clause in a row (clauses split at punctuation);
-- ``length_ratio``: draft characters / reference characters.
+- ``length_ratio``: draft characters / reference characters (a draft cut at the token cap,
+  ``max_new_tokens``, is not counted as collapsed).
 
 A draft is *repetitive* when ``repeat_share`` > ``max_repeat_share`` or ``clause_run`` >=
 ``max_clause_run``, and *off-length* when its length ratio is outside
@@ -102,22 +103,27 @@ class DegenerationResult:
         return d
 
 
-def measure(drafts: list[str], references: list[str], limits=None) -> DegenerationResult:
-    """Every degeneration measure of ``drafts`` against their ``references``."""
+def measure(drafts: list[str], references: list[str], limits=None,
+            truncated: list[bool] | None = None) -> DegenerationResult:
+    """Every degeneration measure of ``drafts`` against their ``references``.
+
+    ``truncated``: per draft, whether generation stopped at the token cap (``max_new_tokens``): such
+    a draft is short because of the cap, not collapsed, so only explosion counts for it."""
     if limits is None:
         from replyloop.config import DegenerationConfig
 
         limits = DegenerationConfig()
     lim = limits
     per, repetitive, off = [], [], []
-    for draft, ref in zip(drafts, references):
+    truncated = truncated or [False] * len(drafts)
+    for draft, ref, cut in zip(drafts, references, truncated):
         share = repeat_share(draft, lim.ngram)
         run = clause_run(draft)
         ratio = len(_chars(draft)) / max(1, len(_chars(ref)))
         is_rep = share > lim.max_repeat_share or run >= lim.max_clause_run
-        is_off = ratio < lim.min_length_ratio or ratio > lim.max_length_ratio
+        is_off = (ratio < lim.min_length_ratio and not cut) or ratio > lim.max_length_ratio
         per.append({"repeat_share": round(share, 4), "clause_run": run, "length_ratio": round(ratio, 4),
-                    "repetitive": is_rep, "off_length": is_off})
+                    "at_token_cap": bool(cut), "repetitive": is_rep, "off_length": is_off})
         if is_rep:
             repetitive.append(draft)
         if is_off:

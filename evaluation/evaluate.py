@@ -156,6 +156,12 @@ def _public(result: consistency.ConsistencyResult) -> dict:
     return d
 
 
+def _at_cap(tokenizer, drafts: list[str], max_new_tokens: int) -> list[bool]:
+    """Whether each draft (re-tokenised) reached the token cap, i.e. was cut rather than finished."""
+    lengths = [len(ids) for ids in tokenizer(drafts, add_special_tokens=False)["input_ids"]]
+    return [n >= max_new_tokens - 2 for n in lengths]
+
+
 def _resolve_against(registry: Registry, model: dict, against: str | int | None) -> dict | None:
     if against is None or against == "none":
         return None
@@ -241,8 +247,11 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
                                   threshold=opts.threshold, draft_texts=champion_drafts, reference_texts=references)
     timings["embed_s"] = time.perf_counter() - t0
 
-    degen = degeneration.measure(drafts, references, opts.degeneration)
-    champ_degen = degeneration.measure(champion_drafts, references, opts.degeneration) if champion_drafts else None
+    degen = degeneration.measure(drafts, references, opts.degeneration, _at_cap(tok, drafts, max_new))
+    champ_degen = None
+    if champion_drafts:
+        champ_degen = degeneration.measure(champion_drafts, references, opts.degeneration,
+                                           _at_cap(tok, champion_drafts, max_new))
 
     engine = policy_engine if policy_engine is not None else load_policy_engine(config)
     verdicts, rules, per_item = _policy_summary(engine, questions, drafts)
