@@ -316,3 +316,22 @@ def m033_evaluation_chrf(db: sqlite_utils.Database) -> None:
         ALTER TABLE evaluations ADD COLUMN mean_chrf REAL;
         ALTER TABLE evaluations ADD COLUMN unknown_share REAL;
     """)
+
+
+@migration
+def m100_pref18_snapshot_preferences(db: sqlite_utils.Database) -> None:
+    """Preference rows (KTO / DPO) frozen with each snapshot, from reviews (replyloop/preferences.py)."""
+    run_script(db, """
+        CREATE TABLE snapshot_preferences (
+            id INTEGER PRIMARY KEY,
+            snapshot_hash TEXT NOT NULL REFERENCES snapshots(hash),
+            kind TEXT NOT NULL CHECK (kind IN ('kto', 'dpo')),
+            prompt TEXT NOT NULL,
+            chosen TEXT NOT NULL,            -- kto: the completion
+            rejected TEXT NOT NULL DEFAULT '',
+            label INTEGER,                   -- kto: 1 desirable, 0 undesirable
+            review_id INTEGER NOT NULL,
+            split TEXT NOT NULL CHECK (split IN ('train', 'heldout'))
+        );
+        CREATE INDEX idx_snapshot_preferences ON snapshot_preferences(snapshot_hash, kind, split);
+    """)
