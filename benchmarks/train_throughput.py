@@ -1,5 +1,6 @@
 """Training throughput: `replyloop train` (packing, own loop) vs HF Trainer + peft with padding
-to max_seq_length (the lora-scripts way), same model, data, rank, batch and steps, in one run.
+to max_seq_length (the lora-scripts way) and vs TRL's SFTTrainer, the strongest peer, with
+``padding_free=True`` and with ``packing=True``: same model, data, rank, batch and steps, in one run.
 
 Prints non-padding tokens/s of each and their ratio, peak memory, and the mean loss of the
 last steps of both (they must agree within noise). Each side runs in its own child process so
@@ -146,6 +147,55 @@ def run_baseline(args, base: str, work: str, queue) -> None:
                "peak_mb": peak_memory_mb(args.device)})
 
 
+def run_trl(args, base: str, work: str, mode: str, queue) -> None:
+    """TRL SFTTrainer on the same prompt/completion pairs (prompt in our plain template, loss on the
+    completion only, as ours): ``mode`` padding_free or packing."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.trainer_callback import PrinterCallback
+    from transformers.utils import logging as hf_logging
+    from trl import SFTConfig, SFTTrainer
+
+    from training.prompting import render_prompt
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    torch.set_num_threads(args.threads)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    data = Dataset.from_list([{"prompt": render_prompt(tokenizer, r["prompt"]),
+                               "completion": r["response"] + (tokenizer.eos_token or "")} for r in rows()])
+    dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation="sdpa")
+    torch.manual_seed(args.seed)
+    config = SFTConfig(
+        output_dir=str(Path(work) / f"trl-{mode}"), per_device_train_batch_size=args.batch_size,
+        max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=1,
+        save_strategy="no", report_to=[], use_cpu=args.device == "cpu", seed=args.seed,
+        bf16=args.device == "cuda", fp16=False, disable_tqdm=True, dataloader_num_workers=0,
+        max_length=args.max_seq_length, completion_only_loss=True,
+        padding_free=mode in ("padding_free", "packing"), packing=mode == "packing")
+    trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
+                         peft_config=LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
+                                                target_modules=TARGETS, task_type="CAUSAL_LM"))
+    trainer.remove_callback(PrinterCallback)
+    counted = {"tokens": 0}
+    collator = trainer.data_collator
+
+    def collate(batch):  # non-padding tokens seen
+        out = collator(batch)
+        mask = out.get("attention_mask")
+        counted["tokens"] += int(mask.sum()) if mask is not None else int(out["input_ids"].numel())
+        return out
+
+    trainer.data_collator = collate
+    seconds = timed(trainer.train, args.device)
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    queue.put({"tokens": counted["tokens"], "seconds": seconds, "losses": losses,
+               "peak_mb": peak_memory_mb(args.device)})
+
+
 def in_child(target, *args):
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
@@ -167,24 +217,35 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (per side)")
+    parser.add_argument("--no-trl", action="store_true", help="leave out the TRL SFTTrainer baselines")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as work:
         base = str(build_model(args.model_config, Path(work) / "base"))
         ours = in_child(run_ours, args, base, work)
         baseline = in_child(run_baseline, args, base, work)
+        trl_runs = {}
+        if not args.no_trl:
+            for mode in ("padding_free", "packing"):
+                trl_runs[f"trl_sft_{mode}"] = in_child(run_trl, args, base, work, mode)
     report = {"device": args.device, "model": args.model_config, "steps": args.steps, "batch_size": args.batch_size,
               "max_seq_length": args.max_seq_length, "rank": args.rank}
-    for name, r in (("replyloop", ours), ("hf_trainer_padded", baseline)):
+    for name, r in (("replyloop", ours), ("hf_trainer_padded", baseline), *trl_runs.items()):
         tail = r["losses"][-LAST:]
         report[name] = {"tokens_per_s": round(r["tokens"] / r["seconds"], 1), "seconds": round(r["seconds"], 2),
                         "tokens": r["tokens"], "peak_memory_mb": round(r["peak_mb"], 1),
                         f"mean_loss_last_{LAST}": round(sum(tail) / len(tail), 4), "first_loss": round(r["losses"][0], 4)}
-    report["ratio"] = round(report["replyloop"]["tokens_per_s"] / report["hf_trainer_padded"]["tokens_per_s"], 2)
+    ours_tps = report["replyloop"]["tokens_per_s"]
+    report["ratio"] = round(ours_tps / report["hf_trainer_padded"]["tokens_per_s"], 2)
+    for name in trl_runs:
+        report[f"ratio_vs_{name}"] = round(ours_tps / report[name]["tokens_per_s"], 2)
     print(json.dumps(report, indent=2))
-    print(f"replyloop {report['replyloop']['tokens_per_s']:.0f} tok/s vs HF Trainer padded "
+    print(f"replyloop {ours_tps:.0f} tok/s vs HF Trainer padded "
           f"{report['hf_trainer_padded']['tokens_per_s']:.0f} tok/s: {report['ratio']:.2f}x "
           f"({args.device}, {args.model_config})")
+    for name in trl_runs:
+        print(f"replyloop vs TRL SFTTrainer {name.removeprefix('trl_sft_').replace('_', '-')} "
+              f"{report[name]['tokens_per_s']:.0f} tok/s: {report[f'ratio_vs_{name}']:.2f}x")
 
 
 if __name__ == "__main__":

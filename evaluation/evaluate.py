@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from evaluation import consistency, gate
+from evaluation import consistency, degeneration, gate
 from evaluation.embeddings import UNREADABLE_FIX, Encoder
 from replyloop import timeutil
 from replyloop.config import Config
@@ -48,6 +48,8 @@ class EvalReport:
     timings: dict = field(default_factory=dict)
     unknown_share: float | None = None     # share of reference characters the embedding tokenizer cannot read
     max_unknown_share: float = 0.2
+    degeneration: degeneration.DegenerationResult | None = None
+    champion_degeneration: degeneration.DegenerationResult | None = None
     id: int | None = None
     created_at: str = ""
 
@@ -86,6 +88,9 @@ class EvalReport:
             "champion_consistency": None if self.champion is None else _public(self.champion),
             "policy": {"available": self.policy_available, "verdicts": self.verdicts, "violations": self.violations},
             "gate": self.gate.to_dict(),
+            "degeneration": None if self.degeneration is None else self.degeneration.to_dict(),
+            "champion_degeneration": None if self.champion_degeneration is None else
+            self.champion_degeneration.to_dict(),
             "items": self.items,
             "timings": self.timings,
         }
@@ -126,6 +131,14 @@ class EvalReport:
         for rule, v in sorted(self.violations.items()):
             example = v["examples"][0]["match"] if v["examples"] else ""
             lines.append(f"- `{rule}` ({v['severity']}): {v['count']}" + (f", e.g. “{example}”" if example else ""))
+        if self.degeneration is not None:
+            d, cd = self.degeneration, self.champion_degeneration
+            lines += ["", "Degeneration: repetitive drafts {:.0%}, off-length {:.0%}, distinct-2 / references {:.2f},"
+                      " largest near-identical group {:.0%} (references {:.0%})".format(
+                          d.repetitive_share, d.off_length_share, d.distinct2_ratio, d.template_share,
+                          d.reference_template_share)
+                      + ("" if cd is None else "; champion {:.0%}, {:.0%}, {:.2f}, {:.0%}".format(
+                          cd.repetitive_share, cd.off_length_share, cd.distinct2_ratio, cd.template_share))]
         if verdict:
             lines += ["", "```", self.gate.verdict(), "```"]
         return "\n".join(lines) + "\n"
@@ -141,6 +154,12 @@ def _public(result: consistency.ConsistencyResult) -> dict:
     d.pop("groups", None)
     d.pop("chrf", None)
     return d
+
+
+def _at_cap(tokenizer, drafts: list[str], max_new_tokens: int) -> list[bool]:
+    """Whether each draft (re-tokenised) reached the token cap, i.e. was cut rather than finished."""
+    lengths = [len(ids) for ids in tokenizer(drafts, add_special_tokens=False)["input_ids"]]
+    return [n >= max_new_tokens - 2 for n in lengths]
 
 
 def _resolve_against(registry: Registry, model: dict, against: str | int | None) -> dict | None:
@@ -228,6 +247,12 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
                                   threshold=opts.threshold, draft_texts=champion_drafts, reference_texts=references)
     timings["embed_s"] = time.perf_counter() - t0
 
+    degen = degeneration.measure(drafts, references, opts.degeneration, _at_cap(tok, drafts, max_new))
+    champ_degen = None
+    if champion_drafts:
+        champ_degen = degeneration.measure(champion_drafts, references, opts.degeneration,
+                                           _at_cap(tok, champion_drafts, max_new))
+
     engine = policy_engine if policy_engine is not None else load_policy_engine(config)
     verdicts, rules, per_item = _policy_summary(engine, questions, drafts)
     blocks = {rule: v["count"] for rule, v in rules.items() if v["severity"] == "block"}
@@ -243,14 +268,16 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
         champion_chrf_by_category={k: v.chrf for k, v in champ.by_category.items()} if champ else None,
         chrf_floor=opts.chrf_floor, chrf_tolerance=opts.chrf_tolerance,
         chrf_category_margin=opts.chrf_category_margin, unknown_share=unknown,
-        max_unknown_share=opts.max_unknown_share, embedding_model=encoder.name, fix=UNREADABLE_FIX)
+        max_unknown_share=opts.max_unknown_share, embedding_model=encoder.name, fix=UNREADABLE_FIX,
+        degeneration=degen, champion_degeneration=champ_degen, degeneration_limits=opts.degeneration)
 
     items = []
     for i, row in enumerate(heldout):
         item = {"sample_id": row["id"], "question": questions[i], "reference": references[i], "draft": drafts[i],
                 "category": categories[i], "intent": cand.groups[i], "similarity": cand.similarities[i],
                 "chrf": cand.chrf[i],
-                "verdict": per_item[i][0], "violations": [v["rule"] for v in per_item[i][1]]}
+                "verdict": per_item[i][0], "violations": [v["rule"] for v in per_item[i][1]],
+                "degeneration": degen.per_draft[i]}
         if champ is not None:
             item["champion_draft"] = champion_drafts[i]
             item["champion_similarity"] = champ.similarities[i]
@@ -262,7 +289,8 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
                         against_model_id=other and other["id"], against_model_name=other and other["name"],
                         violations=rules, verdicts=verdicts, policy_available=engine is not None, items=items,
                         gate=result, timings=timings, created_at=timeutil.now_iso(), unknown_share=unknown,
-                        max_unknown_share=opts.max_unknown_share)
+                        max_unknown_share=opts.max_unknown_share, degeneration=degen,
+                        champion_degeneration=champ_degen)
     _store(store, report, actor)
     return report
 

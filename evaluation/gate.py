@@ -12,6 +12,15 @@ Unreadable references: when the embedding model's tokenizer maps more than
 English MiniLM on Chinese), criteria 2-4 are still measured and shown but not counted
 (``counted`` False, marked SKIP), a WARN line names the fix, and chrF decides.
 
+Degenerate and overfit drafts (``evaluation.degeneration``, evaluation/degeneration.py), each with
+an absolute limit and one relative to the champion:
+
+8. share of repetitive drafts (repeated character n-grams, a clause repeated in a row);
+9. share of drafts whose length collapsed or exploded against the reference;
+10. distinct-2 of the drafts as a ratio to the references' (a floor);
+11. the largest group of near-identical drafts (one canned reply for many questions), above the
+    references' own share.
+
 Each criterion carries the measured value and the limit, so the verdict explains itself.
 """
 
@@ -114,7 +123,8 @@ def decide(*, mean: float, by_category: dict[str, float], block_count: int | Non
            champion_chrf_mean: float | None = None, champion_chrf_by_category: dict[str, float] | None = None,
            chrf_floor: float = 0.0, chrf_tolerance: float = 0.0, chrf_category_margin: float = 0.0,
            unknown_share: float | None = None, max_unknown_share: float = 1.0,
-           embedding_model: str = "", fix: str = "") -> GateResult:
+           embedding_model: str = "", fix: str = "", degeneration=None, champion_degeneration=None,
+           degeneration_limits=None) -> GateResult:
     """The gate verdict. ``block_count`` None means the policy engine could not run (fails).
 
     ``chrf_mean`` None: chrF was not measured (its criteria are left out). ``unknown_share`` above
@@ -147,4 +157,56 @@ def decide(*, mean: float, by_category: dict[str, float], block_count: int | Non
     elif unreadable:
         criteria.append(Criterion("mean chrF >= floor", None, chrf_floor, False,
                                   "chrF was not measured, and the embedding model cannot read the references"))
+    if degeneration is not None and degeneration_limits is not None and degeneration_limits.enabled:
+        criteria += degeneration_criteria(degeneration, champion_degeneration, degeneration_limits)
     return GateResult(passed=all(c.passed for c in criteria if c.counted), criteria=criteria)
+
+
+def _clip(text: str, n: int = 40) -> str:
+    text = " ".join((text or "").split())
+    return text if len(text) <= n else text[:n - 1] + "…"
+
+
+def degeneration_criteria(d, champ, lim) -> list[Criterion]:
+    """The degeneration criteria of a ``DegenerationResult`` (``champ``: the champion's, or None)."""
+    margin = lim.champion_margin
+    out = []
+
+    def share(name, value, limit, champ_value, example):
+        detail = f"e.g. “{_clip(example)}”" if value > 0 and example else ""
+        out.append(Criterion(name, round(value, 6), limit, value <= limit, detail))
+        if champ is None:
+            out.append(Criterion(f"{name} vs champion", round(value, 6), None, True, "no champion to compare with"))
+        else:
+            rel = round(champ_value + margin, 6)
+            out.append(Criterion(f"{name} vs champion", round(value, 6), rel, value <= rel,
+                                 f"champion {champ_value:.3f} + margin {margin:.3f}"))
+
+    share("repetitive drafts", d.repetitive_share, lim.max_repetitive_share,
+          champ.repetitive_share if champ else 0.0, d.examples.get("repetitive", ""))
+    share("off-length drafts", d.off_length_share, lim.max_off_length_share,
+          champ.off_length_share if champ else 0.0, d.examples.get("off_length", ""))
+    out.append(Criterion("distinct-2 vs references", round(d.distinct2_ratio, 6), lim.min_distinct2_ratio,
+                         d.distinct2_ratio >= lim.min_distinct2_ratio,
+                         "distinct character bigrams of the drafts / of the references"))
+    if champ is None:
+        out.append(Criterion("distinct-2 vs champion", round(d.distinct2_ratio, 6), None, True,
+                             "no champion to compare with"))
+    else:
+        rel = round(champ.distinct2_ratio - margin, 6)
+        out.append(Criterion("distinct-2 vs champion", round(d.distinct2_ratio, 6), rel, d.distinct2_ratio >= rel,
+                             f"champion {champ.distinct2_ratio:.3f} - margin {margin:.3f}"))
+    limit = round(max(lim.max_template_share, d.reference_template_share + lim.max_template_share), 6)
+    limit = min(limit, 1.0)
+    detail = (f"{d.template_share:.0%} of the drafts are near-identical to “{_clip(d.template_example)}”;"
+              f" references {d.reference_template_share:.0%}")
+    out.append(Criterion("one reply for many questions", round(d.template_share, 6), limit,
+                         d.template_share <= limit, detail))
+    if champ is None:
+        out.append(Criterion("one reply for many questions vs champion", round(d.template_share, 6), None, True,
+                             "no champion to compare with"))
+    else:
+        rel = round(champ.template_share + margin, 6)
+        out.append(Criterion("one reply for many questions vs champion", round(d.template_share, 6), rel,
+                             d.template_share <= rel, f"champion {champ.template_share:.3f} + margin {margin:.3f}"))
+    return out

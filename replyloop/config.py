@@ -47,6 +47,23 @@ class TrainingSection(Section):
     keep_adapters: int = Field(5, ge=1)
 
 
+class DegenerationConfig(Section):
+    """Gate criteria for degenerate / overfit drafts (pref18; evaluation/degeneration.py, README "Evaluation")."""
+
+    enabled: bool = True
+    ngram: int = Field(4, ge=1)                                # character n-gram size for repetition
+    max_repeat_share: float = Field(0.5, ge=0.0, le=1.0)       # a draft repeating more n-grams is repetitive
+    max_clause_run: int = Field(3, ge=2)                       # ... or with the same clause this many times in a row
+    min_length_ratio: float = Field(0.2, ge=0.0)               # draft / reference characters: below is collapse
+    max_length_ratio: float = Field(5.0, gt=0.0)               # ... above is explosion
+    near_identical: float = Field(90.0, ge=0.0, le=100.0)      # rapidfuzz ratio for "the same reply"
+    max_repetitive_share: float = Field(0.2, ge=0.0, le=1.0)
+    max_off_length_share: float = Field(0.3, ge=0.0, le=1.0)
+    min_distinct2_ratio: float = Field(0.3, ge=0.0)
+    max_template_share: float = Field(0.3, ge=0.0, le=1.0)     # above the references' own share
+    champion_margin: float = Field(0.1, ge=0.0, le=1.0)        # allowed worsening against the champion
+
+
 class EvaluationConfig(Section):
     embedding_model: str = ""  # path or name; empty: the bundled all-MiniLM-L6-v2
     threshold: float = Field(0.75, ge=-1.0, le=1.0)
@@ -60,6 +77,7 @@ class EvaluationConfig(Section):
     chrf_category_margin: float = Field(0.2, ge=0.0, le=1.0)
     # above this share of reference characters mapped to [UNK], embedding similarity is not counted
     max_unknown_share: float = Field(0.2, ge=0.0, le=1.0)
+    degeneration: DegenerationConfig = Field(default_factory=DegenerationConfig)
     max_new_tokens: int = Field(96, ge=1)
     batch_size: int = Field(16, ge=1)
     # empty: the pipeline evaluates in its own process; else a command template run like

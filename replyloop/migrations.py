@@ -319,7 +319,7 @@ def m033_evaluation_chrf(db: sqlite_utils.Database) -> None:
 
 
 @migration
-def m100_deliver21_outbox(db: sqlite_utils.Database) -> None:
+def m034_delivery_outbox(db: sqlite_utils.Database) -> None:
     """Delivery of decided replies (``replyloop.outbox``) and earned automation:
 
     - ``outbox``: one row per ``reply.decided`` event and target, written in the decision's own
@@ -363,4 +363,23 @@ def m100_deliver21_outbox(db: sqlite_utils.Database) -> None:
             changed_at TEXT NOT NULL,
             notified_at TEXT                 -- a revocation posted to Slack
         );
+    """)
+
+
+@migration
+def m035_snapshot_preferences(db: sqlite_utils.Database) -> None:
+    """Preference rows (KTO / DPO) frozen with each snapshot, from reviews (replyloop/preferences.py)."""
+    run_script(db, """
+        CREATE TABLE snapshot_preferences (
+            id INTEGER PRIMARY KEY,
+            snapshot_hash TEXT NOT NULL REFERENCES snapshots(hash),
+            kind TEXT NOT NULL CHECK (kind IN ('kto', 'dpo')),
+            prompt TEXT NOT NULL,
+            chosen TEXT NOT NULL,            -- kto: the completion
+            rejected TEXT NOT NULL DEFAULT '',
+            label INTEGER,                   -- kto: 1 desirable, 0 undesirable
+            review_id INTEGER NOT NULL,
+            split TEXT NOT NULL CHECK (split IN ('train', 'heldout'))
+        );
+        CREATE INDEX idx_snapshot_preferences ON snapshot_preferences(snapshot_hash, kind, split);
     """)

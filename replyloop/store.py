@@ -92,6 +92,8 @@ class _SnapshotPlan:
     digest: str
     splits: dict[int, str]
     without_heldout: list[str]
+    preferences: list = field(default_factory=list)   # replyloop.preferences.Preference rows
+    heldout_keys: set = field(default_factory=set)
 
 
 @dataclass
@@ -570,6 +572,10 @@ class Store:
                     "INSERT INTO snapshot_samples (snapshot_hash, sample_id, split) VALUES (?, ?, ?)",
                     ((digest, sid, split) for sid, split in plan.splits.items()),
                 )
+                if plan.preferences:
+                    from replyloop import preferences
+
+                    preferences.freeze(db.conn, digest, plan.preferences, plan.heldout_keys)
                 self.audit(actor, "snapshot.create", "snapshot", digest, {"samples": len(plan.splits)})
             held = sum(1 for split in plan.splits.values() if split == "heldout")
             return Snapshot(digest, existing is None, len(plan.splits) - held, held,
@@ -579,7 +585,8 @@ class Store:
         """What a snapshot plan depends on (samples are only ever added, snapshots too)."""
         return tuple(self.db.execute(
             "SELECT (SELECT count(*) FROM samples), (SELECT max(id) FROM samples),"
-            " (SELECT count(*) FROM snapshots), (SELECT max(rowid) FROM snapshot_samples)").fetchone())
+            " (SELECT count(*) FROM snapshots), (SELECT max(rowid) FROM snapshot_samples),"
+            " (SELECT max(id) FROM reviews)").fetchone())
 
     def _plan_snapshot(self, heldout_share: float, seed: str) -> "_SnapshotPlan":
         """Hash and split of the current samples, read in one consistent read transaction."""
@@ -605,6 +612,9 @@ class Store:
             del rows
             bucket = {key: self._key_bucket(key, seed) for key in set(key_of.values())}
             history = self._split_history(key_of)
+            from replyloop import preferences
+
+            prefs = preferences.collect(conn)
         finally:
             if own and conn.in_transaction:
                 conn.execute("COMMIT")
@@ -612,8 +622,10 @@ class Store:
         if history and splits != self._split(categories, key_of, bucket, heldout_share, {}):
             held = sorted({key_of[sid] for sid, split in splits.items() if split == "heldout"})
             digest.update(("\nheldout:" + "\x1f".join(held)).encode("utf-8"))
+        digest.update(preferences.digest_part(prefs))  # nothing when there are no reviews
+        heldout_keys = {key_of[sid] for sid, split in splits.items() if split == "heldout"}
         return _SnapshotPlan(state, digest.hexdigest()[:16], splits,
-                             self._without_heldout(categories, key_of, splits))
+                             self._without_heldout(categories, key_of, splits), prefs, heldout_keys)
 
     def _split_history(self, key_of: dict[int, str]) -> dict[str, set[str]]:
         """Question key -> the splits it had in earlier snapshots (samples are never deleted)."""

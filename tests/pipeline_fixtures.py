@@ -55,7 +55,9 @@ def make_workspace(home: Path, base: Path, steps: int = 8, **sections):
     # tiny models draft near-noise: the gate here is about the mechanism, not the quality
     data["evaluation"].update({"floor": 0.0, "tolerance": 1.0, "category_margin": 1.0, "max_new_tokens": 16,
                                "chrf_floor": 0.0, "chrf_tolerance": 1.0, "chrf_category_margin": 1.0,
-                               "batch_size": 32})
+                               "batch_size": 32,
+                               # ... and 8 steps on a random base repeat themselves (tests/test_eval_degeneration.py)
+                               "degeneration": {"enabled": False}})
     data["scheduler"].update({"min_new_samples": 3, "min_interval_hours": 0, "canary_percent": 20})
     for section, values in sections.items():
         data[section].update(values)

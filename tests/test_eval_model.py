@@ -119,7 +119,12 @@ def test_eval_cli_verdict_and_exit_code(loaded, tiny_models):
         "[WARN] embedding model reads the references",
         "[SKIP] mean consistency >= floor", "[SKIP] mean consistency vs champion", "[SKIP] largest category drop",
         # chrF decides: the promise drafts share almost no wording with the references
-        "[FAIL] mean chrF >= floor", "[PASS] mean chrF vs champion", "[PASS] largest chrF category drop"]
+        "[FAIL] mean chrF >= floor", "[PASS] mean chrF vs champion", "[PASS] largest chrF category drop",
+        # degeneration: the promise adapter gives every question the same short canned promise
+        "[PASS] repetitive drafts", "[PASS] repetitive drafts vs champion",
+        "[PASS] off-length drafts", "[PASS] off-length drafts vs champion",  # cut at 16 tokens, not collapsed
+        "[FAIL] distinct-2 vs references", "[PASS] distinct-2 vs champion",
+        "[FAIL] one reply for many questions", "[PASS] one reply for many questions vs champion"], verdict
     assert ("fix: set evaluation.embedding_model: <a Chinese or multilingual sentence-transformers model"
             " directory>") in verdict[2]
     assert "not counted, would pass" in verdict[3]
@@ -140,8 +145,11 @@ def test_eval_cli_passes_against_champion(loaded, tiny_models):
     config.file.evaluation.floor = 0.3  # MiniLM is an English model: calibrate the floor for Chinese
     # the tiny model's drafts are near-noise: chrF (which decides here, MiniLM cannot read Chinese) is
     # about 0.02 for both models; the comparison with the champion is what this test is about
+    # ... and many of the tiny model's drafts stop after a few characters (a length collapse the
+    # degeneration check would rightly fail: tests/test_eval_degeneration.py), so it is off here
     config.source.write_text(config.source.read_text().replace("floor: 0.5 ", "floor: 0.3 ")
-                             .replace("chrf_floor: 0.15 ", "chrf_floor: 0.0 "))
+                             .replace("chrf_floor: 0.15 ", "chrf_floor: 0.0 ")
+                             .replace("min_length_ratio: 0.2", "min_length_ratio: 0.0"))
     r = cli("eval", "trained", "--max-new-tokens", "24")
     assert r.exit_code == 0, r.output
     assert "Gate: PASS" in r.output and "champion (untrained) mean" in r.output

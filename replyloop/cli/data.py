@@ -56,7 +56,7 @@ def _clip(text: str, limit: int = 40) -> str:
 @data_app.command("export")
 def export(
     out: Path = typer.Argument(..., help="lora-scripts: the train_data_dir to write metadata.csv into; llama-factory: the dataset_dir; jsonl/chatml: the file."),
-    fmt: str = typer.Option("lora-scripts", "--format", "-f", help="lora-scripts | jsonl | chatml | llama-factory (alpaca) | llama-factory-sharegpt"),
+    fmt: str = typer.Option("lora-scripts", "--format", "-f", help="lora-scripts | jsonl | chatml | llama-factory (alpaca) | llama-factory-sharegpt | kto | dpo (TRL preference data from reviews)"),
     snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Export this snapshot instead of all samples."),
     split: Optional[str] = typer.Option(None, "--split", help="With --snapshot: train or heldout."),
     scrub: Optional[bool] = typer.Option(None, "--scrub-pii/--no-scrub-pii", help="Mask phones, emails, ID-card and order numbers (default: export.scrub_pii)."),
@@ -85,6 +85,8 @@ def export(
     if opts.scrub_pii if scrub is None else scrub:
         scrubber = Scrubber(phone=opts.mask_phone, email=opts.mask_email, id_card=opts.mask_id_card,
                             order=opts.mask_order)
+    if fmt in ("kto", "dpo"):
+        return _export_preferences(store, fmt, out, snapshot, split, scrubber)
     if system_prompt is None and fmt == "chatml":
         system_prompt = _training_system_prompt(cfg.train_config_path)
     written = 0
@@ -103,6 +105,28 @@ def export(
     if fmt.startswith("llama-factory"):
         typer.echo(f"Registered it as dataset 'replyloop' in {out / 'dataset_info.json'} "
                    f"(LLaMA-Factory: dataset_dir: {out}, dataset: replyloop)")
+    if scrubber is not None:
+        masked = ", ".join(f"{k} {v}" for k, v in sorted(scrubber.counts.items()) if v) or "nothing"
+        typer.echo(f"PII masked: {masked}")
+
+
+def _export_preferences(store, fmt: str, out: Path, snapshot: str | None, split: str | None, scrubber) -> None:
+    """``--format kto|dpo``: preference rows from reviews (frozen in ``--snapshot``, else all reviews now)."""
+    from replyloop import preferences
+
+    with store:
+        if snapshot:
+            rows = preferences.iter_rows(store, snapshot, fmt, split)
+        else:
+            rows = ({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "label": p.label}
+                    for p in preferences.collect(store.db.conn) if p.kind == fmt)
+        target, written = preferences.export(rows, fmt, out, scrubber)
+    what = "unpaired preference rows (prompt, completion, label)" if fmt == "kto" else \
+        "preference pairs (prompt, chosen, rejected)"
+    typer.echo(f"Wrote {written} {what} to {target} (TRL {fmt.upper()}Trainer format)")
+    if written == 0:
+        typer.echo("Warning: no reviews gave rows of this kind yet"
+                   + (" (edits and rejections make DPO pairs)" if fmt == "dpo" else ""), err=True)
     if scrubber is not None:
         masked = ", ".join(f"{k} {v}" for k, v in sorted(scrubber.counts.items()) if v) or "nothing"
         typer.echo(f"PII masked: {masked}")
