@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from evaluation.stats import rate_difference, wilson_interval
 from replyloop import csvsafe, timeutil
 from replyloop.config import Config
-from replyloop.errors import ConfigError, ReplyloopError
+from replyloop.errors import ConfigError, PathError, ReplyloopError
 from replyloop.store import Store
 
 DECISION_KEYS = ("approved", "edited", "rejected")
@@ -45,6 +45,10 @@ OUTPUT_FILES = ("report.md", "numbers.csv", "consistency.png", "reviews.png", "a
 
 class ReportError(ReplyloopError):
     """Could not build the weekly report"""
+
+
+class ReportPathError(ReportError, PathError):
+    """The report cannot be written there (exit 2: the --out path is the mistake)"""
 
 
 class WeekError(ReportError):
@@ -709,14 +713,17 @@ def write_numbers_csv(report: WeeklyReport, path: Path) -> None:
 
 
 def _check_target(out: Path) -> None:
-    """Refuse to replace a directory that holds anything but a previous report."""
+    """Refuse to replace a directory that holds anything but a previous report, and a path that
+    cannot be a directory (a file on the way, no permission): PathError, exit 2."""
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            where = "exists and is not a directory" if path == out else f"cannot be created: {path} is a file"
+            raise ReportPathError(f"{out}: {where}")
     if out.exists():
-        if not out.is_dir():
-            raise ReportError(f"{out}: exists and is not a directory")
         foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
         if foreign:
-            raise ReportError(f"{out}: holds other files ({', '.join(foreign[:3])}): choose an empty"
-                              " or report-only directory for --out")
+            raise ReportPathError(f"{out}: holds other files ({', '.join(foreign[:3])}): choose an empty"
+                            " or report-only directory for --out")
 
 
 def write_weekly_report(report: WeeklyReport, out: str | Path) -> WeeklyReport:
@@ -726,8 +733,11 @@ def write_weekly_report(report: WeeklyReport, out: str | Path) -> WeeklyReport:
 
     out = Path(out)
     _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise ReportPathError(f"{out}: cannot write the report there ({exc.strerror or exc})") from None
     try:
         charts = render_charts(report, tmp)
         report.chart_labels = charts.labels
@@ -757,6 +767,8 @@ def default_out_dir(config: Config, week: IsoWeek) -> Path:
 def build_weekly_report(config: Config, store: Store, week: IsoWeek | str | None = None,
                         out: str | Path | None = None, now: dt.datetime | None = None) -> WeeklyReport:
     """Collect the week's numbers and write the report (default: ``reports/<week>/``)."""
+    if out is not None:
+        _check_target(Path(out))  # a bad --out fails before the work, not after it
     report = collect_weekly_report(config, store, week, now=now)
     return write_weekly_report(report, out if out is not None else default_out_dir(config, report.week))
 

@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
-from replyloop.errors import ConfigError
+from replyloop.errors import EXIT_GATE_FAILED, ConfigError
 
 
 def _clock(seconds) -> str:
@@ -108,7 +108,8 @@ def register(app: typer.Typer) -> None:
         """Run the retrain pipeline: snapshot, train, evaluate, gate, canary / promote.
 
         Without --now it runs only when due (enough new approved samples, min_interval_hours
-        passed), so it can be called from cron. Exit code 1 when the run failed or was refused,
+        passed), so it can be called from cron. Exit code 0 when the new model passed the gate
+        (or no run was due), 3 when it failed the gate, 1 when the run failed or was refused,
         2 when the training config (training.config) is missing, unfilled or invalid.
         On a terminal training shows a progress bar (step, loss, ETA); otherwise plain lines.
 
@@ -173,3 +174,5 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         if result.status == "failed":
             raise typer.Exit(1)
+        if result.status == "succeeded" and result.gate_passed is False:
+            raise typer.Exit(EXIT_GATE_FAILED)  # cron sees a rejected candidate
