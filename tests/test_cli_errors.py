@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from helpers import cli, cli_subprocess
+from pipeline_fixtures import tiny_base_dir  # noqa: F401
 
 SLACK_ENV = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_APP_TOKEN": "xapp-test", "SLACK_SIGNING_SECRET": "s3cret"}
 
@@ -108,3 +109,14 @@ def test_a_unique_snapshot_prefix_exports_like_the_full_hash(ws, tmp_path):
     assert by_hash.exit_code == 0
     a, b = (tmp_path / "a.jsonl").read_text(encoding="utf-8"), (tmp_path / "b.jsonl").read_text(encoding="utf-8")
     assert a == b and a.count("\n") == 180
+
+
+@pytest.mark.slow
+def test_a_gate_fail_exits_3_from_retrain_so_cron_sees_it(replyloop_home, tiny_base_dir):
+    from pipeline_fixtures import make_workspace
+
+    make_workspace(replyloop_home, tiny_base_dir, steps=2, evaluation={"chrf_floor": 1.0})  # cannot pass
+    proc = cli_subprocess("retrain", "--now", cwd=replyloop_home)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "did not pass the gate; the champion is unchanged." in proc.stdout
+    assert "[FAIL] mean chrF >= floor" in proc.stdout

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,7 @@ import typer
 
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
 from replyloop.errors import EXIT_GATE_FAILED, ConfigError
+from replyloop.messages import code_block, icon, message, to_plain
 
 
 def _clock(seconds) -> str:
@@ -20,13 +20,6 @@ def _clock(seconds) -> str:
         return "?"
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def plain(text: str) -> str:
-    """A Slack message for a terminal: no ``` fences, no leading :emoji:, no *bold* marks."""
-    text = re.sub(r"^:[a-z0-9_+-]+: ", "", text)
-    text = "\n".join(line for line in text.splitlines() if line.strip() != "```")
-    return re.sub(r"\*([^*\n]+)\*", r"\1", text)
 
 
 class RunDisplay:
@@ -123,14 +116,14 @@ def register(app: typer.Typer) -> None:
                 cleaned = recover_runs(store)
                 typer.echo(f"Recovered {len(cleaned)} run(s): {', '.join(map(str, cleaned)) or 'none'}")
                 return
-            notify = lambda text: typer.echo(plain(text))  # noqa: E731
+            notify = lambda text: typer.echo(to_plain(text))  # noqa: E731
             if post:
                 from bot.jobs import slack_notifier
 
                 slack = slack_notifier(cfg)
 
                 def notify(text: str) -> None:
-                    typer.echo(plain(text))
+                    typer.echo(to_plain(text))
                     slack(text)
 
             if dry_run:
@@ -146,7 +139,8 @@ def register(app: typer.Typer) -> None:
                 load_training_source(cfg)  # a config that cannot run fails here, before anything is recorded
             except ConfigError as exc:
                 if post:
-                    slack(f":warning: Retrain not started: the training config needs fixing.\n```\n{exc}\n```")
+                    slack(message(icon("warning"), "Retrain not started: the training config needs fixing.",
+                                  code_block(str(exc))))
                 raise
             if not now:
                 due = check_due(cfg, store)
