@@ -38,6 +38,7 @@ MODEL_ACTIONS = ("model.promote", "model.canary", "model.rollback", "model.rejec
 EVENT_METRICS = {"model.promote": "promotions", "model.canary": "canary_changes",
                  "model.rollback": "rollbacks", "model.reject": "rejections"}
 NO_CATEGORY = "(none)"
+NO_MODEL = "(no model)"  # drafts stored without a model id or name
 TOP_REPLACEMENTS = 10
 OUTPUT_FILES = ("report.md", "numbers.csv", "consistency.png", "reviews.png", "automation.png",
                 "violations.png")
@@ -191,9 +192,9 @@ class ModelRef:
 
 @dataclass
 class ModelRate:
-    model_id: int
+    model_id: int | None            # None: drafts of the old system (named only) or with no model
     name: str
-    role: str                       # champion | canary | other
+    role: str                       # champion | canary | retired champion | old system | no model | a status
     reviews: int
     approved: int
     rate: float | None
@@ -585,7 +586,7 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
     approved_bad: list[tuple[int, list[dict]]] = []
     reviews = store.query(
         "SELECT r.decision, r.final_text, r.created_at, d.id AS draft_id, d.text AS draft_text,"
-        " d.model_id, d.violations, q.category"
+        " d.model_id, d.model_name, d.violations, q.category"
         " FROM reviews r JOIN drafts d ON d.id = r.draft_id JOIN questions q ON q.id = d.question_id"
         " WHERE r.created_at >= ? AND r.created_at < ? ORDER BY r.id", (lo, hi))
     this_week_reviews = []
@@ -641,20 +642,38 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
                 at=when.isoformat(timespec="minutes"), action=row["action"], model_id=model_id,
                 model_name=history.name(model_id), actor=row["actor"], reason=str(detail.get("reason") or ""),
                 from_status=str(detail.get("from") or ""), to_status=str(detail.get("to") or "")))
-    per_model: dict[int, list[int]] = {}
+    # every reviewed draft has a row (cli16): a model of the registry, a model named by the old
+    # system (drafts.model_name only), or no model at all, so the table adds up to the headline
+    per_model: dict[tuple, list[int]] = {}
     for r in this_week_reviews:
         if r["model_id"] is not None:
-            counts = per_model.setdefault(r["model_id"], [0, 0])
-            counts[0] += 1
-            counts[1] += r["decision"] == "approve"
+            key = ("id", r["model_id"])
+        elif r["model_name"]:
+            key = ("name", r["model_name"])
+        else:
+            key = ("none",)
+        counts = per_model.setdefault(key, [0, 0])
+        counts[0] += 1
+        counts[1] += r["decision"] == "approve"
+    served = {history.at(start).champion} | {_int(row["entity_id"]) for row in history.rows
+                                             if row["action"] == "model.promote" and start <= _local(row["at"], tz) < end}
     rates = []
-    for model_id, (n, k) in per_model.items():
-        role = ("champion" if champion and model_id == champion.id
-                else "canary" if canary and model_id == canary.id else "other")
+    for key, (n, k) in per_model.items():
+        model_id = key[1] if key[0] == "id" else None
+        if key[0] == "name":
+            name, role = key[1], "old system"
+        elif key[0] == "none":
+            name, role = NO_MODEL, "no model"
+        else:
+            name = history.name(model_id)
+            status = (history.models.get(model_id) or {}).get("status") or "unknown"
+            role = ("champion" if champion and model_id == champion.id
+                    else "canary" if canary and model_id == canary.id
+                    else "retired champion" if model_id in served else status)
         ci = wilson_interval(k, n)
-        rates.append(ModelRate(model_id, history.name(model_id), role, n, k, k / n,
-                               ci and ci[0], ci and ci[1]))
-    rates.sort(key=lambda r: ({"champion": 0, "canary": 1}.get(r.role, 2), r.model_id))
+        rates.append(ModelRate(model_id, name, role, n, k, k / n, ci and ci[0], ci and ci[1]))
+    rates.sort(key=lambda r: ({"champion": 0, "canary": 1, "retired champion": 2}.get(r.role, 3),
+                              r.model_id is None, r.model_id or 0, r.name))
 
     # consistency: the champion's (and canary's) latest evaluation up to each week's end
     evaluations = store.query(
@@ -898,7 +917,7 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
     if r.model_rates:
         lines += [f"Approval without edit per model in {r.label} (95% Wilson interval):", ""]
         lines += _table(["model", "role", "reviews", "approved unchanged", "rate", "95% CI"],
-                        [[f"{m.name} (#{m.model_id})", m.role, m.reviews, m.approved, fmt_pct(m.rate),
+                        [[_rate_name(m), m.role, m.reviews, m.approved, fmt_pct(m.rate),
                           f"{fmt_pct(m.ci_low)} – {fmt_pct(m.ci_high)}"] for m in r.model_rates])
         if difference := r.canary_difference:
             d, low, high = difference
@@ -924,6 +943,10 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
         lines += ["Chart labels (no CJK font was available for the charts): "
                   + ", ".join(f"{k} = {v}" for k, v in r.chart_labels.items()) + ".", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _rate_name(m: ModelRate) -> str:
+    return f"{m.name} (#{m.model_id})" if m.model_id is not None else m.name
 
 
 def _model(ref: ModelRef | None, canary: bool = False) -> str:
