@@ -215,6 +215,7 @@ def register(app: typer.Typer) -> None:
             return
         typer.echo(result.text)
         typer.echo(f"-- model {result.model_id} {result.model_name}, policy: {result.verdict}, "
-                   f"{result.latency_s * 1000:.0f} ms")
+                   f"generation {result.generate_s * 1000:.0f} ms"
+                   + (f" (model load {result.load_s * 1000:.0f} ms before it)" if result.backend == "local" else ""))
         for v in result.violations:
             typer.echo(f"   {v.get('severity')}: {v.get('rule')}: {v.get('message')}")
