@@ -315,9 +315,10 @@ class Store:
         row = self.one(
             """SELECT d.*, q.text AS question, q.conversation_id, q.category, q.source AS question_source,
                       r.id AS review_id, r.decision, r.reviewer, r.final_text, r.reason,
-                      r.created_at AS decided_at
+                      r.created_at AS decided_at, s.id AS sample_id
                FROM drafts d JOIN questions q ON q.id = d.question_id
                LEFT JOIN reviews r ON r.draft_id = d.id
+               LEFT JOIN samples s ON s.review_id = r.id
                WHERE d.id = ?""",
             (draft_id,),
         )
@@ -334,6 +335,9 @@ class Store:
 
         Idempotent and race-free: the first decision wins, later calls (double clicks,
         retries, a second supervisor) get ``created=False`` and the first decision back.
+        An edit whose text equals the draft (after stripping) is stored as an approval, so the
+        approval-without-edit rate counts it; a blocked draft's stays an edit (approving a
+        blocked draft is refused). ``sample_id`` is None when the reply was already a sample.
         """
         if decision not in DECISIONS:
             raise ReplyloopError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
@@ -345,6 +349,9 @@ class Store:
                 sample = self.one("SELECT id FROM samples WHERE review_id = ?", (existing["id"],))
                 return Decision(review=existing, created=False, sample_id=sample and sample["id"])
             draft = self.get_draft(draft_id)
+            if (decision == "edit" and final_text.strip() == draft["text"].strip()
+                    and draft["verdict"] != "block"):
+                decision = "approve"  # cli16: an "edit" that changed nothing is an approval without edit
             if decision == "approve" and draft["verdict"] == "block":
                 raise BlockedDraftError()
             text = final_text.strip() if decision == "edit" else draft["text"]
