@@ -108,7 +108,7 @@ class Bot:
     channel_names: dict[str, str] = field(default_factory=dict)
 
     def publish_home(self, user: str) -> None:
-        self.client.views_publish(user_id=user, view=cards.home_view(status.home(self.store)))
+        self.client.views_publish(user_id=user, view=cards.home_view(status.home(self.store, self.config)))
 
     def after_ack(self, fn: Callable[..., object], *args) -> None:
         """Run a decision's slow part (chat.update, notices) on the small work pool: the
