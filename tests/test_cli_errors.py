@@ -115,7 +115,8 @@ def test_a_unique_snapshot_prefix_exports_like_the_full_hash(ws, tmp_path):
 def test_a_gate_fail_exits_3_from_retrain_so_cron_sees_it(replyloop_home, tiny_base_dir):
     from pipeline_fixtures import make_workspace
 
-    make_workspace(replyloop_home, tiny_base_dir, steps=2, evaluation={"chrf_floor": 1.0})  # cannot pass
+    make_workspace(replyloop_home, tiny_base_dir, steps=1,
+                   evaluation={"chrf_floor": 1.0, "max_new_tokens": 4})  # cannot pass
     proc = cli_subprocess("retrain", "--now", cwd=replyloop_home)
     assert proc.returncode == 3, proc.stdout + proc.stderr
     assert "did not pass the gate; the champion is unchanged." in proc.stdout
