@@ -29,7 +29,7 @@ import yaml
 from replyloop import timeutil
 from replyloop.childenv import child_env
 from replyloop.config import Config
-from replyloop.errors import ConfigError, ConflictError, ReplyloopError, TrainingError
+from replyloop.errors import EXIT_GATE_FAILED, ConfigError, ConflictError, ReplyloopError, TrainingError
 from replyloop.locking import RunLock, pid_alive, process_identity, same_process
 from replyloop.messages import Message, bold, code_block, icon, message
 from replyloop.registry import Registry
@@ -321,8 +321,9 @@ def evaluate_candidate(config: Config, store: Store, run_id: int, model: dict, r
     code = run_training_process(store, run_id, argv, log_path, lock)
     row = store.one("SELECT gate_passed, gate, report FROM evaluations WHERE model_id = ? AND id > ?"
                     " ORDER BY id DESC LIMIT 1", (model["id"], before))
-    # `replyloop eval` exits 1 when the gate fails; anything else, or no stored evaluation, is an error
-    if code not in (0, 1) or row is None:
+    # `replyloop eval` exits 3 when the gate fails (1 before cli16: an older install on the GPU host);
+    # anything else, or no stored evaluation, is an error
+    if code not in (0, EXIT_GATE_FAILED, 1) or row is None:
         raise EvaluationError(child_failure("evaluation", code, log_path,
                                             "" if row else f" and stored no evaluation of model {model['name']}"))
     return GateResult.from_stored(row["gate_passed"], json.loads(row["gate"])), json.loads(row["report"])
