@@ -110,7 +110,7 @@ class Bot:
     automation: object | None = None  # deliver21: replyloop.automation.Automation, when enabled
 
     def publish_home(self, user: str) -> None:
-        home = status.home(self.store)
+        home = status.home(self.store, self.config)
         home["automation_blocks"] = delivery.automation_blocks(self)  # deliver21: [] unless automation is on
         self.client.views_publish(user_id=user, view=cards.home_view(home))
 

@@ -161,6 +161,8 @@ def decided_card(draft: dict) -> tuple[str, list[dict]]:
     blocks.append(_context(draft))
     icon = {"approve": ":white_check_mark:", "edit": ":pencil2:", "reject": ":x:"}[decision]
     line = f"{icon} {DECISION_WORDS[decision]} by <@{draft['reviewer']}> at {when}"
+    if decision in ("approve", "edit") and "sample_id" in draft and draft["sample_id"] is None:
+        line += "\nThe reply was already in the dataset: no new sample was added."  # cli16
     if draft.get("reason"):  # up to MAX_INPUT characters, more once escaped: clipped to the section
         line += f"\n*Reason:* {escape(draft['reason'])}"
     blocks.append({"type": "section", "block_id": "decision", "text": {"type": "mrkdwn", "text": _clip(line)}})

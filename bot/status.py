@@ -65,21 +65,26 @@ def recent_runs(store: Store, limit: int = 10) -> list[dict]:
         " ORDER BY r.id DESC LIMIT ?", (limit,))
 
 
-def week_start(now: dt.datetime | None = None) -> dt.datetime:
+def week_start(config: Config | None = None, now: dt.datetime | None = None) -> dt.datetime:
+    """The start of the current week as the weekly report defines weeks (cli16): ISO weeks,
+    Monday 00:00 in ``scheduler.timezone`` (UTC without a config)."""
+    from evaluation.report import IsoWeek, report_timezone
+
     now = now or timeutil.now()
-    monday = now - dt.timedelta(days=now.weekday())
-    return monday.replace(hour=0, minute=0, second=0, microsecond=0)
+    tz = report_timezone(config) if config is not None else dt.timezone.utc
+    return IsoWeek.containing(now.astimezone(tz).date()).bounds(tz)[0]
 
 
-def home(store: Store) -> dict:
-    start = week_start().isoformat(timespec="microseconds")
+def home(store: Store, config: Config | None = None, now: dt.datetime | None = None) -> dict:
+    start = week_start(config, now)
     approvals = store.query(
         "SELECT reviewer, sum(decision = 'approve') AS approved, sum(decision = 'edit') AS edited,"
         " sum(decision = 'reject') AS rejected FROM reviews WHERE created_at >= ?"
-        " GROUP BY reviewer ORDER BY approved + edited DESC, reviewer", (start,))
+        " GROUP BY reviewer ORDER BY approved + edited DESC, reviewer",
+        (start.astimezone(dt.timezone.utc).isoformat(timespec="microseconds"),))  # stored times are UTC
     return {
         "queue": store.pending_count(),
-        "week_start": start,
+        "week_start": start.isoformat(timespec="minutes"),  # local: 2026-11-30T00:00+08:00
         "approvals_this_week": approvals,
         "champion": model_with_status(store, "champion"),
         "canary": model_with_status(store, "canary"),

@@ -293,5 +293,6 @@ def _violations(report, name):
     ax.invert_yaxis()
     ax.xaxis.set_major_locator(_integer_locator())
     ax.set_xlabel("drafts")
-    ax.legend(fontsize=8, frameon=False)
+    # below the axes, never over a bar (inside, "best" put it over the longest, topmost bar)
+    fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     return fig

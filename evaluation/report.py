@@ -30,7 +30,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from evaluation.stats import rate_difference, wilson_interval
 from replyloop import csvsafe, timeutil
 from replyloop.config import Config
-from replyloop.errors import ConfigError, ReplyloopError
+from replyloop.errors import ConfigError, PathError, ReplyloopError
 from replyloop.store import Store
 
 DECISION_KEYS = ("approved", "edited", "rejected")
@@ -38,6 +38,7 @@ MODEL_ACTIONS = ("model.promote", "model.canary", "model.rollback", "model.rejec
 EVENT_METRICS = {"model.promote": "promotions", "model.canary": "canary_changes",
                  "model.rollback": "rollbacks", "model.reject": "rejections"}
 NO_CATEGORY = "(none)"
+NO_MODEL = "(no model)"  # drafts stored without a model id or name
 TOP_REPLACEMENTS = 10
 OUTPUT_FILES = ("report.md", "numbers.csv", "consistency.png", "reviews.png", "automation.png",
                 "violations.png")
@@ -45,6 +46,10 @@ OUTPUT_FILES = ("report.md", "numbers.csv", "consistency.png", "reviews.png", "a
 
 class ReportError(ReplyloopError):
     """Could not build the weekly report"""
+
+
+class ReportPathError(ReportError, PathError):
+    """The report cannot be written there (exit 2: the --out path is the mistake)"""
 
 
 class WeekError(ReportError):
@@ -187,9 +192,9 @@ class ModelRef:
 
 @dataclass
 class ModelRate:
-    model_id: int
+    model_id: int | None            # None: drafts of the old system (named only) or with no model
     name: str
-    role: str                       # champion | canary | other
+    role: str                       # champion | canary | retired champion | old system | no model | a status
     reviews: int
     approved: int
     rate: float | None
@@ -582,7 +587,7 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
     approved_bad: list[tuple[int, list[dict]]] = []
     reviews = store.query(
         "SELECT r.decision, r.final_text, r.created_at, d.id AS draft_id, d.text AS draft_text,"
-        " d.model_id, d.violations, q.category"
+        " d.model_id, d.model_name, d.violations, q.category"
         " FROM reviews r JOIN drafts d ON d.id = r.draft_id JOIN questions q ON q.id = d.question_id"
         " WHERE r.created_at >= ? AND r.created_at < ? AND r.automated = 0 ORDER BY r.id", (lo, hi))  # people only
     this_week_reviews = []
@@ -638,20 +643,38 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
                 at=when.isoformat(timespec="minutes"), action=row["action"], model_id=model_id,
                 model_name=history.name(model_id), actor=row["actor"], reason=str(detail.get("reason") or ""),
                 from_status=str(detail.get("from") or ""), to_status=str(detail.get("to") or "")))
-    per_model: dict[int, list[int]] = {}
+    # every reviewed draft has a row (cli16): a model of the registry, a model named by the old
+    # system (drafts.model_name only), or no model at all, so the table adds up to the headline
+    per_model: dict[tuple, list[int]] = {}
     for r in this_week_reviews:
         if r["model_id"] is not None:
-            counts = per_model.setdefault(r["model_id"], [0, 0])
-            counts[0] += 1
-            counts[1] += r["decision"] == "approve"
+            key = ("id", r["model_id"])
+        elif r["model_name"]:
+            key = ("name", r["model_name"])
+        else:
+            key = ("none",)
+        counts = per_model.setdefault(key, [0, 0])
+        counts[0] += 1
+        counts[1] += r["decision"] == "approve"
+    served = {history.at(start).champion} | {_int(row["entity_id"]) for row in history.rows
+                                             if row["action"] == "model.promote" and start <= _local(row["at"], tz) < end}
     rates = []
-    for model_id, (n, k) in per_model.items():
-        role = ("champion" if champion and model_id == champion.id
-                else "canary" if canary and model_id == canary.id else "other")
+    for key, (n, k) in per_model.items():
+        model_id = key[1] if key[0] == "id" else None
+        if key[0] == "name":
+            name, role = key[1], "old system"
+        elif key[0] == "none":
+            name, role = NO_MODEL, "no model"
+        else:
+            name = history.name(model_id)
+            status = (history.models.get(model_id) or {}).get("status") or "unknown"
+            role = ("champion" if champion and model_id == champion.id
+                    else "canary" if canary and model_id == canary.id
+                    else "retired champion" if model_id in served else status)
         ci = wilson_interval(k, n)
-        rates.append(ModelRate(model_id, history.name(model_id), role, n, k, k / n,
-                               ci and ci[0], ci and ci[1]))
-    rates.sort(key=lambda r: ({"champion": 0, "canary": 1}.get(r.role, 2), r.model_id))
+        rates.append(ModelRate(model_id, name, role, n, k, k / n, ci and ci[0], ci and ci[1]))
+    rates.sort(key=lambda r: ({"champion": 0, "canary": 1, "retired champion": 2}.get(r.role, 3),
+                              r.model_id is None, r.model_id or 0, r.name))
 
     # consistency: the champion's (and canary's) latest evaluation up to each week's end
     evaluations = store.query(
@@ -717,14 +740,17 @@ def write_numbers_csv(report: WeeklyReport, path: Path) -> None:
 
 
 def _check_target(out: Path) -> None:
-    """Refuse to replace a directory that holds anything but a previous report."""
+    """Refuse to replace a directory that holds anything but a previous report, and a path that
+    cannot be a directory (a file on the way, no permission): PathError, exit 2."""
+    for path in (out, *out.parents):
+        if path.exists() and not path.is_dir():
+            where = "exists and is not a directory" if path == out else f"cannot be created: {path} is a file"
+            raise ReportPathError(f"{out}: {where}")
     if out.exists():
-        if not out.is_dir():
-            raise ReportError(f"{out}: exists and is not a directory")
         foreign = sorted(p.name for p in out.iterdir() if p.name not in OUTPUT_FILES)
         if foreign:
-            raise ReportError(f"{out}: holds other files ({', '.join(foreign[:3])}): choose an empty"
-                              " or report-only directory for --out")
+            raise ReportPathError(f"{out}: holds other files ({', '.join(foreign[:3])}): choose an empty"
+                            " or report-only directory for --out")
 
 
 def write_weekly_report(report: WeeklyReport, out: str | Path) -> WeeklyReport:
@@ -734,8 +760,11 @@ def write_weekly_report(report: WeeklyReport, out: str | Path) -> WeeklyReport:
 
     out = Path(out)
     _check_target(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    except OSError as exc:
+        raise ReportPathError(f"{out}: cannot write the report there ({exc.strerror or exc})") from None
     try:
         charts = render_charts(report, tmp)
         report.chart_labels = charts.labels
@@ -765,6 +794,8 @@ def default_out_dir(config: Config, week: IsoWeek) -> Path:
 def build_weekly_report(config: Config, store: Store, week: IsoWeek | str | None = None,
                         out: str | Path | None = None, now: dt.datetime | None = None) -> WeeklyReport:
     """Collect the week's numbers and write the report (default: ``reports/<week>/``)."""
+    if out is not None:
+        _check_target(Path(out))  # a bad --out fails before the work, not after it
     report = collect_weekly_report(config, store, week, now=now)
     return write_weekly_report(report, out if out is not None else default_out_dir(config, report.week))
 
@@ -918,7 +949,7 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
     if r.model_rates:
         lines += [f"Approval without edit per model in {r.label} (95% Wilson interval):", ""]
         lines += _table(["model", "role", "reviews", "approved unchanged", "rate", "95% CI"],
-                        [[f"{m.name} (#{m.model_id})", m.role, m.reviews, m.approved, fmt_pct(m.rate),
+                        [[_rate_name(m), m.role, m.reviews, m.approved, fmt_pct(m.rate),
                           f"{fmt_pct(m.ci_low)} – {fmt_pct(m.ci_high)}"] for m in r.model_rates])
         if difference := r.canary_difference:
             d, low, high = difference
@@ -944,6 +975,10 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
         lines += ["Chart labels (no CJK font was available for the charts): "
                   + ", ".join(f"{k} = {v}" for k, v in r.chart_labels.items()) + ".", ""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def _rate_name(m: ModelRate) -> str:
+    return f"{m.name} (#{m.model_id})" if m.model_id is not None else m.name
 
 
 def _model(ref: ModelRef | None, canary: bool = False) -> str:

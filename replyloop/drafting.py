@@ -37,8 +37,10 @@ class DraftResult:
     model_name: str
     verdict: str                       # pass | warn | block (policy engine)
     violations: list[dict] = field(default_factory=list)
-    latency_s: float = 0.0
+    latency_s: float = 0.0             # load_s + generate_s
     backend: str = "local"
+    load_s: float = 0.0                # loading the base model / switching the adapter (0 when already loaded)
+    generate_s: float = 0.0            # generating the reply (the remote call for the openai backend)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -265,6 +267,7 @@ class Drafter:
             raise DraftingError("the question is empty")
         row = self.registry.get(model) if model is not None else self.registry.route(conversation_id)
         started = time.perf_counter()
+        loaded = started
         if self._remote is not None:
             if self.runtime is not None:  # deliver21: only a model the server lists drafts
                 row = serve_with_runtime_lora(self, row)
@@ -277,13 +280,15 @@ class Drafter:
         else:
             with self._lock:
                 m, tok = self.local.activate(row)
+                loaded = time.perf_counter()
                 text = generate(m, tok, [question.strip()], max_new_tokens=self.config.file.drafting.max_new_tokens,
                                 batch_size=1, min_new_tokens=min_new_tokens,
                                 prompt_format=self.local.prompt_format)[0]
-        latency = time.perf_counter() - started
+        finished = time.perf_counter()
         verdict, violations = check_policies(self.policy_engine, text)
         return DraftResult(text=text, model_id=row["id"], model_name=row["name"], verdict=verdict,
-                           violations=violations, latency_s=latency, backend=self.backend)
+                           violations=violations, latency_s=finished - started, backend=self.backend,
+                           load_s=loaded - started, generate_s=finished - loaded)
 
 
 # -- deliver21: runtime LoRA loading on the openai backend (vLLM) ---------------------------------

@@ -2,7 +2,17 @@
 
 Library code raises these; only the CLI and the Slack listeners turn them into an
 exit code or a Slack message.
+
+Exit codes of every ``replyloop`` command (the README's "Exit codes" table):
+0 success, 1 the work failed or was refused, 2 bad input (a usage mistake, a bad file, path,
+option or config, an unknown or ambiguous reference), 3 the promotion gate failed
+(``eval``, ``retrain``).
 """
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+EXIT_GATE_FAILED = 3
 
 
 class ReplyloopError(Exception):
@@ -28,6 +38,26 @@ class DataFormatError(ReplyloopError):
 
 class NotFoundError(ReplyloopError):
     """Record not found"""
+
+
+class UsageError(ReplyloopError):
+    """Invalid input"""
+
+    exit_code = 2
+
+
+class PathError(UsageError):
+    """A path given cannot be used"""
+
+
+class SnapshotNotFound(NotFoundError):
+    """Snapshot not found"""
+
+    exit_code = 2
+
+
+class AmbiguousError(UsageError):
+    """The short reference matches more than one record"""
 
 
 class ConflictError(ReplyloopError):

@@ -29,8 +29,9 @@ import yaml
 from replyloop import timeutil
 from replyloop.childenv import child_env
 from replyloop.config import Config
-from replyloop.errors import ConfigError, ConflictError, ReplyloopError, TrainingError
+from replyloop.errors import EXIT_GATE_FAILED, ConfigError, ConflictError, ReplyloopError, TrainingError
 from replyloop.locking import RunLock, pid_alive, process_identity, same_process
+from replyloop.messages import Message, bold, code_block, icon, message
 from replyloop.registry import Registry
 from replyloop.store import Store
 
@@ -320,8 +321,9 @@ def evaluate_candidate(config: Config, store: Store, run_id: int, model: dict, r
     code = run_training_process(store, run_id, argv, log_path, lock)
     row = store.one("SELECT gate_passed, gate, report FROM evaluations WHERE model_id = ? AND id > ?"
                     " ORDER BY id DESC LIMIT 1", (model["id"], before))
-    # `replyloop eval` exits 1 when the gate fails; anything else, or no stored evaluation, is an error
-    if code not in (0, 1) or row is None:
+    # `replyloop eval` exits 3 when the gate fails (1 before cli16: an older install on the GPU host);
+    # anything else, or no stored evaluation, is an error
+    if code not in (0, EXIT_GATE_FAILED, 1) or row is None:
         raise EvaluationError(child_failure("evaluation", code, log_path,
                                             "" if row else f" and stored no evaluation of model {model['name']}"))
     return GateResult.from_stored(row["gate_passed"], json.loads(row["gate"])), json.loads(row["report"])
@@ -486,10 +488,10 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         log_path = run_dir / "train.log"
         _update_run(store, run_id, config=json.dumps({"argv": argv, "train_config": str(train_yaml)}),
                     output_dir=str(output_dir), log_path=str(log_path))
-        say(f":hourglass_flowing_sand: Retrain run #{run_id} started ({trigger}"
-            f"{' by <@' + requested_by + '>' if requested_by and requested_by.startswith('U') else ''}): "
-            f"snapshot {snapshot.hash} with {snapshot.train} training and {snapshot.heldout} held-out samples"
-            f"{', incremental from ' + champion['name'] if init else ', from the base model'}.")
+        say(message(icon("hourglass_flowing_sand"), f"Retrain run #{run_id} started ({trigger}"
+                    f"{' by <@' + requested_by + '>' if requested_by and requested_by.startswith('U') else ''}): "
+                    f"snapshot {snapshot.hash} with {snapshot.train} training and {snapshot.heldout} held-out"
+                    f" samples{', incremental from ' + champion['name'] if init else ', from the base model'}."))
         show({"stage": "training", "run_id": run_id, "log_path": str(log_path)})
         code = run_training_process(store, run_id, argv, log_path, lock, progress=progress)
         if code == 2:  # the trainer's exit code for a bad config (a check only the trainer can make)
@@ -531,16 +533,18 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
             store.audit("pipeline", "run.finished", "training_run", run_id,
                         {"model_id": model["id"], "gate_passed": gate.passed, "action": action})
         if action != "waiting":
-            message = _result_message(run_id, model["name"], gate, action, config)
-        else:  # deliver21
+            result_text = _result_message(run_id, model["name"], gate, action, config)
+        else:  # deliver21: the drafting server could not load the adapter
             champion = registry.champion()
-            message = (f":warning: Run #{run_id}: *{model['name']}* passed the gate, but the drafting server could not "
-                       f"load it: {load_error}. The registry change waits: it stays a candidate and "
-                       f"*{champion['name'] if champion else 'no model'}* keeps drafting. Once the server has it, run "
-                       f"`replyloop models {'canary' if champion else 'promote'} {model['name']}`."
-                       "\n```\n" + gate.verdict() + "\n```")
-        say(message)
-        return PipelineResult(run_id, "succeeded", message, model["id"], model["name"], gate.passed, action,
+            result_text = message(
+                icon("warning"), f"Run #{run_id}: ", bold(model["name"]),
+                f" passed the gate, but the drafting server could not load it: {load_error}. The registry change"
+                " waits: it stays a candidate and ", bold(champion["name"] if champion else "no model"),
+                " keeps drafting. Once the server has it, run "
+                f"replyloop models {'canary' if champion else 'promote'} {model['name']}.",
+                code_block(gate.verdict()))
+        say(result_text)
+        return PipelineResult(run_id, "succeeded", result_text, model["id"], model["name"], gate.passed, action,
                               {"evaluation": evaluation})
     except BaseException as exc:
         error = str(exc) or exc.__class__.__name__
@@ -564,8 +568,8 @@ def _failure_message(run_id: int | None, error: str) -> str:
     rest = rest.strip()
     if len(rest) > 2500:  # Slack shows long messages collapsed; the log has everything
         rest = "...\n" + rest[-2500:]
-    block = f"\n```\n{rest}\n```" if rest else ""
-    return f":x: Retrain run #{run_id or '-'} failed: {first}{block}\nThe champion is unchanged."
+    return message(icon("x"), f"Retrain run #{run_id or '-'} failed: {first}", code_block(rest) if rest else "",
+                   "\nThe champion is unchanged." if not rest else "The champion is unchanged.")
 
 
 def _config_error(store: Store, error: str, trigger: str, requested_by: str | None, say: Notify) -> PipelineResult:
@@ -576,14 +580,15 @@ def _config_error(store: Store, error: str, trigger: str, requested_by: str | No
                      " ORDER BY id DESC LIMIT 1")  # a run started since: the error is new again
     repeated = (last is not None and last["detail"] is not None
                 and json.loads(last["detail"]).get("error") == error[:2000])
-    message = f":warning: Retrain not started: the training config needs fixing.\n```\n{error[:2500]}\n```"
+    text = message(icon("warning"), "Retrain not started: the training config needs fixing.",
+                   code_block(error[:2500]))
     if trigger == "scheduler" and repeated:
         log.warning("retrain not started (config error, already posted): %s", error)
     else:
         with store.transaction():
             store.audit(requested_by or trigger, "run.config_error", "training_run", None, {"error": error[:2000]})
         log.warning("retrain not started (config error): %s", error)
-        say(message)
+        say(text)
     return PipelineResult(None, "config-error", error)
 
 
@@ -602,14 +607,14 @@ def _abandon_output(store: Store, output_dir: Path | None, error: str) -> None:
         Registry(store).reject(row["id"], actor="pipeline", reason="run failed: " + error.splitlines()[0])
 
 
-def _result_message(run_id: int, name: str, gate, action: str, config: Config) -> str:
-    head = {
-        "canary": f":large_yellow_circle: Run #{run_id}: *{name}* passed the gate and is now the canary "
-                  f"for {config.file.scheduler.canary_percent}% of new conversations.",
-        "champion": f":white_check_mark: Run #{run_id}: *{name}* passed the gate and is now the champion.",
-        "rejected": f":no_entry: Run #{run_id}: *{name}* did not pass the gate; the champion is unchanged.",
+def _result_message(run_id: int, name: str, gate, action: str, config: Config) -> Message:
+    icon_name, tail = {
+        "canary": ("large_yellow_circle", f" passed the gate and is now the canary for "
+                                          f"{config.file.scheduler.canary_percent}% of new conversations."),
+        "champion": ("white_check_mark", " passed the gate and is now the champion."),
+        "rejected": ("no_entry", " did not pass the gate; the champion is unchanged."),
     }[action]
-    return head + "\n```\n" + gate.verdict() + "\n```"
+    return message(icon(icon_name), f"Run #{run_id}: ", bold(name), tail, code_block(gate.verdict()))
 
 
 def _dry_run(config: Config, store: Store, lock: RunLock) -> PipelineResult:

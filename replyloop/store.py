@@ -21,7 +21,8 @@ from pathlib import Path
 import sqlite_utils
 
 from replyloop import migrations, timeutil
-from replyloop.errors import ConflictError, NotFoundError, ReplyloopError
+from replyloop.errors import (AmbiguousError, ConflictError, NotFoundError, PathError, ReplyloopError,
+                              SnapshotNotFound)
 from replyloop.textnorm import compact, dedupe_key, prompt_key, sha256
 
 DECISIONS = ("approve", "edit", "reject")
@@ -194,10 +195,19 @@ class Store:
             dest = dest / f"{self.path.stem}-{timeutil.now():%Y%m%d-%H%M%S}.db"
         if dest.exists() and not overwrite:
             raise ConflictError(f"{dest}: already exists (use --force to overwrite)")
-        dest.parent.mkdir(parents=True, exist_ok=True)
+        if dest.is_dir():
+            raise PathError(f"{dest}: is a directory, expected the backup file's name")
         tmp = dest.with_name(f".{dest.name}.partial")
-        tmp.unlink(missing_ok=True)
-        target = sqlite3.connect(str(tmp))
+        try:  # cli16: a parent that is a file, /proc, no permission: an Error naming the path
+            _make_parent(dest)
+            tmp.unlink(missing_ok=True)
+            target = sqlite3.connect(str(tmp))
+            target.execute("PRAGMA user_version").fetchone()  # sqlite opens lazily: fail here, not mid-copy
+        except (OSError, sqlite3.OperationalError) as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            reason = getattr(exc, "strerror", None) or str(exc)
+            raise PathError(f"{dest}: cannot write the backup there ({reason})") from None
         try:
             self.db.conn.backup(target, pages=1024)  # in steps: writers are blocked only per step
             status = target.execute("PRAGMA integrity_check").fetchone()[0]
@@ -310,9 +320,10 @@ class Store:
         row = self.one(
             """SELECT d.*, q.text AS question, q.conversation_id, q.category, q.source AS question_source,
                       r.id AS review_id, r.decision, r.reviewer, r.final_text, r.reason,
-                      r.created_at AS decided_at
+                      r.created_at AS decided_at, s.id AS sample_id
                FROM drafts d JOIN questions q ON q.id = d.question_id
                LEFT JOIN reviews r ON r.draft_id = d.id
+               LEFT JOIN samples s ON s.review_id = r.id
                WHERE d.id = ?""",
             (draft_id,),
         )
@@ -331,6 +342,9 @@ class Store:
         retries, a second supervisor) get ``created=False`` and the first decision back.
         ``automated``: an approval by earned automation that no person saw; it makes no sample
         (the model never trains on its own unreviewed output).
+        An edit whose text equals the draft (after stripping) is stored as an approval, so the
+        approval-without-edit rate counts it; a blocked draft's stays an edit (approving a
+        blocked draft is refused). ``sample_id`` is None when the reply was already a sample.
         """
         if decision not in DECISIONS:
             raise ReplyloopError(f"decision must be one of {', '.join(DECISIONS)}, not {decision!r}")
@@ -342,6 +356,9 @@ class Store:
                 sample = self.one("SELECT id FROM samples WHERE review_id = ?", (existing["id"],))
                 return Decision(review=existing, created=False, sample_id=sample and sample["id"])
             draft = self.get_draft(draft_id)
+            if (decision == "edit" and final_text.strip() == draft["text"].strip()
+                    and draft["verdict"] != "block"):
+                decision = "approve"  # cli16: an "edit" that changed nothing is an approval without edit
             if decision == "approve" and draft["verdict"] == "block":
                 raise BlockedDraftError()
             text = final_text.strip() if decision == "edit" else draft["text"]
@@ -510,14 +527,35 @@ class Store:
         marks = ",".join("?" * len(ids))
         return self.query(f"SELECT * FROM samples WHERE id IN ({marks}) ORDER BY id", ids)
 
+    def resolve_snapshot(self, ref: str) -> str:
+        """The full hash of the snapshot ``ref`` names: the hash or, like git, a unique prefix of
+        at least 4 characters. SnapshotNotFound when none matches, AmbiguousError (listing the
+        candidates) when several do."""
+        ref = ref.strip().lower()
+        if self.one("SELECT hash FROM snapshots WHERE hash = ?", (ref,)) is not None:
+            return ref
+        hint = "(see `replyloop data snapshot` and `replyloop models list` for snapshot hashes)"
+        if len(ref) < 4 or any(c not in "0123456789abcdef" for c in ref):
+            raise SnapshotNotFound(f"snapshot {ref!r} not found: give its hash or at least its first 4 hex "
+                                   f"characters {hint}")
+        rows = self.query("SELECT hash, created_at, sample_count FROM snapshots WHERE substr(hash, 1, ?) = ?"
+                          " ORDER BY created_at, rowid", (len(ref), ref))
+        if not rows:
+            raise SnapshotNotFound(f"snapshot {ref} not found {hint}")
+        if len(rows) > 1:
+            listed = "; ".join(f"{r['hash']} ({r['sample_count']} samples, {r['created_at']})" for r in rows)
+            raise AmbiguousError(f"snapshot {ref} is ambiguous, it matches {len(rows)}: {listed}."
+                                 " Give more characters")
+        return rows[0]["hash"]
+
     def iter_samples(self, snapshot_hash: str | None = None, split: str | None = None) -> Iterator[dict]:
         """Samples (of a snapshot, of one split) in id order, read as a stream: ``data export``
-        of a million rows never holds them all in memory."""
+        of a million rows never holds them all in memory. ``snapshot_hash`` may be a unique
+        prefix (``resolve_snapshot``)."""
         if snapshot_hash is None:
             sql, params = "SELECT * FROM samples ORDER BY id", []
         else:
-            if self.one("SELECT hash FROM snapshots WHERE hash = ?", (snapshot_hash,)) is None:
-                raise NotFoundError(f"snapshot {snapshot_hash} not found")
+            snapshot_hash = self.resolve_snapshot(snapshot_hash)
             sql = ("SELECT s.*, ss.split FROM snapshot_samples ss JOIN samples s ON s.id = ss.sample_id"
                    " WHERE ss.snapshot_hash = ?" + (" AND ss.split = ?" if split else "") + " ORDER BY s.id")
             params = [snapshot_hash, split] if split else [snapshot_hash]
@@ -729,3 +767,11 @@ class Store:
 
 def open_store(path: str | Path) -> Store:
     return Store(path)
+
+
+def _make_parent(path: Path) -> None:
+    """Create ``path``'s parent directories; a component that is a file is named in the error."""
+    for parent in reversed(path.parents):
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(20, f"{parent} is a file, not a directory")
+    path.parent.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ the OpenAI-compatible backend against a real local HTTP server."""
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -96,6 +97,12 @@ def test_draft_cli(served):
     out = json.loads(r.stdout)
     assert out["model_id"] == champion["id"] and out["model_name"] == "trained" and out["backend"] == "local"
     assert out["verdict"] in ("pass", "warn", "block")
+    # the model load and the generation are timed apart (cli16): the load is not the draft's speed
+    assert out["load_s"] >= 0 and out["generate_s"] > 0
+    assert out["latency_s"] == pytest.approx(out["load_s"] + out["generate_s"], abs=1e-6)
+    r = cli("draft", "快递三天没更新了怎么办", "--model", "trained")
+    assert re.search(r"^-- model \d+ trained, policy: \w+, generation \d+ ms \(model load \d+ ms before it\)$",
+                     r.stdout, re.M), r.stdout
 
 
 class FakeOpenAI(BaseHTTPRequestHandler):

@@ -109,7 +109,7 @@ def test_promise_candidate_fails_gate_with_the_reason(loaded, tiny_models):
 def test_eval_cli_verdict_and_exit_code(loaded, tiny_models):
     config, store, reg = loaded
     r = cli("eval", str(tiny_models.promise), "--against", "none", "--max-new-tokens", "16")
-    assert r.exit_code == 1, r.output
+    assert r.exit_code == 3, r.output
     lines = r.output.rstrip().splitlines()
     verdict = lines[lines.index("Gate: FAIL"):]
     assert [line.split(":")[0].strip() for line in verdict[1:]] == [
@@ -131,7 +131,7 @@ def test_eval_cli_verdict_and_exit_code(loaded, tiny_models):
     assert r.output.count("Warning: ") == 1 and "evaluation.max_unknown_share" in r.output
     assert reg.get(str(tiny_models.promise))["status"] == "candidate"  # registered on the way
     r = cli("eval", "promise", "--against", "none", "--max-new-tokens", "16", "--json")
-    assert r.exit_code == 1
+    assert r.exit_code == 3
     report = json.loads(r.stdout)
     assert report["model"]["name"] == "promise" and report["gate"]["passed"] is False
 

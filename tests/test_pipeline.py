@@ -321,7 +321,7 @@ def test_evaluation_as_a_separate_process(replyloop_home, tiny_base_dir):
     assert evaluation["gate_passed"] == 1 and first.details["evaluation"]["id"] == evaluation["id"]
     assert "Gate: PASS" in messages[-1] and "mean consistency >= floor" in messages[-1]
 
-    # a gate failure in the child (exit 1 with a stored evaluation) rejects the candidate
+    # a gate failure in the child (exit 3 with a stored evaluation) rejects the candidate
     approve(store, 3)
     config.file.evaluation.floor = config.file.evaluation.chrf_floor = 0.999
     # (replaces both floor and chrf_floor)

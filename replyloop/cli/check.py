@@ -42,26 +42,44 @@ def read_replies(path: Path) -> list[tuple[str, str]]:
 
 
 def _print_table(rows: list[dict]) -> None:
-    from rich.table import Table
+    """A table when every cell fits whole, else one block per reply: no rule name, message,
+    match or fixed text is ever cut."""
+    from replyloop.cli.tables import print_records, table_that_fits
 
-    table = Table(show_lines=False)
-    for name in ("id", "verdict", "rule", "span", "match", "message / suggestion"):
-        table.add_column(name)
-    styles = {"block": "bold red", "warn": "yellow", "pass": "green"}
+    cells, styles = [], {}
+    colour = {"block": "bold red", "warn": "yellow", "pass": "green"}
     for row in rows:
-        verdict = f"[{styles[row['verdict']]}]{row['verdict']}[/]"
         rid = "-" if row["id"] is None else str(row["id"])
+        styles[len(cells)] = colour[row["verdict"]]
         if not row["violations"]:
-            table.add_row(rid, verdict, "", "", "", "")
+            cells.append((rid, row["verdict"], "", "", "", ""))
         for i, v in enumerate(row["violations"]):
             note = f"→ {v['suggestion']}" if v["suggestion"] else v["message"]
-            table.add_row(rid if i == 0 else "", verdict if i == 0 else "",
-                          f"{v['rule']} ({v['severity']})", f"{v['start']}-{v['end']}", v["match"], note)
+            cells.append((rid if i == 0 else "", row["verdict"] if i == 0 else "",
+                          f"{v['rule']} ({v['severity']})", f"{v['start']}-{v['end']}", v["match"], note))
         if row.get("fixed") is not None:
-            table.add_row("", "", "fixed", "", row["fixed"], "")
-    console.print(table)
+            cells.append(("", "", "fixed", "", row["fixed"], ""))
+    table = table_that_fits(("id", "verdict", "rule", "span", "match", "message / suggestion"), cells, console,
+                            styles=styles)
+    if table is not None:
+        console.print(table)
+    else:
+        lines: list[str] = []
+        for row in rows:
+            if lines:
+                lines.append("")
+            lines.append(f"reply {'-' if row['id'] is None else row['id']}: {row['verdict']}")
+            for v in row["violations"]:
+                lines.append(f"  {v['rule']} ({v['severity']}) at {v['start']}-{v['end']} {v['match']!r}: "
+                             f"{v['message']}")
+                if v["suggestion"]:
+                    lines.append(f"    → {v['suggestion']}")
+            if row.get("fixed") is not None:
+                lines.append(f"  fixed: {row['fixed']}")
+        print_records(lines, console)
     counts = {k: sum(r["verdict"] == k for r in rows) for k in ("block", "warn", "pass")}
-    console.print(f"{len(rows)} reply(ies): {counts['block']} blocked, {counts['warn']} warned, {counts['pass']} passed")
+    console.print(f"{len(rows)} reply(ies): {counts['block']} blocked, {counts['warn']} warned, {counts['pass']} passed",
+                  soft_wrap=True)
 
 
 def check(

@@ -150,7 +150,7 @@ def stats(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption):
 
     Example: replyloop data stats --json
     """
-    from rich.table import Table
+    from replyloop.cli.tables import print_table
 
     _, store = workspace(config)
     with store:
@@ -165,12 +165,7 @@ def stats(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption):
     console.print(f"Champion's snapshot: {s['champion_snapshot'] or '(no champion yet)'}   "
                   f"approved since: {s['approved_since_snapshot']}")
     for title, key in (("Category", "by_category"), ("Source", "by_source")):
-        table = Table(title=None)
-        table.add_column(title)
-        table.add_column("Samples", justify="right")
-        for name, n in s[key].items():
-            table.add_row(name, str(n))
-        console.print(table)
+        print_table((title, "Samples"), list(s[key].items()), console=console, justify_right=("Samples",))
 
 
 @data_app.command("snapshot")

@@ -23,12 +23,12 @@ def register(app: typer.Typer) -> None:
     ):
         """Score a model's drafts on the held-out questions of its snapshot and apply the promotion gate.
 
-        Exits with code 1 when the gate fails.
+        Exit code 3 when the gate fails (0 when it passes), 2 on bad input.
 
         Example: replyloop eval adapters/run-12 --against champion
         """
         from evaluation.evaluate import evaluate_model
-        from replyloop.errors import NotFoundError
+        from replyloop.errors import EXIT_GATE_FAILED, NotFoundError
         from replyloop.registry import Registry
 
         cfg, store = workspace(config)
@@ -41,6 +41,8 @@ def register(app: typer.Typer) -> None:
                     raise
                 row = registry.register(model)
                 typer.echo(f"Registered {model} as model {row['id']} ({row['name']})", err=True)
+            if snapshot is not None:
+                snapshot = store.resolve_snapshot(snapshot)  # a unique prefix, like git
             report = evaluate_model(cfg, store, row["id"], against=against, max_new_tokens=max_new_tokens,
                                     batch_size=batch_size, snapshot=snapshot)
         if as_json:
@@ -49,4 +51,4 @@ def register(app: typer.Typer) -> None:
             typer.echo(report.summary_markdown(verdict=False))
             typer.echo(report.gate.verdict())
         if not report.gate.passed:
-            raise typer.Exit(1)
+            raise typer.Exit(EXIT_GATE_FAILED)

@@ -38,7 +38,7 @@ def list_(
 
     Example: replyloop models list --status retired
     """
-    from rich.table import Table
+    from replyloop.cli.tables import print_table
 
     _, store, registry = _registry(config)
     with store:
@@ -50,17 +50,13 @@ def list_(
     if not rows:
         typer.echo("No models registered yet (train one, then `replyloop models register DIR`).")
         return
-    table = Table()
-    for col in ("id", "name", "status", "canary %", "snapshot", "mean", "gate", "promoted", "adapter"):
-        table.add_column(col)
-    for r in rows:
-        ev = evals[r["id"]]
-        table.add_row(str(r["id"]), r["name"], r["status"], str(r["canary_percent"] or ""),
-                      r["snapshot_hash"] or "", f"{ev['mean_similarity']:.3f}" if ev else "",
-                      ("pass" if ev["gate_passed"] else "FAIL") if ev else "",
-                      f"{r['promoted_at'] or ''} {r['promoted_by'] or ''}".strip(),
-                      "deleted" if r["adapter_deleted_at"] else (r["adapter_path"] or ""))
-    console.print(table)
+    print_table(("model", "name", "status", "canary %", "snapshot", "mean", "gate", "promoted", "adapter"),
+                [(r["id"], r["name"], r["status"], r["canary_percent"] or "", r["snapshot_hash"] or "",
+                  f"{evals[r['id']]['mean_similarity']:.3f}" if evals[r["id"]] else "",
+                  ("pass" if evals[r["id"]]["gate_passed"] else "FAIL") if evals[r["id"]] else "",
+                  f"{r['promoted_at'] or ''} {r['promoted_by'] or ''}".strip(),
+                  "deleted" if r["adapter_deleted_at"] else (r["adapter_path"] or "")) for r in rows],
+                console=console)
 
 
 @models_app.command("show")
@@ -219,6 +215,7 @@ def register(app: typer.Typer) -> None:
             return
         typer.echo(result.text)
         typer.echo(f"-- model {result.model_id} {result.model_name}, policy: {result.verdict}, "
-                   f"{result.latency_s * 1000:.0f} ms")
+                   f"generation {result.generate_s * 1000:.0f} ms"
+                   + (f" (model load {result.load_s * 1000:.0f} ms before it)" if result.backend == "local" else ""))
         for v in result.violations:
             typer.echo(f"   {v.get('severity')}: {v.get('rule')}: {v.get('message')}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -12,7 +11,8 @@ from typing import Optional
 import typer
 
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
-from replyloop.errors import ConfigError
+from replyloop.errors import EXIT_GATE_FAILED, ConfigError
+from replyloop.messages import code_block, icon, message, to_plain
 
 
 def _clock(seconds) -> str:
@@ -20,13 +20,6 @@ def _clock(seconds) -> str:
         return "?"
     seconds = int(max(0, seconds))
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
-def plain(text: str) -> str:
-    """A Slack message for a terminal: no ``` fences, no leading :emoji:, no *bold* marks."""
-    text = re.sub(r"^:[a-z0-9_+-]+: ", "", text)
-    text = "\n".join(line for line in text.splitlines() if line.strip() != "```")
-    return re.sub(r"\*([^*\n]+)\*", r"\1", text)
 
 
 class RunDisplay:
@@ -108,7 +101,8 @@ def register(app: typer.Typer) -> None:
         """Run the retrain pipeline: snapshot, train, evaluate, gate, canary / promote.
 
         Without --now it runs only when due (enough new approved samples, min_interval_hours
-        passed), so it can be called from cron. Exit code 1 when the run failed or was refused,
+        passed), so it can be called from cron. Exit code 0 when the new model passed the gate
+        (or no run was due), 3 when it failed the gate, 1 when the run failed or was refused,
         2 when the training config (training.config) is missing, unfilled or invalid.
         On a terminal training shows a progress bar (step, loss, ETA); otherwise plain lines.
 
@@ -122,14 +116,14 @@ def register(app: typer.Typer) -> None:
                 cleaned = recover_runs(store)
                 typer.echo(f"Recovered {len(cleaned)} run(s): {', '.join(map(str, cleaned)) or 'none'}")
                 return
-            notify = lambda text: typer.echo(plain(text))  # noqa: E731
+            notify = lambda text: typer.echo(to_plain(text))  # noqa: E731
             if post:
                 from bot.jobs import slack_notifier
 
                 slack = slack_notifier(cfg)
 
                 def notify(text: str) -> None:
-                    typer.echo(plain(text))
+                    typer.echo(to_plain(text))
                     slack(text)
 
             if dry_run:
@@ -145,7 +139,8 @@ def register(app: typer.Typer) -> None:
                 load_training_source(cfg)  # a config that cannot run fails here, before anything is recorded
             except ConfigError as exc:
                 if post:
-                    slack(f":warning: Retrain not started: the training config needs fixing.\n```\n{exc}\n```")
+                    slack(message(icon("warning"), "Retrain not started: the training config needs fixing.",
+                                  code_block(str(exc))))
                 raise
             if not now:
                 due = check_due(cfg, store)
@@ -173,3 +168,5 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(2)
         if result.status == "failed":
             raise typer.Exit(1)
+        if result.status == "succeeded" and result.gate_passed is False:
+            raise typer.Exit(EXIT_GATE_FAILED)  # cron sees a rejected candidate

@@ -63,12 +63,32 @@ def serve(
                 typer.echo(f"Recovered after a crash: run(s) {', '.join(map(str, cleaned))} marked failed, "
                            "partial output removed; the champion is unchanged.")
             scheduler = None if no_scheduler else JobRunner(cfg)
-            run(cfg, store, Secrets.from_env(), http=http_mode, port=port, host=host, ready=ready, stop=stop,
-                scheduler=scheduler, start_pipeline=pipeline_starter(cfg, store))
+            try:
+                run(cfg, store, Secrets.from_env(), http=http_mode, port=port, host=host, ready=ready, stop=stop,
+                    scheduler=scheduler, start_pipeline=pipeline_starter(cfg, store))
+            except OSError as exc:  # cli16: a busy port, an unreachable Slack: an Error line, no traceback
+                raise _start_error(exc, host, cfg.file.slack.http_port if port is None else port,
+                                   cfg.file.slack.api_base_url) from None
         finally:
             if stop_heartbeat is not None:
                 stop_heartbeat()
             instance.release()
+
+
+def _start_error(exc: OSError, host: str, port: int, api_url: str):
+    """The ReplyloopError for an OSError that stopped ``serve``: the port (exit 2) or Slack (exit 1)."""
+    import errno
+    import urllib.error
+
+    from replyloop.errors import ReplyloopError, UsageError
+
+    if isinstance(exc, urllib.error.URLError):
+        return ReplyloopError(f"cannot reach Slack at {api_url} ({exc.reason}): check the network or proxy,"
+                              " then start `replyloop serve` again")
+    if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
+        return UsageError(f"cannot listen on {host}:{port}: {exc.strerror} (another `replyloop serve` or"
+                          " program uses it? choose another --port or slack.http_port)")
+    return ReplyloopError(f"serve stopped: {exc.strerror or exc}")
 
 
 def register(app: typer.Typer) -> None:
