@@ -48,6 +48,7 @@ class EvalReport:
     timings: dict = field(default_factory=dict)
     unknown_share: float | None = None     # share of reference characters the embedding tokenizer cannot read
     max_unknown_share: float = 0.2
+    golden: dict | None = None             # golden23: the golden suites' run and its comparison with the champion
     id: int | None = None
     created_at: str = ""
 
@@ -88,6 +89,7 @@ class EvalReport:
             "gate": self.gate.to_dict(),
             "items": self.items,
             "timings": self.timings,
+            "golden": self.golden,
         }
 
     def summary_markdown(self, verdict: bool = True) -> str:
@@ -245,6 +247,15 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
         chrf_category_margin=opts.chrf_category_margin, unknown_share=unknown,
         max_unknown_share=opts.max_unknown_share, embedding_model=encoder.name, fix=UNREADABLE_FIX)
 
+    # golden23: the golden suites (evaluation.golden_gate) are one more criterion of the gate
+    from evaluation import golden
+
+    golden_criterion, golden_run, golden_changes = golden.gate_check(
+        config, store, model, other, engine=engine, encoder=encoder, generate=golden.local_generator(
+            config, max_new_tokens=max_new, batch_size=bs, min_new_tokens=min_new_tokens, local=local))
+    if golden_criterion is not None:
+        result = gate.with_criterion(result, golden_criterion)
+
     items = []
     for i, row in enumerate(heldout):
         item = {"sample_id": row["id"], "question": questions[i], "reference": references[i], "draft": drafts[i],
@@ -263,7 +274,13 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
                         violations=rules, verdicts=verdicts, policy_available=engine is not None, items=items,
                         gate=result, timings=timings, created_at=timeutil.now_iso(), unknown_share=unknown,
                         max_unknown_share=opts.max_unknown_share)
+    if golden_run is not None:
+        report.golden = {"run_id": golden_run.id, "mode": config.file.evaluation.golden_gate,
+                         "n": len(golden_run.cases), "failed": [c.case_id for c in golden_run.failed],
+                         "changes": golden_changes}
     _store(store, report, actor)
+    if golden_run is not None:
+        golden.link_evaluation(store, golden_run, report.id)
     return report
 
 

@@ -148,3 +148,10 @@ def decide(*, mean: float, by_category: dict[str, float], block_count: int | Non
         criteria.append(Criterion("mean chrF >= floor", None, chrf_floor, False,
                                   "chrF was not measured, and the embedding model cannot read the references"))
     return GateResult(passed=all(c.passed for c in criteria if c.counted), criteria=criteria)
+
+
+# golden23: one more criterion (the golden suites, ``evaluation.golden.gate_check``) added to a verdict
+def with_criterion(result: GateResult, criterion: Criterion) -> GateResult:
+    """``result`` with ``criterion`` appended and the verdict recomputed over the counted criteria."""
+    criteria = [*result.criteria, criterion]
+    return GateResult(passed=all(c.passed for c in criteria if c.counted), criteria=criteria)
