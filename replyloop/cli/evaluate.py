@@ -15,12 +15,12 @@ def register(app: typer.Typer) -> None:
     @app.command("eval")
     def eval_(
         model: Optional[str] = typer.Argument(None, help="Model id, name, or an adapter directory (registered if new)."),
+        names: Optional[list[str]] = typer.Argument(None, metavar="NAME", help="With --suite: the suites to run (default: all)."),
         against: str = typer.Option("champion", "--against", help="champion, none, or a model id / name to compare with."),
         max_new_tokens: Optional[int] = typer.Option(None, "--max-new-tokens", min=1, help="Default: evaluation.max_new_tokens."),
         batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, help="Default: evaluation.batch_size."),
         snapshot: Optional[str] = typer.Option(None, "--snapshot", help="Held-out set of this snapshot (for adapters trained outside the store; default: the model's own)."),
-        suite: Optional[str] = typer.Option(None, "--suite", is_flag=False, flag_value="*", metavar="[NAME]",
-                                            help="Run the golden suites (evaluation.golden_dir) instead: all, or the one NAME (comma-separated for several). Put it after MODEL."),
+        suite: bool = typer.Option(False, "--suite", help="Run the golden suites (evaluation.golden_dir) instead: all, or the NAMEs given after MODEL."),
         export: Optional[str] = typer.Option(None, "--export", metavar="promptfoo", help="With --suite: write the suites as a promptfoo config (to --out, default stdout)."),
         out: Optional[Path] = typer.Option(None, "--out", help="With --export: the file to write."),
         import_promptfoo: Optional[Path] = typer.Option(None, "--import-promptfoo", help="With --suite NAME: write a promptfoo YAML's tests as evals/NAME.yaml."),
@@ -40,10 +40,13 @@ def register(app: typer.Typer) -> None:
         from replyloop.errors import ConfigError, NotFoundError
         from replyloop.registry import Registry
 
-        if suite is None and (export or import_promptfoo):
+        names = list(names or [])
+        if not suite and (export or import_promptfoo):
             raise ConfigError("--export and --import-promptfoo work on golden suites: add --suite [NAME]")
-        if suite is not None and (export or import_promptfoo):
-            _suite_files_command(config, suite, export, out, import_promptfoo)
+        if not suite and names:
+            raise ConfigError(f"unexpected argument {names[0]!r} (suite names go with --suite)")
+        if suite and (export or import_promptfoo):  # no model: every argument is a suite name
+            _suite_files_command(config, ([model] if model else []) + names, export, out, import_promptfoo)
             return
         if model is None:
             raise ConfigError("missing MODEL (a model id, a name, or an adapter directory)")
@@ -57,8 +60,8 @@ def register(app: typer.Typer) -> None:
                     raise
                 row = registry.register(model)
                 typer.echo(f"Registered {model} as model {row['id']} ({row['name']})", err=True)
-            if suite is not None:
-                _run_suites(cfg, store, registry, row, suite, against, max_new_tokens, batch_size, as_json)
+            if suite:
+                _run_suites(cfg, store, registry, row, names, against, max_new_tokens, batch_size, as_json)
                 return
             report = evaluate_model(cfg, store, row["id"], against=against, max_new_tokens=max_new_tokens,
                                     batch_size=batch_size, snapshot=snapshot)
@@ -71,8 +74,10 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
 
-def _suite_names(suite: str) -> list[str] | None:
-    return None if suite in ("*", "") else [n.strip() for n in suite.split(",") if n.strip()]
+def _suite_names(names: list[str]) -> list[str] | None:
+    """Suite names (also comma-separated); None: all."""
+    found = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    return found or None
 
 
 def _run_suites(cfg, store, registry, row, suite, against, max_new_tokens, batch_size, as_json) -> None:
