@@ -925,3 +925,41 @@ def suggest_assertions(draft: str, final: str, *, max_phrases: int = 3) -> list[
     out.append({"type": "chrf", "threshold": 0.3})
     out.append({"type": "policy-clean"})
     return out
+
+
+# -- the weekly report -------------------------------------------------------------------------
+
+def weekly_golden(store, lo: str, hi: str) -> list[dict]:
+    """The golden runs of the gate (linked to an evaluation) created in ``[lo, hi)``: model,
+    evaluation, cases, failing cases and their change against the champion."""
+    out = []
+    for row in store.query(
+            "SELECT g.id, g.model_id, g.evaluation_id, g.n, g.failed, g.results, g.created_at, m.name AS model_name"
+            " FROM golden_runs g JOIN models m ON m.id = g.model_id"
+            " WHERE g.evaluation_id IS NOT NULL AND g.created_at >= ? AND g.created_at < ? ORDER BY g.id", (lo, hi)):
+        try:
+            report = json.loads(store.scalar("SELECT report FROM evaluations WHERE id = ?", (row["evaluation_id"],))
+                                or "{}").get("golden") or {}
+        except ValueError:
+            report = {}
+        changes = report.get("changes") or {}
+        results = json.loads(row["results"] or "{}")
+        out.append({"run_id": row["id"], "model_id": row["model_id"], "model_name": row["model_name"],
+                    "evaluation_id": row["evaluation_id"], "created_at": row["created_at"], "n": row["n"],
+                    "failed": [c["case"] for c in results.get("cases", []) if not c.get("passed")],
+                    "newly_broken": changes.get("newly broken", []), "fixed": changes.get("fixed", [])})
+    return out
+
+
+def weekly_markdown(runs: list[dict]) -> list[str]:
+    """The report's "Golden suites" section (nothing when no gate ran a suite this week)."""
+    if not runs:
+        return []
+    lines = ["## Golden suites", "", "Must-pass cases (`evals/*.yaml`) checked by the gate this week:", "",
+             "| evaluation | model | cases | failed | failing cases | newly broken | fixed |",
+             "| --- | --- | ---: | ---: | --- | --- | --- |"]
+    for r in runs:
+        cells = [f"#{r['evaluation_id']}", f"{r['model_name']} (#{r['model_id']})", r["n"], len(r["failed"]),
+                 ", ".join(r["failed"]) or "–", ", ".join(r["newly_broken"]) or "–", ", ".join(r["fixed"]) or "–"]
+        lines.append("| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |")
+    return lines + [""]

@@ -159,6 +159,19 @@ def test_gate_blocks_a_challenger_that_breaks_a_case_the_champion_passed(ws):
         ["custom-return"]
     with pytest.raises(GateFailed):
         registry.promote(chall["id"], "test")
+    # the weekly report lists the failing case
+    import datetime as dt
+    from zoneinfo import ZoneInfo
+
+    from evaluation.report import collect_weekly_report, render_markdown
+
+    year, week, _ = dt.datetime.now(ZoneInfo(config.file.scheduler.timezone)).isocalendar()
+    weekly = collect_weekly_report(config, store, f"{year}-W{week:02d}")
+    md = render_markdown(weekly)
+    section = md[md.index("## Golden suites"):md.index("## Models")]
+    assert f"| #{report.id} | {chall['name']} (#{chall['id']}) | 2 | 1 | custom-return | custom-return | – |" in section
+    assert any(r.section == "golden" and r.metric == f"evaluation_{report.id}_failed" and r.value == 1
+               for r in weekly.rows())
     # the champion itself passes the same suite; in report mode the failure is shown, not counted
     assert golden.gate_check(config, store, champ, None, generate=gen)[0].passed
     config.file.evaluation.golden_gate = "report"
