@@ -321,3 +321,41 @@ def test_promptfoo_import_supported_and_unsupported(tmp_path, suite_dir):
         golden_promptfoo.import_promptfoo(pf, suite_dir, "other")
     assert f"{pf}:10: test 'refund-policy': unsupported assertion 'llm-rubric'" in str(exc.value)
     assert not (suite_dir / "other.yaml").exists()
+
+
+WRITER = """
+import sys
+from evaluation import golden
+d = sys.argv[1]
+for i in range(100000):
+    golden.add_case(d, "slack", {"id": f"c{i}", "question": "q" * 50 + str(i),
+                                 "assert": [{"type": "not-contains", "value": ["全额赔付"]}]})
+    print(i, flush=True)
+"""
+
+
+def test_kill_9_while_adding_cases_leaves_a_valid_file(tmp_path):
+    """A writer killed at a random moment: the suite file still loads, holds every case whose
+    add_case was reported as returned, and no half-written one (ids consecutive, in order)."""
+    import random
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    d = tmp_path / "evals"
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER, encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, str(script), str(d)], stdout=subprocess.PIPE, text=True)
+    done = -1
+    for line in proc.stdout:
+        done = int(line.split()[0])
+        if done >= 4:
+            break
+    time.sleep(random.random() * 0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    proc.stdout.close()
+    ids = [c.id for c in load_suites(d)[0].cases]
+    assert ids == [f"c{i}" for i in range(len(ids))] and len(ids) >= done + 1
+    assert not [p for p in d.iterdir() if p.suffix == ".yaml" and p.name != "slack.yaml"]
