@@ -114,7 +114,7 @@ def _slug(text: str, fallback: str) -> str:
 def from_promptfoo(path: str | Path) -> list[dict]:
     """The cases (dicts in the suite file format) of a promptfoo YAML; ``GoldenError`` naming
     file, line and assertion for anything replyloop cannot check the same way."""
-    doc = load_yaml(path, GoldenError)
+    doc = load_yaml(path, GoldenError, fast=True)
     data = doc.data
     if not isinstance(data, dict) or not isinstance(data.get("tests"), list):
         raise GoldenError(f"{doc.path}: expected a promptfoo config with a 'tests' list")

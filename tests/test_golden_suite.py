@@ -155,7 +155,7 @@ def test_repetition_measure():
 
 
 BAD = {
-    "bad yaml": ("cases:\n  - id: a\n    question: 退货: 可以吗\n", "bad.yaml:3: invalid YAML: mapping values are not allowed here"),
+    "bad yaml": ("cases:\n  - id: a\n    question: 退货: 可以吗\n", "bad.yaml:3: invalid YAML: mapping values are not allowed"),
     "unknown assertion": ("cases:\n  - id: a1\n    question: q\n    assert:\n      - {type: javascript, value: x}\n",
                           "bad.yaml:5: case 'a1': unknown assertion 'javascript'"),
     "bad regex": ("cases:\n  - id: r1\n    question: q\n    assert:\n      - type: regex\n        value: '定制(('\n",
@@ -220,9 +220,20 @@ def test_add_case_appends_keeps_comments_and_validates(suite_dir):
         assert str(path) in str(exc.value) and ".tmp-" not in str(exc.value)
         assert path.read_text(encoding="utf-8") == text
     assert not [p for p in suite_dir.iterdir() if ".tmp-" in p.name]
+    # hostile text reads back as written (YAML specials, several lines, a comment sign)
+    tricky = {**case, "id": "tricky", "question": "退货: 可以吗？ # 不是注释\n- id: fake\n  question: x",
+              "reference": "第一行\n  第二行: 'x' \"y\"\n"}
+    new = golden.add_case(suite_dir, "returns", tricky)
+    assert (new.question, new.reference) == (tricky["question"], tricky["reference"])
+    assert [c.id for c in load_suites(suite_dir)[0].cases] == ["custom-no-7day", "waybill", "slack-1", "tricky"]
+    # a file whose last key is not `cases`: rewritten, still valid
+    (suite_dir / "tail.yaml").write_text("cases:\n  - {id: t1, question: q, assert: [{type: terminology}]}\n"
+                                         "description: cases first\n", encoding="utf-8")
+    golden.add_case(suite_dir, "tail", {**case, "id": "t2"})
+    assert [c.id for c in load_suites(suite_dir, ["tail"])[0].cases] == ["t1", "t2"]
     # a new suite file
     golden.add_case(suite_dir, "campaign", {**case, "id": "c-1"})
-    assert [s.name for s in load_suites(suite_dir)] == ["campaign", "returns"]
+    assert [s.name for s in load_suites(suite_dir)] == ["campaign", "returns", "tail"]
     with pytest.raises(GoldenError, match="suite name"):
         golden.add_case(suite_dir, "../etc", {**case, "id": "c-2"})
 
