@@ -116,7 +116,10 @@ def _case(view: dict) -> tuple[str, dict, dict]:
         if not key:
             errors[block] = "Required."
     try:
-        asserts = yaml.safe_load(_value(view, ASSERT_BLOCK) or "[]")
+        text = _value(view, ASSERT_BLOCK) or "[]"
+        if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise yaml.YAMLError("anchors and aliases (&, *) are not allowed here")  # no billion laughs
+        asserts = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         errors[ASSERT_BLOCK] = f"Not valid YAML{f' (line {mark.line + 1})' if mark else ''}: {getattr(exc, 'problem', exc)}"

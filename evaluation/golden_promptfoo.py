@@ -85,8 +85,14 @@ def check(output: str, assertion: dict, reference: str = "") -> dict:
     engine = None
     if assertion.get("type") in ("policy-clean", "terminology"):
         from evaluation.policy import load_policies
+        from replyloop.config import load_config
+        from replyloop.errors import ConfigError
 
-        engine = load_policies()
+        try:  # the workspace's policies ($REPLYLOOP_HOME), else the shipped ones
+            directory = load_config().policies_dir
+        except ConfigError:
+            directory = None
+        engine = load_policies(directory)
     [result] = check_case(suite.cases[0], output, engine=engine).results
     return {"pass": result.passed, "score": 1.0 if result.passed else 0.0,
             "reason": result.detail or result.label}

@@ -77,6 +77,10 @@ def test_add_to_golden_suite_from_the_decided_card(env):
     body = env.sim.submit(opened, user="USUP1", values={**values, bot_golden.ID_BLOCK: "new-2",
                                                          bot_golden.ASSERT_BLOCK: "- {type: contains"}).json()
     assert body["errors"][bot_golden.ASSERT_BLOCK].startswith("Not valid YAML")
+    bomb = "- &a [x, x, x, x, x, x, x, x, x]\n- &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n- [*b, *b, *b, *b, *b, *b, *b]"
+    body = env.sim.submit(opened, user="USUP1", values={**values, bot_golden.ID_BLOCK: "new-3",
+                                                         bot_golden.ASSERT_BLOCK: bomb}).json()
+    assert "anchors and aliases" in body["errors"][bot_golden.ASSERT_BLOCK]
     body = env.sim.submit(opened, user="USUP1", values={**values, bot_golden.SUITE_BLOCK: "../../etc"}).json()
     assert "suite name" in body["errors"][bot_golden.SUITE_BLOCK]
     assert path.read_text(encoding="utf-8") == before
