@@ -313,13 +313,12 @@ def suite_files(directory: str | Path) -> list[Path]:
                   and not p.name.startswith("."))
 
 
-def load_suites(directory: str | Path, names: Sequence[str] | None = None, *,
-                extra: dict[Path, str] | None = None) -> list[Suite]:
+def load_suites(directory: str | Path, names: Sequence[str] | None = None) -> list[Suite]:
     """Every suite of ``directory`` (or only ``names``); raises ``GoldenError`` listing every
     problem of every file (file:line: case 'id': message); nothing is half-loaded.
 
     Case ids are unique across the directory, so every file is validated even when ``names``
-    picks some. ``extra`` maps a path to text to read instead of the file (a candidate edit)."""
+    picks some."""
     directory = Path(directory)
     files = suite_files(directory)
     if names:
@@ -700,6 +699,19 @@ def compare(challenger: SuiteRun, champion: SuiteRun | None) -> dict:
         else:
             out["failing"].append(c.case_id)
     return out
+
+
+def case_history(store, case_id: str, limit: int = 20) -> list[dict]:
+    """The latest stored runs of one case, newest first: run, model, evaluation, passed, the
+    failed assertions (``golden_case_results``)."""
+    rows = store.query(
+        "SELECT r.run_id, g.model_id, m.name AS model_name, g.evaluation_id, g.created_at, r.passed, r.failures"
+        " FROM golden_case_results r JOIN golden_runs g ON g.id = r.run_id JOIN models m ON m.id = g.model_id"
+        " WHERE r.case_id = ? ORDER BY r.run_id DESC LIMIT ?", (case_id, limit))
+    for row in rows:
+        row["passed"] = bool(row["passed"])
+        row["failures"] = json.loads(row["failures"] or "[]")
+    return rows
 
 
 def describe_changes(changes: dict) -> str:

@@ -21,7 +21,7 @@ import json
 import re
 from pathlib import Path
 
-from evaluation.golden import Case, GoldenError, Suite, check_case, load_suites  # noqa: F401
+from evaluation.golden import GoldenError, Suite, check_case
 from replyloop.yamlfile import load_yaml
 
 _NATIVE_PLAIN = {"contains": "contains", "not-contains": "not-contains"}

@@ -21,7 +21,6 @@ QUESTIONS = ["定制商品可以七天无理由退货吗？", "快递三天没�
 @pytest.fixture(scope="module")
 def adapters(tiny_base_dir, tmp_path_factory):
     """Champion: the base as it is (an untrained adapter); challenger: a few steps of training."""
-    from pipeline_fixtures import SAMPLES  # noqa: F401
     from eval_fixtures import sample_rows
 
     rows = sample_rows()
@@ -115,7 +114,10 @@ def test_eval_suite_cli_table_json_cache_and_exit_codes(ws):
     assert cli("eval", champ["name"], "--suite", "--against", "none").exit_code == 0
     # stored runs with per-case results
     assert store.scalar("SELECT count(*) FROM golden_runs WHERE model_id = ?", (chall["id"],)) == 3  # 1 + 2 CLI runs
-    assert store.scalar("SELECT passed FROM golden_case_results WHERE case_id = 'breaks' ORDER BY run_id DESC") == 1
+    history = golden.case_history(store, "breaks")
+    assert [(h["model_name"], h["passed"]) for h in history] == [(champ["name"], True), (chall["name"], False),
+                                                                  (chall["name"], False)]
+    assert history[1]["failures"] == [golden.load_suites(config.root / "evals")[0].cases[0].assertions[0].label()]
     # a malformed suite: exit 2, file and line; nothing is drafted
     (config.root / "evals" / "probe.yaml").write_text(
         "cases:\n  - id: x\n    question: q\n    assert:\n      - {type: contians, value: a}\n", encoding="utf-8")
