@@ -175,8 +175,19 @@ def test_gate_blocks_a_challenger_that_breaks_a_case_the_champion_passed(ws):
     assert f"| #{report.id} | {chall['name']} (#{chall['id']}) | 2 | 1 | custom-return | custom-return | – |" in section
     assert any(r.section == "golden" and r.metric == f"evaluation_{report.id}_failed" and r.value == 1
                for r in weekly.rows())
-    # the champion itself passes the same suite; in report mode the failure is shown, not counted
+    # the champion itself passes the same suite
     assert golden.gate_check(config, store, champ, None, generate=gen)[0].passed
+    # a case both fail: `block` counts it, `regressions` only the newly broken one
+    write_suite(config, "hard", [{"id": "both-fail", "question": QUESTIONS[1],
+                                  "assert": [{"type": "min-chars", "value": 5000}]}])
+    crit, _, changes = golden.gate_check(config, store, chall, champ, generate=gen)
+    assert (crit.value, changes["still failing"]) == (2, ["both-fail"]) and not crit.passed
+    config.file.evaluation.golden_gate = "regressions"
+    crit, _, _ = golden.gate_check(config, store, chall, champ, generate=gen)
+    assert crit.value == 1 and not crit.passed and "still failing: both-fail" in crit.detail
+    assert golden.gate_check(config, store, champ, champ, generate=gen)[0].passed  # nothing newly broken
+    (config.root / "evals" / "hard.yaml").unlink()
+    # in report mode the failure is shown, not counted
     config.file.evaluation.golden_gate = "report"
     report = evaluate_model(config, store, chall["id"], against="champion")
     crit = next(c for c in report.gate.criteria if c.name == golden.GATE_NAME)
