@@ -809,7 +809,8 @@ def render_table(run: SuiteRun, changes: dict | None = None) -> str:
             f" {len(run.cases)} cases passed" + (f"; failed: {', '.join(c.case_id for c in failed)}" if failed else "")
             + f" ({run.generated} drafted, {len(run.cases) - run.generated if run.generated <= len(run.cases) else 0}"
             " from the cache)")
-    return cap.get().rstrip() + "\n" + tail
+    table_text = "\n".join(line.rstrip() for line in cap.get().rstrip().splitlines())
+    return table_text + "\n" + tail
 
 
 # -- writing a case (Slack) --------------------------------------------------------------------
