@@ -65,12 +65,6 @@ class GoldenError(ReplyloopError):
     exit_code = 2
 
 
-class GoldenFailed(ReplyloopError):
-    """A golden case failed"""
-
-    exit_code = GOLDEN_FAILED_EXIT
-
-
 # -- the file format ---------------------------------------------------------------------------
 
 class _Spec(BaseModel):
