@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from slack_bolt import App
 from slack_sdk import WebClient
 
-from bot import cards, delivery, intake, retrain, review, status
+from bot import cards, delivery, golden, intake, retrain, review, status
 from bot.logs import redacting_logger
 from bot.slackclient import web_client
 from bot.supervisors import Supervisors
@@ -234,3 +234,5 @@ def _register(app: App, bot: Bot) -> None:
     @app.event("message", middleware=[store_first])
     def on_message(context):
         intake.after_store(bot, context.get("replyloop_intake"))
+
+    golden.register(app, bot)  # golden23: "Add to golden suite" on the decided card

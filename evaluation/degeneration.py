@@ -5,8 +5,8 @@ The failure the seed article warns about after a few months of retraining: "the 
 average it away; these measures do not.
 
 Per draft:
-- ``repeat_share``: the share of its character n-grams (``ngram``, whitespace and punctuation
-  removed, so it works on Chinese) that repeat an earlier n-gram of the same draft;
+- ``repeat_share``: the share of its character n-grams (``ngram``; text normalised like the
+  policy rules, so it works on Chinese) that repeat an earlier n-gram of the same draft;
 - ``clause_run``: the longest run of the same clause in a row (clauses split at punctuation);
 - ``length_ratio``: draft characters / reference characters (a draft cut at the token cap,
   ``max_new_tokens``, is not counted as collapsed).
@@ -26,26 +26,54 @@ Across drafts:
 from __future__ import annotations
 
 import re
-import unicodedata
 from collections import Counter
 from dataclasses import asdict, dataclass, field
+
+from evaluation.textmap import TextMap, compact
+
+DEFAULT_N = 4
 
 CLAUSE_SPLIT = re.compile(r"[，,。.!！?？;；:：、\n]+")
 
 
 def _chars(text: str) -> str:
-    """The text without whitespace and punctuation (Unicode categories Z*, P*, S*, C*)."""
-    return "".join(ch for ch in unicodedata.normalize("NFKC", text or "")
-                   if unicodedata.category(ch)[0] in "LNM")
+    """The text as the policy engine compares it (``evaluation.textmap.compact``: no spaces or
+    punctuation, NFKC, casefold, Traditional to Simplified)."""
+    return compact(text or "")
 
 
-def repeat_share(text: str, n: int = 4) -> float:
-    """The share of character n-grams that repeat an earlier n-gram of the same text (0: none)."""
-    chars = _chars(text)
-    grams = [chars[i:i + n] for i in range(len(chars) - n + 1)]
-    if not grams:
+def repeated_ngram_share(text: str, n: int = DEFAULT_N) -> float:
+    """Share (0..1) of the character ``n``-grams of the normalised text that repeat an earlier one:
+    near 0 for a normal reply (a 40-character Chinese reply rarely repeats a 4-gram), towards 1
+    for a reply stuck in a loop. The golden suites' ``not-repetitive`` assertion uses it too."""
+    norm = _chars(text)
+    total = len(norm) - n + 1
+    if total <= 0:
         return 0.0
-    return 1.0 - len(set(grams)) / len(grams)
+    seen: set[str] = set()
+    repeats = 0
+    for i in range(total):
+        gram = norm[i:i + n]
+        if gram in seen:
+            repeats += 1
+        else:
+            seen.add(gram)
+    return repeats / total
+
+
+repeat_share = repeated_ngram_share
+
+
+def first_repeat(text: str, n: int = DEFAULT_N) -> tuple[int, int] | None:
+    """``[start, end)`` in ``text`` of the first n-gram that repeats an earlier one, or None."""
+    tm = TextMap.build(text or "")
+    seen: set[str] = set()
+    for i in range(len(tm.norm) - n + 1):
+        gram = tm.norm[i:i + n]
+        if gram in seen:
+            return tm.span(i, i + n)
+        seen.add(gram)
+    return None
 
 
 def clause_run(text: str) -> int:

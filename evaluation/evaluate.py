@@ -50,6 +50,7 @@ class EvalReport:
     max_unknown_share: float = 0.2
     degeneration: degeneration.DegenerationResult | None = None
     champion_degeneration: degeneration.DegenerationResult | None = None
+    golden: dict | None = None             # golden23: the golden suites' run and its comparison with the champion
     id: int | None = None
     created_at: str = ""
 
@@ -93,6 +94,7 @@ class EvalReport:
             self.champion_degeneration.to_dict(),
             "items": self.items,
             "timings": self.timings,
+            "golden": self.golden,
         }
 
     def summary_markdown(self, verdict: bool = True) -> str:
@@ -271,6 +273,15 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
         max_unknown_share=opts.max_unknown_share, embedding_model=encoder.name, fix=UNREADABLE_FIX,
         degeneration=degen, champion_degeneration=champ_degen, degeneration_limits=opts.degeneration)
 
+    # golden23: the golden suites (evaluation.golden_gate) are one more criterion of the gate
+    from evaluation import golden
+
+    golden_criterion, golden_run, golden_changes = golden.gate_check(
+        config, store, model, other, engine=engine, encoder=encoder, generate=golden.local_generator(
+            config, max_new_tokens=max_new, batch_size=bs, min_new_tokens=min_new_tokens, local=local))
+    if golden_criterion is not None:
+        result = gate.with_criterion(result, golden_criterion)
+
     items = []
     for i, row in enumerate(heldout):
         item = {"sample_id": row["id"], "question": questions[i], "reference": references[i], "draft": drafts[i],
@@ -291,7 +302,13 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
                         gate=result, timings=timings, created_at=timeutil.now_iso(), unknown_share=unknown,
                         max_unknown_share=opts.max_unknown_share, degeneration=degen,
                         champion_degeneration=champ_degen)
+    if golden_run is not None:
+        report.golden = {"run_id": golden_run.id, "mode": config.file.evaluation.golden_gate,
+                         "n": len(golden_run.cases), "failed": [c.case_id for c in golden_run.failed],
+                         "changes": golden_changes}
     _store(store, report, actor)
+    if golden_run is not None:
+        golden.link_evaluation(store, golden_run, report.id)
     return report
 
 

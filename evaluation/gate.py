@@ -210,3 +210,10 @@ def degeneration_criteria(d, champ, lim) -> list[Criterion]:
         out.append(Criterion("one reply for many questions vs champion", round(d.template_share, 6), rel,
                              d.template_share <= rel, f"champion {champ.template_share:.3f} + margin {margin:.3f}"))
     return out
+
+
+# golden23: one more criterion (the golden suites, ``evaluation.golden.gate_check``) added to a verdict
+def with_criterion(result: GateResult, criterion: Criterion) -> GateResult:
+    """``result`` with ``criterion`` appended and the verdict recomputed over the counted criteria."""
+    criteria = [*result.criteria, criterion]
+    return GateResult(passed=all(c.passed for c in criteria if c.counted), criteria=criteria)

@@ -28,6 +28,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from evaluation.stats import rate_difference, wilson_interval
+from evaluation.golden import weekly_golden, weekly_markdown as weekly_golden_markdown  # golden23
 from replyloop import csvsafe, timeutil
 from replyloop.config import Config
 from replyloop.errors import ConfigError, PathError, ReplyloopError
@@ -252,6 +253,7 @@ class WeeklyReport:
     chart_labels: dict[str, str] = field(default_factory=dict)  # shown label -> category (no CJK font)
     max_unknown_share: float = 0.2                               # evaluation.max_unknown_share
     automation_split: list[dict] = field(default_factory=list)   # deliver21: this week, per category
+    golden: list[dict] = field(default_factory=list)             # golden23: the gate's golden suite runs
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -379,6 +381,9 @@ class WeeklyReport:
         add("consistency", self.label, "", "champion_chrf_change_vs_previous_week", self.chrf_change)
         for r in self.replacements:
             add("replacements", self.label, f"{r.old} → {r.new}", "count", r.count)
+        for g in self.golden:  # golden23
+            add("golden", self.label, "", f"evaluation_{g['evaluation_id']}_cases", g["n"])
+            add("golden", self.label, "", f"evaluation_{g['evaluation_id']}_failed", len(g["failed"]))
         add("violations", self.label, "", "drafts_created", self.drafts_created)
         add("violations", self.label, "", "drafts_flagged", self.drafts_flagged)
         add("violations", self.label, "", "drafts_blocked", self.drafts_blocked)
@@ -719,6 +724,7 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
         champion=champion, canary=canary, model_rates=rates, events=events,
         max_unknown_share=config.file.evaluation.max_unknown_share,
         automation_split=_automation_split(store, start, end),  # deliver21
+        golden=[g for g in weekly_golden(store, lo, hi) if week_of(g["created_at"]) == week.label],  # golden23
     )
 
 
@@ -943,6 +949,8 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
     else:
         lines += ["0 approved drafts had violations.", ""]
     lines += _chart(charts, "violations.png", "Violations")
+
+    lines += weekly_golden_markdown(r.golden)  # golden23: failing golden cases of the week's gates
 
     # models
     lines += ["## Models", "", f"Champion: {_model(r.champion)}. Canary: {_model(r.canary, canary=True)}.", ""]

@@ -83,6 +83,10 @@ class EvaluationConfig(Section):
     # empty: the pipeline evaluates in its own process; else a command template run like
     # training.command (e.g. on the GPU host), which stores its evaluation in the database
     command: str = ""
+    # golden23: golden suites (README "Golden suites"): the directory of evals/*.yaml, and what a
+    # failing case does in the gate: block | regressions (only cases the champion passed) | report | off
+    golden_dir: str = "evals"
+    golden_gate: Literal["block", "regressions", "report", "off"] = "block"
 
 
 class SchedulerConfig(Section):

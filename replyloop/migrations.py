@@ -383,3 +383,43 @@ def m035_snapshot_preferences(db: sqlite_utils.Database) -> None:
         );
         CREATE INDEX idx_snapshot_preferences ON snapshot_preferences(snapshot_hash, kind, split);
     """)
+
+
+@migration
+def m036_golden_suites(db: sqlite_utils.Database) -> None:
+    """Golden suites (``evaluation.golden``): drafts cached by (model, generation settings, question), so a
+    suite re-run after an assertion edit drafts nothing new; every run with its per-case results
+    (linked to the evaluation whose gate it was part of), for the per-case history."""
+    run_script(db, """
+        CREATE TABLE golden_drafts (
+            model_id INTEGER NOT NULL REFERENCES models(id),
+            settings TEXT NOT NULL,          -- generation settings: max_new_tokens/min_new_tokens
+            question_hash TEXT NOT NULL,     -- sha256 of the question
+            question TEXT NOT NULL,
+            draft TEXT NOT NULL,
+            created_at TEXT NOT NULL,
+            PRIMARY KEY (model_id, settings, question_hash)
+        );
+        CREATE TABLE golden_runs (
+            id INTEGER PRIMARY KEY,
+            model_id INTEGER NOT NULL REFERENCES models(id),
+            evaluation_id INTEGER REFERENCES evaluations(id),
+            suites TEXT NOT NULL,            -- JSON list of suite names
+            n INTEGER NOT NULL,
+            failed INTEGER NOT NULL,
+            passed INTEGER NOT NULL,
+            results TEXT NOT NULL,           -- JSON: the whole run (cases, assertions, spans)
+            created_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_golden_runs_model ON golden_runs(model_id, id);
+        CREATE INDEX idx_golden_runs_evaluation ON golden_runs(evaluation_id);
+        CREATE TABLE golden_case_results (
+            run_id INTEGER NOT NULL REFERENCES golden_runs(id),
+            case_id TEXT NOT NULL,
+            suite TEXT NOT NULL,
+            passed INTEGER NOT NULL,
+            failures TEXT NOT NULL,          -- JSON list of the failed assertions' labels
+            PRIMARY KEY (run_id, case_id)
+        );
+        CREATE INDEX idx_golden_case_results_case ON golden_case_results(case_id, run_id);
+    """)
