@@ -22,6 +22,7 @@ from slack_bolt import App
 from slack_sdk import WebClient
 
 from bot import cards, intake, retrain, review, status
+from bot import proposals, reply  # rules19
 from bot.logs import redacting_logger
 from bot.slackclient import web_client
 from bot.supervisors import Supervisors
@@ -221,3 +222,6 @@ def _register(app: App, bot: Bot) -> None:
     @app.event("message", middleware=[store_first])
     def on_message(context):
         intake.after_store(bot, context.get("replyloop_intake"))
+
+    proposals.register(app, bot)  # rules19: rule proposal cards (Accept / Edit / Dismiss)
+    reply.register(app, bot)  # rules19: /reply

@@ -54,6 +54,7 @@ COMMAND_MODULES = [
     "replyloop.cli.serve",       # serve
     "replyloop.cli.report",      # report weekly
     "replyloop.cli.demo",        # demo
+    "replyloop.cli.rules",       # rules propose/list/accept/dismiss, reply (rules19)
 ]
 
 for _name in COMMAND_MODULES:

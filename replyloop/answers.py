@@ -1,0 +1,323 @@
+"""Search of the approved answers (``/reply`` and ``replyloop reply``): the nearest approved
+samples to a question, by embedding similarity and chrF-style character overlap of the questions.
+
+    index = AnswerIndex.from_config(config, store)   # built once (embeddings cached in the store)
+    found = index.search("收不到验证码怎么办", check=checker)   # refreshes with new approvals first
+
+The index holds, for every sample, its question's character n-grams (1 to 3 characters of the
+text normalised as the policy rules normalise it, ``evaluation.textmap.compact``) in one sparse
+matrix per n (scipy CSR, n-gram x sample), and optionally its embedding in one float32 matrix.
+A query's character score is chrF's recipe on sets: per n, the F-score (beta 2, recall-weighted)
+of the shared n-grams, averaged over n. It reads Chinese with no model, where the bundled English
+embedding model sees mostly ``[UNK]``. The score shown is ``w * cosine + (1 - w) * character``
+(``reply.embedding_weight``). New approvals are added on the next search (samples with a higher
+id than the last one indexed): a small tail scored directly, folded into the matrices when it
+grows. Every candidate answer is checked against the current policies at query time; one that
+fails them is left out and counted.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from replyloop.config import Config
+from replyloop.store import Store
+
+NGRAMS = (1, 2, 3)
+BETA2 = 4.0            # chrF's beta = 2
+TAIL_LIMIT = 2000      # samples scored one by one before the matrices are rebuilt
+CANDIDATES = 30        # ranked candidates policy-checked per round
+
+
+def ngrams(text: str, n: int) -> set[str]:
+    return {text[i:i + n] for i in range(len(text) - n + 1)}
+
+
+def _compact(text: str) -> str:
+    from evaluation.textmap import compact
+
+    return compact(text or "")
+
+
+@dataclass
+class Answer:
+    sample_id: int
+    question: str
+    answer: str
+    category: str | None
+    approved_by: str | None
+    approved_at: str
+    score: float
+    embedding: float | None
+    characters: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class SearchResult:
+    question: str
+    answers: list[Answer] = field(default_factory=list)
+    excluded: list[dict] = field(default_factory=list)  # [{sample_id, rules}] left out by the policies
+    explanation: str | None = None                      # why there are fewer answers than asked for
+    indexed: int = 0
+
+
+class HashingEncoder:
+    """A cheap stand-in for a sentence encoder (the benchmark builds 100,000 embeddings with it):
+    character 1- and 2-grams hashed into ``dim`` signed buckets, unit length. Not a semantic model."""
+
+    name = "hashing"
+
+    def __init__(self, dim: int = 384):
+        self.dim = dim
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        import zlib
+
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, text in enumerate(texts):
+            t = _compact(text)
+            for n in (1, 2):
+                for i in range(len(t) - n + 1):
+                    h = zlib.crc32(t[i:i + n].encode("utf-8"))
+                    out[row, h % self.dim] += 1.0 if (h >> 16) & 1 else -1.0
+        norms = np.linalg.norm(out, axis=1, keepdims=True)
+        return out / np.maximum(norms, 1e-12)
+
+
+class StoreEncoder:
+    """The evaluation's encoder (``evaluation.embeddings.Encoder``): samples through its cache in
+    the store, queries straight through the model (a question is not worth a cached row)."""
+
+    def __init__(self, model: str, store: Store | None):
+        from evaluation.embeddings import Encoder
+
+        self._encoder = Encoder(model, store)
+        self.name = self._encoder.name
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encoder.encode(texts)
+
+    def encode_query(self, text: str) -> np.ndarray:
+        vectors = self._encoder.model.encode([text], convert_to_numpy=True, normalize_embeddings=True,
+                                             show_progress_bar=False)
+        return np.asarray(vectors, dtype=np.float32)[0]
+
+
+class _Grams:
+    """Per n: a vocabulary and a CSR matrix (n-gram x sample) of 0/1, plus the sizes |D_n|."""
+
+    def __init__(self, grams_per_doc: list[dict[int, set[str]]]):
+        from scipy.sparse import csr_matrix
+
+        self.docs = len(grams_per_doc)
+        self.vocab: dict[int, dict[str, int]] = {}
+        self.matrix = {}
+        self.sizes = {}
+        for n in NGRAMS:
+            vocab: dict[str, int] = {}
+            rows, cols = [], []
+            sizes = np.zeros(self.docs, dtype=np.float32)
+            for doc, grams in enumerate(grams_per_doc):
+                g = grams[n]
+                sizes[doc] = len(g)
+                for gram in g:
+                    rows.append(vocab.setdefault(gram, len(vocab)))
+                    cols.append(doc)
+            data = np.ones(len(rows), dtype=np.float32)
+            self.matrix[n] = csr_matrix((data, (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))),
+                                        shape=(len(vocab), self.docs))
+            self.vocab[n], self.sizes[n] = vocab, sizes
+
+    def overlap(self, n: int, query: set[str]) -> np.ndarray:
+        vocab = self.vocab[n]
+        rows = [vocab[g] for g in query if g in vocab]
+        if not rows or self.docs == 0:
+            return np.zeros(self.docs, dtype=np.float32)
+        return np.asarray(self.matrix[n][rows].sum(axis=0), dtype=np.float32).ravel()
+
+
+def _f_score(shared: np.ndarray, q_size: int, d_size: np.ndarray) -> np.ndarray:
+    precision = shared / max(q_size, 1)
+    recall = np.divide(shared, d_size, out=np.zeros_like(shared), where=d_size > 0)
+    denom = BETA2 * precision + recall
+    return np.divide((1 + BETA2) * precision * recall, denom, out=np.zeros_like(shared), where=denom > 0)
+
+
+class AnswerIndex:
+    """The approved answers, searchable. Thread-safe: searches share it, refreshes take a lock."""
+
+    def __init__(self, store: Store, encoder=None, embedding_weight: float = 0.5, min_score: float = 0.1,
+                 results: int = 3):
+        self.store = store
+        self.encoder = encoder
+        self.weight = embedding_weight if encoder is not None else 0.0
+        self.min_score = min_score
+        self.results = results
+        self._lock = threading.Lock()
+        self.ids = np.zeros(0, dtype=np.int64)
+        self._rows: list[tuple] = []            # (id, prompt, response, category, approved_by, approved_at)
+        self._grams: _Grams | None = None
+        self._tail: list[dict[int, set[str]]] = []  # grams of samples added since the last rebuild
+        self._all_grams: list[dict[int, set[str]]] = []
+        self._vectors = np.zeros((0, 0), dtype=np.float32)
+        self._count = 0
+        self.last_id = 0
+
+    @classmethod
+    def from_config(cls, config: Config, store: Store, encoder=None) -> "AnswerIndex":
+        settings = config.file.reply
+        if encoder is None:
+            model = settings.embedding_model
+            if model.lower() == "hashing":
+                encoder = HashingEncoder()
+            elif model.lower() != "none":
+                value = model or config.file.evaluation.embedding_model
+                if value and config.resolve(value).exists():
+                    value = str(config.resolve(value))
+                encoder = StoreEncoder(value, store)
+        index = cls(store, encoder, settings.embedding_weight, settings.min_score, settings.results)
+        index.refresh()
+        return index
+
+    def __len__(self) -> int:
+        return self._count
+
+    # -- building -------------------------------------------------------------------------
+
+    @staticmethod
+    def _grams_of(prompt: str) -> dict[int, set[str]]:
+        text = _compact(prompt)
+        return {n: ngrams(text, n) for n in NGRAMS}
+
+    def add_rows(self, rows: list[tuple]) -> None:
+        """Index ``(id, prompt, response, category, approved_by, approved_at)`` rows (ids ascending)."""
+        if not rows:
+            return
+        grams = [self._grams_of(r[1]) for r in rows]
+        vectors = None
+        if self.encoder is not None:
+            vectors = np.asarray(self.encoder.encode([r[1] for r in rows]), dtype=np.float32)
+        with self._lock:
+            self._rows.extend(rows)
+            self._all_grams.extend(grams)
+            self.ids = np.concatenate([self.ids, np.asarray([r[0] for r in rows], dtype=np.int64)])
+            if vectors is not None:
+                self._vectors = vectors if self._vectors.size == 0 else np.vstack([self._vectors, vectors])
+            if self._grams is None or len(self._tail) + len(grams) > TAIL_LIMIT:
+                self._grams, self._tail = _Grams(self._all_grams), []
+            else:
+                self._tail.extend(grams)
+            self._count = len(self._rows)
+            self.last_id = max(self.last_id, int(rows[-1][0]))
+
+    def refresh(self) -> int:
+        """Index the samples approved since the last refresh; returns how many."""
+        rows = [tuple(r.values()) for r in self.store.query(
+            "SELECT id, prompt, response, category, approved_by, approved_at FROM samples WHERE id > ? ORDER BY id",
+            (self.last_id,))]
+        self.add_rows(rows)
+        return len(rows)
+
+    # -- searching ------------------------------------------------------------------------
+
+    def scores(self, question: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """(combined, embedding or None, character) scores of every indexed sample."""
+        with self._lock:
+            grams, tail, count, vectors = self._grams, list(self._tail), self._count, self._vectors
+        q = self._grams_of(question)
+        chars = np.zeros(count, dtype=np.float32)
+        used = 0
+        base = grams.docs if grams is not None else 0
+        for n in NGRAMS:
+            if not q[n]:
+                continue
+            used += 1
+            if grams is not None:
+                chars[:base] += _f_score(grams.overlap(n, q[n]), len(q[n]), grams.sizes[n])
+            if tail:
+                shared = np.asarray([len(q[n] & t[n]) for t in tail], dtype=np.float32)
+                sizes = np.asarray([len(t[n]) for t in tail], dtype=np.float32)
+                chars[base:base + len(tail)] += _f_score(shared, len(q[n]), sizes)
+        if used:
+            chars /= used
+        if self.encoder is None or vectors.size == 0:
+            return chars, None, chars
+        query = (self.encoder.encode_query(question) if hasattr(self.encoder, "encode_query")
+                 else self.encoder.encode([question])[0])
+        emb = vectors[:count] @ np.asarray(query, dtype=np.float32)
+        return self.weight * emb + (1 - self.weight) * chars, emb, chars
+
+    def search(self, question: str, k: int | None = None,
+               check: Callable[[str], dict] | None = None, refresh: bool = True) -> SearchResult:
+        """The ``k`` best answers that pass ``check`` (the current policies), best first."""
+        k = k or self.results
+        if refresh:
+            self.refresh()
+        result = SearchResult(question, indexed=self._count)
+        if not _compact(question):
+            result.explanation = "The question is empty: write what the customer asked, e.g. `/reply 收不到验证码怎么办`."
+            return result
+        if self._count == 0:
+            result.explanation = ("There are no approved answers yet: answers appear here once supervisors"
+                                  " approve drafts (or samples are imported with `replyloop data import`).")
+            return result
+        combined, emb, chars = self.scores(question)
+        order = np.argsort(-combined, kind="stable")
+        seen: set[str] = set()
+        best = float(combined[order[0]])
+        for start in range(0, len(order), CANDIDATES):
+            for i in order[start:start + CANDIDATES]:
+                score = float(combined[i])
+                if score < self.min_score or len(result.answers) >= k:
+                    break
+                sid, prompt, response, category, approved_by, approved_at = self._rows[i]
+                key = _compact(response)
+                if key in seen:
+                    continue
+                verdict = check(response) if check is not None else {"verdict": "pass", "violations": []}
+                if verdict.get("verdict", "pass") != "pass":
+                    result.excluded.append({"sample_id": sid, "rules": sorted(
+                        {v.get("rule", "?") for v in verdict.get("violations") or []})})
+                    continue
+                seen.add(key)
+                result.answers.append(Answer(sid, prompt, response, category, approved_by, approved_at, score,
+                                             None if emb is None else float(emb[i]), float(chars[i])))
+            else:
+                continue
+            break
+        if len(result.answers) < k:
+            result.explanation = explain(result, best, self.min_score, k)
+        return result
+
+
+def explain(result: SearchResult, best: float, min_score: float, k: int) -> str:
+    parts = []
+    if not result.answers:
+        parts.append(f"No approved answer is close enough to this question (best score {best:.2f},"
+                     f" reply.min_score {min_score:.2f}); try other words, or ask a supervisor.")
+    else:
+        parts.append(f"Only {len(result.answers)} of {k} answers are close enough (score at least {min_score:.2f}).")
+    if result.excluded:
+        rules = sorted({r for e in result.excluded for r in e["rules"]})
+        parts.append(f"{len(result.excluded)} approved answer(s) were left out because they break the current"
+                     f" policies ({', '.join(rules)}).")
+    return " ".join(parts)
+
+
+def render_text(found: SearchResult) -> str:
+    """Plain text for the terminal."""
+    lines = []
+    for n, a in enumerate(found.answers, 1):
+        lines += [f"{n}. [{a.category or 'no category'}] approved by {a.approved_by or 'import'} at {a.approved_at}"
+                  f" (score {a.score:.2f})",
+                  f"   Q: {a.question}", f"   A: {a.answer}"]
+    if found.explanation:
+        lines.append(found.explanation)
+    return "\n".join(lines)
