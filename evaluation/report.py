@@ -246,6 +246,7 @@ class WeeklyReport:
     files: dict[str, Path] = field(default_factory=dict)
     chart_labels: dict[str, str] = field(default_factory=dict)  # shown label -> category (no CJK font)
     max_unknown_share: float = 0.2                               # evaluation.max_unknown_share
+    rule_proposals: list[dict] = field(default_factory=list)     # rules19: open / accepted / dismissed proposals
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -399,6 +400,10 @@ class WeeklyReport:
         if difference := self.canary_difference:
             for metric, value in zip(("difference", "ci_low", "ci_high"), difference):
                 add("model_rates", self.label, "canary - champion", metric, value)
+        for p in self.rule_proposals:  # rules19: rule proposals mined from edits
+            add("rule_proposals", self.label, f"#{p['id']} {p['avoid']}", f"{p['status']} edits", p["count"])
+            add("rule_proposals", self.label, f"#{p['id']} {p['avoid']}", f"{p['status']} supervisors",
+                len(p["supervisors"]))
         return out
 
 
@@ -694,7 +699,15 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
         approved_violation_drafts=sorted(d for d, _ in approved_bad),
         champion=champion, canary=canary, model_rates=rates, events=events,
         max_unknown_share=config.file.evaluation.max_unknown_share,
+        rule_proposals=_rule_proposals(store),
     )
+
+
+def _rule_proposals(store: Store) -> list[dict]:
+    """rules19: the open, accepted and dismissed rule proposals (``evaluation.proposals``)."""
+    from evaluation.proposals import list_proposals
+
+    return list_proposals(store)
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -880,6 +893,14 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
     else:
         lines += ["0 approved drafts had violations.", ""]
     lines += _chart(charts, "violations.png", "Violations")
+
+    if r.rule_proposals:  # rules19: rule proposals mined from edits (`replyloop rules list`)
+        by_status = {k: [p for p in r.rule_proposals if p["status"] == k] for k in ("open", "accepted", "dismissed")}
+        lines += ["## Rule proposals", "", f"{len(by_status['open'])} open, {len(by_status['accepted'])} accepted,"
+                  f" {len(by_status['dismissed'])} dismissed (mined from supervisors' edits; `replyloop rules list`).", ""]
+        lines += _table(["proposal", "kind", "drafts said", "supervisors wrote", "edits", "supervisors", "status"],
+                        [[f"#{p['id']}", p["kind"], p["avoid"], p["preferred"] or "(deleted)", p["count"],
+                          len(p["supervisors"]), p["status"]] for p in r.rule_proposals])
 
     # models
     lines += ["## Models", "", f"Champion: {_model(r.champion)}. Canary: {_model(r.canary, canary=True)}.", ""]

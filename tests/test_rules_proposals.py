@@ -228,3 +228,24 @@ def test_dismiss_from_slack(slack):
     [notice] = slack.fake.wait_for("chat.postEphemeral")
     assert notice.params["text"].startswith(f"Rule proposal #{p['id']}: :x: Dismissed by <@USUP1>")
     assert not (slack.folder / f"proposal-{p['id']}.yaml").exists()
+
+
+def test_weekly_report_lists_open_accepted_and_dismissed_proposals(workspace):
+    from evaluation.report import collect_weekly_report, render_markdown
+    from replyloop import timeutil
+
+    config, store = workspace
+    use_workspace_policies(config)
+    seed_edits(store, TERM_EDITS + DELETE_EDITS + BELOW_EDITS)
+    config.file.proposals.min_supervisors = 1
+    opened = {p["avoid"]: p for p in props.propose(config, store).opened}
+    props.accept(config, store, opened["包邮"]["id"], "USUP1")
+    props.dismiss(store, opened["小哥"]["id"], "USUP2")
+    report = collect_weekly_report(config, store, now=timeutil.now())
+    md = render_markdown(report)
+    assert "## Rule proposals\n\n1 open, 1 accepted, 1 dismissed (mined from supervisors' edits" in md
+    assert f"| #{opened['包邮']['id']} | terminology | 包邮 | 免运费 | 4 | 2 | accepted |" in md
+    assert f"| #{opened['保证当天到账']['id']} | banned | 保证当天到账 | (deleted) | 4 | 2 | open |" in md
+    assert f"| #{opened['小哥']['id']} | terminology | 小哥 | 快递员 | 3 | 1 | dismissed |" in md
+    rows = {(r.category, r.metric): r.value for r in report.rows() if r.section == "rule_proposals"}
+    assert rows[(f"#{opened['包邮']['id']} 包邮", "accepted edits")] == 4
