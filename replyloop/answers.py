@@ -292,7 +292,7 @@ class AnswerIndex:
             else:
                 continue
             break
-        if len(result.answers) < k:
+        if len(result.answers) < k or result.excluded:
             result.explanation = explain(result, best, self.min_score, k)
         return result
 
@@ -302,7 +302,7 @@ def explain(result: SearchResult, best: float, min_score: float, k: int) -> str:
     if not result.answers:
         parts.append(f"No approved answer is close enough to this question (best score {best:.2f},"
                      f" reply.min_score {min_score:.2f}); try other words, or ask a supervisor.")
-    else:
+    elif len(result.answers) < k:
         parts.append(f"Only {len(result.answers)} of {k} answers are close enough (score at least {min_score:.2f}).")
     if result.excluded:
         rules = sorted({r for e in result.excluded for r in e["rules"]})
