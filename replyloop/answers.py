@@ -113,34 +113,47 @@ class StoreEncoder:
 class _Grams:
     """Per n: a vocabulary and a CSR matrix (n-gram x sample) of 0/1, plus the sizes |D_n|."""
 
-    def __init__(self, grams_per_doc: list[dict[int, set[str]]]):
+    def __init__(self):
         from scipy.sparse import csr_matrix
 
-        self.docs = len(grams_per_doc)
-        self.vocab: dict[int, dict[str, int]] = {}
-        self.matrix = {}
-        self.sizes = {}
+        self.docs = 0
+        self.vocab: dict[int, dict[str, int]] = {n: {} for n in NGRAMS}
+        self.matrix = {n: csr_matrix((0, 0), dtype=np.float32) for n in NGRAMS}
+        self.sizes = {n: np.zeros(0, dtype=np.float32) for n in NGRAMS}
+
+    def extend(self, grams_per_doc: list[dict[int, set[str]]]) -> None:
+        """Append samples (columns); new n-grams become new rows. O(non-zeros) per call."""
+        from scipy.sparse import csr_matrix, hstack
+
+        new_docs = len(grams_per_doc)
         for n in NGRAMS:
-            vocab: dict[str, int] = {}
+            vocab = self.vocab[n]
             rows, cols = [], []
-            sizes = np.zeros(self.docs, dtype=np.float32)
+            sizes = np.zeros(new_docs, dtype=np.float32)
             for doc, grams in enumerate(grams_per_doc):
                 g = grams[n]
                 sizes[doc] = len(g)
                 for gram in g:
                     rows.append(vocab.setdefault(gram, len(vocab)))
                     cols.append(doc)
-            data = np.ones(len(rows), dtype=np.float32)
-            self.matrix[n] = csr_matrix((data, (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))),
-                                        shape=(len(vocab), self.docs))
-            self.vocab[n], self.sizes[n] = vocab, sizes
+            tail = csr_matrix((np.ones(len(rows), dtype=np.float32),
+                               (np.asarray(rows, dtype=np.int64), np.asarray(cols, dtype=np.int64))),
+                              shape=(len(vocab), new_docs))
+            base = self.matrix[n]
+            base.resize((len(vocab), self.docs))
+            self.matrix[n] = hstack([base, tail], format="csr") if self.docs else tail
+            self.sizes[n] = np.concatenate([self.sizes[n], sizes])
+        self.docs += new_docs
 
     def overlap(self, n: int, query: set[str]) -> np.ndarray:
         vocab = self.vocab[n]
         rows = [vocab[g] for g in query if g in vocab]
         if not rows or self.docs == 0:
             return np.zeros(self.docs, dtype=np.float32)
-        return np.asarray(self.matrix[n][rows].sum(axis=0), dtype=np.float32).ravel()
+        m = self.matrix[n]
+        indptr, indices = m.indptr, m.indices
+        postings = np.concatenate([indices[indptr[r]:indptr[r + 1]] for r in rows])
+        return np.bincount(postings, minlength=self.docs).astype(np.float32)  # the rows' postings, counted
 
 
 def _f_score(shared: np.ndarray, q_size: int, d_size: np.ndarray) -> np.ndarray:
@@ -161,13 +174,12 @@ class AnswerIndex:
         self.min_score = min_score
         self.results = results
         self._lock = threading.Lock()
-        self.ids = np.zeros(0, dtype=np.int64)
         self._rows: list[tuple] = []            # (id, prompt, response, category, approved_by, approved_at)
         self._grams: _Grams | None = None
         self._tail: list[dict[int, set[str]]] = []  # grams of samples added since the last rebuild
-        self._all_grams: list[dict[int, set[str]]] = []
         self._vectors = np.zeros((0, 0), dtype=np.float32)
         self._count = 0
+        self._verdicts: dict = {}
         self.last_id = 0
 
     @classmethod
@@ -205,15 +217,22 @@ class AnswerIndex:
         if self.encoder is not None:
             vectors = np.asarray(self.encoder.encode([r[1] for r in rows]), dtype=np.float32)
         with self._lock:
-            self._rows.extend(rows)
-            self._all_grams.extend(grams)
-            self.ids = np.concatenate([self.ids, np.asarray([r[0] for r in rows], dtype=np.int64)])
             if vectors is not None:
-                self._vectors = vectors if self._vectors.size == 0 else np.vstack([self._vectors, vectors])
-            if self._grams is None or len(self._tail) + len(grams) > TAIL_LIMIT:
-                self._grams, self._tail = _Grams(self._all_grams), []
+                need = self._count + len(rows)
+                if self._vectors.shape[0] < need:  # capacity doubles: an approval costs one row, not a copy
+                    grown = np.zeros((max(need, 2 * self._vectors.shape[0]), vectors.shape[1]), dtype=np.float32)
+                    if self._count:
+                        grown[:self._count] = self._vectors[:self._count]
+                    self._vectors = grown
+                self._vectors[self._count:need] = vectors
+            self._rows.extend(rows)
+            if self._grams is None:
+                self._grams = _Grams()
+            if len(self._tail) + len(grams) > TAIL_LIMIT or len(grams) > 1:
+                self._grams.extend(self._tail + grams)
+                self._tail = []
             else:
-                self._tail.extend(grams)
+                self._tail = self._tail + grams  # a new list: a search holds the old one
             self._count = len(self._rows)
             self.last_id = max(self.last_id, int(rows[-1][0]))
 
@@ -227,10 +246,24 @@ class AnswerIndex:
 
     # -- searching ------------------------------------------------------------------------
 
+    def _verdict(self, check: Callable[[str], dict] | None, text: str) -> dict:
+        """``check(text)``, remembered while the checker stays the same (policies reloaded: a new one)."""
+        if check is None:
+            return {"verdict": "pass", "violations": []}
+        cache = self._verdicts
+        if cache.get(None) is not check:
+            cache = self._verdicts = {None: check}
+        verdict = cache.get(text)
+        if verdict is None:
+            if len(cache) > 50_000:
+                cache = self._verdicts = {None: check}
+            verdict = cache[text] = check(text)
+        return verdict
+
     def scores(self, question: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(combined, embedding or None, character) scores of every indexed sample."""
         with self._lock:
-            grams, tail, count, vectors = self._grams, list(self._tail), self._count, self._vectors
+            grams, tail, count, vectors = self._grams, self._tail, self._count, self._vectors
         q = self._grams_of(question)
         chars = np.zeros(count, dtype=np.float32)
         used = 0
@@ -247,7 +280,7 @@ class AnswerIndex:
                 chars[base:base + len(tail)] += _f_score(shared, len(q[n]), sizes)
         if used:
             chars /= used
-        if self.encoder is None or vectors.size == 0:
+        if self.encoder is None or count == 0 or vectors.size == 0:
             return chars, None, chars
         query = (self.encoder.encode_query(question) if hasattr(self.encoder, "encode_query")
                  else self.encoder.encode([question])[0])
@@ -269,32 +302,40 @@ class AnswerIndex:
                                   " approve drafts (or samples are imported with `replyloop data import`).")
             return result
         combined, emb, chars = self.scores(question)
-        order = np.argsort(-combined, kind="stable")
         seen: set[str] = set()
-        best = float(combined[order[0]])
-        for start in range(0, len(order), CANDIDATES):
-            for i in order[start:start + CANDIDATES]:
-                score = float(combined[i])
-                if score < self.min_score or len(result.answers) >= k:
-                    break
-                sid, prompt, response, category, approved_by, approved_at = self._rows[i]
-                key = _compact(response)
-                if key in seen:
-                    continue
-                verdict = check(response) if check is not None else {"verdict": "pass", "violations": []}
-                if verdict.get("verdict", "pass") != "pass":
-                    result.excluded.append({"sample_id": sid, "rules": sorted(
-                        {v.get("rule", "?") for v in verdict.get("violations") or []})})
-                    continue
-                seen.add(key)
-                result.answers.append(Answer(sid, prompt, response, category, approved_by, approved_at, score,
-                                             None if emb is None else float(emb[i]), float(chars[i])))
-            else:
+        best = float(combined.max())
+        for i in _ranked(combined):
+            score = float(combined[i])
+            if score < self.min_score or len(result.answers) >= k:
+                break
+            sid, prompt, response, category, approved_by, approved_at = self._rows[i]
+            if response in seen:
                 continue
-            break
+            seen.add(response)
+            verdict = self._verdict(check, response)
+            if verdict.get("verdict", "pass") != "pass":
+                result.excluded.append({"sample_id": sid, "rules": sorted(
+                    {v.get("rule", "?") for v in verdict.get("violations") or []})})
+                continue
+            result.answers.append(Answer(sid, prompt, response, category, approved_by, approved_at, score,
+                                         None if emb is None else float(emb[i]), float(chars[i])))
         if len(result.answers) < k or result.excluded:
             result.explanation = explain(result, best, self.min_score, k)
         return result
+
+
+def _ranked(scores: np.ndarray):
+    """Indices best first, by partial sorts of a growing head (30, 120, 480, ... candidates): a
+    search rarely needs more than the first (only when the near ones repeat an answer or fail the
+    policies)."""
+    done = 0
+    top = CANDIDATES
+    while done < len(scores):
+        top = min(top, len(scores))
+        head = np.argpartition(-scores, top - 1)[:top] if top < len(scores) else np.arange(len(scores))
+        head = head[np.argsort(-scores[head], kind="stable")]
+        yield from (int(i) for i in head[done:])
+        done, top = top, top * 4
 
 
 def explain(result: SearchResult, best: float, min_score: float, k: int) -> str:
