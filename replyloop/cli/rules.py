@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import json
+from pathlib import Path
 from typing import Optional
 
 import typer
-from pathlib import Path
 
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
 
@@ -158,6 +157,42 @@ def reply(
     typer.echo(render_text(found))
 
 
+def drift(
+    post: bool = typer.Option(False, "--post", help="Post each alarm that fired to slack.review_channel."),
+    as_json: bool = JsonOption,
+    config: Optional[Path] = ConfigOption,
+):
+    """Run the drift alarms now (the daily job): champion approval rate, blocked drafts, review queue.
+
+    Exit code 1 when an alarm fired, 0 otherwise.
+
+    Example: replyloop drift --json
+    """
+    from replyloop.drift import check_drift
+
+    cfg, store = workspace(config)
+    client = None
+    if post:
+        from evaluation.report_slack import make_client
+
+        client = make_client(cfg)
+    with store:
+        report = check_drift(cfg, store)
+    if client is not None:
+        for alarm in report.alarms:
+            client.chat_postMessage(channel=cfg.file.slack.review_channel, text=alarm.text)
+    if as_json:
+        print_json({"checks": [c.to_dict() for c in report.checks], "alarms": len(report.alarms)})
+    else:
+        for c in report.checks:
+            typer.echo(f"{c.name}: {c.status}: {c.measured}; {c.against}")
+            if c.action:
+                typer.echo(f"  what to do: {c.action}")
+    if report.alarms:
+        raise typer.Exit(1)
+
+
 def register(app: typer.Typer) -> None:
     app.add_typer(rules_app, name="rules")
     app.command("reply")(reply)
+    app.command("drift")(drift)
