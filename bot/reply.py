@@ -49,7 +49,7 @@ def blocks(found: SearchResult) -> tuple[str, list[dict]]:
             f"*{n}. {escape(a.category or 'no category')}* · approved by {who} at {escape(a.approved_at)}"
             f" · score {a.score:.2f}\n>{escape(a.question)}", 2900)}})
         out.append({"type": "section", "block_id": f"copy_{a.sample_id}", "text": {"type": "mrkdwn", "text": _clip(
-            f"*Copy:*\n```{a.answer.replace('```', 'ˋˋˋ')}```", 2900)}})
+            f"*Copy:*\n```{escape(a.answer.replace('```', 'ˋˋˋ'))}```", 2900)}})
     if found.explanation:
         out.append({"type": "context", "elements": [{"type": "mrkdwn", "text": _clip(escape(found.explanation), 2900)}]})
     return text, out[:50]

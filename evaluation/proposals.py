@@ -305,22 +305,17 @@ def validate(directory: Path, name: str, text: str, entry: Entry):
         shutil.rmtree(scratch, ignore_errors=True)
 
 
-def write_once(target: Path, text: str) -> bool:
-    """Write ``target`` completely or not at all, never over another file. True when written,
-    False when the same content is there already (a retry after a crash)."""
+def write_atomic(target: Path, text: str) -> None:
+    """Write ``target`` completely or not at all (a temporary file, fsync, rename). Called under
+    the store's write lock with the proposal still open, so the only file it can replace is
+    this proposal's own, left by an Accept that crashed before its commit."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "w", encoding="utf-8") as fh:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
-        try:
-            os.link(tmp, target)
-        except FileExistsError:
-            if target.read_text(encoding="utf-8") == text:
-                return False
-            raise ProposalError(f"{target}: a different file with this name exists already") from None
-        return True
+        os.replace(tmp, target)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -335,7 +330,9 @@ class Accepted:
 def accept(config: Config, store: Store, proposal_id: int, actor: str, entry: Entry | None = None) -> Accepted:
     """Validate the proposal's entry against the whole policy set, write it into policies.dir
     (``proposal-<id>.yaml``, atomically), mark the proposal accepted and audit it, all under the
-    store's write lock: of concurrent Accepts exactly one writes. ProposalError says why not."""
+    store's write lock: of concurrent Accepts exactly one writes. ProposalError says why not.
+    A crash after the file was written but before the commit leaves the proposal open and its
+    file in place; the next Accept validates without that file and replaces it."""
     with store.transaction():
         p = get(store, proposal_id)
         if p["status"] != "open":
@@ -347,7 +344,7 @@ def accept(config: Config, store: Store, proposal_id: int, actor: str, entry: En
         text = file_text(entry, p, actor, at)
         validate(directory, name, text, entry)
         target = directory / name
-        write_once(target, text)
+        write_atomic(target, text)
         store.db.execute("UPDATE rule_proposals SET status = 'accepted', decided_by = ?, decided_at = ?, file = ?,"
                          " entry = ?, updated_at = ? WHERE id = ?",
                          (actor, at, str(target), json.dumps(entry.to_dict(), ensure_ascii=False), at, proposal_id))

@@ -12,8 +12,11 @@ of the shared n-grams, averaged over n. It reads Chinese with no model, where th
 embedding model sees mostly ``[UNK]``. The score shown is ``w * cosine + (1 - w) * character``
 (``reply.embedding_weight``). New approvals are added on the next search (samples with a higher
 id than the last one indexed): a small tail scored directly, folded into the matrices when it
-grows. Every candidate answer is checked against the current policies at query time; one that
-fails them is left out and counted.
+grows. From ``IVF_MIN`` samples on, the embeddings are searched through k-means clusters (about
+sqrt(n) of them, rebuilt whenever a quarter more samples arrived): exact cosines for the samples of
+the query's nearest clusters, the cluster centre's cosine for the rest, so a query reads a few
+percent of the embedding matrix instead of all of it. Every candidate answer is checked against the
+current policies at query time; one that fails them is left out and counted.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ NGRAMS = (1, 2, 3)
 BETA2 = 4.0            # chrF's beta = 2
 TAIL_LIMIT = 2000      # samples scored one by one before the matrices are rebuilt
 CANDIDATES = 30        # ranked candidates policy-checked per round
+IVF_MIN = 20_000       # from this many samples on, embeddings are searched through k-means clusters
 
 
 def ngrams(text: str, n: int) -> set[str]:
@@ -156,6 +160,44 @@ class _Grams:
         return np.bincount(postings, minlength=self.docs).astype(np.float32)  # the rows' postings, counted
 
 
+class _Clusters:
+    """An inverted-file index over the embeddings (k-means, about sqrt(n) clusters): a query
+    computes exact cosines only for the samples of its ``probe`` nearest clusters; every other
+    sample gets its cluster centre's cosine (an estimate that keeps far clusters far)."""
+
+    def __init__(self, vectors: np.ndarray, seed: int = 19, iterations: int = 6):
+        n = len(vectors)
+        k = max(8, int(np.sqrt(n)))
+        rng = np.random.default_rng(seed)
+        sample = vectors[rng.choice(n, size=min(n, 40 * k), replace=False)]
+        centres = sample[rng.choice(len(sample), size=k, replace=False)].copy()
+        for _ in range(iterations):
+            assign = np.argmax(sample @ centres.T, axis=1)
+            for c in range(k):
+                members = sample[assign == c]
+                if len(members):
+                    centres[c] = members.mean(axis=0)
+            centres /= np.maximum(np.linalg.norm(centres, axis=1, keepdims=True), 1e-12)
+        assign = np.empty(n, dtype=np.int32)
+        for start in range(0, n, 8192):
+            assign[start:start + 8192] = np.argmax(vectors[start:start + 8192] @ centres.T, axis=1)
+        order = np.argsort(assign, kind="stable")
+        bounds = np.searchsorted(assign[order], np.arange(k + 1))
+        self.size = n
+        self.centres, self.assign = centres, assign
+        self.members = [order[bounds[c]:bounds[c + 1]] for c in range(k)]
+        self.probe = max(4, k // 16)
+
+    def cosines(self, vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+        """Cosine of the first ``size`` samples: exact in the probed clusters, the centre's elsewhere."""
+        centre = self.centres @ query
+        out = centre[self.assign]
+        nearest = np.argpartition(-centre, self.probe - 1)[:self.probe]
+        idx = np.concatenate([self.members[c] for c in nearest])
+        out[idx] = vectors[idx] @ query
+        return out
+
+
 def _f_score(shared: np.ndarray, q_size: int, d_size: np.ndarray) -> np.ndarray:
     precision = shared / max(q_size, 1)
     recall = np.divide(shared, d_size, out=np.zeros_like(shared), where=d_size > 0)
@@ -178,6 +220,7 @@ class AnswerIndex:
         self._grams: _Grams | None = None
         self._tail: list[dict[int, set[str]]] = []  # grams of samples added since the last rebuild
         self._vectors = np.zeros((0, 0), dtype=np.float32)
+        self._clusters: _Clusters | None = None
         self._count = 0
         self._verdicts: dict = {}
         self.last_id = 0
@@ -235,6 +278,13 @@ class AnswerIndex:
                 self._tail = self._tail + grams  # a new list: a search holds the old one
             self._count = len(self._rows)
             self.last_id = max(self.last_id, int(rows[-1][0]))
+            count, all_vectors, clusters = self._count, self._vectors, self._clusters
+        # past IVF_MIN samples, cluster the embeddings again whenever a quarter more arrived
+        # (geometric: a few times over the index's life; searches go on meanwhile)
+        if vectors is not None and count >= IVF_MIN and (clusters is None or count > 1.25 * clusters.size):
+            built = _Clusters(all_vectors[:count])
+            with self._lock:
+                self._clusters = built
 
     def refresh(self) -> int:
         """Index the samples approved since the last refresh; returns how many."""
@@ -263,7 +313,8 @@ class AnswerIndex:
     def scores(self, question: str) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
         """(combined, embedding or None, character) scores of every indexed sample."""
         with self._lock:
-            grams, tail, count, vectors = self._grams, self._tail, self._count, self._vectors
+            grams, tail, count, vectors, clusters = (self._grams, self._tail, self._count, self._vectors,
+                                                     self._clusters)
         q = self._grams_of(question)
         chars = np.zeros(count, dtype=np.float32)
         used = 0
@@ -284,7 +335,11 @@ class AnswerIndex:
             return chars, None, chars
         query = (self.encoder.encode_query(question) if hasattr(self.encoder, "encode_query")
                  else self.encoder.encode([question])[0])
-        emb = vectors[:count] @ np.asarray(query, dtype=np.float32)
+        query = np.asarray(query, dtype=np.float32)
+        if clusters is None:
+            emb = vectors[:count] @ query
+        else:  # the clustered samples through the index, the ones added since exactly
+            emb = np.concatenate([clusters.cosines(vectors, query), vectors[clusters.size:count] @ query])
         return self.weight * emb + (1 - self.weight) * chars, emb, chars
 
     def search(self, question: str, k: int | None = None,

@@ -147,3 +147,43 @@ def test_supervisors_only_when_configured(slack):
     assert got["text"] == "Only supervisors can use /reply in this workspace (reply.supervisors_only)."
     got = reply(slack, "发票怎么开", user="USUP2", n=2)
     assert "在订单详情页点击“申请发票”" in json.dumps(got["blocks"], ensure_ascii=False)
+
+
+def test_clustered_embedding_search_agrees_with_the_exact_one(workspace, monkeypatch):
+    """Past IVF_MIN samples the embeddings are searched through k-means clusters: the best answer
+    stays the exact search's best."""
+    import random
+
+    import numpy as np
+
+    from replyloop import answers
+
+    monkeypatch.setattr(answers, "IVF_MIN", 500)
+    config, store = workspace
+    rng = random.Random(5)
+    pool = "的一是在不了有和人这中大为上个我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种"
+    rows = [(i + 1, "".join(rng.choice(pool) for _ in range(rng.randint(6, 14))), f"答复{i}", "其他", "U1",
+             "2026-11-30T09:00:00+00:00") for i in range(1500)]
+    index = AnswerIndex(store, HashingEncoder(), embedding_weight=1.0, min_score=0.0)
+    index.add_rows(rows)
+    assert index._clusters is not None and index._clusters.size == 1500
+    agree = 0
+    for _, prompt, *_ in rows[:100]:
+        query = prompt[1:]  # one character left out
+        combined, emb, _ = index.scores(query)
+        exact = index._vectors[:len(index)] @ index.encoder.encode([query])[0]
+        agree += int(np.argmax(combined)) == int(np.argmax(exact))
+    assert agree >= 95
+
+
+def test_hostile_questions_and_answers(slack):
+    """A 5,000-character question, mrkdwn and mentions in the question, code fences in an answer."""
+    qid = slack.store.add_question("怎么改地址？", "faq-x", "物流查询", source="http")
+    did = slack.store.add_draft(qid, "在订单页修改地址```<!channel>", model_name="seed")
+    slack.store.decide(did, "approve", "USUP1")
+    got = reply(slack, "<!channel> *怎么* 改地址？" + "啊" * 5000)
+    sections = [b["text"]["text"] for b in got["blocks"] if b["type"] == "section"]
+    assert all(len(t) <= 3000 for t in sections)
+    assert "<!channel>" not in json.dumps(got["blocks"], ensure_ascii=False)
+    assert "&lt;!channel&gt;" in sections[0]
+    assert sections[2] == "*Copy:*\n```在订单页修改地址ˋˋˋ&lt;!channel&gt;```"

@@ -249,3 +249,36 @@ def test_weekly_report_lists_open_accepted_and_dismissed_proposals(workspace):
     assert f"| #{opened['小哥']['id']} | terminology | 小哥 | 快递员 | 3 | 1 | dismissed |" in md
     rows = {(r.category, r.metric): r.value for r in report.rows() if r.section == "rule_proposals"}
     assert rows[(f"#{opened['包邮']['id']} 包邮", "accepted edits")] == 4
+
+
+def test_accept_after_a_crash_between_the_file_and_the_commit(workspace):
+    """kill -9 after the file was written, before the commit: the proposal is still open and its
+    file is there (here: an edited entry). Accepting again validates without it and replaces it."""
+    config, store = workspace
+    folder = use_workspace_policies(config)
+    seed_edits(store, DELETE_EDITS)
+    [p] = props.propose(config, store).opened
+    orphan = folder / f"proposal-{p['id']}.yaml"
+    orphan.write_text("rules:\n  - id: full-compensation\n    severity: warn\n    message: x\n    phrases: [保证当天到账]\n",
+                      encoding="utf-8")  # would be a duplicate id if it were validated with the new file
+    result = props.accept(config, store, p["id"], "USUP1")
+    assert result.created and result.path == orphan
+    policies = read_policies(folder)
+    assert [r.id for r in policies.rules if r.file == orphan] == [f"proposal-{p['id']}"]
+
+
+def test_forged_and_unknown_buttons(slack):
+    [p], cards = post(slack, DELETE_EDITS)
+    card = cards[p["id"]]
+    for value in ("999", "abc"):
+        blocks = json.loads(json.dumps(card.params["blocks"]))
+        for b in blocks:
+            for el in b.get("elements", []):
+                if el.get("action_id") == bot_proposals.ACCEPT:
+                    el["value"] = value
+        slack.sim.click({"channel": card.response["channel"], "ts": card.response["ts"], "blocks": blocks},
+                        bot_proposals.ACCEPT, user="USUP1")
+    notices = [n.params["text"] for n in slack.fake.wait_for("chat.postEphemeral", 2)]
+    assert sorted(notices) == ["Rule proposal #999 was not accepted:\nrule proposal 999 not found",
+                               "button value 'abc' is not a rule proposal id"]
+    assert props.get(slack.store, p["id"])["status"] == "open"
