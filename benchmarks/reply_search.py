@@ -5,8 +5,8 @@
     python benchmarks/reply_search.py --model     # also time the bundled model's query encoding
 
 The samples are the shipped sample questions (``replyloop/samples/cs_samples.csv``) with random
-Chinese characters and order numbers spliced in, so every question is distinct; their answers the
-shipped answers. The index is ``replyloop.answers.AnswerIndex`` with the shipped policies checked on
+Chinese characters and an order number spliced in, so every question is distinct; their answers
+the shipped answers naming that order. The index is ``replyloop.answers.AnswerIndex`` with the shipped policies checked on
 every candidate answer (as ``/reply`` does). Embeddings: building 100,000 real sentence embeddings
 on this CPU takes far too long for a benchmark (all-MiniLM-L6-v2 encodes about 300 short
 sentences a second here), so the index uses ``HashingEncoder`` (384 dimensions, the size of
@@ -51,8 +51,9 @@ def make_samples(n: int, rng: random.Random) -> list[tuple]:
         q, a, cat = base[i % len(base)]
         cut = rng.randint(0, len(q))
         noise = "".join(rng.choice(POOL) for _ in range(rng.randint(2, 6)))
-        q = f"{q[:cut]}{noise}{q[cut:]} 订单{rng.randint(10**7, 10**8)}"
-        rows.append((i + 1, q, a, cat, f"U{i % 40:03d}", "2026-11-30T09:00:00+00:00"))
+        order = rng.randint(10**7, 10**8)
+        q = f"{q[:cut]}{noise}{q[cut:]} 订单{order}"
+        rows.append((i + 1, q, f"{a}（订单{order}）", cat, f"U{i % 40:03d}", "2026-11-30T09:00:00+00:00"))
     return rows, base
 
 

@@ -142,7 +142,8 @@ def decide(bot: "Bot", user: str, channel: str | None, ts: str | None, proposal_
         else:
             result = props.dismiss(bot.store, proposal_id, user)
     except ReplyloopError as exc:  # ProposalError (invalid policy set, no policies.dir), NotFoundError
-        return Outcome(user, channel, ts, proposal_id, notice=f"Rule proposal #{proposal_id} was not accepted:\n{exc}")
+        done = "accepted" if action == "accept" else "dismissed"
+        return Outcome(user, channel, ts, proposal_id, notice=f"Rule proposal #{proposal_id} was not {done}:\n{exc}")
     p = result.proposal
     if not result.created:
         return Outcome(user, channel, ts, proposal_id, notice=f"Rule proposal #{proposal_id}: {decided_text(p)}")

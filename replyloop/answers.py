@@ -157,7 +157,7 @@ class _Grams:
         m = self.matrix[n]
         indptr, indices = m.indptr, m.indices
         postings = np.concatenate([indices[indptr[r]:indptr[r + 1]] for r in rows])
-        return np.bincount(postings, minlength=self.docs).astype(np.float32)  # the rows' postings, counted
+        return np.bincount(postings, minlength=self.docs)  # the rows' postings, counted
 
 
 class _Clusters:
@@ -182,27 +182,27 @@ class _Clusters:
         for start in range(0, n, 8192):
             assign[start:start + 8192] = np.argmax(vectors[start:start + 8192] @ centres.T, axis=1)
         order = np.argsort(assign, kind="stable")
-        bounds = np.searchsorted(assign[order], np.arange(k + 1))
+        self.bounds = np.searchsorted(assign[order], np.arange(k + 1))
         self.size = n
-        self.centres, self.assign = centres, assign
-        self.members = [order[bounds[c]:bounds[c + 1]] for c in range(k)]
+        self.centres, self.assign, self.order = centres, assign, order
+        self.sorted = vectors[order]  # the clusters' rows contiguous: a probe reads slices, copies nothing
         self.probe = max(4, k // 16)
 
-    def cosines(self, vectors: np.ndarray, query: np.ndarray) -> np.ndarray:
+    def cosines(self, query: np.ndarray) -> np.ndarray:
         """Cosine of the first ``size`` samples: exact in the probed clusters, the centre's elsewhere."""
         centre = self.centres @ query
         out = centre[self.assign]
-        nearest = np.argpartition(-centre, self.probe - 1)[:self.probe]
-        idx = np.concatenate([self.members[c] for c in nearest])
-        out[idx] = vectors[idx] @ query
+        b = self.bounds
+        for c in np.argpartition(-centre, self.probe - 1)[:self.probe]:
+            lo, hi = b[c], b[c + 1]
+            out[self.order[lo:hi]] = self.sorted[lo:hi] @ query
         return out
 
 
 def _f_score(shared: np.ndarray, q_size: int, d_size: np.ndarray) -> np.ndarray:
-    precision = shared / max(q_size, 1)
-    recall = np.divide(shared, d_size, out=np.zeros_like(shared), where=d_size > 0)
-    denom = BETA2 * precision + recall
-    return np.divide((1 + BETA2) * precision * recall, denom, out=np.zeros_like(shared), where=denom > 0)
+    """chrF's F-beta of precision ``shared / q_size`` and recall ``shared / d_size``, which is
+    ``(1 + beta^2) * shared / (beta^2 * d_size + q_size)``: two array operations."""
+    return shared * (1 + BETA2) / (BETA2 * d_size + q_size)
 
 
 class AnswerIndex:
@@ -221,6 +221,8 @@ class AnswerIndex:
         self._tail: list[dict[int, set[str]]] = []  # grams of samples added since the last rebuild
         self._vectors = np.zeros((0, 0), dtype=np.float32)
         self._clusters: _Clusters | None = None
+        self._answer_key: dict[str, int] = {}       # answer text -> id: one candidate per distinct answer
+        self._answer_of = np.zeros(0, dtype=np.int64)
         self._count = 0
         self._verdicts: dict = {}
         self.last_id = 0
@@ -269,6 +271,9 @@ class AnswerIndex:
                     self._vectors = grown
                 self._vectors[self._count:need] = vectors
             self._rows.extend(rows)
+            keys = self._answer_key
+            self._answer_of = np.concatenate([self._answer_of, np.fromiter(
+                (keys.setdefault(r[2], len(keys)) for r in rows), dtype=np.int64, count=len(rows))])
             if self._grams is None:
                 self._grams = _Grams()
             if len(self._tail) + len(grams) > TAIL_LIMIT or len(grams) > 1:
@@ -339,7 +344,7 @@ class AnswerIndex:
         if clusters is None:
             emb = vectors[:count] @ query
         else:  # the clustered samples through the index, the ones added since exactly
-            emb = np.concatenate([clusters.cosines(vectors, query), vectors[clusters.size:count] @ query])
+            emb = np.concatenate([clusters.cosines(query), vectors[clusters.size:count] @ query])
         return self.weight * emb + (1 - self.weight) * chars, emb, chars
 
     def search(self, question: str, k: int | None = None,
@@ -357,40 +362,37 @@ class AnswerIndex:
                                   " approve drafts (or samples are imported with `replyloop data import`).")
             return result
         combined, emb, chars = self.scores(question)
-        seen: set[str] = set()
         best = float(combined.max())
-        for i in _ranked(combined):
-            score = float(combined[i])
-            if score < self.min_score or len(result.answers) >= k:
-                break
-            sid, prompt, response, category, approved_by, approved_at = self._rows[i]
-            if response in seen:
-                continue
-            seen.add(response)
-            verdict = self._verdict(check, response)
-            if verdict.get("verdict", "pass") != "pass":
-                result.excluded.append({"sample_id": sid, "rules": sorted(
-                    {v.get("rule", "?") for v in verdict.get("violations") or []})})
-                continue
-            result.answers.append(Answer(sid, prompt, response, category, approved_by, approved_at, score,
-                                         None if emb is None else float(emb[i]), float(chars[i])))
+        answer_of = self._answer_of[:len(combined)]
+        done: set[int] = set()
+        top, finished = CANDIDATES, False
+        while not finished:
+            top = min(top, len(combined))
+            head = np.argpartition(-combined, top - 1)[:top] if top < len(combined) else np.arange(len(combined))
+            head = head[np.argsort(-combined[head], kind="stable")]
+            _, first = np.unique(answer_of[head], return_index=True)  # the best-scored sample of each answer
+            for i in head[np.sort(first)]:
+                a_id = int(answer_of[i])
+                if a_id in done:
+                    continue
+                done.add(a_id)
+                score = float(combined[i])
+                if score < self.min_score or len(result.answers) >= k:
+                    finished = True
+                    break
+                sid, prompt, response, category, approved_by, approved_at = self._rows[i]
+                verdict = self._verdict(check, response)
+                if verdict.get("verdict", "pass") != "pass":
+                    result.excluded.append({"sample_id": sid, "rules": sorted(
+                        {v.get("rule", "?") for v in verdict.get("violations") or []})})
+                    continue
+                result.answers.append(Answer(sid, prompt, response, category, approved_by, approved_at, score,
+                                             None if emb is None else float(emb[i]), float(chars[i])))
+            finished = finished or top == len(combined)
+            top *= 4
         if len(result.answers) < k or result.excluded:
             result.explanation = explain(result, best, self.min_score, k)
         return result
-
-
-def _ranked(scores: np.ndarray):
-    """Indices best first, by partial sorts of a growing head (30, 120, 480, ... candidates): a
-    search rarely needs more than the first (only when the near ones repeat an answer or fail the
-    policies)."""
-    done = 0
-    top = CANDIDATES
-    while done < len(scores):
-        top = min(top, len(scores))
-        head = np.argpartition(-scores, top - 1)[:top] if top < len(scores) else np.arange(len(scores))
-        head = head[np.argsort(-scores[head], kind="stable")]
-        yield from (int(i) for i in head[done:])
-        done, top = top, top * 4
 
 
 def explain(result: SearchResult, best: float, min_score: float, k: int) -> str:

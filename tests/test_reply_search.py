@@ -187,3 +187,14 @@ def test_hostile_questions_and_answers(slack):
     assert "<!channel>" not in json.dumps(got["blocks"], ensure_ascii=False)
     assert "&lt;!channel&gt;" in sections[0]
     assert sections[2] == "*Copy:*\n```在订单页修改地址ˋˋˋ&lt;!channel&gt;```"
+
+
+def test_manifest_has_the_reply_command():
+    import yaml
+
+    from replyloop.paths import package_dir
+
+    manifest = yaml.safe_load((package_dir().parent / "bot" / "manifest.yaml").read_text(encoding="utf-8"))
+    commands = {c["command"]: c for c in manifest["features"]["slash_commands"]}
+    assert commands["/reply"]["url"] == commands["/retrain"]["url"]
+    assert "commands" in manifest["oauth_config"]["scopes"]["bot"]
