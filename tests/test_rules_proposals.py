@@ -282,3 +282,29 @@ def test_forged_and_unknown_buttons(slack):
     assert sorted(notices) == ["Rule proposal #999 was not accepted:\nrule proposal 999 not found",
                                "button value 'abc' is not a rule proposal id"]
     assert props.get(slack.store, p["id"])["status"] == "open"
+
+
+def test_daily_proposals_job_posts_cards(workspace, monkeypatch):
+    from bot import jobs
+    from bot.fake_slack import FakeSlack
+
+    config, store = workspace
+    seed_edits(store, TERM_EDITS + DELETE_EDITS)
+    fake = FakeSlack().start()
+    try:
+        text = config.source.read_text(encoding="utf-8").replace(
+            "api_base_url: https://slack.com/api/", f"api_base_url: {fake.base_url}").replace(
+            "review_channel: cs-review", "review_channel: C0REVIEW")
+        config.source.write_text(text, encoding="utf-8")
+        monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-0000-test-bot-token")
+        assert jobs.proposals_job(str(config.source)) == "8 edits read, 2 proposals opened"
+        posts = fake.wait_for("chat.postMessage", 2)
+        assert {p.params["channel"] for p in posts} == {"C0REVIEW"}
+        assert sorted(p.params["text"] for p in posts) == [
+            "Rule proposal #1: #1 terminology 包邮 → 免运费 (4 edits, 2 supervisors) [open]",
+            "Rule proposal #2: #2 banned delete “保证当天到账” (4 edits, 2 supervisors) [open]"]
+        stored = {p["id"]: (p["slack_channel"], p["slack_ts"]) for p in props.list_proposals(store)}
+        assert all(channel == "C0REVIEW" and ts for channel, ts in stored.values())
+        assert jobs.proposals_job(str(config.source)) == "0 edits read, 0 proposals opened"
+    finally:
+        fake.stop()

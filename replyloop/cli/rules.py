@@ -38,9 +38,9 @@ def propose(
     cfg, store = workspace(config)
     client = None
     if post:  # a missing token fails before the work
-        from evaluation.report_slack import make_client
+        from bot.slackclient import web_client
 
-        client = make_client(cfg)
+        client = web_client(cfg)
     with store:
         result = run(cfg, store, actor="cli")
         posted = 0
@@ -173,9 +173,9 @@ def drift(
     cfg, store = workspace(config)
     client = None
     if post:
-        from evaluation.report_slack import make_client
+        from bot.slackclient import web_client
 
-        client = make_client(cfg)
+        client = web_client(cfg)
     with store:
         report = check_drift(cfg, store)
     if client is not None:
