@@ -265,7 +265,8 @@ class AnswerIndex:
             if vectors is not None:
                 need = self._count + len(rows)
                 if self._vectors.shape[0] < need:  # capacity doubles: an approval costs one row, not a copy
-                    grown = np.zeros((max(need, 2 * self._vectors.shape[0]), vectors.shape[1]), dtype=np.float32)
+                    room = max(need + need // 4 + 16, 2 * self._vectors.shape[0])  # a quarter spare
+                    grown = np.zeros((room, vectors.shape[1]), dtype=np.float32)
                     if self._count:
                         grown[:self._count] = self._vectors[:self._count]
                     self._vectors = grown
