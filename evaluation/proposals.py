@@ -158,52 +158,67 @@ class ProposalRun:
 
 def propose(config: Config, store: Store, actor: str = "cli", engine=None) -> ProposalRun:
     """Mine the edits since the last run, add them to the candidates' counts, and open every
-    candidate that now meets the thresholds. One transaction: concurrent runs queue, and a run
-    that fails stores nothing (its reviews are read again by the next run)."""
+    candidate that now meets the thresholds. The edits are aligned without the write lock; the
+    counts are stored in one transaction, only if no other run counted the same reviews meanwhile
+    (else they are read again). A run that fails stores nothing: the next one reads its reviews."""
     settings = config.file.proposals
     engine = engine if engine is not None else _engine(config)
-    now = timeutil.now_iso()
-    with store.transaction() as db:
-        last = store.scalar("SELECT coalesce(max(max_review_id), 0) FROM rule_proposal_runs")
+    last_run = "SELECT coalesce(max(max_review_id), 0) FROM rule_proposal_runs"
+    while True:
+        # the slow part (aligning every new edit) without the write lock: the bot keeps deciding
+        last = store.scalar(last_run)
+        max_id = store.scalar("SELECT coalesce(max(id), 0) FROM reviews")
         reviews = store.query(
             "SELECT r.id, r.reviewer, d.text AS draft, r.final_text AS final FROM reviews r"
-            " JOIN drafts d ON d.id = r.draft_id WHERE r.id > ? AND r.decision = 'edit'"
-            " AND r.final_text IS NOT NULL ORDER BY r.id", (last,))
-        max_id = store.scalar("SELECT coalesce(max(id), 0) FROM reviews")
-        for c in mine(reviews, settings.max_phrase_chars).values():
-            row = store.one("SELECT * FROM rule_proposals WHERE key = ?", (c.key,))
-            if row is None:
-                db.execute(
-                    "INSERT INTO rule_proposals (key, kind, avoid, preferred, count, supervisors, examples,"
-                    " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (c.key, c.kind, c.avoid, c.preferred, c.count, json.dumps(sorted(c.supervisors)),
-                     json.dumps(c.examples, ensure_ascii=False), now, now))
-                continue
-            old = _row(row)
-            examples = (old["examples"] + c.examples)[:MAX_EXAMPLES]
-            db.execute("UPDATE rule_proposals SET count = count + ?, supervisors = ?, examples = ?, updated_at = ?"
-                       " WHERE id = ?",
-                       (c.count, json.dumps(sorted(set(old["supervisors"]) | c.supervisors)),
-                        json.dumps(examples, ensure_ascii=False), now, old["id"]))
-        opened = []
-        for row in store.query("SELECT * FROM rule_proposals WHERE status IN ('candidate', 'dismissed')"
-                               " AND count >= ? ORDER BY count DESC, id", (settings.min_occurrences,)):
-            p = _row(row)
-            if len(p["supervisors"]) < settings.min_supervisors:
-                continue
-            if p["status"] == "dismissed" and p["count"] < 2 * (p["dismissed_count"] or 0):
-                continue
-            if covered(engine, p["kind"], p["avoid"]):
-                continue
-            db.execute("UPDATE rule_proposals SET status = 'open', opened_at = ?, slack_channel = NULL,"
-                       " slack_ts = NULL, decided_by = NULL, decided_at = NULL WHERE id = ?", (now, p["id"]))
-            opened.append(get(store, p["id"]))
-        db.execute("INSERT INTO rule_proposal_runs (at, actor, max_review_id, reviews, opened) VALUES (?, ?, ?, ?, ?)",
-                   (now, actor, max_id, len(reviews), len(opened)))
-        if opened:
-            store.audit(actor, "rules.propose", "rule_proposals", None,
-                        {"opened": [p["id"] for p in opened], "reviews": len(reviews)})
-    return ProposalRun(len(reviews), opened, max_id)
+            " JOIN drafts d ON d.id = r.draft_id WHERE r.id > ? AND r.id <= ? AND r.decision = 'edit'"
+            " AND r.final_text IS NOT NULL ORDER BY r.id", (last, max_id))
+        candidates = mine(reviews, settings.max_phrase_chars)
+        with store.transaction():
+            if store.scalar(last_run) != last:
+                continue  # another run counted these reviews meanwhile: read again
+            return _record_run(config, store, engine, candidates, len(reviews), max_id, actor)
+
+
+def _record_run(config: Config, store: Store, engine, candidates: dict[str, Candidate], n_reviews: int,
+                max_id: int, actor: str) -> ProposalRun:
+    """Inside the write transaction: add the counts, open what meets the thresholds, record the run."""
+    settings = config.file.proposals
+    now = timeutil.now_iso()
+    db = store.db
+    for c in candidates.values():
+        row = store.one("SELECT * FROM rule_proposals WHERE key = ?", (c.key,))
+        if row is None:
+            db.execute(
+                "INSERT INTO rule_proposals (key, kind, avoid, preferred, count, supervisors, examples,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (c.key, c.kind, c.avoid, c.preferred, c.count, json.dumps(sorted(c.supervisors)),
+                 json.dumps(c.examples, ensure_ascii=False), now, now))
+            continue
+        old = _row(row)
+        examples = (old["examples"] + c.examples)[:MAX_EXAMPLES]
+        db.execute("UPDATE rule_proposals SET count = count + ?, supervisors = ?, examples = ?, updated_at = ?"
+                   " WHERE id = ?",
+                   (c.count, json.dumps(sorted(set(old["supervisors"]) | c.supervisors)),
+                    json.dumps(examples, ensure_ascii=False), now, old["id"]))
+    opened = []
+    for row in store.query("SELECT * FROM rule_proposals WHERE status IN ('candidate', 'dismissed')"
+                           " AND count >= ? ORDER BY count DESC, id", (settings.min_occurrences,)):
+        p = _row(row)
+        if len(p["supervisors"]) < settings.min_supervisors:
+            continue
+        if p["status"] == "dismissed" and p["count"] < 2 * (p["dismissed_count"] or 0):
+            continue
+        if covered(engine, p["kind"], p["avoid"]):
+            continue
+        db.execute("UPDATE rule_proposals SET status = 'open', opened_at = ?, slack_channel = NULL,"
+                   " slack_ts = NULL, decided_by = NULL, decided_at = NULL WHERE id = ?", (now, p["id"]))
+        opened.append(get(store, p["id"]))
+    db.execute("INSERT INTO rule_proposal_runs (at, actor, max_review_id, reviews, opened) VALUES (?, ?, ?, ?, ?)",
+               (now, actor, max_id, n_reviews, len(opened)))
+    if opened:
+        store.audit(actor, "rules.propose", "rule_proposals", None,
+                    {"opened": [p["id"] for p in opened], "reviews": n_reviews})
+    return ProposalRun(n_reviews, opened, max_id)
 
 
 # -- the policy entry an accepted proposal writes -------------------------------------------------

@@ -308,3 +308,17 @@ def test_daily_proposals_job_posts_cards(workspace, monkeypatch):
         assert jobs.proposals_job(str(config.source)) == "0 edits read, 0 proposals opened"
     finally:
         fake.stop()
+
+
+def test_concurrent_runs_count_each_edit_once(workspace):
+    config, store = workspace
+    seed_edits(store, TERM_EDITS + DELETE_EDITS)
+    runs = []
+    threads = [threading.Thread(target=lambda: runs.append(props.propose(config, store))) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.reviews for r in runs) == [0, 0, 0, 8]
+    assert sorted(len(r.opened) for r in runs) == [0, 0, 0, 2]
+    assert [p["count"] for p in props.list_proposals(store)] == [4, 4]
