@@ -322,3 +322,17 @@ def test_concurrent_runs_count_each_edit_once(workspace):
     assert sorted(r.reviews for r in runs) == [0, 0, 0, 8]
     assert sorted(len(r.opened) for r in runs) == [0, 0, 0, 2]
     assert [p["count"] for p in props.list_proposals(store)] == [4, 4]
+
+
+def test_edit_a_terminology_proposal(slack):
+    [p], cards = post(slack, TERM_EDITS)
+    modal = open_edit(slack, cards[p["id"]])
+    resp = slack.sim.submit(modal, user="USUP1", values={bot_proposals.PREFERRED_BLOCK: "电子面单",
+                                                         bot_proposals.AVOID_BLOCK: "包邮"})
+    error = resp.json()["errors"][bot_proposals.PREFERRED_BLOCK]
+    assert "terminology '电子面单': duplicate terminology entry (first defined at " in error
+    resp = slack.sim.submit(modal, user="USUP1", values={bot_proposals.PREFERRED_BLOCK: "免运费",
+                                                         bot_proposals.AVOID_BLOCK: "包邮，全场包邮"})
+    assert (resp.status, resp.body) == (200, "")
+    written = yaml.safe_load((slack.folder / f"proposal-{p['id']}.yaml").read_text(encoding="utf-8"))
+    assert written == {"terminology": [{"preferred": "免运费", "avoid": ["包邮", "全场包邮"]}]}
