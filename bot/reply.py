@@ -13,6 +13,7 @@ import threading
 from typing import TYPE_CHECKING, Callable
 
 from replyloop.answers import AnswerIndex, SearchResult
+from replyloop.errors import ReplyloopError
 
 if TYPE_CHECKING:
     from bot.app import Bot
@@ -67,6 +68,9 @@ def handle(bot: "Bot", command: dict, respond: Callable[..., object]) -> None:
         return
     try:
         found = index(bot).search(question, check=bot.checker)
+    except ReplyloopError as exc:  # e.g. reply.embedding_model cannot be loaded
+        respond(response_type="ephemeral", text=f"/reply is not available: {exc}")
+        return
     except Exception:
         log.exception("/reply failed")
         respond(response_type="ephemeral", text="/reply failed with an internal error; see the bot's log.")

@@ -198,3 +198,4 @@ def test_manifest_has_the_reply_command():
     commands = {c["command"]: c for c in manifest["features"]["slash_commands"]}
     assert commands["/reply"]["url"] == commands["/retrain"]["url"]
     assert "commands" in manifest["oauth_config"]["scopes"]["bot"]
+
