@@ -138,7 +138,11 @@ def main() -> None:
         if size == 100_000:
             print(f"goal p99 <= 50 ms at 100,000: {'met' if r['p99_ms'] <= 50 else 'NOT met'} ({r['p99_ms']:.1f} ms)")
     if args.model:
+        import torch
+
         from replyloop.answers import StoreEncoder
+
+        torch.set_num_threads(1)  # one core, like the search
 
         enc = StoreEncoder("", None)
         enc.encode_query("预热")
