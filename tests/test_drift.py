@@ -8,8 +8,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from bot.fake_slack import FakeSlack
 from replyloop import timeutil
 from replyloop.config import load_config

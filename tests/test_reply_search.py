@@ -9,10 +9,9 @@ import sys
 
 import pytest
 
-from bot_support import OUTSIDER, close_env, make_env, wait_until
+from bot_support import OUTSIDER, close_env, make_env
 from replyloop.answers import AnswerIndex, HashingEncoder
 from replyloop.intake import policy_checker
-from replyloop.store import SampleIn
 from rules_support import use_workspace_policies
 
 FAQ = [

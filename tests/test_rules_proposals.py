@@ -173,7 +173,9 @@ def test_concurrent_accept_clicks_write_once(slack):
     assert [r.status for r in results] == [200] * 8
     slack.fake.wait_for("chat.update")
     notices = slack.fake.wait_for("chat.postEphemeral", 7)
-    assert all("already" not in n.params["text"] or "Accepted by" in n.params["text"] for n in notices)
+    assert len(notices) == 7
+    assert all(n.params["text"].startswith(f"Rule proposal #{p['id']}: :white_check_mark: Accepted by <@")
+               for n in notices)  # the others are told who accepted it
     assert len(store_rows := slack.store.query("SELECT * FROM audit_log WHERE action = 'rules.accept'")) == 1
     written = [x for x in slack.folder.iterdir() if x.name.startswith("proposal-")]
     assert [x.name for x in written] == [f"proposal-{p['id']}.yaml"]
