@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -123,14 +125,67 @@ class Outcome:
     notice: str | None = None
 
 
-def reload_policies(bot: "Bot") -> None:
-    """Load policies.dir again and make it the bot's checker (intake, the Edit modal's check)."""
-    from evaluation.policy import load_policies
-    from replyloop.intake import policy_checker
+class WatchingChecker:
+    """The bot's policy checker, reloaded when policies.dir changes (a file accepted here, by
+    ``replyloop rules accept`` or edited by hand): at most once a second it compares the folder's
+    file names, sizes and modification times with what it loaded. A folder that no longer loads
+    keeps the last good engine (logged)."""
 
-    engine = load_policies(bot.config.policies_dir)
-    bot.checker = policy_checker(bot.config, engine)
-    log.info("policies reloaded from %s: %r", bot.config.policies_dir, engine)
+    def __init__(self, config, engine):
+        self.config = config
+        self._engine = engine
+        self._lock = threading.Lock()
+        self._signature = self._current()
+        self._checked = time.monotonic()
+
+    @property
+    def engine(self):
+        return self._engine
+
+    def _current(self) -> tuple:
+        directory = self.config.policies_dir
+        try:
+            return tuple(sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in directory.iterdir()
+                                if p.suffix in (".yaml", ".yml") and p.is_file()))
+        except OSError:
+            return ()
+
+    def reload(self, force: bool = False) -> bool:
+        """Load the folder again when it changed (or ``force``); True when a new engine is in use."""
+        from evaluation.policy import load_policies
+
+        with self._lock:
+            signature = self._current()
+            self._checked = time.monotonic()
+            if signature == self._signature and not force:
+                return False
+            try:
+                engine = load_policies(self.config.policies_dir)
+            except ReplyloopError as exc:
+                log.error("policies.dir changed but does not load; keeping the last good policies: %s", exc)
+                self._signature = signature
+                return False
+            self._engine, self._signature = engine, signature
+        log.info("policies reloaded from %s: %r", self.config.policies_dir, engine)
+        return True
+
+    def __call__(self, text: str) -> dict:
+        from replyloop.drafting import check_policies
+
+        if time.monotonic() - self._checked >= 1.0:
+            self.reload()
+        verdict, violations = check_policies(self._engine, text)
+        return {"verdict": verdict, "violations": violations}
+
+
+def reload_policies(bot: "Bot") -> None:
+    """Load policies.dir again now and make it the bot's checker (intake, the Edit modal's check)."""
+    if isinstance(bot.checker, WatchingChecker):
+        bot.checker.reload(force=True)
+        return
+    from evaluation.policy import load_policies
+
+    bot.checker = WatchingChecker(bot.config, load_policies(bot.config.policies_dir))
 
 
 def decide(bot: "Bot", user: str, channel: str | None, ts: str | None, proposal_id: int, action: str,
@@ -282,6 +337,8 @@ def on_edit_submit(bot: "Bot", body: dict, view: dict) -> tuple[dict | None, Out
 
 
 def register(app, bot: "Bot") -> None:
+    if getattr(bot.checker, "engine", None) is not None and not isinstance(bot.checker, WatchingChecker):
+        bot.checker = WatchingChecker(bot.config, bot.checker.engine)  # the policy engine, kept current
     @app.action(ACCEPT)
     def on_accept(ack, body, action):
         outcome = on_click(bot, body, action, "accept")  # the file is written before Slack hears 200

@@ -303,16 +303,17 @@ class AnswerIndex:
     # -- searching ------------------------------------------------------------------------
 
     def _verdict(self, check: Callable[[str], dict] | None, text: str) -> dict:
-        """``check(text)``, remembered while the checker stays the same (policies reloaded: a new one)."""
+        """``check(text)``, remembered while the policies stay the same (a reload makes a new engine)."""
         if check is None:
             return {"verdict": "pass", "violations": []}
+        policies = getattr(check, "engine", None) or check  # a reloaded policy set is a new engine
         cache = self._verdicts
-        if cache.get(None) is not check:
-            cache = self._verdicts = {None: check}
+        if cache.get(None) is not policies:
+            cache = self._verdicts = {None: policies}
         verdict = cache.get(text)
         if verdict is None:
             if len(cache) > 50_000:
-                cache = self._verdicts = {None: check}
+                cache = self._verdicts = {None: policies}
             verdict = cache[text] = check(text)
         return verdict
 

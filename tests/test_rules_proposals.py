@@ -338,3 +338,24 @@ def test_edit_a_terminology_proposal(slack):
     assert (resp.status, resp.body) == (200, "")
     written = yaml.safe_load((slack.folder / f"proposal-{p['id']}.yaml").read_text(encoding="utf-8"))
     assert written == {"terminology": [{"preferred": "免运费", "avoid": ["包邮", "全场包邮"]}]}
+
+
+def test_the_bot_picks_up_a_policy_file_accepted_elsewhere(slack):
+    """`replyloop rules accept` in another process (here: the library, as the CLI calls it) or a
+    file edited by hand: the running bot checks the next draft against it within a second."""
+    import time
+
+    seed_edits(slack.store, TERM_EDITS)
+    [p] = props.propose(slack.config, slack.store).opened
+    assert isinstance(slack.bot.checker, bot_proposals.WatchingChecker)
+    first = slack.bot.checker.engine
+    props.accept(slack.config, slack.store, p["id"], "USUP2")
+    time.sleep(1.1)
+    draft = slack.store.get_draft(slack.add_draft(draft="本单包邮。", conversation="c-elsewhere"))
+    assert (draft["verdict"], [v["rule"] for v in draft["violations"]]) == ("warn", ["terminology:免运费"])
+    assert slack.bot.checker.engine is not first
+    # a folder that no longer loads keeps the last good policies
+    (slack.folder / "broken.yaml").write_text("rules: [{id: x}]\n", encoding="utf-8")
+    time.sleep(1.1)
+    draft = slack.store.get_draft(slack.add_draft(draft="本单包邮。", conversation="c-broken"))
+    assert draft["verdict"] == "warn"
