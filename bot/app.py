@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from slack_bolt import App
 from slack_sdk import WebClient
 
-from bot import cards, delivery, golden, intake, retrain, review, status
+from bot import cards, delivery, golden, intake, proposals, reply, retrain, review, status
 from bot.logs import redacting_logger
 from bot.slackclient import web_client
 from bot.supervisors import Supervisors
@@ -236,3 +236,5 @@ def _register(app: App, bot: Bot) -> None:
         intake.after_store(bot, context.get("replyloop_intake"))
 
     golden.register(app, bot)  # golden23: "Add to golden suite" on the decided card
+    proposals.register(app, bot)  # rules19: rule proposal cards (Accept / Edit / Dismiss)
+    reply.register(app, bot)  # rules19: /reply

@@ -99,6 +99,67 @@ def weekly_report_job(config_path: str) -> str:
     return str(getattr(report, "out_dir", report))
 
 
+# -- rules19: the daily drift alarms and rule proposals (README "Drift alarms", "Rule proposals") --
+DRIFT_JOB = "replyloop-drift-alarms"
+PROPOSALS_JOB = "replyloop-rule-proposals"
+
+
+def daily_trigger(spec: str, key: str, timezone: str):
+    """``daily 09:30`` (or a 5-field crontab line) in the configured time zone; None for ``off``."""
+    from apscheduler.triggers.cron import CronTrigger
+
+    if spec.strip().lower() == "off":
+        return None
+    match = re.fullmatch(r"\s*daily\s+(\d{1,2}):(\d{2})\s*", spec.lower())
+    try:
+        if match:
+            return CronTrigger(hour=int(match.group(1)), minute=int(match.group(2)), timezone=timezone)
+        return CronTrigger.from_crontab(spec, timezone=timezone)
+    except (ValueError, LookupError) as exc:
+        raise ConfigError(f"{key}: {spec!r} in {timezone!r}: {exc} (use 'daily HH:MM', a crontab line or off)") from None
+
+
+def drift_job(config_path: str) -> str:
+    """Check the drift alarms and post each one that fired to the review channel."""
+    from replyloop.drift import run_alarms
+
+    config = load_config(config_path)
+    with Store(config.db_path) as store:
+        report = run_alarms(config, store, notify=slack_notifier(config))
+    return ", ".join(f"{c.name}: {c.status}" for c in report.checks)
+
+
+def proposals_job(config_path: str) -> str:
+    """Mine the edits since the last run and post the new rule proposals to the review channel."""
+    from evaluation.proposals import propose
+
+    config = load_config(config_path)
+    with Store(config.db_path) as store:
+        run = propose(config, store, actor="scheduler")
+        if run.opened and Secrets.from_env().slack_bot_token:
+            from bot.proposals import post_cards
+            from bot.slackclient import web_client
+
+            post_cards(web_client(config), store, config.file.slack.review_channel, run.opened)
+    return f"{run.reviews} edits read, {len(run.opened)} proposals opened"
+
+
+def rules19_jobs(config: Config) -> tuple[list[tuple], list[str]]:
+    """(jobs to schedule, job ids switched off)."""
+    tz = config.file.scheduler.timezone
+    jobs, off = [], []
+    for job_id, func, spec, key, name in (
+            (DRIFT_JOB, drift_job, config.file.drift.schedule, "drift.schedule", "drift alarms"),
+            (PROPOSALS_JOB, proposals_job, config.file.proposals.schedule, "proposals.schedule", "rule proposals")):
+        trigger = daily_trigger(spec, key, tz)
+        if trigger is None:
+            off.append(job_id)
+        else:
+            jobs.append((job_id, func, trigger, name))
+    return jobs, off
+# -- end rules19 ------------------------------------------------------------------------------
+
+
 def same_trigger(stored, wanted) -> bool:
     """Whether a stored job's trigger is the configured one. ``str()`` of an APScheduler 3
     trigger omits its time zone, jitter and (for cron) start and end dates, so compare those
@@ -145,7 +206,12 @@ def build_scheduler(config: Config, background: bool = True, start: bool = True)
          "judge the canary"),
         (WEEKLY_JOB, weekly_report_job, weekly, "weekly consistency report"),
     ]
+    extra_jobs, jobs_off = rules19_jobs(config)  # rules19: drift alarms, rule proposals
+    jobs += extra_jobs
     scheduler.start(paused=True)
+    for job_id in jobs_off:  # rules19: a schedule switched off removes its stored job
+        if scheduler.get_job(job_id) is not None:
+            scheduler.remove_job(job_id)
     for job_id, func, trigger, name in jobs:
         existing = scheduler.get_job(job_id)
         if existing is not None and same_trigger(existing.trigger, trigger) and list(existing.args) == args:

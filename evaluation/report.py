@@ -254,6 +254,7 @@ class WeeklyReport:
     max_unknown_share: float = 0.2                               # evaluation.max_unknown_share
     automation_split: list[dict] = field(default_factory=list)   # deliver21: this week, per category
     golden: list[dict] = field(default_factory=list)             # golden23: the gate's golden suite runs
+    rule_proposals: list[dict] = field(default_factory=list)     # rules19: open / accepted / dismissed proposals
 
     # -- derived -----------------------------------------------------------------------------
 
@@ -410,6 +411,10 @@ class WeeklyReport:
         if difference := self.canary_difference:
             for metric, value in zip(("difference", "ci_low", "ci_high"), difference):
                 add("model_rates", self.label, "canary - champion", metric, value)
+        for p in self.rule_proposals:  # rules19: rule proposals mined from edits
+            add("rule_proposals", self.label, f"#{p['id']} {p['avoid']}", f"{p['status']} edits", p["count"])
+            add("rule_proposals", self.label, f"#{p['id']} {p['avoid']}", f"{p['status']} supervisors",
+                len(p["supervisors"]))
         return out
 
 
@@ -725,6 +730,7 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
         max_unknown_share=config.file.evaluation.max_unknown_share,
         automation_split=_automation_split(store, start, end),  # deliver21
         golden=[g for g in weekly_golden(store, lo, hi) if week_of(g["created_at"]) == week.label],  # golden23
+        rule_proposals=_rule_proposals(store),
     )
 
 
@@ -732,6 +738,13 @@ def _automation_split(store: Store, start: dt.datetime, end: dt.datetime) -> lis
     from replyloop.automation import weekly_split
 
     return weekly_split(store, _iso(start), _iso(end))
+
+
+def _rule_proposals(store: Store) -> list[dict]:
+    """rules19: the open, accepted and dismissed rule proposals (``evaluation.proposals``)."""
+    from evaluation.proposals import list_proposals
+
+    return list_proposals(store)
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -951,6 +964,13 @@ def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None)
     lines += _chart(charts, "violations.png", "Violations")
 
     lines += weekly_golden_markdown(r.golden)  # golden23: failing golden cases of the week's gates
+    if r.rule_proposals:  # rules19: rule proposals mined from edits (`replyloop rules list`)
+        by_status = {k: [p for p in r.rule_proposals if p["status"] == k] for k in ("open", "accepted", "dismissed")}
+        lines += ["## Rule proposals", "", f"{len(by_status['open'])} open, {len(by_status['accepted'])} accepted,"
+                  f" {len(by_status['dismissed'])} dismissed (mined from supervisors' edits; `replyloop rules list`).", ""]
+        lines += _table(["proposal", "kind", "drafts said", "supervisors wrote", "edits", "supervisors", "status"],
+                        [[f"#{p['id']}", p["kind"], p["avoid"], p["preferred"] or "(deleted)", p["count"],
+                          len(p["supervisors"]), p["status"]] for p in r.rule_proposals])
 
     # models
     lines += ["## Models", "", f"Champion: {_model(r.champion)}. Canary: {_model(r.canary, canary=True)}.", ""]

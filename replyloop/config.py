@@ -179,6 +179,34 @@ class ServingConfig(Section):
     load_timeout_s: float = Field(120.0, gt=0)
     # the --chat-template file vLLM was started with, for a base without its own chat template
     chat_template: str = ""
+# -- rules19: rule proposals mined from edits, /reply search, drift alarms (README "Rule proposals",
+# "/reply", "Drift alarms") --------------------------------------------------------------------
+class ProposalsConfig(Section):
+    min_occurrences: int = Field(3, ge=1)     # an edit must recur this often ...
+    min_supervisors: int = Field(2, ge=1)     # ... by this many different supervisors
+    max_phrase_chars: int = Field(16, ge=1)   # longer replaced or deleted spans are rewrites, not terms
+    banned_severity: Literal["block", "warn"] = "warn"  # severity of a proposed banned phrase
+    schedule: str = "daily 09:00"             # when `replyloop serve` mines and posts proposals ("off": never)
+
+
+class ReplySearchConfig(Section):
+    results: int = Field(3, ge=1, le=10)      # answers shown by /reply
+    supervisors_only: bool = False            # true: only supervisors may use /reply
+    embedding_model: str = ""                 # "" = evaluation.embedding_model; "none" = characters only
+    embedding_weight: float = Field(0.5, ge=0.0, le=1.0)  # score = w * cosine + (1 - w) * character overlap
+    min_score: float = Field(0.1, ge=0.0, le=1.0)  # answers below this score are not shown
+
+
+class DriftConfig(Section):
+    schedule: str = "daily 09:30"             # when `replyloop serve` checks the alarms ("off": never)
+    recent_reviews: int = Field(100, ge=1)    # the champion's last N reviews against its earlier ones
+    min_baseline_reviews: int = Field(50, ge=1)
+    rate_margin: float = Field(0.05, ge=0.0, le=1.0)   # alarm when the rate is worse by more than this ...
+    confidence: float = Field(0.95, ge=0.0, lt=1.0)    # ... with this confidence (the canary judge's interval)
+    blocked_window_drafts: int = Field(200, ge=1)      # the last N drafts ...
+    max_blocked_share: float = Field(0.2, ge=0.0, le=1.0)  # ... of which at most this share may be blocked
+    max_pending_hours: float = Field(24, gt=0)         # the oldest undecided draft's age limit
+# -- end rules19 ---------------------------------------------------------------------------------
 
 
 class ConfigFile(Section):
@@ -194,6 +222,9 @@ class ConfigFile(Section):
     delivery: DeliveryConfig = Field(default_factory=DeliveryConfig)        # deliver21
     automation: AutomationConfig = Field(default_factory=AutomationConfig)  # deliver21
     serving: ServingConfig = Field(default_factory=ServingConfig)          # deliver21
+    proposals: ProposalsConfig = Field(default_factory=ProposalsConfig)  # rules19
+    reply: ReplySearchConfig = Field(default_factory=ReplySearchConfig)  # rules19
+    drift: DriftConfig = Field(default_factory=DriftConfig)  # rules19
 
 
 @dataclass(frozen=True)

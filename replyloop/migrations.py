@@ -423,3 +423,45 @@ def m036_golden_suites(db: sqlite_utils.Database) -> None:
         );
         CREATE INDEX idx_golden_case_results_case ON golden_case_results(case_id, run_id);
     """)
+
+
+@migration
+def m037_rule_proposals(db: sqlite_utils.Database) -> None:
+    """Rule proposals mined from supervisors' edits (``evaluation.proposals``): one row per
+    recurring replacement or deletion, with its evidence; ``status`` candidate (below the
+    thresholds or already covered), open (proposed), accepted (written to policies.dir) or
+    dismissed (``dismissed_count``: proposed again only when the count doubles). Each mining run
+    is recorded with the last review it read."""
+    run_script(db, """
+        CREATE TABLE rule_proposals (
+            id INTEGER PRIMARY KEY,
+            key TEXT NOT NULL UNIQUE,            -- kind + normalised phrases
+            kind TEXT NOT NULL CHECK (kind IN ('terminology', 'banned')),
+            avoid TEXT NOT NULL,                 -- what the drafts said
+            preferred TEXT,                      -- terminology: what the supervisors wrote
+            count INTEGER NOT NULL DEFAULT 0,
+            supervisors TEXT NOT NULL DEFAULT '[]',  -- JSON list of user ids
+            examples TEXT NOT NULL DEFAULT '[]',     -- JSON [{review_id, draft, final}], at most 3
+            status TEXT NOT NULL DEFAULT 'candidate'
+                CHECK (status IN ('candidate', 'open', 'accepted', 'dismissed')),
+            dismissed_count INTEGER,
+            decided_by TEXT,
+            decided_at TEXT,
+            file TEXT,                           -- the policy file an accepted proposal wrote
+            entry TEXT,                          -- JSON: the rule or terminology entry written
+            slack_channel TEXT,
+            slack_ts TEXT,
+            opened_at TEXT,
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        );
+        CREATE INDEX idx_rule_proposals_status ON rule_proposals(status);
+        CREATE TABLE rule_proposal_runs (
+            id INTEGER PRIMARY KEY,
+            at TEXT NOT NULL,
+            actor TEXT NOT NULL,
+            max_review_id INTEGER NOT NULL,
+            reviews INTEGER NOT NULL,
+            opened INTEGER NOT NULL
+        );
+    """)

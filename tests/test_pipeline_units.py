@@ -134,12 +134,12 @@ def test_scheduler_job_store_survives_restart_and_coalesces_missed_runs(workspac
     config = load_config(config.source)
     scheduler = jobs.build_scheduler(config, start=False)
     ids = sorted(job.id for job in scheduler.get_jobs())
-    assert ids == sorted([jobs.THRESHOLD_JOB, jobs.CANARY_JOB, jobs.WEEKLY_JOB])
+    assert ids == sorted([jobs.THRESHOLD_JOB, jobs.CANARY_JOB, jobs.WEEKLY_JOB, jobs.DRIFT_JOB, jobs.PROPOSALS_JOB])
     weekly = scheduler.get_job(jobs.WEEKLY_JOB)
     assert weekly.next_run_time.weekday() == 0 and weekly.next_run_time.hour == 9
     assert str(weekly.next_run_time.tzinfo) == "Asia/Shanghai"
     scheduler.shutdown(wait=False)
-    assert store.scalar("SELECT count(*) FROM apscheduler_jobs") == 3
+    assert store.scalar("SELECT count(*) FROM apscheduler_jobs") == 5
 
     # the bot is down for a day: the stored next run of the 15-minute job lies 96 runs in the past
     past = timeutil.now() - dt.timedelta(days=1)

@@ -55,6 +55,7 @@ COMMAND_MODULES = [
     "replyloop.cli.report",      # report weekly
     "replyloop.cli.demo",        # demo
     "replyloop.cli.outbox",      # outbox list|retry, automation list|pin|unpin (deliver21)
+    "replyloop.cli.rules",       # rules propose/list/accept/dismiss, reply (rules19)
 ]
 
 for _name in COMMAND_MODULES:
