@@ -164,8 +164,10 @@ def run_trl(args, base: str, work: str, mode: str, queue) -> None:
     hf_logging.disable_progress_bar()
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(base)
-    data = Dataset.from_list([{"prompt": render_prompt(tokenizer, r["prompt"]),
-                               "completion": r["response"] + (tokenizer.eos_token or "")} for r in rows()])
+    pairs = [{"prompt": render_prompt(tokenizer, r["prompt"]), "completion": r["response"] + (tokenizer.eos_token or "")}
+             for r in rows()]
+    pairs = [p for p in pairs if len(tokenizer(p["prompt"] + p["completion"])["input_ids"]) <= args.max_seq_length]
+    data = Dataset.from_list(pairs)
     dtype = torch.bfloat16 if args.device == "cuda" else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base, dtype=dtype, attn_implementation="sdpa")
     torch.manual_seed(args.seed)
@@ -174,7 +176,9 @@ def run_trl(args, base: str, work: str, mode: str, queue) -> None:
         max_steps=args.steps, learning_rate=args.lr, lr_scheduler_type="cosine", warmup_steps=0, logging_steps=1,
         save_strategy="no", report_to=[], use_cpu=args.device == "cpu", seed=args.seed,
         bf16=args.device == "cuda", fp16=False, disable_tqdm=True, dataloader_num_workers=0,
-        max_length=args.max_seq_length, completion_only_loss=True,
+        # padding-free without packing does not truncate (TRL refuses max_length then): the samples
+        # are pre-filtered to max_seq_length below, as ours truncates them
+        max_length=args.max_seq_length if mode == "packing" else None, completion_only_loss=True,
         padding_free=mode in ("padding_free", "packing"), packing=mode == "packing")
     trainer = SFTTrainer(model=model, args=config, train_dataset=data, processing_class=tokenizer,
                          peft_config=LoraConfig(r=args.rank, lora_alpha=2 * args.rank, lora_dropout=0.0,
@@ -201,7 +205,15 @@ def in_child(target, *args):
     queue = ctx.Queue()
     proc = ctx.Process(target=target, args=(*args, queue))
     proc.start()
-    result = queue.get()
+    import queue as queues
+
+    while True:  # a child that dies (an exception in a baseline) must not hang the benchmark
+        try:
+            result = queue.get(timeout=5)
+            break
+        except queues.Empty:
+            if not proc.is_alive():
+                raise SystemExit(f"Error: {target.__name__} failed (exit code {proc.exitcode}); see above")
     proc.join()
     return result
 
