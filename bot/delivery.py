@@ -48,13 +48,37 @@ def slack_poster(bot: "Bot") -> outbox.SlackPost:
     return post
 
 
+def slack_posted(bot: "Bot") -> outbox.SlackPosted:
+    """Whether a thread already holds an event's reply: its messages' metadata (``event_id``)."""
+    def posted(channel: str, thread_ts: str, event_id: str) -> bool:
+        cursor = None
+        for _ in range(10):  # 10 pages of 200 replies: more than any customer thread
+            try:
+                page = bot.client.conversations_replies(channel=channel, ts=thread_ts, limit=200,
+                                                        include_all_metadata=True, cursor=cursor)
+            except SlackApiError as exc:
+                raise outbox.DeliveryFailure(f"conversations.replies: {slack_error(exc)}") from None
+            except OSError as exc:
+                raise outbox.DeliveryFailure(f"conversations.replies: {exc}") from None
+            for message in page.get("messages") or []:
+                payload = (message.get("metadata") or {}).get("event_payload") or {}
+                if payload.get("event_id") == event_id:
+                    return True
+            cursor = (page.get("response_metadata") or {}).get("next_cursor")
+            if not cursor:
+                return False
+        return False
+    return posted
+
+
 def start(bot: "Bot") -> outbox.Sender | None:
     """Install the decision hook and start the sender when anything is to be delivered."""
     if not outbox.enabled(bot.config):
         return None
     secret = outbox.validate(bot.config)
     outbox.install(bot.store, bot.config)
-    return outbox.Sender(bot.store, bot.config, secret, slack_post=slack_poster(bot)).start()
+    return outbox.Sender(bot.store, bot.config, secret, slack_post=slack_poster(bot),
+                         slack_posted=slack_posted(bot)).start()
 
 
 def home_line(store) -> str | None:

@@ -680,6 +680,24 @@ class FakeSlack:
                         "response_metadata": {"messages": [f"[ERROR] {e}" for e in errors]}}
         return None
 
+    def _replies(self, channel: str, ts: str, with_metadata: bool) -> dict:
+        if not ts:
+            return {"ok": False, "error": "invalid_arguments"}
+        messages = []
+        with self._cond:
+            posts = [c for c in self.calls if c.method == "chat.postMessage" and c.params.get("channel") == channel
+                     and c.params.get("thread_ts") == ts]
+        for call in posts:
+            message = {"type": "message", "text": call.params.get("text"), "thread_ts": ts,
+                       "ts": (call.response or {}).get("ts")}
+            metadata = call.params.get("metadata")
+            if isinstance(metadata, str):
+                metadata = json.loads(metadata)
+            if with_metadata and metadata:
+                message["metadata"] = metadata
+            messages.append(message)
+        return {"ok": True, "messages": messages, "has_more": False}
+
     def _open_connection(self) -> dict:
         ticket = uuid.uuid4().hex
         with self._cond:
@@ -707,6 +725,9 @@ class FakeSlack:
             return {"ok": True, "users": self.group_members.get(params.get("usergroup", ""), [])}
         if method == "conversations.info":
             return {"ok": True, "channel": {"id": channel, "name": channel}}
+        if method == "conversations.replies":  # the thread's replies posted here, metadata on request
+            return self._replies(channel, str(params.get("ts") or ""),
+                                 str(params.get("include_all_metadata")).lower() in ("1", "true"))
         if method == "files.getUploadURLExternal":
             file_id = f"F{next(self._ids):06d}"
             return {"ok": True, "upload_url": f"{self.url}/upload/{file_id}", "file_id": file_id}

@@ -344,6 +344,7 @@ def m034_delivery_outbox(db: sqlite_utils.Database) -> None:
             attempts INTEGER NOT NULL DEFAULT 0,
             next_at REAL NOT NULL,           -- unix time of the next try
             last_error TEXT,
+            sending_at REAL,                 -- slack_thread: a post was started (a crash may have posted it)
             created_at TEXT NOT NULL,
             delivered_at TEXT,
             UNIQUE (event_id, target)

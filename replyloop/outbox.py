@@ -378,6 +378,8 @@ def post_webhook(url: str, body: bytes, headers: dict[str, str], timeout: float,
 
 
 SlackPost = Callable[[str, str, str, dict], None]
+# (channel, thread_ts, event id) -> whether the thread already has this event's reply (message metadata)
+SlackPosted = Callable[[str, str, str], bool]
 """(channel, thread_ts, text, event) -> None; raises DeliveryFailure"""
 
 
@@ -397,8 +399,9 @@ class Sender:
     """Drains the outbox on ``workers`` threads until ``close``. One per workspace (``serve``)."""
 
     def __init__(self, store: Store, config: Config, secret: str | None, slack_post: SlackPost | None = None,
-                 context: ssl.SSLContext | None = None):
+                 context: ssl.SSLContext | None = None, slack_posted: SlackPosted | None = None):
         self.store = store
+        self.slack_posted = slack_posted
         self.opts = config.file.delivery
         self.secret = secret
         self.slack_post = slack_post
@@ -510,6 +513,19 @@ class Sender:
         thread = slack_thread_of(event["conversation_id"])
         if thread is None or not event.get("final_text"):
             raise DeliveryFailure("not a Slack thread question, or no reply text", permanent=True)
+        # Slack has no idempotency key: a post that was started before (a crash between Slack's
+        # answer and the 'delivered' mark) is looked up in the thread by the event id its message
+        # metadata carries, so the customer sees the reply once
+        if row["sending_at"] is not None and self.slack_posted is not None:
+            try:
+                if self.slack_posted(thread[0], thread[1], row["event_id"]):
+                    return
+            except DeliveryFailure:
+                raise
+            except Exception as exc:  # cannot tell: try again later rather than post twice
+                raise DeliveryFailure(f"conversations.replies: {exc}") from None
+        with self.store.transaction() as db:
+            db.execute("UPDATE outbox SET sending_at = ? WHERE id = ?", (time.time(), row["id"]))
         self.slack_post(thread[0], thread[1], event["final_text"], event)
 
     def _failed(self, row: dict, attempt: int, exc: DeliveryFailure) -> str:

@@ -175,6 +175,49 @@ def test_slack_question_gets_its_reply_in_the_thread_and_a_rejection_does_not(wo
         close_env(env)
 
 
+def test_a_thread_reply_started_before_a_crash_is_not_posted_twice(workspace):
+    """Slack has no idempotency key: a reply whose post was started (``sending_at``) is looked up in
+    the thread by the event id in its metadata before it is posted again."""
+    config, store = workspace
+    config.file.delivery.sources = {"slack": ["slack_thread"]}
+    env = make_env((config, store))
+    try:
+        threads = ["1700000000.000300", "1700000000.000400"]
+        results = store_questions(store, [QuestionIn(f"slack:{INTAKE}:{t}", f"问题{i}？", None, f"回复{i}。")
+                                          for i, t in enumerate(threads)], "slack", checker=PASS)
+        for r in results:
+            store.decide(r.draft_id, "approve", SUPERVISORS[0])
+        wait_until(lambda: outbox.counts(store)["delivered"] == 2)
+        posts = lambda: [c for c in env.fake.calls_to("chat.postMessage") if c.params.get("thread_ts")]  # noqa: E731
+        assert len(posts()) == 2
+        env.bot.outbox.close()  # the process dies ...
+        # a crash after Slack's answer, before the 'delivered' mark: pending again, the post started
+        first, second = store.query("SELECT id FROM outbox ORDER BY id")
+        with store.transaction() as db:
+            db.execute("UPDATE outbox SET state = 'pending', delivered_at = NULL, next_at = 0 WHERE id = ?",
+                       (first["id"],))
+            # ... and one whose post never reached Slack: started, but not in the thread
+            db.execute("DELETE FROM outbox WHERE id = ?", (second["id"],))
+        qid = store.add_question("问题2？", f"slack:{INTAKE}:1700000000.000500", source="slack")
+        store.decide(store.add_draft(qid, "回复2。"), "approve", SUPERVISORS[0])
+        third = store.one("SELECT id FROM outbox ORDER BY id DESC LIMIT 1")["id"]
+        with store.transaction() as db:
+            db.execute("UPDATE outbox SET sending_at = 1 WHERE id = ?", (third,))
+        from bot import delivery
+
+        # ... and restarts
+        sender = outbox.Sender(store, config, None, slack_post=delivery.slack_poster(env.bot),
+                               slack_posted=delivery.slack_posted(env.bot)).start()
+        try:
+            wait_until(lambda: outbox.counts(store)["delivered"] == 2 and outbox.counts(store)["pending"] == 0)
+        finally:
+            sender.close()
+        assert sorted(c.params["thread_ts"] for c in posts()) == [*threads, "1700000000.000500"]  # once each
+        assert len(env.fake.calls_to("conversations.replies")) == 2
+    finally:
+        close_env(env)
+
+
 def test_callback_url_allow_list_refuses_private_addresses_and_redirects(workspace, monkeypatch):
     config, store = workspace
     opts = config.file.delivery
