@@ -38,7 +38,7 @@ def make_adapter(tmp: Path, rows: list[dict]) -> Path:
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from training.tiny import build_tiny_base
+    from replyloop.training.tiny import build_tiny_base
 
     base = Path(build_tiny_base(tmp / "base", [r["prompt"] for r in rows] + [r["response"] for r in rows]))
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(base),
@@ -78,9 +78,9 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from evaluation import golden
-    from evaluation.embeddings import Encoder
-    from evaluation.policy import load_policies
+    from replyloop.evaluation import golden
+    from replyloop.evaluation.embeddings import Encoder
+    from replyloop.evaluation.policy import load_policies
     from replyloop.config import default_config
     from replyloop.registry import Registry
     from replyloop.store import Store

@@ -99,7 +99,7 @@ def measure(size: int, n_queries: int, checker, rng: random.Random, baseline_que
     for _ in range(20):
         vec @ q
     floor_ms = (time.perf_counter() - t) / 20 * 1000
-    from evaluation.chrf import chrf
+    from replyloop.evaluation.chrf import chrf
 
     naive = []
     prompts = [r[1] for r in rows]
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--model", action="store_true", help="also time the bundled model encoding one query")
     args = parser.parse_args()
-    from evaluation.policy import load_policies
+    from replyloop.evaluation.policy import load_policies
     from replyloop.intake import policy_checker
     from replyloop.config import default_config
 

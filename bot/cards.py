@@ -166,7 +166,7 @@ def decided_card(draft: dict) -> tuple[str, list[dict]]:
     if draft.get("reason"):  # up to MAX_INPUT characters, more once escaped: clipped to the section
         line += f"\n*Reason:* {escape(draft['reason'])}"
     blocks.append({"type": "section", "block_id": "decision", "text": {"type": "mrkdwn", "text": _clip(line)}})
-    from bot.golden import card_block  # golden23: "Add to golden suite" (a section accessory, no actions block)
+    from replyloop.bot.golden import card_block  # golden23: "Add to golden suite" (a section accessory, no actions block)
 
     blocks += card_block(draft)
     text = f"Draft #{draft['id']} {DECISION_WORDS[decision].lower()} by <@{draft['reviewer']}>"

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
 
-from bot.slackclient import slack_error
+from replyloop.bot.slackclient import slack_error
 from replyloop import automation as earned
 from replyloop import outbox
 
 if TYPE_CHECKING:
-    from bot.app import Bot
+    from replyloop.bot.app import Bot
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,7 @@ def automation_blocks(bot: "Bot") -> list[dict]:
 def pin_from_home(bot: "Bot", body: dict, action: dict) -> None:
     """A supervisor's click on an intent's button: pin it to manual or allow it (audit-logged
     under their Slack id), then App Home again."""
-    from bot.review import NOT_SUPERVISOR
+    from replyloop.bot.review import NOT_SUPERVISOR
 
     user = (body.get("user") or {}).get("id")
     if bot.automation is None:

@@ -15,10 +15,10 @@ import json
 import logging
 from typing import TYPE_CHECKING
 
-from bot import cards
+from replyloop.bot import cards
 
 if TYPE_CHECKING:
-    from bot.app import Bot
+    from replyloop.bot.app import Bot
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ def _input(block_id: str, label: str, value: str, multiline: bool = False, hint:
 
 
 def suggested_yaml(draft: dict) -> str:
-    from evaluation.golden import suggest_assertions
+    from replyloop.evaluation.golden import suggest_assertions
 
     final = draft.get("final_text") or draft.get("text") or ""
     return "\n".join("- " + json.dumps(a, ensure_ascii=False) for a in suggest_assertions(draft.get("text") or "", final))
@@ -77,7 +77,7 @@ def modal(draft: dict, channel: str | None, ts: str | None) -> dict:
 
 
 def open_modal(bot: "Bot", body: dict, action: dict) -> None:
-    from bot import review
+    from replyloop.bot import review
     from replyloop.errors import NotFoundError
 
     user = (body.get("user") or {}).get("id")
@@ -147,7 +147,7 @@ def _block_of(message: str) -> str:
 def submit(bot: "Bot", body: dict, view: dict) -> tuple[dict | None, dict | None]:
     """Before the ack: validate, write the case and its audit row. Returns ``(errors by block,
     None)`` or ``(None, the outcome for after the ack)``."""
-    from evaluation import golden
+    from replyloop.evaluation import golden
 
     user = (body.get("user") or {}).get("id")
     try:
@@ -191,7 +191,7 @@ def _short(message: str) -> str:
 
 
 def after_submit(bot: "Bot", outcome: dict) -> None:
-    from bot import review
+    from replyloop.bot import review
 
     review.ephemeral(bot, outcome.get("channel"), outcome["user"], outcome["text"])
 

@@ -43,7 +43,7 @@ def slack_notifier(config: Config, channel: str | None = None):
     secrets = Secrets.from_env()
     if not secrets.slack_bot_token:
         return lambda text: log.info("%s", text)
-    from bot.slackclient import web_client
+    from replyloop.bot.slackclient import web_client
 
     client = web_client(config, secrets)
     target = channel or config.file.slack.review_channel
@@ -88,8 +88,8 @@ def canary_job(config_path: str) -> str:
 
 
 def weekly_report_job(config_path: str) -> str:
-    from evaluation.report import build_weekly_report
-    from evaluation.report_slack import post_weekly_report
+    from replyloop.evaluation.report import build_weekly_report
+    from replyloop.evaluation.report_slack import post_weekly_report
 
     config = load_config(config_path)
     with Store(config.db_path) as store:
@@ -131,14 +131,14 @@ def drift_job(config_path: str) -> str:
 
 def proposals_job(config_path: str) -> str:
     """Mine the edits since the last run and post the new rule proposals to the review channel."""
-    from evaluation.proposals import propose
+    from replyloop.evaluation.proposals import propose
 
     config = load_config(config_path)
     with Store(config.db_path) as store:
         run = propose(config, store, actor="scheduler")
         if run.opened and Secrets.from_env().slack_bot_token:
-            from bot.proposals import post_cards
-            from bot.slackclient import web_client
+            from replyloop.bot.proposals import post_cards
+            from replyloop.bot.slackclient import web_client
 
             post_cards(web_client(config), store, config.file.slack.review_channel, run.opened)
     return f"{run.reviews} edits read, {len(run.opened)} proposals opened"

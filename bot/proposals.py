@@ -16,11 +16,11 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from evaluation import proposals as props
+from replyloop.evaluation import proposals as props
 from replyloop.errors import NotFoundError, ReplyloopError
 
 if TYPE_CHECKING:
-    from bot.app import Bot
+    from replyloop.bot.app import Bot
 
 log = logging.getLogger(__name__)
 
@@ -36,14 +36,14 @@ NOT_SUPERVISOR = "Only supervisors can accept, edit or dismiss rule proposals."
 
 
 def _clip(text: str, limit: int = 2900) -> str:
-    from bot.cards import _clip as clip
+    from replyloop.bot.cards import _clip as clip
 
     return clip(text, limit)
 
 
 def card(p: dict) -> tuple[str, list[dict]]:
     """The proposal card: what, the evidence (counts, supervisors, three example edits), buttons."""
-    from bot.cards import escape
+    from replyloop.bot.cards import escape
 
     if p["kind"] == "terminology":
         what = f"*Terminology:* say *{escape(p['preferred'])}*, not ~{escape(p['avoid'])}~"
@@ -109,7 +109,7 @@ def _proposal_id(action: dict) -> int:
 
 
 def _container(body: dict) -> tuple[str | None, str | None]:
-    from bot.review import _container as container
+    from replyloop.bot.review import _container as container
 
     return container(body)
 
@@ -152,7 +152,7 @@ class WatchingChecker:
 
     def reload(self, force: bool = False) -> bool:
         """Load the folder again when it changed (or ``force``); True when a new engine is in use."""
-        from evaluation.policy import load_policies
+        from replyloop.evaluation.policy import load_policies
 
         with self._lock:
             signature = self._current()
@@ -183,7 +183,7 @@ def reload_policies(bot: "Bot") -> None:
     if isinstance(bot.checker, WatchingChecker):
         bot.checker.reload(force=True)
         return
-    from evaluation.policy import load_policies
+    from replyloop.evaluation.policy import load_policies
 
     bot.checker = WatchingChecker(bot.config, load_policies(bot.config.policies_dir))
 
@@ -207,7 +207,7 @@ def decide(bot: "Bot", user: str, channel: str | None, ts: str | None, proposal_
 
 def finish(bot: "Bot", outcome: Outcome) -> None:
     """After the ack: reload the policies (Accept), update the card, or tell the user why not."""
-    from bot.review import ephemeral
+    from replyloop.bot.review import ephemeral
 
     if outcome.accepted:
         reload_policies(bot)
@@ -258,7 +258,7 @@ def edit_modal(bot: "Bot", p: dict, channel: str | None, ts: str | None) -> dict
 
 
 def open_edit(bot: "Bot", body: dict, action: dict) -> None:
-    from bot.review import ephemeral
+    from replyloop.bot.review import ephemeral
 
     user = (body.get("user") or {}).get("id")
     channel, ts = _container(body)

@@ -16,7 +16,7 @@ from replyloop.answers import AnswerIndex, SearchResult
 from replyloop.errors import ReplyloopError
 
 if TYPE_CHECKING:
-    from bot.app import Bot
+    from replyloop.bot.app import Bot
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def index(bot: "Bot") -> AnswerIndex:
 
 
 def blocks(found: SearchResult) -> tuple[str, list[dict]]:
-    from bot.cards import _clip, escape
+    from replyloop.bot.cards import _clip, escape
 
     text = f"Approved answers for: {found.question}"
     out = [{"type": "section", "text": {"type": "mrkdwn", "text": _clip(

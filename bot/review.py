@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
 
-from bot import cards
-from bot.slackclient import slack_error
+from replyloop.bot import cards
+from replyloop.bot.slackclient import slack_error
 from replyloop import timeutil
 from replyloop.errors import NotFoundError, ReplyloopError
 from replyloop.intake import check_text
 from replyloop.store import BUSY_TIMEOUT_S, Decision, Store
 
 if TYPE_CHECKING:
-    from bot.app import Bot
+    from replyloop.bot.app import Bot
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class DecisionWriter:
 def post_card(bot: "Bot", draft_id: int) -> str | None:
     """Post the review card of a draft to the review channel (once); returns its ts. A draft that
     earned automation is approved instead (no card; ``bot.delivery.automatic``)."""
-    from bot.delivery import automatic  # deliver21
+    from replyloop.bot.delivery import automatic  # deliver21
 
     if automatic(bot, draft_id):
         return None
@@ -250,7 +250,7 @@ def finish(bot: "Bot", outcome: Outcome) -> None:
         return
     update_card(bot, draft, outcome.channel, outcome.ts)
     if bot.automation is not None:  # deliver21: an audit that revoked automation is announced
-        from bot.delivery import post_automation_notices
+        from replyloop.bot.delivery import post_automation_notices
         post_automation_notices(bot)
 
 

@@ -33,11 +33,11 @@ import uvicorn
 from slack_sdk.errors import SlackApiError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from bot import intake, review  # noqa: F401  (intake: ack15's sweep takes in held channel messages)
-from bot.app import Bot, create_bot
-from bot.logs import redacting_logger
-from bot.slackclient import slack_error
-from bot.web import EVENTS_PATH, MAX_SLACK_BODY, Limits, Web
+from replyloop.bot import intake, review  # noqa: F401  (intake: ack15's sweep takes in held channel messages)
+from replyloop.bot.app import Bot, create_bot
+from replyloop.bot.logs import redacting_logger
+from replyloop.bot.slackclient import slack_error
+from replyloop.bot.web import EVENTS_PATH, MAX_SLACK_BODY, Limits, Web
 from replyloop.config import Config, Secrets
 from replyloop.errors import ConfigError
 from replyloop import outbox
@@ -362,7 +362,7 @@ def sweep(bot: Bot, failed: dict[int, float] | None = None) -> int:
     posted = review.post_pending_cards(bot)
     if bot.automation is not None:  # deliver21: revocations whose message was not posted yet
         try:
-            from bot.delivery import post_automation_notices
+            from replyloop.bot.delivery import post_automation_notices
             post_automation_notices(bot)
         except Exception:
             log.exception("posting automation notices failed")

@@ -14,7 +14,7 @@ from replyloop.store import Store
 def model_with_status(store: Store, status: str) -> dict | None:
     """The champion or canary with its latest evaluation, which also carries ``mean_chrf`` and
     ``embedding_unreadable`` (the unknown-token guard fired: chrF decided its gate)."""
-    from evaluation.gate import UNREADABLE
+    from replyloop.evaluation.gate import UNREADABLE
 
     model = Registry(store).with_status(status)
     ev = model and model.get("evaluation")
@@ -68,7 +68,7 @@ def recent_runs(store: Store, limit: int = 10) -> list[dict]:
 def week_start(config: Config | None = None, now: dt.datetime | None = None) -> dt.datetime:
     """The start of the current week as the weekly report defines weeks (cli16): ISO weeks,
     Monday 00:00 in ``scheduler.timezone`` (UTC without a config)."""
-    from evaluation.report import IsoWeek, report_timezone
+    from replyloop.evaluation.report import IsoWeek, report_timezone
 
     now = now or timeutil.now()
     tz = report_timezone(config) if config is not None else dt.timezone.utc
@@ -100,6 +100,6 @@ def _automation_line(store: Store) -> str | None:
 
 
 def _delivery_line(store: Store) -> str | None:
-    from bot.delivery import home_line
+    from replyloop.bot.delivery import home_line
 
     return home_line(store)

@@ -29,7 +29,7 @@ import re
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 
-from evaluation.textmap import TextMap, compact
+from replyloop.evaluation.textmap import TextMap, compact
 
 DEFAULT_N = 4
 

@@ -15,8 +15,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from evaluation import consistency, degeneration, gate
-from evaluation.embeddings import UNREADABLE_FIX, Encoder
+from replyloop.evaluation import consistency, degeneration, gate
+from replyloop.evaluation.embeddings import UNREADABLE_FIX, Encoder
 from replyloop import timeutil
 from replyloop.config import Config
 from replyloop.errors import ReplyloopError
@@ -274,7 +274,7 @@ def evaluate_model(config: Config, store: Store, model_id: int | str, against: s
         degeneration=degen, champion_degeneration=champ_degen, degeneration_limits=opts.degeneration)
 
     # golden23: the golden suites (evaluation.golden_gate) are one more criterion of the gate
-    from evaluation import golden
+    from replyloop.evaluation import golden
 
     golden_criterion, golden_run, golden_changes = golden.gate_check(
         config, store, model, other, engine=engine, encoder=encoder, generate=golden.local_generator(

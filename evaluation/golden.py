@@ -162,15 +162,15 @@ class Suite:
 
 def phrase_norm(text: str) -> str:
     """A phrase as ``contains`` matches it: read like a reply, then normalised."""
-    from evaluation.readthrough import read_through
-    from evaluation.textmap import compact
+    from replyloop.evaluation.readthrough import read_through
+    from replyloop.evaluation.textmap import compact
 
     clean = read_through(text)
     return compact(clean.text if clean is not None else text)
 
 
 def _check_regex(pattern: str) -> str | None:
-    from evaluation import regexcheck
+    from replyloop.evaluation import regexcheck
 
     try:
         re.compile(pattern)
@@ -382,8 +382,8 @@ class _Readable:
     """A draft read like the policy engine reads it, with offsets back to the draft."""
 
     def __init__(self, text: str):
-        from evaluation.readthrough import read_through
-        from evaluation.textmap import TextMap
+        from replyloop.evaluation.readthrough import read_through
+        from replyloop.evaluation.textmap import TextMap
 
         self.text = text
         self.clean = read_through(text)
@@ -410,8 +410,8 @@ def _regex_span(pattern: str, draft: str) -> tuple[int, int] | None | tuple[()]:
     """The match of ``pattern`` in the draft as written, else in the draft as read (markup
     dropped, NFKC, lower-case, Traditional to Simplified; spaces kept). ``()``: matched in the
     read form where no span maps back."""
-    from evaluation.readthrough import read_through
-    from evaluation.textmap import fold
+    from replyloop.evaluation.readthrough import read_through
+    from replyloop.evaluation.textmap import fold
 
     m = re.search(pattern, draft)
     if m:
@@ -434,8 +434,8 @@ def check_case(case: Case, draft: str, *, engine=None, similarity: float | None 
     the reference (needed by ``similar``); ``engine``: the policy engine (``policy-clean``,
     ``terminology``; when None, those assertions fail: nothing could check them); ``policy``: the
     engine's ``CheckResult`` of the draft when the caller has it."""
-    from evaluation.chrf import chrf
-    from evaluation.degeneration import first_repeat, repeated_ngram_share
+    from replyloop.evaluation.chrf import chrf
+    from replyloop.evaluation.degeneration import first_repeat, repeated_ngram_share
 
     readable = None
     results = []
@@ -637,7 +637,7 @@ def run_suites(config, store, model_row: dict, suites: Sequence[Suite], *, gener
 
         engine = load_policy_engine(config)
     if encoder is None and any(a.type == "similar" for c in cases for a in c.assertions):
-        from evaluation.embeddings import Encoder
+        from replyloop.evaluation.embeddings import Encoder
 
         encoder = Encoder.from_config(config, store)
     results = check_cases(cases, drafts, engine=engine, encoder=encoder)
@@ -728,7 +728,7 @@ def gate_check(config, store, model_row: dict, champion_row: dict | None, *, gen
 
     Returns ``(Criterion | None, challenger run | None, comparison dict)``. A malformed suite
     directory fails the criterion closed (its error is the detail)."""
-    from evaluation.gate import Criterion
+    from replyloop.evaluation.gate import Criterion
 
     mode = config.file.evaluation.golden_gate
     directory = golden_dir(config)

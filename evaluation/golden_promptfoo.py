@@ -21,7 +21,7 @@ import json
 import re
 from pathlib import Path
 
-from evaluation.golden import GoldenError, Suite, check_case
+from replyloop.evaluation.golden import GoldenError, Suite, check_case
 from replyloop.yamlfile import load_yaml
 
 _NATIVE_PLAIN = {"contains": "contains", "not-contains": "not-contains"}
@@ -71,7 +71,7 @@ def check(output: str, assertion: dict, reference: str = "") -> dict:
     """A promptfoo ``python`` assertion: one replyloop assertion on ``output`` (GradingResult dict)."""
     import tempfile
 
-    from evaluation import golden
+    from replyloop.evaluation import golden
 
     case = {"id": "promptfoo", "question": "-", "assert": [assertion]}
     if reference:
@@ -84,7 +84,7 @@ def check(output: str, assertion: dict, reference: str = "") -> dict:
         [suite] = golden.load_suites(tmp)
     engine = None
     if assertion.get("type") in ("policy-clean", "terminology"):
-        from evaluation.policy import load_policies
+        from replyloop.evaluation.policy import load_policies
         from replyloop.config import load_config
         from replyloop.errors import ConfigError
 
@@ -212,7 +212,7 @@ def import_promptfoo(path: str | Path, directory: str | Path, suite: str) -> Pat
 
     import yaml
 
-    from evaluation.golden import _validate_replacement, suite_files
+    from replyloop.evaluation.golden import _validate_replacement, suite_files
 
     cases = from_promptfoo(path)
     directory = Path(directory)

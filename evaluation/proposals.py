@@ -57,15 +57,15 @@ class Candidate:
 
 
 def proposal_key(kind: str, avoid: str, preferred: str | None) -> str:
-    from evaluation.textmap import compact
+    from replyloop.evaluation.textmap import compact
 
     return f"{kind}:{compact(avoid)}" + (f"->{compact(preferred)}" if preferred else "")
 
 
 def changes(draft: str, final: str, max_chars: int) -> list[tuple[str, str]]:
     """What one edit replaced (``(old, new)``) or deleted (``(old, "")``), term-sized only."""
-    from evaluation.report import replacements
-    from evaluation.textmap import compact
+    from replyloop.evaluation.report import replacements
+    from replyloop.evaluation.textmap import compact
 
     out = []
     for old, new in replacements(draft, final):
@@ -144,7 +144,7 @@ def counts(store: Store) -> dict[str, int]:
 
 
 def _engine(config: Config):
-    from evaluation.policy import load_policies
+    from replyloop.evaluation.policy import load_policies
 
     return load_policies(config.policies_dir)
 
@@ -290,8 +290,8 @@ def workspace_policies_dir(config: Config) -> Path:
 def validate(directory: Path, name: str, text: str, entry: Entry):
     """The policy set with ``name`` added, read by the policy loader from a scratch copy of the
     folder (nothing in ``directory`` changes); raises ProposalError naming every problem."""
-    from evaluation.policy_files import read_policies
-    from evaluation.textmap import compact
+    from replyloop.evaluation.policy_files import read_policies
+    from replyloop.evaluation.textmap import compact
 
     scratch = Path(tempfile.mkdtemp(prefix=".proposal-check-", dir=directory))
     try:

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from evaluation.stats import rate_difference, wilson_interval
-from evaluation.golden import weekly_golden, weekly_markdown as weekly_golden_markdown  # golden23
+from replyloop.evaluation.stats import rate_difference, wilson_interval
+from replyloop.evaluation.golden import weekly_golden, weekly_markdown as weekly_golden_markdown  # golden23
 from replyloop import csvsafe, timeutil
 from replyloop.config import Config
 from replyloop.errors import ConfigError, PathError, ReplyloopError
@@ -742,7 +742,7 @@ def _automation_split(store: Store, start: dt.datetime, end: dt.datetime) -> lis
 
 def _rule_proposals(store: Store) -> list[dict]:
     """rules19: the open, accepted and dismissed rule proposals (``evaluation.proposals``)."""
-    from evaluation.proposals import list_proposals
+    from replyloop.evaluation.proposals import list_proposals
 
     return list_proposals(store)
 
@@ -775,7 +775,7 @@ def _check_target(out: Path) -> None:
 def write_weekly_report(report: WeeklyReport, out: str | Path) -> WeeklyReport:
     """Write report.md, numbers.csv and the charts into ``out``: built in a temp dir beside it,
     then renamed into place, so readers never see half a report."""
-    from evaluation.charts import render_charts
+    from replyloop.evaluation.charts import render_charts
 
     out = Path(out)
     _check_target(out)

@@ -42,7 +42,7 @@ def ngrams(text: str, n: int) -> set[str]:
 
 
 def _compact(text: str) -> str:
-    from evaluation.textmap import compact
+    from replyloop.evaluation.textmap import compact
 
     return compact(text or "")
 
@@ -100,7 +100,7 @@ class StoreEncoder:
     the store, queries straight through the model (a question is not worth a cached row)."""
 
     def __init__(self, model: str, store: Store | None):
-        from evaluation.embeddings import Encoder
+        from replyloop.evaluation.embeddings import Encoder
 
         self._encoder = Encoder(model, store)
         self.name = self._encoder.name

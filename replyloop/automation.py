@@ -77,7 +77,7 @@ class Route:
 
 
 def _z(opts: AutomationConfig) -> float:
-    from evaluation.stats import z_for
+    from replyloop.evaluation.stats import z_for
 
     return z_for(opts.confidence)
 
@@ -92,7 +92,7 @@ _QUESTION_MARKS = re.compile(r"[?？]")
 
 def complexity(opts: AutomationConfig, question: str, approved_questions: list[str]) -> str | None:
     """Why the question must go to a person, or None."""
-    from evaluation.chrf import chrf
+    from replyloop.evaluation.chrf import chrf
 
     text = question.strip()
     if len(text) > opts.max_question_chars:
@@ -122,7 +122,7 @@ class Automation:
     @property
     def encoder(self):
         if self._encoder is None:
-            from evaluation.embeddings import Encoder
+            from replyloop.evaluation.embeddings import Encoder
 
             self._encoder = Encoder.from_config(self.config, self.store)
         return self._encoder
@@ -133,7 +133,7 @@ class Automation:
         return self.store.one("SELECT * FROM automation_intents WHERE intent = ?", (intent,))
 
     def status(self, intent: str) -> IntentStatus:
-        from evaluation.stats import wilson_interval
+        from replyloop.evaluation.stats import wilson_interval
 
         opts = self.opts
         reviews = self.store.query(
@@ -211,7 +211,7 @@ class Automation:
     # -- drafts ------------------------------------------------------------------------------------------
 
     def _assess(self, draft: dict) -> Route:
-        from evaluation.chrf import chrf
+        from replyloop.evaluation.chrf import chrf
 
         opts = self.opts
         intent = draft.get("category")
@@ -274,7 +274,7 @@ class Automation:
     def check_revocation(self, intent: str) -> IntentStatus | None:
         """Revoke an automatic intent whose audits fall below the level; returns the new status
         when it was revoked now."""
-        from evaluation.stats import wilson_interval
+        from replyloop.evaluation.stats import wilson_interval
 
         status = self.status(intent)
         if status.state != "automatic" or not status.audits:
@@ -339,7 +339,7 @@ def weekly_split(store: Store, lo: str, hi: str) -> list[dict]:
     approved without edit, audits excluded), auto-approved, audited (with their approvals) and
     whether automation was revoked then; the automatic share and the audited approval rate with
     95% Wilson intervals. Empty when automation never acted in the period."""
-    from evaluation.stats import wilson_interval
+    from replyloop.evaluation.stats import wilson_interval
 
     rows = store.query(
         "SELECT coalesce(q.category, '(none)') AS category, count(*) AS decided,"

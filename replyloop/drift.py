@@ -68,7 +68,7 @@ def _pct(x: float) -> str:
 
 
 def check_approval_rate(config: Config, store: Store) -> Check:
-    from evaluation.stats import rate_difference, z_for
+    from replyloop.evaluation.stats import rate_difference, z_for
     from replyloop.canary import compare_rates
     from replyloop.registry import Registry
 

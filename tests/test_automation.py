@@ -42,7 +42,7 @@ def new_draft(store, question, category=SHIP, draft=SHIP_REPLY, conversation=Non
 
 @pytest.fixture(scope="module")
 def encoder():
-    from evaluation.embeddings import Encoder
+    from replyloop.evaluation.embeddings import Encoder
 
     return Encoder()  # the bundled MiniLM, loaded once for the module
 
@@ -151,8 +151,8 @@ def test_an_audit_failure_revokes_automation_with_a_slack_message(workspace, enc
     env = make_env((config, store))
     try:
         env.bot.automation._encoder = encoder
-        from bot import cards, review
-        from bot.fake_slack import Call
+        from replyloop.bot import cards, review
+        from replyloop.bot.fake_slack import Call
 
         draft_id = new_draft(store, "我的订单 300 什么时候到？")
         review.post_card(env.bot, draft_id)  # routed: audit, so the card is posted
@@ -173,7 +173,7 @@ def test_an_audit_failure_revokes_automation_with_a_slack_message(workspace, enc
         assert store.get_draft(nxt)["automation"] == "review"  # every draft goes to a person again
         assert automation.pending_notices() == []  # posted once
 
-        from bot import status
+        from replyloop.bot import status
         home = cards.home_view(status.home(store))
         assert any("revoked: 物流查询" in (b.get("text") or {}).get("text", "") for b in home["blocks"])
 
@@ -216,7 +216,7 @@ def test_an_audit_failure_revokes_automation_with_a_slack_message(workspace, enc
 
 
 def test_weekly_report_splits_automation_and_canary_evidence_ignores_automatic_approvals(auto):
-    from evaluation.report import IsoWeek, collect_weekly_report, render_markdown, report_timezone
+    from replyloop.evaluation.report import IsoWeek, collect_weekly_report, render_markdown, report_timezone
     from replyloop import timeutil
     from replyloop.registry import Registry
 

@@ -3,7 +3,7 @@ an edit that changed nothing is an approval; a reply already in the dataset says
 
 from __future__ import annotations
 
-from bot import cards
+from replyloop.bot import cards
 from bot_support import *  # noqa: F401,F403  (fixtures and constants)
 from replyloop.store import SampleIn
 from test_bot_review import blocks_text

@@ -2,13 +2,13 @@
 
 from types import SimpleNamespace
 
-from evaluation.report import RuleCount
+from replyloop.evaluation.report import RuleCount
 
 
 def test_the_violations_legend_covers_no_bar():
     from matplotlib.backends.backend_agg import FigureCanvasAgg
 
-    from evaluation.charts import _violations
+    from replyloop.evaluation.charts import _violations
 
     rules = [RuleCount("promise.refund_guarantee", "block", 14, 15), RuleCount("terminology:waybill", "warn", 9, 9),
              RuleCount("promise.compensation", "block", 3, 3)]

@@ -125,7 +125,7 @@ def test_dead_letters_show_in_health_app_home_and_the_cli_and_retry_delivers(wor
             assert rx.requests == 3 and not rx.receipts
             health = env.sim.request("GET", "/health").json()
             assert health["outbox_dead"] == 1
-            from bot import cards, status
+            from replyloop.bot import cards, status
             home = cards.home_view(status.home(store))
             [line] = [b for b in home["blocks"] if b.get("block_id") == "delivery"]
             assert "1 dead-lettered" in line["text"]["text"]
@@ -158,7 +158,7 @@ def test_slack_question_gets_its_reply_in_the_thread_and_a_rejection_does_not(wo
         [ok, no] = store_questions(store, [QuestionIn(f"slack:{INTAKE}:{thread}", "退货怎么办？", None, "七天内可以退货。"),
                                            QuestionIn(f"slack:{INTAKE}:1700000000.000200", "能便宜点吗？", None, "可以。")],
                                    "slack", checker=PASS)
-        from bot import review
+        from replyloop.bot import review
         for r in (ok, no):
             review.post_card(env.bot, r.draft_id)
         store.decide(no.draft_id, "reject", SUPERVISORS[0], reason="不能承诺")
@@ -203,7 +203,7 @@ def test_a_thread_reply_started_before_a_crash_is_not_posted_twice(workspace):
         third = store.one("SELECT id FROM outbox ORDER BY id DESC LIMIT 1")["id"]
         with store.transaction() as db:
             db.execute("UPDATE outbox SET sending_at = 1 WHERE id = ?", (third,))
-        from bot import delivery
+        from replyloop.bot import delivery
 
         # ... and restarts
         sender = outbox.Sender(store, config, None, slack_post=delivery.slack_poster(env.bot),
@@ -315,7 +315,7 @@ def test_https_callback_connects_to_the_checked_address_and_verifies_the_certifi
 
 
 def test_serve_refuses_a_webhook_without_its_secret(workspace):
-    from bot.app import create_bot
+    from replyloop.bot.app import create_bot
     from replyloop.config import Secrets
     from replyloop.errors import ConfigError
 
@@ -336,7 +336,7 @@ def test_serve_refuses_a_webhook_without_its_secret(workspace):
 
 @pytest.mark.slow
 def test_kill_9_during_delivery_loses_no_event(replyloop_home):
-    from bot.fake_slack import FakeSlack
+    from replyloop.bot.fake_slack import FakeSlack
     from replyloop.store import Store
     from test_reliability import Serve, integrity, write_serve_config
 

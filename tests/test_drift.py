@@ -8,7 +8,7 @@ import json
 import subprocess
 import sys
 
-from bot.fake_slack import FakeSlack
+from replyloop.bot.fake_slack import FakeSlack
 from replyloop import timeutil
 from replyloop.config import load_config
 from replyloop.drift import check_drift
@@ -115,7 +115,7 @@ def test_oldest_pending_review_past_its_limit(workspace):
 
 
 def test_daily_job_posts_each_alarm_to_the_review_channel(workspace, monkeypatch):
-    from bot import jobs
+    from replyloop.bot import jobs
 
     config, store = workspace
     seed(store, recent=(100, 0.5), pending_hours=30.0)

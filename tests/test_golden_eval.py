@@ -12,7 +12,7 @@ from eval_fixtures import make_adapter
 from helpers import cli, cli_subprocess
 from pipeline_fixtures import make_workspace, tiny_base_dir  # noqa: F401 - fixture
 
-from evaluation.textmap import compact
+from replyloop.evaluation.textmap import compact
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["定制商品可以七天无理由退货吗？", "快递三天没更新了怎么办？", "收不到验证码怎么办？"]
@@ -78,7 +78,7 @@ def test_eval_suite_cli_table_json_cache_and_exit_codes(ws):
     config, store, registry, champ, chall = ws
     write_suite(config, "probe", [{"id": f"q{i}", "question": q, "assert": [{"type": "min-chars", "value": 0}]}
                                   for i, q in enumerate(QUESTIONS)])
-    from evaluation import golden
+    from replyloop.evaluation import golden
 
     # drafted once here (real models, one process); the CLI runs below find them in the cache
     gen = golden.local_generator(config, max_new_tokens=10, batch_size=16)
@@ -130,12 +130,12 @@ def test_eval_suite_cli_table_json_cache_and_exit_codes(ws):
 
 
 def test_gate_blocks_a_challenger_that_breaks_a_case_the_champion_passed(ws):
-    from evaluation.evaluate import evaluate_model
+    from replyloop.evaluation.evaluate import evaluate_model
     from replyloop.errors import GateFailed
 
     config, store, registry, champ, chall = ws
     write_suite(config, "probe", [{"id": "p", "question": QUESTIONS[0], "assert": [{"type": "min-chars", "value": 0}]}])
-    from evaluation import golden
+    from replyloop.evaluation import golden
 
     suites = golden.load_suites(config.root / "evals")
     gen = golden.local_generator(config, max_new_tokens=10, batch_size=16)
@@ -166,7 +166,7 @@ def test_gate_blocks_a_challenger_that_breaks_a_case_the_champion_passed(ws):
     import datetime as dt
     from zoneinfo import ZoneInfo
 
-    from evaluation.report import collect_weekly_report, render_markdown
+    from replyloop.evaluation.report import collect_weekly_report, render_markdown
 
     year, week, _ = dt.datetime.now(ZoneInfo(config.file.scheduler.timezone)).isocalendar()
     weekly = collect_weekly_report(config, store, f"{year}-W{week:02d}")

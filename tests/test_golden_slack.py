@@ -7,10 +7,10 @@ import time
 
 import yaml
 
-from bot import cards, golden as bot_golden
+from replyloop.bot import cards, golden as bot_golden
 from bot_support import *  # noqa: F401,F403  (fixtures and constants)
 from bot_support import OUTSIDER, wait_until
-from evaluation import golden
+from replyloop.evaluation import golden
 
 DRAFT = "您好，马上为您办理，我们承诺七天内全额退款，谢谢。"
 EDITED = "您好，我们会按售后规则为您办理，谢谢。"

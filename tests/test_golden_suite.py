@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import golden, golden_promptfoo
-from evaluation.golden import GoldenError, check_case, load_suites
-from evaluation.policy import load_policies
-from evaluation.degeneration import first_repeat, repeated_ngram_share
+from replyloop.evaluation import golden, golden_promptfoo
+from replyloop.evaluation.golden import GoldenError, check_case, load_suites
+from replyloop.evaluation.policy import load_policies
+from replyloop.evaluation.degeneration import first_repeat, repeated_ngram_share
 
 SUITE = """\
 # evals/returns.yaml
@@ -336,7 +336,7 @@ def test_promptfoo_import_supported_and_unsupported(tmp_path, suite_dir):
 
 WRITER = """
 import sys
-from evaluation import golden
+from replyloop.evaluation import golden
 d = sys.argv[1]
 for i in range(100000):
     golden.add_case(d, "slack", {"id": f"c{i}", "question": "q" * 50 + str(i),

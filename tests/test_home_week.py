@@ -11,8 +11,8 @@ NOW = dt.datetime(2026, 11, 30, 3, 0, tzinfo=dt.timezone.utc)  # Monday 11:00 in
 
 
 def test_app_home_counts_the_week_the_report_counts(workspace):
-    from bot import cards, status
-    from evaluation.report import collect_weekly_report
+    from replyloop.bot import cards, status
+    from replyloop.evaluation.report import collect_weekly_report
 
     config, store = workspace
     assert config.file.scheduler.timezone == "Asia/Shanghai"

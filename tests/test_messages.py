@@ -8,7 +8,7 @@ import pickle
 
 import yaml
 
-from bot.fake_slack import FakeSlack
+from replyloop.bot.fake_slack import FakeSlack
 from helpers import cli_subprocess
 from replyloop.messages import bold, code_block, icon, message, to_plain
 

@@ -116,7 +116,7 @@ def test_stale_answer_that_now_breaks_a_policy_is_left_out(slack):
     # policies change: 包邮 is now a term to avoid (a new file in policies.dir, the bot reloads)
     (slack.folder / "shipping.yaml").write_text("terminology:\n  - preferred: 免运费\n    avoid: [包邮]\n",
                                                 encoding="utf-8")
-    from bot.proposals import reload_policies
+    from replyloop.bot.proposals import reload_policies
 
     reload_policies(slack.bot)
     got = reply(slack, "运费怎么算", n=2)

@@ -29,7 +29,7 @@ def _seed(store):
 
 
 def test_every_table_adds_up_to_the_headline(workspace, tmp_path):
-    from evaluation.report import build_weekly_report
+    from replyloop.evaluation.report import build_weekly_report
 
     config, store = workspace
     v1, v2, reviewed, approved = _seed(store)

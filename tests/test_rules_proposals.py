@@ -11,10 +11,10 @@ import threading
 import pytest
 import yaml
 
-from bot import proposals as bot_proposals
+from replyloop.bot import proposals as bot_proposals
 from bot_support import SUPERVISORS, OUTSIDER, close_env, make_env, wait_until
-from evaluation import proposals as props
-from evaluation.policy_files import read_policies
+from replyloop.evaluation import proposals as props
+from replyloop.evaluation.policy_files import read_policies
 from replyloop.intake import policy_checker
 from rules_support import BELOW_EDITS, DELETE_EDITS, TERM_EDITS, seed_edits, use_workspace_policies
 
@@ -233,7 +233,7 @@ def test_dismiss_from_slack(slack):
 
 
 def test_weekly_report_lists_open_accepted_and_dismissed_proposals(workspace):
-    from evaluation.report import collect_weekly_report, render_markdown
+    from replyloop.evaluation.report import collect_weekly_report, render_markdown
     from replyloop import timeutil
 
     config, store = workspace
@@ -287,8 +287,8 @@ def test_forged_and_unknown_buttons(slack):
 
 
 def test_daily_proposals_job_posts_cards(workspace, monkeypatch):
-    from bot import jobs
-    from bot.fake_slack import FakeSlack
+    from replyloop.bot import jobs
+    from replyloop.bot.fake_slack import FakeSlack
 
     config, store = workspace
     seed_edits(store, TERM_EDITS + DELETE_EDITS)

@@ -116,7 +116,7 @@ def _export_preferences(store, fmt: str, out: Path, snapshot: str | None, split:
 
     with store:
         if snapshot:
-            rows = preferences.iter_rows(store, snapshot, fmt, split)
+            rows = preferences.iter_rows(store, store.resolve_snapshot(snapshot), fmt, split)
         else:
             rows = ({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "label": p.label}
                     for p in preferences.collect(store.db.conn) if p.kind == fmt)

@@ -37,7 +37,7 @@ def register(app: typer.Typer) -> None:
 
         Example: replyloop eval champion --suite returns --json
         """
-        from evaluation.evaluate import evaluate_model
+        from replyloop.evaluation.evaluate import evaluate_model
         from replyloop.errors import EXIT_GATE_FAILED, ConfigError, NotFoundError
         from replyloop.registry import Registry
 
@@ -85,7 +85,7 @@ def _suite_names(names: list[str]) -> list[str] | None:
 
 def _run_suites(cfg, store, registry, row, suite, against, max_new_tokens, batch_size, as_json) -> None:
     """``replyloop eval MODEL --suite [NAME]``: table or JSON; exit 4 when a case fails."""
-    from evaluation import golden
+    from replyloop.evaluation import golden
 
     directory = golden.golden_dir(cfg)
     if not golden.suite_files(directory):
@@ -115,7 +115,7 @@ def _run_suites(cfg, store, registry, row, suite, against, max_new_tokens, batch
 
 def _suite_files_command(config, suite, export, out, import_file) -> None:
     """``--suite --export promptfoo`` and ``--suite NAME --import-promptfoo FILE`` (no model needed)."""
-    from evaluation import golden, golden_promptfoo
+    from replyloop.evaluation import golden, golden_promptfoo
     from replyloop.config import load_config
     from replyloop.errors import ConfigError
 

@@ -33,19 +33,19 @@ def propose(
 
     Example: replyloop rules propose --json
     """
-    from evaluation.proposals import describe, propose as run
+    from replyloop.evaluation.proposals import describe, propose as run
 
     cfg, store = workspace(config)
     client = None
     if post:  # a missing token fails before the work
-        from bot.slackclient import web_client
+        from replyloop.bot.slackclient import web_client
 
         client = web_client(cfg)
     with store:
         result = run(cfg, store, actor="cli")
         posted = 0
         if client is not None and result.opened:
-            from bot.proposals import post_cards
+            from replyloop.bot.proposals import post_cards
 
             posted = post_cards(client, store, cfg.file.slack.review_channel, result.opened)
     if as_json:
@@ -68,7 +68,7 @@ def list_(
 
     Example: replyloop rules list --status open
     """
-    from evaluation.proposals import describe, list_proposals
+    from replyloop.evaluation.proposals import describe, list_proposals
     from replyloop.errors import DataFormatError
 
     statuses = ("open", "accepted", "dismissed")
@@ -98,7 +98,7 @@ def accept(
 
     Example: replyloop rules accept 3 --as ana
     """
-    from evaluation.proposals import accept as do_accept
+    from replyloop.evaluation.proposals import accept as do_accept
 
     cfg, store = workspace(config)
     with store:
@@ -120,7 +120,7 @@ def dismiss(
 
     Example: replyloop rules dismiss 3 --as ana
     """
-    from evaluation.proposals import dismiss as do_dismiss
+    from replyloop.evaluation.proposals import dismiss as do_dismiss
 
     cfg, store = workspace(config)
     with store:
@@ -173,7 +173,7 @@ def drift(
     cfg, store = workspace(config)
     client = None
     if post:
-        from bot.slackclient import web_client
+        from replyloop.bot.slackclient import web_client
 
         client = web_client(cfg)
     with store:
