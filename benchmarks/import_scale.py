@@ -94,13 +94,13 @@ def old_import(db: Path, path: Path) -> dict:
 
 
 def new_import(db: Path, path: Path, workers: int | None = None) -> dict:
-    from replyloop.dataio import iter_staged
+    from replyloop.dataio import import_file
     from replyloop.store import Store
 
     start = time.perf_counter()
     store = Store(db)
     locked = time_write_lock(store)  # the write-lock part: the final INSERT ... SELECT
-    result = store.import_rows(iter_staged(path, workers=workers), source="import")
+    result = import_file(store, path, workers=workers, source="import")
     end = time.perf_counter()
     store.close()
     workers_rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # the largest worker

@@ -74,9 +74,77 @@ def staging_row(line: int, sample: SampleIn) -> tuple:
             sha256(key + "\x1f" + compact(response)), prompt_key(key))
 
 
-IMPORT_BATCH = 5000       # rows per executemany into the staging table
+IMPORT_BATCH = 5000       # rows per executemany into a staging file
 IMPORT_CACHE_KIB = -131072  # page cache while the final INSERT ... SELECT runs (allocated only as used)
+REBUILD_MIN_ROWS = 50_000  # an import this large, and at least as large as the table, rebuilds its indexes
 CONFLICT_EXAMPLES = 10
+STAGING_COLUMNS = "line, prompt, response, category, intent, dedupe_key, prompt_key"
+
+
+class StagingWriter:
+    """Writes ``staging_row`` tuples to one staging file (a plain SQLite file, no journal, no
+    fsync: it is thrown away after the import, and a crash only loses the import)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=OFF")
+        self.conn.execute("PRAGMA synchronous=OFF")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS import_staging (line INTEGER PRIMARY KEY, prompt TEXT,"
+                          " response TEXT, category TEXT, intent TEXT, dedupe_key TEXT, prompt_key TEXT)")
+
+    def write(self, rows: list[tuple]) -> tuple[bytes, bytes, bytes]:
+        """Store ``rows``; returns their lines, prompt keys and dedupe keys as 64-bit integers
+        (``Staging.add_keys``), for the conflict check."""
+        from array import array
+
+        self.conn.execute("BEGIN")
+        self.conn.executemany(f"INSERT INTO import_staging ({STAGING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self.conn.execute("COMMIT")
+        return (array("q", [r[0] for r in rows]).tobytes(), array("Q", [int(r[6], 16) for r in rows]).tobytes(),
+                array("Q", [int(r[5][:16], 16) for r in rows]).tobytes())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+class Staging:
+    """The validated rows of one import, before they go into the store: staging files (one per
+    validating process) in a temporary directory, and every row's keys in memory (24 bytes a
+    row). Removed on exit."""
+
+    def __init__(self, directory: str | Path | None = None):
+        import tempfile
+
+        self._tmp = tempfile.TemporaryDirectory(prefix="replyloop-import-", dir=directory)
+        self.directory = Path(self._tmp.name)
+        self._keys = (bytearray(), bytearray(), bytearray())
+
+    def writer(self, name: str = "main") -> StagingWriter:
+        return StagingWriter(self.directory / f"stage-{name}.db")
+
+    def add_keys(self, lines: bytes, prompt_keys: bytes, dedupe_keys: bytes) -> None:
+        for acc, data in zip(self._keys, (lines, prompt_keys, dedupe_keys)):
+            acc.extend(data)
+
+    def __len__(self) -> int:
+        return len(self._keys[0]) // 8
+
+    def keys(self):
+        """``(lines, prompt keys, dedupe keys)`` as numpy arrays."""
+        import numpy as np
+
+        return (np.frombuffer(self._keys[0], dtype=np.int64), np.frombuffer(self._keys[1], dtype=np.uint64),
+                np.frombuffer(self._keys[2], dtype=np.uint64))
+
+    def files(self) -> list[Path]:
+        return sorted(self.directory.glob("stage-*.db"))
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
 
 
 @dataclass
@@ -401,29 +469,59 @@ class Store:
     def import_rows(self, rows: Iterable[tuple], source: str = "import", approved_by: str | None = None) -> ImportResult:
         """Import ``staging_row`` tuples (in file order) all or nothing.
 
-        The stream is read once, into a temporary staging table (on disk), without holding the
+        The stream is read once, into a staging file (``Staging``) without holding the
         database's write lock: a bad row found late (the reader raises) stores nothing, and the
-        bot keeps writing meanwhile. Then one ``INSERT … SELECT`` moves the rows in a short
-        transaction. The result also counts rows whose prompt has a different answer in the file
-        or in the store."""
+        bot keeps writing meanwhile. Then ``import_staged`` moves the rows in one short
+        transaction."""
+        with Staging() as staging:
+            writer = staging.writer()
+            batch: list[tuple] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= IMPORT_BATCH:
+                    staging.add_keys(*writer.write(batch))
+                    batch.clear()
+            if batch:
+                staging.add_keys(*writer.write(batch))
+            writer.close()
+            return self.import_staged(staging, source, approved_by)
+
+    def import_staged(self, staging: "Staging", source: str = "import", approved_by: str | None = None) -> ImportResult:
+        """Move the validated rows of ``staging`` into ``samples`` in one write transaction: one
+        ``INSERT OR IGNORE … SELECT`` in file order (duplicates, in the file or already stored,
+        are counted, not added). When the import is at least as large as the table, the table's
+        plain indexes are dropped and rebuilt inside the same transaction (one sort each instead
+        of a million random inserts). The result also counts rows whose prompt has a different
+        answer in the file or in the store."""
         at = timeutil.now_iso()
         conn = self.db.conn
-        conn.execute("PRAGMA temp_store = FILE")  # the staging table spills to disk, not to RAM
-        conn.execute("DROP TABLE IF EXISTS temp.import_staging")
-        conn.execute("CREATE TEMP TABLE import_staging (line INTEGER PRIMARY KEY, prompt TEXT, response TEXT,"
-                     " category TEXT, intent TEXT, dedupe_key TEXT, prompt_key TEXT)")
+        files = staging.files()
+        names = [f"import_stage{i}" for i in range(len(files))]
+        for name, path in zip(names, files):
+            conn.execute("ATTACH DATABASE ? AS " + name, (str(path),))
         try:
-            self._stage(conn, rows)
-            result = self._conflicts(conn)
+            result = self._conflicts(conn, staging, names)
+            total = len(staging)
+            if not names:
+                return result
+            source_sql = " UNION ALL ".join(
+                f"SELECT line, prompt, response, category, intent, dedupe_key, prompt_key FROM {n}.import_staging"
+                for n in names)
             conn.execute(f"PRAGMA main.cache_size = {IMPORT_CACHE_KIB}")  # the index pages the insert touches
             with self.transaction():
-                before = self.scalar("SELECT coalesce(max(id), 0) FROM samples")
+                before = self.scalar("SELECT coalesce(max(id), 0) FROM samples")  # never deleted: about count(*)
+                rebuild = [] if total < max(before, REBUILD_MIN_ROWS) else [r[0] for r in conn.execute(
+                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' AND sql IS NOT NULL"
+                    " AND sql NOT LIKE 'CREATE UNIQUE%'")]
+                for sql in rebuild:
+                    conn.execute("DROP INDEX " + sql.split()[2])  # CREATE INDEX <name> ON ...
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO main.samples (prompt, response, category, intent, source, approved_by,"
                     " approved_at, dedupe_key, prompt_key) SELECT prompt, response, category, intent, ?, ?, ?,"
-                    " dedupe_key, prompt_key FROM temp.import_staging ORDER BY line", (source, approved_by, at))
-                total = self.scalar("SELECT count(*) FROM temp.import_staging")
+                    f" dedupe_key, prompt_key FROM ({source_sql} ORDER BY line)", (source, approved_by, at))
                 result.added = max(cur.rowcount, 0)
+                for sql in rebuild:
+                    conn.execute(sql)
                 result.duplicates = total - result.added
                 result.sample_ids = range(before + 1, before + 1 + result.added)
                 if result.added:
@@ -433,8 +531,73 @@ class Store:
         finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            conn.execute("DROP TABLE IF EXISTS temp.import_staging")
+            for name in names:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("DETACH DATABASE " + name)
             conn.execute("PRAGMA main.cache_size = -2000")  # SQLite's default again
+
+    def _conflicts(self, conn: sqlite3.Connection, staging: "Staging", names: list[str]) -> ImportResult:
+        """Prompts of the staged file with another answer, in the file (from the staged 64-bit
+        keys, with numpy) or already stored."""
+        import numpy as np
+
+        result = ImportResult()
+        lines, pks, dks = staging.keys()
+        if not len(lines):
+            return result
+
+        def prompt_at(line: int) -> str:
+            for name in names:
+                row = conn.execute(f"SELECT prompt FROM {name}.import_staging WHERE line = ?", (int(line),)).fetchone()
+                if row:
+                    return row[0]
+            return ""
+
+        # in the file: rows whose answer differs from the first row with the same prompt
+        order = np.lexsort((lines, pks))
+        pk_s, dk_s, line_s = pks[order], dks[order], lines[order]
+        starts = np.ones(len(pk_s), dtype=bool)
+        starts[1:] = pk_s[1:] != pk_s[:-1]
+        first = np.maximum.accumulate(np.where(starts, np.arange(len(pk_s)), 0))
+        differs = dk_s != dk_s[first]
+        result.conflicts = int(differs.sum())
+        if result.conflicts:
+            at = np.argsort(line_s[differs], kind="stable")[:CONFLICT_EXAMPLES]
+            for line, other in zip(line_s[differs][at], line_s[first][differs][at]):
+                result.conflict_examples.append(Conflict(int(line), prompt_at(line), int(other), None))
+        # in the store: staged rows whose prompt is stored with another answer
+        stored = self.scalar("SELECT coalesce(max(id), 0) FROM samples")
+        if stored:
+            if stored <= len(lines):  # a small table: its keys next to the file's
+                main = conn.execute("SELECT prompt_key, dedupe_key FROM main.samples WHERE prompt_key IS NOT NULL")
+                mk = np.array([(int(p, 16), int(d[:16], 16)) for p, d in main], dtype=np.uint64).reshape(-1, 2)
+                mk = mk[np.lexsort((mk[:, 1], mk[:, 0]))]
+                keys, begin = np.unique(mk[:, 0], return_index=True)
+                end = np.append(begin[1:], len(mk)) - 1
+                low, high = mk[begin, 1], mk[end, 1]
+                pos = np.clip(np.searchsorted(keys, pks), 0, max(len(keys) - 1, 0))
+                found = (keys[pos] == pks) if len(keys) else np.zeros(len(pks), dtype=bool)
+                hit = found & ~((low[pos] == dks) & (high[pos] == dks))
+                hit_lines = np.sort(lines[hit])
+            else:  # a large table: look each staged prompt up in its index
+                hit_lines = []
+                for name in names:
+                    hit_lines += [r[0] for r in conn.execute(
+                        f"SELECT s.line FROM {name}.import_staging s WHERE EXISTS (SELECT 1 FROM main.samples m"
+                        " WHERE m.prompt_key = s.prompt_key AND m.dedupe_key != s.dedupe_key)")]
+                hit_lines.sort()
+            result.conflicts += len(hit_lines)
+            for line in hit_lines[:max(CONFLICT_EXAMPLES - len(result.conflict_examples), 0)]:
+                for name in names:
+                    row = conn.execute(
+                        f"SELECT s.prompt, (SELECT min(m.id) FROM main.samples m WHERE m.prompt_key = s.prompt_key"
+                        f" AND m.dedupe_key != s.dedupe_key) FROM {name}.import_staging s WHERE s.line = ?",
+                        (int(line),)).fetchone()
+                    if row:
+                        result.conflict_examples.append(Conflict(int(line), row[0], None, row[1]))
+                        break
+        result.conflict_examples.sort(key=lambda c: c.line)
+        return result
 
     def _add_in_transaction(self, samples, source: str, approved_by: str | None, at: str) -> ImportResult:
         result = ImportResult()
@@ -451,41 +614,6 @@ class Store:
         if result.added:
             self.audit(approved_by or "cli", "samples.add", "samples", None,
                        {"source": source, "added": result.added, "duplicates": result.duplicates})
-        return result
-
-    @staticmethod
-    def _stage(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
-        """Rows into ``temp.import_staging`` (the slow, lock-free part)."""
-        batch: list[tuple] = []
-        conn.execute("BEGIN")  # touches only the temp database: no lock on the store
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= IMPORT_BATCH:
-                conn.executemany("INSERT INTO temp.import_staging VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
-                batch.clear()
-        if batch:
-            conn.executemany("INSERT INTO temp.import_staging VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
-        conn.execute("COMMIT")
-
-    @staticmethod
-    def _conflicts(conn: sqlite3.Connection) -> ImportResult:
-        """Prompts of the staged file with another answer, in the file or already stored."""
-        result = ImportResult()
-        in_file = ("SELECT s.line, s.prompt, f.first AS other_line, NULL FROM temp.import_staging s JOIN"
-                   " (SELECT prompt_key, min(line) AS first, min(dedupe_key) AS low, max(dedupe_key) AS high"
-                   "  FROM temp.import_staging GROUP BY prompt_key HAVING low != high) f ON f.prompt_key = s.prompt_key"
-                   " WHERE s.line != f.first AND s.dedupe_key != (SELECT dedupe_key FROM temp.import_staging"
-                   "  WHERE line = f.first)")
-        in_store = ("SELECT s.line, s.prompt, NULL, (SELECT min(m.id) FROM main.samples m WHERE m.prompt_key = s.prompt_key"
-                    " AND m.dedupe_key != s.dedupe_key) AS sample_id FROM temp.import_staging s"
-                    " WHERE EXISTS (SELECT 1 FROM main.samples m WHERE m.prompt_key = s.prompt_key"
-                    " AND m.dedupe_key != s.dedupe_key)")
-        for sql in (in_file, in_store):
-            for line, prompt, other_line, sample_id in conn.execute(sql):
-                result.conflicts += 1
-                if len(result.conflict_examples) < CONFLICT_EXAMPLES:
-                    result.conflict_examples.append(Conflict(line, prompt, other_line, sample_id))
-        result.conflict_examples.sort(key=lambda c: c.line)
         return result
 
     def samples(self, ids: Iterable[int] | None = None) -> list[dict]:

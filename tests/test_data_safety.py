@@ -266,21 +266,36 @@ def test_kill_9_during_a_large_import_stores_all_or_nothing(workspace, tmp_path)
 
 
 def test_parallel_validation_gives_the_same_rows_and_the_first_error(tmp_path, workspace):
-    from replyloop.dataio import iter_staged
+    from replyloop.dataio import import_file, iter_staged
+    from replyloop.store import Store
 
     _, store = workspace
     good = tmp_path / "big.csv"
     lines = ["prompt,response,category"] + [f"问题{i}，快递呢？,回答{i},物流查询" for i in range(25000)]
+    lines[7] = '"多行\n问题 →", 回答  ,'  # a quoted line break (its record spans lines 8-9), no category
+    lines[20001] = "'=1+1,回答,售后服务"  # a quoted formula cell: the exact path for its chunk
     good.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert list(iter_staged(good, workers=2)) == list(iter_staged(good, workers=0))
+    stored = []
+    for workers in (2, 0):
+        one = Store(tmp_path / f"w{workers}.db")
+        import_file(one, good, workers=workers)
+        stored.append(one.query("SELECT id, prompt, response, category, dedupe_key, prompt_key FROM samples"))
+        one.close()
+    exact = Store(tmp_path / "exact.db")
+    exact.import_rows(iter_staged(good))
+    assert stored[0] == stored[1] == exact.query("SELECT id, prompt, response, category, dedupe_key, prompt_key"
+                                                 " FROM samples")
+    row = stored[0][6]
+    assert (row["prompt"], row["response"], row["category"]) == ("多行\n问题 →", "回答", None)
+    assert stored[0][20000]["prompt"] == "=1+1"
     bad = tmp_path / "bad.csv"
-    lines[24000] = "\x00,回答,物流查询"  # line 24001, in a later chunk than the next one
-    lines[12000] = "问题,回答,../etc"    # line 12001: reported first, in file order
+    lines[24000] = "\x00,回答,物流查询"  # line 24002, in a later chunk than the next one
+    lines[12000] = "问题,回答,../etc"    # line 12002: reported first, in file order
     bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(FieldError, match=r"bad.csv:12001: category may hold only letters"):
-        list(iter_staged(bad, workers=2))
+    with pytest.raises(FieldError, match=r"bad.csv:12002: category may hold only letters"):
+        import_file(exact, bad, workers=2)
     result = cli_subprocess("data", "import", bad, "--workers", "2")
-    assert result.returncode == 2 and f"Error: {bad}:12001: category may hold only letters" in result.stderr
+    assert result.returncode == 2 and f"Error: {bad}:12002: category may hold only letters" in result.stderr
     assert store.sample_count() == 0
     result = cli_subprocess("data", "import", good, "--workers", "2")
     assert result.returncode == 0 and "Imported 25000 sample(s)" in result.stdout
