@@ -597,16 +597,18 @@ def _write_records(tmp: Path, fmt: str, records: Iterable[tuple[str, str, str, s
             writer.writerows(records)
         return
     if fmt.startswith("llama-factory"):  # a JSON array, as LLaMA-Factory's data/README.md shows
-        items = []
-        for prompt, response, _category, _intent in records:
-            if fmt == "llama-factory":
-                item = {"instruction": prompt, "input": "", "output": response}
-            else:
-                item = {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": response}]}
-            if system_prompt:
-                item["system"] = system_prompt
-            items.append(item)
-        tmp.write_text(json.dumps(items, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as fh:  # streamed: the text of json.dumps(items, indent=1)
+            first = True
+            for prompt, response, _category, _intent in records:
+                if fmt == "llama-factory":
+                    item = {"instruction": prompt, "input": "", "output": response}
+                else:
+                    item = {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": response}]}
+                if system_prompt:
+                    item["system"] = system_prompt
+                fh.write(("[\n " if first else ",\n ") + json.dumps(item, ensure_ascii=False, indent=1).replace("\n", "\n "))
+                first = False
+            fh.write("[]\n" if first else "\n]\n")
         return
     with tmp.open("w", encoding="utf-8") as fh:
         for prompt, response, category, intent in records:

@@ -34,6 +34,10 @@ def _fast_tables() -> tuple[re.Pattern, re.Pattern, dict[str, str]]:
 
 
 _FAST, _CHANGED, _NFKC_OF = _fast_tables()
+# the whitespace a fast text can hold after NFKC and casefold (what ``str.split()`` removes);
+# the wide ranges hold none
+_FAST_SPACES = sorted({c for ch in _FAST.pattern for c in unicodedata.normalize("NFKC", ch).casefold()
+                       if c.isspace()})
 # the fast class plus NUL, the separator ``compact_many`` joins texts with (never in a stored text)
 _FAST_JOINED = re.compile(_FAST.pattern[:-2] + "\x00]*")
 
@@ -69,9 +73,15 @@ def compact_many(texts: list[str]) -> list[str]:
         return [compact(t) for t in texts]
     joined = "\x00".join(texts)
     if _FAST_JOINED.fullmatch(joined):
-        for ch in set(_CHANGED.findall(joined)):
-            joined = joined.replace(ch, _NFKC_OF[ch])
-        out = _SPACE.sub("", joined.casefold()).split("\x00")  # \s is str.split()'s whitespace
+        found = _CHANGED.search(joined)
+        while found:  # one pass per distinct character NFKC changes (its NFKC is never one of them)
+            joined = joined.replace(found.group(), _NFKC_OF[found.group()])
+            found = _CHANGED.search(joined, found.start())
+        joined = joined.casefold()
+        for space in _FAST_SPACES:
+            if space in joined:
+                joined = joined.replace(space, "")
+        out = joined.split("\x00")
         if len(out) == len(texts):  # a NUL inside a text would shift the rest
             return out
     half = len(texts) // 2  # the few texts outside the fast set take unicodedata's path
