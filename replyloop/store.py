@@ -18,11 +18,28 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlite_utils
+def _import_sqlite_utils():
+    """sqlite-utils imports pandas whenever it is installed (here: 3 s and 125 MB of RSS on every
+    command, the bot and each import worker) only to map ``pandas.Timestamp`` to TEXT; the store
+    never passes pandas objects, so pandas is hidden while sqlite-utils loads."""
+    import sys
 
-from replyloop import migrations, timeutil
-from replyloop.errors import ConflictError, NotFoundError, ReplyloopError
-from replyloop.textnorm import compact, dedupe_key, prompt_key, sha256
+    if "pandas" in sys.modules or "sqlite_utils" in sys.modules:
+        import sqlite_utils
+        return sqlite_utils
+    sys.modules["pandas"] = None  # type: ignore[assignment]  # "import pandas" raises ImportError
+    try:
+        import sqlite_utils
+    finally:
+        del sys.modules["pandas"]
+    return sqlite_utils
+
+
+sqlite_utils = _import_sqlite_utils()
+
+from replyloop import migrations  # noqa: E402, timeutil
+from replyloop.errors import ConflictError, NotFoundError, ReplyloopError  # noqa: E402
+from replyloop.textnorm import compact, dedupe_key, prompt_key, sha256  # noqa: E402
 
 DECISIONS = ("approve", "edit", "reject")
 BUSY_TIMEOUT_S = 30.0
@@ -508,6 +525,9 @@ class Store:
                 f"SELECT line, prompt, response, category, intent, dedupe_key, prompt_key FROM {n}.import_staging"
                 for n in names)
             conn.execute(f"PRAGMA main.cache_size = {IMPORT_CACHE_KIB}")  # the index pages the insert touches
+            # the commit does not copy the WAL into the database (the automatic checkpoint would, after
+            # the commit but before it returns); that happens below, while other writers go on
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             with self.transaction():
                 before = self.scalar("SELECT coalesce(max(id), 0) FROM samples")  # never deleted: about count(*)
                 rebuild = [] if total < max(before, REBUILD_MIN_ROWS) else [r[0] for r in conn.execute(
@@ -527,10 +547,12 @@ class Store:
                 if result.added:
                     self.audit(approved_by or "cli", "samples.add", "samples", None,
                                {"source": source, "added": result.added, "duplicates": result.duplicates})
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never blocks a writer
             return result
         finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
+            conn.execute("PRAGMA wal_autocheckpoint = 1000")  # SQLite's default again
             for name in names:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("DETACH DATABASE " + name)
