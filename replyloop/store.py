@@ -37,7 +37,7 @@ def _import_sqlite_utils():
 
 sqlite_utils = _import_sqlite_utils()
 
-from replyloop import migrations  # noqa: E402, timeutil
+from replyloop import migrations, timeutil  # noqa: E402
 from replyloop.errors import ConflictError, NotFoundError, ReplyloopError  # noqa: E402
 from replyloop.textnorm import compact, dedupe_key, prompt_key, sha256  # noqa: E402
 
