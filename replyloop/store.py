@@ -36,10 +36,11 @@ def _import_sqlite_utils():
 
 
 sqlite_utils = _import_sqlite_utils()
+from sqlite_utils.utils import dedupe_keys as _dedupe_keys  # noqa: E402  # "id", "id_2" as sqlite-utils names them
 
 from replyloop import migrations, timeutil  # noqa: E402
 from replyloop.errors import ConflictError, NotFoundError, ReplyloopError  # noqa: E402
-from replyloop.textnorm import compact, dedupe_key, prompt_key, sha256  # noqa: E402
+from replyloop.textnorm import compact, compact_many, dedupe_key, prompt_key, sha256  # noqa: E402
 
 DECISIONS = ("approve", "edit", "reject")
 BUSY_TIMEOUT_S = 30.0
@@ -95,6 +96,7 @@ IMPORT_BATCH = 5000       # rows per executemany into a staging file
 IMPORT_CACHE_KIB = -131072  # page cache while the final INSERT ... SELECT runs (allocated only as used)
 REBUILD_MIN_ROWS = 50_000  # an import this large, and at least as large as the table, rebuilds its indexes
 CONFLICT_EXAMPLES = 10
+SNAPSHOT_BATCH = 10_000  # rows read and keyed at once while a snapshot is planned
 STAGING_COLUMNS = "line, prompt, response, category, intent, dedupe_key, prompt_key"
 
 
@@ -325,7 +327,13 @@ class Store:
             self._write_lock.release()
 
     def query(self, sql: str, params: Iterable | dict = ()) -> list[dict]:
-        return list(self.db.query(sql, params))
+        """Rows as dicts. A plain cursor: sqlite-utils' ``query`` wraps each statement in a
+        savepoint (three statements instead of one: the decision path runs several per click)."""
+        cursor = self.db.conn.execute(sql, params)
+        if cursor.description is None:
+            raise ValueError("query() can only be used with SQL that returns rows - use execute()")
+        keys = _dedupe_keys(d[0] for d in cursor.description)
+        return [dict(zip(keys, row)) for row in cursor]
 
     def one(self, sql: str, params: Iterable | dict = ()) -> dict | None:
         rows = self.query(sql, params)
@@ -728,8 +736,17 @@ class Store:
             conn.execute("BEGIN")  # deferred: a consistent read that blocks no writer (WAL)
         try:
             state = self._snapshot_state()
-            rows = conn.execute("SELECT id, prompt, category FROM samples ORDER BY id").fetchall()
-            if not rows:
+            # streamed in batches, keyed in bulk (``compact_many``); equal keys and categories share one string
+            key_of: dict[int, str] = {}
+            categories: list[tuple[int, str | None]] = []
+            keys: dict[str, str] = {}
+            names: dict[str | None, str | None] = {}
+            cursor = conn.execute("SELECT id, prompt, category FROM samples ORDER BY id")
+            while batch := cursor.fetchmany(SNAPSHOT_BATCH):
+                ids, prompts, cats = zip(*batch)
+                key_of.update(zip(ids, [keys.setdefault(k, k) for k in compact_many(list(prompts))]))
+                categories.extend(zip(ids, [names.setdefault(c, c) for c in cats]))
+            if not key_of:
                 raise ReplyloopError("the dataset has no samples yet: import or approve some first")
             digest = hashlib.sha256()
             first = True
@@ -739,10 +756,8 @@ class Store:
                 digest.update((item if first else "\n" + item).encode("utf-8"))
                 first = False
             digest.update(f"\n{heldout_share:.6f}\n{seed}".encode("utf-8"))
-            key_of = {sid: compact(prompt) for sid, prompt, _ in rows}
-            categories = [(sid, category) for sid, _, category in rows]
-            del rows
-            bucket = {key: self._key_bucket(key, seed) for key in set(key_of.values())}
+            bucket = {key: self._key_bucket(key, seed) for key in keys}
+            del keys
             history = self._split_history(key_of)
         finally:
             if own and conn.in_transaction:
