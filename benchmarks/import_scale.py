@@ -5,11 +5,13 @@
     python benchmarks/import_scale.py --rows 2000 --json   # a smoke run, used by the tests
 
 For each path (old: read the whole file, parse it into a list, insert row by row inside one
-write transaction; new: ``dataio.iter_staged``, the file streamed, validated and keyed by one
-worker process per CPU into a staging table without the write lock, then one
-``INSERT … SELECT``; ``--serial`` also measures it validating in the importing process) it runs, in a fresh process each:
+write transaction; new: ``dataio.import_file``, the file read in 10,000-row chunks that worker
+processes (one per CPU) validate column by column, key and write to their own staging files
+without the write lock, then one ``INSERT … SELECT`` merging them in file order; ``--serial``
+also measures it validating in the importing process) it runs, in a fresh process each:
 
-- the import into an empty database (seconds, peak RSS of the importing process);
+- the import into an empty database (seconds, CPU seconds of the process and its workers,
+  peak RSS of the importing process);
 - a "bot" process beside it that stores a question every 50 ms, as ``/intake`` does, and
   reports the longest wait for one write (it must never fail, and with the new path wait no
   longer than the final insert);

@@ -605,10 +605,11 @@ class Store:
                 keys, begin = np.unique(mk[:, 0], return_index=True)
                 end = np.append(begin[1:], len(mk)) - 1
                 low, high = mk[begin, 1], mk[end, 1]
-                pos = np.clip(np.searchsorted(keys, pks), 0, max(len(keys) - 1, 0))
-                found = (keys[pos] == pks) if len(keys) else np.zeros(len(pks), dtype=bool)
-                hit = found & ~((low[pos] == dks) & (high[pos] == dks))
-                hit_lines = np.sort(lines[hit])
+                hit_lines = np.empty(0, dtype=np.int64)
+                if len(keys):
+                    pos = np.clip(np.searchsorted(keys, pks), 0, len(keys) - 1)
+                    hit = (keys[pos] == pks) & ~((low[pos] == dks) & (high[pos] == dks))
+                    hit_lines = np.sort(lines[hit])
             else:  # a large table: look each staged prompt up in its index
                 hit_lines = []
                 for name in names:

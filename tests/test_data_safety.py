@@ -366,3 +366,18 @@ def test_a_concurrent_bot_write_never_waits_for_the_whole_import(tmp_path, works
     assert store.sample_count() == 20000
     assert store.scalar("SELECT count(*) FROM questions WHERE source = 'http'") == len(report["writes"])
     assert store.scalar("PRAGMA integrity_check") == "ok"
+
+
+def test_conflicts_with_a_smaller_store_are_found_from_its_keys(workspace, tmp_path):
+    """A file larger than the store is compared with the store's keys in memory (the other path
+    looks each staged prompt up in the index): the same warnings."""
+    from replyloop.dataio import import_file
+
+    _, store = workspace
+    store.add_samples(read_samples(write(tmp_path / "a.csv", "prompt,response\n怎么改地址,在订单页修改\n能开发票吗,可以\n")))
+    [stored] = [s["id"] for s in store.samples() if s["prompt"] == "怎么改地址"]
+    big = write(tmp_path / "b.csv", "prompt,response\n" + "".join(f"别的问题{i},回答\n" for i in range(5))
+                + "怎么 改地址,不能改\n能开发票吗,可以\n怎么改地址,在订单页修改\n")
+    result = import_file(store, big)
+    assert (result.added, result.duplicates, result.conflicts) == (6, 2, 2)
+    assert [(c.line, c.other_line, c.sample_id) for c in result.conflict_examples] == [(7, None, stored), (9, 7, None)]
