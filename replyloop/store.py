@@ -127,6 +127,20 @@ class StagingWriter:
         self.conn.close()
 
 
+def _remove_stale_staging(directory: Path) -> None:
+    """Staging directories of imports whose process is gone (``kill -9`` skips the clean-up)."""
+    import shutil
+
+    for stale in directory.glob("replyloop-import-*-*"):
+        try:
+            pid = int(stale.name.split("-")[2])
+            os.kill(pid, 0)  # raises when no such process
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
+
+
 class Staging:
     """The validated rows of one import, before they go into the store: staging files (one per
     validating process) in a temporary directory, and every row's keys in memory (24 bytes a
@@ -135,7 +149,8 @@ class Staging:
     def __init__(self, directory: str | Path | None = None):
         import tempfile
 
-        self._tmp = tempfile.TemporaryDirectory(prefix="replyloop-import-", dir=directory)
+        _remove_stale_staging(Path(directory or tempfile.gettempdir()))
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"replyloop-import-{os.getpid()}-", dir=directory)
         self.directory = Path(self._tmp.name)
         self._keys = (bytearray(), bytearray(), bytearray())
 

@@ -251,6 +251,7 @@ def test_kill_9_during_a_large_import_stores_all_or_nothing(workspace, tmp_path)
         w.writerow(["prompt", "response", "category"])
         for i in range(rows):
             w.writerow([f"问题{i}：快递到哪了？", f"您好，请提供订单号（编号{i}）", "物流查询"])
+    killed = []
     for delay in (0.3, 1.5, 3.0, 6.0):
         before = store.sample_count()
         proc = subprocess.Popen([sys.executable, "-m", "replyloop", "data", "import", str(big)],
@@ -258,11 +259,14 @@ def test_kill_9_during_a_large_import_stores_all_or_nothing(workspace, tmp_path)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        killed.append(proc.pid)
         after = store.sample_count()
         assert after - before in (0, rows) and (after in (0, rows)), (delay, before, after)
         assert store.scalar("PRAGMA integrity_check") == "ok"
     assert cli("data", "import", big).exit_code == 0
     assert store.sample_count() == rows
+    import tempfile  # the killed imports' staging directories are removed by the next import
+    assert not [p for pid in killed for p in Path(tempfile.gettempdir()).glob(f"replyloop-import-{pid}-*")]
 
 
 def test_parallel_validation_gives_the_same_rows_and_the_first_error(tmp_path, workspace):
