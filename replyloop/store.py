@@ -718,25 +718,52 @@ class Store:
         includes the held-out questions, so a hash always names one split.
         """
         plan = self._plan_snapshot(heldout_share, seed)  # the slow part, without the write lock
-        with self.transaction() as db:
-            if plan.state != self._snapshot_state():  # samples or snapshots changed meanwhile
-                plan = self._plan_snapshot(heldout_share, seed)
-            digest = plan.digest
-            existing = self.one("SELECT hash FROM snapshots WHERE hash = ?", (digest,))
-            if existing is None:
-                db.execute(
-                    "INSERT INTO snapshots (hash, created_at, sample_count, heldout_share, max_sample_id)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (digest, timeutil.now_iso(), len(plan.splits), heldout_share, max(plan.splits)),
-                )
-                db.conn.executemany(
-                    "INSERT INTO snapshot_samples (snapshot_hash, sample_id, split) VALUES (?, ?, ?)",
-                    ((digest, sid, split) for sid, split in plan.splits.items()),
-                )
-                self.audit(actor, "snapshot.create", "snapshot", digest, {"samples": len(plan.splits)})
-            held = sum(1 for split in plan.splits.values() if split == "heldout")
-            return Snapshot(digest, existing is None, len(plan.splits) - held, held,
-                            plan.without_heldout if heldout_share > 0 else [])
+        conn = self.db.conn
+        staged = self._stage_splits(conn, plan)  # the split rows too: only a copy is left for the lock
+        try:
+            with self.transaction() as db:
+                if plan.state != self._snapshot_state():  # samples or snapshots changed meanwhile
+                    plan, staged = self._plan_snapshot(heldout_share, seed), False
+                digest = plan.digest
+                existing = self.one("SELECT hash FROM snapshots WHERE hash = ?", (digest,))
+                if existing is None:
+                    db.execute(
+                        "INSERT INTO snapshots (hash, created_at, sample_count, heldout_share, max_sample_id)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (digest, timeutil.now_iso(), len(plan.splits), heldout_share, max(plan.splits)),
+                    )
+                    if staged:
+                        conn.execute("INSERT INTO main.snapshot_samples (snapshot_hash, sample_id, split)"
+                                     " SELECT ?, sample_id, split FROM temp.snapshot_staging ORDER BY sample_id",
+                                     (digest,))
+                    else:
+                        conn.executemany(
+                            "INSERT INTO snapshot_samples (snapshot_hash, sample_id, split) VALUES (?, ?, ?)",
+                            ((digest, sid, split) for sid, split in plan.splits.items()),
+                        )
+                    self.audit(actor, "snapshot.create", "snapshot", digest, {"samples": len(plan.splits)})
+        finally:
+            conn.execute("DROP TABLE IF EXISTS temp.snapshot_staging")
+        held = sum(1 for split in plan.splits.values() if split == "heldout")
+        return Snapshot(digest, existing is None, len(plan.splits) - held, held,
+                        plan.without_heldout if heldout_share > 0 else [])
+
+    @staticmethod
+    def _stage_splits(conn: sqlite3.Connection, plan: "_SnapshotPlan") -> bool:
+        """The plan's (sample, split) rows into a temporary table (the temp database only: no
+        lock on the store); False inside a caller's transaction (then they are inserted there)."""
+        if conn.in_transaction:
+            return False
+        conn.execute("DROP TABLE IF EXISTS temp.snapshot_staging")
+        conn.execute("CREATE TEMP TABLE snapshot_staging (sample_id INTEGER PRIMARY KEY, split TEXT NOT NULL)")
+        conn.execute("BEGIN")
+        try:
+            conn.executemany("INSERT INTO temp.snapshot_staging VALUES (?, ?)", plan.splits.items())
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return True
 
     def _snapshot_state(self) -> tuple:
         """What a snapshot plan depends on (samples are only ever added, snapshots too)."""
