@@ -326,8 +326,8 @@ def _fast_csv_rows(header: list[str], lines: list[int], records: list[list[str]]
     from replyloop.textnorm import compact_many
 
     width = len(header)
-    if not records or set(map(len, records)) != {width}:
-        return None
+    if not records or set(map(len, records)) != {width} or len(set(header)) != width:
+        return None  # a short or long row, or a repeated column name (the last one counts)
     columns = list(zip(*records))
     index = {name: header.index(name) for name in SAMPLE_FIELDS if name in header}
     texts = {}
