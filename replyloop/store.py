@@ -43,7 +43,10 @@ from replyloop.errors import ConflictError, NotFoundError, ReplyloopError  # noq
 from replyloop.textnorm import compact, compact_many, dedupe_key, prompt_key, sha256  # noqa: E402
 
 DECISIONS = ("approve", "edit", "reject")
-BUSY_TIMEOUT_S = 30.0
+# how long a writer waits for the write lock: longer than the longest hold, the final insert of a
+# large import (1M rows: 65 s on a busy shared 2-core machine, about 12 s of CPU), so a bot write
+# during an import waits instead of failing (scale15)
+BUSY_TIMEOUT_S = 120.0
 # the one definition of "waiting for a supervisor" (drafts aliased ``d``)
 UNDECIDED = "NOT EXISTS (SELECT 1 FROM reviews r WHERE r.draft_id = d.id)"
 
@@ -93,7 +96,8 @@ def staging_row(line: int, sample: SampleIn) -> tuple:
 
 
 IMPORT_BATCH = 5000       # rows per executemany into a staging file
-IMPORT_CACHE_KIB = -131072  # page cache while the final INSERT ... SELECT runs (allocated only as used)
+IMPORT_CACHE_KIB = -98304  # page cache while the final INSERT ... SELECT runs (allocated only as used;
+# with it the importer stays within twice the file's size at 1M rows)
 REBUILD_MIN_ROWS = 50_000  # an import this large, and at least as large as the table, rebuilds its indexes
 CONFLICT_EXAMPLES = 10
 SNAPSHOT_BATCH = 10_000  # rows read and keyed at once while a snapshot is planned
