@@ -415,16 +415,33 @@ def import_file(store, path: str | Path, encoding: str = "utf-8", workers: int |
         return store.import_rows(iter_staged(path, encoding), source, approved_by)
 
 
+def _watch_parent(parent: int) -> None:
+    """Worker start-up: end the worker when the importing process is gone (``kill -9``: forked
+    workers hold the task pipe open themselves and would wait on it for ever)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="replyloop-import-watch", daemon=True).start()
+
+
 def _stage_file(path: Path, encoding: str, workers: int, staging) -> None:
     import collections
     import itertools
     import multiprocessing
+    import os
     from concurrent.futures import Future, ProcessPoolExecutor
 
     fmt = detect_format(path)
     directory = str(staging.directory)
     pending: collections.deque = collections.deque()
-    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) if workers else None
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_watch_parent,
+                               initargs=(os.getpid(),)) if workers else None
 
     def submit(*args) -> None:
         if pool is not None:

@@ -385,3 +385,44 @@ def test_conflicts_with_a_smaller_store_are_found_from_its_keys(workspace, tmp_p
     result = import_file(store, big)
     assert (result.added, result.duplicates, result.conflicts) == (6, 2, 2)
     assert [(c.line, c.other_line, c.sample_id) for c in result.conflict_examples] == [(7, None, stored), (9, 7, None)]
+
+
+def test_kill_9_of_an_import_with_workers_leaves_no_worker_behind(workspace, tmp_path):
+    """Forked validation workers hold their task pipe open themselves: without a watch on the
+    parent they would wait on it for ever after a ``kill -9`` of the import."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, store = workspace
+    big = tmp_path / "big.csv"
+    big.write_text("prompt,response\n" + "".join(f"问题{i}：快递到哪了？,您好，请提供订单号（编号{i}）\n" for i in range(60000)),
+                   encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "replyloop", "data", "import", str(big), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children_file = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline, workers = time.monotonic() + 60, []
+    while time.monotonic() < deadline and len(workers) < 2 and proc.poll() is None:
+        workers = children_file.read_text().split() if children_file.exists() else []
+        time.sleep(0.05)
+    assert len(workers) == 2, "the import never started its workers"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def alive(pid: str) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.1)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:  # tidy up before failing
+        os.kill(int(pid), signal.SIGKILL)
+    assert not left
+    assert store.sample_count() == 0 and store.scalar("PRAGMA integrity_check") == "ok"
