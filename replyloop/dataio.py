@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import csv
+import hashlib
 import io
 import json
 from collections.abc import Iterable, Iterator, Mapping
@@ -266,34 +267,136 @@ PARALLEL_MIN_BYTES = 8 * 2**20  # a smaller file is validated in this process (n
 CHUNK_ROWS = 10_000
 
 
-def _stage_chunk(fmt: str, header: list[str] | None, chunk: list[tuple[int, object]]) -> list[tuple] | tuple:
-    """Worker: parse (a CSV record's values, a JSONL line), validate and key one chunk; a bad row
-    comes back as ``("error", line, message, field)`` (the chunk's first), raised in the parent
-    in file order."""
+def iter_staged(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple]:
+    """``store.staging_row`` tuples of a samples file, in file order, one row at a time (the
+    exact path: ``import_file`` falls back to it, and its errors are the reference)."""
+    for line, sample in iter_samples(path, encoding):
+        yield staging_row(line, sample)
+
+
+class _Anomaly(Exception):
+    """The fast path met something only the exact path handles (the import starts over on it)."""
+
+
+_STAGE_WRITERS: dict[str, object] = {}  # staging directory -> this process's StagingWriter
+
+
+def _stage_chunk(directory: str, fmt: str, header: list[str] | None, lines: list[int],
+                 records: list) -> tuple:
+    """Validate, key and stage one chunk (in a worker process, or in the importing one) into this
+    process's staging file; returns ``("ok", keys)`` or ``("error", line, message, field)`` for
+    the chunk's first bad row (raised in the parent in file order)."""
+    try:
+        rows = _fast_csv_rows(header, lines, records) if fmt == "csv" else None
+        if rows is None:
+            rows = _exact_rows(fmt, header, lines, records)
+    except _RowError as exc:
+        return ("error", *exc.args)
+    writer = _STAGE_WRITERS.get(directory)
+    if writer is None:
+        import os
+
+        from replyloop.store import StagingWriter
+        writer = _STAGE_WRITERS[directory] = StagingWriter(Path(directory) / f"stage-{os.getpid()}.db")
+    return ("ok", writer.write(rows) if rows else (b"", b"", b""))
+
+
+class _RowError(Exception):
+    """``(line, message, field or None)`` of a chunk's first bad row."""
+
+
+def _exact_rows(fmt: str, header: list[str] | None, lines: list[int], records: list) -> list[tuple]:
+    """The chunk row by row, with the readers' own checks (their exact errors)."""
     out = []
-    for line, raw in chunk:
+    for line, raw in zip(lines, records):
         try:
             row = _csv_dict(header, raw) if fmt == "csv" else _json_object(raw)
             if row is not None:
                 out.append(staging_row(line, _sample(row)))
         except FieldError as exc:
-            return ("error", line, exc.reason, exc.field)
+            raise _RowError(line, exc.reason, exc.field) from None
         except DataFormatError as exc:
-            return ("error", line, str(exc), None)
+            raise _RowError(line, str(exc), None) from None
     return out
 
 
-def iter_staged(path: str | Path, encoding: str = "utf-8", workers: int | None = None) -> Iterator[tuple]:
-    """``store.staging_row`` tuples of a samples file, in file order, for ``Store.import_rows``.
+def _fast_csv_rows(header: list[str], lines: list[int], records: list[list[str]]) -> list[tuple] | None:
+    """The chunk's staging rows, checked column by column (a few C calls per chunk instead of
+    several per row); None when any row needs the exact path (a bad or blank row, a quoted
+    formula cell, text outside the fast character set): then ``_exact_rows`` takes the chunk."""
+    from replyloop.textnorm import compact_many
 
-    A file of ``PARALLEL_MIN_BYTES`` or more is parsed here and validated and keyed in
-    ``workers`` forked processes (default: one per CPU, at most 4), at most two chunks ahead of
-    the import each, so memory stays bounded; the first bad row in file order raises, as
+    width = len(header)
+    if not records or set(map(len, records)) != {width} or len(set(header)) != width:
+        return None  # a short or long row, or a repeated column name (the last one counts)
+    columns = list(zip(*records))
+    index = {name: header.index(name) for name in SAMPLE_FIELDS if name in header}
+    texts = {}
+    for name in ("prompt", "response"):
+        values = columns[index[name]]
+        joined = "\n".join(values)
+        limit, bad_chars, _ = fields._rules(name)
+        if (joined[:1] == "'" or "\n'" in joined or bad_chars.search(joined) or max(map(len, values)) > limit
+                or not all(map(fields._VISIBLE.search, values))):
+            return None
+        texts[name] = list(map(str.strip, values))
+    labels = {}
+    for name in ("category", "intent"):
+        if name not in index:
+            labels[name] = [None] * len(records)
+            continue
+        values = columns[index[name]]
+        clean = {}
+        for value in set(values):
+            if value[:1] == "'":
+                return None
+            try:
+                clean[value] = fields.clean(name, value)
+            except FieldError:
+                return None
+        labels[name] = list(map(clean.__getitem__, values))
+    prompts, responses = texts["prompt"], texts["response"]
+    keys = compact_many(prompts)
+    digest = hashlib.sha256  # textnorm.dedupe_key and prompt_key, inlined: two hashes a row is most of the work
+    dedupe = [digest(f"{k}\x1f{r}".encode()).hexdigest() for k, r in zip(keys, compact_many(responses))]
+    prompt_keys = [digest(k.encode()).hexdigest()[:16] for k in keys]
+    return list(zip(lines, prompts, responses, labels["category"], labels["intent"], dedupe, prompt_keys))
+
+
+def _record_lines(start: int, records: list[list[str]], end: int) -> list[int]:
+    """The line each CSV record of a chunk starts on: ``start`` is the reader's ``line_num``
+    before the chunk, ``end`` after it. Records of one line each are the common case; a quoted
+    line break inside a value makes its record longer."""
+    if end - start == len(records):
+        return list(range(start + 1, end + 1))
+    lines, line = [], start + 1
+    for values in records:
+        lines.append(line)
+        text = "".join(values)
+        line += 1 + text.count("\n") + text.count("\r") - text.count("\r\n")
+    if line != end + 1:
+        raise _Anomaly("line count")
+    return lines
+
+
+def import_file(store, path: str | Path, encoding: str = "utf-8", workers: int | None = None,
+                source: str = "import", approved_by: str | None = None):
+    """Import a samples file (CSV or JSONL) into ``store`` all or nothing; returns the store's
+    ``ImportResult``.
+
+    The file is read here in chunks of ``CHUNK_ROWS`` records; each chunk is validated, keyed
+    and written to a staging file by one of ``workers`` forked processes (default: one per
+    CPU, at most 4, for a file of ``PARALLEL_MIN_BYTES`` or more; 0: in this process), at most
+    two chunks ahead each, so memory stays bounded. Nothing takes the store's write lock until
+    the whole file is valid; then ``Store.import_staged`` moves the rows in one transaction. The
+    first bad row in file order raises (DataFormatError / FieldError naming ``path:line``), as
     ``iter_samples`` would. Workers are forked, so only from a single-threaded process (the
-    CLI); with other threads running (``serve``) or without ``fork`` the file is read here."""
+    CLI); with other threads running (``serve``) or without ``fork`` the file is validated here."""
     import multiprocessing
     import os
     import threading
+
+    from replyloop.store import Staging
 
     path = Path(path)
     detect_format(path)
@@ -305,58 +408,93 @@ def iter_staged(path: str | Path, encoding: str = "utf-8", workers: int | None =
         workers = min(os.cpu_count() or 1, 4) if size >= PARALLEL_MIN_BYTES else 0
     if threading.active_count() > 1 or "fork" not in multiprocessing.get_all_start_methods():
         workers = 0  # forking a process with other threads can deadlock the child
-    if workers < 1:
-        for line, sample in iter_samples(path, encoding):
-            yield staging_row(line, sample)
-        return
-    yield from _iter_staged_parallel(path, encoding, workers)
+    try:
+        with Staging() as staging:
+            _stage_file(path, encoding, workers, staging)
+            return store.import_staged(staging, source, approved_by)
+    except _Anomaly:  # the exact path, row by row
+        return store.import_rows(iter_staged(path, encoding), source, approved_by)
 
 
-def _iter_staged_parallel(path: Path, encoding: str, workers: int) -> Iterator[tuple]:
+def _watch_parent(parent: int) -> None:
+    """Worker start-up: end the worker when the importing process is gone (``kill -9``: forked
+    workers hold the task pipe open themselves and would wait on it for ever)."""
+    import os
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="replyloop-import-watch", daemon=True).start()
+
+
+def _stage_file(path: Path, encoding: str, workers: int, staging) -> None:
     import collections
+    import itertools
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
+    import os
+    from concurrent.futures import Future, ProcessPoolExecutor
 
     fmt = detect_format(path)
+    directory = str(staging.directory)
     pending: collections.deque = collections.deque()
-    empty = True
-    with _open_lines(path, encoding, newline="" if fmt == "csv" else "\n") as fh, \
-            ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        try:
-            chunk: list = []
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_watch_parent,
+                               initargs=(os.getpid(),)) if workers else None
+
+    def submit(*args) -> None:
+        if pool is not None:
+            pending.append(pool.submit(_stage_chunk, directory, *args))
+            return
+        future: Future = Future()
+        future.set_result(_stage_chunk(directory, *args))
+        pending.append(future)
+
+    def collect(final: bool = False) -> None:
+        while pending and (final or len(pending) >= 2 * max(workers, 1) or pending[0].done()):
+            done = pending.popleft().result()
+            if done[0] == "error":
+                _, line, message, field_name = done
+                if field_name is not None:
+                    raise FieldError(field_name, message, f"{path}:{line}")
+                raise DataFormatError(f"{path}:{line}: {message}")
+            staging.add_keys(*done[1])
+
+    try:
+        with _open_lines(path, encoding, newline="" if fmt == "csv" else "\n") as fh:
             if fmt == "csv":
                 reader, header = _csv_reader(path, fh, ("prompt", "response"))
-                records: Iterable = _csv_records(path, reader)
+                while True:
+                    start = reader.line_num
+                    try:
+                        records = list(itertools.islice(reader, CHUNK_ROWS))
+                    except csv.Error:  # the exact path names the line, or an earlier bad row
+                        raise _Anomaly("broken CSV") from None
+                    if not records:
+                        break
+                    submit(fmt, header, _record_lines(start, records, reader.line_num), records)
+                    collect()
             else:
-                header, records = None, enumerate(fh, start=1)
-
-            def results(final: bool = False) -> Iterator[tuple]:
-                while pending and (final or len(pending) >= 2 * workers or pending[0].done()):
-                    done = pending.popleft().result()
-                    if isinstance(done, tuple):
-                        _, line, message, field_name = done
-                        if field_name is not None:
-                            raise FieldError(field_name, message, f"{path}:{line}")
-                        raise DataFormatError(f"{path}:{line}: {message}")
-                    yield from done
-
-            for item in records:
-                chunk.append(item)
-                if len(chunk) >= CHUNK_ROWS:
-                    pending.append(pool.submit(_stage_chunk, fmt, header, chunk))
-                    chunk = []
-                    for row in results():
-                        empty = False
-                        yield row
-            if chunk:
-                pending.append(pool.submit(_stage_chunk, fmt, header, chunk))
-            for row in results(final=True):
-                empty = False
-                yield row
-        finally:
-            for future in pending:
-                future.cancel()
-    if empty:
+                header, line = None, 0
+                while True:
+                    records = list(itertools.islice(fh, CHUNK_ROWS))
+                    if not records:
+                        break
+                    submit(fmt, header, list(range(line + 1, line + 1 + len(records))), records)
+                    line += len(records)
+                    collect()
+        collect(final=True)
+    finally:
+        for future in pending:
+            future.cancel()
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
+        writer = _STAGE_WRITERS.pop(directory, None)
+        if writer is not None:
+            writer.close()
+    if not len(staging):
         raise DataFormatError(f"{path}: no samples in the file")
 
 
@@ -477,16 +615,18 @@ def _write_records(tmp: Path, fmt: str, records: Iterable[tuple[str, str, str, s
             writer.writerows(records)
         return
     if fmt.startswith("llama-factory"):  # a JSON array, as LLaMA-Factory's data/README.md shows
-        items = []
-        for prompt, response, _category, _intent in records:
-            if fmt == "llama-factory":
-                item = {"instruction": prompt, "input": "", "output": response}
-            else:
-                item = {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": response}]}
-            if system_prompt:
-                item["system"] = system_prompt
-            items.append(item)
-        tmp.write_text(json.dumps(items, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
+        with tmp.open("w", encoding="utf-8") as fh:  # streamed: the text of json.dumps(items, indent=1)
+            first = True
+            for prompt, response, _category, _intent in records:
+                if fmt == "llama-factory":
+                    item = {"instruction": prompt, "input": "", "output": response}
+                else:
+                    item = {"conversations": [{"from": "human", "value": prompt}, {"from": "gpt", "value": response}]}
+                if system_prompt:
+                    item["system"] = system_prompt
+                fh.write(("[\n " if first else ",\n ") + json.dumps(item, ensure_ascii=False, indent=1).replace("\n", "\n "))
+                first = False
+            fh.write("[]\n" if first else "\n]\n")
         return
     with tmp.open("w", encoding="utf-8") as fh:
         for prompt, response, category, intent in records:

@@ -18,15 +18,36 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import sqlite_utils
+def _import_sqlite_utils():
+    """sqlite-utils imports pandas whenever it is installed (here: 3 s and 125 MB of RSS on every
+    command, the bot and each import worker) only to map ``pandas.Timestamp`` to TEXT; the store
+    never passes pandas objects, so pandas is hidden while sqlite-utils loads."""
+    import sys
 
-from replyloop import migrations, timeutil
-from replyloop.errors import (AmbiguousError, ConflictError, NotFoundError, PathError, ReplyloopError,
-                              SnapshotNotFound)
-from replyloop.textnorm import compact, dedupe_key, prompt_key, sha256
+    if "pandas" in sys.modules or "sqlite_utils" in sys.modules:
+        import sqlite_utils
+        return sqlite_utils
+    sys.modules["pandas"] = None  # type: ignore[assignment]  # "import pandas" raises ImportError
+    try:
+        import sqlite_utils
+    finally:
+        del sys.modules["pandas"]
+    return sqlite_utils
+
+
+sqlite_utils = _import_sqlite_utils()
+from sqlite_utils.utils import dedupe_keys as _dedupe_keys  # noqa: E402  # "id", "id_2" as sqlite-utils names them
+
+from replyloop import migrations, timeutil  # noqa: E402
+from replyloop.errors import (AmbiguousError, ConflictError, NotFoundError, PathError,  # noqa: E402
+                              ReplyloopError, SnapshotNotFound)
+from replyloop.textnorm import compact, compact_many, dedupe_key, prompt_key, sha256  # noqa: E402
 
 DECISIONS = ("approve", "edit", "reject")
-BUSY_TIMEOUT_S = 30.0
+# how long a writer waits for the write lock: longer than the longest hold, the final insert of a
+# large import (1M rows: 65 s on a busy shared 2-core machine, about 12 s of CPU), so a bot write
+# during an import waits instead of failing (scale15)
+BUSY_TIMEOUT_S = 120.0
 # the one definition of "waiting for a supervisor" (drafts aliased ``d``)
 UNDECIDED = "NOT EXISTS (SELECT 1 FROM reviews r WHERE r.draft_id = d.id)"
 
@@ -75,9 +96,94 @@ def staging_row(line: int, sample: SampleIn) -> tuple:
             sha256(key + "\x1f" + compact(response)), prompt_key(key))
 
 
-IMPORT_BATCH = 5000       # rows per executemany into the staging table
-IMPORT_CACHE_KIB = -131072  # page cache while the final INSERT ... SELECT runs (allocated only as used)
+IMPORT_BATCH = 5000       # rows per executemany into a staging file
+IMPORT_CACHE_KIB = -98304  # page cache while the final INSERT ... SELECT runs (allocated only as used;
+# with it the importer stays within twice the file's size at 1M rows)
+REBUILD_MIN_ROWS = 50_000  # an import this large, and at least as large as the table, rebuilds its indexes
 CONFLICT_EXAMPLES = 10
+SNAPSHOT_BATCH = 10_000  # rows read and keyed at once while a snapshot is planned
+STAGING_COLUMNS = "line, prompt, response, category, intent, dedupe_key, prompt_key"
+
+
+class StagingWriter:
+    """Writes ``staging_row`` tuples to one staging file (a plain SQLite file, no journal, no
+    fsync: it is thrown away after the import, and a crash only loses the import)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False)
+        self.conn.execute("PRAGMA journal_mode=OFF")
+        self.conn.execute("PRAGMA synchronous=OFF")
+        self.conn.execute("CREATE TABLE IF NOT EXISTS import_staging (line INTEGER PRIMARY KEY, prompt TEXT,"
+                          " response TEXT, category TEXT, intent TEXT, dedupe_key TEXT, prompt_key TEXT)")
+
+    def write(self, rows: list[tuple]) -> tuple[bytes, bytes, bytes]:
+        """Store ``rows``; returns their lines, prompt keys and dedupe keys as 64-bit integers
+        (``Staging.add_keys``), for the conflict check."""
+        from array import array
+
+        self.conn.execute("BEGIN")
+        self.conn.executemany(f"INSERT INTO import_staging ({STAGING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        self.conn.execute("COMMIT")
+        return (array("q", [r[0] for r in rows]).tobytes(), array("Q", [int(r[6], 16) for r in rows]).tobytes(),
+                array("Q", [int(r[5][:16], 16) for r in rows]).tobytes())
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def _remove_stale_staging(directory: Path) -> None:
+    """Staging directories of imports whose process is gone (``kill -9`` skips the clean-up)."""
+    import shutil
+
+    for stale in directory.glob("replyloop-import-*-*"):
+        try:
+            pid = int(stale.name.split("-")[2])
+            os.kill(pid, 0)  # raises when no such process
+        except ProcessLookupError:
+            shutil.rmtree(stale, ignore_errors=True)
+        except (ValueError, IndexError, PermissionError, OSError):
+            continue
+
+
+class Staging:
+    """The validated rows of one import, before they go into the store: staging files (one per
+    validating process) in a temporary directory, and every row's keys in memory (24 bytes a
+    row). Removed on exit."""
+
+    def __init__(self, directory: str | Path | None = None):
+        import tempfile
+
+        _remove_stale_staging(Path(directory or tempfile.gettempdir()))
+        self._tmp = tempfile.TemporaryDirectory(prefix=f"replyloop-import-{os.getpid()}-", dir=directory)
+        self.directory = Path(self._tmp.name)
+        self._keys = (bytearray(), bytearray(), bytearray())
+
+    def writer(self, name: str = "main") -> StagingWriter:
+        return StagingWriter(self.directory / f"stage-{name}.db")
+
+    def add_keys(self, lines: bytes, prompt_keys: bytes, dedupe_keys: bytes) -> None:
+        for acc, data in zip(self._keys, (lines, prompt_keys, dedupe_keys)):
+            acc.extend(data)
+
+    def __len__(self) -> int:
+        return len(self._keys[0]) // 8
+
+    def keys(self):
+        """``(lines, prompt keys, dedupe keys)`` as numpy arrays."""
+        import numpy as np
+
+        return (np.frombuffer(self._keys[0], dtype=np.int64), np.frombuffer(self._keys[1], dtype=np.uint64),
+                np.frombuffer(self._keys[2], dtype=np.uint64))
+
+    def files(self) -> list[Path]:
+        return sorted(self.directory.glob("stage-*.db"))
+
+    def __enter__(self) -> "Staging":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
 
 
 @dataclass
@@ -254,7 +360,13 @@ class Store:
             self._write_lock.release()
 
     def query(self, sql: str, params: Iterable | dict = ()) -> list[dict]:
-        return list(self.db.query(sql, params))
+        """Rows as dicts. A plain cursor: sqlite-utils' ``query`` wraps each statement in a
+        savepoint (three statements instead of one: the decision path runs several per click)."""
+        cursor = self.db.conn.execute(sql, params)
+        if cursor.description is None:
+            raise ValueError("query() can only be used with SQL that returns rows - use execute()")
+        keys = _dedupe_keys(d[0] for d in cursor.description)
+        return [dict(zip(keys, row)) for row in cursor]
 
     def one(self, sql: str, params: Iterable | dict = ()) -> dict | None:
         rows = self.query(sql, params)
@@ -431,40 +543,141 @@ class Store:
     def import_rows(self, rows: Iterable[tuple], source: str = "import", approved_by: str | None = None) -> ImportResult:
         """Import ``staging_row`` tuples (in file order) all or nothing.
 
-        The stream is read once, into a temporary staging table (on disk), without holding the
+        The stream is read once, into a staging file (``Staging``) without holding the
         database's write lock: a bad row found late (the reader raises) stores nothing, and the
-        bot keeps writing meanwhile. Then one ``INSERT … SELECT`` moves the rows in a short
-        transaction. The result also counts rows whose prompt has a different answer in the file
-        or in the store."""
+        bot keeps writing meanwhile. Then ``import_staged`` moves the rows in one short
+        transaction."""
+        with Staging() as staging:
+            writer = staging.writer()
+            batch: list[tuple] = []
+            for row in rows:
+                batch.append(row)
+                if len(batch) >= IMPORT_BATCH:
+                    staging.add_keys(*writer.write(batch))
+                    batch.clear()
+            if batch:
+                staging.add_keys(*writer.write(batch))
+            writer.close()
+            return self.import_staged(staging, source, approved_by)
+
+    def import_staged(self, staging: "Staging", source: str = "import", approved_by: str | None = None) -> ImportResult:
+        """Move the validated rows of ``staging`` into ``samples`` in one write transaction: one
+        ``INSERT OR IGNORE … SELECT`` in file order (duplicates, in the file or already stored,
+        are counted, not added). When the import is at least as large as the table, the table's
+        plain indexes are dropped and rebuilt inside the same transaction (one sort each instead
+        of a million random inserts). The result also counts rows whose prompt has a different
+        answer in the file or in the store."""
         at = timeutil.now_iso()
         conn = self.db.conn
-        conn.execute("PRAGMA temp_store = FILE")  # the staging table spills to disk, not to RAM
-        conn.execute("DROP TABLE IF EXISTS temp.import_staging")
-        conn.execute("CREATE TEMP TABLE import_staging (line INTEGER PRIMARY KEY, prompt TEXT, response TEXT,"
-                     " category TEXT, intent TEXT, dedupe_key TEXT, prompt_key TEXT)")
+        files = staging.files()
+        names = [f"import_stage{i}" for i in range(len(files))]
+        for name, path in zip(names, files):
+            conn.execute("ATTACH DATABASE ? AS " + name, (str(path),))
         try:
-            self._stage(conn, rows)
-            result = self._conflicts(conn)
+            result = self._conflicts(conn, staging, names)
+            total = len(staging)
+            if not names:
+                return result
+            source_sql = " UNION ALL ".join(
+                f"SELECT line, prompt, response, category, intent, dedupe_key, prompt_key FROM {n}.import_staging"
+                for n in names)
             conn.execute(f"PRAGMA main.cache_size = {IMPORT_CACHE_KIB}")  # the index pages the insert touches
+            # the commit does not copy the WAL into the database (the automatic checkpoint would, after
+            # the commit but before it returns); that happens below, while other writers go on
+            conn.execute("PRAGMA wal_autocheckpoint = 0")
             with self.transaction():
-                before = self.scalar("SELECT coalesce(max(id), 0) FROM samples")
+                before = self.scalar("SELECT coalesce(max(id), 0) FROM samples")  # never deleted: about count(*)
+                rebuild = [] if total < max(before, REBUILD_MIN_ROWS) else [r[0] for r in conn.execute(
+                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' AND sql IS NOT NULL"
+                    " AND sql NOT LIKE 'CREATE UNIQUE%'")]
+                for sql in rebuild:
+                    conn.execute("DROP INDEX " + sql.split()[2])  # CREATE INDEX <name> ON ...
                 cur = conn.execute(
                     "INSERT OR IGNORE INTO main.samples (prompt, response, category, intent, source, approved_by,"
                     " approved_at, dedupe_key, prompt_key) SELECT prompt, response, category, intent, ?, ?, ?,"
-                    " dedupe_key, prompt_key FROM temp.import_staging ORDER BY line", (source, approved_by, at))
-                total = self.scalar("SELECT count(*) FROM temp.import_staging")
+                    f" dedupe_key, prompt_key FROM ({source_sql} ORDER BY line)", (source, approved_by, at))
                 result.added = max(cur.rowcount, 0)
+                for sql in rebuild:
+                    conn.execute(sql)
                 result.duplicates = total - result.added
                 result.sample_ids = range(before + 1, before + 1 + result.added)
                 if result.added:
                     self.audit(approved_by or "cli", "samples.add", "samples", None,
                                {"source": source, "added": result.added, "duplicates": result.duplicates})
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # never blocks a writer
             return result
         finally:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
-            conn.execute("DROP TABLE IF EXISTS temp.import_staging")
+            conn.execute("PRAGMA wal_autocheckpoint = 1000")  # SQLite's default again
+            for name in names:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("DETACH DATABASE " + name)
             conn.execute("PRAGMA main.cache_size = -2000")  # SQLite's default again
+
+    def _conflicts(self, conn: sqlite3.Connection, staging: "Staging", names: list[str]) -> ImportResult:
+        """Prompts of the staged file with another answer, in the file (from the staged 64-bit
+        keys, with numpy) or already stored."""
+        import numpy as np
+
+        result = ImportResult()
+        lines, pks, dks = staging.keys()
+        if not len(lines):
+            return result
+
+        def prompt_at(line: int) -> str:
+            for name in names:
+                row = conn.execute(f"SELECT prompt FROM {name}.import_staging WHERE line = ?", (int(line),)).fetchone()
+                if row:
+                    return row[0]
+            return ""
+
+        # in the file: rows whose answer differs from the first row with the same prompt
+        order = np.lexsort((lines, pks))
+        pk_s, dk_s, line_s = pks[order], dks[order], lines[order]
+        starts = np.ones(len(pk_s), dtype=bool)
+        starts[1:] = pk_s[1:] != pk_s[:-1]
+        first = np.maximum.accumulate(np.where(starts, np.arange(len(pk_s)), 0))
+        differs = dk_s != dk_s[first]
+        result.conflicts = int(differs.sum())
+        if result.conflicts:
+            at = np.argsort(line_s[differs], kind="stable")[:CONFLICT_EXAMPLES]
+            for line, other in zip(line_s[differs][at], line_s[first][differs][at]):
+                result.conflict_examples.append(Conflict(int(line), prompt_at(line), int(other), None))
+        # in the store: staged rows whose prompt is stored with another answer
+        stored = self.scalar("SELECT coalesce(max(id), 0) FROM samples")
+        if stored:
+            if stored <= len(lines):  # a small table: its keys next to the file's
+                main = conn.execute("SELECT prompt_key, dedupe_key FROM main.samples WHERE prompt_key IS NOT NULL")
+                mk = np.array([(int(p, 16), int(d[:16], 16)) for p, d in main], dtype=np.uint64).reshape(-1, 2)
+                mk = mk[np.lexsort((mk[:, 1], mk[:, 0]))]
+                keys, begin = np.unique(mk[:, 0], return_index=True)
+                end = np.append(begin[1:], len(mk)) - 1
+                low, high = mk[begin, 1], mk[end, 1]
+                hit_lines = np.empty(0, dtype=np.int64)
+                if len(keys):
+                    pos = np.clip(np.searchsorted(keys, pks), 0, len(keys) - 1)
+                    hit = (keys[pos] == pks) & ~((low[pos] == dks) & (high[pos] == dks))
+                    hit_lines = np.sort(lines[hit])
+            else:  # a large table: look each staged prompt up in its index
+                hit_lines = []
+                for name in names:
+                    hit_lines += [r[0] for r in conn.execute(
+                        f"SELECT s.line FROM {name}.import_staging s WHERE EXISTS (SELECT 1 FROM main.samples m"
+                        " WHERE m.prompt_key = s.prompt_key AND m.dedupe_key != s.dedupe_key)")]
+                hit_lines.sort()
+            result.conflicts += len(hit_lines)
+            for line in hit_lines[:max(CONFLICT_EXAMPLES - len(result.conflict_examples), 0)]:
+                for name in names:
+                    row = conn.execute(
+                        f"SELECT s.prompt, (SELECT min(m.id) FROM main.samples m WHERE m.prompt_key = s.prompt_key"
+                        f" AND m.dedupe_key != s.dedupe_key) FROM {name}.import_staging s WHERE s.line = ?",
+                        (int(line),)).fetchone()
+                    if row:
+                        result.conflict_examples.append(Conflict(int(line), row[0], None, row[1]))
+                        break
+        result.conflict_examples.sort(key=lambda c: c.line)
+        return result
 
     def _add_in_transaction(self, samples, source: str, approved_by: str | None, at: str) -> ImportResult:
         result = ImportResult()
@@ -481,41 +694,6 @@ class Store:
         if result.added:
             self.audit(approved_by or "cli", "samples.add", "samples", None,
                        {"source": source, "added": result.added, "duplicates": result.duplicates})
-        return result
-
-    @staticmethod
-    def _stage(conn: sqlite3.Connection, rows: Iterable[tuple]) -> None:
-        """Rows into ``temp.import_staging`` (the slow, lock-free part)."""
-        batch: list[tuple] = []
-        conn.execute("BEGIN")  # touches only the temp database: no lock on the store
-        for row in rows:
-            batch.append(row)
-            if len(batch) >= IMPORT_BATCH:
-                conn.executemany("INSERT INTO temp.import_staging VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
-                batch.clear()
-        if batch:
-            conn.executemany("INSERT INTO temp.import_staging VALUES (?, ?, ?, ?, ?, ?, ?)", batch)
-        conn.execute("COMMIT")
-
-    @staticmethod
-    def _conflicts(conn: sqlite3.Connection) -> ImportResult:
-        """Prompts of the staged file with another answer, in the file or already stored."""
-        result = ImportResult()
-        in_file = ("SELECT s.line, s.prompt, f.first AS other_line, NULL FROM temp.import_staging s JOIN"
-                   " (SELECT prompt_key, min(line) AS first, min(dedupe_key) AS low, max(dedupe_key) AS high"
-                   "  FROM temp.import_staging GROUP BY prompt_key HAVING low != high) f ON f.prompt_key = s.prompt_key"
-                   " WHERE s.line != f.first AND s.dedupe_key != (SELECT dedupe_key FROM temp.import_staging"
-                   "  WHERE line = f.first)")
-        in_store = ("SELECT s.line, s.prompt, NULL, (SELECT min(m.id) FROM main.samples m WHERE m.prompt_key = s.prompt_key"
-                    " AND m.dedupe_key != s.dedupe_key) AS sample_id FROM temp.import_staging s"
-                    " WHERE EXISTS (SELECT 1 FROM main.samples m WHERE m.prompt_key = s.prompt_key"
-                    " AND m.dedupe_key != s.dedupe_key)")
-        for sql in (in_file, in_store):
-            for line, prompt, other_line, sample_id in conn.execute(sql):
-                result.conflicts += 1
-                if len(result.conflict_examples) < CONFLICT_EXAMPLES:
-                    result.conflict_examples.append(Conflict(line, prompt, other_line, sample_id))
-        result.conflict_examples.sort(key=lambda c: c.line)
         return result
 
     def samples(self, ids: Iterable[int] | None = None) -> list[dict]:
@@ -595,29 +773,56 @@ class Store:
         includes the held-out questions, so a hash always names one split.
         """
         plan = self._plan_snapshot(heldout_share, seed)  # the slow part, without the write lock
-        with self.transaction() as db:
-            if plan.state != self._snapshot_state():  # samples or snapshots changed meanwhile
-                plan = self._plan_snapshot(heldout_share, seed)
-            digest = plan.digest
-            existing = self.one("SELECT hash FROM snapshots WHERE hash = ?", (digest,))
-            if existing is None:
-                db.execute(
-                    "INSERT INTO snapshots (hash, created_at, sample_count, heldout_share, max_sample_id)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    (digest, timeutil.now_iso(), len(plan.splits), heldout_share, max(plan.splits)),
-                )
-                db.conn.executemany(
-                    "INSERT INTO snapshot_samples (snapshot_hash, sample_id, split) VALUES (?, ?, ?)",
-                    ((digest, sid, split) for sid, split in plan.splits.items()),
-                )
-                if plan.preferences:
-                    from replyloop import preferences
+        conn = self.db.conn
+        staged = self._stage_splits(conn, plan)  # the split rows too: only a copy is left for the lock
+        try:
+            with self.transaction() as db:
+                if plan.state != self._snapshot_state():  # samples or snapshots changed meanwhile
+                    plan, staged = self._plan_snapshot(heldout_share, seed), False
+                digest = plan.digest
+                existing = self.one("SELECT hash FROM snapshots WHERE hash = ?", (digest,))
+                if existing is None:
+                    db.execute(
+                        "INSERT INTO snapshots (hash, created_at, sample_count, heldout_share, max_sample_id)"
+                        " VALUES (?, ?, ?, ?, ?)",
+                        (digest, timeutil.now_iso(), len(plan.splits), heldout_share, max(plan.splits)),
+                    )
+                    if staged:
+                        conn.execute("INSERT INTO main.snapshot_samples (snapshot_hash, sample_id, split)"
+                                     " SELECT ?, sample_id, split FROM temp.snapshot_staging ORDER BY sample_id",
+                                     (digest,))
+                    else:
+                        conn.executemany(
+                            "INSERT INTO snapshot_samples (snapshot_hash, sample_id, split) VALUES (?, ?, ?)",
+                            ((digest, sid, split) for sid, split in plan.splits.items()),
+                        )
+                    if plan.preferences:
+                        from replyloop import preferences
 
-                    preferences.freeze(db.conn, digest, plan.preferences, plan.heldout_keys)
-                self.audit(actor, "snapshot.create", "snapshot", digest, {"samples": len(plan.splits)})
-            held = sum(1 for split in plan.splits.values() if split == "heldout")
-            return Snapshot(digest, existing is None, len(plan.splits) - held, held,
-                            plan.without_heldout if heldout_share > 0 else [])
+                        preferences.freeze(conn, digest, plan.preferences, plan.heldout_keys)
+                    self.audit(actor, "snapshot.create", "snapshot", digest, {"samples": len(plan.splits)})
+        finally:
+            conn.execute("DROP TABLE IF EXISTS temp.snapshot_staging")
+        held = sum(1 for split in plan.splits.values() if split == "heldout")
+        return Snapshot(digest, existing is None, len(plan.splits) - held, held,
+                        plan.without_heldout if heldout_share > 0 else [])
+
+    @staticmethod
+    def _stage_splits(conn: sqlite3.Connection, plan: "_SnapshotPlan") -> bool:
+        """The plan's (sample, split) rows into a temporary table (the temp database only: no
+        lock on the store); False inside a caller's transaction (then they are inserted there)."""
+        if conn.in_transaction:
+            return False
+        conn.execute("DROP TABLE IF EXISTS temp.snapshot_staging")
+        conn.execute("CREATE TEMP TABLE snapshot_staging (sample_id INTEGER PRIMARY KEY, split TEXT NOT NULL)")
+        conn.execute("BEGIN")
+        try:
+            conn.executemany("INSERT INTO temp.snapshot_staging VALUES (?, ?)", plan.splits.items())
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return True
 
     def _snapshot_state(self) -> tuple:
         """What a snapshot plan depends on (samples are only ever added, snapshots too)."""
@@ -634,8 +839,17 @@ class Store:
             conn.execute("BEGIN")  # deferred: a consistent read that blocks no writer (WAL)
         try:
             state = self._snapshot_state()
-            rows = conn.execute("SELECT id, prompt, category FROM samples ORDER BY id").fetchall()
-            if not rows:
+            # streamed in batches, keyed in bulk (``compact_many``); equal keys and categories share one string
+            key_of: dict[int, str] = {}
+            categories: list[tuple[int, str | None]] = []
+            keys: dict[str, str] = {}
+            names: dict[str | None, str | None] = {}
+            cursor = conn.execute("SELECT id, prompt, category FROM samples ORDER BY id")
+            while batch := cursor.fetchmany(SNAPSHOT_BATCH):
+                ids, prompts, cats = zip(*batch)
+                key_of.update(zip(ids, [keys.setdefault(k, k) for k in compact_many(list(prompts))]))
+                categories.extend(zip(ids, [names.setdefault(c, c) for c in cats]))
+            if not key_of:
                 raise ReplyloopError("the dataset has no samples yet: import or approve some first")
             digest = hashlib.sha256()
             first = True
@@ -645,10 +859,8 @@ class Store:
                 digest.update((item if first else "\n" + item).encode("utf-8"))
                 first = False
             digest.update(f"\n{heldout_share:.6f}\n{seed}".encode("utf-8"))
-            key_of = {sid: compact(prompt) for sid, prompt, _ in rows}
-            categories = [(sid, category) for sid, _, category in rows]
-            del rows
-            bucket = {key: self._key_bucket(key, seed) for key in set(key_of.values())}
+            bucket = {key: self._key_bucket(key, seed) for key in keys}
+            del keys
             history = self._split_history(key_of)
             from replyloop import preferences
 

@@ -251,6 +251,7 @@ def test_kill_9_during_a_large_import_stores_all_or_nothing(workspace, tmp_path)
         w.writerow(["prompt", "response", "category"])
         for i in range(rows):
             w.writerow([f"问题{i}：快递到哪了？", f"您好，请提供订单号（编号{i}）", "物流查询"])
+    killed = []
     for delay in (0.3, 1.5, 3.0, 6.0):
         before = store.sample_count()
         proc = subprocess.Popen([sys.executable, "-m", "replyloop", "data", "import", str(big)],
@@ -258,29 +259,47 @@ def test_kill_9_during_a_large_import_stores_all_or_nothing(workspace, tmp_path)
         time.sleep(delay)
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        killed.append(proc.pid)
         after = store.sample_count()
         assert after - before in (0, rows) and (after in (0, rows)), (delay, before, after)
         assert store.scalar("PRAGMA integrity_check") == "ok"
     assert cli("data", "import", big).exit_code == 0
     assert store.sample_count() == rows
+    import tempfile  # the killed imports' staging directories are removed by the next import
+    assert not [p for pid in killed for p in Path(tempfile.gettempdir()).glob(f"replyloop-import-{pid}-*")]
 
 
 def test_parallel_validation_gives_the_same_rows_and_the_first_error(tmp_path, workspace):
-    from replyloop.dataio import iter_staged
+    from replyloop.dataio import import_file, iter_staged
+    from replyloop.store import Store
 
     _, store = workspace
     good = tmp_path / "big.csv"
     lines = ["prompt,response,category"] + [f"问题{i}，快递呢？,回答{i},物流查询" for i in range(25000)]
+    lines[7] = '"多行\n问题 →", 回答  ,'  # a quoted line break (its record spans lines 8-9), no category
+    lines[20001] = "'=1+1,回答,售后服务"  # a quoted formula cell: the exact path for its chunk
     good.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    assert list(iter_staged(good, workers=2)) == list(iter_staged(good, workers=0))
+    stored = []
+    for workers in (2, 0):
+        one = Store(tmp_path / f"w{workers}.db")
+        import_file(one, good, workers=workers)
+        stored.append(one.query("SELECT id, prompt, response, category, dedupe_key, prompt_key FROM samples"))
+        one.close()
+    exact = Store(tmp_path / "exact.db")
+    exact.import_rows(iter_staged(good))
+    assert stored[0] == stored[1] == exact.query("SELECT id, prompt, response, category, dedupe_key, prompt_key"
+                                                 " FROM samples")
+    row = stored[0][6]
+    assert (row["prompt"], row["response"], row["category"]) == ("多行\n问题 →", "回答", None)
+    assert stored[0][20000]["prompt"] == "=1+1"
     bad = tmp_path / "bad.csv"
-    lines[24000] = "\x00,回答,物流查询"  # line 24001, in a later chunk than the next one
-    lines[12000] = "问题,回答,../etc"    # line 12001: reported first, in file order
+    lines[24000] = "\x00,回答,物流查询"  # line 24002, in a later chunk than the next one
+    lines[12000] = "问题,回答,../etc"    # line 12002: reported first, in file order
     bad.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    with pytest.raises(FieldError, match=r"bad.csv:12001: category may hold only letters"):
-        list(iter_staged(bad, workers=2))
+    with pytest.raises(FieldError, match=r"bad.csv:12002: category may hold only letters"):
+        import_file(exact, bad, workers=2)
     result = cli_subprocess("data", "import", bad, "--workers", "2")
-    assert result.returncode == 2 and f"Error: {bad}:12001: category may hold only letters" in result.stderr
+    assert result.returncode == 2 and f"Error: {bad}:12002: category may hold only letters" in result.stderr
     assert store.sample_count() == 0
     result = cli_subprocess("data", "import", good, "--workers", "2")
     assert result.returncode == 0 and "Imported 25000 sample(s)" in result.stdout
@@ -300,3 +319,110 @@ def test_snapshot_hash_is_unchanged_by_the_streamed_planning(workspace, samples_
                                           store.scalar("SELECT count(*) FROM snapshot_samples WHERE split = 'heldout'"))
     again = store.create_snapshot(0.15, "replyloop")
     assert (again.hash, again.created, again.train, again.heldout) == (snap.hash, False, snap.train, snap.heldout)
+
+
+BOT_WRITER = """
+import json, sys, time
+from pathlib import Path
+from replyloop.store import Store
+store, stop, out = Store(sys.argv[1]), Path(sys.argv[2]), []
+failures = 0
+while not stop.exists():
+    start = time.time()
+    try:
+        store.add_question("导入时的问题", f"during-{len(out)}", source="http")
+    except Exception:
+        failures += 1
+    out.append((start, time.time()))
+    time.sleep(0.02)
+print(json.dumps({"failures": failures, "writes": out}))
+"""
+
+
+def test_a_concurrent_bot_write_never_waits_for_the_whole_import(tmp_path, workspace):
+    """A real second process writing like ``/intake`` every 20 ms beside ``data import`` of a
+    file validated by two workers: none of its writes fails, it keeps committing while the file
+    is staged (the import holds the write lock only for its final insert), and the import still
+    lands whole."""
+    import subprocess
+    import sys
+    import time
+
+    _, store = workspace
+    big = tmp_path / "big.csv"
+    big.write_text("prompt,response,category\n" + "".join(f"导入问题{i}，快递呢？,回答{i},物流查询\n" for i in range(20000)),
+                   encoding="utf-8")
+    stop = tmp_path / "stop"
+    bot = subprocess.Popen([sys.executable, "-c", BOT_WRITER, str(store.path), str(stop)], stdout=subprocess.PIPE,
+                           text=True)
+    try:
+        time.sleep(1.0)
+        started = time.time()
+        result = cli_subprocess("data", "import", big, "--workers", "2")
+        ended = time.time()
+    finally:
+        stop.touch()
+        report = json.loads(bot.communicate(timeout=60)[0])
+    assert result.returncode == 0 and "Imported 20000 sample(s)" in result.stdout, result.stderr
+    assert report["failures"] == 0
+    during = [end for begin, end in report["writes"] if started < begin and end < ended]
+    assert len(during) >= 3, (ended - started, report["writes"][-5:])  # committed while the import ran
+    assert store.sample_count() == 20000
+    assert store.scalar("SELECT count(*) FROM questions WHERE source = 'http'") == len(report["writes"])
+    assert store.scalar("PRAGMA integrity_check") == "ok"
+
+
+def test_conflicts_with_a_smaller_store_are_found_from_its_keys(workspace, tmp_path):
+    """A file larger than the store is compared with the store's keys in memory (the other path
+    looks each staged prompt up in the index): the same warnings."""
+    from replyloop.dataio import import_file
+
+    _, store = workspace
+    store.add_samples(read_samples(write(tmp_path / "a.csv", "prompt,response\n怎么改地址,在订单页修改\n能开发票吗,可以\n")))
+    [stored] = [s["id"] for s in store.samples() if s["prompt"] == "怎么改地址"]
+    big = write(tmp_path / "b.csv", "prompt,response\n" + "".join(f"别的问题{i},回答\n" for i in range(5))
+                + "怎么 改地址,不能改\n能开发票吗,可以\n怎么改地址,在订单页修改\n")
+    result = import_file(store, big)
+    assert (result.added, result.duplicates, result.conflicts) == (6, 2, 2)
+    assert [(c.line, c.other_line, c.sample_id) for c in result.conflict_examples] == [(7, None, stored), (9, 7, None)]
+
+
+def test_kill_9_of_an_import_with_workers_leaves_no_worker_behind(workspace, tmp_path):
+    """Forked validation workers hold their task pipe open themselves: without a watch on the
+    parent they would wait on it for ever after a ``kill -9`` of the import."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _, store = workspace
+    big = tmp_path / "big.csv"
+    big.write_text("prompt,response\n" + "".join(f"问题{i}：快递到哪了？,您好，请提供订单号（编号{i}）\n" for i in range(60000)),
+                   encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "replyloop", "data", "import", str(big), "--workers", "2"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    children_file = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline, workers = time.monotonic() + 60, []
+    while time.monotonic() < deadline and len(workers) < 2 and proc.poll() is None:
+        workers = children_file.read_text().split() if children_file.exists() else []
+        time.sleep(0.05)
+    assert len(workers) == 2, "the import never started its workers"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+    def alive(pid: str) -> bool:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and any(alive(pid) for pid in workers):
+        time.sleep(0.1)
+    left = [pid for pid in workers if alive(pid)]
+    for pid in left:  # tidy up before failing
+        os.kill(int(pid), signal.SIGKILL)
+    assert not left
+    assert store.sample_count() == 0 and store.scalar("PRAGMA integrity_check") == "ok"

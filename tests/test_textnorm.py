@@ -32,3 +32,18 @@ def test_mixed_strings_match_unicodedata():
         assert textnorm.compact(text) == slow_compact(text), repr(text)
         assert textnorm.normalize(text) == re.sub(r"\s+", " ", unicodedata.normalize("NFKC", text).casefold()).strip()
     assert textnorm.compact("ＡＢＣ　怎么 退货？") == "abc怎么退货?"
+
+
+def test_compact_many_matches_compact_text_by_text():
+    """The import's bulk keys: one join of a chunk, the same keys as ``compact`` on each text,
+    also with texts outside the fast set and a NUL (which would shift the split) among them."""
+    rng = random.Random(151)
+    chars = fast_chars()
+    spaces = [" ", "\t", "\n", "\u3000", "\u00a0", "\u2028", "\x1f", "\r"]
+    tricky = ["e\u0301", "ｶﾞ", "ß", "Σ", "\u0085", "\x00", "→", "①", "…", "，", "Ａ"]
+    for _ in range(300):
+        texts = ["".join(rng.choice(chars) if rng.random() < 0.7 else rng.choice(spaces) if rng.random() < 0.7
+                         else rng.choice(tricky) for _ in range(rng.randint(0, 15))) for _ in range(rng.randint(0, 60))]
+        if rng.random() < 0.5:  # mostly fast texts: the bulk path
+            texts = [t for t in texts if textnorm._FAST.fullmatch(t)]
+        assert textnorm.compact_many(texts) == [textnorm.compact(t) for t in texts], texts

@@ -25,7 +25,7 @@ def import_(
 
     Example: replyloop data import exports/faq.csv --encoding gbk
     """
-    from replyloop.dataio import iter_staged, read_questions
+    from replyloop.dataio import import_file, read_questions
 
     cfg, store = workspace(config)
     with store:
@@ -36,7 +36,7 @@ def import_(
             ids = ingest_questions(cfg, store, questions, source="import")
             typer.echo(f"Imported {len(ids)} question(s) from {file}")
             return
-        result = store.import_rows(iter_staged(file, encoding, workers=workers), source="import")
+        result = import_file(store, file, encoding, workers=workers, source="import")
         for c in result.conflict_examples:
             other = f"line {c.other_line}" if c.other_line else f"stored sample #{c.sample_id}"
             typer.echo(f"Warning: {file}:{c.line}: the prompt {_clip(c.prompt)!r} has a different answer on "
