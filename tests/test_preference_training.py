@@ -1,0 +1,183 @@
+"""Preference training (objective: dpo | kto) on top of an SFT adapter, with the tiny model:
+the DPO step widens the held-out margin log p(chosen) - log p(rejected), KTO trains, resume
+continues, and too few pairs is a clear error."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from eval_fixtures import sample_rows
+from training_fixtures import tiny_base  # noqa: F401  (session fixture)
+
+BAD = ("您好，我们承诺全额赔付。", "请联系我们。请联系我们。", "这个问题我们不清楚。")
+SFT = dict(lora_rank=8, lora_alpha=16, lora_dropout=0.0, batch_size=8, max_seq_length=96, packing=False,
+           learning_rate=3e-3, lr_scheduler="constant", eval_ratio=0.0, eval_steps=1000, save_steps=1000,
+           target_modules=["q_proj", "v_proj"], max_steps=6)
+PREF = dict(SFT, objective="dpo", learning_rate=2e-3, beta=0.1, max_steps=6, save_steps=3, batch_size=4)
+
+
+def seed_reviews(store, n_edits: int = 60) -> str:
+    """The sample set as approved samples, plus reviews of drafts: an edit replacing a bad draft
+    by the sample's answer for each of ``n_edits`` questions, some approvals and rejections.
+    Returns the snapshot (which freezes the preference rows)."""
+    from replyloop.dataio import read_samples
+    from eval_fixtures import SAMPLES_CSV
+
+    store.add_samples(read_samples(SAMPLES_CSV))
+    rows = sample_rows()
+    for i, row in enumerate(rows[:n_edits]):
+        qid = store.add_question(row["prompt"], f"c{i}")
+        draft = store.add_draft(qid, BAD[i % len(BAD)], model_name="m1")
+        store.decide(draft, "edit", "USUP1", final_text=row["response"])
+    for i, row in enumerate(rows[n_edits:n_edits + 10]):
+        qid = store.add_question(row["prompt"], f"a{i}")
+        store.decide(store.add_draft(qid, row["response"], model_name="m1"), "approve", "USUP1")
+    return store.create_snapshot(0.15, "replyloop").hash
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_base):  # noqa: F811
+    """A store with reviews, its snapshot, and an SFT adapter trained on that snapshot."""
+    from replyloop.store import Store
+    from training.config import make_train_config
+    from training.recipe import run_training
+
+    root = tmp_path_factory.mktemp("pref")
+    db = root / "replyloop.db"
+    with Store(db) as store:
+        snap = seed_reviews(store)
+    cfg = make_train_config(root=root, **SFT, base_model=str(tiny_base), dataset="store", store_path=str(db),
+                            snapshot=snap, output_dir=str(root / "sft"))
+    run_training(cfg, progress=lambda e: None)
+    return {"root": root, "db": db, "snapshot": snap, "sft": root / "sft", "base": tiny_base}
+
+
+def pref_cfg(world, out: str, **values):
+    from training.config import make_train_config
+
+    return make_train_config(root=world["root"], **{**PREF, "base_model": str(world["base"]), "dataset": "store",
+                                                    "store_path": str(world["db"]), "snapshot": world["snapshot"],
+                                                    "init_adapter": str(world["sft"]),
+                                                    "output_dir": str(world["root"] / out), **values})
+
+
+def heldout_pairs(world) -> list[tuple[str, str, str]]:
+    from replyloop import preferences
+    from replyloop.store import Store
+
+    with Store(world["db"]) as store:
+        return [(r["prompt"], r["chosen"], r["rejected"])
+                for r in preferences.iter_rows(store, world["snapshot"], "dpo", "heldout")]
+
+
+def measured_margin(base: Path, adapter: Path, pairs) -> float:
+    """Mean summed log p(chosen) - log p(rejected) under ``adapter``, computed here from the
+    logits (prompt tokens as drafting builds them, then the reply and its end token)."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.prompting import PromptFormat, prompt_input_ids
+
+    tok = AutoTokenizer.from_pretrained(str(base))
+    fmt = PromptFormat.from_manifest(json.loads((adapter / "manifest.json").read_text(encoding="utf-8")), tok)
+    model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(str(base), dtype=torch.float32),
+                                      str(adapter)).eval()
+
+    def logp(prompt, reply):
+        p = prompt_input_ids(tok, prompt, fmt=fmt)
+        ids = p + tok(reply, add_special_tokens=False)["input_ids"] + [fmt.end_id(tok)]
+        with torch.no_grad():
+            out = torch.log_softmax(model(input_ids=torch.tensor([ids])).logits[0, :-1].float(), -1)
+        return sum(out[i - 1, ids[i]].item() for i in range(len(p), len(ids)))
+
+    return sum(logp(p, c) - logp(p, r) for p, c, r in pairs) / len(pairs)
+
+
+def test_dpo_widens_the_heldout_margin(world):
+    from training.recipe import run_training
+
+    pairs = heldout_pairs(world)
+    assert len(pairs) >= 3, "the snapshot holds some edited questions out"
+    result = run_training(pref_cfg(world, "dpo"), progress=lambda e: None)
+    out = result.output_dir
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["objective"] == "dpo"
+    assert manifest["snapshot_hash"] == world["snapshot"]
+    prefs = manifest["preferences"]
+    assert prefs["kind"] == "dpo" and prefs["train_rows"] + prefs["heldout_rows"] == 60
+    assert len(prefs["rows_sha256"]) == 64 and prefs["heldout_pairs"] == len(pairs)
+    assert manifest["prompt"] == json.loads((world["sft"] / "manifest.json").read_text())["prompt"]
+    assert not (out / "ref").exists(), "TRL's reference copy is not part of the output"
+    before = measured_margin(world["base"], world["sft"], pairs)
+    after = measured_margin(world["base"], out, pairs)
+    assert after > before + 1.0, (before, after)
+    assert manifest["metrics"]["heldout_margin_after"] == pytest.approx(after, abs=0.05)
+    # checkpoints: HF Trainer's checkpoint-N (marked complete by state.json) kept beside the adapter
+    assert (out / "checkpoint-3" / "state.json").exists()
+
+
+
+class Interrupted(Exception):
+    pass
+
+
+def test_an_interrupted_dpo_run_resumes_from_its_checkpoint(world):
+    """A run that dies after checkpoint-3 leaves output_dir without an adapter; --resume
+    continues from checkpoint-3 to the same weights as the uninterrupted run."""
+    import torch
+    from safetensors.torch import load_file
+
+    from training.recipe import run_training
+
+    def die_at_step_5(event):
+        if event.get("step") == 5:
+            raise Interrupted
+
+    with pytest.raises(Interrupted):
+        run_training(pref_cfg(world, "dpo-cut"), progress=die_at_step_5)
+    cut = world["root"] / "dpo-cut"
+    assert not (cut / "manifest.json").exists() and (cut / "checkpoint-3" / "state.json").exists()
+    again = run_training(pref_cfg(world, "dpo-cut", resume_from_checkpoint=True), progress=lambda e: None)
+    manifest = json.loads((cut / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["resumed_from"].endswith("checkpoint-3") and manifest["metrics"]["steps"] == 6
+    assert again.output_dir == cut
+    whole = world["root"] / "dpo"
+    if not (whole / "manifest.json").exists():
+        run_training(pref_cfg(world, "dpo"), progress=lambda e: None)
+    a, b = load_file(cut / "adapter_model.safetensors"), load_file(whole / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_kto_trains_on_desirable_and_undesirable_rows(world):
+    from training.recipe import run_training
+
+    result = run_training(pref_cfg(world, "kto", objective="kto", max_steps=3, save_steps=100, undesirable_weight=1.5),
+                          progress=lambda e: None)
+    manifest = result.manifest
+    assert manifest["objective"] == "kto"
+    p = manifest["preferences"]
+    assert p["desirable"] > 0 and p["undesirable"] > 0
+    assert manifest["metrics"]["steps"] == 3 and manifest["metrics"]["train_loss"] is not None
+    assert (result.output_dir / "adapter_model.safetensors").exists()
+
+
+def test_too_few_pairs_is_an_error_naming_the_numbers(world, tmp_path):
+    from replyloop.store import Store
+    from training.data import DatasetTooSmallError
+    from training.recipe import run_training
+
+    db = tmp_path / "few.db"
+    with Store(db) as store:
+        snap = seed_reviews(store, n_edits=3)
+    with pytest.raises(DatasetTooSmallError) as info:
+        run_training(pref_cfg(world, "few", store_path=str(db), snapshot=snap), progress=lambda e: None)
+    text = str(info.value)
+    assert "objective: dpo needs at least 8 preference pairs" in text
+    assert f"snapshot {snap[:12]}" in text and "edits" in text
+    assert not (world["root"] / "few").exists()
