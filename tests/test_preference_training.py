@@ -181,3 +181,63 @@ def test_too_few_pairs_is_an_error_naming_the_numbers(world, tmp_path):
     assert "objective: dpo needs at least 8 preference pairs" in text
     assert f"snapshot {snap[:12]}" in text and "edits" in text
     assert not (world["root"] / "few").exists()
+
+
+PREF_YAML = """\
+base_model: {base}
+output_dir: {out}
+dataset: store
+store_path: {db}
+snapshot: {snap}
+objective: {objective}
+{init}lora_rank: 8
+batch_size: 4
+max_seq_length: 96
+max_steps: 2
+save_steps: 100
+learning_rate: 0.002
+"""
+
+
+def test_replyloop_train_runs_dpo_from_a_yaml_and_reports_the_margin(world, tmp_path):
+    from helpers import cli
+
+    config = tmp_path / "dpo.yaml"
+    config.write_text(PREF_YAML.format(base=world["base"], out=tmp_path / "out", db=world["db"],
+                                       snap=world["snapshot"], objective="dpo",
+                                       init=f"init_adapter: {world['sft']}\n"), encoding="utf-8")
+    r = cli("train", "--config", config)
+    assert r.exit_code == 0, r.output
+    last = r.output.strip().splitlines()[-1]
+    assert last.startswith(f"Wrote {tmp_path / 'out'}: objective dpo, 2 steps on ") and "held-out margin" in last
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text(encoding="utf-8"))["objective"] == "dpo"
+
+
+def test_user_mistakes_are_errors_naming_file_line_and_numbers(world, tmp_path):
+    from helpers import cli
+    from replyloop.store import Store
+
+    config = tmp_path / "kto.yaml"
+    # no init_adapter: nothing to train on top of
+    config.write_text(PREF_YAML.format(base=world["base"], out=tmp_path / "out", db=world["db"],
+                                       snap=world["snapshot"], objective="kto", init=""), encoding="utf-8")
+    r = cli("train", "--config", config)
+    assert r.exit_code == 2 and r.output.startswith("Error: ") and str(config) in r.output, r.output
+    assert "objective: kto trains on top of an SFT adapter: set init_adapter" in r.output
+    # a typo in objective
+    config.write_text(PREF_YAML.format(base=world["base"], out=tmp_path / "out", db=world["db"],
+                                       snap=world["snapshot"], objective="orpo",
+                                       init=f"init_adapter: {world['sft']}\n"), encoding="utf-8")
+    r = cli("train", "--config", config)
+    assert r.exit_code == 2 and f"{config}:6" in r.output and "objective" in r.output, r.output
+    # a store with three edits: too few pairs, and the numbers named
+    db = tmp_path / "few.db"
+    with Store(db) as store:
+        snap = seed_reviews(store, n_edits=3)
+    config.write_text(PREF_YAML.format(base=world["base"], out=tmp_path / "out", db=db, snap=snap,
+                                       objective="dpo", init=f"init_adapter: {world['sft']}\n"), encoding="utf-8")
+    r = cli("train", "--config", config)
+    assert r.exit_code == 2, r.output
+    assert r.output.startswith(f"Error: {config}:6: objective: dpo needs at least 8 preference pairs in the train "
+                               f"split of snapshot {snap[:12]}, it has ")
+    assert not (tmp_path / "out").exists()

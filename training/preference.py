@@ -37,6 +37,12 @@ from training.recipe import LoRAFinetuneRecipe, Notice, Progress, TrainResult
 KIND = {"dpo": "dpo", "kto": "kto"}
 
 
+class TooFewPreferencesError(DatasetTooSmallError):
+    """The snapshot has fewer preference rows than objective: dpo | kto needs (bad input: exit 2)"""
+
+    exit_code = 2
+
+
 def rows_sha256(rows: list[dict]) -> str:
     """The fingerprint of the preference rows trained on (recorded in the manifest and checkpoints)."""
     h = hashlib.sha256()
@@ -151,21 +157,21 @@ class PreferenceRecipe(LoRAFinetuneRecipe):
                "kto": "every approval, edit and rejection makes rows"}[self.kind]
         held = f" (and {len(self.heldout_rows)} held out)" if self.heldout_rows else ""
         if have < need:
-            raise DatasetTooSmallError(
+            raise TooFewPreferencesError(
                 f"{where}objective: {self.objective} needs at least {need} {what} in the train split of snapshot "
                 f"{self.snapshot_hash[:12]}, it has {have}{held} ({how}; min_preference_rows sets the minimum)")
         if self.kind == "kto":
             good = sum(1 for r in self.train_rows if r["label"])
             if good in (0, have):
                 missing = "undesirable (rejected or edited) drafts" if good else "desirable (approved) replies"
-                raise DatasetTooSmallError(f"{where}objective: kto needs both desirable and undesirable rows; the "
+                raise TooFewPreferencesError(f"{where}objective: kto needs both desirable and undesirable rows; the "
                                            f"train split of snapshot {self.snapshot_hash[:12]} has no {missing}")
             if self.cfg.batch_size < 2:
                 raise TrainingError(f"{self.cfg.where('batch_size')}batch_size: objective: kto needs batch_size of at "
                                     f"least 2 (its KL term pairs each row with another row of the batch)")
             self.desirable, self.undesirable = good, have - good
         if self.cfg.batch_size > have:
-            raise DatasetTooSmallError(f"{self.cfg.where('batch_size')}batch_size is {self.cfg.batch_size}, but the "
+            raise TooFewPreferencesError(f"{self.cfg.where('batch_size')}batch_size is {self.cfg.batch_size}, but the "
                                        f"train split of snapshot {self.snapshot_hash[:12]} has {have} {what}")
 
     def _prompt_format(self) -> PromptFormat:
@@ -344,6 +350,17 @@ class _Events(_callback_base()):
                     event[key.replace("rewards/", "reward_")] = round(float(logs[key]), 6)
             self.recipe._emit(event)
         return control
+
+
+def summary_line(result: TrainResult) -> str:
+    """What ``replyloop train`` prints when a preference run finished."""
+    m, p = result.manifest["metrics"], result.manifest["preferences"]
+    before, after = m.get("heldout_margin_before"), m.get("heldout_margin_after")
+    margin = (f"held-out margin log p(chosen) - log p(rejected) {before:.2f} -> {after:.2f} on "
+              f"{p['heldout_pairs']} pair(s)" if before is not None and after is not None else "no held-out pairs")
+    loss = "n/a" if m["train_loss"] is None else f"{m['train_loss']:.4f}"
+    return (f"Wrote {result.output_dir}: objective {result.manifest['objective']}, {m['steps']} steps on "
+            f"{p['train_rows']} {p['kind']} row(s), loss {loss}, {margin}")
 
 
 def run_preference_training(cfg: TrainConfig, progress: Progress | None = None,
