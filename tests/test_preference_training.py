@@ -153,6 +153,21 @@ def test_an_interrupted_dpo_run_resumes_from_its_checkpoint(world):
     assert a.keys() == b.keys()
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
 
+    # resuming on other preference rows (a newer snapshot with one more edit) is an error
+    from replyloop.store import Store
+    from training.checkpointing import ResumeDataError
+
+    db = world["root"] / "newer.db"
+    shutil.copy(world["db"], db)
+    with Store(db) as store:
+        row = sample_rows()[100]
+        qid = store.add_question(row["prompt"], "late")
+        store.decide(store.add_draft(qid, BAD[0], model_name="m1"), "edit", "USUP1", final_text=row["response"])
+        newer = store.create_snapshot(0.15, "replyloop").hash
+    with pytest.raises(ResumeDataError, match=f"it trained on snapshot {world['snapshot']}"):
+        run_training(pref_cfg(world, "dpo-cut", store_path=str(db), snapshot=newer,
+                              resume_from_checkpoint=str(cut / "checkpoint-6")), progress=lambda e: None)
+
 
 def test_kto_trains_on_desirable_and_undesirable_rows(world):
     from training.recipe import run_training
