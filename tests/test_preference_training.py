@@ -256,3 +256,33 @@ def test_user_mistakes_are_errors_naming_file_line_and_numbers(world, tmp_path):
     assert r.output.startswith(f"Error: {config}:6: objective: dpo needs at least 8 preference pairs in the train "
                                f"split of snapshot {snap[:12]}, it has ")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
+def test_the_pipeline_trains_dpo_on_top_of_the_champion_and_registers_it(replyloop_home, tiny_base):  # noqa: F811
+    """The team's training config says objective: dpo (after a first SFT run made a champion):
+    the next run trains DPO on top of the champion, registers the result and gates it."""
+    import yaml
+
+    from pipeline_fixtures import make_workspace
+    from replyloop.pipeline import run_pipeline
+
+    config, store = make_workspace(replyloop_home, tiny_base, steps=4)
+    first = run_pipeline(config, store)
+    assert first.status == "succeeded" and first.action == "champion", first.message
+    rows = sample_rows()
+    for i, row in enumerate(rows[:40]):
+        qid = store.add_question(row["prompt"], f"p{i}")
+        store.decide(store.add_draft(qid, BAD[i % len(BAD)], model_name="m1"), "edit", "USUP1",
+                     final_text=row["response"])
+    train_yaml = replyloop_home / "train.yaml"
+    data = yaml.safe_load(train_yaml.read_text(encoding="utf-8"))
+    data.update({"objective": "dpo", "max_steps": 2, "batch_size": 4, "learning_rate": 0.002})
+    train_yaml.write_text(yaml.safe_dump(data), encoding="utf-8")
+    second = run_pipeline(config, store)
+    assert second.status == "succeeded", second.message
+    model = store.one("SELECT adapter_path FROM models WHERE id = ?", (second.model_id,))
+    manifest = json.loads((Path(model["adapter_path"]) / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["objective"] == "dpo" and manifest["preferences"]["train_rows"] >= 8
+    champion = store.one("SELECT adapter_path FROM models WHERE id = ?", (first.model_id,))["adapter_path"]
+    assert Path(manifest["init_adapter"]) == Path(champion).resolve()

@@ -127,9 +127,6 @@ class TrainConfig(BaseModel):
         if self.objective != "sft" and self.dataset != "store":
             raise ValueError(f"objective: {self.objective} trains on the preference rows of a store snapshot: "
                              f"set dataset: store")
-        if self.objective != "sft" and not self.init_adapter:
-            raise ValueError(f"objective: {self.objective} trains on top of an SFT adapter: set init_adapter to its "
-                             f"directory (or champion)")
         return self
 
     # -- where a key was written ----------------------------------------------------------------

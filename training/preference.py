@@ -27,7 +27,7 @@ import time
 import warnings
 from pathlib import Path
 
-from replyloop.errors import TrainingError
+from replyloop.errors import ConfigError, TrainingError
 from training import checkpointing as ckpt
 from training.config import TrainConfig
 from training.data import DatasetTooSmallError, load_records
@@ -102,6 +102,9 @@ class PreferenceRecipe(LoRAFinetuneRecipe):
         self.device, self.precision = self._setup_device(device=cfg.device, precision=cfg.precision,
                                                          quantization=cfg.quantization)
         base_path = self._resolve_base_model(cfg)
+        if not cfg.init_adapter:  # checked here, not in the config: the pipeline sets it per run (champion)
+            raise ConfigError(f"{cfg.where('objective')}objective: {self.objective} trains on top of an SFT adapter: "
+                              f"set init_adapter to its directory (or champion)")
         self.init_adapter = self._resolve_init_adapter(cfg)
         self._check_init_adapter(cfg, self.init_adapter)
         resume_path = self._resume_path(cfg)
