@@ -286,3 +286,43 @@ def test_the_pipeline_trains_dpo_on_top_of_the_champion_and_registers_it(replylo
     assert manifest["objective"] == "dpo" and manifest["preferences"]["train_rows"] >= 8
     champion = store.one("SELECT adapter_path FROM models WHERE id = ?", (first.model_id,))["adapter_path"]
     assert Path(manifest["init_adapter"]) == Path(champion).resolve()
+
+
+@pytest.mark.slow
+def test_pipeline_preference_setting_picks_the_better_candidate_and_says_why(replyloop_home, tiny_base):  # noqa: F811
+    """training.preference: dpo. Without enough pairs the run notes that the preference step did
+    not run and goes on with SFT; with them, it trains SFT then DPO on the same snapshot, evaluates
+    both on the same held-out questions, keeps the better one that passes and rejects the other."""
+    from pipeline_fixtures import make_workspace
+    from replyloop.pipeline import run_pipeline
+
+    config, store = make_workspace(replyloop_home, tiny_base, steps=4)
+    config.file.training.preference = "dpo"
+    messages = []
+    first = run_pipeline(config, store, notify=messages.append)
+    assert first.status == "succeeded" and first.action == "champion", first.message
+    assert "Preference step (dpo) not run: " in messages[-1] and "needs at least 8 preference pairs" in messages[-1]
+    assert "the SFT adapter is the candidate" in messages[-1]
+
+    for i, row in enumerate(sample_rows()[:40]):
+        qid = store.add_question(row["prompt"], f"p{i}")
+        store.decide(store.add_draft(qid, BAD[i % len(BAD)], model_name="m1"), "edit", "USUP1",
+                     final_text=row["response"])
+    second = run_pipeline(config, store, notify=messages.append)
+    assert second.status == "succeeded", second.message
+    run_models = store.query("SELECT id, name, status FROM models WHERE run_id = ? ORDER BY id", (second.run_id,))
+    assert [m["name"].endswith("-dpo") for m in run_models] == [False, True]
+    evals = {r["model_id"]: json.loads(r["report"]) for r in
+             store.query("SELECT model_id, report FROM evaluations WHERE model_id IN (?, ?)",
+                         tuple(m["id"] for m in run_models))}
+    sft, dpo = (evals[m["id"]] for m in run_models)
+    assert sft["snapshot_hash"] == dpo["snapshot_hash"] and sft["n"] == dpo["n"]
+    assert [i["question"] for i in sft["items"]] == [i["question"] for i in dpo["items"]]
+    better = run_models[1] if dpo["consistency"]["mean"] > sft["consistency"]["mean"] else run_models[0]
+    worse = run_models[0] if better is run_models[1] else run_models[1]
+    assert second.model_id == better["id"]
+    assert store.one("SELECT status FROM models WHERE id = ?", (better["id"],))["status"] == "canary"
+    assert store.one("SELECT status FROM models WHERE id = ?", (worse["id"],))["status"] == "rejected"
+    label = "SFT+DPO" if better is run_models[1] else "SFT-only"
+    assert f"Candidate: {label} ({better['name']}): " in messages[-1]
+    assert f"on the same {sft['n']} held-out questions" in messages[-1]
