@@ -326,3 +326,35 @@ def test_pipeline_preference_setting_picks_the_better_candidate_and_says_why(rep
     label = "SFT+DPO" if better is run_models[1] else "SFT-only"
     assert f"Candidate: {label} ({better['name']}): " in messages[-1]
     assert f"on the same {sft['n']} held-out questions" in messages[-1]
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_dpo_run_then_resume(world, tmp_path):
+    """`replyloop train` killed with SIGKILL once checkpoint-2 is complete: output_dir holds no
+    adapter or manifest, and `--resume` finishes the run from checkpoint-2."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    config = tmp_path / "dpo.yaml"
+    out = tmp_path / "out"
+    config.write_text(PREF_YAML.format(base=world["base"], out=out, db=world["db"], snap=world["snapshot"],
+                                       objective="dpo", init=f"init_adapter: {world['sft']}\n")
+                      .replace("max_steps: 2\nsave_steps: 100", "max_steps: 40\nsave_steps: 2"), encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "replyloop", "train", "--config", str(config)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
+    deadline = time.time() + 240
+    while not (out / "checkpoint-2" / "state.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert (out / "checkpoint-2" / "state.json").exists()
+    assert not (out / "manifest.json").exists() and not (out / "adapter_model.safetensors").exists()
+    from helpers import cli
+
+    r = cli("train", "--config", config, "--resume")
+    assert r.exit_code == 0, r.output
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["metrics"]["steps"] == 40 and "checkpoint-" in manifest["resumed_from"]
