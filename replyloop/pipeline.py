@@ -458,6 +458,10 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
                             "(`replyloop models promote` / `replyloop models rollback`)")
     try:
         source = load_training_source(config)
+        if config.file.training.preference != "off" and source.data.get("objective", "sft") != "sft":  # train18
+            raise ConfigError(f"{source.path}: objective: {source.data['objective']} with training.preference: "
+                              f"{config.file.training.preference}: the pipeline trains SFT first, then the "
+                              f"preference step; set objective: sft (or remove it), or training.preference: off")
     except ConfigError as exc:
         return _config_error(store, str(exc), trigger, requested_by, say)
     lock.acquire()

@@ -358,3 +358,19 @@ def test_kill_9_during_a_dpo_run_then_resume(world, tmp_path):
     assert r.exit_code == 0, r.output
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["metrics"]["steps"] == 40 and "checkpoint-" in manifest["resumed_from"]
+
+
+def test_pipeline_preference_with_a_preference_objective_is_a_config_error(replyloop_home, tiny_base):  # noqa: F811
+    import yaml
+
+    from pipeline_fixtures import make_workspace
+    from replyloop.pipeline import run_pipeline
+
+    config, store = make_workspace(replyloop_home, tiny_base, steps=4)
+    config.file.training.preference = "kto"
+    train_yaml = replyloop_home / "train.yaml"
+    train_yaml.write_text(yaml.safe_dump({**yaml.safe_load(train_yaml.read_text()), "objective": "dpo"}))
+    result = run_pipeline(config, store)
+    assert result.status == "config-error" and result.run_id is None
+    assert "objective: dpo with training.preference: kto" in result.message and str(train_yaml) in result.message
+    assert store.scalar("SELECT count(*) FROM training_runs") == 0
