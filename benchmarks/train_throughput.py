@@ -39,7 +39,7 @@ def rows() -> list[dict]:
 
 
 def build_model(kind: str, out: Path) -> Path:
-    from training.tiny import build_tiny_base, build_tiny_tokenizer
+    from replyloop.training.tiny import build_tiny_base, build_tiny_tokenizer
 
     texts = [r["prompt"] for r in rows()] + [r["response"] for r in rows()]
     if kind == "tiny":
@@ -85,8 +85,8 @@ def timed(run, device: str) -> float:
 def run_ours(args, base: str, work: str, queue) -> None:
     import torch
 
-    from training.config import make_train_config
-    from training.recipe import LoRAFinetuneRecipe
+    from replyloop.training.config import make_train_config
+    from replyloop.training.recipe import LoRAFinetuneRecipe
 
     torch.set_num_threads(args.threads)
     data = Path(work) / "data"
@@ -116,7 +116,7 @@ def run_baseline(args, base: str, work: str, queue) -> None:
     from transformers.trainer_callback import PrinterCallback
     from transformers.utils import logging as hf_logging
 
-    from training.data import collate_padded, tokenize_records
+    from replyloop.training.data import collate_padded, tokenize_records
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
@@ -158,7 +158,7 @@ def run_trl(args, base: str, work: str, mode: str, queue) -> None:
     from transformers.utils import logging as hf_logging
     from trl import SFTConfig, SFTTrainer
 
-    from training.prompting import render_prompt
+    from replyloop.training.prompting import render_prompt
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -12,9 +12,9 @@ import json
 import pytest
 from eval_fixtures import make_adapter, sample_rows
 
-from evaluation import degeneration as dg
-from evaluation.evaluate import evaluate_model
-from evaluation.gate import decide
+from replyloop.evaluation import degeneration as dg
+from replyloop.evaluation.evaluate import evaluate_model
+from replyloop.evaluation.gate import decide
 from replyloop.config import DegenerationConfig
 from replyloop.registry import Registry
 
@@ -69,7 +69,7 @@ def test_gate_names_each_degeneration_criterion_absolute_and_against_the_champio
 @pytest.fixture(scope="module")
 def memorising_base(tmp_path_factory):
     """A tiny Llama pre-trained fully on 24 sample pairs: it answers those questions as approved."""
-    from training.tiny import TinyPretrainConfig, pretrain_tiny_base
+    from replyloop.training.tiny import TinyPretrainConfig, pretrain_tiny_base
 
     rows = sorted(sample_rows(), key=lambda r: len(r["prompt"]) + len(r["response"]))[:24]
     pairs = [(r["prompt"], r["response"]) for r in rows]

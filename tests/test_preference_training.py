@@ -43,8 +43,8 @@ def seed_reviews(store, n_edits: int = 60) -> str:
 def world(tmp_path_factory, tiny_base):  # noqa: F811
     """A store with reviews, its snapshot, and an SFT adapter trained on that snapshot."""
     from replyloop.store import Store
-    from training.config import make_train_config
-    from training.recipe import run_training
+    from replyloop.training.config import make_train_config
+    from replyloop.training.recipe import run_training
 
     root = tmp_path_factory.mktemp("pref")
     db = root / "replyloop.db"
@@ -57,7 +57,7 @@ def world(tmp_path_factory, tiny_base):  # noqa: F811
 
 
 def pref_cfg(world, out: str, **values):
-    from training.config import make_train_config
+    from replyloop.training.config import make_train_config
 
     return make_train_config(root=world["root"], **{**PREF, "base_model": str(world["base"]), "dataset": "store",
                                                     "store_path": str(world["db"]), "snapshot": world["snapshot"],
@@ -81,7 +81,7 @@ def measured_margin(base: Path, adapter: Path, pairs) -> float:
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.prompting import PromptFormat, prompt_input_ids
+    from replyloop.training.prompting import PromptFormat, prompt_input_ids
 
     tok = AutoTokenizer.from_pretrained(str(base))
     fmt = PromptFormat.from_manifest(json.loads((adapter / "manifest.json").read_text(encoding="utf-8")), tok)
@@ -99,7 +99,7 @@ def measured_margin(base: Path, adapter: Path, pairs) -> float:
 
 
 def test_dpo_widens_the_heldout_margin(world):
-    from training.recipe import run_training
+    from replyloop.training.recipe import run_training
 
     pairs = heldout_pairs(world)
     assert len(pairs) >= 3, "the snapshot holds some edited questions out"
@@ -132,7 +132,7 @@ def test_an_interrupted_dpo_run_resumes_from_its_checkpoint(world):
     import torch
     from safetensors.torch import load_file
 
-    from training.recipe import run_training
+    from replyloop.training.recipe import run_training
 
     def die_at_step_5(event):
         if event.get("step") == 5:
@@ -155,7 +155,7 @@ def test_an_interrupted_dpo_run_resumes_from_its_checkpoint(world):
 
     # resuming on other preference rows (a newer snapshot with one more edit) is an error
     from replyloop.store import Store
-    from training.checkpointing import ResumeDataError
+    from replyloop.training.checkpointing import ResumeDataError
 
     db = world["root"] / "newer.db"
     shutil.copy(world["db"], db)
@@ -170,7 +170,7 @@ def test_an_interrupted_dpo_run_resumes_from_its_checkpoint(world):
 
 
 def test_kto_trains_on_desirable_and_undesirable_rows(world):
-    from training.recipe import run_training
+    from replyloop.training.recipe import run_training
 
     result = run_training(pref_cfg(world, "kto", objective="kto", max_steps=3, save_steps=100, undesirable_weight=1.5),
                           progress=lambda e: None)
@@ -184,8 +184,8 @@ def test_kto_trains_on_desirable_and_undesirable_rows(world):
 
 def test_too_few_pairs_is_an_error_naming_the_numbers(world, tmp_path):
     from replyloop.store import Store
-    from training.data import DatasetTooSmallError
-    from training.recipe import run_training
+    from replyloop.training.data import DatasetTooSmallError
+    from replyloop.training.recipe import run_training
 
     db = tmp_path / "few.db"
     with Store(db) as store:

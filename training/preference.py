@@ -28,11 +28,11 @@ import warnings
 from pathlib import Path
 
 from replyloop.errors import ConfigError, TrainingError
-from training import checkpointing as ckpt
-from training.config import TrainConfig
-from training.data import DatasetTooSmallError, load_records
-from training.prompting import PromptFormat, adds_bos, prompt_input_ids, resolve_format
-from training.recipe import LoRAFinetuneRecipe, Notice, Progress, TrainResult
+from replyloop.training import checkpointing as ckpt
+from replyloop.training.config import TrainConfig
+from replyloop.training.data import DatasetTooSmallError, load_records
+from replyloop.training.prompting import PromptFormat, adds_bos, prompt_input_ids, resolve_format
+from replyloop.training.recipe import LoRAFinetuneRecipe, Notice, Progress, TrainResult
 
 KIND = {"dpo": "dpo", "kto": "kto"}
 
@@ -265,7 +265,7 @@ class PreferenceRecipe(LoRAFinetuneRecipe):
 
     def manifest(self) -> dict:
         from replyloop import timeutil
-        from training.recipe import library_versions
+        from replyloop.training.recipe import library_versions
 
         import trl
 
@@ -303,7 +303,7 @@ def _round(value: float | None) -> float | None:
 
 
 def _lora(model) -> dict:
-    from training.recipe import _lora_settings
+    from replyloop.training.recipe import _lora_settings
 
     return _lora_settings(model)
 
