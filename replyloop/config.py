@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from replyloop import paths
 from replyloop.errors import ConfigError
@@ -45,6 +45,13 @@ class TrainingSection(Section):
     from_champion: bool = True
     adapters_dir: str = "adapters"
     keep_adapters: int = Field(5, ge=1)
+    # train18: after SFT, DPO/KTO on the same snapshot; the better candidate that passes the gate is kept
+    preference: Literal["off", "dpo", "kto"] = "off"
+
+    @field_validator("preference", mode="before")
+    @classmethod
+    def _preference_off(cls, value):
+        return "off" if value is False else value  # YAML reads an unquoted `off` as false
 
 
 class DegenerationConfig(Section):

@@ -460,6 +460,10 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
                             "(`replyloop models promote` / `replyloop models rollback`)")
     try:
         source = load_training_source(config)
+        if config.file.training.preference != "off" and source.data.get("objective", "sft") != "sft":  # train18
+            raise ConfigError(f"{source.path}: objective: {source.data['objective']} with training.preference: "
+                              f"{config.file.training.preference}: the pipeline trains SFT first, then the "
+                              f"preference step; set objective: sft (or remove it), or training.preference: off")
     except ConfigError as exc:
         return _config_error(store, str(exc), trigger, requested_by, say)
     lock.acquire()
@@ -505,8 +509,18 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         model = registry.register(output_dir, run_id=run_id, name=name)
         _update_run(store, run_id, model_id=model["id"])
         lock.heartbeat()
+        # train18: training.preference: a DPO/KTO step on top of the SFT adapter, same snapshot
+        preference = config.file.training.preference
+        pref_model, choice = None, None
+        if preference != "off":
+            pref_model, choice = _train_preference(config, store, registry, source, run_id, snapshot.hash,
+                                                   output_dir, run_dir, name, preference, lock, progress, show)
         show({"stage": "evaluating", "run_id": run_id, "model": model["name"]})
         gate, evaluation = evaluate_candidate(config, store, run_id, model, run_dir, lock)
+        if pref_model is not None:  # train18: SFT and SFT+preference, the better one that passes
+            model, gate, evaluation, choice = _choose_candidate(config, store, registry, run_id, run_dir, lock,
+                                                                (model, gate, evaluation), pref_model, preference)
+            _update_run(store, run_id, model_id=model["id"])
         # -- deliver21: with vLLM runtime LoRA the server loads the adapter first; when it cannot,
         # the registry change waits (the model stays a candidate, the champion keeps drafting)
         from replyloop.drafting import serving_note
@@ -543,6 +557,8 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
                 " keeps drafting. Once the server has it, run "
                 f"replyloop models {'canary' if champion else 'promote'} {model['name']}.",
                 code_block(gate.verdict()))
+        if choice:  # train18: which candidate, and why
+            result_text = message(*result_text.parts, "\n" + choice)
         say(result_text)
         return PipelineResult(run_id, "succeeded", result_text, model["id"], model["name"], gate.passed, action,
                               {"evaluation": evaluation})
@@ -560,6 +576,60 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         return PipelineResult(run_id, "failed", f"{exc.__class__.__name__}: {error}")
     finally:
         lock.release()
+
+
+def _train_preference(config: Config, store: Store, registry: Registry, source: TrainingSource, run_id: int,
+                      snapshot_hash: str, sft_dir: Path, run_dir: Path, name: str, preference: str, lock: RunLock,
+                      progress: Progress | None, show) -> tuple[dict | None, str | None]:
+    """train18: ``training.preference``: train ``objective: <preference>`` on top of the SFT adapter
+    ``sft_dir`` on the same snapshot and register it. Returns (model, None), or (None, why not)
+    when the step could not run (too few preference rows, a failed trainer): the SFT candidate
+    then goes on alone."""
+    pref_dir = config.adapters_dir / f"{name}-{preference}"
+    pref_run = run_dir / preference
+    pref_run.mkdir(parents=True, exist_ok=True)
+    data = TrainingSource(path=source.path, data={**source.data, "objective": preference})
+    train_yaml = write_run_train_config(data, store, run_id, snapshot_hash, pref_dir, pref_run, str(sft_dir))
+    log_path = pref_run / "train.log"
+    show({"stage": "training", "run_id": run_id, "log_path": str(log_path), "objective": preference})
+    code = run_training_process(store, run_id, training_argv(config, train_yaml, run_id, pref_dir), log_path,
+                                lock, progress=progress)
+    if code != 0 or not (pref_dir / "adapter_config.json").exists():
+        remove_partial_output(pref_dir)
+        first, _ = log_error_lines(log_path)
+        why = first.removeprefix("Error: ") or f"exit code {code}"
+        return None, f"Preference step ({preference}) not run: {why}; the SFT adapter is the candidate."
+    remove_run_scratch(pref_dir)
+    return registry.register(pref_dir, run_id=run_id, name=f"{name}-{preference}"), None
+
+
+def _score(evaluation: dict) -> tuple[float, float]:
+    c = evaluation.get("consistency") or {}
+    return (c.get("mean") or 0.0, c.get("chrf_mean") or 0.0)
+
+
+def _choose_candidate(config: Config, store: Store, registry: Registry, run_id: int, run_dir: Path, lock: RunLock,
+                      sft: tuple, pref_model: dict, preference: str) -> tuple:
+    """train18: evaluate the preference adapter on the same held-out questions as the SFT one; the
+    better one that passes the gate stays the candidate (the other is rejected), and the returned
+    line says which and why. Both failing: the SFT one is reported (both are rejected)."""
+    sft_model, sft_gate, sft_eval = sft
+    pref_gate, pref_eval = evaluate_candidate(config, store, run_id, pref_model, run_dir / preference, lock)
+    s, p = _score(sft_eval), _score(pref_eval)
+    label = f"SFT+{preference.upper()}"
+    scores = (f"{label} {p[0]:.3f} (chrF {p[1]:.1f}) vs SFT-only {s[0]:.3f} (chrF {s[1]:.1f}) on the same "
+              f"{sft_eval.get('n', '?')} held-out questions")
+    if pref_gate.passed and (not sft_gate.passed or p > s):
+        why = "it scored higher and passed the gate" if sft_gate.passed else "SFT-only failed the gate"
+        chosen, other, gate, evaluation = pref_model, sft_model, pref_gate, pref_eval
+        line = f"Candidate: {label} ({pref_model['name']}): {why}; {scores}."
+    else:
+        why = ("it scored at least as high" if pref_gate.passed else
+               f"{label} failed the gate" + ("" if sft_gate.passed else " too"))
+        chosen, other, gate, evaluation = sft_model, pref_model, sft_gate, sft_eval
+        line = f"Candidate: SFT-only ({sft_model['name']}): {why}; {scores}."
+    registry.reject(other["id"], actor="pipeline", reason=f"not chosen: {line}")
+    return chosen, gate, evaluation, line
 
 
 def _failure_message(run_id: int | None, error: str) -> str:

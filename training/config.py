@@ -91,6 +91,13 @@ class TrainConfig(BaseModel):
     prompt_template: Literal["auto", "plain", "raw", "chat"] = "auto"  # auto: chat if the tokenizer has one, else plain
     system_prompt: str | None = None  # empty: no system text, and no chat-template default either
 
+    # -- train18: preference training (training/preference.py; README "Preference training") ------
+    objective: Literal["sft", "dpo", "kto"] = "sft"  # dpo / kto: TRL's trainers on top of init_adapter
+    beta: float = Field(0.1, gt=0)  # dpo / kto: how far the policy may move from the reference (the SFT adapter)
+    desirable_weight: float = Field(1.0, gt=0)  # kto: loss weight of approved (desirable) rows
+    undesirable_weight: float = Field(1.0, gt=0)  # kto: loss weight of rejected (undesirable) rows
+    min_preference_rows: int = Field(8, ge=1)  # dpo: pairs, kto: rows the snapshot's train split needs
+
     _doc: YamlDoc | None = PrivateAttr(None)
     _source_doc: YamlDoc | None = PrivateAttr(None)
     _cwd: Path | None = PrivateAttr(None)
@@ -117,6 +124,9 @@ class TrainConfig(BaseModel):
     def _cross_checks(self):
         if self.dataset == "folder" and not self.train_data_dir:
             raise ValueError("dataset: folder needs train_data_dir (or set dataset: store)")
+        if self.objective != "sft" and self.dataset != "store":
+            raise ValueError(f"objective: {self.objective} trains on the preference rows of a store snapshot: "
+                             f"set dataset: store")
         return self
 
     # -- where a key was written ----------------------------------------------------------------

@@ -843,6 +843,10 @@ def run_training(cfg: TrainConfig, progress: Progress | None = None, notice: Not
     notes (other CSVs not read, no checkpoint before the end, ...); ``None`` prints ``Note: ...``
     on stderr. The token-length distribution is printed on stderr at the start.
     """
+    if cfg.objective != "sft":  # train18: DPO / KTO on top of init_adapter (training/preference.py)
+        from replyloop.training.preference import run_preference_training
+
+        return run_preference_training(cfg, progress=progress, notice=notice)
     recipe = LoRAFinetuneRecipe(cfg, progress=progress, notice=notice)
     try:
         recipe.setup()

@@ -39,6 +39,11 @@ def train(
 
     cfg = load_train_config(config, resume=resume)
     result = run_training(cfg)
+    if result.manifest.get("objective", "sft") != "sft":  # train18: dpo / kto
+        from replyloop.training.preference import summary_line
+
+        typer.echo(summary_line(result))
+        return
     m = result.manifest["metrics"]
     eval_loss = "n/a" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}"
     typer.echo(f"Wrote {result.output_dir}: {m['steps']} steps, train loss {m['train_loss']:.4f}, "
