@@ -29,6 +29,7 @@ How a reply is checked:
 from __future__ import annotations
 
 import re
+from bisect import bisect_left, bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -45,7 +46,6 @@ __all__ = ["CheckResult", "PolicyEngine", "Violation", "load_policies"]
 _SEVERITY_RANK = {"pass": 0, "warn": 1, "block": 2}
 # Clause boundaries: Chinese and Latin sentence punctuation and newlines ('.' between digits is a decimal point).
 _BOUNDARY = re.compile(r"[，。！？；,!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")
-_LAST_BOUNDARY = re.compile(r"(?s:.*)(?:" + _BOUNDARY.pattern + ")")  # greedy: the last boundary
 _ALNUM = re.compile(r"[a-z0-9]")
 _WORDS = re.compile(r"[^\W_]+")
 
@@ -245,12 +245,15 @@ class PolicyEngine:
             else:
                 rule = self.rules[self._patterns[what][0]]
             rule_hits.append((rule, start, end))
+        clauses = _Clauses(text, spans if len(spans) > 1 else ())
+        reported: dict[str, int] = {}
         for rule, start, end in rule_hits:
-            if (rule.id, start, end) in found:
+            if (rule.id, start, end) in found or reported.get(rule.id, 0) >= MAX_HITS_PER_RULE:
                 continue
-            prefix, suffix = _context(text, start, end, spans if len(spans) > 1 else ())
+            prefix, suffix = clauses.context(start, end)
             if is_negated(prefix, suffix):
                 continue
+            reported[rule.id] = reported.get(rule.id, 0) + 1
             v = Violation(rule.id, rule.severity, rule.message, start, end, text[start:end])
             found.setdefault((v.rule, start, end), v)
         if len(found) <= 1:  # the usual hit: nothing to order or nest
@@ -277,42 +280,79 @@ class PolicyEngine:
         return "".join(out)
 
 
+# Negation reads the words right next to a hit: its context is cut to this many characters on
+# each side (a clause of a real reply is far shorter), so hostile text stays linear.
+CONTEXT_WINDOW = 256
+# A rule reports at most this many violations per reply (its verdict is settled by the first).
+MAX_HITS_PER_RULE = 50
+
+
+class _Clauses:
+    """Clause boundaries and hit components of one text, computed once for all its hits.
+
+    ``spans`` are every accepted hit. Overlapping hits form one component (a hit inside
+    another is negated with it); the neighbouring components end a hit's context.
+    """
+
+    def __init__(self, text: str, spans):
+        self.text = text
+        marks = [m.start() for m in _BOUNDARY.finditer(text)]  # every boundary is one character
+        self.marks = marks
+        merged: list[list[int]] = []
+        for s, e in sorted(spans):
+            if merged and s < merged[-1][1]:
+                if e > merged[-1][1]:
+                    merged[-1][1] = e
+            else:
+                merged.append([s, e])
+        self.starts = [s for s, _ in merged]
+        self.ends = [e for _, e in merged]
+
+    def context(self, start: int, end: int) -> tuple[str, str]:
+        starts, ends, marks = self.starts, self.ends, self.marks
+        i = bisect_right(starts, start) - 1   # the component that holds the hit
+        if i >= 0 and ends[i] > start:
+            start, end = starts[i], max(end, ends[i])
+        # The clause starts after the last boundary before the hit and ends at the next one.
+        k = bisect_left(marks, start)
+        clause_start = marks[k - 1] + 1 if k else 0
+        k = bisect_left(marks, end)
+        clause_end = marks[k] if k < len(marks) else len(self.text)
+        # Other hits end the context: the component before ends it on the left, the one after on the right.
+        j = bisect_left(starts, start) - 1
+        if j >= 0 and clause_start < ends[j] <= start:
+            clause_start = ends[j]
+        j = bisect_left(starts, end)
+        if j < len(starts) and starts[j] < clause_end:
+            clause_end = starts[j]
+        clause_start = max(clause_start, start - CONTEXT_WINDOW)
+        clause_end = min(clause_end, end + CONTEXT_WINDOW)
+        return self.text[clause_start:start], self.text[end:clause_end]
+
+
 def _context(text: str, start: int, end: int, spans) -> tuple[str, str]:
     """The text before and after the hit ``[start, end)`` in its clause, for negation.
 
     A hit that overlaps the beginning (or end) of this one widens it: a hit inside another is
     negated with it. Another hit in the clause ends the context: its words (``绝对不会有问题``)
-    are not negators of this one.
+    are not negators of this one. (One text with many hits: build ``_Clauses`` once.)
     """
-    changed = True
-    while changed:
-        changed = False
-        for s, e in spans:
-            if s < start < e:
-                start, changed = s, True
-            if s < end < e:
-                end, changed = e, True
-    # The clause starts after the last boundary before the hit. ``start`` is a letter or
-    # digit, so no boundary ends after it; searching up to start + 1 lets ``\.(?!\d)`` see it.
-    last = _LAST_BOUNDARY.match(text, 0, start + 1)
-    clause_start = last.end() if last else 0
-    nxt = _BOUNDARY.search(text, end)  # the lookbehind ``(?<!\d)`` still sees the hit's last character
-    clause_end = nxt.start() if nxt else len(text)
-    for s, e in spans:
-        if e <= start and e > clause_start:
-            clause_start = e
-        if s >= end and s < clause_end:
-            clause_end = s
-    return text[clause_start:start], text[end:clause_end]
+    return _Clauses(text, spans).context(start, end)
 
 
 def _drop_nested(violations: list[Violation]) -> list[Violation]:
-    """Drop a hit of a rule that lies inside another hit of the same rule."""
+    """Drop a hit of a rule that lies inside another hit of the same rule.
+
+    ``violations`` are sorted by (start, -end): a hit is nested when an earlier kept hit of its
+    rule reaches at least as far.
+    """
     kept: list[Violation] = []
+    reach: dict[str, int] = {}
     for v in violations:
-        if any(k.rule == v.rule and k.start <= v.start and v.end <= k.end for k in kept):
+        if reach.get(v.rule, -1) >= v.end:
             continue
         kept.append(v)
+        reach[v.rule] = v.end
     return kept
 
 

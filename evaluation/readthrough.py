@@ -146,13 +146,18 @@ def _urlenc(m: re.Match):
 
 
 def _compat(m: re.Match):
-    folded = "".join(c for c in unicodedata.normalize("NFKC", m.group()) if c.isalnum())
-    if folded == m.group():  # no decomposition (❷, dingbat digits): its numeric value
-        value = unicodedata.numeric(m.group(), None)
+    return _compat_char(m.group())
+
+
+@lru_cache(maxsize=4096)
+def _compat_char(ch: str):
+    folded = "".join(c for c in unicodedata.normalize("NFKC", ch) if c.isalnum())
+    if folded == ch:  # no decomposition (❷, dingbat digits): its numeric value
+        value = unicodedata.numeric(ch, None)
         if value is None or not float(value).is_integer():
             return None
         folded = str(int(value))
-    return [folded]
+    return (folded,)
 
 
 def _digit(m: re.Match):
@@ -161,11 +166,17 @@ def _digit(m: re.Match):
 
 
 def _cn_number(m: re.Match):
-    import cn2an  # lazy: about 0.1 s, only for replies with Chinese numbers next to a unit or digit
-
-    run = m.group().translate(_TRAD_NUM)
+    run = m.group()
     if len(run) > 16:
         return None  # not a number anyone reads (hostile input): left as written
+    return _cn_run(run)
+
+
+@lru_cache(maxsize=4096)  # hostile text repeats one run thousands of times
+def _cn_run(run: str):
+    import cn2an  # lazy: about 0.1 s, only for replies with Chinese numbers next to a unit or digit
+
+    run = run.translate(_TRAD_NUM)
     try:
         value = cn2an.cn2an(run, "smart")
     except (ValueError, KeyError, TypeError, IndexError, OverflowError):
@@ -175,7 +186,7 @@ def _cn_number(m: re.Match):
             return None
     if isinstance(value, float):
         value = int(value) if value.is_integer() else value
-    return [str(value)]
+    return (str(value),)
 
 
 @lru_cache(maxsize=1)
