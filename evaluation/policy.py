@@ -29,7 +29,7 @@ How a reply is checked:
 from __future__ import annotations
 
 import re
-from bisect import bisect_left, bisect_right
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -37,7 +37,7 @@ import ahocorasick_rs
 
 from evaluation.negation import is_negated
 from evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
-from evaluation.readthrough import read_through
+from evaluation.readthrough import _GATE, read_through
 from evaluation.regexcheck import trigger_literals
 from evaluation.textmap import TextMap, fold, normalise
 
@@ -46,7 +46,9 @@ __all__ = ["CheckResult", "PolicyEngine", "Violation", "load_policies"]
 _SEVERITY_RANK = {"pass": 0, "warn": 1, "block": 2}
 # Clause boundaries: Chinese and Latin sentence punctuation and newlines ('.' between digits is a decimal point).
 _BOUNDARY = re.compile(r"[，。！？；,!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")
+_LAST_BOUNDARY = re.compile(r"(?s:.*)(?:" + _BOUNDARY.pattern + ")")  # greedy: the last boundary
 _ALNUM = re.compile(r"[a-z0-9]")
+_needs_read_through = _GATE.search
 _WORDS = re.compile(r"[^\W_]+")
 
 
@@ -198,6 +200,8 @@ class PolicyEngine:
         Markup, encodings, number forms and look-alike letters are read through first
         (``evaluation.readthrough``): the reply is checked as it reads, spans map back to ``text``.
         """
+        if _needs_read_through(text) is None:  # the usual reply: one character-class search
+            return self._check(text)
         clean = read_through(text)
         if clean is None:
             return self._check(text)
@@ -245,7 +249,7 @@ class PolicyEngine:
             else:
                 rule = self.rules[self._patterns[what][0]]
             rule_hits.append((rule, start, end))
-        clauses = _Clauses(text, spans if len(spans) > 1 else ())
+        clauses = _Clauses(text, spans)
         reported: dict[str, int] = {}
         for rule, start, end in rule_hits:
             if (rule.id, start, end) in found or reported.get(rule.id, 0) >= MAX_HITS_PER_RULE:
@@ -288,46 +292,47 @@ MAX_HITS_PER_RULE = 50
 
 
 class _Clauses:
-    """Clause boundaries and hit components of one text, computed once for all its hits.
+    """The clause context of every hit of one text (built once per text, whatever its hit count).
 
     ``spans`` are every accepted hit. Overlapping hits form one component (a hit inside
-    another is negated with it); the neighbouring components end a hit's context.
+    another is negated with it); the neighbouring components end a hit's context, and so do
+    the clause boundaries, which are searched for within ``CONTEXT_WINDOW`` characters only.
     """
 
-    def __init__(self, text: str, spans):
+    def __init__(self, text: str, spans=()):
         self.text = text
-        marks = [m.start() for m in _BOUNDARY.finditer(text)]  # every boundary is one character
-        self.marks = marks
-        merged: list[list[int]] = []
-        for s, e in sorted(spans):
-            if merged and s < merged[-1][1]:
-                if e > merged[-1][1]:
-                    merged[-1][1] = e
+        starts: list[int] = []
+        ends: list[int] = []
+        for s, e in (sorted(spans) if len(spans) > 1 else ()):
+            if ends and s < ends[-1]:
+                if e > ends[-1]:
+                    ends[-1] = e
             else:
-                merged.append([s, e])
-        self.starts = [s for s, _ in merged]
-        self.ends = [e for _, e in merged]
+                starts.append(s)
+                ends.append(e)
+        self.starts, self.ends = starts, ends
 
     def context(self, start: int, end: int) -> tuple[str, str]:
-        starts, ends, marks = self.starts, self.ends, self.marks
-        i = bisect_right(starts, start) - 1   # the component that holds the hit
-        if i >= 0 and ends[i] > start:
-            start, end = starts[i], max(end, ends[i])
-        # The clause starts after the last boundary before the hit and ends at the next one.
-        k = bisect_left(marks, start)
-        clause_start = marks[k - 1] + 1 if k else 0
-        k = bisect_left(marks, end)
-        clause_end = marks[k] if k < len(marks) else len(self.text)
-        # Other hits end the context: the component before ends it on the left, the one after on the right.
-        j = bisect_left(starts, start) - 1
-        if j >= 0 and clause_start < ends[j] <= start:
-            clause_start = ends[j]
-        j = bisect_left(starts, end)
-        if j < len(starts) and starts[j] < clause_end:
-            clause_end = starts[j]
-        clause_start = max(clause_start, start - CONTEXT_WINDOW)
-        clause_end = min(clause_end, end + CONTEXT_WINDOW)
-        return self.text[clause_start:start], self.text[end:clause_end]
+        text, starts, ends = self.text, self.starts, self.ends
+        lo, hi = max(0, start - CONTEXT_WINDOW), min(len(text), end + CONTEXT_WINDOW)
+        if starts:
+            i = bisect_right(starts, start) - 1   # the component that holds the hit
+            if i >= 0 and ends[i] > start:
+                start, end = starts[i], max(end, ends[i])
+                lo, hi = max(0, start - CONTEXT_WINDOW), min(len(text), end + CONTEXT_WINDOW)
+                if i > 0 and ends[i - 1] > lo:    # the hit before ends the context on the left
+                    lo = ends[i - 1]
+                if i + 1 < len(starts) and starts[i + 1] < hi:
+                    hi = starts[i + 1]
+        # The clause starts after the last boundary before the hit. ``start`` is a letter or
+        # digit, so no boundary ends after it; matching up to start + 1 lets ``\.(?!\d)`` see it.
+        last = _LAST_BOUNDARY.match(text, lo, start + 1)
+        if last:
+            lo = last.end()
+        nxt = _BOUNDARY.search(text, end, hi)  # the lookbehind ``(?<!\d)`` still sees the hit's last character
+        if nxt:
+            hi = nxt.start()
+        return text[lo:start], text[end:hi]
 
 
 def _context(text: str, start: int, end: int, spans) -> tuple[str, str]:
