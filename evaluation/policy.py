@@ -46,6 +46,7 @@ __all__ = ["CheckResult", "PolicyEngine", "Violation", "load_policies"]
 _SEVERITY_RANK = {"pass": 0, "warn": 1, "block": 2}
 # Clause boundaries: Chinese and Latin sentence punctuation and newlines ('.' between digits is a decimal point).
 _BOUNDARY = re.compile(r"[，。！？；,!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")
+_SENTENCE_END = re.compile(r"[。！？；!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")  # an answer runs to it
 _LAST_BOUNDARY = re.compile(r"(?s:.*)(?:" + _BOUNDARY.pattern + ")")  # greedy: the last boundary
 _ALNUM = re.compile(r"[a-z0-9]")
 _needs_read_through = _GATE.search
@@ -254,8 +255,7 @@ class PolicyEngine:
         for rule, start, end in rule_hits:
             if (rule.id, start, end) in found or reported.get(rule.id, 0) >= MAX_HITS_PER_RULE:
                 continue
-            prefix, suffix = clauses.context(start, end)
-            if is_negated(prefix, suffix):
+            if is_negated(*clauses.around(start, end)):
                 continue
             reported[rule.id] = reported.get(rule.id, 0) + 1
             v = Violation(rule.id, rule.severity, rule.message, start, end, text[start:end])
@@ -313,6 +313,11 @@ class _Clauses:
         self.starts, self.ends = starts, ends
 
     def context(self, start: int, end: int) -> tuple[str, str]:
+        return self.around(start, end)[:2]
+
+    def around(self, start: int, end: int) -> tuple[str, str, str]:
+        """(prefix, suffix, answer): ``answer`` is the next clause when this one ends with a
+        question mark (``全额赔付？不行``), else empty."""
         text, starts, ends = self.text, self.starts, self.ends
         lo, hi = max(0, start - CONTEXT_WINDOW), min(len(text), end + CONTEXT_WINDOW)
         if starts:
@@ -330,9 +335,16 @@ class _Clauses:
         if last:
             lo = last.end()
         nxt = _BOUNDARY.search(text, end, hi)  # the lookbehind ``(?<!\d)`` still sees the hit's last character
+        answer = ""
         if nxt:
             hi = nxt.start()
-        return text[lo:start], text[end:hi]
+            if nxt.group() in "？?":
+                after = nxt.end()
+                while after < len(text) and text[after] in "？?！! \t":  # 全额赔付？？ 不行
+                    after += 1
+                stop = _SENTENCE_END.search(text, after, after + CONTEXT_WINDOW)
+                answer = text[after:stop.start() if stop else min(len(text), after + CONTEXT_WINDOW)]
+        return text[lo:start], text[end:hi], answer
 
 
 def _context(text: str, start: int, end: int, spans) -> tuple[str, str]:
