@@ -78,8 +78,10 @@ _SUFFIX_ZH = re.compile(
     "|承诺|保证|说法|这一|一说|消息|传言|传闻|信息|要求|请求|服务|政策)*"
     "(?:不了(?!多久|多少|几天|太久|多长|多远)|不可能|没可能|做不到|办不到|实现不了|满足不了|给不了|赔不了|兑现不了"
     "|做不了|不行|不予|不支持|不提供|不适用"
-    "|无法(?:做到|实现|办到|满足|承诺|保证|提供|支持|兑现|办理|操作|给予|答应|给|做)|没办法|没法(?:做到|实现|办到|给|做)"
-    "|(?:不能|不可以|不会)(?:承诺|保证|提供|支持|给予|做到|实现|兑现|答应|给|做)|没有的|暂不(?:支持|提供)|恕难|不在.{0,6}范围"
+    "|无法(?:做到|实现|办到|满足|承诺|保证|提供|支持|兑现|办理|操作|给予|答应)|没办法|没法(?:做到|实现|办到)"
+    "|(?:不能|不可以|不会)(?:承诺|保证|提供|支持|给予|做到|实现|兑现|答应)|没有的|暂不(?:支持|提供)|恕难|不在.{0,6}范围"
+    # 全额赔付的承诺我们不能做 / 无法给您: 给 / 做 only when nothing but a particle follows
+    "|(?:不能|不可以|不会|无法|没法)(?:给|做)(?:您|你|出)?(?:的|了|哦|呢|啦|吧|呀)*$"
     # a refuting judgement of a (quoted) mention: “…”是谣言 / 属于误传 / 是假的 / 并非事实 / 的说法不准确
     "|(?:是|属于|纯属|系|为|乃)?(?:谣言|误传|谣传|假的|假消息|虚假|不实|误解|讹传)"
     "|并非(?:事实|真的|如此|实情|真实|属实)|不是真的|不属实|不是事实|与事实不符"
@@ -123,7 +125,7 @@ _BREAK_EN = re.compile(r"\b(?:but|however|instead|rather|although|though|if|unle
 _PRED_EN = (r"(?:possible|available|an\s+option|offered|provided|given|granted|guaranteed|promised|applicable|"
             r"covered|included|something\s+we)")
 _SUFFIX_EN = re.compile(
-    r"\s*(?:(?:is|are|was|were|will\s+be|would\s+be)\s+(?:(?:currently|simply|unfortunately|really|just)\s+)?"
+    r"[\s\"'“”‘’«»]*(?:(?:is|are|was|were|will\s+be|would\s+be)\s+(?:(?:currently|simply|unfortunately|really|just)\s+)?"
     r"(?:not|never)\s+" + _PRED_EN +
     r"|(?:isn't|aren't|wasn't|weren't|won't\s+be|wouldn't\s+be)\s+" + _PRED_EN +
     r"|(?:is|are)\s+(?:impossible|unavailable|out\s+of\s+the\s+question|excluded)"
