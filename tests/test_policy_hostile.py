@@ -50,6 +50,6 @@ def test_hostile_input_is_fast_and_still_decided(engine, text, verdict, rules):
 
 
 def test_a_rule_reports_a_bounded_number_of_hits(engine):
-    result = engine.check("全额赔付" * 5000)
+    result = engine.check("全额赔付，好的。" * 5000)
     assert len(result.violations) == MAX_HITS_PER_RULE
-    assert [v.start for v in result.violations] == [4 * i for i in range(MAX_HITS_PER_RULE)]
+    assert [v.start for v in result.violations] == [8 * i for i in range(MAX_HITS_PER_RULE)]
