@@ -47,7 +47,6 @@ _SEVERITY_RANK = {"pass": 0, "warn": 1, "block": 2}
 # Clause boundaries: Chinese and Latin sentence punctuation and newlines ('.' between digits is a decimal point).
 _BOUNDARY = re.compile(r"[，。！？；,!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")
 _SENTENCE_END = re.compile(r"[。！？；!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")  # an answer runs to it
-_LAST_BOUNDARY = re.compile(r"(?s:.*)(?:" + _BOUNDARY.pattern + ")")  # greedy: the last boundary
 _ALNUM = re.compile(r"[a-z0-9]")
 _needs_read_through = _GATE.search
 _WORDS = re.compile(r"[^\W_]+")
@@ -329,11 +328,14 @@ class _Clauses:
                     lo = ends[i - 1]
                 if i + 1 < len(starts) and starts[i + 1] < hi:
                     hi = starts[i + 1]
-        # The clause starts after the last boundary before the hit. ``start`` is a letter or
-        # digit, so no boundary ends after it; matching up to start + 1 lets ``\.(?!\d)`` see it.
-        last = _LAST_BOUNDARY.match(text, lo, start + 1)
-        if last:
-            lo = last.end()
+        # The clause starts after the last boundary before the hit: the first one in the reversed
+        # text before it (the boundary pattern reads the same both ways: a '.' between digits is a
+        # decimal point). The reversed slice starts with the hit's first character and ends one
+        # character before ``lo``, so the look-arounds see what they would see forwards.
+        base = lo - 1 if lo else 0
+        last = _BOUNDARY.search(text[base:start + 1][::-1], 1)
+        if last is not None and start - last.start() >= lo:
+            lo = start - last.start() + 1
         nxt = _BOUNDARY.search(text, end, hi)  # the lookbehind ``(?<!\d)`` still sees the hit's last character
         answer = ""
         if nxt:
