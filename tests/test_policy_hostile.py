@@ -53,3 +53,31 @@ def test_a_rule_reports_a_bounded_number_of_hits(engine):
     result = engine.check("全额赔付，好的。" * 5000)
     assert len(result.violations) == MAX_HITS_PER_RULE
     assert [v.start for v in result.violations] == [8 * i for i in range(MAX_HITS_PER_RULE)]
+
+
+def _pattern_words(pattern: str) -> list[str]:
+    import re
+
+    return re.findall(r"[a-z]+|[\u4e00-\u9fff]+|[0-9]+", pattern)
+
+
+def test_every_shipped_pattern_is_linear_on_its_own_words_repeated(engine):
+    """A regex like ``ship\\w*within`` is quadratic on its own words repeated ('guaranteed ship' *
+    5000 took 10 s): every shipped pattern's words, repeated to 30,000 characters."""
+    texts = []
+    for rule in engine.rules:
+        for pattern in rule.patterns:
+            words = " ".join(_pattern_words(pattern)) + " "
+            texts.append(words * (30_000 // len(words)))
+    assert len(texts) >= 15
+    for text in texts:
+        t0 = time.perf_counter()
+        engine.check(text)
+        assert time.perf_counter() - t0 < BOUND_S, text[:60]
+
+
+def test_english_pattern_words_repeated(engine):
+    t0 = time.perf_counter()
+    assert engine.check("guaranteed ship" * 5000).verdict == "pass"
+    assert engine.check("guaranteed ship" * 5000 + " guaranteed to ship within 24 hours").verdict == "block"
+    assert time.perf_counter() - t0 < BOUND_S
