@@ -95,6 +95,9 @@ _ANSWER_ZH = re.compile(
     r"|没法(?:做到|办到)?|没办法|不存在|不是的|不是|给不了|做不了)"
     r"(?:的|啦|了|呢|哦|噢|呀|吧|哈|喔|这样做|这么做|做到|承诺|保证|提供|给您|这个)*\s*(?:[，,。.！!；;~～…]|$)"
 )
+# A yes to the question (能不能全额赔付？可以！): the question word no longer leaves it open.
+_YES_ZH = re.compile(r"\s*(?:(?:亲|您好|放心|嗯|好)[，,\s]*)*(?:当然|肯定|绝对|一定|完全)?(?:可以|能|会|行|没问题|没有问题|是的|好的|支持|有的)")
+_YES_EN = re.compile(r"\s*(?:yes|yeah|yep|sure|of\s+course|absolutely|certainly|definitely|we\s+(?:can|do|will))\b")
 # Rhetorical questions affirm (难道本店不是二十四小时必发吗): a marker before the negated chain,
 # with no other negator between them, makes the chain a promise.
 _RHETORICAL_ZH = re.compile("谁说|难道|怎么可能|怎可能|哪有|哪里有|哪儿有|怎么会|怎会|怎能|怎么能|岂能|岂会|岂可|哪能|何尝|焉能")
@@ -222,8 +225,8 @@ def is_negated(prefix: str, suffix: str = "", answer: str = "") -> bool:
         count = _zh_chain(zh) if zh else 0
         if count == 0 and _ANY_LATIN.search(folded):
             count = _en_chain(_after_last(_BREAK_EN, folded))
-        if count is None:
-            return True
+        if count is None:  # a question word: open, unless the next sentence says yes
+            return not (answer and (_YES_ZH.match(_fold(answer)) or _YES_EN.match(_fold(answer))))
         negations += count
     if suffix and _SUFFIX_HINT.search(suffix):
         folded = _fold(suffix)

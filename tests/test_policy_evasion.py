@@ -28,7 +28,7 @@ def test_the_suite_is_big_and_covers_every_class():
     for cls in ("html-tags", "html-entities", "markdown", "slack-mrkdwn", "markup-negation", "url-encoding",
                 "numbers", "look-alikes", "pattern-whitespace", "negated-markup", "ordinary",
                 # items 5 and 6
-                "rhetorical", "double-negation", "denied-promise", "refuted-quote", "bare-quote", "fake-refusal",
+                "rhetorical", "double-negation", "answered-question", "denied-promise", "refuted-quote", "bare-quote", "fake-refusal",
                 "paraphrase-shipping", "paraphrase-compensation", "paraphrase-refund", "paraphrase-negatives"):
         assert classes[cls] >= 5, cls
     assert sum(c["verdict"] == "pass" for c in SUITE) >= 100  # must-pass negatives

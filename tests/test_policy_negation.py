@@ -155,6 +155,9 @@ def test_answer_to_an_echoed_question(answer, negated):
     ("我们从未承诺过免审核退款", "pass"),
     ("本活动不存在二十四小时必发的规定", "pass"),
     ("We have never once refused a full refund without review", "block"),
+    ("能不能全额赔付？可以！", "block"),             # a question answered yes is a promise
+    ("是否全额赔付？当然可以。", "block"),
+    ("能不能全额赔付？我们会尽快核实", "pass"),
 ])
 def test_issue_examples(shipped, text, verdict):
     assert shipped.check(text).verdict == verdict
