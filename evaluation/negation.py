@@ -21,6 +21,20 @@ phrase and the clause end (``suffix``); other rule hits are already cut out of b
 
 So a negator elsewhere in the clause (``如果24小时内不发货我们全额赔付``,
 ``商品不合格我们全额赔付``) does not clear the promise.
+
+Negation that reads like a person (issue 17); when in doubt the hit stays a promise:
+
+- Rhetorical questions affirm: an odd chain after 谁说 / 难道 / 怎么可能 / 哪有 / 怎么会 ... (no other
+  negator between) counts as none (``难道本店不是二十四小时必发吗``).
+- English double negation: fail(s/ed), nobody, none, "no reason", "no one / no customer" are
+  negators and once / even / full are chain words (``We have never once refused ...``).
+- Denied verbs continue the chain (过, 说, 做, 开展, 存在, 符合, ...: ``我们从未承诺过…``,
+  ``不存在…的规定``); after the hit ``的承诺我们不能做`` refuses.
+- Refuting judgements after a mention negate (``“…”是谣言``, ``属于误传``, ``的说法不准确``,
+  ``is a rumour``); fake refusals do not (``不了多久``, ``不在话下``, ``不是难事``).
+- ``answer``: when the hit's clause ends with a question mark, the next sentence; a refusal
+  there negates (``全额赔付？不行``), a yes turns a question word into a promise
+  (``能不能全额赔付？可以！``).
 """
 
 from __future__ import annotations

@@ -23,7 +23,11 @@ How a reply is checked:
 4. A rule hit is dropped when the words right next to it in its clause negate it
    (``evaluation.negation``: a chain of negators and modal words just before it, or a refusal
    such as ``不了`` / ``is not possible`` just after it; other hits are cut out of that context).
-   Terminology hits are not subject to negation: they are about wording.
+   Terminology hits are not subject to negation: they are about wording. Rhetorical questions,
+   double negation, denied verbs, echoed questions answered yes or no and refuted mentions are
+   read there too (issue 17; see ``evaluation.negation``).
+5. Hostile text stays linear: the context is searched within ``CONTEXT_WINDOW`` characters of a
+   hit, overlapping hits are merged once, and a rule reports at most ``MAX_HITS_PER_RULE`` hits.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ import ahocorasick_rs
 
 from evaluation.negation import is_negated
 from evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
-from evaluation.readthrough import _GATE, read_through
+from evaluation.readthrough import needs_read_through, read_through
 from evaluation.regexcheck import trigger_literals
 from evaluation.textmap import TextMap, fold, normalise
 
@@ -48,7 +52,6 @@ _SEVERITY_RANK = {"pass": 0, "warn": 1, "block": 2}
 _BOUNDARY = re.compile(r"[，。！？；,!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")
 _SENTENCE_END = re.compile(r"[。！？；!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")  # an answer runs to it
 _ALNUM = re.compile(r"[a-z0-9]")
-_needs_read_through = _GATE.search
 _WORDS = re.compile(r"[^\W_]+")
 
 
@@ -200,7 +203,7 @@ class PolicyEngine:
         Markup, encodings, number forms and look-alike letters are read through first
         (``evaluation.readthrough``): the reply is checked as it reads, spans map back to ``text``.
         """
-        if _needs_read_through(text) is None:  # the usual reply: one character-class search
+        if needs_read_through(text) is None:  # the usual reply: one character-class search
             return self._check(text)
         clean = read_through(text)
         if clean is None:

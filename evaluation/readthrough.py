@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote
 
-__all__ = ["Clean", "read_through"]
+__all__ = ["Clean", "needs_read_through", "read_through"]
 
 _NUM = "〇零一二两三四五六七八九十廿卅百千万壹贰叁肆伍陆柒捌玖拾佰仟貳參陸兩萬"
 _TRAD_NUM = str.maketrans({"貳": "贰", "參": "叁", "陸": "陆", "兩": "两", "萬": "万"})
@@ -78,6 +78,10 @@ _GATE = re.compile(
     rf"|(?<=[0-9][{_NUM}])"
     rf"|(?<=[{_NUM}])(?:[0-9]|[个個]?(?:{_GATE_UNITS})))"
 )
+
+
+# None for ordinary text (most replies): then ``read_through`` would return None too.
+needs_read_through = _GATE.search
 
 
 @dataclass(frozen=True)
