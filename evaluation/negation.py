@@ -161,8 +161,11 @@ _ANSWER_EN = re.compile(r"\s*(?:(?:sorry|unfortunately|i'm\s+afraid|i\s+am\s+afr
 _ANY_LATIN = re.compile("[a-z]")
 # Cheap first tests (most hits have neither): every negator or question word of the chain
 # contains one of the prefix hint characters, every suffix refusal one of the suffix ones.
-_PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否难難nNｎＮ]|(?i:refus|reject|whether|fail)")
-_SUFFIX_HINT = re.compile(r"[不没沒无無恕谣謠误誤假虚虛讹訛错錯并並nNｎＮxXｘＸ]|(?i:false|myth|rumou?r|wrong|incorrect|inaccurate)")
+# One character class each (an alternation would be tried at every position: 10-20x slower):
+# English negators have an n (not, no, never, nobody, cannot, -n't) or are refuse / reject /
+# whether / fail (r, w, f); refutations false / myth / rumour / wrong (f, m, r, w).
+_PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否难難nNｎＮrRｒＲwWｗＷfFｆＦ]")
+_SUFFIX_HINT = re.compile(r"[不没沒无無恕谣謠误誤假虚虛讹訛错錯并並nNｎＮxXｘＸfFｆＦmMｍＭrRｒＲwWｗＷ]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _ANY_APOSTROPHE = re.compile("[\u2019\u2018\u02bc`]")  # translate() is slow on CJK text: only when needed
 

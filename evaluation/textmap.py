@@ -38,7 +38,6 @@ def _traditional_chars() -> re.Pattern:
 _TRADITIONAL = _traditional_chars()
 _has_traditional = _TRADITIONAL.search
 _drop = _DROP.sub
-_join, _filter, _isalnum = "".join, filter, str.isalnum
 _is_normalized = unicodedata.is_normalized
 
 
@@ -91,7 +90,7 @@ def normalise(text: str) -> tuple[str, bool]:
     Traditional) is one regex substitution, an ``is_normalized`` check, a casefold and one
     regex search, with no other function calls.
     """
-    kept = _join(_filter(_isalnum, text))  # == _DROP.sub("", text) (``[^\W_]`` is str.isalnum), about 1.7x faster
+    kept = _drop("", text)
     if _is_normalized("NFKC", kept):
         folded = kept.casefold()
         if len(folded) == len(kept):
