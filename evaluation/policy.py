@@ -257,7 +257,7 @@ class PolicyEngine:
         for rule, start, end in rule_hits:
             if (rule.id, start, end) in found or reported.get(rule.id, 0) >= MAX_HITS_PER_RULE:
                 continue
-            if is_negated(*clauses.around(start, end)):
+            if clauses.negated(start, end):
                 continue
             reported[rule.id] = reported.get(rule.id, 0) + 1
             v = Violation(rule.id, rule.severity, rule.message, start, end, text[start:end])
@@ -313,9 +313,23 @@ class _Clauses:
                 starts.append(s)
                 ends.append(e)
         self.starts, self.ends = starts, ends
+        self._negated: dict = {}
 
     def context(self, start: int, end: int) -> tuple[str, str]:
         return self.around(start, end)[:2]
+
+    def negated(self, start: int, end: int) -> bool:
+        """``is_negated`` of the hit's context; hits of one component share it (computed once)."""
+        key = (start, end)
+        starts = self.starts
+        if starts:
+            i = bisect_right(starts, start) - 1
+            if i >= 0 and self.ends[i] > start:
+                key = i
+        cache = self._negated
+        if key not in cache:
+            cache[key] = is_negated(*self.around(start, end))
+        return cache[key]
 
     def around(self, start: int, end: int) -> tuple[str, str, str]:
         """(prefix, suffix, answer): ``answer`` is the next clause when this one ends with a
