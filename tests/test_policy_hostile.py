@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from evaluation.policy import MAX_HITS_PER_RULE, load_policies
+from replyloop.evaluation.policy import MAX_HITS_PER_RULE, load_policies
 
 BOUND_S = 5.0
 
