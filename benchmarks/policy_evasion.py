@@ -3,6 +3,8 @@
     python benchmarks/policy_evasion.py                    # tests/policy_evasion.yaml, shipped policies
     python benchmarks/policy_evasion.py --policies DIR --suite FILE.yaml
 
+Classes named ``paraphrase-*`` test the shipped
+policy files' wording (kind "policy"), the others the engine (read-through, normalisation, negation).
 A case with verdict ``block`` is caught when the reply blocks with exactly its rules; a case with
 verdict ``pass`` (a must-pass negative) is a false block when anything blocks. Prints, per class,
 the cases, the caught positives and the false blocks, then the totals and the check speed on the
@@ -24,6 +26,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from replyloop.evaluation.policy import load_policies  # noqa: E402
 
 DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "tests" / "policy_evasion.yaml"
+
+
+# Classes about the policy files' content (paraphrases of the seed promises); every other class
+# tests the engine (read-through, normalisation, negation). Must-pass classes hold negated,
+# denied, refuted or ordinary replies.
+POLICY_CLASSES = ("paraphrase-",)
+MUST_PASS_NEGATION = {"negated-markup", "denied-promise", "refuted-quote"}
+
+
+def class_kind(cls: str) -> str:
+    if cls.startswith(POLICY_CLASSES):
+        return "policy"
+    return "engine"
 
 
 def evaluate(engine, cases: list[dict]) -> dict[str, dict]:
@@ -56,23 +71,32 @@ def main(argv: list[str] | None = None) -> int:
     cases = yaml.safe_load(Path(args.suite).read_text(encoding="utf-8"))["cases"]
     per_class = evaluate(engine, cases)
     print(f"{len(cases)} cases from {args.suite}")
-    print(f"{'class':<20} {'cases':>5} {'caught':>9} {'rate':>7} {'false blocks':>13}")
+    print(f"{'class':<24} {'cases':>5} {'caught':>9} {'rate':>7} {'false blocks':>13}  kind")
     ok = True
+    kinds: dict[str, list[int]] = defaultdict(lambda: [0, 0, 0, 0])  # positives, caught, negatives, false blocks
     for cls, row in sorted(per_class.items()):
         rate = row["caught"] / row["positives"] if row["positives"] else None
         shown = f"{rate:.0%}" if rate is not None else "-"
-        print(f"{cls:<20} {row['cases']:>5} {row['caught']:>4}/{row['positives']:<4} {shown:>7} "
-              f"{row['false_blocks']:>6}/{row['negatives']:<6}")
+        kind = class_kind(cls)
+        print(f"{cls:<24} {row['cases']:>5} {row['caught']:>4}/{row['positives']:<4} {shown:>7} "
+              f"{row['false_blocks']:>6}/{row['negatives']:<6}  {kind}")
         for text in row["missed"]:
             print(f"    wrong: {text!r}")
         if (rate is not None and rate < 0.95) or row["false_blocks"]:
             ok = False
+        for i, key in enumerate(("positives", "caught", "negatives", "false_blocks")):
+            kinds[kind][i] += row[key]
     positives = sum(r["positives"] for r in per_class.values())
     caught = sum(r["caught"] for r in per_class.values())
     negatives = sum(r["negatives"] for r in per_class.values())
     false_blocks = sum(r["false_blocks"] for r in per_class.values())
-    print(f"{'total':<20} {len(cases):>5} {caught:>4}/{positives:<4} {caught / max(positives, 1):>7.0%} "
+    print(f"{'total':<24} {len(cases):>5} {caught:>4}/{positives:<4} {caught / max(positives, 1):>7.0%} "
           f"{false_blocks:>6}/{negatives:<6}")
+    for kind, (pos, hit, neg, fb) in sorted(kinds.items()):
+        print(f"  {kind} classes: caught {hit}/{pos} ({hit / max(pos, 1):.0%}), false blocks {fb}/{neg}")
+    must = [per_class[c] for c in sorted(MUST_PASS_NEGATION) if c in per_class]
+    print(f"  must-pass negated / denied / refuted ({', '.join(c for c in sorted(MUST_PASS_NEGATION) if c in per_class)}): "
+          f"false blocks {sum(r['false_blocks'] for r in must)}/{sum(r['negatives'] for r in must)}")
     texts = [c["text"] for c in cases] * 50
     t0 = time.perf_counter()
     for text in texts:

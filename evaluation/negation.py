@@ -21,6 +21,20 @@ phrase and the clause end (``suffix``); other rule hits are already cut out of b
 
 So a negator elsewhere in the clause (``如果24小时内不发货我们全额赔付``,
 ``商品不合格我们全额赔付``) does not clear the promise.
+
+Negation that reads like a person (issue 17); when in doubt the hit stays a promise:
+
+- Rhetorical questions affirm: an odd chain after 谁说 / 难道 / 怎么可能 / 哪有 / 怎么会 ... (no other
+  negator between) counts as none (``难道本店不是二十四小时必发吗``).
+- English double negation: fail(s/ed), nobody, none, "no reason", "no one / no customer" are
+  negators and once / even / full are chain words (``We have never once refused ...``).
+- Denied verbs continue the chain (过, 说, 做, 开展, 存在, 符合, ...: ``我们从未承诺过…``,
+  ``不存在…的规定``); after the hit ``的承诺我们不能做`` refuses.
+- Refuting judgements after a mention negate (``“…”是谣言``, ``属于误传``, ``的说法不准确``,
+  ``is a rumour``); fake refusals do not (``不了多久``, ``不在话下``, ``不是难事``).
+- ``answer``: when the hit's clause ends with a question mark, the next sentence; a refusal
+  there negates (``全额赔付？不行``), a yes turns a question word into a promise
+  (``能不能全额赔付？可以！``).
 """
 
 from __future__ import annotations
@@ -33,7 +47,9 @@ from replyloop.evaluation.textmap import _DROP, fold
 NEGATORS_ZH = ["不", "没", "没有", "无法", "未能", "未曾", "未", "并非", "绝非", "无须", "无需", "勿",
                "并不", "决不", "绝不", "从不", "从未", "毫无", "拒绝", "没办法", "没法", "无力", "难以",
                # "no reason (not to)": before 不 they make a double negation, i.e. a promise
-               "没有任何理由", "没有理由", "没理由", "毫无理由"]
+               "没有任何理由", "没有理由", "没理由", "毫无理由",
+               # issue 17: "there is no such ...", "never had ..."
+               "并无", "从无", "绝无", "从来没有", "从来没", "从来不", "从没"]
 QUESTION_ZH = ["是否", "能否", "可否", "能不能", "会不会", "可不可以", "是不是", "有没有", "赔不赔", "行不行",
                "可不可能"]
 PSEUDO_ZH = [
@@ -55,6 +71,10 @@ MODAL_ZH = [
     "暂", "现在", "还", "是", "有", "予以", "给予", "予", "给", "为", "向", "帮", "替", "做到", "承诺", "保证",
     "担保", "确保", "答应", "同意", "接受", "提供", "支持", "进行", "办理", "安排", "实现", "兑现", "申请",
     "享受", "享有", "获得", "得到",
+    # issue 17: a promise that is the object of a denied verb (从未承诺过, 从未说过, 不做, 不开展,
+    # 不存在…的规定, 不符合…的条件)
+    "过", "曾", "曾经", "说", "讲", "表示", "声称", "宣称", "提到", "提及", "对外", "公开", "做", "开展",
+    "推出", "存在", "符合", "满足", "达到", "任何", "这种", "这样的", "此类", "类似",
 ] + [p + q for p in ("为", "给", "向", "帮", "替", "对") for q in _PRONOUNS]
 BREAKERS_ZH = ["但", "可是", "不过", "然而", "而是", "而且", "并且", "却",
                "如果", "若", "假如", "假设", "要是", "万一", "的话", "只要", "一旦", "即使", "就算", "哪怕"]
@@ -67,17 +87,41 @@ for _kind, _words in (("modal", MODAL_ZH), ("neg", NEGATORS_ZH), ("question", QU
 _ZH_TOKEN = re.compile("|".join(re.escape(w[::-1]) for w in sorted(_ZH_KIND, key=len, reverse=True)))
 _BREAK_ZH = re.compile("|".join(map(re.escape, BREAKERS_ZH)))
 _SUFFIX_ZH = re.compile(
-    "(?:这个|这点|这种|这样|的话|的|是|我们|目前|暂时|恐怕|可能|确实|实在|都|也|还)*"
-    "(?:不了|不可能|没可能|做不到|办不到|实现不了|满足不了|给不了|赔不了|兑现不了|不行|不予|不支持|不提供|不适用"
+    "(?:这个|这点|这种|这样|的话|的|是|我们|目前|暂时|恐怕|可能|确实|实在|都|也|还|本店|平台|您|给您|为您"
+    # issue 17: 全额赔付的承诺我们不能做, “…”的说法有误, 这一说法
+    "|承诺|保证|说法|这一|一说|消息|传言|传闻|信息|要求|请求|服务|政策)*"
+    "(?:不了(?!多久|多少|几天|太久|多长|多远)|不可能|没可能|做不到|办不到|实现不了|满足不了|给不了|赔不了|兑现不了"
+    "|做不了|不行|不予|不支持|不提供|不适用"
     "|无法(?:做到|实现|办到|满足|承诺|保证|提供|支持|兑现|办理|操作|给予|答应)|没办法|没法(?:做到|实现|办到)"
-    "|(?:不能|不可以|不会)(?:承诺|保证|提供|支持|给予|做到|实现|兑现|答应)|没有的|暂不(?:支持|提供)|恕难|不在.{0,6}范围)"
+    "|(?:不能|不可以|不会)(?:承诺|保证|提供|支持|给予|做到|实现|兑现|答应)|没有的|暂不(?:支持|提供)|恕难|不在.{0,6}范围"
+    # 全额赔付的承诺我们不能做 / 无法给您: 给 / 做 only when nothing but a particle follows
+    "|(?:不能|不可以|不会|无法|没法)(?:给|做)(?:您|你|出)?(?:的|了|哦|呢|啦|吧|呀)*$"
+    # a refuting judgement of a (quoted) mention: “…”是谣言 / 属于误传 / 是假的 / 并非事实 / 的说法不准确
+    "|(?:是|属于|纯属|系|为|乃)?(?:谣言|误传|谣传|假的|假消息|虚假|不实|误解|讹传)"
+    "|并非(?:事实|真的|如此|实情|真实|属实)|不是真的|不属实|不是事实|与事实不符"
+    "|不准确|有误|不正确|不对(?!外)|是错的|错误的|不成立)"
     "(?![不没])"  # 全额赔付不可能不兑现: a refusal of a refusal is a promise
 )
+# The answer to a promise echoed as a question (全额赔付？不行 / 24小时必发？做不到): the next clause.
+_ANSWER_ZH = re.compile(
+    r"\s*(?:(?:抱歉|对不起|很抱歉|很遗憾|遗憾|不好意思|恐怕|这个|这|答案是|我们|本店|目前|暂时|真的|确实|实在|是|哦|呃)[，,\s]*)*"
+    r"(?:不行|不可以|不能|做不到|办不到|不可能|没有|没门|不会|不支持|不提供|无法(?:做到|办到|提供|实现|承诺)?"
+    r"|没法(?:做到|办到)?|没办法|不存在|不是的|不是|给不了|做不了)"
+    r"(?:的|啦|了|呢|哦|噢|呀|吧|哈|喔|这样做|这么做|做到|承诺|保证|提供|给您|这个)*\s*(?:[，,。.！!；;~～…]|$)"
+)
+# A yes to the question (能不能全额赔付？可以！): the question word no longer leaves it open.
+_YES_ZH = re.compile(r"\s*(?:(?:亲|您好|放心|嗯|好)[，,\s]*)*(?:当然|肯定|绝对|一定|完全)?(?:可以|能|会|行|没问题|没有问题|是的|好的|支持|有的)")
+_YES_EN = re.compile(r"\s*(?:yes|yeah|yep|sure|of\s+course|absolutely|certainly|definitely|we\s+(?:can|do|will))\b")
+# Rhetorical questions affirm (难道本店不是二十四小时必发吗): a marker before the negated chain,
+# with no other negator between them, makes the chain a promise.
+_RHETORICAL_ZH = re.compile("谁说|难道|怎么可能|怎可能|哪有|哪里有|哪儿有|怎么会|怎会|怎能|怎么能|岂能|岂会|岂可|哪能|何尝|焉能")
+_NEG_CHAR_ZH = re.compile("[不没无未非勿]")
 
 # --- English -------------------------------------------------------------------------------
 _WORD_EN = re.compile(r"[a-z_]+(?:'[a-z]+)?")
 _NEG_EN = re.compile(r"not|no|never|cannot|nor|without|unable|[a-z]+n't|cant|dont|doesnt|didnt|wont|wouldnt|"
-                     r"couldnt|isnt|arent|refuse[sd]?|declines?|declined|deny|denies|denied|rejects?|rejected")
+                     r"couldnt|isnt|arent|refuse[sd]?|declines?|declined|deny|denies|denied|rejects?|rejected|"
+                     r"fail|fails|failed|nobody|none")
 _QUESTION_EN = {"whether"}
 MODAL_EN = set("""
 can could will would shall should may might must be is are am was were been being able to do does did have has had
@@ -85,28 +129,43 @@ offer offers offered offering provide provides provided providing give gives giv
 guaranteed promise promises promised grant grants granted issue issues issued pay pays paid make makes get gets
 receive receives accept accepts agree agrees approve approves arrange arrange you your a an the any always ever
 currently presently yet really possibly necessarily also still there us
+once even ever said say says claimed claim claims stated state states full complete immediate instant
 """.split())
+# Rewritten before the chain is read: "no reason (not to)" and "no one / no customer (is refused)"
+# are negators, so with the second negation they make a promise (issue 17).
+_NEG_PHRASE_EN = re.compile(r"\bno\s+(?:good\s+)?reason\b|\bno\s+(?:one|customer|client|buyer|shopper|body|order)s?\b")
 _PSEUDO_EN = re.compile(r"\b(?:not\s+only|not\s+just|no\s+matter|no\s+problem|no\s+worries|no\s+doubt|"
                         r"(?:do\s+not|don't|dont)\s+(?:worry|hesitate))\b")
-_BREAK_EN = re.compile(r"\b(?:but|however|instead|rather|although|though|if|unless|when|whenever|once|provided|"
+_BREAK_EN = re.compile(r"\b(?:but|however|instead|rather|although|though|if|unless|when|whenever|"
+                       r"(?<!never )(?<!not )(?<!at )(?<!even )once|provided|"
                        r"in\s+case|as\s+long\s+as)\b")
 _PRED_EN = (r"(?:possible|available|an\s+option|offered|provided|given|granted|guaranteed|promised|applicable|"
             r"covered|included|something\s+we)")
 _SUFFIX_EN = re.compile(
-    r"\s*(?:(?:is|are|was|were|will\s+be|would\s+be)\s+(?:(?:currently|simply|unfortunately|really|just)\s+)?"
+    r"[\s\"'“”‘’«»]*(?:(?:is|are|was|were|will\s+be|would\s+be)\s+(?:(?:currently|simply|unfortunately|really|just)\s+)?"
     r"(?:not|never)\s+" + _PRED_EN +
     r"|(?:isn't|aren't|wasn't|weren't|won't\s+be|wouldn't\s+be)\s+" + _PRED_EN +
     r"|(?:is|are)\s+(?:impossible|unavailable|out\s+of\s+the\s+question|excluded)"
     r"|(?:can't|cannot|can\s+not|couldn't|won't|will\s+not)\s+be\s+(?:offered|provided|given|granted|guaranteed|"
     r"promised|arranged|approved)"
-    r"|(?:does\s+not|doesn't|do\s+not|don't)\s+apply)\b"
+    r"|(?:does\s+not|doesn't|do\s+not|don't)\s+apply"
+    # a refuting judgement of a (quoted) mention: "'full compensation' is a rumour / is not true"
+    r"|(?:\s*(?:claim|promise|statement|rumou?r|story|idea))?\s*(?:is|was)\s+(?:(?:simply|just|completely|totally)\s+)?"
+    r"(?:false|untrue|not\s+true|a\s+(?:myth|rumou?r|misunderstanding)|wrong|incorrect|inaccurate|a\s+misquote))\b"
 )
+# The answer to a promise echoed as a question ("Full compensation? No."): the next clause.
+_ANSWER_EN = re.compile(r"\s*(?:(?:sorry|unfortunately|i'm\s+afraid|i\s+am\s+afraid)[,\s]*)*"
+                        r"(?:no|nope|not\s+possible|impossible|we\s+(?:can't|cannot|can\s+not|don't|do\s+not|won't)"
+                        r"(?:\s+(?:do|offer|promise|guarantee)\s+(?:that|it|this))?)\s*(?:[.,!;]|$)")
 
 _ANY_LATIN = re.compile("[a-z]")
 # Cheap first tests (most hits have neither): every negator or question word of the chain
 # contains one of the prefix hint characters, every suffix refusal one of the suffix ones.
-_PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否难難nNｎＮ]|(?i:refus|reject|whether)")
-_SUFFIX_HINT = re.compile(r"[不没沒无無恕nNｎＮxXｘＸ]")
+# One character class each (an alternation would be tried at every position: 10-20x slower):
+# English negators have an n (not, no, never, nobody, cannot, -n't) or are refuse / reject /
+# whether / fail (r, w, f); refutations false / myth / rumour / wrong (f, m, r, w).
+_PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否难難nNｎＮrRｒＲwWｗＷfFｆＦ]")
+_SUFFIX_HINT = re.compile(r"[不没沒无無恕谣謠误誤假虚虛讹訛错錯并並nNｎＮxXｘＸfFｆＦmMｍＭrRｒＲwWｗＷ]")
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
 _ANY_APOSTROPHE = re.compile("[\u2019\u2018\u02bc`]")  # translate() is slow on CJK text: only when needed
 
@@ -119,24 +178,39 @@ def _after_last(pattern: re.Pattern, text: str) -> str:
 
 
 def _zh_chain(zh: str) -> int | None:
-    """Negators in the chain that ends ``zh``; None for a question word (not negated, not a promise)."""
+    """Negators in the chain that ends ``zh``; None for a question word (not negated, not a promise).
+
+    An odd count after a rhetorical marker (谁说, 难道, 怎么可能, 哪有, 怎么会, ...) with no other
+    negator between the marker and the chain counts as none: the question affirms.
+    """
     rev, pos, count = zh[::-1], 0, 0
     while True:
         m = _ZH_TOKEN.match(rev, pos)
         if m is None:
-            return count
+            break
         kind = _ZH_KIND[m.group()[::-1]]
         if kind == "pseudo":
-            return count
+            break
         if kind == "question":
             return None
         if kind == "neg":
             count += 1
         pos = m.end()
+    if count % 2 and len(zh) > pos:
+        chain_start, last = len(zh) - pos, None
+        for m in _RHETORICAL_ZH.finditer(zh):  # the marker may overlap the chain (怎么可能 + 不)
+            if m.start() >= chain_start:
+                break
+            last = m
+        if last is not None and not _NEG_CHAR_ZH.search(zh, last.end(), chain_start):
+            return 0
+    return count
 
 
 def _en_chain(en: str) -> int | None:
     en = _PSEUDO_EN.sub(" _pseudo_ ", en)
+    if "no" in en:
+        en = _NEG_PHRASE_EN.sub(" nobody ", en)
     count = 0
     for word in reversed(_WORD_EN.findall(en)):
         if word in _QUESTION_EN:
@@ -155,8 +229,12 @@ def _fold(text: str) -> str:
     return folded
 
 
-def is_negated(prefix: str, suffix: str = "") -> bool:
-    """True when the phrase between ``prefix`` and ``suffix`` (original text, same clause) is negated."""
+def is_negated(prefix: str, suffix: str = "", answer: str = "") -> bool:
+    """True when the phrase between ``prefix`` and ``suffix`` (original text, same clause) is negated.
+
+    ``answer``: when the phrase's clause ends with a question mark, the next clause; a refusal
+    there (``全额赔付？不行``, ``Full compensation? No.``) negates the echoed promise.
+    """
     negations = 0
     if prefix and _PREFIX_HINT.search(prefix):
         folded = _fold(prefix)
@@ -164,11 +242,15 @@ def is_negated(prefix: str, suffix: str = "") -> bool:
         count = _zh_chain(zh) if zh else 0
         if count == 0 and _ANY_LATIN.search(folded):
             count = _en_chain(_after_last(_BREAK_EN, folded))
-        if count is None:
-            return True
+        if count is None:  # a question word: open, unless the next sentence says yes
+            return not (answer and (_YES_ZH.match(_fold(answer)) or _YES_EN.match(_fold(answer))))
         negations += count
     if suffix and _SUFFIX_HINT.search(suffix):
         folded = _fold(suffix)
         if _SUFFIX_ZH.match(_DROP.sub("", folded)) or _SUFFIX_EN.match(folded):
+            negations += 1
+    if answer:
+        folded = _fold(answer)
+        if _ANSWER_ZH.match(folded) or _ANSWER_EN.match(folded):
             negations += 1
     return negations % 2 == 1

@@ -23,12 +23,17 @@ How a reply is checked:
 4. A rule hit is dropped when the words right next to it in its clause negate it
    (``evaluation.negation``: a chain of negators and modal words just before it, or a refusal
    such as ``不了`` / ``is not possible`` just after it; other hits are cut out of that context).
-   Terminology hits are not subject to negation: they are about wording.
+   Terminology hits are not subject to negation: they are about wording. Rhetorical questions,
+   double negation, denied verbs, echoed questions answered yes or no and refuted mentions are
+   read there too (issue 17; see ``evaluation.negation``).
+5. Hostile text stays linear: the context is searched within ``CONTEXT_WINDOW`` characters of a
+   hit, overlapping hits are merged once, and a rule reports at most ``MAX_HITS_PER_RULE`` hits.
 """
 
 from __future__ import annotations
 
 import re
+from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -36,7 +41,7 @@ import ahocorasick_rs
 
 from replyloop.evaluation.negation import is_negated
 from replyloop.evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
-from replyloop.evaluation.readthrough import read_through
+from replyloop.evaluation.readthrough import needs_read_through, read_through
 from replyloop.evaluation.regexcheck import trigger_literals
 from replyloop.evaluation.textmap import TextMap, fold, normalise
 
@@ -45,7 +50,7 @@ __all__ = ["CheckResult", "PolicyEngine", "Violation", "load_policies"]
 _SEVERITY_RANK = {"pass": 0, "warn": 1, "block": 2}
 # Clause boundaries: Chinese and Latin sentence punctuation and newlines ('.' between digits is a decimal point).
 _BOUNDARY = re.compile(r"[，。！？；,!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")
-_LAST_BOUNDARY = re.compile(r"(?s:.*)(?:" + _BOUNDARY.pattern + ")")  # greedy: the last boundary
+_SENTENCE_END = re.compile(r"[。！？；!?;\n\r\uff0e\uff61\u2029\u2028]|(?<!\d)\.|\.(?!\d)")  # an answer runs to it
 _ALNUM = re.compile(r"[a-z0-9]")
 _WORDS = re.compile(r"[^\W_]+")
 
@@ -198,6 +203,8 @@ class PolicyEngine:
         Markup, encodings, number forms and look-alike letters are read through first
         (``evaluation.readthrough``): the reply is checked as it reads, spans map back to ``text``.
         """
+        if needs_read_through(text) is None:  # the usual reply: one character-class search
+            return self._check(text)
         clean = read_through(text)
         if clean is None:
             return self._check(text)
@@ -245,12 +252,14 @@ class PolicyEngine:
             else:
                 rule = self.rules[self._patterns[what][0]]
             rule_hits.append((rule, start, end))
+        clauses = _Clauses(text, spans)
+        reported: dict[str, int] = {}
         for rule, start, end in rule_hits:
-            if (rule.id, start, end) in found:
+            if (rule.id, start, end) in found or reported.get(rule.id, 0) >= MAX_HITS_PER_RULE:
                 continue
-            prefix, suffix = _context(text, start, end, spans if len(spans) > 1 else ())
-            if is_negated(prefix, suffix):
+            if clauses.negated(start, end):
                 continue
+            reported[rule.id] = reported.get(rule.id, 0) + 1
             v = Violation(rule.id, rule.severity, rule.message, start, end, text[start:end])
             found.setdefault((v.rule, start, end), v)
         if len(found) <= 1:  # the usual hit: nothing to order or nest
@@ -277,42 +286,109 @@ class PolicyEngine:
         return "".join(out)
 
 
+# Negation reads the words right next to a hit: its context is cut to this many characters on
+# each side (a clause of a real reply is far shorter), so hostile text stays linear.
+CONTEXT_WINDOW = 256
+# A rule reports at most this many violations per reply (its verdict is settled by the first).
+MAX_HITS_PER_RULE = 50
+
+
+class _Clauses:
+    """The clause context of every hit of one text (built once per text, whatever its hit count).
+
+    ``spans`` are every accepted hit. Overlapping hits form one component (a hit inside
+    another is negated with it); the neighbouring components end a hit's context, and so do
+    the clause boundaries, which are searched for within ``CONTEXT_WINDOW`` characters only.
+    """
+
+    def __init__(self, text: str, spans=()):
+        self.text = text
+        starts: list[int] = []
+        ends: list[int] = []
+        for s, e in (sorted(spans) if len(spans) > 1 else ()):
+            if ends and s < ends[-1]:
+                if e > ends[-1]:
+                    ends[-1] = e
+            else:
+                starts.append(s)
+                ends.append(e)
+        self.starts, self.ends = starts, ends
+        self._negated: dict = {}
+
+    def context(self, start: int, end: int) -> tuple[str, str]:
+        return self.around(start, end)[:2]
+
+    def negated(self, start: int, end: int) -> bool:
+        """``is_negated`` of the hit's context; hits of one component share it (computed once)."""
+        key = (start, end)
+        starts = self.starts
+        if starts:
+            i = bisect_right(starts, start) - 1
+            if i >= 0 and self.ends[i] > start:
+                key = i
+        cache = self._negated
+        if key not in cache:
+            cache[key] = is_negated(*self.around(start, end))
+        return cache[key]
+
+    def around(self, start: int, end: int) -> tuple[str, str, str]:
+        """(prefix, suffix, answer): ``answer`` is the next clause when this one ends with a
+        question mark (``全额赔付？不行``), else empty."""
+        text, starts, ends = self.text, self.starts, self.ends
+        lo, hi = max(0, start - CONTEXT_WINDOW), min(len(text), end + CONTEXT_WINDOW)
+        if starts:
+            i = bisect_right(starts, start) - 1   # the component that holds the hit
+            if i >= 0 and ends[i] > start:
+                start, end = starts[i], max(end, ends[i])
+                lo, hi = max(0, start - CONTEXT_WINDOW), min(len(text), end + CONTEXT_WINDOW)
+                if i > 0 and ends[i - 1] > lo:    # the hit before ends the context on the left
+                    lo = ends[i - 1]
+                if i + 1 < len(starts) and starts[i + 1] < hi:
+                    hi = starts[i + 1]
+        # The clause starts after the last boundary before the hit: the first one in the reversed
+        # text before it (the boundary pattern reads the same both ways: a '.' between digits is a
+        # decimal point). The reversed slice starts with the hit's first character and ends one
+        # character before ``lo``, so the look-arounds see what they would see forwards.
+        base = lo - 1 if lo else 0
+        last = _BOUNDARY.search(text[base:start + 1][::-1], 1)
+        if last is not None and start - last.start() >= lo:
+            lo = start - last.start() + 1
+        nxt = _BOUNDARY.search(text, end, hi)  # the lookbehind ``(?<!\d)`` still sees the hit's last character
+        answer = ""
+        if nxt:
+            hi = nxt.start()
+            if nxt.group() in "？?":
+                after = nxt.end()
+                while after < len(text) and text[after] in "？?！! \t":  # 全额赔付？？ 不行
+                    after += 1
+                stop = _SENTENCE_END.search(text, after, after + CONTEXT_WINDOW)
+                answer = text[after:stop.start() if stop else min(len(text), after + CONTEXT_WINDOW)]
+        return text[lo:start], text[end:hi], answer
+
+
 def _context(text: str, start: int, end: int, spans) -> tuple[str, str]:
     """The text before and after the hit ``[start, end)`` in its clause, for negation.
 
     A hit that overlaps the beginning (or end) of this one widens it: a hit inside another is
     negated with it. Another hit in the clause ends the context: its words (``绝对不会有问题``)
-    are not negators of this one.
+    are not negators of this one. (One text with many hits: build ``_Clauses`` once.)
     """
-    changed = True
-    while changed:
-        changed = False
-        for s, e in spans:
-            if s < start < e:
-                start, changed = s, True
-            if s < end < e:
-                end, changed = e, True
-    # The clause starts after the last boundary before the hit. ``start`` is a letter or
-    # digit, so no boundary ends after it; searching up to start + 1 lets ``\.(?!\d)`` see it.
-    last = _LAST_BOUNDARY.match(text, 0, start + 1)
-    clause_start = last.end() if last else 0
-    nxt = _BOUNDARY.search(text, end)  # the lookbehind ``(?<!\d)`` still sees the hit's last character
-    clause_end = nxt.start() if nxt else len(text)
-    for s, e in spans:
-        if e <= start and e > clause_start:
-            clause_start = e
-        if s >= end and s < clause_end:
-            clause_end = s
-    return text[clause_start:start], text[end:clause_end]
+    return _Clauses(text, spans).context(start, end)
 
 
 def _drop_nested(violations: list[Violation]) -> list[Violation]:
-    """Drop a hit of a rule that lies inside another hit of the same rule."""
+    """Drop a hit of a rule that lies inside another hit of the same rule.
+
+    ``violations`` are sorted by (start, -end): a hit is nested when an earlier kept hit of its
+    rule reaches at least as far.
+    """
     kept: list[Violation] = []
+    reach: dict[str, int] = {}
     for v in violations:
-        if any(k.rule == v.rule and k.start <= v.start and v.end <= k.end for k in kept):
+        if reach.get(v.rule, -1) >= v.end:
             continue
         kept.append(v)
+        reach[v.rule] = v.end
     return kept
 
 

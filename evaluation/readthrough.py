@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote
 
-__all__ = ["Clean", "read_through"]
+__all__ = ["Clean", "needs_read_through", "read_through"]
 
 _NUM = "〇零一二两三四五六七八九十廿卅百千万壹贰叁肆伍陆柒捌玖拾佰仟貳參陸兩萬"
 _TRAD_NUM = str.maketrans({"貳": "贰", "參": "叁", "陸": "陆", "兩": "两", "萬": "万"})
@@ -78,6 +78,10 @@ _GATE = re.compile(
     rf"|(?<=[0-9][{_NUM}])"
     rf"|(?<=[{_NUM}])(?:[0-9]|[个個]?(?:{_GATE_UNITS})))"
 )
+
+
+# None for ordinary text (most replies): then ``read_through`` would return None too.
+needs_read_through = _GATE.search
 
 
 @dataclass(frozen=True)
@@ -146,13 +150,18 @@ def _urlenc(m: re.Match):
 
 
 def _compat(m: re.Match):
-    folded = "".join(c for c in unicodedata.normalize("NFKC", m.group()) if c.isalnum())
-    if folded == m.group():  # no decomposition (❷, dingbat digits): its numeric value
-        value = unicodedata.numeric(m.group(), None)
+    return _compat_char(m.group())
+
+
+@lru_cache(maxsize=4096)
+def _compat_char(ch: str):
+    folded = "".join(c for c in unicodedata.normalize("NFKC", ch) if c.isalnum())
+    if folded == ch:  # no decomposition (❷, dingbat digits): its numeric value
+        value = unicodedata.numeric(ch, None)
         if value is None or not float(value).is_integer():
             return None
         folded = str(int(value))
-    return [folded]
+    return (folded,)
 
 
 def _digit(m: re.Match):
@@ -161,11 +170,17 @@ def _digit(m: re.Match):
 
 
 def _cn_number(m: re.Match):
-    import cn2an  # lazy: about 0.1 s, only for replies with Chinese numbers next to a unit or digit
-
-    run = m.group().translate(_TRAD_NUM)
+    run = m.group()
     if len(run) > 16:
         return None  # not a number anyone reads (hostile input): left as written
+    return _cn_run(run)
+
+
+@lru_cache(maxsize=4096)  # hostile text repeats one run thousands of times
+def _cn_run(run: str):
+    import cn2an  # lazy: about 0.1 s, only for replies with Chinese numbers next to a unit or digit
+
+    run = run.translate(_TRAD_NUM)
     try:
         value = cn2an.cn2an(run, "smart")
     except (ValueError, KeyError, TypeError, IndexError, OverflowError):
@@ -175,7 +190,7 @@ def _cn_number(m: re.Match):
             return None
     if isinstance(value, float):
         value = int(value) if value.is_integer() else value
-    return [str(value)]
+    return (str(value),)
 
 
 @lru_cache(maxsize=1)

@@ -195,3 +195,22 @@ def test_aligned_textmap_equals_built_one():
         if aligned:
             assert TextMap.aligned(text, norm) == TextMap.build(text), text
     assert seen == {True, False}
+
+
+def test_reversed_clause_start_equals_the_forward_search():
+    """The clause start is searched in the reversed text; a greedy forward regex is the reference."""
+    from replyloop.evaluation.policy import _BOUNDARY, _Clauses
+
+    last_boundary = re.compile(r"(?s:.*)(?:" + _BOUNDARY.pattern + ")")
+    rng = random.Random(1)
+    checked = 0
+    for _ in range(800):
+        text = "".join(rng.choice("ab12.。，,?？ 全额") for _ in range(rng.randint(1, 30)))
+        for start in range(len(text)):
+            if not text[start].isalnum():
+                continue
+            m = last_boundary.match(text, 0, start + 1)
+            prefix, _ = _Clauses(text).context(start, start + 1)
+            assert prefix == text[m.end() if m else 0:start], (text, start)
+            checked += 1
+    assert checked > 3000
