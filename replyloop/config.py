@@ -105,6 +105,13 @@ class DraftingConfig(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # local backend: auto = CUDA when available
 
 
+# -- ops16: how `replyloop serve` writes its log lines (README "Health, metrics and logs") --
+class LoggingConfig(Section):
+    format: Literal["text", "logfmt", "json"] = "text"  # one line per record; draft_id / run_id fields
+    level: Literal["debug", "info", "warning", "error"] = "info"
+# -- end ops16 --
+
+
 class ConfigFile(Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
@@ -115,6 +122,7 @@ class ConfigFile(Section):
     report: ReportConfig = Field(default_factory=ReportConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     drafting: DraftingConfig = Field(default_factory=DraftingConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # ops16
 
 
 @dataclass(frozen=True)
