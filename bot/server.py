@@ -36,7 +36,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from bot import intake, review  # noqa: F401  (intake: ack15's sweep takes in held channel messages)
 from bot.app import Bot, create_bot
 from bot.logs import redacting_logger
-from bot.slackclient import SlackUnreachable, health_of, resolve_channels, slack_error, verify_token
+from bot.slackclient import SlackUnreachable, health_of, resolve_channels, slack_error, verify_token, web_client
 from bot.web import EVENTS_PATH, MAX_SLACK_BODY, Limits, Web
 from replyloop.config import Config, Secrets
 from replyloop.errors import ConfigError
@@ -437,8 +437,10 @@ class SlackLink:
 
     RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
 
-    def __init__(self, bot: Bot, stop: threading.Event, connect: Callable[[], None] | None = None):
+    def __init__(self, bot: Bot, stop: threading.Event, connect: Callable[[], None] | None = None,
+                 client=None):
         self.bot, self.stop, self.connect = bot, stop, connect
+        self.client = client or bot.client
         self.verified = False
         self.identity: dict = {}
         self.problem: str | None = None
@@ -448,9 +450,9 @@ class SlackLink:
     def check(self) -> None:
         from slack_sdk.errors import SlackApiError
 
-        self.identity = verify_token(self.bot.client)
+        self.identity = verify_token(self.client)
         try:
-            resolve_channels(self.bot.config, self.bot.client)
+            resolve_channels(self.bot.config, self.client)
         except SlackApiError as exc:
             error = slack_error(exc)
             if exc.response.status_code >= 500 or error in ("ratelimited", "fatal_error", "internal_error"):
@@ -502,9 +504,17 @@ def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, po
     redacting_logger("bot", secrets)
     redacting_logger("slack_bolt", secrets)
     redacting_logger("slack_sdk", secrets)
+    client = web_client(config, secrets)
+    # the start-up checks retry on their own schedule (SlackLink.RETRY_S), not the client's
+    probe = web_client(config, secrets, max_retries=0)
+    unreachable = None
+    try:  # a rejected token fails here, before a drafting model is loaded
+        verify_token(probe)
+    except SlackUnreachable as exc:
+        unreachable = exc
     if drafter is None:
         drafter = default_drafter(config, store)
-    bot = create_bot(config, store, secrets, drafter=drafter, start_pipeline=start_pipeline)
+    bot = create_bot(config, store, secrets, client=client, drafter=drafter, start_pipeline=start_pipeline)
     server = BotServer(bot, host=host, port=config.file.slack.http_port if port is None else port,
                        slack_events=http, ready=False)
     stop = stop or threading.Event()
@@ -540,9 +550,11 @@ def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, po
                     raise SlackUnreachable(f"the Socket Mode connection: {type(exc).__name__}: {exc}") from None
 
             server.probes["socket_mode"] = lambda: (handler.client.is_connected(), "not connected to Slack")
-        link = SlackLink(bot, stop, connect)
+        link = SlackLink(bot, stop, connect, client=probe)
         server.link = link
         try:
+            if unreachable is not None:
+                raise unreachable
             link.check()
         except SlackUnreachable as exc:
             link.problem = f"Slack unreachable: {exc}"

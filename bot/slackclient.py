@@ -193,16 +193,16 @@ def _list_channels(client) -> list[Channel]:
             return out
 
 
-# key -> must the bot be a member (to read its messages / upload files there)
-CHANNEL_KEYS = {"review_channel": False, "report_channel": True, "intake_channel": True}
+# the channels the config names; the bot must be in each (to post without chat:write.public, to
+# upload the report's charts, to receive the intake channel's messages)
+CHANNEL_KEYS = ("review_channel", "report_channel", "intake_channel")
 
 
 def resolve_channels(config: Config, client) -> dict[str, Channel]:
     """Look up ``slack.review_channel``, ``report_channel`` and ``intake_channel`` (names with or
-    without ``#``, or ids) with ``conversations.list`` and replace names by ids in ``config``.
-    Raises ConfigError naming the key for a channel that is not found, or that the bot must be
-    in (intake: to read its messages; report: to upload the charts) and is not. Slack errors
-    other than a rejected token propagate (serve retries)."""
+    without ``#``, or ids; public or private) with ``conversations.list`` and replace names by
+    ids in ``config``. Raises ConfigError naming every key whose channel is not found or does
+    not have the bot in it. Other Slack errors propagate (serve retries)."""
     from slack_sdk.errors import SlackApiError
 
     slack = config.file.slack
@@ -227,7 +227,7 @@ def resolve_channels(config: Config, client) -> dict[str, Channel]:
             problems.append(f"slack.{key}: channel {value!r} not found (a private channel is listed only "
                             "once the bot is in it: /invite @replyloop there)")
             continue
-        if CHANNEL_KEYS[key] and not channel.is_member or channel.is_private and not channel.is_member:
+        if not channel.is_member:
             problems.append(f"slack.{key}: the bot is not in #{channel.name} ({channel.id}): "
                             "/invite @replyloop there")
             continue
