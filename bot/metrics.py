@@ -11,6 +11,7 @@ never out of step with the store. README "Health, metrics and logs" lists every 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
@@ -42,11 +43,37 @@ def _age_s(iso: str | None, now: float) -> float:
     return max(0.0, now - t.timestamp())
 
 
+class _Tally:
+    """Counts of an append-only table by one column, read incrementally: each scrape counts only
+    the rows added since the last (``id > last``). A table that shrank (a restored backup)
+    is counted again from the start."""
+
+    def __init__(self, column: str):
+        self.column = column
+        self.last_id = 0
+        self.total = 0
+        self.counts: dict[str, int] = {}
+
+    def read(self, store, table: str) -> dict[str, int]:
+        if store.scalar(f"SELECT count(*) FROM {table}") < self.total:
+            self.last_id, self.total, self.counts = 0, 0, {}
+        rows = store.query(f"SELECT {self.column} AS k, count(*) AS n, max(id) AS last FROM {table} "
+                           f"WHERE id > ? GROUP BY {self.column}", (self.last_id,))
+        for r in rows:
+            self.counts[r["k"]] = self.counts.get(r["k"], 0) + r["n"]
+            self.total += r["n"]
+            self.last_id = max(self.last_id, r["last"])
+        return dict(self.counts)
+
+
 class StoreCollector:
     """Values read from the database and the Slack client when Prometheus scrapes."""
 
     def __init__(self, bot: "Bot"):
         self.bot = bot
+        self._lock = threading.Lock()
+        self._oldest_from = 0  # no draft below this id is undecided (decisions are never undone)
+        self._tallies = {"reviews": _Tally("decision"), "drafts": _Tally("verdict")}
 
     def describe(self):
         return []  # values are read at scrape time only (no query when the collector is registered)
@@ -55,7 +82,8 @@ class StoreCollector:
         now = time.time()
         up = GaugeMetricFamily("replyloop_database_up", "1 when the database answered this scrape's queries")
         try:
-            families = list(self._from_store(now))
+            with self._lock:
+                families = list(self._from_store(now))
         except Exception as exc:
             log.warning("metrics: reading the database failed: %s", exc)
             up.add_metric([], 0)
@@ -68,17 +96,24 @@ class StoreCollector:
 
     def _from_store(self, now: float):
         store = self.bot.store
-        undecided = "NOT EXISTS (SELECT 1 FROM reviews r WHERE r.draft_id = d.id)"
-        row = store.one(f"SELECT count(*) AS n, min(d.created_at) AS oldest FROM drafts d WHERE {undecided}")
+        # counts of whole tables are cheap (the smallest index); a review belongs to one draft
+        n = store.scalar("SELECT (SELECT count(*) FROM drafts) - (SELECT count(*) FROM reviews)")
         pending = GaugeMetricFamily("replyloop_pending_reviews", "Drafts no supervisor has decided yet")
-        pending.add_metric([], row["n"])
+        pending.add_metric([], n)
         yield pending
+        oldest_at = None
+        if n:
+            row = store.one("SELECT d.id, d.created_at FROM drafts d WHERE d.id >= ? AND NOT EXISTS "
+                            "(SELECT 1 FROM reviews r WHERE r.draft_id = d.id) ORDER BY d.id LIMIT 1",
+                            (self._oldest_from,))
+            if row is not None:  # the scan starts where the last one found the oldest
+                self._oldest_from, oldest_at = row["id"], row["created_at"]
         oldest = GaugeMetricFamily("replyloop_oldest_pending_review_age_seconds",
                                    "Age of the oldest undecided draft (0 when the queue is empty)")
-        oldest.add_metric([], _age_s(row["oldest"], now) if row["n"] else 0.0)
+        oldest.add_metric([], _age_s(oldest_at, now))
         yield oldest
 
-        counts = {r["decision"]: r["n"] for r in store.query("SELECT decision, count(*) AS n FROM reviews GROUP BY decision")}
+        counts = self._tallies["reviews"].read(store, "reviews")
         decisions = CounterMetricFamily("replyloop_decisions", "Supervisor decisions stored, by kind",
                                         labels=["decision"])
         for kind in DECISIONS:
@@ -92,7 +127,7 @@ class StoreCollector:
             runs.add_metric([state], states.get(state, 0))
         yield runs
 
-        verdicts = {r["verdict"]: r["n"] for r in store.query("SELECT verdict, count(*) AS n FROM drafts GROUP BY verdict")}
+        verdicts = self._tallies["drafts"].read(store, "drafts")
         drafts = CounterMetricFamily("replyloop_drafts", "Drafts stored, by policy verdict", labels=["verdict"])
         for verdict in VERDICTS:
             drafts.add_metric([verdict], verdicts.get(verdict, 0))
