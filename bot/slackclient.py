@@ -193,15 +193,20 @@ def _list_channels(client) -> list[Channel]:
             return out
 
 
+def _scope_error(error: str) -> ConfigError:
+    return ConfigError(f"looking up the channels answered {error!r}: add channels:read and groups:read to the "
+                       "app's bot scopes (bot/manifest.yaml) and reinstall it")
+
+
 # the channels the config names; the bot must be in each (to post without chat:write.public, to
 # upload the report's charts, to receive the intake channel's messages)
 CHANNEL_KEYS = ("review_channel", "report_channel", "intake_channel")
 
 
 def resolve_channels(config: Config, client) -> dict[str, Channel]:
-    """Look up ``slack.review_channel``, ``report_channel`` and ``intake_channel`` (names with or
-    without ``#``, or ids; public or private) with ``conversations.list`` and replace names by
-    ids in ``config``. Raises ConfigError naming every key whose channel is not found or does
+    """Look up ``slack.review_channel``, ``report_channel`` and ``intake_channel`` (ids with
+    ``conversations.info``; names, with or without ``#``, with one ``conversations.list``;
+    public or private) and replace names by ids in ``config``. Raises ConfigError naming every key whose channel is not found or does
     not have the bot in it. Other Slack errors propagate (serve retries)."""
     from slack_sdk.errors import SlackApiError
 
@@ -209,29 +214,43 @@ def resolve_channels(config: Config, client) -> dict[str, Channel]:
     wanted = {key: getattr(slack, key).strip().lstrip("#") for key in CHANNEL_KEYS if getattr(slack, key).strip()}
     if not wanted:
         return {}
-    try:
-        channels = _list_channels(client)
-    except SlackApiError as exc:
-        error = slack_error(exc)
-        if error == "missing_scope":
-            raise ConfigError("conversations.list answered 'missing_scope': add channels:read and groups:read "
-                              "to the app's bot scopes (bot/manifest.yaml) and reinstall it") from None
-        raise
-    by_id = {c.id: c for c in channels}
-    by_name = {c.name: c for c in channels}
     found: dict[str, Channel] = {}
     problems = []
-    for key, value in wanted.items():
-        channel = by_id.get(value) or by_name.get(value)
-        if channel is None:
-            problems.append(f"slack.{key}: channel {value!r} not found (a private channel is listed only "
-                            "once the bot is in it: /invite @replyloop there)")
+    names = {key: value for key, value in wanted.items() if not CHANNEL_ID.fullmatch(value)}
+    for key, value in wanted.items():  # an id: conversations.info (is the bot in it?)
+        if key in names:
             continue
+        try:
+            info = client.conversations_info(channel=value).get("channel") or {}
+        except SlackApiError as exc:
+            error = slack_error(exc)
+            if error != "channel_not_found":
+                raise _scope_error(error) if error == "missing_scope" else exc
+            problems.append(f"slack.{key}: channel {value!r} not found (a private channel is visible only once "
+                            "the bot is in it: /invite @replyloop there)")
+            continue
+        channel = Channel(value, str(info.get("name") or value), bool(info.get("is_member")),
+                          bool(info.get("is_private")))
         if not channel.is_member:
-            problems.append(f"slack.{key}: the bot is not in #{channel.name} ({channel.id}): "
-                            "/invite @replyloop there")
+            problems.append(f"slack.{key}: the bot is not in #{channel.name} ({channel.id}): /invite @replyloop there")
             continue
         found[key] = channel
+    if names:  # names: one conversations.list (all pages)
+        try:
+            by_name = {c.name: c for c in _list_channels(client)}
+        except SlackApiError as exc:
+            error = slack_error(exc)
+            raise _scope_error(error) if error == "missing_scope" else exc
+        for key, value in names.items():
+            channel = by_name.get(value)
+            if channel is None:
+                problems.append(f"slack.{key}: channel {value!r} not found (a private channel is listed only "
+                                "once the bot is in it: /invite @replyloop there)")
+            elif not channel.is_member:
+                problems.append(f"slack.{key}: the bot is not in #{channel.name} ({channel.id}): "
+                                "/invite @replyloop there")
+            else:
+                found[key] = channel
     if problems:
         raise ConfigError("; ".join(problems))
     for key, channel in found.items():

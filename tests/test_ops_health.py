@@ -209,8 +209,9 @@ def test_health_says_starting_until_the_scheduler_is_up(workspace):
             wait_until(lambda: _answers(url), timeout=20)
             status, body = health(url)
             assert (status, body["status"], body["ok"]) == (503, "starting", False)
-            fake.wait_for("auth.test")
-            assert config.file.slack.review_channel == "C0REVIEW"  # the name was looked up
+            fake.wait_for("conversations.list")
+            wait_until(lambda: config.file.slack.review_channel == "C0REVIEW")  # the name was looked up
+            assert health(url)[1]["status"] == "starting"  # the scheduler is still starting
             scheduler.release.set()
             assert ready.wait(20)
             status, body = health(url)
