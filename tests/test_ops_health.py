@@ -516,3 +516,24 @@ def test_manifest_scopes_are_exactly_what_the_code_uses():
     assert scopes == needed
     assert "users:read" not in scopes and "im:write" not in scopes
     assert {"message.channels", "message.groups"} <= set(events)  # a private intake channel works too
+
+
+def test_a_private_intake_channel_given_by_name_takes_questions_in(workspace):
+    """A private intake channel (groups:history, message.groups): its name is looked up at
+    start-up and its message events (channel_type "group") become questions."""
+    from bot.slackclient import resolve_channels
+    from bot_support import CannedDrafter
+
+    env = make_env(workspace, drafter=CannedDrafter(), intake_channel="cs-private-intake")
+    try:
+        env.fake.add_channel("G0PRIVATE", "cs-private-intake", is_private=True)
+        resolve_channels(env.config, env.bot.client)
+        assert env.config.file.slack.intake_channel == "G0PRIVATE"
+        resp = env.sim.event({"type": "message", "channel": "G0PRIVATE", "user": "UCUSTOMER", "text": "发票怎么开？",
+                              "ts": "1700000000.000100", "event_ts": "1700000000.000100", "channel_type": "group"})
+        assert resp.status == 200
+        wait_until(lambda: env.store.scalar("SELECT count(*) FROM questions") == 1)
+        assert env.store.scalar("SELECT conversation_id FROM questions") == "slack:G0PRIVATE:1700000000.000100"
+        env.fake.wait_for("chat.postMessage")
+    finally:
+        close_env(env)
