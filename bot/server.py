@@ -457,12 +457,12 @@ class SlackLink:
         except SlackApiError as exc:
             error = slack_error(exc)
             if exc.response.status_code >= 500 or error in ("ratelimited", "fatal_error", "internal_error"):
-                raise SlackUnreachable(f"conversations.list answered {error!r}") from None
-            raise ConfigError(f"could not look up the configured channels: conversations.list answered {error!r}") from None
+                raise SlackUnreachable(f"looking up the channels answered {error!r}") from None
+            raise ConfigError(f"could not look up the configured channels: Slack answered {error!r}") from None
         except ConfigError:
             raise
         except Exception as exc:
-            raise SlackUnreachable(f"conversations.list: {type(exc).__name__}: {exc}") from None
+            raise SlackUnreachable(f"looking up the channels: {type(exc).__name__}: {exc}") from None
         if self.connect is not None:
             self.connect()
         self.verified, self.problem = True, None
@@ -507,7 +507,8 @@ def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, po
     redacting_logger("slack_sdk", secrets)
     client = web_client(config, secrets)
     # the start-up checks retry on their own schedule (SlackLink.RETRY_S), not the client's
-    probe = web_client(config, secrets, max_retries=0)
+    probe = web_client(config, secrets, max_retries=0, logger_name="bot.slack_probe")
+    logging.getLogger("bot.slack_probe").setLevel(logging.CRITICAL)  # SlackLink logs one line per try
     unreachable = None
     try:  # a rejected token fails here, before a drafting model is loaded
         verify_token(probe)

@@ -118,7 +118,8 @@ def _describe(exc: Exception) -> str:
 
 
 def web_client(config: Config, secrets: Secrets | None = None, max_retries: int = 3,
-               health: SlackHealth | None = None):
+               health: SlackHealth | None = None, logger_name: str = "bot.slack_sdk"):
+    """``max_retries=0``: no retries at all (slack_sdk's default connection retry removed too)."""
     from slack_sdk.http_retry.builtin_handlers import (
         ConnectionErrorRetryHandler,
         RateLimitErrorRetryHandler,
@@ -132,8 +133,11 @@ def web_client(config: Config, secrets: Secrets | None = None, max_retries: int 
         raise ConfigError("SLACK_BOT_TOKEN is not set (the bot's xoxb- token)")
     base = config.file.slack.api_base_url
     client = _client_class()(token=secrets.slack_bot_token, base_url=base if base.endswith("/") else base + "/",
-                             timeout=30, logger=redacting_logger("bot.slack_sdk", secrets))
+                             timeout=30, logger=redacting_logger(logger_name, secrets))
     client.health = health or SlackHealth()
+    if max_retries <= 0:
+        client.retry_handlers.clear()
+        return client
     client.retry_handlers.extend([
         RateLimitErrorRetryHandler(max_retry_count=max_retries),
         ServerErrorRetryHandler(max_retry_count=max_retries),
