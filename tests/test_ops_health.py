@@ -223,6 +223,40 @@ def test_health_says_starting_until_the_scheduler_is_up(workspace):
             thread.join(30)
 
 
+def test_a_token_slack_rejects_after_an_outage_at_start_stops_serve(workspace):
+    """Slack was down at start; when it answers, it rejects the token: serve stops with the
+    same error (`replyloop serve` prints it as `Error:` and exits 2)."""
+    from bot.server import serve
+    from replyloop.config import Secrets
+    from replyloop.errors import ConfigError
+
+    config, store = workspace
+    port = free_port()
+    config.file.slack.api_base_url = f"http://127.0.0.1:{port}/api/"
+    config.file.slack.supervisors = ["USUP1"]
+    secrets = Secrets(slack_bot_token=BOT_TOKEN, slack_app_token=None, slack_signing_secret=SIGNING_SECRET,
+                      intake_token=None)
+    outcome: dict = {}
+    started = threading.Event()
+
+    def run():
+        try:
+            serve(config, store, secrets, http=True, port=0, drafter=None, ready=lambda s: started.set())
+        except BaseException as exc:  # noqa: BLE001 (what serve raised is the outcome)
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    assert started.wait(30)  # it started although Slack was unreachable
+    with FakeSlack(port=port) as fake:
+        fake.revoke_token(BOT_TOKEN)
+        thread.join(30)
+        assert not thread.is_alive()
+        assert isinstance(outcome.get("error"), ConfigError)
+        assert str(outcome["error"]).startswith("Slack rejected SLACK_BOT_TOKEN: auth.test answered 'invalid_auth'")
+        assert fake.calls_to("chat.postMessage") == []
+
+
 def _answers(url: str) -> bool:
     try:
         get(url + "/health")
@@ -275,6 +309,7 @@ def test_metrics_are_scrapeable_and_follow_real_actions(workspace, tmp_path):
 
     env = make_env(workspace)
     try:
+        assert env.sim.request("POST", "/metrics", b"x").status == 405
         m = metrics(env.server.url)
         assert m[("replyloop_pending_reviews", ())] == 0
         assert m[("replyloop_oldest_pending_review_age_seconds", ())] == 0
