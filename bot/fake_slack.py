@@ -33,8 +33,10 @@ default ``C0REVIEW`` #cs-review, ``C0QUALITY`` #cs-quality, ``C0INTAKE`` #cs-int
 member of each), listed by ``conversations.list``. ``chat.postMessage`` / ``chat.postEphemeral``
 accept a channel name as Slack does (and answer the id); methods that need an id
 (``chat.update``, ``conversations.info``, ``files.completeUploadExternal``'s ``channel_id`` /
-``channels``) refuse a name with ``channel_not_found``, recorded as ``METHOD:invalid``. Any other
-id-shaped channel (``C…``, ``G…``, ``D…``) is accepted as one the bot is in.
+``channels``) refuse a name with ``channel_not_found``, recorded as ``METHOD:invalid``; posting
+to a known channel the bot is not in is ``not_in_channel`` (the app has no
+``chat:write.public``). Any other id-shaped channel (``C…``, ``G…``, ``D…``) is accepted as one
+the bot is in.
 
 Not implemented: wss:// (TLS), fragmented frames from the fake, permessage-deflate, and
 Slack's own refresh of a connection every few hours (``socket_disconnect()`` asks for one).
@@ -727,8 +729,14 @@ class FakeSlack:
                 if value.strip() and not CHANNEL_ID_RE.fullmatch(value.strip()):
                     return {"ok": False, "error": "channel_not_found",
                             "response_metadata": {"messages": [f"[ERROR] {key}: {value.strip()!r} is not a channel id"]}}
-        if method in ("chat.postMessage", "chat.postEphemeral") and self._channel_id(params.get("channel")) is None:
-            return {"ok": False, "error": "channel_not_found"}
+        if method in ("chat.postMessage", "chat.postEphemeral", "chat.update"):
+            channel_id = self._channel_id(params.get("channel"))
+            if channel_id is None:
+                return {"ok": False, "error": "channel_not_found"}
+            with self._cond:
+                known = self.channels.get(channel_id)
+            if known is not None and not known["is_member"]:  # the app has no chat:write.public
+                return {"ok": False, "error": "not_in_channel"}
         if method in ("chat.postMessage", "chat.update", "chat.postEphemeral") and params.get("blocks") is not None:
             errors = block_kit_errors(params["blocks"], "message")
             if errors:

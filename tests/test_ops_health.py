@@ -494,6 +494,10 @@ def test_fake_slack_refuses_a_channel_name_where_slack_needs_an_id(workspace):
             with pytest.raises(SlackApiError) as err:
                 call()
             assert err.value.response["error"] == "channel_not_found"
+        fake.add_channel("C0NOTIN", "outside", is_member=False)
+        with pytest.raises(SlackApiError) as err:
+            client.chat_postMessage(channel="C0NOTIN", text="x")
+        assert err.value.response["error"] == "not_in_channel"
         assert WebClient(token="wrong", base_url=fake.base_url).api_call("api.test")["ok"]
         with pytest.raises(SlackApiError) as err:
             WebClient(token="wrong", base_url=fake.base_url).auth_test()

@@ -50,7 +50,7 @@ def serve(
 
     def ready(server) -> None:
         mode = "HTTP mode: Slack events at /slack/events" if http_mode else "Socket Mode"
-        typer.echo(f"Listening on {server.url} ({mode}; intake at /intake, health at /health)")
+        typer.echo(f"Listening on {server.url} ({mode}; intake at /intake, health at /health, metrics at /metrics)")
         import sys
         sys.stdout.flush()
 
