@@ -406,6 +406,18 @@ def test_log_lines_carry_the_draft_id_in_every_format(workspace):
                 assert line.endswith(f"WARNING bot.review: posting the card of draft {draft_id} failed: "
                                      f"invalid_auth [redacted] draft_id={draft_id}")
             review.post_pending_cards(env.bot)  # posted now
+        # a click: its slow part after the ack (on the work pool) fails; the line names the draft
+        stream = io.StringIO()
+        configure_logging("json", stream=stream)
+        draft_id, card = env.post_card(conversation="log-click")
+        env.fake.fail_next("chat.update", error="internal_error")
+        assert env.sim.click(card, "approve", user="USUP1").status == 200
+        env.fake.wait_for("chat.update:failed")
+        wait_until(lambda: "finish failed" in stream.getvalue())
+        [line] = [ln for ln in stream.getvalue().splitlines() if "finish failed" in ln]
+        record = json.loads(line)  # the traceback is inside the one line
+        assert record["draft_id"] == draft_id and record["level"] == "error"
+        assert "internal_error" in record["exc"] and record["exc"].startswith("Traceback")
     finally:
         root.handlers[:] = saved[0]
         root.setLevel(saved[1])
