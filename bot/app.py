@@ -24,10 +24,10 @@ from slack_bolt import App
 from slack_bolt.context.ack import Ack
 from slack_sdk import WebClient
 
-from bot import cards, intake, retrain, review, status
-from bot.logs import redacting_logger
-from bot.slackclient import web_client
-from bot.supervisors import Supervisors
+from replyloop.bot import cards, intake, retrain, review, status
+from replyloop.bot.logs import redacting_logger
+from replyloop.bot.slackclient import web_client
+from replyloop.bot.supervisors import Supervisors
 from replyloop import timeutil
 from replyloop.config import Config, Secrets
 from replyloop.intake import Checker, Drafter, policy_checker
@@ -149,8 +149,8 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
               supervisors=supervisors or Supervisors(client, slack.supervisors, slack.supervisor_group),
               checker=checker, drafter=drafter, start_pipeline=start_pipeline,
               decisions=review.DecisionWriter(store))
-    from bot.logs import drop_message
-    from bot.metrics import Metrics
+    from replyloop.bot.logs import drop_message
+    from replyloop.bot.metrics import Metrics
 
     bot.metrics = Metrics(bot)
     bolt_logger = redacting_logger("bot.bolt", secrets)
@@ -226,7 +226,7 @@ def _draft_of(body: dict) -> int | None:
 
 
 def _register(app: App, bot: Bot) -> None:
-    from bot.logs import log_fields
+    from replyloop.bot.logs import log_fields
 
     @app.action(cards.APPROVE)
     def on_approve(ack, body, action):

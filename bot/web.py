@@ -30,7 +30,7 @@ from slack_bolt.request import BoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
 
-from bot import intake
+from replyloop.bot import intake
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,7 @@ class Web:
         if path == "/metrics":
             if method not in ("GET", "HEAD"):
                 raise Refused(405, "/metrics takes GET", ((b"allow", b"GET, HEAD"),))
-            from bot.metrics import CONTENT_TYPE
+            from replyloop.bot.metrics import CONTENT_TYPE
 
             data = await self._run("health", self.server.bot.metrics.scrape)
             head = [(b"content-type", CONTENT_TYPE.encode()), (b"content-length", str(len(data)).encode())]

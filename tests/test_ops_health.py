@@ -22,7 +22,7 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from bot.fake_slack import FakeSlack
+from replyloop.bot.fake_slack import FakeSlack
 from bot_support import *  # noqa: F401,F403
 from bot_support import BOT_TOKEN, SIGNING_SECRET, close_env, make_env, wait_until
 
@@ -175,7 +175,7 @@ def test_unreachable_slack_at_start_is_a_warning_retried_until_it_answers(replyl
 
 def test_health_says_starting_until_the_scheduler_is_up(workspace):
     """serve() serves /health at once, but only says ok once the scheduler has started."""
-    from bot.server import serve
+    from replyloop.bot.server import serve
     from replyloop.config import Secrets
 
     config, store = workspace
@@ -226,7 +226,7 @@ def test_health_says_starting_until_the_scheduler_is_up(workspace):
 def test_a_token_slack_rejects_after_an_outage_at_start_stops_serve(workspace):
     """Slack was down at start; when it answers, it rejects the token: serve stops with the
     same error (`replyloop serve` prints it as `Error:` and exits 2)."""
-    from bot.server import serve
+    from replyloop.bot.server import serve
     from replyloop.config import Secrets
     from replyloop.errors import ConfigError
 
@@ -275,7 +275,7 @@ def test_health_is_degraded_while_posts_fail_and_recovers(workspace):
         env.fake.revoke_token(BOT_TOKEN)  # the token was revoked after start
         env.add_draft(conversation="c1")
         env.add_draft(conversation="c2")
-        from bot import review
+        from replyloop.bot import review
 
         assert review.post_pending_cards(env.bot) == 0
         answer = env.sim.request("GET", "/health")
@@ -339,7 +339,7 @@ def test_metrics_are_scrapeable_and_follow_real_actions(workspace, tmp_path):
         assert m[("replyloop_slack_api_calls_total", (("method", "chat.postMessage"),))] >= 1
 
         env.fake.fail_next("chat.postMessage", error="invalid_auth")
-        from bot import review
+        from replyloop.bot import review
 
         review.post_pending_cards(env.bot)
         m = metrics(env.server.url)
@@ -377,8 +377,8 @@ def test_log_lines_carry_the_draft_id_in_every_format(workspace):
     import io
     import logging
 
-    from bot import review
-    from bot.logs import configure_logging, install_redaction
+    from replyloop.bot import review
+    from replyloop.bot.logs import configure_logging, install_redaction
     from replyloop.config import Secrets
 
     env = make_env(workspace)
@@ -439,7 +439,7 @@ def test_unknown_logging_format_is_a_config_error(replyloop_home):
 
 
 def test_channel_names_become_ids_and_missing_ones_are_errors(workspace):
-    from bot.slackclient import resolve_channels, web_client
+    from replyloop.bot.slackclient import resolve_channels, web_client
     from replyloop.config import Secrets
     from replyloop.errors import ConfigError
 
@@ -466,7 +466,7 @@ def test_serve_with_a_channel_that_does_not_exist_stops_with_an_error(workspace,
     """serve() (as `replyloop serve` runs it; a ConfigError is `Error:` and exit 2 there, see
     the wrong-token test) refuses a misspelt channel before it posts anything, and warns when
     nobody could approve."""
-    from bot.server import serve
+    from replyloop.bot.server import serve
     from replyloop.config import Secrets
     from replyloop.errors import ConfigError
 
@@ -572,7 +572,7 @@ def test_manifest_scopes_are_exactly_what_the_code_uses():
 def test_a_private_intake_channel_given_by_name_takes_questions_in(workspace):
     """A private intake channel (groups:history, message.groups): its name is looked up at
     start-up and its message events (channel_type "group") become questions."""
-    from bot.slackclient import resolve_channels
+    from replyloop.bot.slackclient import resolve_channels
     from bot_support import CannedDrafter
 
     env = make_env(workspace, drafter=CannedDrafter(), intake_channel="cs-private-intake")

@@ -36,11 +36,11 @@ def serve(
     import signal
     import threading
 
-    from bot.server import serve as run
+    from replyloop.bot.server import serve as run
     from replyloop.cli.common import workspace
     from replyloop.config import Secrets
 
-    from bot.logs import configure_logging
+    from replyloop.bot.logs import configure_logging
 
     cfg, store = workspace(config)
     configure_logging(cfg.file.logging.format, getattr(logging, cfg.file.logging.level.upper()))
@@ -54,7 +54,7 @@ def serve(
         import sys
         sys.stdout.flush()
 
-    from bot.jobs import JobRunner, pipeline_starter
+    from replyloop.bot.jobs import JobRunner, pipeline_starter
     from replyloop.locking import RunLock
     from replyloop.pipeline import recover
 
