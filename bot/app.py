@@ -12,13 +12,16 @@ card updates and notices on the small work pool, drafting on its own bounded que
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from slack_bolt import App
+from slack_bolt.context.ack import Ack
 from slack_sdk import WebClient
 
 from replyloop.bot import cards, delivery, golden, intake, proposals, reply, retrain, review, status
@@ -108,6 +111,7 @@ class Bot:
     channel_names: dict[str, str] = field(default_factory=dict)
     outbox: object | None = None  # deliver21: replyloop.outbox.Sender, when delivery is configured
     automation: object | None = None  # deliver21: replyloop.automation.Automation, when enabled
+    metrics: object = None  # bot.metrics.Metrics (GET /metrics), set by create_bot
 
     def publish_home(self, user: str) -> None:
         home = status.home(self.store, self.config)
@@ -122,7 +126,7 @@ class Bot:
                 fn(self, *args)
             except Exception:
                 log.exception("%s failed", getattr(fn, "__name__", fn))
-        self.work.submit(run)
+        self.work.submit(contextvars.copy_context().run, run)  # the log fields (draft_id) go along
 
     def close(self) -> None:
         self.drafting.shutdown()
@@ -151,6 +155,14 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
               supervisors=supervisors or Supervisors(client, slack.supervisors, slack.supervisor_group),
               checker=checker, drafter=drafter, start_pipeline=start_pipeline,
               decisions=review.DecisionWriter(store))
+    from replyloop.bot.logs import drop_message
+    from replyloop.bot.metrics import Metrics
+
+    bot.metrics = Metrics(bot)
+    bolt_logger = redacting_logger("bot.bolt", secrets)
+    # bolt reads SLACK_BOT_TOKEN itself and warns that it is unused when a client is given: it is
+    # the same token (the client is built from it), so the warning says nothing
+    drop_message(bolt_logger, "As you gave `client` as well, `token` will be unused.")
     app = App(
         client=client,
         signing_secret=secrets.slack_signing_secret or "",
@@ -159,8 +171,9 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
         token_verification_enabled=False,
         process_before_response=False,
         listener_executor=ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="replyloop-listener"),
-        logger=redacting_logger("bot.bolt", secrets),
+        logger=bolt_logger,
     )
+    app.use(_ack_timer(bot))
     _register(app, bot)
     bot.app = app
     bot.outbox = delivery.start(bot)  # deliver21: reply.decided events and their sender
@@ -174,42 +187,95 @@ def build_app(config: Config, store: Store, secrets: Secrets, client: WebClient 
     return create_bot(config, store, secrets, client=client, drafter=drafter, **kwargs).app
 
 
+class _TimedAck(Ack):
+    """bolt's ``ack`` that records, on its first call, how long the request waited for it."""
+
+    def __init__(self, histogram, kind: str):
+        super().__init__()
+        self._histogram, self._kind, self._started, self._timed = histogram, kind, time.perf_counter(), False
+
+    def __call__(self, *args, **kwargs):
+        if not self._timed:
+            self._timed = True
+            self._histogram.labels(kind=self._kind).observe(time.perf_counter() - self._started)
+        return super().__call__(*args, **kwargs)
+
+
+def _ack_timer(bot: Bot):
+    """A global middleware: times the ack (``replyloop_ack_latency_seconds``)."""
+    def ack_timer(req, resp, next):  # noqa: A002 (bolt's argument name)
+        body = req.body or {}
+        kind = body.get("type") or ("slash_command" if "command" in body else "other")
+        if "ack" not in req.context or type(req.context["ack"]) is Ack:
+            req.context["ack"] = _TimedAck(bot.metrics.ack_latency, str(kind))
+        return next()
+
+    return ack_timer
+
+
+def _draft_of(body: dict) -> int | None:
+    """The draft a card click or a review modal is about (``value`` / ``private_metadata``)."""
+    try:
+        if body.get("type") == "block_actions":
+            value = (body.get("actions") or [{}])[0].get("value")
+        elif body.get("type") in ("view_submission", "view_closed"):
+            value = (body.get("view") or {}).get("private_metadata")
+        else:
+            return None
+        text = str(value or "")
+        if text.isdigit():
+            return int(text)
+        import json
+
+        data = json.loads(text)
+        return int(data.get("draft_id")) if isinstance(data, dict) and str(data.get("draft_id", "")).isdigit() else None
+    except (ValueError, TypeError, AttributeError, IndexError):
+        return None
+
+
 def _register(app: App, bot: Bot) -> None:
+    from replyloop.bot.logs import log_fields
+
     @app.action(cards.APPROVE)
     def on_approve(ack, body, action):
-        outcome = review.decide_click(bot, body, action)  # durable before Slack hears 200
-        ack()
-        bot.after_ack(review.finish, outcome)
+        with log_fields(draft_id=_draft_of(body)):  # every log line of this click names the draft
+            outcome = review.decide_click(bot, body, action)  # durable before Slack hears 200
+            ack()
+            bot.after_ack(review.finish, outcome)
 
     @app.action(cards.EDIT)
     def on_edit(ack, body, action):
-        ack()
-        review.open_modal(bot, body, action, "edit")
+        with log_fields(draft_id=_draft_of(body)):
+            ack()
+            review.open_modal(bot, body, action, "edit")
 
     @app.action(cards.REJECT)
     def on_reject(ack, body, action):
-        ack()
-        review.open_modal(bot, body, action, "reject")
+        with log_fields(draft_id=_draft_of(body)):
+            ack()
+            review.open_modal(bot, body, action, "reject")
 
     @app.view(cards.EDIT_VIEW)
     def on_edit_submit(ack, body, view):
-        errors = review.validate_edit(bot, view)  # the policy engine is fast; errors must ride on the ack
-        if errors:
-            ack(response_action="errors", errors=errors)
-            return
-        outcome = review.decide_edit(bot, body, view)
-        ack()
-        bot.after_ack(review.finish, outcome)
+        with log_fields(draft_id=_draft_of(body)):
+            errors = review.validate_edit(bot, view)  # the policy engine is fast; errors must ride on the ack
+            if errors:
+                ack(response_action="errors", errors=errors)
+                return
+            outcome = review.decide_edit(bot, body, view)
+            ack()
+            bot.after_ack(review.finish, outcome)
 
     @app.view(cards.REJECT_VIEW)
     def on_reject_submit(ack, body, view):
-        errors = review.validate_reject(view)
-        if errors:
-            ack(response_action="errors", errors=errors)
-            return
-        outcome = review.decide_reject(bot, body, view)
-        ack()
-        bot.after_ack(review.finish, outcome)
+        with log_fields(draft_id=_draft_of(body)):
+            errors = review.validate_reject(view)
+            if errors:
+                ack(response_action="errors", errors=errors)
+                return
+            outcome = review.decide_reject(bot, body, view)
+            ack()
+            bot.after_ack(review.finish, outcome)
 
     @app.action(delivery.AUTOMATION_PIN)  # deliver21: App Home's pin / allow button of an intent
     def on_automation_pin(ack, body, action):

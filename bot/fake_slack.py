@@ -26,6 +26,18 @@ refused with ``invalid_blocks`` (and ``views.open`` / ``views.update`` / ``views
 ``views.publish`` with ``invalid_arguments``), naming the field, as Slack does; the refused call
 is recorded as ``METHOD:invalid``. See ``block_kit_errors`` for the limits checked.
 
+Tokens and channels, as Slack: a call without a token is ``not_authed``, one with a token that
+is not a ``xoxb-``/``xoxp-`` token, or one ``revoke_token()`` revoked, is ``invalid_auth``
+(``auth.test`` included). The fake knows a few channels (``channels``, ``add_channel``; by
+default ``C0REVIEW`` #cs-review, ``C0QUALITY`` #cs-quality, ``C0INTAKE`` #cs-intake, the bot a
+member of each), listed by ``conversations.list``. ``chat.postMessage`` / ``chat.postEphemeral``
+accept a channel name as Slack does (and answer the id); methods that need an id
+(``chat.update``, ``conversations.info``, ``files.completeUploadExternal``'s ``channel_id`` /
+``channels``) refuse a name with ``channel_not_found``, recorded as ``METHOD:invalid``; posting
+to a known channel the bot is not in is ``not_in_channel`` (the app has no
+``chat:write.public``). Any other id-shaped channel (``C…``, ``G…``, ``D…``) is accepted as one
+the bot is in.
+
 Not implemented: wss:// (TLS), fragmented frames from the fake, permessage-deflate, and
 Slack's own refresh of a connection every few hours (``socket_disconnect()`` asks for one).
 """
@@ -36,6 +48,7 @@ import base64
 import hashlib
 import itertools
 import json
+import re
 import socket
 import struct
 import threading
@@ -65,6 +78,8 @@ class _Failure:
     error: str | None = None
 
 
+CHANNEL_ID_RE = re.compile(r"[CGD][A-Z0-9]{2,}")
+DEFAULT_CHANNELS = {"C0REVIEW": "cs-review", "C0QUALITY": "cs-quality", "C0INTAKE": "cs-intake"}
 WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 MAX_FRAME = 16 * 1024 * 1024
@@ -306,10 +321,15 @@ class FakeSlack:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, team_id: str = "T0FAKE",
                  bot_user_id: str = "UBOT", group_members: dict[str, list[str]] | None = None,
-                 ping_interval: float | None = None):
+                 ping_interval: float | None = None, channels: dict[str, dict] | None = None):
         """``ping_interval``: ping every open Socket Mode connection that often, as Slack does
         (it also wakes a client blocked in ``recv``, so the client closes at once)."""
         self.calls: list[Call] = []
+        # id -> {"name", "is_member", "is_private"}; see the module doc
+        self.channels: dict[str, dict] = ({k: dict(v) for k, v in channels.items()} if channels is not None else
+                                          {k: {"name": v, "is_member": True, "is_private": False}
+                                           for k, v in DEFAULT_CHANNELS.items()})
+        self.revoked: set[str] = set()
         self.team_id = team_id
         self.bot_user_id = bot_user_id
         self.group_members = group_members or {}
@@ -419,6 +439,19 @@ class FakeSlack:
         500, ...) or, with ``error``, a 200 ``{"ok": false, "error": error}``."""
         with self._cond:
             self._failures.setdefault(method, []).append(_Failure(status, retry_after, count, error))
+
+    def add_channel(self, channel_id: str, name: str, is_member: bool = True, is_private: bool = False) -> None:
+        with self._cond:
+            self.channels[channel_id] = {"name": name, "is_member": is_member, "is_private": is_private}
+
+    def revoke_token(self, token: str) -> None:
+        """From now on calls with ``token`` answer ``invalid_auth`` (a token revoked after start)."""
+        with self._cond:
+            self.revoked.add(token)
+
+    def restore_token(self, token: str) -> None:
+        with self._cond:
+            self.revoked.discard(token)
 
     def delay(self, method: str, seconds: float) -> None:
         """Answer every later call of ``method`` only after ``seconds`` (0 removes the delay):
@@ -650,9 +683,12 @@ class FakeSlack:
             answer = self._open_connection()
             self._record(Call(method, params, headers, body=body, response=answer))
             return 200, answer, {}
-        if method != "api.test" and not auth.startswith("Bearer xox"):
-            self._record(Call(method + ":unauthed", params, headers, body=body))
-            return 200, {"ok": False, "error": "not_authed"}, {}
+        if method != "api.test":
+            token = auth[len("Bearer "):].strip() if auth.startswith("Bearer ") else str(params.get("token") or "")
+            error = self._token_error(token)
+            if error is not None:
+                self._record(Call(method + ":unauthed", params, headers, body=body))
+                return 200, {"ok": False, "error": error}, {}
         with self._cond:
             pause = self._delays.get(method, 0.0)
         if pause:
@@ -665,9 +701,42 @@ class FakeSlack:
         self._record(Call(method, params, headers, body=body, response=answer))
         return 200, answer, {}
 
-    @staticmethod
-    def _invalid(method: str, params: dict) -> dict | None:
-        """Slack's answer to blocks or a view over Block Kit's limits, else None."""
+    def _token_error(self, token: str) -> str | None:
+        if not token:
+            return "not_authed"
+        with self._cond:
+            revoked = token in self.revoked
+        if revoked or not re.fullmatch(r"xox[bp]-[A-Za-z0-9-]+", token):
+            return "invalid_auth"
+        return None
+
+    def _channel_id(self, value: Any) -> str | None:
+        """The id of a channel given by id or (for methods that take one) by name, else None."""
+        value = str(value or "").strip()
+        if CHANNEL_ID_RE.fullmatch(value):
+            return value
+        name = value.lstrip("#")
+        with self._cond:
+            return next((cid for cid, c in self.channels.items() if c["name"] == name), None)
+
+    def _invalid(self, method: str, params: dict) -> dict | None:
+        """Slack's answer to a channel name where an id is needed, or blocks or a view over Block
+        Kit's limits; else None."""
+        needs_id = {"chat.update": ["channel"], "conversations.info": ["channel"],
+                    "files.completeUploadExternal": ["channel_id", "channels"]}.get(method, [])
+        for key in needs_id:
+            for value in str(params.get(key) or "").split(","):
+                if value.strip() and not CHANNEL_ID_RE.fullmatch(value.strip()):
+                    return {"ok": False, "error": "channel_not_found",
+                            "response_metadata": {"messages": [f"[ERROR] {key}: {value.strip()!r} is not a channel id"]}}
+        if method in ("chat.postMessage", "chat.postEphemeral", "chat.update"):
+            channel_id = self._channel_id(params.get("channel"))
+            if channel_id is None:
+                return {"ok": False, "error": "channel_not_found"}
+            with self._cond:
+                known = self.channels.get(channel_id)
+            if known is not None and not known["is_member"]:  # the app has no chat:write.public
+                return {"ok": False, "error": "not_in_channel"}
         if method in ("chat.postMessage", "chat.update", "chat.postEphemeral") and params.get("blocks") is not None:
             errors = block_kit_errors(params["blocks"], "message")
             if errors:
@@ -708,6 +777,7 @@ class FakeSlack:
     def _answer(self, method: str, params: dict) -> dict:
         ts = f"{int(time.time())}.{next(self._ts):06d}"
         channel = params.get("channel") or params.get("channel_id") or "C0FAKE"
+        channel = self._channel_id(channel) or channel
         if method == "auth.test":
             return {"ok": True, "url": "https://fake.slack.com/", "team": "fake", "user": "replyloop",
                     "team_id": self.team_id, "user_id": self.bot_user_id, "bot_id": "BFAKE"}
@@ -724,7 +794,18 @@ class FakeSlack:
         if method == "usergroups.users.list":
             return {"ok": True, "users": self.group_members.get(params.get("usergroup", ""), [])}
         if method == "conversations.info":
-            return {"ok": True, "channel": {"id": channel, "name": channel}}
+            with self._cond:
+                known = self.channels.get(channel)
+            if known is None:
+                return {"ok": True, "channel": {"id": channel, "name": channel, "is_member": True}}
+            return {"ok": True, "channel": {"id": channel, **known}}
+        if method == "conversations.list":
+            types = str(params.get("types") or "public_channel").split(",")
+            with self._cond:
+                listed = [{"id": cid, **c} for cid, c in self.channels.items()
+                          if ("private_channel" if c["is_private"] else "public_channel") in types
+                          and (not c["is_private"] or c["is_member"])]
+            return {"ok": True, "channels": listed, "response_metadata": {"next_cursor": ""}}
         if method == "conversations.replies":  # the thread's replies posted here, metadata on request
             return self._replies(channel, str(params.get("ts") or ""),
                                  str(params.get("include_all_metadata")).lower() in ("1", "true"))

@@ -127,7 +127,8 @@ def _post_card_logged(bot: "Bot", draft_id: int) -> None:
     try:
         review.post_card(bot, draft_id)
     except Exception:
-        log.exception("posting the card of draft %s failed (serve posts it again later)", draft_id)
+        log.exception("posting the card of draft %s failed (serve posts it again later)", draft_id,
+                      extra={"draft_id": draft_id})
 
 
 def _wanted(bot: "Bot") -> str:

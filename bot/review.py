@@ -146,7 +146,8 @@ def post_pending_cards(bot: "Bot", limit: int | None = None) -> int:
             if post_card(bot, draft_id):
                 posted += 1
         except SlackApiError as exc:
-            log.warning("posting the card of draft %s failed: %s", draft_id, slack_error(exc))
+            log.warning("posting the card of draft %s failed: %s", draft_id, slack_error(exc),
+                        extra={"draft_id": draft_id})
     return posted
 
 
@@ -180,7 +181,7 @@ def fix_lost_card_updates(bot: "Bot", limit: int = 200) -> int:
             fixed += 1
         except SlackApiError as exc:
             error = slack_error(exc)
-            log.warning("updating the decided card of draft %s failed: %s", draft_id, error)
+            log.warning("updating the decided card of draft %s failed: %s", draft_id, error, extra={"draft_id": draft_id})
             if error in FINAL_UPDATE_ERRORS:
                 bot.store.mark_card_updated(draft["review_id"])
     return fixed

@@ -36,7 +36,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from replyloop.bot import intake, review  # noqa: F401  (intake: ack15's sweep takes in held channel messages)
 from replyloop.bot.app import Bot, create_bot
 from replyloop.bot.logs import redacting_logger
-from replyloop.bot.slackclient import slack_error
+from replyloop.bot.slackclient import SlackUnreachable, health_of, resolve_channels, slack_error, verify_token, web_client
 from replyloop.bot.web import EVENTS_PATH, MAX_SLACK_BODY, Limits, Web
 from replyloop.config import Config, Secrets
 from replyloop.errors import ConfigError
@@ -235,7 +235,7 @@ class BotServer:
     """The HTTP side of the bot on ``host:port`` (port 0: any free port; see ``port`` and ``url``)."""
 
     def __init__(self, bot: Bot, host: str = "127.0.0.1", port: int = 0, slack_events: bool = True,
-                 limits: Limits | None = None):
+                 limits: Limits | None = None, ready: bool = True):
         self.bot = bot
         self.slack_events = slack_events
         limits = limits or Limits()
@@ -248,6 +248,8 @@ class BotServer:
         self.limits = limits
         # name -> () -> (ok, what is wrong); ``serve`` adds the scheduler and the Socket Mode link
         self.probes: dict[str, Callable[[], tuple[bool, str]]] = {}
+        self.ready = ready  # ``serve`` starts it False and sets it once everything is up
+        self.link: SlackLink | None = None  # ``serve``'s token check, when it made one
         self._guard = _Guard(limits)
         self.web = Web(self, limits)
         self._socket = socket.create_server((host, port), backlog=LISTEN_BACKLOG)  # bound now: the real port is known
@@ -269,11 +271,15 @@ class BotServer:
         self._failure: BaseException | None = None
 
     def health(self) -> tuple[int, dict]:
-        """``GET /health``: 200 when the database answers and every probe holds, else 503 with
-        what failed (for a load balancer, Kubernetes or the on-call engineer)."""
+        """``GET /health``: 200 ``"status": "ok"`` only once ``serve`` has started everything it
+        checks (before: 503 ``"starting"``) and while the database answers, every probe holds
+        and the latest Slack Web API calls succeeded; else 503 ``"degraded"`` (only Slack
+        fails) or ``"error"``, naming what failed (for a load balancer, Kubernetes or the
+        on-call engineer)."""
         checks, body = {}, {}
         try:
-            body = {"queue": self.bot.store.pending_count(),
+            # a review belongs to one draft: two whole-table counts, not a scan (as the metrics)
+            body = {"queue": self.bot.store.scalar("SELECT (SELECT count(*) FROM drafts) - (SELECT count(*) FROM reviews)"),
                     "running_runs": self.bot.store.scalar("SELECT count(*) FROM training_runs WHERE status = 'running'")}
             if outbox.enabled(self.bot.config):  # deliver21: dead-lettered deliveries
                 body["outbox_dead"] = outbox.dead_count(self.bot.store)
@@ -286,9 +292,38 @@ class BotServer:
             except Exception as exc:
                 ok, problem = False, str(exc)
             checks[name] = "ok" if ok else f"error: {problem}"
-        ok = all(v == "ok" for v in checks.values())
-        return (200 if ok else 503), {"ok": ok, "mode": "http" if self.slack_events else "socket",
+        slack = self.slack_state()
+        if slack is not None:
+            body["slack"] = slack
+            checks["slack"] = "ok" if slack["state"] == "ok" else f"{slack['state']}: {slack.get('problem', '')}".rstrip()
+        failing = [k for k, v in checks.items() if v != "ok"]
+        if not self.ready:
+            status = "starting"
+        elif not failing:
+            status = "ok"
+        elif failing == ["slack"]:
+            status = "degraded"
+        else:
+            status = "error"
+        ok = status == "ok"
+        return (200 if ok else 503), {"ok": ok, "status": status, "mode": "http" if self.slack_events else "socket",
                                       "checks": checks, **body}
+
+    def slack_state(self) -> dict | None:
+        """What the Slack client's calls have been answering (``bot.slackclient.SlackHealth``),
+        and whether the token was verified (``auth.test``) when ``serve`` checks it."""
+        health = health_of(self.bot.client)
+        if health is None:
+            return None
+        state = health.snapshot()
+        if self.link is not None and not self.link.verified:
+            state["state"] = "error" if self.link.fatal else "degraded"
+            state["problem"] = self.link.problem or "auth.test not answered yet"
+            state["verified"] = False
+        elif state["state"] != "ok":
+            state["problem"] = (f"{state['consecutive_failures']} Web API call(s) failed since the last success; "
+                                f"last error {state['last_error']}")
+        return state
 
     @property
     def port(self) -> int:
@@ -403,6 +438,68 @@ def default_drafter(config: Config, store: Store):
         return None
 
 
+class SlackLink:
+    """``serve``'s check of the Slack side: ``auth.test`` (the token), the configured channels
+    (names to ids), then, in Socket Mode, the WebSocket. ``check()`` tries once: a rejected
+    token or a missing channel is a ConfigError (exit 2), an unreachable Slack is
+    ``SlackUnreachable``; ``retry()`` keeps trying on a thread with a growing pause (``RETRY_S``)
+    and, should Slack then reject the token, records it in ``fatal`` and sets ``stop``."""
+
+    RETRY_S = (1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+    def __init__(self, bot: Bot, stop: threading.Event, connect: Callable[[], None] | None = None,
+                 client=None):
+        self.bot, self.stop, self.connect = bot, stop, connect
+        self.client = client or bot.client
+        self.verified = False
+        self.identity: dict = {}
+        self.problem: str | None = None
+        self.fatal: ConfigError | None = None
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> None:
+        from slack_sdk.errors import SlackApiError
+
+        self.identity = verify_token(self.client)
+        try:
+            resolve_channels(self.bot.config, self.client)
+        except SlackApiError as exc:
+            error = slack_error(exc)
+            if exc.response.status_code >= 500 or error in ("ratelimited", "fatal_error", "internal_error"):
+                raise SlackUnreachable(f"looking up the channels answered {error!r}") from None
+            raise ConfigError(f"could not look up the configured channels: Slack answered {error!r}") from None
+        except ConfigError:
+            raise
+        except Exception as exc:
+            raise SlackUnreachable(f"looking up the channels: {type(exc).__name__}: {exc}") from None
+        if self.connect is not None:
+            self.connect()
+        self.verified, self.problem = True, None
+        log.info("Slack: signed in as %s in %s", self.identity.get("user") or self.identity.get("user_id"),
+                 self.identity.get("team") or self.identity.get("team_id"))
+
+    def retry(self) -> None:
+        self._thread = threading.Thread(target=self._retry, name="replyloop-slack-link", daemon=True)
+        self._thread.start()
+
+    def _retry(self) -> None:
+        attempt = 0
+        while not self.stop.wait(self.RETRY_S[min(attempt, len(self.RETRY_S) - 1)]):
+            attempt += 1
+            try:
+                self.check()
+                log.info("Slack answers again (after %d retries)", attempt)
+                return
+            except SlackUnreachable as exc:
+                self.problem = f"Slack unreachable: {exc}"
+                log.warning("Slack is still unreachable (%s); retrying", exc)
+            except ConfigError as exc:
+                self.problem, self.fatal = str(exc), exc
+                log.error("%s", exc)
+                self.stop.set()
+                return
+
+
 def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, port: int | None = None,
           host: str = "127.0.0.1", scheduler=None, drafter=None,
           start_pipeline: Callable[..., object] | None = None,
@@ -417,17 +514,31 @@ def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, po
     redacting_logger("bot", secrets)
     redacting_logger("slack_bolt", secrets)
     redacting_logger("slack_sdk", secrets)
+    client = web_client(config, secrets)
+    # the start-up checks retry on their own schedule (SlackLink.RETRY_S), not the client's
+    probe = web_client(config, secrets, max_retries=0, logger_name="bot.slack_probe")
+    logging.getLogger("bot.slack_probe").setLevel(logging.CRITICAL)  # SlackLink logs one line per try
+    unreachable = None
+    try:  # a rejected token fails here, before a drafting model is loaded
+        verify_token(probe)
+    except SlackUnreachable as exc:
+        unreachable = exc
     if drafter is None:
         drafter = default_drafter(config, store)
-    bot = create_bot(config, store, secrets, drafter=drafter, start_pipeline=start_pipeline)
+    bot = create_bot(config, store, secrets, client=client, drafter=drafter, start_pipeline=start_pipeline)
     server = BotServer(bot, host=host, port=config.file.slack.http_port if port is None else port,
-                       slack_events=http)
+                       slack_events=http, ready=False)
     stop = stop or threading.Event()
     handler = None
     sweeper = threading.Thread(target=_sweeper, args=(bot, stop, SWEEP_EVERY_S), name="replyloop-sweeper",
                                daemon=True)
+    slack = config.file.slack
+    if not slack.supervisors and not slack.supervisor_group:
+        log.warning("slack.supervisors and slack.supervisor_group are both empty: nobody can approve, edit or "
+                    "reject a draft or run /retrain now (set them in %s)", config.source or "replyloop.yaml")
     try:
-        server.start()
+        server.start()  # /health answers 503 "starting" until everything below is up
+        connect = None
         if not http:
             from slack_bolt.adapter.socket_mode import SocketModeHandler
             from slack_sdk import WebClient
@@ -435,23 +546,44 @@ def serve(config: Config, store: Store, secrets: Secrets, http: bool = False, po
             socket_log = redacting_logger("bot.socket_mode", secrets)
             web = WebClient(token=secrets.slack_app_token, base_url=bot.client.base_url, logger=socket_log)
             handler = SocketModeHandler(bot.app, secrets.slack_app_token, web_client=web, logger=socket_log)
-            try:
-                handler.connect()
-            except SlackApiError as exc:  # a wrong token: say which, not a traceback
-                raise ConfigError(f"Socket Mode could not connect: apps.connections.open answered {slack_error(exc)!r} "
-                                  "(SLACK_APP_TOKEN must be the app-level xapp- token with the "
-                                  "connections:write scope)") from None
-        if handler is not None:
+
+            def connect() -> None:
+                try:
+                    handler.connect()
+                except SlackApiError as exc:  # a wrong token: say which, not a traceback
+                    error = slack_error(exc)
+                    if exc.response.status_code >= 500 or error in ("ratelimited", "fatal_error", "internal_error"):
+                        raise SlackUnreachable(f"apps.connections.open answered {error!r}") from None
+                    raise ConfigError(f"Socket Mode could not connect: apps.connections.open answered {error!r} "
+                                      "(SLACK_APP_TOKEN must be the app-level xapp- token with the "
+                                      "connections:write scope)") from None
+                except (OSError, ConnectionError) as exc:
+                    raise SlackUnreachable(f"the Socket Mode connection: {type(exc).__name__}: {exc}") from None
+
             server.probes["socket_mode"] = lambda: (handler.client.is_connected(), "not connected to Slack")
+        link = SlackLink(bot, stop, connect, client=probe)
+        server.link = link
+        try:
+            if unreachable is not None:
+                raise unreachable
+            link.check()
+        except SlackUnreachable as exc:
+            link.problem = f"Slack unreachable: {exc}"
+            log.warning("Slack is unreachable at start-up (%s): starting anyway, retrying in the background; "
+                        "/health says degraded until it answers", exc)
+            link.retry()
         if scheduler is not None:
             scheduler.start()
             server.probes["scheduler"] = lambda: (bool(getattr(scheduler, "running", True)),
                                                   "the scheduler is not running")
         sweeper.start()
+        server.ready = True
         if ready is not None:
             ready(server)
         while not stop.wait(0.5):
             pass
+        if link.fatal is not None:  # Slack rejected the token after an outage at start-up
+            raise link.fatal
     except KeyboardInterrupt:
         pass
     finally:

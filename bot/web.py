@@ -3,6 +3,7 @@
     POST /slack/events   HTTP mode only: bolt's ASGI adapter for the sync App
     POST /intake         ``Authorization: Bearer $REPLYLOOP_INTAKE_TOKEN``; ``bot.intake.handle_http``
     GET  /health         ``BotServer.health``
+    GET  /metrics        Prometheus text format (``bot.metrics``)
 
 Everything that needs no body is checked before the body is read: the framing (a chunked body
 gets 411; h11 has already refused a malformed ``Content-Length`` with 400), the bearer token or
@@ -186,6 +187,18 @@ class Web:
                 raise Refused(405, "/health takes GET", ((b"allow", b"GET, HEAD"),))
             status, body = await self._run("health", self.server.health)
             await send_json(send, status, body, close=request.body_pending)  # a body is never read
+            return
+        if path == "/metrics":
+            if method not in ("GET", "HEAD"):
+                raise Refused(405, "/metrics takes GET", ((b"allow", b"GET, HEAD"),))
+            from replyloop.bot.metrics import CONTENT_TYPE
+
+            data = await self._run("health", self.server.bot.metrics.scrape)
+            head = [(b"content-type", CONTENT_TYPE.encode()), (b"content-length", str(len(data)).encode())]
+            if request.body_pending:
+                head.append((b"connection", b"close"))
+            await send({"type": "http.response.start", "status": 200, "headers": head})
+            await send({"type": "http.response.body", "body": b"" if method == "HEAD" else data, "more_body": False})
             return
         if path == "/intake":
             route = "intake"

@@ -214,6 +214,11 @@ class DriftConfig(Section):
     max_blocked_share: float = Field(0.2, ge=0.0, le=1.0)  # ... of which at most this share may be blocked
     max_pending_hours: float = Field(24, gt=0)         # the oldest undecided draft's age limit
 # -- end rules19 ---------------------------------------------------------------------------------
+# -- ops16: how `replyloop serve` writes its log lines (README "Health, metrics and logs") --
+class LoggingConfig(Section):
+    format: Literal["text", "logfmt", "json"] = "text"  # one line per record; draft_id / run_id fields
+    level: Literal["debug", "info", "warning", "error"] = "info"
+# -- end ops16 --
 
 
 class ConfigFile(Section):
@@ -232,6 +237,7 @@ class ConfigFile(Section):
     proposals: ProposalsConfig = Field(default_factory=ProposalsConfig)  # rules19
     reply: ReplySearchConfig = Field(default_factory=ReplySearchConfig)  # rules19
     drift: DriftConfig = Field(default_factory=DriftConfig)  # rules19
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)  # ops16
 
 
 @dataclass(frozen=True)

@@ -572,7 +572,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
             raise
         if isinstance(exc, ReplyloopError):
             return PipelineResult(run_id, "failed", error)
-        log.exception("pipeline run %s failed", run_id)
+        log.exception("pipeline run %s failed", run_id, extra={"run_id": run_id})
         return PipelineResult(run_id, "failed", f"{exc.__class__.__name__}: {error}")
     finally:
         lock.release()

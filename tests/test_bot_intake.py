@@ -74,13 +74,17 @@ def test_intake_malformed_payloads_get_400_with_reason(env):
 
 def test_health_reports_the_database_and_every_probe(env):
     health = env.sim.request("GET", "/health")
-    assert (health.status, health.json()) == (200, {"ok": True, "mode": "http", "checks": {"database": "ok"},
-                                                    "queue": 0, "running_runs": 0})
+    assert (health.status, health.json()) == (200, {"ok": True, "status": "ok", "mode": "http",
+                                                    "checks": {"database": "ok", "slack": "ok"},
+                                                    "queue": 0, "running_runs": 0,
+                                                    "slack": {"state": "ok", "failures": 0, "consecutive_failures": 0}})
     env.post_card()
     env.server.probes["scheduler"] = lambda: (False, "the scheduler is not running")
     health = env.sim.request("GET", "/health")
     assert health.status == 503
-    assert health.json()["checks"] == {"database": "ok", "scheduler": "error: the scheduler is not running"}
+    assert health.json()["checks"] == {"database": "ok", "scheduler": "error: the scheduler is not running",
+                                       "slack": "ok"}
+    assert health.json()["status"] == "error"
     assert health.json()["queue"] == 1
     env.server.probes["scheduler"] = lambda: 1 / 0  # a probe that raises counts as failed
     assert env.sim.request("GET", "/health").json()["checks"]["scheduler"] == "error: division by zero"

@@ -219,7 +219,8 @@ def test_health_reports_the_socket_mode_link(env):
     with urllib.request.urlopen(server.url + "/health", timeout=5) as resp:
         assert resp.status == 200
         body = json.loads(resp.read())
-    assert body["mode"] == "socket" and body["checks"] == {"database": "ok", "socket_mode": "ok"}
+    assert body["mode"] == "socket" and body["status"] == "ok"
+    assert body["checks"] == {"database": "ok", "socket_mode": "ok", "slack": "ok"}
 
 
 def test_reconnects_when_slack_asks_and_keeps_working(env):

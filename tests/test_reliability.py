@@ -149,7 +149,7 @@ def test_second_serve_refuses_first_keeps_working_and_kill_9_lock_is_taken_over(
         url = third.wait_listening()
         with urllib.request.urlopen(url + "/health", timeout=10) as resp:
             health = json.loads(resp.read())
-        assert health["checks"] == {"database": "ok", "scheduler": "ok"} and health["queue"] == 1, health
+        assert health["checks"] == {"database": "ok", "scheduler": "ok", "slack": "ok"} and health["queue"] == 1, health
         with Store(replyloop_home / "replyloop.db") as store:
             assert store.one("SELECT owner_pid FROM locks WHERE name = 'serve'")["owner_pid"] == third.proc.pid
             recovered = store.query("SELECT detail FROM audit_log WHERE action = 'lock.recovered'")

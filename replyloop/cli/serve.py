@@ -23,6 +23,10 @@ def serve(
     At start it recovers from a crash (a run whose process died is marked failed, its partial
     output removed). Only one `serve` may run per workspace.
 
+    At start it checks the bot token (auth.test: a rejected token exits 2; an unreachable Slack
+    is retried) and looks the configured channels up (names become ids). Log lines follow
+    logging.format (text, logfmt or json).
+
     Needs SLACK_BOT_TOKEN, and SLACK_APP_TOKEN (Socket Mode) or SLACK_SIGNING_SECRET (HTTP mode);
     REPLYLOOP_INTAKE_TOKEN enables POST /intake.
 
@@ -36,15 +40,17 @@ def serve(
     from replyloop.cli.common import workspace
     from replyloop.config import Secrets
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from replyloop.bot.logs import configure_logging
+
     cfg, store = workspace(config)
+    configure_logging(cfg.file.logging.format, getattr(logging, cfg.file.logging.level.upper()))
     http_mode = (not cfg.file.slack.socket_mode) if http is None else http
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
 
     def ready(server) -> None:
         mode = "HTTP mode: Slack events at /slack/events" if http_mode else "Socket Mode"
-        typer.echo(f"Listening on {server.url} ({mode}; intake at /intake, health at /health)")
+        typer.echo(f"Listening on {server.url} ({mode}; intake at /intake, health at /health, metrics at /metrics)")
         import sys
         sys.stdout.flush()
 
