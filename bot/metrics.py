@@ -136,6 +136,14 @@ class StoreCollector:
         blocks.add_metric([], verdicts.get("block", 0))
         yield blocks
 
+        from replyloop import outbox  # deliver21: delivery of decided replies
+
+        events = GaugeMetricFamily("replyloop_outbox_events", "reply.decided deliveries by state (dead: dead-lettered)",
+                                   labels=["state"])
+        for state, count in outbox.counts(store).items():
+            events.add_metric([state], count)
+        yield events
+
         yield from self._models(store)
 
     def _models(self, store):

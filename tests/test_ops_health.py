@@ -317,6 +317,7 @@ def test_metrics_are_scrapeable_and_follow_real_actions(workspace, tmp_path):
         assert m[("replyloop_training_runs", (("state", "running"),))] == 0
         assert m[("replyloop_database_up", ())] == 1
         assert m[("replyloop_registry_consistent", ())] == 1
+        assert m[("replyloop_outbox_events", (("state", "dead"),))] == 0
 
         draft_id, card = env.post_card()
         env.add_draft(conversation="c2", draft="我们保证退款。")  # blocked by the policy
@@ -337,6 +338,12 @@ def test_metrics_are_scrapeable_and_follow_real_actions(workspace, tmp_path):
         assert m[("replyloop_ack_latency_seconds_count", (("kind", "block_actions"),))] == 1
         assert m[("replyloop_ack_latency_seconds_bucket", (("kind", "block_actions"), ("le", "3.0")))] == 1
         assert m[("replyloop_slack_api_calls_total", (("method", "chat.postMessage"),))] >= 1
+        # a dead-lettered delivery shows (deliver21's outbox)
+        review_id = env.store.scalar("SELECT id FROM reviews")
+        with env.store.transaction() as db:
+            db.execute("INSERT INTO outbox (event_id, review_id, target, payload, state, next_at, created_at)"
+                       " VALUES ('e1', ?, 'webhook', '{}', 'dead', 0, '2026-12-01T00:00:00+00:00')", (review_id,))
+        assert metrics(env.server.url)[("replyloop_outbox_events", (("state", "dead"),))] == 1
 
         env.fake.fail_next("chat.postMessage", error="invalid_auth")
         from replyloop.bot import review
