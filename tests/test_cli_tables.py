@@ -52,3 +52,25 @@ def test_check_fix_shows_the_whole_rewritten_text_and_messages():
     assert f"fixed: {fixed['fixed']}" in out  # the whole text on one line; the terminal wraps it
     for v in fixed["violations"]:
         assert f"{v['rule']} ({v['severity']}) at {v['start']}-{v['end']} '{v['match']}': {v['message']}" in out
+
+
+@pytest.mark.parametrize("width", [80, 400])
+def test_an_evaluation_summary_prints_as_plain_text_with_every_cell_whole(width):
+    """`replyloop eval` prints its Markdown summary (written for Slack and files) without ## / ** / `
+    marks, its table whole or one record per block."""
+    import io
+
+    from rich.console import Console
+
+    from replyloop.cli.tables import print_markdown
+
+    md = ("## Evaluation of rl-20261202-003139-r1 (model 2)\n\nHeld-out questions: 31 from snapshot `3add0ca2`.\n\n"
+          "**Warning: 49% unknown**\n\n| category | n | mean | champion (rl-20261202-010203-r2) mean |\n"
+          "| --- | ---: | ---: | ---: |\n| **all** | 31 | 0.466 | 0.347 |\n| 登录异常 | 6 | 0.500 | 0.300 |\n")
+    out = io.StringIO()
+    print_markdown(md, Console(file=out, width=width))
+    text = out.getvalue()
+    assert not any(mark in text for mark in ("##", "**", "`", "| ---"))
+    for whole in ("Evaluation of rl-20261202-003139-r1 (model 2)", "3add0ca2", "Warning: 49% unknown",
+                  "champion (rl-20261202-010203-r2) mean", "登录异常", "0.466", "0.347", "all"):
+        assert whole in text

@@ -71,7 +71,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(report.to_dict())
         else:
-            typer.echo(report.summary_markdown(verdict=False))
+            from replyloop.cli.tables import print_markdown
+
+            print_markdown(report.summary_markdown(verdict=False))  # plain text: no ## / ** / ` marks
             typer.echo(report.gate.verdict())
         if not report.gate.passed:
             raise typer.Exit(EXIT_GATE_FAILED)

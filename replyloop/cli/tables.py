@@ -60,3 +60,32 @@ def print_table(columns: Sequence[str], rows: Sequence[Sequence[object]], consol
         lines.extend(f"  {name}: {value}" for name, value in rest if value != "")
     print_records(lines, console)
     return "records"
+
+
+def _plain_inline(text: str) -> str:
+    """Markdown emphasis and code marks dropped (``**all**`` -> ``all``, `` `hash` `` -> ``hash``)."""
+    return text.replace("**", "").replace("`", "")
+
+
+def print_markdown(markdown: str, console=None) -> None:
+    """A Markdown summary (an evaluation's, written for Slack and files) for the terminal: headings
+    and emphasis as plain text, each pipe table through ``print_table`` (whole cells, or one record
+    per block when it does not fit). Only the Markdown replyloop itself writes is expected."""
+    from rich.console import Console
+
+    console = console or Console()
+    lines = markdown.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("|"):
+            block = []
+            while i < len(lines) and lines[i].startswith("|"):
+                block.append([_plain_inline(c.strip()) for c in lines[i].strip().strip("|").split("|")])
+                i += 1
+            header, rows = block[0], [r for r in block[1:] if not all(set(c) <= set("-: ") for c in r)]
+            print_table(header, rows, console)
+            continue
+        text = line.lstrip("#").strip() if line.startswith("#") else line
+        print_records([_plain_inline(text)], console)
+        i += 1
