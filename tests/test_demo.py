@@ -127,7 +127,7 @@ def check_demo_outcome(workdir, stdout, pretrained=True):
     assert reviews["round 1"] == {"approve": r1["approved"], "edit": r1["drafts"] - r1["approved"], "reject": 1}
     assert reviews["round 2"] == {"approve": r2["approved"], "edit": r2["drafts"] - r2["approved"], "reject": 1}
     assert sum(sum(reviews.get(p, {}).values()) for p in ("round 1", "canary", "round 2")) == sum(decisions.values())
-    assert "Review decisions" in out and "in all" in out
+    assert "Review decisions" in out
     store.close()
 
 
