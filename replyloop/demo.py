@@ -4,8 +4,8 @@ components:
 
 1. a workspace (config, SQLite database, default policies) with the shipped sample set, except
    five kinds of question that have no approved reply yet;
-2. the team's current model: a tiny Llama pre-trained fully, in code, on the team's 180 legacy
-   replies (快递条码 for 电子面单, 七日退货 for 七天无理由退货, a 全额赔付 promise), cached in
+2. the team's current model: a tiny Llama pre-trained fully, in code, on the team's legacy
+   replies outside the held-out bucket (快递条码 for 电子面单, 七日退货 for 七天无理由退货, a 全额赔付 promise), cached in
    the workspace; a first champion (LoRA) trained on it by the pipeline, which keeps the legacy
    habits on the questions the approved set does not cover; an adapter trained on a legacy
    lora-scripts export is evaluated and blocked by the gate for the forbidden promise;
