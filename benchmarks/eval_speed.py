@@ -29,7 +29,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def tiny_base(out: Path, texts: list[str]) -> Path:
     try:
-        from training.tiny import build_tiny_base
+        from replyloop.training.tiny import build_tiny_base
     except ImportError:  # before the trainer lands: the test fixture's builder
         sys.path.insert(0, str(ROOT / "tests"))
         from eval_fixtures import build_tiny_base
@@ -42,8 +42,8 @@ def sample_rows() -> list[dict]:
 
 
 def bench_scoring(n_pairs: int, tmp: Path, rows: list[dict]) -> dict:
-    from evaluation import consistency
-    from evaluation.embeddings import Encoder
+    from replyloop.evaluation import consistency
+    from replyloop.evaluation.embeddings import Encoder
     from replyloop.store import Store
 
     # n distinct pairs: each reference is a sample reply, each "draft" another reply of its category

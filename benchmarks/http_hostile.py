@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bot.fake_slack import FakeSlack  # noqa: E402
+from replyloop.bot.fake_slack import FakeSlack  # noqa: E402
 
 SIGNING_SECRET = "bench-signing-secret-0123456789"
 WRAPPER = ("import resource, runpy, sys; n = int(sys.argv.pop(1)); "

@@ -77,7 +77,7 @@ def load_base(name: str, cache: Path, quick: bool = False) -> Path:
     """The directory of the base model ``name`` (a model directory ``replyloop train`` accepts)."""
     if name == "demo":
         from replyloop.demo import prepare_base
-        from training.tiny import TinyPretrainConfig
+        from replyloop.training.tiny import TinyPretrainConfig
 
         cfg = TinyPretrainConfig(steps=20) if quick else TinyPretrainConfig()
         result = prepare_base(cache, sample_rows(), cfg,
@@ -86,7 +86,7 @@ def load_base(name: str, cache: Path, quick: bool = False) -> Path:
               f"(loss {result.first_loss:.2f} -> {result.final_loss:.2f})", file=sys.stderr)
         return result.path
     if name == "smollm2":
-        from training.packaged import PackagedModelMissing, smollm2_base
+        from replyloop.training.packaged import PackagedModelMissing, smollm2_base
 
         try:
             return smollm2_base()
@@ -114,8 +114,8 @@ def split(rows: list[dict], heldout_share: float, seed: str) -> tuple[list[dict]
 def train_point(base: Path, samples: list[dict], steps: int, work: Path, yaml_template: str | None = None) -> Path:
     from replyloop.dataio import export_samples
     from replyloop.demo import TRAIN_YAML
-    from training.config import load_train_config
-    from training.recipe import run_training
+    from replyloop.training.config import load_train_config
+    from replyloop.training.recipe import run_training
 
     work.mkdir(parents=True, exist_ok=True)
     export_samples(samples, "lora-scripts", work / "data")
@@ -145,7 +145,7 @@ def draft(base: Path, adapter: Path | None, questions: list[str], max_new_tokens
 def measure(drafts: list[str], refs: list[str], engine, encoder=None) -> dict:
     from rapidfuzz import fuzz
 
-    from evaluation.chrf import chrf_many
+    from replyloop.evaluation.chrf import chrf_many
 
     hits = [engine.check(d).violations for d in drafts]
     out = {"n": len(drafts),
@@ -203,8 +203,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="a smoke run: a base pre-trained for 20 steps only, 2 steps per point, 16 tokens")
     args = parser.parse_args(argv)
 
-    from evaluation.embeddings import Encoder
-    from evaluation.policy import load_policies
+    from replyloop.evaluation.embeddings import Encoder
+    from replyloop.evaluation.policy import load_policies
     from replyloop import paths
 
     rows = sample_rows()

@@ -33,7 +33,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evaluation.policy import load_policies  # noqa: E402
+from replyloop.evaluation.policy import load_policies  # noqa: E402
 from replyloop.paths import default_policies_dir  # noqa: E402
 
 POOL = ("的一是在不了有和人这中大为上个国我以要他时来用们生到作地于出就分对成会可主发年动同工也能下过子说产种面而"

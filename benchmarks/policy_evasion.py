@@ -21,7 +21,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from evaluation.policy import load_policies  # noqa: E402
+from replyloop.evaluation.policy import load_policies  # noqa: E402
 
 DEFAULT_SUITE = Path(__file__).resolve().parent.parent / "tests" / "policy_evasion.yaml"
 

@@ -38,7 +38,7 @@ def rows() -> list[dict]:
 
 
 def build_model(kind: str, out: Path) -> Path:
-    from training.tiny import build_tiny_base, build_tiny_tokenizer
+    from replyloop.training.tiny import build_tiny_base, build_tiny_tokenizer
 
     texts = [r["prompt"] for r in rows()] + [r["response"] for r in rows()]
     if kind == "tiny":
@@ -84,8 +84,8 @@ def timed(run, device: str) -> float:
 def run_ours(args, base: str, work: str, queue) -> None:
     import torch
 
-    from training.config import make_train_config
-    from training.recipe import LoRAFinetuneRecipe
+    from replyloop.training.config import make_train_config
+    from replyloop.training.recipe import LoRAFinetuneRecipe
 
     torch.set_num_threads(args.threads)
     data = Path(work) / "data"
@@ -115,7 +115,7 @@ def run_baseline(args, base: str, work: str, queue) -> None:
     from transformers.trainer_callback import PrinterCallback
     from transformers.utils import logging as hf_logging
 
-    from training.data import collate_padded, tokenize_records
+    from replyloop.training.data import collate_padded, tokenize_records
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

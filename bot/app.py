@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 from slack_bolt import App
 from slack_sdk import WebClient
 
-from bot import cards, intake, retrain, review, status
-from bot.logs import redacting_logger
-from bot.slackclient import web_client
-from bot.supervisors import Supervisors
+from replyloop.bot import cards, intake, retrain, review, status
+from replyloop.bot.logs import redacting_logger
+from replyloop.bot.slackclient import web_client
+from replyloop.bot.supervisors import Supervisors
 from replyloop import timeutil
 from replyloop.config import Config, Secrets
 from replyloop.intake import Checker, Drafter, policy_checker

@@ -24,8 +24,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from bot import review
-from bot.slackclient import slack_error
+from replyloop.bot import review
+from replyloop.bot.slackclient import slack_error
 from replyloop import dataio, errors, fields
 from replyloop.dataio import QuestionIn
 from replyloop.errors import ReplyloopError
@@ -33,7 +33,7 @@ from replyloop.intake import (draft_question, held_channels, hold_question, inge
                               store_questions)
 
 if TYPE_CHECKING:
-    from bot.app import Bot
+    from replyloop.bot.app import Bot
 
 log = logging.getLogger(__name__)
 

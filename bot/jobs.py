@@ -43,7 +43,7 @@ def slack_notifier(config: Config, channel: str | None = None):
     secrets = Secrets.from_env()
     if not secrets.slack_bot_token:
         return lambda text: log.info("%s", text)
-    from bot.slackclient import web_client
+    from replyloop.bot.slackclient import web_client
 
     client = web_client(config, secrets)
     target = channel or config.file.slack.review_channel
@@ -88,8 +88,8 @@ def canary_job(config_path: str) -> str:
 
 
 def weekly_report_job(config_path: str) -> str:
-    from evaluation.report import build_weekly_report
-    from evaluation.report_slack import post_weekly_report
+    from replyloop.evaluation.report import build_weekly_report
+    from replyloop.evaluation.report_slack import post_weekly_report
 
     config = load_config(config_path)
     with Store(config.db_path) as store:

@@ -6,12 +6,12 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Callable
 
-from bot import cards, status
-from bot.slackclient import slack_error
+from replyloop.bot import cards, status
+from replyloop.bot.slackclient import slack_error
 from replyloop.errors import LockedError, ReplyloopError
 
 if TYPE_CHECKING:
-    from bot.app import Bot
+    from replyloop.bot.app import Bot
 
 log = logging.getLogger(__name__)
 

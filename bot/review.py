@@ -24,15 +24,15 @@ from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
 
-from bot import cards
-from bot.slackclient import slack_error
+from replyloop.bot import cards
+from replyloop.bot.slackclient import slack_error
 from replyloop import timeutil
 from replyloop.errors import NotFoundError, ReplyloopError
 from replyloop.intake import check_text
 from replyloop.store import BUSY_TIMEOUT_S, Decision, Store
 
 if TYPE_CHECKING:
-    from bot.app import Bot
+    from replyloop.bot.app import Bot
 
 log = logging.getLogger(__name__)
 

@@ -33,11 +33,11 @@ import uvicorn
 from slack_sdk.errors import SlackApiError
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from bot import intake, review  # noqa: F401  (intake: ack15's sweep takes in held channel messages)
-from bot.app import Bot, create_bot
-from bot.logs import redacting_logger
-from bot.slackclient import slack_error
-from bot.web import EVENTS_PATH, MAX_SLACK_BODY, Limits, Web
+from replyloop.bot import intake, review  # noqa: F401  (intake: ack15's sweep takes in held channel messages)
+from replyloop.bot.app import Bot, create_bot
+from replyloop.bot.logs import redacting_logger
+from replyloop.bot.slackclient import slack_error
+from replyloop.bot.web import EVENTS_PATH, MAX_SLACK_BODY, Limits, Web
 from replyloop.config import Config, Secrets
 from replyloop.errors import ConfigError
 from replyloop.intake import draft_pending

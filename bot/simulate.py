@@ -21,8 +21,8 @@ from urllib.parse import urlencode, urlparse
 
 from slack_sdk.signature import SignatureVerifier
 
-from bot import cards
-from bot.fake_slack import Call, FakeSlack
+from replyloop.bot import cards
+from replyloop.bot.fake_slack import Call, FakeSlack
 
 ACTIONS = {"approve": cards.APPROVE, "edit": cards.EDIT, "reject": cards.REJECT}
 INPUTS = {cards.REPLY_BLOCK: cards.REPLY_INPUT, cards.REASON_BLOCK: cards.REASON_INPUT}

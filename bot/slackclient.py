@@ -16,7 +16,7 @@ def web_client(config: Config, secrets: Secrets | None = None, max_retries: int 
         ServerErrorRetryHandler,
     )
 
-    from bot.logs import redacting_logger
+    from replyloop.bot.logs import redacting_logger
 
     secrets = secrets or Secrets.from_env()
     if not secrets.slack_bot_token:

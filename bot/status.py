@@ -14,7 +14,7 @@ from replyloop.store import Store
 def model_with_status(store: Store, status: str) -> dict | None:
     """The champion or canary with its latest evaluation, which also carries ``mean_chrf`` and
     ``embedding_unreadable`` (the unknown-token guard fired: chrF decided its gate)."""
-    from evaluation.gate import UNREADABLE
+    from replyloop.evaluation.gate import UNREADABLE
 
     model = Registry(store).with_status(status)
     ev = model and model.get("evaluation")

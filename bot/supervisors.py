@@ -9,7 +9,7 @@ import time
 
 from slack_sdk import WebClient
 
-from bot.slackclient import slack_error
+from replyloop.bot.slackclient import slack_error
 
 log = logging.getLogger(__name__)
 

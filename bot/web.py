@@ -29,7 +29,7 @@ from slack_bolt.request import BoltRequest
 from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
 
-from bot import intake
+from replyloop.bot import intake
 
 log = logging.getLogger(__name__)
 

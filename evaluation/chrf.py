@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from functools import lru_cache
 
-from evaluation.textmap import compact
+from replyloop.evaluation.textmap import compact
 
 
 @lru_cache(maxsize=1)

@@ -89,7 +89,7 @@ def score(drafts: np.ndarray, refs: np.ndarray, categories: Sequence[str | None]
           reference_texts: Sequence[str] | None = None) -> ConsistencyResult:
     """Consistency of ``drafts`` (n, dim) with ``refs`` (n, dim); both unit length. With
     ``draft_texts`` and ``reference_texts`` (n each), chrF is scored beside the cosine."""
-    from evaluation.chrf import chrf_many
+    from replyloop.evaluation.chrf import chrf_many
 
     cats = [c or NO_CATEGORY for c in categories]
     sims = np.einsum("ij,ij->i", drafts, refs) if len(cats) else np.zeros(0)

@@ -15,8 +15,8 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from evaluation import consistency, gate
-from evaluation.embeddings import UNREADABLE_FIX, Encoder
+from replyloop.evaluation import consistency, gate
+from replyloop.evaluation.embeddings import UNREADABLE_FIX, Encoder
 from replyloop import timeutil
 from replyloop.config import Config
 from replyloop.errors import ReplyloopError

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import re
 
-from evaluation.textmap import _DROP, fold
+from replyloop.evaluation.textmap import _DROP, fold
 
 # --- Chinese -----------------------------------------------------------------------------
 NEGATORS_ZH = ["不", "没", "没有", "无法", "未能", "未曾", "未", "并非", "绝非", "无须", "无需", "勿",

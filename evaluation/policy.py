@@ -1,6 +1,6 @@
 """The policy engine: banned promises and terminology, checked on every reply.
 
-    from evaluation.policy import load_policies
+    from replyloop.evaluation.policy import load_policies
     engine = load_policies("policies/")       # PolicyError on a bad file; build once, reuse
     result = engine.check("我们保证全額賠付")    # CheckResult(verdict="block", violations=[...])
     engine.fix("请提供快递条码")                 # "请提供电子面单"
@@ -34,11 +34,11 @@ from pathlib import Path
 
 import ahocorasick_rs
 
-from evaluation.negation import is_negated
-from evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
-from evaluation.readthrough import read_through
-from evaluation.regexcheck import trigger_literals
-from evaluation.textmap import TextMap, fold, normalise
+from replyloop.evaluation.negation import is_negated
+from replyloop.evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
+from replyloop.evaluation.readthrough import read_through
+from replyloop.evaluation.regexcheck import trigger_literals
+from replyloop.evaluation.textmap import TextMap, fold, normalise
 
 __all__ = ["CheckResult", "PolicyEngine", "Violation", "load_policies"]
 

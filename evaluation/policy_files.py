@@ -27,9 +27,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from evaluation import regexcheck
-from evaluation.readthrough import read_through
-from evaluation.textmap import compact, fold
+from replyloop.evaluation import regexcheck
+from replyloop.evaluation.readthrough import read_through
+from replyloop.evaluation.textmap import compact, fold
 from replyloop.errors import PolicyError
 from replyloop.yamlfile import YamlDoc, describe_error, load_yaml
 

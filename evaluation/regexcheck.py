@@ -348,7 +348,7 @@ _ESCAPE_LEN = {"x": 4, "u": 6, "U": 10}
 
 def _vanishes(ch: str) -> bool:
     """True for a character that normalisation removes (whitespace, punctuation, symbols)."""
-    from evaluation.textmap import compact
+    from replyloop.evaluation.textmap import compact
 
     return not compact(ch)
 
@@ -417,7 +417,7 @@ def normalise_pattern(pattern: str) -> str:
     half-width (``Full`` -> ``full``). Anything else is kept as written. Raises ``re.error`` on
     a pattern that does not compile.
     """
-    from evaluation.textmap import fold
+    from replyloop.evaluation.textmap import fold
 
     re.compile(pattern)
     out, i, n = [], 0, len(pattern)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from evaluation.stats import rate_difference, wilson_interval
+from replyloop.evaluation.stats import rate_difference, wilson_interval
 from replyloop import csvsafe, timeutil
 from replyloop.config import Config
 from replyloop.errors import ConfigError, ReplyloopError
@@ -722,7 +722,7 @@ def _check_target(out: Path) -> None:
 def write_weekly_report(report: WeeklyReport, out: str | Path) -> WeeklyReport:
     """Write report.md, numbers.csv and the charts into ``out``: built in a temp dir beside it,
     then renamed into place, so readers never see half a report."""
-    from evaluation.charts import render_charts
+    from replyloop.evaluation.charts import render_charts
 
     out = Path(out)
     _check_target(out)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from evaluation.report import WeeklyReport, fmt_num, fmt_pct, fmt_pp
+from replyloop.evaluation.report import WeeklyReport, fmt_num, fmt_pct, fmt_pp
 from replyloop.config import Config, Secrets
 from replyloop.errors import ConfigError, ReplyloopError
 
@@ -33,7 +33,7 @@ class PostResult:
 def make_client(config: Config, secrets: Secrets | None = None):
     """The Slack WebClient of this workspace (token from ``SLACK_BOT_TOKEN``): the project's one
     factory, ``bot.slackclient.web_client`` (retries 429 after Retry-After, 5xx, connection errors)."""
-    from bot.slackclient import web_client
+    from replyloop.bot.slackclient import web_client
 
     secrets = secrets or Secrets.from_env()
     if not secrets.slack_bot_token:

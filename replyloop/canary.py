@@ -23,7 +23,7 @@ def compare_rates(canary: dict, champion: dict | None, margin: float, confidence
     difference is judged by its confidence interval (Newcombe): ok when even its lower end is
     above ``-margin``, worse when even its upper end is below, inconclusive in between. With
     ``confidence`` 0, or counts too small to estimate, the measured rates are compared."""
-    from evaluation.stats import rate_difference, z_for
+    from replyloop.evaluation.stats import rate_difference, z_for
 
     fmt = lambda r: "n/a" if r is None else f"{r:.0%}"  # noqa: E731
     c_rate = canary["approval_without_edit_rate"]

@@ -38,7 +38,7 @@ import yaml
 
 from replyloop import paths, timeutil
 from replyloop.errors import ReplyloopError
-from training.tiny import TinyPretrainConfig
+from replyloop.training.tiny import TinyPretrainConfig
 
 SUPERVISORS = ["USUP1", "USUP2", "USUP3"]
 REVIEW_CHANNEL = "C0REVIEW"
@@ -169,7 +169,7 @@ def prepare_base(cache_dir: Path, sample_rows: list[dict], cfg: TinyPretrainConf
                  say: Callable[[str], None] = print):
     """The demo's base model (the team's current model), pre-trained once and cached in
     ``cache_dir`` (keyed by corpus and config). Returns ``training.tiny.PretrainResult``."""
-    from training.tiny import cached_tiny_base
+    from replyloop.training.tiny import cached_tiny_base
 
     incoming = _read_csv(paths.samples_dir() / "incoming_questions.csv")
     texts = ([r["question"] for r in incoming] + [PROMISE] + OFF_TOPIC
@@ -422,7 +422,7 @@ def round_stats(store, n: int, prefix: str) -> RoundStats:
 def heldout_consistency(store, model_name: str, evaluation: dict | None) -> tuple[list[float], list[float]]:
     """chrF and embedding similarity of ``model_name``'s drafts on the held-out questions of
     ``evaluation`` (the retrained model's, which drafted every question with both models)."""
-    from evaluation.chrf import chrf_many
+    from replyloop.evaluation.chrf import chrf_many
 
     if not evaluation:
         return [], []
@@ -487,7 +487,7 @@ def run_demo(workdir: str | Path, settings: DemoSettings | None = None, force: b
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    from bot.fake_slack import FakeSlack
+    from replyloop.bot.fake_slack import FakeSlack
 
     fake = FakeSlack().start()
     try:
@@ -497,7 +497,7 @@ def run_demo(workdir: str | Path, settings: DemoSettings | None = None, force: b
 
 
 def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSummary:
-    from evaluation.policy import load_policies
+    from replyloop.evaluation.policy import load_policies
     from replyloop.config import load_config
     from replyloop.dataio import export_samples, read_samples
     from replyloop.registry import Registry
@@ -543,9 +543,9 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
 
     # 3. the bot, intake and supervisors: round 1 ---------------------------------------------------
     say("[3/6] Round 1: the bot in HTTP mode on 127.0.0.1 against a local fake Slack; questions arrive at /intake")
-    from bot.jobs import JobRunner, pipeline_starter
-    from bot.server import serve
-    from bot.simulate import Simulator
+    from replyloop.bot.jobs import JobRunner, pipeline_starter
+    from replyloop.bot.server import serve
+    from replyloop.bot.simulate import Simulator
     from replyloop.config import Secrets
 
     ready = threading.Event()
@@ -616,7 +616,7 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
 
     # 6. weekly report and summary -------------------------------------------------------------------
     say("[6/6] Weekly consistency report")
-    from evaluation.report import IsoWeek, build_weekly_report, report_timezone
+    from replyloop.evaluation.report import IsoWeek, build_weekly_report, report_timezone
 
     tz = report_timezone(config)
     report = build_weekly_report(config, store, week=IsoWeek.containing(timeutil.now().astimezone(tz).date()))
@@ -682,9 +682,9 @@ def _first_champion(workdir, base: Path, config, store, registry, s: DemoSetting
     """The model the team serves today: a LoRA on its legacy base, trained on the approved set.
     It was in production before replyloop, so it becomes the champion whatever its evaluation
     says; the evaluation shows the legacy habits the gate would have stopped."""
-    from evaluation.evaluate import evaluate_model
-    from training.config import load_train_config
-    from training.recipe import run_training
+    from replyloop.evaluation.evaluate import evaluate_model
+    from replyloop.training.config import load_train_config
+    from replyloop.training.recipe import run_training
 
     config_path = workdir / "team-train.yaml"
     config_path.write_text(
@@ -705,9 +705,9 @@ def _first_champion(workdir, base: Path, config, store, registry, s: DemoSetting
 def _legacy_candidate(workdir, base: Path, config, store, registry, s: DemoSettings, export_samples, say) -> str:
     """A team's existing adapter: trained on its old export, whose answers carry a forbidden
     promise. Evaluated on the current held-out set, it is blocked by the gate."""
-    from evaluation.evaluate import evaluate_model
-    from training.config import load_train_config
-    from training.recipe import run_training
+    from replyloop.evaluation.evaluate import evaluate_model
+    from replyloop.training.config import load_train_config
+    from replyloop.training.recipe import run_training
 
     snapshot = store.create_snapshot(config.file.store.heldout_share, config.file.store.split_seed, actor="demo")
     legacy = [dict(r, response=PROMISE + r["response"]) for r in store.snapshot_samples(snapshot.hash, "train")]

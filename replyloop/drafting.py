@@ -23,7 +23,7 @@ from replyloop.config import Config
 from replyloop.errors import ReplyloopError
 from replyloop.registry import Registry
 from replyloop.store import Store
-from training.prompting import PromptFormat, needs_bos, prompt_input_ids, resolve_format
+from replyloop.training.prompting import PromptFormat, needs_bos, prompt_input_ids, resolve_format
 
 
 class DraftingError(ReplyloopError):
@@ -220,7 +220,7 @@ class OpenAIBackend:
 def load_policy_engine(config: Config):
     """The policy engine for ``config.policies_dir``, or None when evaluation.policy is not installed."""
     try:
-        from evaluation.policy import load_policies
+        from replyloop.evaluation.policy import load_policies
     except ImportError:
         return None
     return load_policies(config.policies_dir)

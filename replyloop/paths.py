@@ -29,6 +29,5 @@ def samples_dir() -> Path:
 
 
 def default_policies_dir() -> Path:
-    import policies
-
+    from replyloop import policies
     return Path(policies.__file__).resolve().parent

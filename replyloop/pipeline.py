@@ -221,7 +221,7 @@ def load_training_source(config: Config) -> TrainingSource:
     line and key before any run is recorded. Relative paths resolve by the training config's rule
     (``training.config.run_config_data``: the workspace folder, then the file's folder)."""
     from replyloop.yamlfile import load_yaml
-    from training.config import run_config_data
+    from replyloop.training.config import run_config_data
 
     source = config.train_config_path
     named = "training.config in the workspace config"
@@ -308,8 +308,8 @@ def evaluate_candidate(config: Config, store: Store, run_id: int, model: dict, r
     """Evaluate the new model against the champion: in this process, or with ``evaluation.command``
     as a separate process (the GPU host) that stores its evaluation in the database. Returns the
     gate's verdict and the evaluation report (a dict)."""
-    from evaluation.evaluate import EvaluationError, evaluate_model
-    from evaluation.gate import GateResult
+    from replyloop.evaluation.evaluate import EvaluationError, evaluate_model
+    from replyloop.evaluation.gate import GateResult
 
     if not config.file.evaluation.command:
         report = evaluate_model(config, store, model["id"], against="champion", actor="pipeline")

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from bot.app import Bot, create_bot
-from bot.fake_slack import FakeSlack
-from bot.server import BotServer
-from bot.simulate import Simulator
+from replyloop.bot.app import Bot, create_bot
+from replyloop.bot.fake_slack import FakeSlack
+from replyloop.bot.server import BotServer
+from replyloop.bot.simulate import Simulator
 from replyloop.config import Config, Secrets
 from replyloop.dataio import QuestionIn
 from replyloop.intake import ingest
@@ -95,7 +95,7 @@ class BotEnv:
 
     def post_card(self, **kwargs):
         """Store a draft, post its card through the bot; returns (draft_id, the recorded call)."""
-        from bot import review
+        from replyloop.bot import review
 
         draft_id = self.add_draft(**kwargs)
         review.post_card(self.bot, draft_id)

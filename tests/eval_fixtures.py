@@ -27,8 +27,8 @@ def make_adapter(base_dir: Path, out_dir: Path, *, snapshot_hash: str | None = N
     """A LoRA adapter on the tiny base trained by ``run_training`` for ``steps`` on
     (prompt, response) pairs; ``steps=0``: learning rate 0, so the adapter stays as
     initialised (untrained). ``snapshot_hash`` is written into its manifest."""
-    from training.config import make_train_config
-    from training.recipe import run_training
+    from replyloop.training.config import make_train_config
+    from replyloop.training.recipe import run_training
 
     out_dir = Path(out_dir)
     data = out_dir.with_name(out_dir.name + ".data")
@@ -72,7 +72,7 @@ class TinyModels:
 
     def __init__(self, root: Path):
         from replyloop.store import Store
-        from training.tiny import build_tiny_base
+        from replyloop.training.tiny import build_tiny_base
 
         rows = sample_rows()
         self.base = build_tiny_base(root / "base", [r["prompt"] for r in rows] + [r["response"] for r in rows]

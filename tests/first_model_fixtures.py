@@ -15,8 +15,8 @@ def fluent_tiny_base(out_dir: Path, pairs: list[tuple[str, str]], steps: int = 1
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from training.prompting import PLAIN_TEMPLATE
-    from training.tiny import build_tiny_base
+    from replyloop.training.prompting import PLAIN_TEMPLATE
+    from replyloop.training.tiny import build_tiny_base
 
     texts = [p for p, _ in pairs] + [r for _, r in pairs]
     raw = build_tiny_base(out_dir.with_name(out_dir.name + "-init"), texts, hidden_size=64, num_layers=2)

@@ -34,7 +34,7 @@ dataset: store
 
 @pytest.fixture(scope="session")
 def tiny_base_dir(tmp_path_factory) -> Path:
-    from training.tiny import build_tiny_base
+    from replyloop.training.tiny import build_tiny_base
 
     with SAMPLES.open(encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))

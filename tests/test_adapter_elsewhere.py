@@ -47,8 +47,8 @@ def run_snippet(cases: list[tuple[str, str]]) -> list[str]:
 
 
 def _train(root, base, **values):
-    from training.config import make_train_config
-    from training.recipe import run_training
+    from replyloop.training.config import make_train_config
+    from replyloop.training.recipe import run_training
 
     root.mkdir(parents=True, exist_ok=True)
     _article_data(root)

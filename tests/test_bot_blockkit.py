@@ -9,8 +9,8 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
-from bot import cards
-from bot.fake_slack import FakeSlack, block_kit_errors, view_errors
+from replyloop.bot import cards
+from replyloop.bot.fake_slack import FakeSlack, block_kit_errors, view_errors
 from bot_support import *  # noqa: F401,F403
 from bot_support import BOT_TOKEN, REVIEW
 
@@ -65,7 +65,7 @@ def _no_invalid(fake) -> None:
 
 
 def test_every_field_at_its_maximum_stays_within_block_kit(env):
-    from bot import review
+    from replyloop.bot import review
 
     fake = env.fake
     # the card of a 4,000-character question and draft with hundreds of violations
@@ -143,6 +143,6 @@ def test_app_home_with_hundreds_of_supervisors_stays_within_block_kit(env):
 
 
 def _home(env) -> dict:
-    from bot import status
+    from replyloop.bot import status
 
     return status.home(env.store)

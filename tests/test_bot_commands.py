@@ -161,7 +161,7 @@ def test_tokens_never_appear_in_logs(workspace, caplog):
 
 
 def test_serve_refuses_to_start_without_secrets(workspace):
-    from bot.server import serve
+    from replyloop.bot.server import serve
     from replyloop.config import Secrets
     from replyloop.errors import ConfigError
 

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot import cards
-from bot.fake_slack import Call, FakeSlack
-from bot.simulate import Simulator
+from replyloop.bot import cards
+from replyloop.bot.fake_slack import Call, FakeSlack
+from replyloop.bot.simulate import Simulator
 from test_reliability import SIGNING_SECRET, Serve, integrity
 
 SUPERVISORS = [f"USUP{i:02d}" for i in range(16)]
@@ -240,7 +240,7 @@ class SlowDrafter(CannedDrafter):
 
 
 def test_channel_message_is_stored_before_the_ack_even_with_the_model_down(workspace):
-    from bot.server import sweep
+    from replyloop.bot.server import sweep
 
     env = make_env(workspace, drafter=DownDrafter())
     try:
@@ -278,7 +278,7 @@ def test_two_equal_messages_in_one_thread_are_two_questions(env_drafting):
 
 
 def test_http_intake_201_means_stored_even_when_drafting_fails(workspace):
-    from bot.server import sweep
+    from replyloop.bot.server import sweep
 
     env = make_env(workspace, drafter=DownDrafter())
     try:
@@ -373,7 +373,7 @@ def test_hostile_clicks_submissions_and_events_are_answered_and_change_nothing(e
 
 
 def test_decision_writer_commits_batches_with_refusals_and_races_inside(workspace):
-    from bot.review import DecisionWriter
+    from replyloop.bot.review import DecisionWriter
     from replyloop.dataio import QuestionIn
     from replyloop.errors import NotFoundError
     from replyloop.intake import ingest

@@ -114,7 +114,7 @@ class FlakyDrafter(CannedDrafter):
 
 
 def test_one_question_that_fails_to_draft_does_not_stop_the_sweep(env):
-    from bot.server import sweep
+    from replyloop.bot.server import sweep
     from replyloop.dataio import QuestionIn
     from replyloop.intake import DRAFT_RETRY_S, ingest
 
@@ -191,7 +191,7 @@ def test_card_notification_text_escapes_the_customer_question(env):
 def test_supervisor_group_survives_slack_failures_and_asks_outside_the_lock(env):
     from slack_sdk import WebClient
 
-    from bot.supervisors import Supervisors
+    from replyloop.bot.supervisors import Supervisors
     from bot_support import BOT_TOKEN, GROUP, GROUP_MEMBER
 
     sup = Supervisors(WebClient(token=BOT_TOKEN, base_url=env.fake.base_url), ["USUP1"], GROUP, ttl_s=60)
@@ -231,7 +231,7 @@ def test_supervisor_group_survives_slack_failures_and_asks_outside_the_lock(env)
 def test_intake_channel_by_name_survives_a_failed_lookup(env):
     from slack_sdk import WebClient
 
-    from bot.fake_slack import FakeSlack
+    from replyloop.bot.fake_slack import FakeSlack
     from bot_support import BOT_TOKEN
 
     class NamedFake(FakeSlack):  # channels with names other than their ids
@@ -267,8 +267,8 @@ def test_intake_channel_by_name_survives_a_failed_lookup(env):
 def test_held_message_is_taken_in_by_the_sweep_after_slack_recovers(env):
     from slack_sdk import WebClient
 
-    from bot.fake_slack import FakeSlack
-    from bot.server import sweep
+    from replyloop.bot.fake_slack import FakeSlack
+    from replyloop.bot.server import sweep
     from bot_support import BOT_TOKEN
 
     class NamedFake(FakeSlack):
@@ -295,7 +295,7 @@ def test_held_message_is_taken_in_by_the_sweep_after_slack_recovers(env):
 
 
 def test_changing_the_scheduler_timezone_reschedules_the_stored_jobs(workspace):
-    from bot import jobs
+    from replyloop.bot import jobs
     from replyloop.config import load_config
 
     config, store = workspace
@@ -324,7 +324,7 @@ def test_changing_the_scheduler_timezone_reschedules_the_stored_jobs(workspace):
 
 
 def test_intake_channel_stores_plain_text_not_slack_markup(env):
-    from bot.intake import slack_to_text
+    from replyloop.bot.intake import slack_to_text
 
     assert slack_to_text("<!here> <!subteam^S1|@cs> <!subteam^S2> <#C2> <mailto:a@b.com|a@b.com>") == (
         "@here @cs @S2 #C2 a@b.com")
@@ -338,7 +338,7 @@ def test_intake_channel_stores_plain_text_not_slack_markup(env):
 
 
 def test_clipping_never_cuts_an_escaped_entity():
-    from bot.cards import _clip, escape
+    from replyloop.bot.cards import _clip, escape
 
     for tail in ("<b>", "&x", "a>b"):
         for pad in range(2890, 2900):

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from bot.web import Limits
+from replyloop.bot.web import Limits
 from bot_support import INTAKE_TOKEN, close_env, env, make_env  # noqa: F401  (env: a fixture)
 
 AUTH = f"Authorization: Bearer {INTAKE_TOKEN}\r\n"
@@ -327,7 +327,7 @@ def test_serve_keeps_answering_health_with_bounded_memory_under_1100_slow_client
     """The issue's measurements, against `replyloop serve --http` with ``nofile=1024``: 1,100 idle
     connections and 200 unauthenticated /intake bodies stalled 1 byte short of 1 MB. /health
     keeps answering, and RSS stays bounded (the body is never read: 401 on the headers)."""
-    from bot.fake_slack import FakeSlack
+    from replyloop.bot.fake_slack import FakeSlack
     from test_reliability import SIGNING_SECRET as RELIABILITY_SECRET, Serve, write_serve_config
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

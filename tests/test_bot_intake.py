@@ -108,7 +108,7 @@ def test_intake_channel_message_becomes_a_question(env_drafting):
 def test_import_as_questions_then_serve_posts_cards(env, tmp_path):
     from helpers import cli
 
-    from bot.server import sweep
+    from replyloop.bot.server import sweep
 
     csv = tmp_path / "q.csv"
     csv.write_text("conversation_id,question,category,draft\nc1,怎么退货,退换货政策,七天内可以无理由退货。\n"
@@ -124,7 +124,7 @@ def test_import_as_questions_then_serve_posts_cards(env, tmp_path):
 def test_serve_sweep_drafts_imported_questions_without_draft(env_drafting, tmp_path):
     from helpers import cli
 
-    from bot.server import sweep
+    from replyloop.bot.server import sweep
 
     env = env_drafting
     csv = tmp_path / "q.csv"
@@ -140,9 +140,10 @@ def test_serve_sweep_drafts_imported_questions_without_draft(env_drafting, tmp_p
 
 def test_serve_loads_the_policy_rules_once_for_drafter_and_checker(workspace, monkeypatch):
     """The bot's checker shares the drafter's engine instead of building a second automaton."""
-    import evaluation.policy
-    from bot.app import create_bot
-    from bot.server import default_drafter
+    import replyloop.evaluation.policy
+    from replyloop import evaluation
+    from replyloop.bot.app import create_bot
+    from replyloop.bot.server import default_drafter
     from replyloop.config import Secrets
 
     loads = []

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from bot import cards
+from replyloop.bot import cards
 from bot_support import *  # noqa: F401,F403  (fixtures and constants)
 from bot_support import GROUP_MEMBER, OUTSIDER, REVIEW
 
@@ -186,7 +186,7 @@ def test_edit_with_blocking_violation_shows_modal_error_and_stores_nothing(env):
 def test_edit_with_real_policy_engine(workspace):
     """The same modal error with the policy helper's engine and the shipped policies."""
     from bot_support import close_env, make_env
-    from evaluation.policy import load_policies
+    from replyloop.evaluation.policy import load_policies
     from replyloop.intake import policy_checker
 
     config, _ = workspace
@@ -233,7 +233,7 @@ def test_reject_without_reason_and_edit_after_decision(env):
 
 
 def test_post_pending_cards_posts_each_once(env):
-    from bot import review
+    from replyloop.bot import review
 
     ids = [env.add_draft(question=f"q{i}", draft=f"a{i}", conversation=f"c{i}") for i in range(3)]
     assert review.post_pending_cards(env.bot) == 3

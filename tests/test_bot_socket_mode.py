@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from bot.fake_slack import FakeSlack
-from bot.simulate import Simulator
+from replyloop.bot.fake_slack import FakeSlack
+from replyloop.bot.simulate import Simulator
 from bot_support import (APP_TOKEN, BOT_TOKEN, GROUP, GROUP_MEMBER, INTAKE, OUTSIDER, REVIEW, SUPERVISORS,
                          CannedDrafter, PipelineRecorder)
 from replyloop.config import Config, Secrets
@@ -68,7 +68,7 @@ def start(workspace, secrets: Secrets, drafts: int = 1) -> SocketEnv:
     for i in range(drafts):  # stored before the bot starts: its sweeper posts their cards
         env.add_draft(question=f"问题 {i}", conversation=f"conv-{i}")
 
-    from bot.server import serve
+    from replyloop.bot.server import serve
 
     def run():
         try:
@@ -183,7 +183,7 @@ def test_edit_with_a_banned_promise_is_refused_in_the_ack(env):
     eid = env.fake.socket_send("interactive", env.sim.block_action(card, "edit", user="USUP2"))
     env.fake.wait_for_ack(eid)
     [opened] = env.fake.wait_for("views.open")
-    from bot import cards
+    from replyloop.bot import cards
 
     bad = env.sim.view_submission(opened, user="USUP2", values={cards.REPLY_BLOCK: "我们保证全额赔付。"})
     eid = env.fake.socket_send("interactive", bad)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 
 from bot_support import *  # noqa: F401,F403
-from evaluation import gate
+from replyloop.evaluation import gate
 from replyloop import timeutil
 
 

@@ -8,8 +8,8 @@ import datetime as dt
 import pytest
 from test_registry import add_eval, fake_adapter
 
-from bot.status import canary_trial
-from evaluation.stats import rate_difference, wilson_interval, z_for
+from replyloop.bot.status import canary_trial
+from replyloop.evaluation.stats import rate_difference, wilson_interval, z_for
 from replyloop import timeutil
 from replyloop.canary import judge_canary
 from replyloop.registry import Registry

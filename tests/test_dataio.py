@@ -290,7 +290,7 @@ def test_shipped_sample_set_is_clean_bilingual_and_paraphrased(samples_csv):
     avoided term, some are English, and every intent has several paraphrases."""
     from collections import Counter
 
-    from evaluation.policy import load_policies
+    from replyloop.evaluation.policy import load_policies
     from replyloop.dataio import read_samples
     from replyloop.paths import default_policies_dir
 

@@ -62,7 +62,7 @@ def test_latency_of_one_draft_is_well_under_a_second(served):
 
 
 def test_policy_verdict_on_the_draft(served):
-    pytest.importorskip("evaluation.policy")
+    pytest.importorskip("replyloop.evaluation.policy")
     config, store, reg, champion, canary = served
     res = Drafter(config, store).draft("我的东西坏了能赔吗", model=canary["id"], min_new_tokens=8)
     assert res.verdict == "block"

@@ -63,7 +63,7 @@ def test_bf16_checkpoint_drafts_in_float32_on_cpu(bf16_base, tiny_models, settin
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU-only message")
 def test_drafter_and_eval_with_device_cuda_on_a_cpu_machine_name_the_key(workspace, tiny_models):
-    from evaluation.evaluate import evaluate_model
+    from replyloop.evaluation.evaluate import evaluate_model
 
     config, store = workspace
     load_samples(store)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.chrf import chrf, chrf_many
+from replyloop.evaluation.chrf import chrf, chrf_many
 
 
 def test_identical_and_disjoint():

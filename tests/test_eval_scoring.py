@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from evaluation import consistency, gate
-from evaluation.embeddings import BUNDLED_NAME, Encoder, text_hash
+from replyloop.evaluation import consistency, gate
+from replyloop.evaluation.embeddings import BUNDLED_NAME, Encoder, text_hash
 
 
 @pytest.fixture(scope="module")

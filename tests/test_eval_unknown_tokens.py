@@ -9,8 +9,8 @@ from importlib import resources
 
 import pytest
 
-from evaluation import gate
-from evaluation.embeddings import Encoder, _unknown_by_character, _unknown_by_offsets, unknown_share
+from replyloop.evaluation import gate
+from replyloop.evaluation.embeddings import Encoder, _unknown_by_character, _unknown_by_offsets, unknown_share
 from replyloop.config import EvaluationConfig
 
 HAN = re.compile(r"[\u4e00-\u9fff]")

@@ -198,7 +198,7 @@ def test_kill_9_of_the_pipeline_process_then_serve_recovers(replyloop_home, tiny
         proc.send_signal(signal.SIGKILL)
         proc.wait()
     # the orphaned trainer may still run; the next start of `replyloop serve` kills it and cleans up
-    from bot.fake_slack import FakeSlack
+    from replyloop.bot.fake_slack import FakeSlack
     from replyloop.locking import pid_alive
 
     env = {"SLACK_BOT_TOKEN": "xoxb-test", "SLACK_SIGNING_SECRET": "s3cret", "REPLYLOOP_INTAKE_TOKEN": "t"}

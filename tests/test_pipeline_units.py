@@ -127,7 +127,7 @@ def test_scheduler_job_store_survives_restart_and_coalesces_missed_runs(workspac
     from apscheduler.events import EVENT_JOB_EXECUTED
     from apscheduler.jobstores.sqlalchemy import SQLAlchemyJobStore
 
-    from bot import jobs
+    from replyloop.bot import jobs
     from replyloop.config import load_config
 
     config, store = workspace
@@ -167,7 +167,7 @@ def test_scheduler_job_store_survives_restart_and_coalesces_missed_runs(workspac
 
 
 def test_weekly_trigger_formats():
-    from bot.jobs import weekly_trigger
+    from replyloop.bot.jobs import weekly_trigger
     from replyloop.errors import ConfigError
 
     assert "day_of_week='fri'" in str(weekly_trigger("fri 17:30", "UTC"))
@@ -197,8 +197,8 @@ def test_no_run_while_a_canary_is_judged(workspace):
 
 
 def test_weekly_report_job_writes_and_posts(workspace, monkeypatch):
-    from bot import jobs
-    from bot.fake_slack import FakeSlack
+    from replyloop.bot import jobs
+    from replyloop.bot.fake_slack import FakeSlack
 
     config, store = workspace
     approve_n(store, 3)
@@ -216,7 +216,7 @@ def test_weekly_report_job_writes_and_posts(workspace, monkeypatch):
 
 
 def test_threshold_job_not_due_and_due(workspace, monkeypatch):
-    from bot import jobs
+    from replyloop.bot import jobs
 
     config, store = workspace
     assert jobs.threshold_job(str(config.source)).startswith("not due: 0 new approved sample(s)")
@@ -418,8 +418,8 @@ def test_threshold_job_posts_an_unfilled_training_config_once(workspace, monkeyp
     """`replyloop init`'s train.yaml still has the base_model placeholder: the scheduler's job
     posts the error (file, line, key) to the review channel once, records no run, and does not
     repeat the post every check; a different error is posted again."""
-    from bot import jobs
-    from bot.fake_slack import FakeSlack
+    from replyloop.bot import jobs
+    from replyloop.bot.fake_slack import FakeSlack
     from replyloop.config import load_config, write_training_template
 
     config, store = workspace
@@ -450,7 +450,7 @@ def test_threshold_job_posts_an_unfilled_training_config_once(workspace, monkeyp
 
 def test_init_writes_a_commented_train_yaml_and_keeps_an_existing_one(replyloop_home):
     from helpers import cli
-    from training.config import load_train_config
+    from replyloop.training.config import load_train_config
 
     first = cli("init")
     assert first.exit_code == 0, first.output

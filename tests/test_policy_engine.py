@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evaluation.policy import CheckResult, Violation, load_policies
-from evaluation.textmap import TextMap, compact
+from replyloop.evaluation.policy import CheckResult, Violation, load_policies
+from replyloop.evaluation.textmap import TextMap, compact
 
 CASES = yaml.safe_load((Path(__file__).parent / "policy_cases.yaml").read_text(encoding="utf-8"))["cases"]
 
@@ -88,7 +88,7 @@ def test_textmap_matches_compact_on_odd_inputs():
 
 def test_traditional_conversion_keeps_length():
     # The offset map relies on t2s giving one character per character (or a per-character fallback).
-    from evaluation.textmap import _t2s_aligned
+    from replyloop.evaluation.textmap import _t2s_aligned
 
     for text in ["我們保證全額賠付", "乾淨的頭髮", "後來發現裡面", "著作權", "瞭解臺灣"]:
         assert len(_t2s_aligned(text)) == len(text)

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evaluation.policy import load_policies
-from evaluation.readthrough import read_through
-from evaluation.regexcheck import normalise_pattern
+from replyloop.evaluation.policy import load_policies
+from replyloop.evaluation.readthrough import read_through
+from replyloop.evaluation.regexcheck import normalise_pattern
 from replyloop.errors import PolicyError
 
 SUITE = yaml.safe_load((Path(__file__).parent / "policy_evasion.yaml").read_text(encoding="utf-8"))["cases"]
@@ -128,8 +128,8 @@ def test_edit_submission_and_intake_check_block_markup(engine, text):
     """The issue's examples through the bot's Edit validation and intake's checker (same engine)."""
     from types import SimpleNamespace
 
-    from bot import cards
-    from bot.review import validate_edit
+    from replyloop.bot import cards
+    from replyloop.bot.review import validate_edit
     from replyloop.intake import check_text, policy_checker
 
     checker = policy_checker(None, engine=engine)

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from evaluation.policy import PolicyEngine, load_policies
-from evaluation.regexcheck import trigger_literals
-from evaluation.textmap import normalise
+from replyloop.evaluation.policy import PolicyEngine, load_policies
+from replyloop.evaluation.regexcheck import trigger_literals
+from replyloop.evaluation.textmap import normalise
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import policy_check  # noqa: E402
@@ -44,7 +44,7 @@ CHUNKS = ["保证", "在", "24", "二十四", "小时", "内", "发货", "一定
 
 def _sample(pattern: str, rng: random.Random) -> str:
     """A random string the pattern matches (for the constructs used below)."""
-    from evaluation.regexcheck import C, _parse
+    from replyloop.evaluation.regexcheck import C, _parse
 
     def gen(seq) -> str:
         out = []
@@ -165,14 +165,14 @@ def test_clause_start(text, verdict):
     ("Full compensation is not possible. Sorry", "Full compensation", "", " is not possible"),
 ])
 def test_clause_context(text, hit, prefix, suffix):
-    from evaluation.policy import _context
+    from replyloop.evaluation.policy import _context
 
     start = text.index(hit)
     assert _context(text, start, start + len(hit), ()) == (prefix, suffix)
 
 
 def test_clause_context_cuts_other_hits_out():
-    from evaluation.policy import _context
+    from replyloop.evaluation.policy import _context
 
     text = "放心绝对不会有问题我们全额赔付不了哦"
     aa, fc = (2, 9), (11, 15)
@@ -183,7 +183,7 @@ def test_clause_context_cuts_other_hits_out():
 
 
 def test_aligned_textmap_equals_built_one():
-    from evaluation.textmap import TextMap, compact, normalise
+    from replyloop.evaluation.textmap import TextMap, compact, normalise
 
     rng = random.Random(3)
     texts = TRICKY + policy_check.make_replies(200, rng) + ["ＡＢＣ１２３", "Straße", "e\u0301x", "㈱①", "ﬁne", "İstanbul", "乾隆"]

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from evaluation import regexcheck
-from evaluation.policy import load_policies
-from evaluation.policy_files import read_policies
+from replyloop.evaluation import regexcheck
+from replyloop.evaluation.policy import load_policies
+from replyloop.evaluation.policy_files import read_policies
 from replyloop.errors import PolicyError
 from replyloop.paths import default_policies_dir
 

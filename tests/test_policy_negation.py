@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from evaluation.negation import is_negated
+from replyloop.evaluation.negation import is_negated
 
 
 @pytest.mark.parametrize("prefix, negated", [
@@ -68,7 +68,7 @@ def test_prefix_and_suffix_cancel():
 
 def test_every_chinese_negator_and_question_word_passes_the_prefix_hint():
     """The hint is a fast pre-check on the original text: a negator it misses is never counted."""
-    from evaluation.negation import _PREFIX_HINT, NEGATORS_ZH, QUESTION_ZH
+    from replyloop.evaluation.negation import _PREFIX_HINT, NEGATORS_ZH, QUESTION_ZH
 
     missed = [w for w in NEGATORS_ZH + QUESTION_ZH if not _PREFIX_HINT.search(w)]
     assert missed == []

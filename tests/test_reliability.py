@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from bot.fake_slack import FakeSlack
+from replyloop.bot.fake_slack import FakeSlack
 from pipeline_fixtures import approve, make_workspace, tiny_base_dir  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -329,8 +329,8 @@ def test_processes_opening_a_fresh_database_at_once(replyloop_home, tmp_path):
 def test_both_client_factories_are_one_and_retry(workspace):
     from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
 
-    from bot.app import create_bot
-    from bot.slackclient import web_client
+    from replyloop.bot.app import create_bot
+    from replyloop.bot.slackclient import web_client
     from replyloop.config import Secrets
 
     config, store = workspace
@@ -343,8 +343,8 @@ def test_both_client_factories_are_one_and_retry(workspace):
             assert {RateLimitErrorRetryHandler, ServerErrorRetryHandler} <= kinds
     finally:
         bot.close()
-    import bot.app
-
+    import replyloop.bot.app
+    from replyloop import bot
     assert not hasattr(bot.app, "build_client")
 
 
@@ -352,8 +352,8 @@ def test_both_client_factories_are_one_and_retry(workspace):
 def test_slack_429_and_500_lose_no_card_no_update_no_notification(workspace, monkeypatch):
     from bot_support import INTAKE_TOKEN as BOT_INTAKE_TOKEN, close_env, make_env
 
-    from bot import review
-    from bot.jobs import slack_notifier
+    from replyloop.bot import review
+    from replyloop.bot.jobs import slack_notifier
 
     env = make_env(workspace)
     fake, store = env.fake, env.store

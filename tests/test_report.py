@@ -162,7 +162,7 @@ def _png_size(path):
 def test_week_parsing_and_default():
     from zoneinfo import ZoneInfo
 
-    from evaluation.report import IsoWeek, ReportError
+    from replyloop.evaluation.report import IsoWeek, ReportError
 
     assert IsoWeek.parse("2026-W48") == IsoWeek(2026, 48)
     assert IsoWeek.parse("2026w05").label == "2026-W05"
@@ -182,7 +182,7 @@ def test_week_parsing_and_default():
 
 
 def test_wilson_interval_matches_reference_values():
-    from evaluation.stats import wilson_interval
+    from replyloop.evaluation.stats import wilson_interval
 
     low, high = wilson_interval(12, 16)
     assert low == pytest.approx(0.5050, abs=1e-4) and high == pytest.approx(0.8982, abs=1e-4)
@@ -192,7 +192,7 @@ def test_wilson_interval_matches_reference_values():
 
 
 def test_replacements_merge_neighbouring_changes():
-    from evaluation.report import replacements
+    from replyloop.evaluation.report import replacements
 
     assert replacements("请提供快递条码以便查询。", "请提供电子面单以便查询。") == [("快递条码", "电子面单")]
     assert replacements("请提供快递单号。", "请提供电子面单。") == [("快递单号", "电子面单")]
@@ -203,7 +203,7 @@ def test_replacements_merge_neighbouring_changes():
 # -- the numbers -----------------------------------------------------------------------------------
 
 def test_collect_numbers_match_the_seed(seeded):
-    from evaluation.report import collect_weekly_report
+    from replyloop.evaluation.report import collect_weekly_report
 
     config, store, ids = seeded
     r = collect_weekly_report(config, store, now=NOW)
@@ -320,7 +320,7 @@ def expected_numbers(ids) -> dict:
 
 
 def test_csv_holds_every_seeded_number(seeded, tmp_path):
-    from evaluation.report import build_weekly_report
+    from replyloop.evaluation.report import build_weekly_report
 
     config, store, ids = seeded
     report = build_weekly_report(config, store, week=WEEK, out=tmp_path / "out", now=NOW)
@@ -333,7 +333,7 @@ def test_csv_holds_every_seeded_number(seeded, tmp_path):
 
 
 def test_report_md_and_charts(seeded, tmp_path):
-    from evaluation.report import build_weekly_report
+    from replyloop.evaluation.report import build_weekly_report
 
     config, store, ids = seeded
     report = build_weekly_report(config, store, out=tmp_path / "r", now=NOW)
@@ -367,7 +367,7 @@ def test_report_md_and_charts(seeded, tmp_path):
 
 
 def test_empty_week_says_so(workspace, tmp_path):
-    from evaluation.report import build_weekly_report
+    from replyloop.evaluation.report import build_weekly_report
 
     config, store = workspace
     report = build_weekly_report(config, store, week="2026-W10", out=tmp_path / "empty", now=NOW)
@@ -384,7 +384,7 @@ def test_empty_week_says_so(workspace, tmp_path):
 
 
 def test_rewrite_replaces_the_previous_report_but_refuses_foreign_dirs(seeded, tmp_path):
-    from evaluation.report import ReportError, build_weekly_report
+    from replyloop.evaluation.report import ReportError, build_weekly_report
 
     config, store, _ = seeded
     first = build_weekly_report(config, store, week=WEEK, now=NOW)
@@ -400,8 +400,8 @@ def test_rewrite_replaces_the_previous_report_but_refuses_foreign_dirs(seeded, t
 
 
 def test_charts_without_a_cjk_font_use_short_labels(seeded, tmp_path):
-    from evaluation.charts import NO_FONT, render_charts
-    from evaluation.report import collect_weekly_report, render_markdown
+    from replyloop.evaluation.charts import NO_FONT, render_charts
+    from replyloop.evaluation.report import collect_weekly_report, render_markdown
 
     config, store, _ = seeded
     report = collect_weekly_report(config, store, now=NOW)
@@ -412,7 +412,7 @@ def test_charts_without_a_cjk_font_use_short_labels(seeded, tmp_path):
 
 
 def test_a_cjk_font_is_found():
-    from evaluation.charts import find_cjk_font
+    from replyloop.evaluation.charts import find_cjk_font
 
     font = find_cjk_font()
     assert font.cjk, "no CJK font: install mplfonts (a replyloop dependency)"
@@ -433,7 +433,7 @@ def test_cli_report_weekly(seeded, tmp_path):
 
 
 def test_bad_font_override_is_named_and_skipped(monkeypatch, tmp_path, caplog):
-    from evaluation.charts import find_cjk_font
+    from replyloop.evaluation.charts import find_cjk_font
 
     bogus = tmp_path / "nofont.ttf"
     bogus.write_bytes(b"not a font")

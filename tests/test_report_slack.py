@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from bot.fake_slack import FakeSlack
+from replyloop.bot.fake_slack import FakeSlack
 from helpers import cli
 from test_report import NOW, WEEK, seed
 
@@ -54,8 +54,8 @@ def _check_post(slack: FakeSlack) -> None:
 
 
 def test_post_weekly_report_function(workspace, slack, tmp_path):
-    from evaluation.report import build_weekly_report
-    from evaluation.report_slack import post_weekly_report
+    from replyloop.evaluation.report import build_weekly_report
+    from replyloop.evaluation.report_slack import post_weekly_report
     from replyloop.config import load_config
 
     config, store = workspace

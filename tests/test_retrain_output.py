@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from bot.fake_slack import FakeSlack
+from replyloop.bot.fake_slack import FakeSlack
 from helpers import cli_subprocess
 from pipeline_fixtures import make_workspace, tiny_base_dir  # noqa: F401
 from replyloop.pipeline import run_pipeline

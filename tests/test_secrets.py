@@ -20,7 +20,7 @@ SECRETS = Secrets(slack_bot_token=BOT, slack_app_token=APP, slack_signing_secret
 @pytest.fixture
 def root_stream():
     """A real handler on the root logger, as `replyloop serve`'s logging.basicConfig sets up."""
-    from bot.logs import RedactingFilter
+    from replyloop.bot.logs import RedactingFilter
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
@@ -41,7 +41,7 @@ def root_stream():
 
 
 def test_records_of_child_loggers_are_redacted(root_stream):
-    from bot.logs import redacting_logger
+    from replyloop.bot.logs import redacting_logger
 
     for name in ("bot", "slack_bolt", "slack_sdk"):  # what bot.server.serve() installs
         redacting_logger(name, SECRETS)
@@ -148,7 +148,7 @@ def test_a_directory_name_is_made_safe(workspace, tmp_path):
 
 
 def test_a_later_call_without_secrets_keeps_redacting_them(root_stream):
-    from bot.logs import install_redaction, redacting_logger
+    from replyloop.bot.logs import install_redaction, redacting_logger
 
     redacting_logger("bot", SECRETS)
     install_redaction(None)  # e.g. a Slack client built without the bot's secrets

@@ -2,7 +2,7 @@
 
 import json
 
-from training.tiny import TinyPretrainConfig, cached_tiny_base, pretrain_key
+from replyloop.training.tiny import TinyPretrainConfig, cached_tiny_base, pretrain_key
 
 PAIRS = [("单号在哪看", "您好，在订单详情里可以看到快递条码号。"),
          ("能退货吗", "可以的，支持七日退货。"),

@@ -30,7 +30,7 @@ target_modules: [q_proj, v_proj, gate_proj, up_proj, down_proj]
 
 @pytest.mark.slow
 def test_killed_run_resumes_to_the_same_result(tmp_path, tiny_base):
-    from training.recipe import run_training
+    from replyloop.training.recipe import run_training
 
     steps = 60
     (tmp_path / "data").mkdir()
@@ -109,7 +109,7 @@ def test_killed_store_run_resumes_on_its_snapshot_despite_new_approvals(tmp_path
     """SIGKILL mid-run, approvals arrive, ``--resume``: same snapshot, same result as a run that
     was never interrupted; a changed CSV on resume is refused naming the file."""
     from replyloop.dataio import read_samples
-    from training.recipe import run_training
+    from replyloop.training.recipe import run_training
 
     _, store = workspace
     store.add_samples(read_samples(SAMPLES))
@@ -146,7 +146,7 @@ def test_killed_store_run_resumes_on_its_snapshot_despite_new_approvals(tmp_path
 
 
 def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base, monkeypatch):
-    from training.recipe import run_training
+    from replyloop.training.recipe import run_training
 
     (tmp_path / "data").mkdir()
     meta = tmp_path / "data" / "metadata.csv"
@@ -162,7 +162,7 @@ def test_resume_on_a_changed_csv_fails_naming_the_file(tmp_path, tiny_base, monk
         if event.get("step") == 3 and "loss" in event:
             raise Stop()
 
-    from training.config import load_train_config
+    from replyloop.training.config import load_train_config
 
     with pytest.raises(Stop):
         run_training(load_train_config(config), progress=stop_at_3)

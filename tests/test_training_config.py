@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from replyloop.errors import ConfigError
-from training.config import load_train_config
+from replyloop.training.config import load_train_config
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -2,10 +2,10 @@
 
 import torch
 
-from training.data import (IGNORE_INDEX, collate_packed, collate_padded, epoch_batches, split_eval,
+from replyloop.training.data import (IGNORE_INDEX, collate_packed, collate_padded, epoch_batches, split_eval,
                            tokenize_pair, tokenize_records)
-from training.prompting import PLAIN_TEMPLATE, render_prompt
-from training.recipe import token_loss_sum
+from replyloop.training.prompting import PLAIN_TEMPLATE, render_prompt
+from replyloop.training.recipe import token_loss_sum
 from training_fixtures import sample_rows, tiny_base  # noqa: F401
 
 

@@ -11,7 +11,7 @@ import pytest
 import torch
 from training_fixtures import cfg_factory, data_dir, tiny_base  # noqa: F401 - fixtures
 
-from training.recipe import LoRAFinetuneRecipe, model_load_options
+from replyloop.training.recipe import LoRAFinetuneRecipe, model_load_options
 
 CASES = list(itertools.product(["cpu", "cuda"], ["fp32", "bf16", "fp16"], [True, False], [True, False]))
 
@@ -71,8 +71,8 @@ def test_merge_of_a_bf16_base_keeps_bf16_and_equals_a_float32_merge(tmp_path, bf
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.merge import merge_adapter
-    from training.recipe import run_training
+    from replyloop.training.merge import merge_adapter
+    from replyloop.training.recipe import run_training
     from training_fixtures import make_cfg
 
     adapter = run_training(make_cfg(tmp_path, bf16_base, max_steps=2), progress=lambda e: None).output_dir

@@ -11,7 +11,7 @@ import yaml
 
 from helpers import cli
 from replyloop.errors import ConfigError
-from training.config import load_train_config, run_config_data
+from replyloop.training.config import load_train_config, run_config_data
 from training_fixtures import FAST, SAMPLES, tiny_base  # noqa: F401
 
 BASE = "base_model: ./models/base\noutput_dir: ./output/x\ntrain_data_dir: ./data\n"
@@ -132,7 +132,7 @@ def _without_token_lengths(text: str) -> str:
 
 
 def _run(config, **kw):
-    from training.recipe import run_training
+    from replyloop.training.recipe import run_training
 
     notes = []
     result = run_training(load_train_config(config, **kw), progress=lambda e: None, notice=notes.append)
@@ -202,7 +202,7 @@ def test_save_steps_beyond_the_run_is_said_when_it_starts(tmp_path, tiny_base, m
 
 
 def test_data_changed_on_resume_names_what_the_user_wrote(tmp_path, tiny_base, monkeypatch):
-    from training.checkpointing import ResumeDataError
+    from replyloop.training.checkpointing import ResumeDataError
 
     text = TRAIN.format(base=tiny_base) + "max_steps: 4\nsave_steps: 2\neval_steps: 2\nkeep_checkpoints: 1\n"
     config = project(tmp_path, text=text)

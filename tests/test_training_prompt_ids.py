@@ -10,8 +10,8 @@ import torch
 from training_fixtures import sample_rows, tiny_base  # noqa: F401 - fixture
 
 from replyloop.drafting import generate
-from training.data import IGNORE_INDEX, tokenize_pair
-from training.prompting import adds_bos, prompt_input_ids, render_prompt
+from replyloop.training.data import IGNORE_INDEX, tokenize_pair
+from replyloop.training.prompting import adds_bos, prompt_input_ids, render_prompt
 
 CHAT_TEMPLATE = ("{{ bos_token }}{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
                  "{% if add_generation_prompt %}<|assistant|>{% endif %}")

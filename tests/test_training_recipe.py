@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from replyloop.errors import ConfigError, TrainingError
-from training.recipe import LoRAFinetuneRecipe, run_training
+from replyloop.training.recipe import LoRAFinetuneRecipe, run_training
 from training_fixtures import FAST, cfg_factory, data_dir, make_cfg, tiny_base, trained_adapter  # noqa: F401
 
 
@@ -82,7 +82,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(tmp_path, tiny_b
 
 
 def test_resume_with_a_changed_config_warns_field_by_field(cfg_factory):
-    from training.checkpointing import ResumeMismatchWarning
+    from replyloop.training.checkpointing import ResumeMismatchWarning
 
     cfg = cfg_factory()
     _, progress = _events(cfg, stop_at=5)
@@ -133,7 +133,7 @@ def test_resume_from_the_store_keeps_the_checkpoints_snapshot(cfg_factory, works
 
 
 def test_resume_on_a_changed_csv_is_an_error_naming_the_file(cfg_factory, data_dir):
-    from training.checkpointing import ResumeDataError
+    from replyloop.training.checkpointing import ResumeDataError
 
     cfg = cfg_factory()
     _, progress = _events(cfg, stop_at=5)
@@ -151,7 +151,7 @@ def test_resume_on_a_changed_csv_is_an_error_naming_the_file(cfg_factory, data_d
 
 
 def test_resume_from_a_checkpoint_without_data_record_warns(cfg_factory):
-    from training.checkpointing import ResumeMismatchWarning
+    from replyloop.training.checkpointing import ResumeMismatchWarning
 
     cfg = cfg_factory()
     _, progress = _events(cfg, stop_at=5)
@@ -169,7 +169,7 @@ def test_resume_from_a_checkpoint_without_data_record_warns(cfg_factory):
 
 def test_resume_with_another_snapshot_in_the_config_is_an_error(cfg_factory, workspace, samples_csv):
     from replyloop.dataio import read_samples
-    from training.checkpointing import ResumeDataError
+    from replyloop.training.checkpointing import ResumeDataError
 
     _, store = workspace
     store.add_samples(read_samples(samples_csv))
@@ -192,7 +192,7 @@ def test_resume_without_checkpoint_is_an_error(cfg_factory):
 def test_incremental_training_starts_from_the_adapter(cfg_factory, trained_adapter, workspace, tmp_path, tiny_base):
     from safetensors.torch import load_file
 
-    from training.recipe import AdapterMismatchError
+    from replyloop.training.recipe import AdapterMismatchError
 
     # a config that asks for another shape than the adapter it continues is an error naming both
     with pytest.raises(AdapterMismatchError) as exc:
@@ -238,7 +238,7 @@ def test_saved_adapter_reloads_with_identical_logits_and_merge_matches(cfg_facto
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from training.merge import export_adapter, merge_adapter
+    from replyloop.training.merge import export_adapter, merge_adapter
 
     recipe = LoRAFinetuneRecipe(cfg_factory(max_steps=6, eval_steps=3), progress=lambda e: None)
     try:
@@ -310,7 +310,7 @@ def test_cuda_features_without_cuda(cfg_factory, values, message):
 
 
 def test_empty_dataset_and_dataset_smaller_than_a_batch(cfg_factory, data_dir):
-    from training.data import DatasetTooSmallError
+    from replyloop.training.data import DatasetTooSmallError
 
     meta = data_dir / "metadata.csv"
     lines = meta.read_text(encoding="utf-8").splitlines()

@@ -9,7 +9,7 @@ import pytest
 from training_fixtures import cfg_factory, data_dir, tiny_base, trained_adapter  # noqa: F401 - fixtures
 
 from replyloop.registry import REGISTERED_MARKER, Registry, registered_marker
-from training.recipe import LoRAFinetuneRecipe, OutputRegisteredError, run_training
+from replyloop.training.recipe import LoRAFinetuneRecipe, OutputRegisteredError, run_training
 
 
 def _snapshot(folder):
@@ -78,7 +78,7 @@ def test_an_unregistered_output_dir_is_still_replaced(cfg_factory):
 
 def test_merge_and_export_refuse_a_registered_directory(workspace, trained_adapter, cfg_factory, tmp_path):
     from replyloop.errors import TrainingError
-    from training.merge import export_adapter, merge_adapter
+    from replyloop.training.merge import export_adapter, merge_adapter
 
     config, store = workspace
     target = run_training(cfg_factory(max_steps=2), progress=_quiet).output_dir

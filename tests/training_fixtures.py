@@ -27,7 +27,7 @@ def sample_rows() -> list[dict]:
 def tiny_base(tmp_path_factory) -> Path:
     import torch
 
-    from training.tiny import build_tiny_base
+    from replyloop.training.tiny import build_tiny_base
 
     torch.set_num_threads(1)
     rows = sample_rows()
@@ -44,7 +44,7 @@ def data_dir(tmp_path) -> Path:
 
 
 def make_cfg(root: Path, base: Path, **values):
-    from training.config import make_train_config
+    from replyloop.training.config import make_train_config
 
     merged = {**FAST, "base_model": str(base), "train_data_dir": "data", "output_dir": "out/adapter", **values}
     return make_train_config(root=root, **merged)
@@ -58,7 +58,7 @@ def cfg_factory(tmp_path, tiny_base, data_dir):
 @pytest.fixture(scope="session")
 def trained_adapter(tmp_path_factory, tiny_base) -> Path:
     """An adapter trained once per session (12 steps on the sample set)."""
-    from training.recipe import run_training
+    from replyloop.training.recipe import run_training
 
     root = tmp_path_factory.mktemp("trained")
     (root / "data").mkdir()

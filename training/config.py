@@ -230,7 +230,7 @@ class TrainConfig(BaseModel):
         if self.init_adapter and self.init_adapter != "champion" and not exists("init_adapter"):
             missing("init_adapter", "does not exist")
         if isinstance(self.resume_from_checkpoint, str) and not exists("resume_from_checkpoint"):
-            from training.checkpointing import list_checkpoints
+            from replyloop.training.checkpointing import list_checkpoints
 
             have = list_checkpoints(self.output_path)
             listed = (f"; {self.output_path} holds {', '.join(p.name for p in have)}" if have

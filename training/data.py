@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from replyloop.errors import ConfigError, DataFormatError, TrainingError
-from training.config import TrainConfig
-from training.prompting import PromptFormat, needs_bos, prompt_input_ids, resolve_format
+from replyloop.training.config import TrainConfig
+from replyloop.training.prompting import PromptFormat, needs_bos, prompt_input_ids, resolve_format
 
 IGNORE_INDEX = -100
 TRUNCATION_WARN_SHARE = 0.05  # warn at train start when more samples than this are cut or dropped

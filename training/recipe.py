@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from replyloop.errors import ConfigError, TrainingError
-from training import checkpointing as ckpt
-from training.config import TrainConfig
-from training.data import (DatasetTooSmallError, Example, collate_packed, collate_padded, epoch_batches,
+from replyloop.training import checkpointing as ckpt
+from replyloop.training.config import TrainConfig
+from replyloop.training.data import (DatasetTooSmallError, Example, collate_packed, collate_padded, epoch_batches,
                            examples_fingerprint, load_records, records_fingerprint, split_eval, tokenize_records)
-from training.prompting import resolve_format
+from replyloop.training.prompting import resolve_format
 
 Progress = Callable[[dict], None]
 Notice = Callable[[str], None]
@@ -329,7 +329,7 @@ class LoRAFinetuneRecipe:
             return path.resolve()
         from replyloop.store import Store
 
-        from training.data import _workspace
+        from replyloop.training.data import _workspace
 
         ws = _workspace()
         store_path = cfg.path("store_path") or (ws.db_path if ws else None)
@@ -560,7 +560,7 @@ class LoRAFinetuneRecipe:
         return loss_sum / max(1, n)
 
     def _track_eval(self) -> None:
-        from training.checkpointing import trainable_state
+        from replyloop.training.checkpointing import trainable_state
 
         p = self.progress
         loss = self.evaluate()
@@ -615,7 +615,7 @@ class LoRAFinetuneRecipe:
         if self._last_eval_step != p.step:
             self._track_eval()
         if self.best_state is None:  # no held-out data: the last weights are the result
-            from training.checkpointing import trainable_state
+            from replyloop.training.checkpointing import trainable_state
 
             self.best_state = trainable_state(self.accelerator.unwrap_model(self.model))
             p.best_step = p.step

@@ -102,7 +102,7 @@ class PretrainResult:
 
 def pretrain_key(pairs: Sequence[tuple[str, str]], texts: Sequence[str], cfg: TinyPretrainConfig) -> str:
     """sha256 of everything the pre-trained model depends on: corpus, sizes, prompt template."""
-    from training.prompting import PLAIN_TEMPLATE
+    from replyloop.training.prompting import PLAIN_TEMPLATE
 
     blob = json.dumps({"format": PRETRAIN_FORMAT, "pairs": [list(p) for p in pairs], "texts": list(texts),
                        "config": asdict(cfg), "template": PLAIN_TEMPLATE}, ensure_ascii=False, sort_keys=True)
@@ -121,7 +121,7 @@ def pretrain_tiny_base(out_dir: str | Path, pairs: Sequence[tuple[str, str]], te
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from training.data import collate_padded, epoch_batches, tokenize_records
+    from replyloop.training.data import collate_padded, epoch_batches, tokenize_records
 
     started = time.monotonic()
     out = Path(out_dir)
@@ -178,7 +178,7 @@ def _corpus_loss(model, examples, pad_id: int, batch_size: int) -> float:
     """Mean loss per reply token over the whole corpus (what ``final_loss`` reports)."""
     import torch
 
-    from training.data import collate_padded
+    from replyloop.training.data import collate_padded
 
     total, n = 0.0, 0
     with torch.no_grad():

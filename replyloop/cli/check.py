@@ -80,7 +80,7 @@ def check(
 
     Example: replyloop check --json "我们保证全额赔付"
     """
-    from evaluation.policy import load_policies
+    from replyloop.evaluation.policy import load_policies
     from replyloop.errors import DataFormatError
 
     if (text is None) == (file is None):

@@ -27,7 +27,7 @@ def register(app: typer.Typer) -> None:
 
         Example: replyloop eval adapters/run-12 --against champion
         """
-        from evaluation.evaluate import evaluate_model
+        from replyloop.evaluation.evaluate import evaluate_model
         from replyloop.errors import NotFoundError
         from replyloop.registry import Registry
 

@@ -124,7 +124,7 @@ def register(app: typer.Typer) -> None:
                 return
             notify = lambda text: typer.echo(plain(text))  # noqa: E731
             if post:
-                from bot.jobs import slack_notifier
+                from replyloop.bot.jobs import slack_notifier
 
                 slack = slack_notifier(cfg)
 

@@ -23,12 +23,12 @@ def weekly(
 
     Example: replyloop report weekly --week 2026-W48 --post
     """
-    from evaluation.report import fmt_num, fmt_pct, fmt_pp, build_weekly_report
+    from replyloop.evaluation.report import fmt_num, fmt_pct, fmt_pp, build_weekly_report
 
     cfg, store = workspace(config)
     client = None
     if post:  # a missing token fails before the work, not after it
-        from evaluation.report_slack import make_client
+        from replyloop.evaluation.report_slack import make_client
 
         client = make_client(cfg)
     with store:
@@ -47,7 +47,7 @@ def weekly(
     for short, category in report.chart_labels.items():
         typer.echo(f"chart label {short} = {category} (no CJK font found)")
     if post:
-        from evaluation.report_slack import post_weekly_report
+        from replyloop.evaluation.report_slack import post_weekly_report
 
         result = post_weekly_report(cfg, report, client=client)
         typer.echo(f"Posted to {result.channel} (ts {result.ts}) with {len(result.file_ids)} chart(s)")

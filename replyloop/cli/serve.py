@@ -32,7 +32,7 @@ def serve(
     import signal
     import threading
 
-    from bot.server import serve as run
+    from replyloop.bot.server import serve as run
     from replyloop.cli.common import workspace
     from replyloop.config import Secrets
 
@@ -48,7 +48,7 @@ def serve(
         import sys
         sys.stdout.flush()
 
-    from bot.jobs import JobRunner, pipeline_starter
+    from replyloop.bot.jobs import JobRunner, pipeline_starter
     from replyloop.locking import RunLock
     from replyloop.pipeline import recover
 

@@ -34,8 +34,8 @@ def train(
     if config is None:
         typer.echo(ctx.get_help())
         raise typer.Exit(2)
-    from training.config import load_train_config
-    from training.recipe import run_training
+    from replyloop.training.config import load_train_config
+    from replyloop.training.recipe import run_training
 
     cfg = load_train_config(config, resume=resume)
     result = run_training(cfg)
@@ -55,7 +55,7 @@ def merge(
 
     Example: replyloop train merge adapters/run-7 --out serving/model-7
     """
-    from training.merge import merge_adapter
+    from replyloop.training.merge import merge_adapter
 
     target = merge_adapter(adapter, out, base_model=base_model)
     typer.echo(f"Wrote merged model to {target}")
@@ -70,7 +70,7 @@ def export(
 
     Example: replyloop train export adapters/run-7 --out /mnt/share/run-7
     """
-    from training.merge import export_adapter
+    from replyloop.training.merge import export_adapter
 
     target = export_adapter(adapter, out)
     typer.echo(f"Exported adapter to {target}")
