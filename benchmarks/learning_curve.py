@@ -123,7 +123,7 @@ def train_point(base: Path, samples: list[dict], steps: int, work: Path, yaml_te
     config.write_text((yaml_template or TRAIN_YAML).format(base=base, steps=steps, dataset="folder")
                       .replace("output_dir: adapters/latest", f"output_dir: {work / 'adapter'}")
                       + f"train_data_dir: {work / 'data'}\nmetadata_path: metadata.csv\n", encoding="utf-8")
-    return run_training(load_train_config(config), progress=lambda event: None).output_dir
+    return run_training(load_train_config(config), progress=lambda event: None, notice=lambda note: None).output_dir
 
 
 def draft(base: Path, adapter: Path | None, questions: list[str], max_new_tokens: int) -> list[str]:

@@ -73,7 +73,9 @@ PRETRAIN_FORMAT = 1  # bump when the pre-training code changes what it produces
 @dataclass(frozen=True)
 class TinyPretrainConfig:
     """Sizes of a tiny Llama pre-trained fully on a small corpus. The defaults (about 1.2M
-    parameters) take about 36 s on 2 idle CPU cores and reach a loss near 0.05 on 180 pairs."""
+    parameters), 400 steps, reproduce the demo's 149 legacy replies (corpus loss 0.47; greedy
+    drafts of 26 of 30 training questions within fuzz ratio 80 of their reply). Fewer fall short:
+    300 steps end at loss 1.1, 200 steps at twice the rate at 3.4, batch 8 at 1.3 (measured)."""
 
     vocab_size: int = 2048
     hidden_size: int = 128
