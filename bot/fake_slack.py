@@ -729,7 +729,9 @@ class FakeSlack:
                 if value.strip() and not CHANNEL_ID_RE.fullmatch(value.strip()):
                     return {"ok": False, "error": "channel_not_found",
                             "response_metadata": {"messages": [f"[ERROR] {key}: {value.strip()!r} is not a channel id"]}}
-        if method in ("chat.postMessage", "chat.postEphemeral", "chat.update"):
+        user_dm = method == "chat.postMessage" and re.fullmatch(r"[UW][A-Z0-9]{2,}", str(params.get("channel") or ""))
+        if method in ("chat.postMessage", "chat.postEphemeral", "chat.update") and not user_dm:
+            # (chat.postMessage to a user id posts in the app's DM with them, its App Home Messages tab)
             channel_id = self._channel_id(params.get("channel"))
             if channel_id is None:
                 return {"ok": False, "error": "channel_not_found"}

@@ -270,7 +270,7 @@ def test_malformed_requests_get_4xx_one_log_line_and_nothing_stored(env, caplog)
         caplog.clear()
         resp = send()
         assert (resp.status, resp.json()) == (status, {"ok": False, "error": error})
-        lines = [r for r in caplog.records if r.name.startswith(("bot", "uvicorn", "slack_bolt"))]
+        lines = [r for r in caplog.records if r.name.startswith(("replyloop.bot", "bot", "uvicorn", "slack_bolt"))]
         assert len(lines) == 1 and lines[0].levelno == logging.WARNING, [r.getMessage() for r in lines]
         assert error in lines[0].getMessage() and lines[0].exc_info is None
     time.sleep(0.2)

@@ -30,7 +30,7 @@ def test_manifest_declares_what_the_bot_uses():
     manifest = yaml.safe_load((ROOT / "bot" / "manifest.yaml").read_text(encoding="utf-8"))
     scopes = set(manifest["oauth_config"]["scopes"]["bot"])
     assert {"chat:write", "commands", "usergroups:read", "channels:history", "files:write"} <= scopes
-    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/retrain"]
+    assert [c["command"] for c in manifest["features"]["slash_commands"]] == ["/retrain", "/reply"]
     settings = manifest["settings"]
     assert settings["interactivity"]["is_enabled"] is True
     assert set(settings["event_subscriptions"]["bot_events"]) == {"app_home_opened", "message.channels",

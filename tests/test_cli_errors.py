@@ -41,13 +41,6 @@ def _case_busy_port(ws, tmp_path, busy):
     return ["serve", "--http", "--port", busy.getsockname()[1], "--no-scheduler"], SLACK_ENV
 
 
-def _case_slack_unreachable(ws, tmp_path, busy):
-    path = ws.root / "replyloop.yaml"
-    data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    data["slack"]["api_base_url"] = f"http://127.0.0.1:{_closed_port()}/api/"
-    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
-    return ["serve", "--socket", "--port", "0", "--no-scheduler"], SLACK_ENV
-
 
 def _afile(tmp_path):
     afile = tmp_path / "afile"
@@ -65,7 +58,8 @@ def _nonempty(tmp_path):
 # (name, argv builder, exit code, what the Error: line must name)
 CASES = [
     ("serve on a busy port", _case_busy_port, 2, "cannot listen on 127.0.0.1:"),
-    ("socket mode, Slack unreachable", _case_slack_unreachable, 1, "cannot reach Slack at http://127.0.0.1:"),
+    # Socket Mode with Slack unreachable is not a mistake: serve warns (one line, no traceback) and retries
+    # until Slack answers (issue 16 part 1; tests/test_ops_health.py::test_unreachable_slack_at_start_*)
     ("backup under a file", lambda ws, t, b: (["data", "backup", _afile(t) / "x.db"], {}), 2,
      "afile is a file, not a directory"),
     ("backup into /proc", lambda ws, t, b: (["data", "backup", "/proc/x.db"], {}), 2, "/proc/x.db: cannot write"),

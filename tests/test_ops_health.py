@@ -167,7 +167,7 @@ def test_unreachable_slack_at_start_is_a_warning_retried_until_it_answers(replyl
     assert code == 0, "".join(serve.err)
     lines = [json.loads(line) for line in serve.err if line.strip()]  # every line is one JSON object
     warning = next(x for x in lines if "Slack is unreachable at start-up" in x["msg"])
-    assert warning["level"] == "warning" and warning["logger"] == "bot.server"
+    assert warning["level"] == "warning" and warning["logger"] == "replyloop.bot.server"
     assert not any("will be unused" in x["msg"] for x in lines)
     assert not any("supervisor_group are both empty" in x["msg"] for x in lines)  # supervisors are set
     assert BOT_TOKEN not in "".join(serve.err)
@@ -407,10 +407,10 @@ def test_log_lines_carry_the_draft_id_in_every_format(workspace):
                 assert record["draft_id"] == draft_id and record["level"] == "warning"
                 assert record["msg"] == f"posting the card of draft {draft_id} failed: invalid_auth [redacted]"
             elif fmt == "logfmt":
-                assert re.fullmatch(r'ts=\S+Z level=warning logger=bot\.review msg="posting the card of draft '
+                assert re.fullmatch(r'ts=\S+Z level=warning logger=replyloop\.bot\.review msg="posting the card of draft '
                                     rf'{draft_id} failed: invalid_auth \[redacted\]" draft_id={draft_id}', line), line
             else:
-                assert line.endswith(f"WARNING bot.review: posting the card of draft {draft_id} failed: "
+                assert line.endswith(f"WARNING replyloop.bot.review: posting the card of draft {draft_id} failed: "
                                      f"invalid_auth [redacted] draft_id={draft_id}")
             review.post_pending_cards(env.bot)  # posted now
         # a click: its slow part after the ack (on the work pool) fails; the line names the draft
@@ -535,6 +535,8 @@ METHOD_SCOPES = {
     "usergroups.users.list": {"usergroups:read"},
     "files.upload.v2": {"files:write"},
     "users.info": {"users:read"}, "conversations.open": {"im:write"},
+    # delivery: is a thread reply already posted (its metadata)? public or private intake channel
+    "conversations.replies": {"channels:history", "groups:history"},
 }
 # what the manifest needs beyond Web API methods: the slash command and the events it subscribes to
 EVENT_SCOPES = {"message.channels": {"channels:history"}, "message.groups": {"groups:history"},

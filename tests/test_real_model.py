@@ -108,7 +108,7 @@ def test_smollm2_trains_drafts_and_evaluates_with_its_chat_template(smollm2, wor
     assert draft.strip() and not re.search(r"<\|im_(start|end)\|>|^(user|assistant)$", draft, re.M)
 
     evaluated = cli("eval", "smol", "--against", "none", "--json")
-    assert evaluated.exit_code in (0, 1), evaluated.output  # 1: the gate failed (a 6-step model)
+    assert evaluated.exit_code in (0, 3), evaluated.output  # 3: the gate failed (a 6-step model)
     report = json.loads(evaluated.stdout)
     heldout = store.snapshot_samples(manifest["snapshot_hash"], "heldout")
     assert report["n"] == len(heldout) > 0

@@ -92,7 +92,7 @@ def test_pipeline_loads_adapters_before_serving_them_and_waits_when_the_server_c
     assert reg.get(second.model_id)["status"] == "candidate" and reg.champion()["name"] == first.model_name
     assert "CUDA out of memory (on purpose)" in said[-1]
     assert f"it stays a candidate and *{first.model_name}* keeps drafting" in said[-1]
-    assert f"`replyloop models canary {second.model_name}`" in said[-1]
+    assert f"run replyloop models canary {second.model_name}." in said[-1]
     drafter = Drafter(config, store)
     assert {drafter.draft("发票怎么开", f"c-{i}").model_name for i in range(8)} == {first.model_name}
 
