@@ -150,24 +150,24 @@ class TextFormatter(logging.Formatter):
         return line + "".join(f" {k}={v}" for k, v in fields.items())
 
 
+def _parts(formatter: logging.Formatter, record: logging.LogRecord) -> dict:
+    """One record's fields for a structured line: ts, level, logger, msg, its draft_id / run_id, exc."""
+    parts = {"ts": _utc(record), "level": record.levelname.lower(), "logger": record.name,
+             "msg": record.getMessage(), **record_fields(record)}
+    exc = _exception_text(formatter, record)
+    if exc:
+        parts["exc"] = exc
+    return parts
+
+
 class LogfmtFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        parts = {"ts": _utc(record), "level": record.levelname.lower(), "logger": record.name,
-                 "msg": record.getMessage(), **record_fields(record)}
-        exc = _exception_text(self, record)
-        if exc:
-            parts["exc"] = exc
-        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in parts.items())
+        return " ".join(f"{k}={_logfmt_value(v)}" for k, v in _parts(self, record).items())
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
-        parts = {"ts": _utc(record), "level": record.levelname.lower(), "logger": record.name,
-                 "msg": record.getMessage(), **record_fields(record)}
-        exc = _exception_text(self, record)
-        if exc:
-            parts["exc"] = exc
-        return json.dumps(parts, ensure_ascii=False, default=str)
+        return json.dumps(_parts(self, record), ensure_ascii=False, default=str)
 
 
 def _exception_text(formatter: logging.Formatter, record: logging.LogRecord) -> str:

@@ -370,10 +370,6 @@ def run_preference_training(cfg: TrainConfig, progress: Progress | None = None,
                             notice: Notice | None = None) -> TrainResult:
     """``objective: dpo | kto``: train ``init_adapter`` on the snapshot's preference rows and write
     ``output_dir`` atomically (the SFT recipe's output contract)."""
-    recipe = PreferenceRecipe(cfg, progress=progress, notice=notice)
-    try:
-        recipe.setup()
-        recipe.train()
-        return recipe.save_output()
-    finally:
-        recipe.cleanup()
+    from replyloop.training.recipe import run_recipe
+
+    return run_recipe(PreferenceRecipe(cfg, progress=progress, notice=notice))

@@ -847,7 +847,11 @@ def run_training(cfg: TrainConfig, progress: Progress | None = None, notice: Not
         from replyloop.training.preference import run_preference_training
 
         return run_preference_training(cfg, progress=progress, notice=notice)
-    recipe = LoRAFinetuneRecipe(cfg, progress=progress, notice=notice)
+    return run_recipe(LoRAFinetuneRecipe(cfg, progress=progress, notice=notice))
+
+
+def run_recipe(recipe: "LoRAFinetuneRecipe") -> TrainResult:
+    """Set up, train and save ``recipe`` (SFT or a preference recipe), cleaning up in any case."""
     try:
         recipe.setup()
         recipe.train()
