@@ -13,8 +13,13 @@ pytestmark = pytest.mark.slow
 
 @pytest.mark.timeout(2400)  # pre-training included: minutes on 2 cores, many more on a busy machine
 def test_demo_quick_runs_the_whole_loop(tmp_path):
+    """From a non-editable wheel installed into a folder of its own (tests/wheel_support.py): what a
+    user who installs the package gets, package data and the pipeline's child processes included."""
+    from wheel_support import build_wheel_target, run_from_wheel
+
+    site = build_wheel_target(tmp_path / "wheel")
     workdir = tmp_path / "demo"
-    result = cli_subprocess("demo", "--quick", "--workdir", workdir, timeout=2400)
+    result = run_from_wheel(site, "demo", "--quick", "--workdir", workdir, cwd=tmp_path, timeout=2400)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     check_demo_outcome(workdir, result.stdout)
 
