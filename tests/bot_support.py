@@ -5,6 +5,7 @@ Import the fixtures into a test module with ``from bot_support import *``.
 
 from __future__ import annotations
 
+import queue
 import re
 import time
 from dataclasses import dataclass
@@ -166,3 +167,27 @@ def env_drafting(workspace):
 __all__ = ["env", "env_drafting", "BotEnv", "PhraseRules", "CannedDrafter", "make_env", "close_env", "wait_until",
            "BOT_TOKEN", "APP_TOKEN", "SIGNING_SECRET", "INTAKE_TOKEN", "REVIEW", "INTAKE", "SUPERVISORS",
            "GROUP_MEMBER", "OUTSIDER"]
+
+
+def wait_listening(lines: "queue.Queue[str | None]", output: list[str], timeout: float = 60) -> str:
+    """The URL a `replyloop serve` subprocess prints in its "Listening on URL" line (``lines`` is
+    fed by a thread reading its stdout, None at the end); AssertionError with ``output`` when it
+    exits or does not listen within ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            line = lines.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            line = ""
+        if line is None or time.monotonic() > deadline:
+            raise AssertionError("serve did not start:\n" + "".join(output))
+        if line.startswith("Listening on "):
+            return line.split()[2]
+
+
+def point_config_at_fake(config: Config, fake: FakeSlack, review_channel: str = "C0REVIEW") -> None:
+    """Rewrite the workspace's replyloop.yaml: Slack at ``fake``, the review channel by id."""
+    text = config.source.read_text(encoding="utf-8").replace(
+        "api_base_url: https://slack.com/api/", f"api_base_url: {fake.base_url}").replace(
+        "review_channel: cs-review", f"review_channel: {review_channel}")
+    config.source.write_text(text, encoding="utf-8")

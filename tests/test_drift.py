@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 
+from bot_support import point_config_at_fake
 from replyloop.bot.fake_slack import FakeSlack
 from replyloop import timeutil
 from replyloop.config import load_config
@@ -121,10 +122,7 @@ def test_daily_job_posts_each_alarm_to_the_review_channel(workspace, monkeypatch
     seed(store, recent=(100, 0.5), pending_hours=30.0)
     fake = FakeSlack().start()
     try:
-        text = config.source.read_text(encoding="utf-8").replace(
-            "api_base_url: https://slack.com/api/", f"api_base_url: {fake.base_url}").replace(
-            "review_channel: cs-review", "review_channel: C0REVIEW")
-        config.source.write_text(text, encoding="utf-8")
+        point_config_at_fake(config, fake)
         monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-0000-test-bot-token")
         assert jobs.drift_job(str(config.source)) == "approval-rate: alarm, blocked-share: ok, review-queue: alarm"
         posts = fake.wait_for("chat.postMessage", 2)

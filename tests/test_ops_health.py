@@ -78,17 +78,10 @@ class Serve:
             self.err.append(line)
 
     def wait_listening(self, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                line = ""
-            if line is None or time.monotonic() > deadline:
-                raise AssertionError("serve did not start:\n" + "".join(self.err))
-            if line.startswith("Listening on "):
-                self.url = line.split()[2]
-                return self.url
+        from bot_support import wait_listening
+
+        self.url = wait_listening(self.lines, self.err, timeout)
+        return self.url
 
     def stop(self) -> int:
         if self.proc.poll() is None:

@@ -75,17 +75,10 @@ class Serve:
         self.lines.put(None)
 
     def wait_listening(self, timeout: float = 60) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                line = self.lines.get(timeout=max(0.1, deadline - time.monotonic()))
-            except queue.Empty:
-                line = ""
-            if line is None or time.monotonic() > deadline:
-                raise AssertionError("serve did not start:\n" + "".join(self.output))
-            if line.startswith("Listening on "):
-                self.url = line.split()[2]
-                return self.url
+        from bot_support import wait_listening
+
+        self.url = wait_listening(self.lines, self.output, timeout)
+        return self.url
 
     def stop(self, sig=signal.SIGTERM) -> int:
         if self.proc.poll() is None:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from replyloop.bot import proposals as bot_proposals
-from bot_support import SUPERVISORS, OUTSIDER, close_env, make_env, wait_until
+from bot_support import SUPERVISORS, OUTSIDER, close_env, make_env, wait_until, point_config_at_fake
 from replyloop.evaluation import proposals as props
 from replyloop.evaluation.policy_files import read_policies
 from replyloop.intake import policy_checker
@@ -294,10 +294,7 @@ def test_daily_proposals_job_posts_cards(workspace, monkeypatch):
     seed_edits(store, TERM_EDITS + DELETE_EDITS)
     fake = FakeSlack().start()
     try:
-        text = config.source.read_text(encoding="utf-8").replace(
-            "api_base_url: https://slack.com/api/", f"api_base_url: {fake.base_url}").replace(
-            "review_channel: cs-review", "review_channel: C0REVIEW")
-        config.source.write_text(text, encoding="utf-8")
+        point_config_at_fake(config, fake)
         monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-0000-test-bot-token")
         assert jobs.proposals_job(str(config.source)) == "8 edits read, 2 proposals opened"
         posts = fake.wait_for("chat.postMessage", 2)
