@@ -112,6 +112,7 @@ class Bot:
     outbox: object | None = None  # deliver21: replyloop.outbox.Sender, when delivery is configured
     automation: object | None = None  # deliver21: replyloop.automation.Automation, when enabled
     metrics: object = None  # bot.metrics.Metrics (GET /metrics), set by create_bot
+    languages: object = None  # i18n22: bot.language.UserLanguages (a user's Slack locale), set by create_bot
 
     def publish_home(self, user: str) -> None:
         home = status.home(self.store, self.config)
@@ -159,6 +160,9 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     from replyloop.bot.metrics import Metrics
 
     bot.metrics = Metrics(bot)
+    from replyloop.bot.language import ContextExecutor, UserLanguages, middleware as language_middleware
+
+    bot.languages = UserLanguages(client, enabled=config.file.ui.per_user_locale)  # i18n22
     bolt_logger = redacting_logger("bot.bolt", secrets)
     # bolt reads SLACK_BOT_TOKEN itself and warns that it is unused when a client is given: it is
     # the same token (the client is built from it), so the warning says nothing
@@ -170,10 +174,12 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
         request_verification_enabled=bool(secrets.slack_signing_secret),
         token_verification_enabled=False,
         process_before_response=False,
-        listener_executor=ThreadPoolExecutor(max_workers=listener_threads, thread_name_prefix="replyloop-listener"),
+        # the request's language (a middleware sets it) reaches the listener threads: i18n22
+        listener_executor=ContextExecutor(max_workers=listener_threads, thread_name_prefix="replyloop-listener"),
         logger=bolt_logger,
     )
     app.use(_ack_timer(bot))
+    app.use(language_middleware(bot.languages))  # i18n22: the acting user's language, looked up lazily
     _register(app, bot)
     bot.app = app
     bot.outbox = delivery.start(bot)  # deliver21: reply.decided events and their sender

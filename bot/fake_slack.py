@@ -333,6 +333,7 @@ class FakeSlack:
         self.team_id = team_id
         self.bot_user_id = bot_user_id
         self.group_members = group_members or {}
+        self.user_locales: dict[str, str] = {}  # user id -> Slack locale ("zh-CN", "en-US"): users.info
         self._failures: dict[str, list[_Failure]] = {}
         self._delays: dict[str, float] = {}
         self._cond = threading.Condition()
@@ -793,6 +794,14 @@ class FakeSlack:
         if method in ("views.open", "views.update", "views.push", "views.publish"):
             view = params.get("view") if isinstance(params.get("view"), dict) else {}
             return {"ok": True, "view": {**view, "id": f"V{next(self._ids):06d}", "hash": ts}}
+        if method == "users.info":  # the locale only with include_locale, as Slack does
+            user = str(params.get("user") or "")
+            if not re.fullmatch(r"[UW][A-Z0-9]{2,}", user):
+                return {"ok": False, "error": "user_not_found"}
+            found = {"id": user, "team_id": self.team_id, "name": user.lower()}
+            if str(params.get("include_locale")).lower() in ("1", "true") and user in self.user_locales:
+                found["locale"] = self.user_locales[user]
+            return {"ok": True, "user": found}
         if method == "usergroups.users.list":
             return {"ok": True, "users": self.group_members.get(params.get("usergroup", ""), [])}
         if method == "conversations.info":

@@ -221,6 +221,20 @@ class LoggingConfig(Section):
 # -- end ops16 --
 
 
+# -- i18n22: the language people read (README "Language") --
+class UIConfig(Section):
+    language: Literal["zh-CN", "en"] = "zh-CN"  # cards, modals, App Home, messages, the report, the CLI
+    per_user_locale: bool = True  # a Slack user's own locale (users.info) for what they alone see
+
+    @field_validator("language", mode="before")
+    @classmethod
+    def _language_tag(cls, value):
+        from replyloop.i18n import normalize
+
+        return normalize(value) or value  # zh, zh_CN, en-US ... are accepted; others fail validation
+# -- end i18n22 --
+
+
 class ConfigFile(Section):
     store: StoreConfig = Field(default_factory=StoreConfig)
     slack: SlackConfig = Field(default_factory=SlackConfig)
@@ -238,6 +252,7 @@ class ConfigFile(Section):
     reply: ReplySearchConfig = Field(default_factory=ReplySearchConfig)  # rules19
     drift: DriftConfig = Field(default_factory=DriftConfig)  # rules19
     logging: LoggingConfig = Field(default_factory=LoggingConfig)  # ops16
+    ui: UIConfig = Field(default_factory=UIConfig)  # i18n22
 
 
 @dataclass(frozen=True)
@@ -320,6 +335,9 @@ def load_config(path: str | Path | None = None) -> Config:
         raise ConfigError(f"{path}: file not found (create a workspace with `replyloop init`)")
     doc = load_yaml(path)
     parsed = parse_model(doc, ConfigFile)
+    from replyloop import i18n
+
+    i18n.set_workspace_language(parsed.ui.language)  # what this process displays from now on
     return Config(root=path.resolve().parent, file=parsed, source=path.resolve())
 
 

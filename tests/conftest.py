@@ -13,6 +13,10 @@ os.environ["TRANSFORMERS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 os.environ["PYTHONPATH"] = str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The tests written against English strings read English: $REPLYLOOP_LANGUAGE overrides a workspace's
+# ui.language (zh-CN in a new one) for the process and its children. Tests of the Chinese interface
+# take the `chinese` fixture, which removes the override (tests/test_i18n*.py).
+os.environ["REPLYLOOP_LANGUAGE"] = "en"
 
 
 @pytest.fixture(autouse=True)
@@ -23,6 +27,16 @@ def replyloop_home(tmp_path, monkeypatch) -> Path:
     for name in ("SLACK_BOT_TOKEN", "SLACK_APP_TOKEN", "SLACK_SIGNING_SECRET", "REPLYLOOP_INTAKE_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     return home
+
+
+@pytest.fixture
+def chinese(monkeypatch):
+    """No language override: a workspace's own ui.language applies (zh-CN by default)."""
+    monkeypatch.delenv("REPLYLOOP_LANGUAGE", raising=False)
+    from replyloop import i18n
+
+    yield
+    i18n.set_workspace_language(None)
 
 
 @pytest.fixture

@@ -567,7 +567,8 @@ def test_manifest_scopes_are_exactly_what_the_code_uses():
     if manifest["features"].get("slash_commands"):
         needed.add("commands")
     assert scopes == needed
-    assert "users:read" not in scopes and "im:write" not in scopes
+    assert "im:write" not in scopes
+    assert "users:read" in scopes  # users.info with include_locale: a supervisor's language (issue 22)
     assert {"message.channels", "message.groups"} <= set(events)  # a private intake channel works too
 
 

@@ -44,15 +44,19 @@ def test_the_wheel_has_one_top_level_package_and_its_data(wheel_site, tmp_path):
     assert top == ["replyloop"]
     for data in ("replyloop/samples/cs_samples.csv", "replyloop/templates", "replyloop/policies/promises.yaml",
                  "replyloop/policies/terminology.yaml", "replyloop/bot/manifest.yaml",
-                 "replyloop/training/examples/train.yaml", "replyloop/training/examples/cs_lora.yaml"):
+                 "replyloop/training/examples/train.yaml", "replyloop/training/examples/cs_lora.yaml",
+                 "replyloop/locale/zh_CN/LC_MESSAGES/replyloop.mo"):
         assert (wheel_site / data).exists(), data
     probe = ("import importlib.util as u, json, replyloop, replyloop.bot.app, replyloop.evaluation.policy\n"
-             "print(json.dumps({'file': replyloop.__file__, 'old': [n for n in "
+             "from replyloop import i18n\n"
+             "with i18n.language('zh-CN'): week = i18n.week_label(2026, 49)\n"
+             "print(json.dumps({'file': replyloop.__file__, 'week': week, 'old': [n for n in "
              "('bot', 'training', 'evaluation', 'policies') if u.find_spec(n) is not None]}))")
     out = run_from_wheel(wheel_site, cwd=tmp_path, code=probe)
     assert out.returncode == 0, out.stderr
     found = json.loads(out.stdout)
     assert Path(found["file"]).is_relative_to(wheel_site) and found["old"] == []
+    assert found["week"] == "2026年第49周"  # the compiled catalog is package data
 
 
 def test_init_samples_and_check_run_from_the_wheel_alone(wheel_site, tmp_path):
