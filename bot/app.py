@@ -244,31 +244,42 @@ def _draft_of(body: dict) -> int | None:
         return None
 
 
+def _speaks(bot: Bot, body: dict):
+    """Translate for the acting user inside the block (their Slack locale, looked up on first use,
+    else ``ui.language``); what ``after_ack`` runs inherits it. bolt runs a listener after its
+    global middleware has returned, so a middleware's ``with`` block does not reach it: the
+    review listeners set the language themselves."""
+    from replyloop import i18n
+    from replyloop.bot.language import user_of
+
+    return i18n.language(bot.languages.lazy(user_of(body)) if bot.languages is not None else None)
+
+
 def _register(app: App, bot: Bot) -> None:
     from replyloop.bot.logs import log_fields
 
     @app.action(cards.APPROVE)
     def on_approve(ack, body, action):
-        with log_fields(draft_id=_draft_of(body)):  # every log line of this click names the draft
+        with log_fields(draft_id=_draft_of(body)), _speaks(bot, body):  # every log line of this click names the draft
             outcome = review.decide_click(bot, body, action)  # durable before Slack hears 200
             ack()
             bot.after_ack(review.finish, outcome)
 
     @app.action(cards.EDIT)
     def on_edit(ack, body, action):
-        with log_fields(draft_id=_draft_of(body)):
+        with log_fields(draft_id=_draft_of(body)), _speaks(bot, body):
             ack()
             review.open_modal(bot, body, action, "edit")
 
     @app.action(cards.REJECT)
     def on_reject(ack, body, action):
-        with log_fields(draft_id=_draft_of(body)):
+        with log_fields(draft_id=_draft_of(body)), _speaks(bot, body):
             ack()
             review.open_modal(bot, body, action, "reject")
 
     @app.view(cards.EDIT_VIEW)
     def on_edit_submit(ack, body, view):
-        with log_fields(draft_id=_draft_of(body)):
+        with log_fields(draft_id=_draft_of(body)), _speaks(bot, body):
             errors = review.validate_edit(bot, view)  # the policy engine is fast; errors must ride on the ack
             if errors:
                 ack(response_action="errors", errors=errors)
@@ -279,7 +290,7 @@ def _register(app: App, bot: Bot) -> None:
 
     @app.view(cards.REJECT_VIEW)
     def on_reject_submit(ack, body, view):
-        with log_fields(draft_id=_draft_of(body)):
+        with log_fields(draft_id=_draft_of(body)), _speaks(bot, body):
             errors = review.validate_reject(view)
             if errors:
                 ack(response_action="errors", errors=errors)
