@@ -172,7 +172,7 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     # bolt reads SLACK_BOT_TOKEN itself and warns that it is unused when a client is given: it is
     # the same token (the client is built from it), so the warning says nothing
     drop_message(bolt_logger, "As you gave `client` as well, `token` will be unused.")
-    app = App(
+    app = _App(
         client=client,
         signing_secret=secrets.slack_signing_secret or "",
         # Socket Mode needs no signing secret (bolt skips verification there; HTTP mode requires one)
@@ -183,6 +183,7 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
         listener_executor=ContextExecutor(max_workers=listener_threads, thread_name_prefix="replyloop-listener"),
         logger=bolt_logger,
     )
+    app.languages = bot.languages  # i18n22: every request in the acting user's language
     app.use(_ack_timer(bot))
     app.use(language_middleware(bot.languages))  # i18n22: the acting user's language, looked up lazily
     _register(app, bot)
@@ -196,6 +197,26 @@ def build_app(config: Config, store: Store, secrets: Secrets, client: WebClient 
               drafter: Drafter | None = None, **kwargs) -> App:
     """The slack_bolt.App (see ``create_bot`` for the keyword arguments)."""
     return create_bot(config, store, secrets, client=client, drafter=drafter, **kwargs).app
+
+
+class _App(App):
+    """bolt's App that translates for the acting user (issue 22): the whole dispatch of a request,
+    its listeners included, runs in that user's language (``bot.language``; resolved lazily, so
+    after the ack of a click). bolt runs the listeners after its global middleware has returned,
+    so a middleware's ``with`` block would end before them; the listener and work pools copy the
+    context of the dispatching thread, which carries the language from here."""
+
+    languages = None  # bot.language.UserLanguages, set by create_bot
+
+    def dispatch(self, req):
+        if self.languages is None:
+            return super().dispatch(req)
+        from replyloop import i18n
+        from replyloop.bot.language import user_of
+
+        body = req.body if isinstance(req.body, dict) else {}
+        with i18n.language(self.languages.lazy(user_of(body))):
+            return super().dispatch(req)
 
 
 class _TimedAck(Ack):
@@ -244,42 +265,31 @@ def _draft_of(body: dict) -> int | None:
         return None
 
 
-def _speaks(bot: Bot, body: dict):
-    """Translate for the acting user inside the block (their Slack locale, looked up on first use,
-    else ``ui.language``); what ``after_ack`` runs inherits it. bolt runs a listener after its
-    global middleware has returned, so a middleware's ``with`` block does not reach it: the
-    review listeners set the language themselves."""
-    from replyloop import i18n
-    from replyloop.bot.language import user_of
-
-    return i18n.language(bot.languages.lazy(user_of(body)) if bot.languages is not None else None)
-
-
 def _register(app: App, bot: Bot) -> None:
     from replyloop.bot.logs import log_fields
 
     @app.action(cards.APPROVE)
     def on_approve(ack, body, action):
-        with log_fields(draft_id=_draft_of(body)), _speaks(bot, body):  # every log line of this click names the draft
+        with log_fields(draft_id=_draft_of(body)):  # every log line of this click names the draft
             outcome = review.decide_click(bot, body, action)  # durable before Slack hears 200
             ack()
             bot.after_ack(review.finish, outcome)
 
     @app.action(cards.EDIT)
     def on_edit(ack, body, action):
-        with log_fields(draft_id=_draft_of(body)), _speaks(bot, body):
+        with log_fields(draft_id=_draft_of(body)):
             ack()
             review.open_modal(bot, body, action, "edit")
 
     @app.action(cards.REJECT)
     def on_reject(ack, body, action):
-        with log_fields(draft_id=_draft_of(body)), _speaks(bot, body):
+        with log_fields(draft_id=_draft_of(body)):
             ack()
             review.open_modal(bot, body, action, "reject")
 
     @app.view(cards.EDIT_VIEW)
     def on_edit_submit(ack, body, view):
-        with log_fields(draft_id=_draft_of(body)), _speaks(bot, body):
+        with log_fields(draft_id=_draft_of(body)):
             errors = review.validate_edit(bot, view)  # the policy engine is fast; errors must ride on the ack
             if errors:
                 ack(response_action="errors", errors=errors)
@@ -290,7 +300,7 @@ def _register(app: App, bot: Bot) -> None:
 
     @app.view(cards.REJECT_VIEW)
     def on_reject_submit(ack, body, view):
-        with log_fields(draft_id=_draft_of(body)), _speaks(bot, body):
+        with log_fields(draft_id=_draft_of(body)):
             errors = review.validate_reject(view)
             if errors:
                 ack(response_action="errors", errors=errors)
