@@ -212,6 +212,16 @@ def test_review_flow_reads_chinese_in_a_new_workspace(zh_env):
                         r"\*灰度模型：\* 无", by["models"]), by["models"]
     assert english_words(visible_texts(home)) == []
 
+    # /retrain status and history: the texts bot/cards.py builds
+    env.sim.command("/retrain", "status", user="USUP1")
+    [answer] = env.fake.wait_for("response_url")
+    lines = answer.params["text"].splitlines()
+    assert lines[:2] == ["*上次训练以来通过的样本：* 2（阈值 50）", "*进行中：* 无"]
+    assert lines[2].startswith("*冠军模型：* `cs-lora-0001`（编号 1） — 一致性 0.812，chrF 0.213")
+    assert english_words(lines) == []
+    env.sim.command("/retrain", "history", user="USUP1")
+    assert env.fake.wait_for("response_url", 2)[1].params["text"] == "还没有训练记录。"
+
     for call in [card, blocked, third, *env.fake.calls_to("chat.update")]:
         limits_hold(call.params["blocks"])
     for call in [*env.fake.calls_to("views.open"), publish]:
@@ -331,3 +341,30 @@ def test_chinese_titles_and_buttons_fit_slacks_limits_with_the_longest_ids(chine
             assert block_kit_errors(blocks) == []
             limits_hold(blocks)
         assert "2026年12月2日 11:00:00" in texts_by_block(cards.decided_card(draft, SHANGHAI)[1])["decision"]
+
+
+def test_socket_mode_speaks_the_users_language_and_the_channels(chinese, workspace):
+    """The same over Socket Mode (``replyloop serve`` without HTTP): the card its sweeper posts is
+    Chinese; an en-US supervisor's edit modal and its error are English; the updated card stays
+    Chinese."""
+    from test_bot_socket_mode import SECRETS, finish, start, wait_connected
+
+    env = start(workspace, SECRETS, drafts=1)
+    try:
+        wait_connected(env)
+        env.fake.user_locales["USUP2"] = "en-US"
+        card = env.card(1)
+        assert card.params["blocks"][0]["text"]["text"] == "审核草稿 #1"
+        env.fake.socket_send("interactive", env.sim.block_action(card, "edit", user="USUP2"))
+        [opened] = env.fake.wait_for("views.open")
+        assert opened.params["view"]["title"]["text"] == "Edit draft #1"
+        eid = env.fake.socket_send("interactive", env.sim.view_submission(opened, "USUP2", {cards.REPLY_BLOCK: " "}))
+        assert env.fake.wait_for_ack(eid)["payload"] == {"response_action": "errors",
+                                                         "errors": {cards.REPLY_BLOCK: "The reply is empty."}}
+        env.fake.socket_send("interactive", env.sim.view_submission(opened, "USUP2", {cards.REPLY_BLOCK: "好的，马上处理。"}))
+        [update] = env.fake.wait_for("chat.update")
+        assert update.params["blocks"][0]["text"]["text"] == "草稿 #1：编辑后通过"
+        assert update.params["text"] == "草稿 #1 已由 <@USUP2> 编辑后通过"
+    finally:
+        finish(env)
+    assert env.errors == []
