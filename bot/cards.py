@@ -18,7 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 
-from replyloop.i18n import N_, _, fmt_date, fmt_datetime, fmt_number, fmt_percent
+from replyloop.i18n import N_, _, current_language, fmt_date, fmt_datetime, fmt_number, fmt_percent
 
 APPROVE = "replyloop_approve"
 EDIT = "replyloop_edit"
@@ -238,7 +238,9 @@ def already_decided_text(draft: dict, tz: str | None = None) -> str:
 
 
 def _metadata(draft_id: int, channel: str | None, ts: str | None) -> str:
-    return json.dumps({"draft_id": draft_id, "channel": channel, "ts": ts})
+    """The modal's private_metadata; ``lang``, the language it is shown in, is the language of its
+    validation errors (answered in the ack: no ``users.info`` lookup may delay it)."""
+    return json.dumps({"draft_id": draft_id, "channel": channel, "ts": ts, "lang": current_language()})
 
 
 def parse_metadata(raw: str) -> dict:

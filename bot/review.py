@@ -25,6 +25,7 @@ import queue
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future
+from contextlib import nullcontext
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -347,8 +348,25 @@ def _view_value(view: dict, block: str, action: str) -> str:
     return (value.get("value") or "").strip()
 
 
+def _modal_language(view: dict):
+    """The language a modal was shown in (its private_metadata), for its errors: they ride on the
+    ack, so the user's Slack locale is not looked up again then. Without one, the current language."""
+    try:
+        lang = cards.parse_metadata(view.get("private_metadata", "")).get("lang")
+    except ValueError:
+        lang = None
+    if isinstance(lang, str) and i18n.normalize(lang):
+        return i18n.language(lang)
+    return nullcontext()  # (language(None) would resolve the current, maybe lazy, language now)
+
+
 def validate_edit(bot: "Bot", view: dict) -> dict | None:
     """Checks done before the modal's ack: returns ``{block_id: message}`` errors or None."""
+    with _modal_language(view):
+        return _edit_errors(bot, view)
+
+
+def _edit_errors(bot: "Bot", view: dict) -> dict | None:
     text = _view_value(view, cards.REPLY_BLOCK, cards.REPLY_INPUT)
     if not text:
         return {cards.REPLY_BLOCK: _("The reply is empty.")}
@@ -368,8 +386,9 @@ def validate_edit(bot: "Bot", view: dict) -> dict | None:
 def validate_reject(view: dict) -> dict | None:
     """The reason's length (the modal's ``max_length`` already stops it in Slack's client)."""
     if len(_view_value(view, cards.REASON_BLOCK, cards.REASON_INPUT)) > cards.MAX_INPUT:
-        return {cards.REASON_BLOCK: _("The reason is longer than {limit} characters.").format(
-            limit=cards.MAX_INPUT)}
+        with _modal_language(view):
+            return {cards.REASON_BLOCK: _("The reason is longer than {limit} characters.").format(
+                limit=cards.MAX_INPUT)}
     return None
 
 

@@ -6,7 +6,10 @@ workspace reads English modals and App Home while the channel's card stays Chine
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import re
+import time
 
 import pytest
 
@@ -274,8 +277,6 @@ def env_language(tag):
 def test_a_supervisor_with_an_english_slack_locale_reads_english_alone(zh_env):
     """USUP2's Slack locale is en-US: their modal, its errors, their notices and App Home are
     English; the channel's card they decide on stays Chinese, and USUP1 still reads Chinese."""
-    import time
-
     from bot_support import GROUP_MEMBER
 
     env = zh_env
@@ -302,8 +303,22 @@ def test_a_supervisor_with_an_english_slack_locale_reads_english_alone(zh_env):
     assert (view["title"]["text"], view["submit"]["text"], view["close"]["text"]) == (
         f"Edit draft #{d1}", "Approve edit", "Cancel")
     assert texts_by_block(view["blocks"])["question"].startswith("*Customer question*")
+    # the errors ride on the ack in the modal's language (its private_metadata): with the locale
+    # cache empty and users.info slow, the answer is still English and quick
+    assert json.loads(view["private_metadata"])["lang"] == "en"
+    env.bot.languages._cache.clear()
+    env.fake.delay("users.info", 2.0)
+    started = time.monotonic()
     body = env.sim.submit(opened, user="USUP2", values={cards.REPLY_BLOCK: "我们全额赔付。"}).json()
+    assert time.monotonic() - started < 1.5
     assert body["errors"][cards.REPLY_BLOCK].startswith("Breaks a blocking policy rule: 不得承诺全额赔付")
+    env.fake.delay("users.info", 0)
+    for lang in ("fr", ["en"], None, "x" * 5000):  # a hostile or missing lang: the user's own language
+        meta = {**json.loads(view["private_metadata"]), "lang": lang}
+        hostile = {**opened.params["view"], "private_metadata": json.dumps(meta)}
+        forged = dataclasses.replace(opened, params={**opened.params, "view": hostile})
+        assert env.sim.submit(forged, user="USUP2", values={cards.REPLY_BLOCK: ""}).json()["errors"] == {
+            cards.REPLY_BLOCK: "The reply is empty."}
     env.sim.submit(opened, user="USUP2", values={cards.REPLY_BLOCK: "我们会尽快为您处理。"})
     [update] = env.fake.wait_for("chat.update")  # the channel's card: the workspace's language
     assert update.params["blocks"][0]["text"]["text"] == f"草稿 #{d1}：编辑后通过"
@@ -318,7 +333,7 @@ def test_a_supervisor_with_an_english_slack_locale_reads_english_alone(zh_env):
     homes = {c.params["user_id"]: texts_by_block(c.params["view"]["blocks"]) for c in env.fake.wait_for("views.publish", 2)}
     assert homes["USUP2"]["queue"] == "*Review queue:* 0 draft(s) waiting"
     assert homes["USUP1"]["queue"] == "*审核队列：* 0 条草稿待审核"
-    assert len(env.fake.calls_to("users.info")) == 2  # one lookup per user, cached
+    assert len(env.fake.calls_to("users.info")) == 3  # once per user, cached (USUP2 again after the clear)
     no_invalid_calls(env.fake)
 
 
