@@ -115,9 +115,14 @@ class Bot:
     languages: object = None  # i18n22: bot.language.UserLanguages (a user's Slack locale), set by create_bot
 
     def publish_home(self, user: str) -> None:
+        """App Home of ``user``, in their language (their Slack locale, else ``ui.language``)."""
+        from replyloop import i18n
+
         home = status.home(self.store, self.config)
-        home["automation_blocks"] = delivery.automation_blocks(self)  # deliver21: [] unless automation is on
-        self.client.views_publish(user_id=user, view=cards.home_view(home))
+        with i18n.language(self.languages.lazy(user) if self.languages is not None else None):
+            home["automation_blocks"] = delivery.automation_blocks(self)  # deliver21: [] unless automation is on
+            view = cards.home_view(home)
+        self.client.views_publish(user_id=user, view=view)
 
     def after_ack(self, fn: Callable[..., object], *args) -> None:
         """Run a decision's slow part (chat.update, notices) on the small work pool: the

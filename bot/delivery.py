@@ -173,10 +173,17 @@ def automation_blocks(bot: "Bot") -> list[dict]:
 
 def pin_from_home(bot: "Bot", body: dict, action: dict) -> None:
     """A supervisor's click on an intent's button: pin it to manual or allow it (audit-logged
-    under their Slack id), then App Home again."""
-    from replyloop.bot.review import NOT_SUPERVISOR
+    under their Slack id), then App Home again, in their language."""
+    from replyloop.bot.language import speaks
 
     user = (body.get("user") or {}).get("id")
+    with speaks(bot, user):
+        _pin_from_home(bot, user, action)
+
+
+def _pin_from_home(bot: "Bot", user: str | None, action: dict) -> None:
+    from replyloop.bot.review import NOT_SUPERVISOR
+
     if bot.automation is None:
         return
     if not bot.supervisors.is_supervisor(user):

@@ -204,16 +204,20 @@ def after_submit(bot: "Bot", outcome: dict) -> None:
 
 
 def register(app, bot: "Bot") -> None:
+    from replyloop.bot.language import speaks, user_of
+
     @app.action(ADD)
     def on_add(ack, body, action):
         ack()
-        open_modal(bot, body, action)
+        with speaks(bot, user_of(body)):  # the modal in the clicking user's language
+            open_modal(bot, body, action)
 
     @app.view(VIEW)
     def on_submit(ack, body, view):
-        errors, outcome = submit(bot, body, view)  # the case is in its file before Slack hears 200
-        if errors:
-            ack(response_action="errors", errors=errors)
-            return
-        ack()
-        bot.after_ack(after_submit, outcome)
+        with speaks(bot, user_of(body)):  # errors and the notice (after_ack inherits it)
+            errors, outcome = submit(bot, body, view)  # the case is in its file before Slack hears 200
+            if errors:
+                ack(response_action="errors", errors=errors)
+                return
+            ack()
+            bot.after_ack(after_submit, outcome)

@@ -107,14 +107,14 @@ def _short(text: str, limit: int = 120) -> str:
 
 
 def decided_text(p: dict, tz: str | None = None) -> str:
-    from replyloop.bot.retrain import when
+    from replyloop.bot.cards import when
 
     if p["status"] == "accepted":
         return ":white_check_mark: " + _("Accepted by <@{user}> at {when}: written to `{file}`").format(
-            user=p["decided_by"], when=when(p["decided_at"], tz), file=p["file"])
+            user=p["decided_by"], when=when(p["decided_at"], tz, "short"), file=p["file"])
     if p["status"] == "dismissed":
         return ":x: " + _("Dismissed by <@{user}> at {when} (proposed again when its count reaches {count})").format(
-            user=p["decided_by"], when=when(p["decided_at"], tz), count=fmt_number(2 * (p["dismissed_count"] or 0)))
+            user=p["decided_by"], when=when(p["decided_at"], tz, "short"), count=fmt_number(2 * (p["dismissed_count"] or 0)))
     status = STATUS_WORDS.get(p["status"])
     return _("Status: {status}").format(status=_(status) if status else p["status"])
 
@@ -381,28 +381,36 @@ def on_edit_submit(bot: "Bot", body: dict, view: dict) -> tuple[dict | None, Out
 def register(app, bot: "Bot") -> None:
     if getattr(bot.checker, "engine", None) is not None and not isinstance(bot.checker, WatchingChecker):
         bot.checker = WatchingChecker(bot.config, bot.checker.engine)  # the policy engine, kept current
+    from replyloop.bot.language import speaks, user_of
+
+    # each listener speaks the clicking user's language (notices, the modal, its errors); the
+    # card itself is updated in the workspace's (finish); after_ack inherits the language
     @app.action(ACCEPT)
     def on_accept(ack, body, action):
-        outcome = on_click(bot, body, action, "accept")  # the file is written before Slack hears 200
-        ack()
-        bot.after_ack(finish, outcome)
+        with speaks(bot, user_of(body)):
+            outcome = on_click(bot, body, action, "accept")  # the file is written before Slack hears 200
+            ack()
+            bot.after_ack(finish, outcome)
 
     @app.action(DISMISS)
     def on_dismiss(ack, body, action):
-        outcome = on_click(bot, body, action, "dismiss")
-        ack()
-        bot.after_ack(finish, outcome)
+        with speaks(bot, user_of(body)):
+            outcome = on_click(bot, body, action, "dismiss")
+            ack()
+            bot.after_ack(finish, outcome)
 
     @app.action(EDIT)
     def on_edit(ack, body, action):
         ack()
-        open_edit(bot, body, action)
+        with speaks(bot, user_of(body)):
+            open_edit(bot, body, action)
 
     @app.view(EDIT_VIEW)
     def on_submit(ack, body, view):
-        errors, outcome = on_edit_submit(bot, body, view)
-        if errors:
-            ack(response_action="errors", errors=errors)
-            return
-        ack()
-        bot.after_ack(finish, outcome)
+        with speaks(bot, user_of(body)):
+            errors, outcome = on_edit_submit(bot, body, view)
+            if errors:
+                ack(response_action="errors", errors=errors)
+                return
+            ack()
+            bot.after_ack(finish, outcome)

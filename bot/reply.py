@@ -69,7 +69,7 @@ def explanation(found: SearchResult, min_score: float, k: int) -> str | None:
 
 def blocks(found: SearchResult, min_score: float = 0.1, k: int = 3, tz: str | None = None) -> tuple[str, list[dict]]:
     from replyloop.bot.cards import _clip, escape
-    from replyloop.bot.retrain import when
+    from replyloop.bot.cards import when
 
     text = _("Approved answers for: {question}").format(question=found.question)
     out = [{"type": "section", "text": {"type": "mrkdwn", "text": _clip(
@@ -78,7 +78,7 @@ def blocks(found: SearchResult, min_score: float = 0.1, k: int = 3, tz: str | No
         who = f"<@{escape(a.approved_by)}>" if a.approved_by else _("an import")
         out.append({"type": "section", "text": {"type": "mrkdwn", "text": _clip(
             _("*{n}. {category}* · approved by {who} at {when} · score {score}").format(
-                n=n, category=escape(a.category or _("no category")), who=who, when=when(a.approved_at, tz),
+                n=n, category=escape(a.category or _("no category")), who=who, when=when(a.approved_at, tz, "short"),
                 score=fmt_number(a.score, 2)) + f"\n>{escape(a.question)}", 2900)}})
         out.append({"type": "section", "block_id": f"copy_{a.sample_id}", "text": {"type": "mrkdwn", "text": _clip(
             _("*Copy:*") + f"\n```{escape(a.answer.replace('```', 'ˋˋˋ'))}```", 2900)}})
@@ -89,7 +89,14 @@ def blocks(found: SearchResult, min_score: float = 0.1, k: int = 3, tz: str | No
 
 
 def handle(bot: "Bot", command: dict, respond: Callable[..., object]) -> None:
-    """Runs after ``ack()``."""
+    """Runs after ``ack()``, in the language of the user who typed the command."""
+    from replyloop.bot.language import speaks
+
+    with speaks(bot, command.get("user_id")):
+        _answer(bot, command, respond)
+
+
+def _answer(bot: "Bot", command: dict, respond: Callable[..., object]) -> None:
     user = command.get("user_id")
     question = (command.get("text") or "").strip()
     if bot.config.file.reply.supervisors_only and not bot.supervisors.is_supervisor(user):

@@ -10,6 +10,11 @@ between the commit and the card update leaves a decided card with buttons; ``fix
 Decisions go through ``Store.decide`` (one decision per draft, race-free): a double click, a
 Slack retry or a second supervisor gets an ephemeral "already approved by ..." and nothing
 changes. Only supervisors may act; anyone else gets an ephemeral message.
+
+Languages (issue 22): the channel's card and its update are in the workspace's language
+(``i18n.workspace()``); modals, their validation errors and ephemeral notices in the acting
+user's. A notice decided before the ack is rendered after it (``Outcome.notice`` is a function),
+so the user's language (a ``users.info`` lookup) never delays an ack.
 """
 
 from __future__ import annotations
@@ -18,25 +23,33 @@ import datetime as dt
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING
 
 from slack_sdk.errors import SlackApiError
 
 from replyloop.bot import cards
 from replyloop.bot.slackclient import slack_error
-from replyloop import timeutil
+from replyloop import i18n, timeutil
 from replyloop.errors import NotFoundError, ReplyloopError
+from replyloop.i18n import N_, _
 from replyloop.intake import check_text
-from replyloop.store import BUSY_TIMEOUT_S, Decision, Store
+from replyloop.store import BUSY_TIMEOUT_S, BlockedDraftError, Decision, Store
 
 if TYPE_CHECKING:
     from replyloop.bot.app import Bot
 
 log = logging.getLogger(__name__)
 
-NOT_SUPERVISOR = "Only supervisors can review drafts. Ask an admin to add you to `slack.supervisors`."
+NOT_SUPERVISOR = N_("Only supervisors can review drafts. Ask an admin to add you to `slack.supervisors`.")
+
+
+def not_supervisor_text() -> str:
+    """The refusal a non-supervisor reads, in their language."""
+    return _(NOT_SUPERVISOR)
 
 # -- the decision writer ---------------------------------------------------------------------
 
@@ -128,7 +141,8 @@ def post_card(bot: "Bot", draft_id: int) -> str | None:
         draft = bot.store.get_draft(draft_id)
         if draft["slack_ts"] or draft["review_id"]:
             return draft["slack_ts"]
-        text, blocks = cards.review_card(draft)
+        with i18n.workspace():  # the review channel reads the workspace's language
+            text, blocks = cards.review_card(draft)
         resp = bot.client.chat_postMessage(channel=bot.config.file.slack.review_channel, text=text, blocks=blocks)
         bot.store.set_draft_card(draft_id, resp["channel"], resp["ts"])
         return resp["ts"]
@@ -156,7 +170,8 @@ def update_card(bot: "Bot", draft: dict, channel: str | None = None, ts: str | N
     channel = draft.get("slack_channel") or channel
     ts = draft.get("slack_ts") or ts
     if channel and ts:
-        text, blocks = cards.decided_card(draft)
+        with i18n.workspace():  # the channel's card, whoever clicked
+            text, blocks = cards.decided_card(draft, timezone_of(bot))
         bot.client.chat_update(channel=channel, ts=ts, text=text, blocks=blocks)
     if draft.get("review_id"):
         bot.store.mark_card_updated(draft["review_id"])
@@ -187,6 +202,11 @@ def fix_lost_card_updates(bot: "Bot", limit: int = 200) -> int:
     return fixed
 
 
+def timezone_of(bot: "Bot") -> str:
+    """The zone the times on cards and notices are shown in (``scheduler.timezone``)."""
+    return bot.config.file.scheduler.timezone
+
+
 def ephemeral(bot: "Bot", channel: str | None, user: str, text: str) -> None:
     if channel:
         bot.client.chat_postEphemeral(channel=channel, user=user, text=text)
@@ -200,13 +220,24 @@ def ephemeral(bot: "Bot", channel: str | None, user: str, text: str) -> None:
 MAX_ID = 2**63 - 1  # SQLite's largest integer
 
 
+class BadButton(NotFoundError):
+    """A button whose value is not a draft id (a forged or garbled click)."""
+
+    def __init__(self, value):
+        self.value = str(value)[:40]
+        super().__init__(f"button value {self.value!r} is not a draft id")
+
+    def text(self) -> str:
+        return _("button value {value} is not a draft id").format(value=repr(self.value))
+
+
 def _action_draft_id(action: dict) -> int:
     try:
         value = int(action.get("value", ""))
     except (TypeError, ValueError):
         value = None
     if value is None or not 0 < value <= MAX_ID:
-        raise NotFoundError(f"button value {str(action.get('value'))[:40]!r} is not a draft id")
+        raise BadButton(action.get("value"))
     return value
 
 
@@ -225,7 +256,8 @@ class Outcome:
     ts: str | None
     draft_id: int | None = None
     created: bool = False
-    notice: str | None = None  # an ephemeral message instead of a card update
+    # an ephemeral message instead of a card update: rendered after the ack, in the user's language
+    notice: Callable[[], str] | None = None
 
 
 def _record(bot: "Bot", draft_id: int, decision: str, user: str, channel: str | None, ts: str | None,
@@ -236,18 +268,28 @@ def _record(bot: "Bot", draft_id: int, decision: str, user: str, channel: str | 
         writer = bot.decisions or bot.store  # the same call, committed when it returns
         result = writer.decide(draft_id, decision, user, final_text=final_text, reason=reason)
     except ReplyloopError as exc:  # BlockedDraftError, NotFoundError included
-        return Outcome(user, channel, ts, draft_id, notice=f"Draft #{draft_id}: {exc}")
+        return Outcome(user, channel, ts, draft_id, notice=partial(refusal_text, draft_id, exc))
     return Outcome(user, channel, ts, draft_id, created=result.created)
+
+
+def refusal_text(draft_id: int, exc: ReplyloopError) -> str:
+    """Why a decision was refused, in the reader's language."""
+    if isinstance(exc, BlockedDraftError):
+        return _("Draft #{draft_id}: This draft breaks a blocking policy rule: edit it before approving").format(
+            draft_id=draft_id)
+    if isinstance(exc, NotFoundError):
+        return _("Draft #{draft_id}: draft {draft_id} not found").format(draft_id=draft_id)
+    return _("Draft #{draft_id}: {error}").format(draft_id=draft_id, error=exc)
 
 
 def finish(bot: "Bot", outcome: Outcome) -> None:
     """After the ack: update the card, or tell the user why nothing changed (ephemeral)."""
     if outcome.notice:
-        ephemeral(bot, outcome.channel, outcome.user, outcome.notice)
+        ephemeral(bot, outcome.channel, outcome.user, outcome.notice())
         return
     draft = bot.store.get_draft(outcome.draft_id)
     if not outcome.created:
-        ephemeral(bot, outcome.channel, outcome.user, cards.already_decided_text(draft))
+        ephemeral(bot, outcome.channel, outcome.user, cards.already_decided_text(draft, timezone_of(bot)))
         return
     update_card(bot, draft, outcome.channel, outcome.ts)
     if bot.automation is not None:  # deliver21: an audit that revoked automation is announced
@@ -258,7 +300,7 @@ def finish(bot: "Bot", outcome: Outcome) -> None:
 def _guard(bot: "Bot", user: str, channel: str | None) -> bool:
     if bot.supervisors.is_supervisor(user):
         return True
-    ephemeral(bot, channel, user, NOT_SUPERVISOR)
+    ephemeral(bot, channel, user, not_supervisor_text())
     return False
 
 
@@ -270,11 +312,11 @@ def decide_click(bot: "Bot", body: dict, action: dict) -> Outcome:
     user = (body.get("user") or {}).get("id")
     channel, ts = _container(body)
     if not bot.supervisors.is_supervisor(user):
-        return Outcome(user, channel, ts, notice=NOT_SUPERVISOR)
+        return Outcome(user, channel, ts, notice=not_supervisor_text)
     try:
         draft_id = _action_draft_id(action)
-    except NotFoundError as exc:
-        return Outcome(user, channel, ts, notice=str(exc))
+    except BadButton as exc:
+        return Outcome(user, channel, ts, notice=exc.text)
     return _record(bot, draft_id, "approve", user, channel, ts)
 
 
@@ -285,12 +327,16 @@ def open_modal(bot: "Bot", body: dict, action: dict, kind: str) -> None:
     if not _guard(bot, user, channel):
         return
     try:
-        draft = bot.store.get_draft(_action_draft_id(action))
+        draft_id = _action_draft_id(action)
+        draft = bot.store.get_draft(draft_id)
+    except BadButton as exc:
+        ephemeral(bot, channel, user, exc.text())
+        return
     except NotFoundError as exc:
-        ephemeral(bot, channel, user, str(exc))
+        ephemeral(bot, channel, user, refusal_text(draft_id, exc))
         return
     if draft["review_id"]:
-        ephemeral(bot, channel, user, cards.already_decided_text(draft))
+        ephemeral(bot, channel, user, cards.already_decided_text(draft, timezone_of(bot)))
         return
     view = cards.edit_modal(draft, channel, ts) if kind == "edit" else cards.reject_modal(draft, channel, ts)
     bot.client.views_open(trigger_id=body["trigger_id"], view=view)
@@ -305,23 +351,25 @@ def validate_edit(bot: "Bot", view: dict) -> dict | None:
     """Checks done before the modal's ack: returns ``{block_id: message}`` errors or None."""
     text = _view_value(view, cards.REPLY_BLOCK, cards.REPLY_INPUT)
     if not text:
-        return {cards.REPLY_BLOCK: "The reply is empty."}
+        return {cards.REPLY_BLOCK: _("The reply is empty.")}
     if len(text) > cards.MAX_INPUT:
-        return {cards.REPLY_BLOCK: f"The reply is longer than {cards.MAX_INPUT} characters."}
+        return {cards.REPLY_BLOCK: _("The reply is longer than {limit} characters.").format(
+            limit=cards.MAX_INPUT)}
     check = check_text(bot.checker, text)
     if check["verdict"] == "block":
         blocking = [v for v in check["violations"] if v.get("severity") == "block"] or check["violations"]
-        parts = [f"{v.get('message') or v.get('rule')}" + (f" (“{v['match']}”)" if v.get("match") else "")
-                 for v in blocking]
-        return {cards.REPLY_BLOCK: cards.clip_plain("Breaks a blocking policy rule: " + "; ".join(parts),
-                                                    cards.MAX_ERROR)}
+        parts = [f"{v.get('message') or v.get('rule')}"
+                 + (_(" (“{match}”)").format(match=v["match"]) if v.get("match") else "") for v in blocking]
+        return {cards.REPLY_BLOCK: cards.clip_plain(
+            _("Breaks a blocking policy rule: {rules}").format(rules=_("; ").join(parts)), cards.MAX_ERROR)}
     return None
 
 
 def validate_reject(view: dict) -> dict | None:
     """The reason's length (the modal's ``max_length`` already stops it in Slack's client)."""
     if len(_view_value(view, cards.REASON_BLOCK, cards.REASON_INPUT)) > cards.MAX_INPUT:
-        return {cards.REASON_BLOCK: f"The reason is longer than {cards.MAX_INPUT} characters."}
+        return {cards.REASON_BLOCK: _("The reason is longer than {limit} characters.").format(
+            limit=cards.MAX_INPUT)}
     return None
 
 
@@ -340,10 +388,14 @@ def _submitter(bot: "Bot", body: dict, view: dict) -> tuple[str, dict | None, Ou
     """A modal submission's user and metadata, or the refusal (malformed form, not a supervisor)."""
     user, meta = _submission(bot, body, view)
     if meta is None:
-        return user, None, Outcome(user, None, None, notice="This form is malformed (no draft id): nothing was changed.")
+        return user, None, Outcome(user, None, None, notice=malformed_text)
     if not bot.supervisors.is_supervisor(user):
-        return user, meta, Outcome(user, meta.get("channel"), meta.get("ts"), notice=NOT_SUPERVISOR)
+        return user, meta, Outcome(user, meta.get("channel"), meta.get("ts"), notice=not_supervisor_text)
     return user, meta, None
+
+
+def malformed_text() -> str:
+    return _("This form is malformed (no draft id): nothing was changed.")
 
 
 def decide_edit(bot: "Bot", body: dict, view: dict) -> Outcome:

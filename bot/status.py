@@ -1,4 +1,7 @@
-"""Read-only views of the store for ``/retrain`` and App Home (queue, approvals, models, runs)."""
+"""Read-only views of the store for ``/retrain`` and App Home (queue, approvals, models, runs).
+
+The data is language-free (counts, ids, ISO times, message ids marked with ``N_``); ``bot.cards``
+turns it into the words of the language being displayed, times in the returned ``timezone``."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import json
 
 from replyloop import timeutil
 from replyloop.config import Config
+from replyloop.i18n import N_
 from replyloop.registry import Registry
 from replyloop.store import Store
 
@@ -39,11 +43,13 @@ def retrain_status(config: Config, store: Store) -> dict:
         "champion": model_with_status(store, "champion"),
         "canary": model_with_status(store, "canary"),
         "canary_trial": canary_trial(config, store),
+        "timezone": config.file.scheduler.timezone,  # i18n22: the times people read
     }
 
 
-NEXT_STEP = {"promote": "the next canary check promotes it", "rollback": "the next canary check rolls it back",
-             "too-few": "waiting for reviews", "inconclusive": "keeps serving: too early to tell"}
+# what the canary job does next: message ids (English), translated where shown (bot.cards)
+NEXT_STEP = {"promote": N_("the next canary check promotes it"), "rollback": N_("the next canary check rolls it back"),
+             "too-few": N_("waiting for reviews"), "inconclusive": N_("keeps serving: too early to tell")}
 
 
 def canary_trial(config: Config, store: Store) -> dict | None:
@@ -90,6 +96,7 @@ def home(store: Store, config: Config | None = None, now: dt.datetime | None = N
         "canary": model_with_status(store, "canary"),
         "delivery": _delivery_line(store),  # deliver21
         "automation": _automation_line(store),  # deliver21
+        "timezone": config.file.scheduler.timezone if config is not None else None,  # i18n22
     }
 
 

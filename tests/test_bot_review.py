@@ -51,7 +51,8 @@ def test_approve_stores_sample_and_updates_card(env):
         "我的订单什么时候到？", "您的订单预计三天内送达。", "review", "USUP1")
     assert update.params["ts"] == card.response["ts"] and update.params["channel"] == REVIEW
     text = blocks_text(update.params["blocks"])
-    assert f"Approved by <@USUP1> at {review['created_at']}" in text
+    shown = cards.when(review["created_at"], env.config.file.scheduler.timezone)  # in the workspace's zone
+    assert shown.startswith("Dec ") and f"Approved by <@USUP1> at {shown}" in text
     assert not any(b["type"] == "actions" for b in update.params["blocks"])
 
 
@@ -96,7 +97,7 @@ def test_double_click_and_retry_make_one_decision(env):
     review = env.wait_review(draft_id)
     for note in notes:
         assert note.params["text"] == (f"Draft #{draft_id} was already approved by <@USUP1> at "
-                                       f"{review['created_at']}.")
+                                       f"{cards.when(review['created_at'], 'Asia/Shanghai')}.")
     time.sleep(0.2)
     assert env.store.scalar("SELECT count(*) FROM reviews") == 1
     assert env.store.scalar("SELECT count(*) FROM samples") == 1

@@ -153,7 +153,9 @@ def test_redelivered_envelope_makes_one_decision(env):
     env.fake.wait_for_ack(eid, count=2)
     [note] = env.fake.wait_for("chat.postEphemeral")
     review = env.store.one("SELECT * FROM reviews WHERE draft_id = 1")
-    assert note.params["text"] == f"Draft #1 was already approved by <@USUP1> at {review['created_at']}."
+    from replyloop.bot.cards import when
+
+    assert note.params["text"] == f"Draft #1 was already approved by <@USUP1> at {when(review['created_at'], 'Asia/Shanghai')}."
     assert env.review_count() == 1
     assert env.store.scalar("SELECT count(*) FROM samples") == 1
     assert len(env.fake.calls_to("chat.update")) == 1

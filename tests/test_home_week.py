@@ -26,4 +26,4 @@ def test_app_home_counts_the_week_the_report_counts(workspace):
     week = collect_weekly_report(config, store, "2026-W49", now=NOW + dt.timedelta(days=7)).this_week
     assert (week.approved, week.edited, week.reviewed) == (1, 1, 2)
     view = cards.home_view(home)
-    assert any("This week (since 2026-11-30)" in b.get("text", {}).get("text", "") for b in view["blocks"])
+    assert any("This week (since Nov 30, 2026)" in b.get("text", {}).get("text", "") for b in view["blocks"])

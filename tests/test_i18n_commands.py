@@ -57,8 +57,9 @@ def english_words(texts: list[str]) -> list[str]:
     paths and file names, and the allowed technical words."""
     found = []
     for text in texts:
-        text = re.sub(r"```.*?```|`[^`]*`|<[^>]*>|:[a-z_]+:", " ", text, flags=re.S)
+        text = re.sub(r"```.*?```|`[^`]*`", " ", text, flags=re.S)
         text = re.sub(r"[\w<>-]*[/.][\w<>./-]*[A-Za-z][\w<>./-]*|\bcs-lora-\d+", " ", text)  # paths, file names
+        text = re.sub(r"<[^>]*>|:[a-z_]+:", " ", text)
         found += [w for w in re.findall(r"[A-Za-z][A-Za-z_]+", text) if w not in ALLOWED]
     return found
 
@@ -123,14 +124,14 @@ def test_retrain_answers_in_chinese_english_and_the_users_own_locale(workspace, 
         assert usage == "用法：`/retrain` 或 `/retrain status`、`/retrain history`、`/retrain now`（仅主管）。"
         status = command(env, "/retrain", "status", "USUP1", 2)["text"]
         lines = status.splitlines()
-        assert lines[0] == "*上次训练以来已通过的样本：* 0 条（阈值 50）"
-        assert re.fullmatch(r"\*运行中：\* 训练 #2（调度器），第 12/30 步，损失 1\.2345，开始于 \d{4}/\d{1,2}/\d{1,2} \d{1,2}:\d\d",
+        assert lines[0] == "*上次训练以来通过的样本：* 0（阈值 50）"
+        assert re.fullmatch(r"\*进行中：\* 训练 #2（定时任务），第 12/30 步，损失 1\.2345，开始于 \d{4}/\d{1,2}/\d{1,2} \d{1,2}:\d\d",
                             lines[1]), lines[1]
-        assert lines[2].startswith("*冠军模型：* `cs-lora-0001`（ID 1） — 一致性 0.812，达标占比 0.700，门禁通过（")
+        assert lines[2].startswith("*冠军模型：* `cs-lora-0001`（编号 1） — 一致性 0.812，达标占比 0.700，门禁通过（")
         history = command(env, "/retrain", "history", "USUP1", 3)["text"].splitlines()
         assert history[0] == "*最近的训练*"
-        assert history[1].startswith("• #2 运行中（调度器）开始于 ")
-        assert history[2].startswith("• #1 成功（Slack，<@USUP1>）开始于 ") and history[2].endswith(
+        assert history[1].startswith("• #2 进行中（定时任务），开始于 ")
+        assert history[2].startswith("• #1 成功（Slack, <@USUP1>），开始于 ") and history[2].endswith(
             "，损失 0.5000 → `cs-lora-0001`")
         assert "，结束于 " in history[2]
         refused = command(env, "/retrain", "now", OUTSIDER, 4)["text"]
