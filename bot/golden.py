@@ -152,7 +152,8 @@ def _block_of(message: str) -> str:
 
 def submit(bot: "Bot", body: dict, view: dict) -> tuple[dict | None, dict | None]:
     """Before the ack: validate, write the case and its audit row. Returns ``(errors by block,
-    None)`` or ``(None, the outcome for after the ack)``."""
+    None)`` or ``(None, the outcome for after the ack)``; the outcome's ``text`` is a callable, so
+    the notice is worded (maybe after a users.info lookup of the user's language) after the ack."""
     from replyloop.evaluation import golden
 
     user = (body.get("user") or {}).get("id")
@@ -164,7 +165,7 @@ def submit(bot: "Bot", body: dict, view: dict) -> tuple[dict | None, dict | None
         meta = {}
     outcome = {"user": user, "channel": meta.get("channel"), "draft_id": meta.get("draft_id")}
     if not bot.supervisors.is_supervisor(user):
-        return None, {**outcome, "text": _("Only supervisors can add golden cases.")}
+        return None, {**outcome, "text": lambda: _("Only supervisors can add golden cases.")}
     suite, case, errors = _case(view)
     if errors:
         return errors, None
@@ -181,8 +182,8 @@ def submit(bot: "Bot", body: dict, view: dict) -> tuple[dict | None, dict | None
             block = _block_of(line)
             found[block] = cards.clip_plain("; ".join(filter(None, [found.get(block), _short(line)])), cards.MAX_ERROR)
         return found, None
-    return None, {**outcome, "text": _("Added golden case `{case}` to `{file}` (line {line}). "
-                                       "`replyloop eval MODEL --suite {suite}` runs it.").format(
+    return None, {**outcome, "text": lambda: _("Added golden case `{case}` to `{file}` (line {line}). "
+                                               "`replyloop eval MODEL --suite {suite}` runs it.").format(
         case=added.id, file=added.file.name, line=added.line, suite=added.suite)}
 
 
@@ -200,7 +201,7 @@ def _short(message: str) -> str:
 def after_submit(bot: "Bot", outcome: dict) -> None:
     from replyloop.bot import review
 
-    review.ephemeral(bot, outcome.get("channel"), outcome["user"], outcome["text"])
+    review.ephemeral(bot, outcome.get("channel"), outcome["user"], outcome["text"]())  # worded after the ack
 
 
 def register(app, bot: "Bot") -> None:

@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from replyloop import i18n
 from replyloop.evaluation import proposals as props
@@ -156,7 +156,9 @@ class Outcome:
     proposal_id: int | None = None
     created: bool = False
     accepted: bool = False
-    notice: str | None = None
+    # what to tell the clicking user, worded after the ack (their language may need a users.info
+    # lookup, which must not delay the ack): a callable giving the text in the current language
+    notice: Callable[[], str] | None = None
     refused: bool = False  # the accept / dismiss itself failed (the notice says why)
 
 
@@ -232,12 +234,14 @@ def decide(bot: "Bot", user: str, channel: str | None, ts: str | None, proposal_
         else:
             result = props.dismiss(bot.store, proposal_id, user)
     except ReplyloopError as exc:  # ProposalError (invalid policy set, no policies.dir), NotFoundError
-        notice = (_("Rule proposal #{id} was not accepted:") if action == "accept"
-                  else _("Rule proposal #{id} was not dismissed:")).format(id=proposal_id)
-        return Outcome(user, channel, ts, proposal_id, notice=f"{notice}\n{exc}", refused=True)
+        def refused() -> str:
+            head = (_("Rule proposal #{id} was not accepted:") if action == "accept"
+                    else _("Rule proposal #{id} was not dismissed:")).format(id=proposal_id)
+            return f"{head}\n{exc}"
+        return Outcome(user, channel, ts, proposal_id, notice=refused, refused=True)
     p = result.proposal
     if not result.created:
-        return Outcome(user, channel, ts, proposal_id, notice=_("Rule proposal #{id}: {decided}").format(
+        return Outcome(user, channel, ts, proposal_id, notice=lambda: _("Rule proposal #{id}: {decided}").format(
             id=proposal_id, decided=decided_text(p, bot.config.file.scheduler.timezone)))
     return Outcome(user, channel, ts, proposal_id, created=True, accepted=action == "accept")
 
@@ -249,7 +253,7 @@ def finish(bot: "Bot", outcome: Outcome) -> None:
     if outcome.accepted:
         reload_policies(bot)
     if outcome.notice:
-        ephemeral(bot, outcome.channel, outcome.user, outcome.notice)
+        ephemeral(bot, outcome.channel, outcome.user, outcome.notice())
         return
     p = props.get(bot.store, outcome.proposal_id)
     channel, ts = p["slack_channel"] or outcome.channel, p["slack_ts"] or outcome.ts
@@ -263,11 +267,11 @@ def on_click(bot: "Bot", body: dict, action: dict, kind: str) -> Outcome:
     user = (body.get("user") or {}).get("id")
     channel, ts = _container(body)
     if not bot.supervisors.is_supervisor(user):
-        return Outcome(user, channel, ts, notice=_(NOT_SUPERVISOR))
+        return Outcome(user, channel, ts, notice=lambda: _(NOT_SUPERVISOR))
     try:
         proposal_id = _proposal_id(action)
     except NotFoundError as exc:
-        return Outcome(user, channel, ts, notice=str(exc))
+        return Outcome(user, channel, ts, notice=lambda: str(exc))
     return decide(bot, user, channel, ts, proposal_id, kind)
 
 
@@ -370,11 +374,12 @@ def on_edit_submit(bot: "Bot", body: dict, view: dict) -> tuple[dict | None, Out
     if errors:
         return errors, None
     outcome = decide(bot, user, meta.get("channel"), meta.get("ts"), proposal_id, "accept", entry)
-    if outcome.refused:  # the reason, on the field it is about
-        block = (ID_BLOCK if entry.kind == "banned" and "duplicate rule id" in outcome.notice
-                 else PREFERRED_BLOCK if entry.kind == "terminology" and "duplicate terminology" in outcome.notice
+    if outcome.refused:  # the reason, on the field it is about (modal errors ride on the ack)
+        notice = outcome.notice()
+        block = (ID_BLOCK if entry.kind == "banned" and "duplicate rule id" in notice
+                 else PREFERRED_BLOCK if entry.kind == "terminology" and "duplicate terminology" in notice
                  else AVOID_BLOCK)
-        return {block: outcome.notice[:1900]}, None
+        return {block: notice[:1900]}, None
     return None, outcome
 
 

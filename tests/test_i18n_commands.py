@@ -147,6 +147,7 @@ def test_retrain_answers_in_chinese_english_and_the_users_own_locale(workspace, 
         started = command(env, "/retrain", "now", "USUP2", 7)
         assert started["response_type"] == "in_channel"
         assert started["text"] == "<@USUP2> 发起了重新训练。训练、评估和门禁完成后我会在这里报告。"
+        wait_until(lambda: env.pipeline.calls)
         assert env.pipeline.calls == [{"trigger": "slack", "requested_by": "USUP2"}]
         assert command(env, "/retrain", "status", "USUP2", 8)["text"].startswith(
             "*Approved samples since the last training:* 0 (threshold 50)")
@@ -353,3 +354,26 @@ def test_the_english_word_check_can_fail():
     assert visible_texts({"type": "modal", "callback_id": "x", "title": {"type": "plain_text", "text": "T"},
                           "blocks": [{"type": "input", "element": {"initial_value": "data"},
                                       "label": {"type": "plain_text", "text": "L"}}]}) == ["T", "L"]
+
+
+def test_a_slow_users_info_never_delays_the_ack_of_a_click(workspace, chinese):
+    """The user's language is looked up (users.info) only when their own text is worded, after
+    the ack: a refused click and an Accept answer Slack at once while users.info takes 3 s."""
+    import time
+
+    use_workspace_policies(workspace[0])
+    env = make_env(workspace)
+    try:
+        p, card = post_proposal(env)
+        env.fake.delay("users.info", 3.0)
+        for user in (OUTSIDER, "USUP1"):
+            started = time.monotonic()
+            assert env.sim.click(card, bot_proposals.ACCEPT, user=user).status == 200
+            assert time.monotonic() - started < 1.5, user
+        [update] = env.fake.wait_for("chat.update")  # the card, in the workspace's language
+        assert update.params["blocks"][-1]["elements"][0]["text"].startswith(":white_check_mark: <@USUP1> 于 ")
+        [notice] = env.fake.wait_for("chat.postEphemeral")  # worded once users.info answered
+        assert notice.params["text"] == "只有主管可以采纳、编辑或忽略规则建议。"
+        env.fake.delay("users.info", 0)
+    finally:
+        close_env(env)
