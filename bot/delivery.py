@@ -157,7 +157,7 @@ def automation_blocks(bot: "Bot") -> list[dict]:
         state, pin = STATES.get(s.state), PINS.get(s.pinned or "")
         state = _(state) if state else s.state
         if s.pinned:
-            state += ", " + (_(pin) if pin else s.pinned)
+            state = _("{state}, {pinned}").format(state=state, pinned=_(pin) if pin else s.pinned)
         text = _("*{intent}*: {state} - {approved}/{reviews} approved without edit, lower bound {lower}").format(
             intent=s.intent, state=state, approved=fmt_number(s.approved), reviews=fmt_number(s.reviews), lower=lower)
         blocks.append({"type": "section", "block_id": f"automation_{i}", "text": {"type": "mrkdwn", "text": text[:2900]},

@@ -234,10 +234,12 @@ def decide(bot: "Bot", user: str, channel: str | None, ts: str | None, proposal_
         else:
             result = props.dismiss(bot.store, proposal_id, user)
     except ReplyloopError as exc:  # ProposalError (invalid policy set, no policies.dir), NotFoundError
+        reason = str(exc)  # (``exc`` itself is unbound once the except block ends)
+
         def refused() -> str:
             head = (_("Rule proposal #{id} was not accepted:") if action == "accept"
                     else _("Rule proposal #{id} was not dismissed:")).format(id=proposal_id)
-            return f"{head}\n{exc}"
+            return f"{head}\n{reason}"
         return Outcome(user, channel, ts, proposal_id, notice=refused, refused=True)
     p = result.proposal
     if not result.created:
@@ -271,7 +273,8 @@ def on_click(bot: "Bot", body: dict, action: dict, kind: str) -> Outcome:
     try:
         proposal_id = _proposal_id(action)
     except NotFoundError as exc:
-        return Outcome(user, channel, ts, notice=lambda: str(exc))
+        message = str(exc)
+        return Outcome(user, channel, ts, notice=lambda: message)
     return decide(bot, user, channel, ts, proposal_id, kind)
 
 

@@ -377,3 +377,35 @@ def test_a_slow_users_info_never_delays_the_ack_of_a_click(workspace, chinese):
         env.fake.delay("users.info", 0)
     finally:
         close_env(env)
+
+
+def test_app_home_automation_blocks_in_the_users_language(workspace, chinese):
+    """App Home's per-intent automation lines and buttons (automation.enabled): Chinese by
+    default, English for a user whose Slack locale is English."""
+    config, store = workspace
+    config.file.automation.enabled = True
+    for n, category in enumerate(("物流查询", "售后服务")):
+        store.add_question(f"问题{n}", f"conv-auto-{n}", category, source="http")
+    env = make_env(workspace)
+    try:
+        env.bot.automation.pin("物流查询", "USUP1", allow=False, reason="test")
+        env.fake.user_locales["UENGLISH"] = "en-US"
+        for n, user in enumerate(("USUP1", "UENGLISH"), 1):
+            assert env.sim.home_opened(user).status == 200
+            view = env.fake.wait_for("views.publish", n)[n - 1].params["view"]
+            view = json.loads(view) if isinstance(view, str) else view
+            assert view_errors(view) == []
+            lines = {b["block_id"]: b for b in view["blocks"] if str(b.get("block_id", "")).startswith("automation_")}
+            texts = [b["text"]["text"] for b in lines.values()]
+            buttons = [b["accessory"]["text"]["text"] for b in lines.values()]
+            if user == "USUP1":
+                assert texts == ["*售后服务*：人工审核 - 0/0 条未经编辑直接通过，置信下限 无数据",
+                                 "*物流查询*：人工审核，固定为人工审核 - 0/0 条未经编辑直接通过，置信下限 无数据"]
+                assert buttons == ["固定为人工", "允许"]
+                assert_all_chinese(texts + buttons)
+            else:
+                assert texts == ["*售后服务*: manual - 0/0 approved without edit, lower bound n/a",
+                                 "*物流查询*: manual, pinned manual - 0/0 approved without edit, lower bound n/a"]
+                assert buttons == ["Pin manual", "Allow"]
+    finally:
+        close_env(env)
