@@ -18,7 +18,8 @@ from slack_sdk.errors import SlackApiError
 
 from replyloop.bot.slackclient import slack_error
 from replyloop import automation as earned
-from replyloop import outbox
+from replyloop import i18n, outbox
+from replyloop.i18n import N_, _, fmt_number
 
 if TYPE_CHECKING:
     from replyloop.bot.app import Bot
@@ -52,7 +53,7 @@ def slack_posted(bot: "Bot") -> outbox.SlackPosted:
     """Whether a thread already holds an event's reply: its messages' metadata (``event_id``)."""
     def posted(channel: str, thread_ts: str, event_id: str) -> bool:
         cursor = None
-        for _ in range(10):  # 10 pages of 200 replies: more than any customer thread
+        for _page in range(10):  # 10 pages of 200 replies: more than any customer thread
             try:
                 page = bot.client.conversations_replies(channel=channel, ts=thread_ts, limit=200,
                                                         include_all_metadata=True, cursor=cursor)
@@ -86,7 +87,8 @@ def home_line(store) -> str | None:
     c = outbox.counts(store)
     if not any(c.values()):
         return None
-    line = f"*Delivery:* {c['delivered']} delivered, {c['pending']} pending, {c['dead']} dead-lettered"
+    line = _("*Delivery:* {delivered} delivered, {pending} pending, {dead} dead-lettered").format(
+        delivered=fmt_number(c["delivered"]), pending=fmt_number(c["pending"]), dead=fmt_number(c["dead"]))
     if c["dead"]:
         line += " (`replyloop outbox list` / `replyloop outbox retry --all-dead`)"
     return line
@@ -121,12 +123,13 @@ def post_automation_notices(bot: "Bot") -> int:
 def _post_notices(bot: "Bot") -> int:
     posted = 0
     for row in bot.automation.pending_notices():
+        with i18n.workspace():  # the review channel reads it
+            text = ":rotating_light: " + _(
+                "Automation for *{intent}* is revoked: {reason}. Its drafts go to review again; a supervisor can "
+                "allow it again with `replyloop automation pin {intent} --allow`.").format(
+                intent=row["intent"], reason=row["reason"])
         try:
-            bot.client.chat_postMessage(
-                channel=bot.config.file.slack.review_channel,
-                text=(f":rotating_light: Automation for *{row['intent']}* is revoked: {row['reason']}. Its drafts go "
-                      f"to review again; a supervisor can allow it again with `replyloop automation pin "
-                      f"{row['intent']} --allow`."))
+            bot.client.chat_postMessage(channel=bot.config.file.slack.review_channel, text=text)
         except SlackApiError as exc:
             log.warning("posting the revocation of %s failed: %s", row["intent"], slack_error(exc))
             continue
@@ -137,6 +140,8 @@ def _post_notices(bot: "Bot") -> int:
 
 AUTOMATION_PIN = "replyloop_automation_pin"
 HOME_INTENTS = 10  # intents listed with a button on App Home (the rest: `replyloop automation list`)
+STATES = {"manual": N_("manual"), "automatic": N_("automatic"), "revoked": N_("revoked")}
+PINS = {"manual": N_("pinned manual"), "allowed": N_("pinned allowed")}
 
 
 def automation_blocks(bot: "Bot") -> list[dict]:
@@ -147,36 +152,48 @@ def automation_blocks(bot: "Bot") -> list[dict]:
     blocks: list[dict] = [{"type": "divider"}]
     statuses = bot.automation.intents()
     for i, s in enumerate(statuses[:HOME_INTENTS]):
-        lower = "n/a" if s.lower is None else f"{s.lower:.2f}"
+        lower = _("n/a") if s.lower is None else fmt_number(s.lower, 2)
         allow = s.pinned == "manual" or s.state == "revoked"
-        text = (f"*{s.intent}*: {s.state}{', pinned ' + s.pinned if s.pinned else ''} - {s.approved}/{s.reviews} "
-                f"approved without edit, lower bound {lower}")
+        state, pin = STATES.get(s.state), PINS.get(s.pinned or "")
+        state = _(state) if state else s.state
+        if s.pinned:
+            state = _("{state}, {pinned}").format(state=state, pinned=_(pin) if pin else s.pinned)
+        text = _("*{intent}*: {state} - {approved}/{reviews} approved without edit, lower bound {lower}").format(
+            intent=s.intent, state=state, approved=fmt_number(s.approved), reviews=fmt_number(s.reviews), lower=lower)
         blocks.append({"type": "section", "block_id": f"automation_{i}", "text": {"type": "mrkdwn", "text": text[:2900]},
                        "accessory": {"type": "button", "action_id": AUTOMATION_PIN,
-                                     "text": {"type": "plain_text", "text": "Allow" if allow else "Pin manual"},
+                                     "text": {"type": "plain_text", "text": _("Allow") if allow else _("Pin manual")},
                                      "value": json.dumps({"intent": s.intent, "allow": allow}, ensure_ascii=False)}})
     if len(statuses) > HOME_INTENTS:
         blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": (
-            f"… and {len(statuses) - HOME_INTENTS} more intent(s): `replyloop automation list`")}]})
+            _("… and {count} more intent(s): {command}").format(count=fmt_number(len(statuses) - HOME_INTENTS),
+                                                                  command="`replyloop automation list`"))}]})
     return blocks
 
 
 def pin_from_home(bot: "Bot", body: dict, action: dict) -> None:
     """A supervisor's click on an intent's button: pin it to manual or allow it (audit-logged
-    under their Slack id), then App Home again."""
-    from replyloop.bot.review import NOT_SUPERVISOR
+    under their Slack id), then App Home again, in their language."""
+    from replyloop.bot.language import speaks
 
     user = (body.get("user") or {}).get("id")
+    with speaks(bot, user):
+        _pin_from_home(bot, user, action)
+
+
+def _pin_from_home(bot: "Bot", user: str | None, action: dict) -> None:
+    from replyloop.bot.review import NOT_SUPERVISOR
+
     if bot.automation is None:
         return
     if not bot.supervisors.is_supervisor(user):
-        bot.client.chat_postMessage(channel=user, text=NOT_SUPERVISOR)
+        bot.client.chat_postMessage(channel=user, text=_(NOT_SUPERVISOR))
         return
     try:
         value = json.loads(action.get("value") or "")
         intent, allow = str(value["intent"]), bool(value["allow"])
         bot.automation.pin(intent, user, allow=allow, reason="App Home")
     except (ValueError, KeyError, TypeError, earned.AutomationError) as exc:
-        bot.client.chat_postMessage(channel=user, text=f"Nothing changed: {exc}")
+        bot.client.chat_postMessage(channel=user, text=_("Nothing changed: {error}").format(error=exc))
         return
     bot.publish_home(user)

@@ -16,6 +16,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from replyloop.bot import cards
+from replyloop.i18n import _
 
 if TYPE_CHECKING:
     from replyloop.bot.app import Bot
@@ -36,9 +37,9 @@ def card_block(draft: dict) -> list[dict]:
     if draft.get("decision") not in ("approve", "edit"):
         return []
     return [{"type": "section", "block_id": "golden",
-             "text": {"type": "mrkdwn", "text": "Must this question always be answered like this?"},
+             "text": {"type": "mrkdwn", "text": _("Must this question always be answered like this?")},
              "accessory": {"type": "button", "action_id": ADD, "value": str(draft["id"]),
-                           "text": {"type": "plain_text", "text": "Add to golden suite"}}}]
+                           "text": cards._plain(_("Add to golden suite"), 75)}}]
 
 
 def _input(block_id: str, label: str, value: str, multiline: bool = False, hint: str | None = None) -> dict:
@@ -60,19 +61,20 @@ def suggested_yaml(draft: dict) -> str:
 def modal(draft: dict, channel: str | None, ts: str | None) -> dict:
     reference = draft.get("final_text") or draft.get("text") or ""
     blocks = [
-        _input(SUITE_BLOCK, "Suite (the file evals/<suite>.yaml)", DEFAULT_SUITE),
-        _input(ID_BLOCK, "Case id (unique across the suites)", f"draft-{draft['id']}"),
-        _input(QUESTION_BLOCK, "Question", draft.get("question") or "", multiline=True),
-        _input(REFERENCE_BLOCK, "Reference (the approved reply)", reference, multiline=True),
-        _input(ASSERT_BLOCK, "Assertions (YAML list)", suggested_yaml(draft), multiline=True,
-               hint="contains, not-contains, regex, similar, chrf, policy-clean, terminology, max-chars, "
-                    "min-chars, not-repetitive (README \"Golden suites\")"),
+        _input(SUITE_BLOCK, _("Suite (the file evals/<suite>.yaml)"), DEFAULT_SUITE),
+        _input(ID_BLOCK, _("Case id (unique across the suites)"), f"draft-{draft['id']}"),
+        _input(QUESTION_BLOCK, _("Question"), draft.get("question") or "", multiline=True),
+        _input(REFERENCE_BLOCK, _("Reference (the approved reply)"), reference, multiline=True),
+        _input(ASSERT_BLOCK, _("Assertions (YAML list)"), suggested_yaml(draft), multiline=True,
+               hint=_("Assertion types: {types} (README \"Golden suites\")").format(
+                   types="contains, not-contains, regex, similar, chrf, policy-clean, terminology, max-chars, "
+                         "min-chars, not-repetitive")),
     ]
     return {"type": "modal", "callback_id": VIEW,
             "private_metadata": json.dumps({"draft_id": draft["id"], "channel": channel, "ts": ts}),
-            "title": {"type": "plain_text", "text": "Add to golden suite"},
-            "submit": {"type": "plain_text", "text": "Add case"},
-            "close": {"type": "plain_text", "text": "Cancel"},
+            "title": cards._plain(_("Add to golden suite"), cards.MAX_TITLE),
+            "submit": cards._plain(_("Add case"), cards.MAX_TITLE),
+            "close": cards._plain(_("Cancel"), cards.MAX_TITLE),
             "blocks": blocks}
 
 
@@ -90,7 +92,8 @@ def open_modal(bot: "Bot", body: dict, action: dict) -> None:
         review.ephemeral(bot, channel, user, str(exc))
         return
     if draft.get("decision") not in ("approve", "edit"):
-        review.ephemeral(bot, channel, user, f"Draft #{draft['id']} has no approved reply to keep as a golden case.")
+        review.ephemeral(bot, channel, user, _("Draft #{draft_id} has no approved reply to keep as a golden case.").format(
+            draft_id=draft["id"]))
         return
     bot.client.views_open(trigger_id=body["trigger_id"], view=modal(draft, channel, ts))
 
@@ -114,19 +117,22 @@ def _case(view: dict) -> tuple[str, dict, dict]:
         case["reference"] = reference
     for block, key in ((SUITE_BLOCK, suite), (ID_BLOCK, case["id"]), (QUESTION_BLOCK, case["question"])):
         if not key:
-            errors[block] = "Required."
+            errors[block] = _("Required.")
     try:
         text = _value(view, ASSERT_BLOCK) or "[]"
         if any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
-            raise yaml.YAMLError("anchors and aliases (&, *) are not allowed here")  # no billion laughs
+            raise yaml.YAMLError(_("anchors and aliases (&, *) are not allowed here"))  # no billion laughs
         asserts = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        errors[ASSERT_BLOCK] = f"Not valid YAML{f' (line {mark.line + 1})' if mark else ''}: {getattr(exc, 'problem', exc)}"
+        problem = getattr(exc, "problem", None) or exc
+        errors[ASSERT_BLOCK] = (_("Not valid YAML (line {line}): {problem}").format(line=mark.line + 1, problem=problem)
+                                if mark else _("Not valid YAML: {problem}").format(problem=problem))
         asserts = []
     if not errors.get(ASSERT_BLOCK) and (not isinstance(asserts, list) or not asserts
                                          or not all(isinstance(a, dict) for a in asserts)):
-        errors[ASSERT_BLOCK] = "Give a YAML list of assertions, e.g. - {type: contains, value: 七天无理由}"
+        errors[ASSERT_BLOCK] = _("Give a YAML list of assertions, e.g. {example}").format(
+            example="- {type: contains, value: 七天无理由}")
     case["assert"] = asserts if isinstance(asserts, list) else []
     return suite, case, errors
 
@@ -146,7 +152,8 @@ def _block_of(message: str) -> str:
 
 def submit(bot: "Bot", body: dict, view: dict) -> tuple[dict | None, dict | None]:
     """Before the ack: validate, write the case and its audit row. Returns ``(errors by block,
-    None)`` or ``(None, the outcome for after the ack)``."""
+    None)`` or ``(None, the outcome for after the ack)``; the outcome's ``text`` is a callable, so
+    the notice is worded (maybe after a users.info lookup of the user's language) after the ack."""
     from replyloop.evaluation import golden
 
     user = (body.get("user") or {}).get("id")
@@ -158,7 +165,7 @@ def submit(bot: "Bot", body: dict, view: dict) -> tuple[dict | None, dict | None
         meta = {}
     outcome = {"user": user, "channel": meta.get("channel"), "draft_id": meta.get("draft_id")}
     if not bot.supervisors.is_supervisor(user):
-        return None, {**outcome, "text": "Only supervisors can add golden cases."}
+        return None, {**outcome, "text": lambda: _("Only supervisors can add golden cases.")}
     suite, case, errors = _case(view)
     if errors:
         return errors, None
@@ -175,8 +182,9 @@ def submit(bot: "Bot", body: dict, view: dict) -> tuple[dict | None, dict | None
             block = _block_of(line)
             found[block] = cards.clip_plain("; ".join(filter(None, [found.get(block), _short(line)])), cards.MAX_ERROR)
         return found, None
-    return None, {**outcome, "text": f"Added golden case `{added.id}` to `{added.file.name}` (line {added.line})."
-                                     f" `replyloop eval MODEL --suite {added.suite}` runs it."}
+    return None, {**outcome, "text": lambda: _("Added golden case `{case}` to `{file}` (line {line}). "
+                                               "`replyloop eval MODEL --suite {suite}` runs it.").format(
+        case=added.id, file=added.file.name, line=added.line, suite=added.suite)}
 
 
 def _short(message: str) -> str:
@@ -193,20 +201,24 @@ def _short(message: str) -> str:
 def after_submit(bot: "Bot", outcome: dict) -> None:
     from replyloop.bot import review
 
-    review.ephemeral(bot, outcome.get("channel"), outcome["user"], outcome["text"])
+    review.ephemeral(bot, outcome.get("channel"), outcome["user"], outcome["text"]())  # worded after the ack
 
 
 def register(app, bot: "Bot") -> None:
+    from replyloop.bot.language import speaks, user_of
+
     @app.action(ADD)
     def on_add(ack, body, action):
         ack()
-        open_modal(bot, body, action)
+        with speaks(bot, user_of(body)):  # the modal in the clicking user's language
+            open_modal(bot, body, action)
 
     @app.view(VIEW)
     def on_submit(ack, body, view):
-        errors, outcome = submit(bot, body, view)  # the case is in its file before Slack hears 200
-        if errors:
-            ack(response_action="errors", errors=errors)
-            return
-        ack()
-        bot.after_ack(after_submit, outcome)
+        with speaks(bot, user_of(body)):  # errors and the notice (after_ack inherits it)
+            errors, outcome = submit(bot, body, view)  # the case is in its file before Slack hears 200
+            if errors:
+                ack(response_action="errors", errors=errors)
+                return
+            ack()
+            bot.after_ack(after_submit, outcome)

@@ -1,5 +1,8 @@
 """Scheduled jobs that ``replyloop serve`` runs with APScheduler.
 
+What the jobs post (pipeline, canary and drift messages, rule proposal cards) is for the review
+channel: each job runs inside ``i18n.workspace()``, the workspace's ``ui.language``.
+
 Jobs live in a persistent SQLAlchemy job store in the workspace database, so schedules
 survive restarts; coalescing and a misfire grace time mean a bot that was down for a day
 runs one missed job, not twenty. Job functions are module-level (the job store keeps a
@@ -12,6 +15,7 @@ import logging
 import re
 from pathlib import Path
 
+from replyloop import i18n
 from replyloop.config import Config, Secrets, load_config
 from replyloop.errors import ConfigError, LockedError
 from replyloop.store import Store
@@ -68,7 +72,8 @@ def threshold_job(config_path: str) -> str:
             log.info("threshold job: not due (%s)", due.reason)
             return "not due: " + due.reason
         try:
-            result = run_pipeline(config, store, trigger="scheduler", notify=slack_notifier(config))
+            with i18n.workspace():
+                result = run_pipeline(config, store, trigger="scheduler", notify=slack_notifier(config))
         except LockedError as exc:
             return f"skipped: {exc}"
         return f"{result.status}: {result.message.splitlines()[0]}"
@@ -78,7 +83,7 @@ def canary_job(config_path: str) -> str:
     from replyloop.canary import judge_canary
 
     config = load_config(config_path)
-    with Store(config.db_path) as store:
+    with Store(config.db_path) as store, i18n.workspace():
         outcome = judge_canary(config, store, notify=slack_notifier(config))
     if outcome is None:
         return "no canary"
@@ -92,10 +97,11 @@ def weekly_report_job(config_path: str) -> str:
     from replyloop.evaluation.report_slack import post_weekly_report
 
     config = load_config(config_path)
-    with Store(config.db_path) as store:
+    with Store(config.db_path) as store, i18n.workspace():
         report = build_weekly_report(config, store)
     if Secrets.from_env().slack_bot_token:
-        post_weekly_report(config, report)
+        with i18n.workspace():
+            post_weekly_report(config, report)
     return str(getattr(report, "out_dir", report))
 
 
@@ -124,7 +130,7 @@ def drift_job(config_path: str) -> str:
     from replyloop.drift import run_alarms
 
     config = load_config(config_path)
-    with Store(config.db_path) as store:
+    with Store(config.db_path) as store, i18n.workspace():
         report = run_alarms(config, store, notify=slack_notifier(config))
     return ", ".join(f"{c.name}: {c.status}" for c in report.checks)
 

@@ -90,3 +90,11 @@ class ContextExecutor(ThreadPoolExecutor):
 
     def submit(self, fn, /, *args, **kwargs):
         return super().submit(contextvars.copy_context().run, fn, *args, **kwargs)
+
+
+def speaks(bot, user_id: str | None):
+    """``with speaks(bot, user):`` translate for that Slack user inside the block (their locale,
+    looked up on first use, else ``ui.language``). A listener needs it: bolt runs listeners after
+    its global middleware has returned, so ``middleware``'s block does not reach them."""
+    languages = getattr(bot, "languages", None)
+    return i18n.language(languages.lazy(user_id) if languages is not None else None)

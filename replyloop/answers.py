@@ -70,6 +70,7 @@ class SearchResult:
     excluded: list[dict] = field(default_factory=list)  # [{sample_id, rules}] left out by the policies
     explanation: str | None = None                      # why there are fewer answers than asked for
     indexed: int = 0
+    best: float | None = None                           # i18n22: the best score (a renderer explains in its language)
 
 
 class HashingEncoder:
@@ -364,7 +365,7 @@ class AnswerIndex:
                                   " approve drafts (or samples are imported with `replyloop data import`).")
             return result
         combined, emb, chars = self.scores(question)
-        best = float(combined.max())
+        best = result.best = float(combined.max())
         answer_of = self._answer_of[:len(combined)]
         done: set[int] = set()
         top, finished = CANDIDATES, False

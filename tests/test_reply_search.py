@@ -4,6 +4,7 @@ ranking on a seeded set, stale answers left out, empty results explained."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -101,7 +102,9 @@ def test_slash_reply_shows_three_answers_ephemerally(slack):
     blocks = json.dumps(got["blocks"], ensure_ascii=False)
     sections = [b["text"]["text"] for b in got["blocks"] if b["type"] == "section"]
     assert sections[0] == "*Approved answers for:* 验证码收不到怎么办"
-    assert sections[1].startswith("*1. 登录异常* · approved by <@USUP1> at 20")
+    # the approval time in the locale's short form, in scheduler.timezone (i18n22): "12/2/26, 11:41 AM"
+    assert re.match(r"\*1\. 登录异常\* · approved by <@USUP1> at \d{1,2}/\d{1,2}/\d{2}, \d{1,2}:\d{2}\W[AP]M · score 0\.\d\d\n",
+                    sections[1]), sections[1]
     assert sections[1].endswith("\n>收不到验证码怎么办？")
     assert sections[2] == "*Copy:*\n```请检查手机是否拦截了短信，60秒后可重新获取验证码。```"
     assert sections[3].startswith("*2. 登录异常* · approved by <@USUP1>")
