@@ -165,7 +165,7 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     from replyloop.bot.metrics import Metrics
 
     bot.metrics = Metrics(bot)
-    from replyloop.bot.language import ContextExecutor, UserLanguages, middleware as language_middleware
+    from replyloop.bot.language import ContextExecutor, UserLanguages
 
     bot.languages = UserLanguages(client, enabled=config.file.ui.per_user_locale)  # i18n22
     bolt_logger = redacting_logger("bot.bolt", secrets)
@@ -179,13 +179,12 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
         request_verification_enabled=bool(secrets.slack_signing_secret),
         token_verification_enabled=False,
         process_before_response=False,
-        # the request's language (a middleware sets it) reaches the listener threads: i18n22
+        # the request's language (set by _App.dispatch) reaches the listener threads: i18n22
         listener_executor=ContextExecutor(max_workers=listener_threads, thread_name_prefix="replyloop-listener"),
         logger=bolt_logger,
     )
     app.languages = bot.languages  # i18n22: every request in the acting user's language
     app.use(_ack_timer(bot))
-    app.use(language_middleware(bot.languages))  # i18n22: the acting user's language, looked up lazily
     _register(app, bot)
     bot.app = app
     bot.outbox = delivery.start(bot)  # deliver21: reply.decided events and their sender

@@ -8,7 +8,7 @@ for it twice. A failed lookup (missing scope, Slack down) falls back to ``ui.lan
 What one user sees alone follows their locale: modals, ephemeral notices, App Home,
 ``/retrain`` and ``/reply`` answers. What a channel reads (review cards and their updates,
 pipeline, canary and alarm messages, the weekly report) is in the workspace's language:
-wrap it in ``i18n.language(bot.config.ui.language)``.
+wrap it in ``with i18n.workspace():``.
 """
 
 from __future__ import annotations
@@ -74,16 +74,6 @@ def user_of(body: dict) -> str | None:
     return body.get("user_id")
 
 
-def middleware(languages: UserLanguages):
-    """A global bolt middleware: everything translated for this request is in the acting user's
-    language (resolved lazily)."""
-    def user_language(req, resp, next):  # noqa: A002 (bolt's argument name)
-        with i18n.language(languages.lazy(user_of(req.body or {}))):
-            return next()
-
-    return user_language
-
-
 class ContextExecutor(ThreadPoolExecutor):
     """A thread pool whose tasks run in a copy of the submitter's context (the request's language
     and log fields reach bolt's listener threads)."""
@@ -94,7 +84,7 @@ class ContextExecutor(ThreadPoolExecutor):
 
 def speaks(bot, user_id: str | None):
     """``with speaks(bot, user):`` translate for that Slack user inside the block (their locale,
-    looked up on first use, else ``ui.language``). A listener needs it: bolt runs listeners after
-    its global middleware has returned, so ``middleware``'s block does not reach them."""
+    looked up on first use, else ``ui.language``). ``_App.dispatch`` (bot/app.py) already wraps
+    every request so; this names the user explicitly where a listener's text is for them."""
     languages = getattr(bot, "languages", None)
     return i18n.language(languages.lazy(user_id) if languages is not None else None)
