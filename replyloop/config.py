@@ -161,6 +161,7 @@ class DeliveryConfig(Section):
     backoff_max_s: float = Field(300.0, gt=0)
     workers: int = Field(8, ge=1, le=64)    # deliveries in flight at once
     poll_s: float = Field(0.1, gt=0)        # how often the sender looks for due events
+    keep_delivered_days: float = Field(30, ge=0)  # delivered events older than this are deleted (0: kept)
 
 
 class AutomationConfig(Section):

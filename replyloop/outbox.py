@@ -26,6 +26,7 @@ the environment variable ``delivery.webhook.secret_env``. Redirects are never fo
 
 from __future__ import annotations
 
+import datetime as dt
 import email.utils
 import fnmatch
 import hashlib
@@ -428,11 +429,18 @@ class Sender:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
+        pruned_at = 0.0
         while not self._stop.is_set():
             try:
                 self.dispatch()
             except Exception:
                 log.exception("reading the outbox failed; trying again")
+            if self.opts.keep_delivered_days and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                pruned_at = time.monotonic()
+                try:
+                    prune_delivered(self.store, self.opts.keep_delivered_days)
+                except Exception:
+                    log.exception("pruning delivered outbox events failed; trying again in an hour")
             self._wake.wait(self.opts.poll_s)
             self._wake.clear()
         self.store.release_thread()
@@ -548,6 +556,31 @@ class Sender:
 
 
 # -- operator views --------------------------------------------------------------------------------------
+
+
+PRUNE_EVERY_S = 3600.0  # the sender deletes old delivered events at start and then hourly
+PRUNE_BATCH = 5000       # rows per transaction: the write lock is never held for long
+
+
+def prune_delivered(store: Store, keep_days: float, now: dt.datetime | None = None) -> int:
+    """Delete delivered events whose ``delivered_at`` is older than ``keep_days``
+    (``delivery.keep_delivered_days``); pending and dead events are never touched. The decisions
+    themselves stay in ``reviews``. Returns how many rows were deleted."""
+    if keep_days <= 0:
+        return 0
+    cutoff = ((now or timeutil.now()) - dt.timedelta(days=keep_days)).isoformat(timespec="microseconds")
+    total = 0
+    while True:
+        with store.transaction() as db:
+            cur = db.execute("DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE state = 'delivered'"
+                             " AND delivered_at < ? LIMIT ?)", (cutoff, PRUNE_BATCH))
+            deleted = cur.rowcount
+        total += deleted
+        if deleted < PRUNE_BATCH:
+            break
+    if total:
+        log.info("deleted %d delivered outbox event(s) older than %g days", total, keep_days)
+    return total
 
 
 def counts(store: Store) -> dict[str, int]:

@@ -385,3 +385,34 @@ def test_kill_9_during_delivery_loses_no_event(replyloop_home):
             by_id.setdefault(r.event_id, []).append(r.body)
         assert all(len({json.dumps(b, sort_keys=True) for b in bodies}) == 1 for bodies in by_id.values())
         assert rx.bad_signatures == 0
+
+
+def test_delivered_events_older_than_keep_delivered_days_are_pruned_and_nothing_else(workspace):
+    config, store = workspace
+    config.file.delivery.sources = {"http": ["webhook"]}
+    config.file.delivery.webhook.url = "https://helpdesk.example.com/replies"
+    outbox.install(store, config)
+    ids = _drafts(config, store, 4)
+    for draft_id in ids:
+        store.decide(draft_id, "approve", "USUP1")
+    rows = [e["id"] for e in _events(store)]
+    now = outbox.timeutil.now()
+    with store.transaction() as db:  # two delivered long ago, one delivered yesterday, one dead long ago
+        for row_id, state, days in zip(rows, ("delivered", "delivered", "delivered", "dead"), (40, 31, 1, 90)):
+            db.execute("UPDATE outbox SET state = ?, delivered_at = ?, created_at = ? WHERE id = ?",
+                       (state, (now - outbox.dt.timedelta(days=days)).isoformat(), (now - outbox.dt.timedelta(days=days)).isoformat(), row_id))
+    assert outbox.prune_delivered(store, 0) == 0  # 0: kept forever
+    assert outbox.prune_delivered(store, 30, now=now) == 2
+    left = {e["id"]: e["state"] for e in _events(store)}
+    assert left == {rows[2]: "delivered", rows[3]: "dead"}
+    assert store.one("SELECT COUNT(*) AS n FROM reviews")["n"] == 4  # the decisions themselves stay
+    # the sender prunes at start (then hourly)
+    with store.transaction() as db:
+        db.execute("UPDATE outbox SET delivered_at = ? WHERE id = ?",
+                   ((now - outbox.dt.timedelta(days=45)).isoformat(), rows[2]))
+    sender = outbox.Sender(store, config, secret=WEBHOOK_SECRET).start()
+    try:
+        wait_until(lambda: rows[2] not in {e["id"] for e in _events(store)}, timeout=10)
+    finally:
+        sender.close()
+    assert {e["state"] for e in _events(store)} == {"dead"}
