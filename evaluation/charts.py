@@ -19,6 +19,7 @@ import importlib.util
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -124,14 +125,21 @@ def render_charts(report, out_dir: str | Path, font: FontChoice | None = None) -
     titles, axis labels and legends in the workspace's language (``ui.language``); in English
     when no CJK font is available (Chinese titles would be empty boxes)."""
     out_dir = Path(out_dir)
-    font = find_cjk_font() if font is None else font
-    with workspace() if font.cjk else language("en"):
-        return _render_charts(report, out_dir, font)
+    with chart_figures(report, font) as (figures, charts):
+        for filename, fig in figures.items():
+            path = out_dir / filename
+            fig.savefig(path, format="png", dpi=100)
+            charts.files[filename] = path
+    return charts
 
 
-def _render_charts(report, out_dir: Path, font: FontChoice) -> Charts:
+@contextmanager
+def chart_figures(report, font: FontChoice | None = None):
+    """The report's four figures, ``({filename: Figure}, Charts)``, drawn in the language and the
+    matplotlib settings (the CJK font) they are saved with; save or draw them inside the block."""
     import matplotlib
 
+    font = find_cjk_font() if font is None else font
     labels: dict[str, str] = {}
     if not font.cjk:
         ascii_index = 0
@@ -147,15 +155,11 @@ def _render_charts(report, out_dir: Path, font: FontChoice) -> Charts:
     rc = {"axes.unicode_minus": False, "font.size": 9}
     if font.cjk:
         rc.update({"font.family": "sans-serif", "font.sans-serif": [font.name, "DejaVu Sans"]})
-    charts = Charts(labels=labels, font=font)
-    with matplotlib.rc_context(rc):
-        for filename, draw in (("consistency.png", _consistency), ("reviews.png", _reviews),
-                               ("automation.png", _automation), ("violations.png", _violations)):
-            fig = draw(report, name)
-            path = out_dir / filename
-            fig.savefig(path, format="png", dpi=100)
-            charts.files[filename] = path
-    return charts
+    with workspace() if font.cjk else language("en"), matplotlib.rc_context(rc):
+        figures = {filename: draw(report, name) for filename, draw in (
+            ("consistency.png", _consistency), ("reviews.png", _reviews), ("automation.png", _automation),
+            ("violations.png", _violations))}
+        yield figures, Charts(labels=labels, font=font)
 
 
 def _integer_locator():
