@@ -64,8 +64,9 @@ class Criterion:
             mark = "WARN" if self.name == UNREADABLE else "SKIP"
         shown_mark, name, detail = MARKS[mark], self.name, self.detail
         text = _("[{mark}] {name}: {value} (limit {limit})").format(
-            mark=_(shown_mark), name=_(name) if name else name, value=_fmt(self.value), limit=_fmt(self.limit))
-        detail = _(detail) if detail else detail
+            mark=_(shown_mark), name=_(name) if name in _NAME_IDS else name, value=_fmt(self.value),
+            limit=_fmt(self.limit))
+        detail = _(detail) if detail in _DETAIL_IDS else detail  # measured details: as recorded
         if mark == "SKIP":
             skipped = _("not counted, would pass") if self.passed else _("not counted, would fail")
             detail = "; ".join(filter(None, [detail, skipped]))

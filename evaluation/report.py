@@ -840,9 +840,10 @@ CSV_COLUMNS = (("section", N_("part of the report: consistency, reviews, edits, 
 
 
 def _word(table: dict[str, str], key: str) -> str:
-    """A stored identifier (a role, an action) in the reader's language; unknown ones as they are."""
-    msgid = table.get(key, key)
-    return _(msgid) if msgid else msgid
+    """A stored identifier (a role, an action) in the reader's language; anything else (a category
+    a customer named "model", a status of a newer version) as it is, never looked up."""
+    msgid = table.get(key)
+    return _(msgid) if msgid else key
 
 
 def week_text(label: str) -> str:

@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 Notify = Callable[[str], None]
 Progress = Callable[[dict], None]  # {"stage": ..., ...} and the trainer's progress events
 PROGRESS_PREFIX = "replyloop-progress "
-TRIGGER_WORDS = {"cli": N_("CLI"), "scheduler": N_("scheduler"), "slack": N_("Slack")}
+TRIGGER_WORDS = {"cli": N_("cli"), "scheduler": N_("scheduler"), "slack": N_("slack")}  # shown as in English
 
 
 @dataclass

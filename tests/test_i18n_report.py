@@ -265,3 +265,21 @@ def test_gate_verdict_in_chinese_keeps_its_reason_codes(chinese):
     assert [c["name"] for c in result.to_dict()["criteria"]][:2] == ["block violations", "mean consistency >= floor"]
     with i18n.language("en"):
         assert result.verdict().startswith("Gate: FAIL\n  [FAIL] block violations: 2 (limit 0)")
+
+
+def test_data_that_looks_like_a_message_id_is_shown_as_it_is(workspace, chinese):
+    """A customer's category named "model", "week" or "{week}" is data: never translated, never
+    formatted (real store, the real collector and renderer)."""
+    from test_report import W48, _review
+
+    from replyloop.evaluation.report import collect_weekly_report, render_markdown
+
+    config, store = workspace
+    config = load_config(config.source)
+    for category in ("model", "{week}", "50%", None):
+        _review(store, W48[1], category, "approve")
+    md = render_markdown(collect_weekly_report(config, store, WEEK, now=NOW))
+    assert "| 类别 | 已审核 | 原样通过 | 编辑后通过 | 驳回 | 自动化率 | 平均编辑距离 |" in md
+    for category in ("model", "{week}", "50%"):
+        assert f"| {category} | 1 | 1 | 0 | 0 | 100.0% | – |" in md
+    assert "| （无） | 1 | 1 |" in md  # a question without a category: the report's own marker, translated
