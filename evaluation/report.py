@@ -831,6 +831,7 @@ ROLE_WORDS = {"champion": N_("champion"), "canary": N_("canary"), "retired champ
 ACTION_WORDS = {"promote": N_("promote"), "canary": N_("canary"), "rollback": N_("rollback"),
                 "reject": N_("reject")}
 NAME_WORDS = {NO_MODEL: N_("(no model)"), NO_CATEGORY: N_("(none)")}
+SEVERITY_WORDS = {"block": N_("block"), "warn": N_("warn")}
 # numbers.csv's columns: their names stay English for scripts; report.md describes them (issue 22)
 CSV_COLUMNS = (("section", N_("part of the report: consistency, reviews, edits, automation, violations, models, ...")),
                ("week", N_("ISO week in scheduler.timezone, as in the report folder's name")),
@@ -1030,13 +1031,14 @@ def _render_markdown(report: WeeklyReport, charts: dict[str, Path]) -> str:
                   blocked=fmt_int(r.drafts_blocked)), ""]
     if r.violations:
         lines += _table([_("rule"), _("severity"), _("drafts"), _("occurrences")],
-                        [[v.rule, v.severity, fmt_int(v.drafts), fmt_int(v.occurrences)] for v in r.violations])
+                        [[v.rule, _word(SEVERITY_WORDS, v.severity), fmt_int(v.drafts), fmt_int(v.occurrences)]
+                         for v in r.violations])
     if r.approved_violation_drafts:
         lines += [_("**{count} approved drafts had violations** (should be 0): drafts {drafts}.").format(
                       count=fmt_int(len(r.approved_violation_drafts)),
                       drafts=", ".join(f"#{d}" for d in r.approved_violation_drafts)), ""]
         lines += _table([_("rule"), _("severity"), _("approved drafts")],
-                        [[v.rule, v.severity, fmt_int(v.drafts)] for v in r.approved_violations])
+                        [[v.rule, _word(SEVERITY_WORDS, v.severity), fmt_int(v.drafts)] for v in r.approved_violations])
     else:
         lines += [_("0 approved drafts had violations."), ""]
     lines += _chart(charts, "violations.png", _("Violations"))

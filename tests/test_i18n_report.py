@@ -78,6 +78,7 @@ def test_weekly_report_in_chinese_through_the_cli_and_its_slack_post(seeded_zh, 
     assert f"| v2 (#{ids['v2']}) | 冠军 | 16 | 12 | 75.0% | 50.5% – 89.8% |" in md
     assert "灰度 − 冠军：+0.0 个百分点（95% 区间 -47.3 至 +31.9，Newcombe）" in md
     assert "| 快递条码 | 电子面单 | 2 |" in md  # the supervisors' own words, as they wrote them
+    assert "| promise.compensation | 拦截 | 2 | 2 |" in md  # rule ids as written, severities translated
     assert f"**1 条通过的草稿含违规**（应为 0）：草稿 #{ids['approved_bad']}。" in md
     assert "| `section` | 报告的部分" in md  # numbers.csv's columns described in the reader's language
     assert "![一致性](consistency.png)" in md
