@@ -60,7 +60,7 @@ class Due:
 class PipelineResult:
     run_id: int | None
     status: str                      # succeeded | failed | config-error | skipped | dry-run
-    message: str                     # what was posted (the workspace's ui.language); --json prints it too
+    message: str                     # what was posted and shown (ui.language); to_dict(): its English rendering
     model_id: int | None = None
     model_name: str | None = None
     gate_passed: bool | None = None
