@@ -19,8 +19,11 @@ import importlib.util
 import logging
 import math
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from replyloop.i18n import N_, _, fmt_percent, language, week_label, workspace
 
 log = logging.getLogger("replyloop.report")
 
@@ -32,8 +35,9 @@ KNOWN_FAMILIES = (
     "Noto Serif CJK SC", "Source Han Serif SC",
 )
 MPLFONTS_FILE = "NotoSansCJKsc-Regular.otf"
-NO_DATA = "no data"
+NO_DATA = N_("no data")
 COLORS = {"approved": "#2e7d32", "edited": "#f9a825", "rejected": "#c62828"}
+DECISION_LABELS = {"approved": N_("approved unchanged"), "edited": N_("edited"), "rejected": N_("rejected")}
 
 
 @dataclass(frozen=True)
@@ -117,10 +121,24 @@ NO_FONT = FontChoice(None, None, "none")
 # -- rendering ------------------------------------------------------------------------------------
 
 def render_charts(report, out_dir: str | Path, font: FontChoice | None = None) -> Charts:
-    """Write consistency.png, reviews.png, automation.png and violations.png into ``out_dir``."""
+    """Write consistency.png, reviews.png, automation.png and violations.png into ``out_dir``:
+    titles, axis labels and legends in the workspace's language (``ui.language``); in English
+    when no CJK font is available (Chinese titles would be empty boxes)."""
+    out_dir = Path(out_dir)
+    with chart_figures(report, font) as (figures, charts):
+        for filename, fig in figures.items():
+            path = out_dir / filename
+            fig.savefig(path, format="png", dpi=100)
+            charts.files[filename] = path
+    return charts
+
+
+@contextmanager
+def chart_figures(report, font: FontChoice | None = None):
+    """The report's four figures, ``({filename: Figure}, Charts)``, drawn in the language and the
+    matplotlib settings (the CJK font) they are saved with; save or draw them inside the block."""
     import matplotlib
 
-    out_dir = Path(out_dir)
     font = find_cjk_font() if font is None else font
     labels: dict[str, str] = {}
     if not font.cjk:
@@ -137,15 +155,11 @@ def render_charts(report, out_dir: str | Path, font: FontChoice | None = None) -
     rc = {"axes.unicode_minus": False, "font.size": 9}
     if font.cjk:
         rc.update({"font.family": "sans-serif", "font.sans-serif": [font.name, "DejaVu Sans"]})
-    charts = Charts(labels=labels, font=font)
-    with matplotlib.rc_context(rc):
-        for filename, draw in (("consistency.png", _consistency), ("reviews.png", _reviews),
-                               ("automation.png", _automation), ("violations.png", _violations)):
-            fig = draw(report, name)
-            path = out_dir / filename
-            fig.savefig(path, format="png", dpi=100)
-            charts.files[filename] = path
-    return charts
+    with workspace() if font.cjk else language("en"), matplotlib.rc_context(rc):
+        figures = {filename: draw(report, name) for filename, draw in (
+            ("consistency.png", _consistency), ("reviews.png", _reviews), ("automation.png", _automation),
+            ("violations.png", _violations))}
+        yield figures, Charts(labels=labels, font=font)
 
 
 def _integer_locator():
@@ -162,26 +176,43 @@ def _figure(width: float = 9.0, height: float = 4.5, cols: int = 1):
     return fig, axes
 
 
-def _no_data(ax, text: str = NO_DATA) -> None:
-    ax.text(0.5, 0.5, text, ha="center", va="center", transform=ax.transAxes, fontsize=12, color="#777777")
+def _no_data(ax, text: str | None = None) -> None:
+    ax.text(0.5, 0.5, text or _(NO_DATA), ha="center", va="center", transform=ax.transAxes, fontsize=12, color="#777777")
     ax.set_xticks([])
     ax.set_yticks([])
 
 
 def _short(week: str) -> str:
-    return week.split("-", 1)[1] if "-" in week else week
+    """An x-axis tick: the week number alone (``W48`` / ``第48周``)."""
+    try:
+        number = int(week.rsplit("W", 1)[1])
+    except (IndexError, ValueError):
+        return week
+    # TRANSLATORS: an x-axis tick of the charts, the ISO week number alone
+    return _("W{week:02d}").format(week=number)
+
+
+def _week(label: str) -> str:
+    """A data week label (``2026-W48``) as people read it (``2026年第48周``)."""
+    try:
+        year, number = label.split("-W")
+        return week_label(int(year), int(number))
+    except ValueError:
+        return label
 
 
 def _consistency(report, name):
     """Left: mean embedding similarity; right: mean chrF (character n-grams), per week."""
     fig, (left, right) = _figure(11.0, 4.5, cols=2)
-    fig.suptitle(f"Champion consistency, last {len(report.history)} weeks (to {report.label})")
+    fig.suptitle(_("Champion consistency, last {weeks} weeks (to {week})").format(
+        weeks=len(report.history), week=_week(report.label)))
     x = list(range(len(report.history)))
     champion = {p.week: p for p in report.consistency if p.role == "champion"}
     canary = {p.week: p for p in report.consistency if p.role == "canary"}
     if not champion and not canary:
         for ax in (left, right):
-            _no_data(ax, f"no data: no evaluations of a champion in these {len(report.history)} weeks")
+            _no_data(ax, _("no data: no evaluations of a champion in these {weeks} weeks").format(
+                weeks=len(report.history)))
         return fig
     unreadable = {(p.week, p.role) for p in report.unreadable}
 
@@ -194,29 +225,29 @@ def _consistency(report, name):
         return values
 
     for ax, overall, per_category, ylabel in (
-            (left, "mean_similarity", "by_category", "mean embedding similarity to approved reply"),
-            (right, "mean_chrf", "chrf_by_category", "mean chrF against approved reply")):
+            (left, "mean_similarity", "by_category", _("mean embedding similarity to approved reply")),
+            (right, "mean_chrf", "chrf_by_category", _("mean chrF against approved reply"))):
         cats = sorted({c for p in champion.values() for c in getattr(p, per_category)})
         for i, cat in enumerate(cats):
             ax.plot(x, series(champion, overall, per_category, cat), marker=".", linewidth=1, alpha=0.8,
                     color=f"C{i % 10}", label=name(cat))
         ax.plot(x, series(champion, overall, per_category), marker="o", linewidth=2.5, color="black",
-                label="champion (overall)")
+                label=_("champion (overall)"))
         if canary:
             ax.plot(x, series(canary, overall, per_category), marker="s", linewidth=2, linestyle="--",
-                    color="#6a1b9a", label="canary (overall)")
+                    color="#6a1b9a", label=_("canary (overall)"))
         ax.set_xticks(x, [_short(w) for w in report.history])
         ax.set_xlim(-0.3, len(x) - 0.7)
         ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
-    left.set_title("embedding similarity" + (" (circled: model cannot read the references, not counted)"
-                                             if unreadable else ""), fontsize=9)
+    left.set_title(_("embedding similarity (circled: model cannot read the references, not counted)")
+                   if unreadable else _("embedding similarity"), fontsize=9)
     for i, w in enumerate(report.history):  # weeks whose embedding numbers the gate did not count
         p = champion.get(w)
         if p is not None and (w, "champion") in unreadable and p.mean_similarity is not None:
             left.plot([i], [p.mean_similarity], marker="o", markersize=14, markerfacecolor="none",
                       markeredgecolor="#c62828", linestyle="none")
-    right.set_title("chrF (character n-grams)", fontsize=9)
+    right.set_title(_("chrF (character n-grams)"), fontsize=9)
     right.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8, frameon=False)
     return fig
 
@@ -225,24 +256,24 @@ def _reviews(report, name):
     fig, (left, right) = _figure(11.0, 4.5, cols=2)
     x = list(range(len(report.history)))
     totals = [report.decisions[w] for w in report.history]
-    left.set_title("Supervisor decisions per week")
+    left.set_title(_("Supervisor decisions per week"))
     if not any(t.reviewed for t in totals):
-        _no_data(left, "no data: no reviews in these weeks")
+        _no_data(left, _("no data: no reviews in these weeks"))
     else:
         bottom = [0] * len(x)
         for key in ("approved", "edited", "rejected"):
             values = [getattr(t, key) for t in totals]
-            left.bar(x, values, bottom=bottom, color=COLORS[key],
-                     label="approved unchanged" if key == "approved" else key)
+            word = DECISION_LABELS[key]
+            left.bar(x, values, bottom=bottom, color=COLORS[key], label=_(word))
             bottom = [b + v for b, v in zip(bottom, values)]
         left.set_xticks(x, [_short(w) for w in report.history])
         left.yaxis.set_major_locator(_integer_locator())
-        left.set_ylabel("reviews")
+        left.set_ylabel(_("reviews"))
         left.legend(fontsize=8, frameon=False)
     per_cat = report.decisions_by_category.get(report.label, {})
-    right.set_title(f"By category, {report.label}")
+    right.set_title(_("By category, {week}").format(week=_week(report.label)))
     if not per_cat:
-        _no_data(right, f"no data: no reviews in {report.label}")
+        _no_data(right, _("no data: no reviews in {week}").format(week=_week(report.label)))
         return fig
     cats = sorted(per_cat)
     y = list(range(len(cats)))
@@ -254,45 +285,45 @@ def _reviews(report, name):
     right.set_yticks(y, [name(c) for c in cats])
     right.invert_yaxis()
     right.xaxis.set_major_locator(_integer_locator())
-    right.set_xlabel("reviews")
+    right.set_xlabel(_("reviews"))
     return fig
 
 
 def _automation(report, name):
     fig, ax = _figure()
-    ax.set_title("Automation rate: reviewed drafts approved without edit")
+    ax.set_title(_("Automation rate: reviewed drafts approved without edit"))
     x = list(range(len(report.history)))
     rates = [report.decisions[w].automation_rate for w in report.history]
     if all(r is None for r in rates):
-        _no_data(ax, "no data: no reviews in these weeks")
+        _no_data(ax, _("no data: no reviews in these weeks"))
         return fig
     values = [math.nan if r is None else r * 100 for r in rates]
     ax.plot(x, values, marker="o", linewidth=2.5, color="#1565c0")
     for xi, v in zip(x, values):
         if not math.isnan(v):
-            ax.annotate(f"{v:.0f}%", (xi, v), textcoords="offset points", xytext=(0, 7), ha="center")
+            ax.annotate(fmt_percent(v / 100), (xi, v), textcoords="offset points", xytext=(0, 7), ha="center")
     ax.set_xticks(x, [_short(w) for w in report.history])
     ax.set_ylim(0, 105)
-    ax.set_ylabel("% approved unchanged")
+    ax.set_ylabel(_("% approved unchanged"))
     ax.grid(alpha=0.3)
     return fig
 
 
 def _violations(report, name):
     fig, ax = _figure(9.0, 4.0)
-    ax.set_title(f"Policy violations in drafts, {report.label}")
+    ax.set_title(_("Policy violations in drafts, {week}").format(week=_week(report.label)))
     if not report.violations:
-        _no_data(ax, f"no data: no violations in {report.label} drafts")
+        _no_data(ax, _("no data: no violations in {week} drafts").format(week=_week(report.label)))
         return fig
     rules = [v.rule for v in report.violations]
     approved = {v.rule: v.drafts for v in report.approved_violations}
     y = list(range(len(rules)))
-    ax.barh(y, [v.drafts for v in report.violations], color="#ef6c00", label="drafts with the violation")
-    ax.barh(y, [approved.get(r, 0) for r in rules], color="#b71c1c", label="... of them approved (should be 0)")
+    ax.barh(y, [v.drafts for v in report.violations], color="#ef6c00", label=_("drafts with the violation"))
+    ax.barh(y, [approved.get(r, 0) for r in rules], color="#b71c1c", label=_("... of them approved (should be 0)"))
     ax.set_yticks(y, [name(r) for r in rules])
     ax.invert_yaxis()
     ax.xaxis.set_major_locator(_integer_locator())
-    ax.set_xlabel("drafts")
+    ax.set_xlabel(_("drafts"))
     # below the axes, never over a bar (inside, "best" put it over the longest, topmost bar)
     fig.legend(loc="outside lower center", ncols=2, fontsize=8, frameon=False)
     return fig

@@ -28,7 +28,22 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
+from replyloop.i18n import N_, _
+
 UNREADABLE = "embedding model reads the references"
+# The criteria's names and fixed details are identifiers stored with the verdict
+# (``evaluations.gate``) and printed by --json; ``describe()`` shows them in the reader's language
+# (marked here for the catalog; an unknown name or detail is shown as it is).
+_NAME_IDS = (N_("block violations"), N_("embedding model reads the references"), N_("mean consistency >= floor"),
+             N_("mean consistency vs champion"), N_("largest category drop"), N_("mean chrF >= floor"),
+             N_("mean chrF vs champion"), N_("largest chrF category drop"), N_("repetitive drafts"),
+             N_("repetitive drafts vs champion"), N_("off-length drafts"), N_("off-length drafts vs champion"),
+             N_("distinct-2 vs references"), N_("distinct-2 vs champion"), N_("one reply for many questions"),
+             N_("one reply for many questions vs champion"), N_("golden suite failures"))
+_DETAIL_IDS = (N_("no champion to compare with"), N_("the policy engine (evaluation.policy) is not available"),
+               N_("distinct character bigrams of the drafts / of the references"),
+               N_("chrF was not measured, and the embedding model cannot read the references"))
+MARKS = {"PASS": N_("PASS"), "FAIL": N_("FAIL"), "WARN": N_("WARN"), "SKIP": N_("SKIP")}
 
 
 @dataclass
@@ -41,15 +56,20 @@ class Criterion:
     counted: bool = True      # False: shown, but not part of the verdict
 
     def describe(self) -> str:
+        """One line for people, in the current language (names and fixed details translated;
+        the measured details with their numbers as recorded)."""
         if self.counted:
             mark = "PASS" if self.passed else "FAIL"
         else:
             mark = "WARN" if self.name == UNREADABLE else "SKIP"
-        value = _fmt(self.value)
-        text = f"[{mark}] {self.name}: {value} (limit {_fmt(self.limit)})"
-        detail = self.detail
+        shown_mark, name, detail = MARKS[mark], self.name, self.detail
+        text = _("[{mark}] {name}: {value} (limit {limit})").format(
+            mark=_(shown_mark), name=_(name) if name in _NAME_IDS else name, value=_fmt(self.value),
+            limit=_fmt(self.limit))
+        detail = _(detail) if detail in _DETAIL_IDS else detail  # measured details: as recorded
         if mark == "SKIP":
-            detail = "; ".join(filter(None, [detail, f"not counted, would {'pass' if self.passed else 'fail'}"]))
+            skipped = _("not counted, would pass") if self.passed else _("not counted, would fail")
+            detail = "; ".join(filter(None, [detail, skipped]))
         return text + (f" — {detail}" if detail else "")
 
 
@@ -77,13 +97,13 @@ class GateResult:
         return cls(bool(passed), [Criterion(**c) for c in criteria])
 
     def verdict(self) -> str:
-        head = "Gate: PASS" if self.passed else "Gate: FAIL"
+        head = _("Gate: PASS") if self.passed else _("Gate: FAIL")
         return "\n".join([head, *(f"  {c.describe()}" for c in self.criteria)])
 
 
 def _fmt(v) -> str:
     if v is None:
-        return "n/a"
+        return _("n/a")
     if isinstance(v, float):
         return f"{v:.3f}"
     return str(v)

@@ -964,9 +964,11 @@ def weekly_markdown(runs: list[dict]) -> list[str]:
     """The report's "Golden suites" section (nothing when no gate ran a suite this week)."""
     if not runs:
         return []
-    lines = ["## Golden suites", "", "Must-pass cases (`evals/*.yaml`) checked by the gate this week:", "",
-             "| evaluation | model | cases | failed | failing cases | newly broken | fixed |",
-             "| --- | --- | ---: | ---: | --- | --- | --- |"]
+    from replyloop.i18n import _  # issue 22: the weekly report's language
+
+    header = [_("evaluation"), _("model"), _("cases"), _("failed"), _("failing cases"), _("newly broken"), _("fixed")]
+    lines = ["## " + _("Golden suites"), "", _("Must-pass cases (`evals/*.yaml`) checked by the gate this week:"), "",
+             "| " + " | ".join(header) + " |", "| --- | --- | ---: | ---: | --- | --- | --- |"]
     for r in runs:
         cells = [f"#{r['evaluation_id']}", f"{r['model_name']} (#{r['model_id']})", r["n"], len(r["failed"]),
                  ", ".join(r["failed"]) or "–", ", ".join(r["newly_broken"]) or "–", ", ".join(r["fixed"]) or "–"]

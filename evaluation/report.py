@@ -17,6 +17,7 @@ import datetime as dt
 import difflib
 import io
 import json
+import math
 import os
 import re
 import shutil
@@ -30,6 +31,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from replyloop.evaluation.stats import rate_difference, wilson_interval
 from replyloop.evaluation.golden import weekly_golden, weekly_markdown as weekly_golden_markdown  # golden23
 from replyloop import csvsafe, timeutil
+from replyloop.i18n import N_, _, fmt_date, fmt_datetime, fmt_number, fmt_percent, week_label, workspace
 from replyloop.config import Config
 from replyloop.errors import ConfigError, PathError, ReplyloopError
 from replyloop.store import Store
@@ -724,8 +726,8 @@ def collect_weekly_report(config: Config, store: Store, week: IsoWeek | str | No
         replacements=top, drafts_created=len(draft_rows),
         drafts_flagged=sum(1 for v in parsed if v),
         drafts_blocked=sum(1 for d in draft_rows if d["verdict"] == "block"),
-        violations=_count_rules(parsed), approved_violations=_count_rules([v for _, v in approved_bad]),
-        approved_violation_drafts=sorted(d for d, _ in approved_bad),
+        violations=_count_rules(parsed), approved_violations=_count_rules([v for _draft, v in approved_bad]),
+        approved_violation_drafts=sorted(d for d, _violations in approved_bad),
         champion=champion, canary=canary, model_rates=rates, events=events,
         max_unknown_share=config.file.evaluation.max_unknown_share,
         automation_split=_automation_split(store, start, end),  # deliver21
@@ -820,17 +822,69 @@ def build_weekly_report(config: Config, store: Store, week: IsoWeek | str | None
 
 
 # -- report.md ---------------------------------------------------------------------------------
+# What people read is translated here, where it is displayed (issue 22); the collected numbers,
+# week labels of numbers.csv and directory names stay machine formats.
+
+ROLE_WORDS = {"champion": N_("champion"), "canary": N_("canary"), "retired champion": N_("retired champion"),
+              "old system": N_("old system"), "no model": N_("no model"), "candidate": N_("candidate"),
+              "rejected": N_("rejected"), "retired": N_("retired"), "unknown": N_("unknown")}
+ACTION_WORDS = {"promote": N_("promote"), "canary": N_("canary"), "rollback": N_("rollback"),
+                "reject": N_("reject")}
+NAME_WORDS = {NO_MODEL: N_("(no model)"), NO_CATEGORY: N_("(none)")}
+SEVERITY_WORDS = {"block": N_("block"), "warn": N_("warn")}
+# numbers.csv's columns: their names stay English for scripts; report.md describes them (issue 22)
+CSV_COLUMNS = (("section", N_("part of the report: consistency, reviews, edits, automation, violations, models, ...")),
+               ("week", N_("ISO week in scheduler.timezone, as in the report folder's name")),
+               ("category", N_("the category, rule or model the number is about (empty: the whole week)")),
+               ("metric", N_("what is counted or measured (an English identifier)")),
+               ("value", N_("the number (rates and similarities as fractions between 0 and 1)")))
+
+
+def _word(table: dict[str, str], key: str) -> str:
+    """A stored identifier (a role, an action) in the reader's language; anything else (a category
+    a customer named "model", a status of a newer version) as it is, never looked up."""
+    msgid = table.get(key)
+    return _(msgid) if msgid else key
+
+
+def week_text(label: str) -> str:
+    """A week label of the data (``2026-W48``) as people read it (``2026年第48周``)."""
+    try:
+        week = IsoWeek.parse(label)
+    except WeekError:
+        return label
+    return week_label(week.year, week.week)
+
+
+def _signed(value: float, digits: int) -> str:
+    """``+1.5`` / ``-0.3`` as Python's ``{:+.Nf}`` signs it, with the locale's digits."""
+    return ("-" if math.copysign(1.0, value) < 0 else "+") + fmt_number(abs(value), digits)
+
 
 def fmt_pct(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:.1f}%"
+    return "–" if value is None else fmt_percent(value, 1)
 
 
 def fmt_pp(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:+.1f} pp"
+    return "–" if value is None else _("{value} pp").format(value=_signed(value * 100, 1))
 
 
 def fmt_num(value: float | None, signed: bool = False) -> str:
-    return "–" if value is None else (f"{value:+.3f}" if signed else f"{value:.3f}")
+    return "–" if value is None else (_signed(value, 3) if signed else fmt_number(value, 3))
+
+
+def fmt_int(value: int) -> str:
+    return fmt_number(value)
+
+
+def _when(value: dt.datetime, tz: str) -> str:
+    # TRANSLATORS: a Babel date-time pattern (the report's "generated" time and model events)
+    return fmt_datetime(value, tz, format=_("yyyy-MM-dd'T'HH:mmxxx"))
+
+
+def _day(value: dt.date) -> str:
+    # TRANSLATORS: a Babel date pattern (the report's first and last day)
+    return fmt_date(value, format=_("yyyy-MM-dd"))
 
 
 def _cell(text: str) -> str:
@@ -838,181 +892,232 @@ def _cell(text: str) -> str:
 
 
 def _table(header: list[str], rows: list[list]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _unused in header) + "|"]
     lines += ["| " + " | ".join(_cell(c) for c in row) + " |" for row in rows]
     return lines + [""]
 
 
 def _ci(ci) -> str:
-    return f"[{fmt_pct(ci[0])}, {fmt_pct(ci[1])}]" if ci else "n/a"
+    return f"[{fmt_pct(ci[0])}, {fmt_pct(ci[1])}]" if ci else _("n/a")
 
 
 def _automation_lines(r: WeeklyReport) -> list[str]:
     """deliver21: earned automation this week, per category (only when it acted)."""
     if not r.automation_split:
         return []
-    lines = ["## Earned automation", "",
-             f"Decisions of {r.label} by who made them: a person approving without edit (audits apart), "
-             "earned automation, and audits (would-be automatic drafts reviewed by a person), with 95% "
-             "Wilson intervals. Automatic approvals are not in the supervisor tables above and are never "
-             "trained on.", ""]
-    lines += _table(["category", "decided", "human-approved", "auto-approved", "automatic share", "audited",
-                     "audit approved", "revoked"],
-                    [[c["category"], c["decided"], c["human_approved"], c["auto_approved"],
-                      f"{fmt_pct(c['auto_share'])} {_ci(c['auto_share_ci'])}", c["audited"],
+    lines = ["## " + _("Earned automation"), "",
+             _("Decisions of {week} by who made them: a person approving without edit (audits apart), "
+               "earned automation, and audits (would-be automatic drafts reviewed by a person), with 95% "
+               "Wilson intervals. Automatic approvals are not in the supervisor tables above and are never "
+               "trained on.").format(week=week_text(r.label)), ""]
+    lines += _table([_("category"), _("decided"), _("human-approved"), _("auto-approved"), _("automatic share"),
+                     _("audited"), _("audit approved"), _("revoked")],
+                    [[_word(NAME_WORDS, c["category"]), fmt_int(c["decided"]), fmt_int(c["human_approved"]),
+                      fmt_int(c["auto_approved"]),
+                      f"{fmt_pct(c['auto_share'])} {_ci(c['auto_share_ci'])}", fmt_int(c["audited"]),
                       f"{fmt_pct(c['audit_rate'])} {_ci(c['audit_rate_ci'])}" if c["audited"] else "-",
-                      "yes" if c["revoked"] else ""] for c in r.automation_split])
+                      _("yes") if c["revoked"] else ""] for c in r.automation_split])
     return lines
 
 
 def render_markdown(report: WeeklyReport, charts: dict[str, Path] | None = None) -> str:
-    """report.md: every number in it is also a row of numbers.csv."""
-    charts = charts or {}
+    """report.md in the workspace's language (``ui.language``): every number in it is also a row
+    of numbers.csv."""
+    with workspace():
+        return _render_markdown(report, charts or {})
+
+
+def _render_markdown(report: WeeklyReport, charts: dict[str, Path]) -> str:
     r = report
     this, prev = r.this_week, r.last_week
+    week, previous = week_text(r.label), week_text(r.previous_label)
     last_day = (r.end - dt.timedelta(days=1)).date()
-    lines = [f"# Weekly consistency report {r.label}", "",
-             f"{r.start.date()} to {last_day} ({r.timezone}); generated"
-             f" {r.generated_at.isoformat(timespec='minutes')}"
-             + ("" if r.complete else " while the week was still running") + ".", ""]
+    period = _("{start} to {end} ({timezone}); generated {generated}").format(
+        start=_day(r.start.date()), end=_day(last_day), timezone=r.timezone,
+        generated=_when(r.generated_at, r.timezone))
+    lines = ["# " + _("Weekly consistency report {week}").format(week=week), "",
+             period + ("" if r.complete else _(" while the week was still running")) + _("."), ""]
     if r.empty:
-        lines += [f"**No activity in {r.label}**: no drafts, reviews, evaluations or model changes were"
-                  " recorded this week. Earlier weeks are shown below for context.", ""]
+        lines += [_("**No activity in {week}**: no drafts, reviews, evaluations or model changes were"
+                    " recorded this week. Earlier weeks are shown below for context.").format(week=week), ""]
 
     champ_now, champ_prev = r.consistency_at(r.label), r.consistency_at(r.previous_label)
-    lines += ["## Summary", "",
-              f"- Automation rate (approved without edit): **{fmt_pct(this.automation_rate)}**"
-              f" ({this.approved} of {this.reviewed} reviewed drafts); {r.previous_label}:"
-              f" {fmt_pct(prev.automation_rate)} ({fmt_pp(r.automation_change)}).",
-              f"- Champion consistency: **{fmt_num(champ_now and champ_now.mean_similarity)}**"
-              f" ({fmt_num(r.consistency_change, signed=True)} vs {r.previous_label}:"
-              f" {fmt_num(champ_prev and champ_prev.mean_similarity)}); chrF **{fmt_num(champ_now and champ_now.mean_chrf)}**"
-              f" ({fmt_num(r.chrf_change, signed=True)} vs {r.previous_label}:"
-              f" {fmt_num(champ_prev and champ_prev.mean_chrf)}).",
-              f"- Policy: {r.drafts_flagged} of {r.drafts_created} drafts flagged, {r.drafts_blocked} blocked;"
-              f" {len(r.approved_violation_drafts)} approved with a violation.",
-              f"- Champion: {_model(r.champion)}; canary: {_model(r.canary, canary=True)}.", ""]
+    lines += ["## " + _("Summary"), "",
+              "- " + _("Automation rate (approved without edit): **{rate}** ({approved} of {reviewed} reviewed"
+                       " drafts); {previous}: {previous_rate} ({change}).").format(
+                  rate=fmt_pct(this.automation_rate), approved=fmt_int(this.approved),
+                  reviewed=fmt_int(this.reviewed), previous=previous, previous_rate=fmt_pct(prev.automation_rate),
+                  change=fmt_pp(r.automation_change)),
+              "- " + _("Champion consistency: **{mean}** ({change} vs {previous}: {previous_mean}); chrF **{chrf}**"
+                       " ({chrf_change} vs {previous}: {previous_chrf}).").format(
+                  mean=fmt_num(champ_now and champ_now.mean_similarity),
+                  change=fmt_num(r.consistency_change, signed=True), previous=previous,
+                  previous_mean=fmt_num(champ_prev and champ_prev.mean_similarity),
+                  chrf=fmt_num(champ_now and champ_now.mean_chrf), chrf_change=fmt_num(r.chrf_change, signed=True),
+                  previous_chrf=fmt_num(champ_prev and champ_prev.mean_chrf)),
+              "- " + _("Policy: {flagged} of {created} drafts flagged, {blocked} blocked; {approved_bad} approved"
+                       " with a violation.").format(
+                  flagged=fmt_int(r.drafts_flagged), created=fmt_int(r.drafts_created),
+                  blocked=fmt_int(r.drafts_blocked), approved_bad=fmt_int(len(r.approved_violation_drafts))),
+              "- " + _("Champion: {champion}; canary: {canary}.").format(
+                  champion=_model(r.champion), canary=_model(r.canary, canary=True)), ""]
 
     # consistency
     cats = sorted({c for p in r.consistency for c in p.by_category})
-    lines += [f"## Consistency (last {len(r.history)} weeks)", "",
-              "Mean embedding similarity of the model's drafts to the approved references"
-              " (latest evaluation up to the end of each week), then their mean chrF (character n-grams,"
-              " which reads Chinese with no model).", ""]
+    lines += ["## " + _("Consistency (last {weeks} weeks)").format(weeks=len(r.history)), "",
+              _("Mean embedding similarity of the model's drafts to the approved references"
+                " (latest evaluation up to the end of each week), then their mean chrF (character n-grams,"
+                " which reads Chinese with no model)."), ""]
     points = [p for p in r.consistency]
     unreadable = r.unreadable
     if unreadable:
         worst = max(unreadable, key=lambda p: p.unknown_share)
-        lines += [f"**The embedding model could not read the references** of {len(unreadable)} of these"
-                  f" evaluations (up to {fmt_pct(worst.unknown_share)} of their characters were unknown tokens,"
-                  f" limit {fmt_pct(r.max_unknown_share)}): their similarity measures little more than"
-                  " punctuation, and the gate let chrF decide. Set `evaluation.embedding_model` to a Chinese or"
-                  " multilingual sentence-transformers model directory.", ""]
+        lines += [_("**The embedding model could not read the references** of {count} of these"
+                    " evaluations (up to {share} of their characters were unknown tokens, limit {limit}): their"
+                    " similarity measures little more than punctuation, and the gate let chrF decide. Set"
+                    " `evaluation.embedding_model` to a Chinese or multilingual sentence-transformers model"
+                    " directory.").format(count=fmt_int(len(unreadable)), share=fmt_pct(worst.unknown_share),
+                                           limit=fmt_pct(r.max_unknown_share)), ""]
     if points:
-        lines += _table(["week", "role", "model", "evaluation", "n", "overall", *cats],
-                        [[p.week, p.role, f"{p.model_name} (#{p.model_id})", f"#{p.evaluation_id}", p.n,
-                          fmt_num(p.mean_similarity), *[fmt_num(p.by_category.get(c)) for c in cats]]
+        lines += _table([_("week"), _("role"), _("model"), _("evaluation"), "n", _("overall"),
+                         *[_word(NAME_WORDS, c) for c in cats]],
+                        [[week_text(p.week), _word(ROLE_WORDS, p.role), f"{p.model_name} (#{p.model_id})",
+                          f"#{p.evaluation_id}", fmt_int(p.n), fmt_num(p.mean_similarity),
+                          *[fmt_num(p.by_category.get(c)) for c in cats]]
                          for p in points])
         chrf_cats = sorted({c for p in r.consistency for c in p.chrf_by_category})
-        lines += ["chrF:", ""]
-        lines += _table(["week", "role", "model", "overall chrF", "unknown tokens", *chrf_cats],
-                        [[p.week, p.role, f"{p.model_name} (#{p.model_id})", fmt_num(p.mean_chrf),
-                          fmt_pct(p.unknown_share), *[fmt_num(p.chrf_by_category.get(c)) for c in chrf_cats]]
+        lines += [_("chrF:"), ""]
+        lines += _table([_("week"), _("role"), _("model"), _("overall chrF"), _("unknown tokens"),
+                         *[_word(NAME_WORDS, c) for c in chrf_cats]],
+                        [[week_text(p.week), _word(ROLE_WORDS, p.role), f"{p.model_name} (#{p.model_id})",
+                          fmt_num(p.mean_chrf), fmt_pct(p.unknown_share),
+                          *[fmt_num(p.chrf_by_category.get(c)) for c in chrf_cats]]
                          for p in points])
     else:
-        lines += ["No evaluations of a champion or canary in these weeks.", ""]
-    lines += _chart(charts, "consistency.png", "Consistency")
+        lines += [_("No evaluations of a champion or canary in these weeks."), ""]
+    lines += _chart(charts, "consistency.png", _("Consistency"))
 
     # supervisor signal
-    lines += ["## Supervisor decisions", ""]
-    lines += _table(["week", "reviewed", "approved unchanged", "edited", "rejected", "mean edit distance"],
-                    [[w, r.decisions[w].reviewed, r.decisions[w].approved, r.decisions[w].edited,
-                      r.decisions[w].rejected, fmt_num(r.edits[w].mean_distance)] for w in r.history])
+    lines += ["## " + _("Supervisor decisions"), ""]
+    lines += _table([_("week"), _("reviewed"), _("approved unchanged"), _("edited"), _("rejected"),
+                     _("mean edit distance")],
+                    [[week_text(w), fmt_int(r.decisions[w].reviewed), fmt_int(r.decisions[w].approved),
+                      fmt_int(r.decisions[w].edited), fmt_int(r.decisions[w].rejected),
+                      fmt_num(r.edits[w].mean_distance)] for w in r.history])
     per_cat = r.decisions_by_category.get(r.label, {})
     edit_cat = r.edits[r.label].by_category
     if per_cat:
-        lines += [f"By category, {r.label}:", ""]
-        lines += _table(["category", "reviewed", "approved unchanged", "edited", "rejected", "automation",
-                         "mean edit distance"],
-                        [[c, n.reviewed, n.approved, n.edited, n.rejected, fmt_pct(n.automation_rate),
+        lines += [_("By category, {week}:").format(week=week), ""]
+        lines += _table([_("category"), _("reviewed"), _("approved unchanged"), _("edited"), _("rejected"),
+                         _("automation"), _("mean edit distance")],
+                        [[_word(NAME_WORDS, c), fmt_int(n.reviewed), fmt_int(n.approved), fmt_int(n.edited),
+                          fmt_int(n.rejected), fmt_pct(n.automation_rate),
                           fmt_num(edit_cat[c][1] if c in edit_cat else None)] for c, n in sorted(per_cat.items())])
     else:
-        lines += [f"No reviews in {r.label}.", ""]
+        lines += [_("No reviews in {week}.").format(week=week), ""]
     if r.replacements:
-        lines += ["Most frequent changes in edited drafts (what the model still gets wrong):", ""]
-        lines += _table(["draft said", "supervisor wrote", "times"],
-                        [[a or "(nothing)", b or "(deleted)", n] for a, b, n in
+        lines += [_("Most frequent changes in edited drafts (what the model still gets wrong):"), ""]
+        lines += _table([_("draft said"), _("supervisor wrote"), _("times")],
+                        [[a or _("(nothing)"), b or _("(deleted)"), fmt_int(n)] for a, b, n in
                          ((x.old, x.new, x.count) for x in r.replacements)])
-    lines += _chart(charts, "reviews.png", "Supervisor decisions")
+    lines += _chart(charts, "reviews.png", _("Supervisor decisions"))
 
     lines += _automation_lines(r)  # deliver21
 
     # policy
-    lines += ["## Policy violations", "",
-              f"{r.drafts_created} drafts created in {r.label}: {r.drafts_flagged} with violations,"
-              f" {r.drafts_blocked} blocked.", ""]
+    lines += ["## " + _("Policy violations"), "",
+              _("{created} drafts created in {week}: {flagged} with violations, {blocked} blocked.").format(
+                  created=fmt_int(r.drafts_created), week=week, flagged=fmt_int(r.drafts_flagged),
+                  blocked=fmt_int(r.drafts_blocked)), ""]
     if r.violations:
-        lines += _table(["rule", "severity", "drafts", "occurrences"],
-                        [[v.rule, v.severity, v.drafts, v.occurrences] for v in r.violations])
+        lines += _table([_("rule"), _("severity"), _("drafts"), _("occurrences")],
+                        [[v.rule, _word(SEVERITY_WORDS, v.severity), fmt_int(v.drafts), fmt_int(v.occurrences)]
+                         for v in r.violations])
     if r.approved_violation_drafts:
-        lines += [f"**{len(r.approved_violation_drafts)} approved drafts had violations** (should be 0):"
-                  f" drafts {', '.join(f'#{d}' for d in r.approved_violation_drafts)}.", ""]
-        lines += _table(["rule", "severity", "approved drafts"],
-                        [[v.rule, v.severity, v.drafts] for v in r.approved_violations])
+        lines += [_("**{count} approved drafts had violations** (should be 0): drafts {drafts}.").format(
+                      count=fmt_int(len(r.approved_violation_drafts)),
+                      drafts=", ".join(f"#{d}" for d in r.approved_violation_drafts)), ""]
+        lines += _table([_("rule"), _("severity"), _("approved drafts")],
+                        [[v.rule, _word(SEVERITY_WORDS, v.severity), fmt_int(v.drafts)] for v in r.approved_violations])
     else:
-        lines += ["0 approved drafts had violations.", ""]
-    lines += _chart(charts, "violations.png", "Violations")
+        lines += [_("0 approved drafts had violations."), ""]
+    lines += _chart(charts, "violations.png", _("Violations"))
 
     lines += weekly_golden_markdown(r.golden)  # golden23: failing golden cases of the week's gates
     if r.rule_proposals:  # rules19: rule proposals mined from edits (`replyloop rules list`)
         by_status = {k: [p for p in r.rule_proposals if p["status"] == k] for k in ("open", "accepted", "dismissed")}
-        lines += ["## Rule proposals", "", f"{len(by_status['open'])} open, {len(by_status['accepted'])} accepted,"
-                  f" {len(by_status['dismissed'])} dismissed (mined from supervisors' edits; `replyloop rules list`).", ""]
-        lines += _table(["proposal", "kind", "drafts said", "supervisors wrote", "edits", "supervisors", "status"],
-                        [[f"#{p['id']}", p["kind"], p["avoid"], p["preferred"] or "(deleted)", p["count"],
-                          len(p["supervisors"]), p["status"]] for p in r.rule_proposals])
+        lines += ["## " + _("Rule proposals"), "",
+                  _("{open} open, {accepted} accepted, {dismissed} dismissed (mined from supervisors' edits;"
+                    " `replyloop rules list`).").format(open=fmt_int(len(by_status["open"])),
+                                                         accepted=fmt_int(len(by_status["accepted"])),
+                                                         dismissed=fmt_int(len(by_status["dismissed"]))), ""]
+        lines += _table([_("proposal"), _("kind"), _("drafts said"), _("supervisors wrote"), _("edits"),
+                         _("supervisors"), _("status")],
+                        [[f"#{p['id']}", p["kind"], p["avoid"], p["preferred"] or _("(deleted)"), fmt_int(p["count"]),
+                          fmt_int(len(p["supervisors"])), _word(PROPOSAL_WORDS, p["status"])]
+                         for p in r.rule_proposals])
 
     # models
-    lines += ["## Models", "", f"Champion: {_model(r.champion)}. Canary: {_model(r.canary, canary=True)}.", ""]
+    lines += ["## " + _("Models"), "", _("Champion: {champion}. Canary: {canary}.").format(
+        champion=_model(r.champion), canary=_model(r.canary, canary=True)), ""]
     if r.model_rates:
-        lines += [f"Approval without edit per model in {r.label} (95% Wilson interval):", ""]
-        lines += _table(["model", "role", "reviews", "approved unchanged", "rate", "95% CI"],
-                        [[_rate_name(m), m.role, m.reviews, m.approved, fmt_pct(m.rate),
-                          f"{fmt_pct(m.ci_low)} – {fmt_pct(m.ci_high)}"] for m in r.model_rates])
+        lines += [_("Approval without edit per model in {week} (95% Wilson interval):").format(week=week), ""]
+        lines += _table([_("model"), _("role"), _("reviews"), _("approved unchanged"), _("rate"), _("95% CI")],
+                        [[_rate_name(m), _word(ROLE_WORDS, m.role), fmt_int(m.reviews), fmt_int(m.approved),
+                          fmt_pct(m.rate), f"{fmt_pct(m.ci_low)} – {fmt_pct(m.ci_high)}"] for m in r.model_rates])
         if difference := r.canary_difference:
             d, low, high = difference
-            lines += [f"Canary − champion: {d * 100:+.1f} points (95% interval {low * 100:+.1f} to {high * 100:+.1f},"
-                      " Newcombe); an interval that spans 0 means the week's reviews cannot tell them apart.", ""]
+            lines += [_("Canary − champion: {difference} points (95% interval {low} to {high}, Newcombe); an"
+                        " interval that spans 0 means the week's reviews cannot tell them apart.").format(
+                          difference=_signed(d * 100, 1), low=_signed(low * 100, 1), high=_signed(high * 100, 1)),
+                      ""]
     counts = {a: sum(e.action == a for e in r.events) for a in MODEL_ACTIONS}
-    lines += [f"{counts['model.promote']} promotions, {counts['model.canary']} canary changes,"
-              f" {counts['model.rollback']} rollbacks, {counts['model.reject']} rejections.", ""]
+    lines += [_("{promotions} promotions, {canaries} canary changes, {rollbacks} rollbacks, {rejections}"
+                " rejections.").format(promotions=fmt_int(counts["model.promote"]),
+                                       canaries=fmt_int(counts["model.canary"]),
+                                       rollbacks=fmt_int(counts["model.rollback"]),
+                                       rejections=fmt_int(counts["model.reject"])), ""]
     if r.events:
-        lines += _table(["when", "action", "model", "change", "by", "reason"],
-                        [[e.at, e.action.split(".", 1)[1], f"{e.model_name} (#{e.model_id})",
-                          f"{e.from_status} → {e.to_status}" if e.from_status or e.to_status else "",
+        lines += _table([_("when"), _("action"), _("model"), _("change"), _("by"), _("reason")],
+                        [[_when(dt.datetime.fromisoformat(e.at), r.timezone),
+                          _word(ACTION_WORDS, e.action.split(".", 1)[1]), f"{e.model_name} (#{e.model_id})",
+                          f"{_word(ROLE_WORDS, e.from_status)} → {_word(ROLE_WORDS, e.to_status)}"
+                          if e.from_status or e.to_status else "",
                           e.actor, e.reason] for e in r.events])
 
     # automation
-    lines += ["## Automation rate", "", "Share of reviewed drafts approved without edit.", ""]
-    lines += _table(["week", "reviewed", "approved unchanged", "rate", "change"],
-                    [[w, n.reviewed, n.approved, fmt_pct(n.automation_rate), fmt_pp(change)]
-                     for w, n, change in r.automation_history()])
-    lines += _chart(charts, "automation.png", "Automation rate")
+    lines += ["## " + _("Automation rate"), "", _("Share of reviewed drafts approved without edit."), ""]
+    lines += _table([_("week"), _("reviewed"), _("approved unchanged"), _("rate"), _("change")],
+                    [[week_text(w), fmt_int(n.reviewed), fmt_int(n.approved), fmt_pct(n.automation_rate),
+                      fmt_pp(change)] for w, n, change in r.automation_history()])
+    lines += _chart(charts, "automation.png", _("Automation rate"))
 
     if r.chart_labels:
-        lines += ["Chart labels (no CJK font was available for the charts): "
-                  + ", ".join(f"{k} = {v}" for k, v in r.chart_labels.items()) + ".", ""]
+        lines += [_("Chart labels (no CJK font was available for the charts): {labels}.").format(
+            labels=", ".join(f"{k} = {v}" for k, v in r.chart_labels.items())), ""]
+
+    # numbers.csv: English column names for scripts, described here in the reader's language
+    lines += ["## numbers.csv", "",
+              _("Every number of this report is a row of `numbers.csv`. Its column names stay English for"
+                " scripts:"), ""]
+    lines += _table([_("column"), _("meaning")], [[f"`{name}`", _(meaning)] for name, meaning in CSV_COLUMNS])
     return "\n".join(lines).rstrip() + "\n"
 
 
+PROPOSAL_WORDS = {"open": N_("open"), "accepted": N_("accepted"), "dismissed": N_("dismissed")}
+
+
 def _rate_name(m: ModelRate) -> str:
-    return f"{m.name} (#{m.model_id})" if m.model_id is not None else m.name
+    return f"{m.name} (#{m.model_id})" if m.model_id is not None else _word(NAME_WORDS, m.name)
 
 
 def _model(ref: ModelRef | None, canary: bool = False) -> str:
     if ref is None:
-        return "none"
-    return f"{ref.name} (#{ref.id})" + (f" at {ref.percent}% of conversations" if canary and ref.percent else "")
+        return _("none")
+    if canary and ref.percent:
+        return _("{model} at {percent}% of conversations").format(model=f"{ref.name} (#{ref.id})",
+                                                                   percent=ref.percent)
+    return f"{ref.name} (#{ref.id})"
 
 
 def _chart(charts: dict[str, Path], name: str, title: str) -> list[str]:

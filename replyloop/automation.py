@@ -40,6 +40,7 @@ from dataclasses import asdict, dataclass
 from replyloop import timeutil
 from replyloop.config import AutomationConfig, Config
 from replyloop.errors import ReplyloopError
+from replyloop.i18n import _
 from replyloop.store import Store
 from replyloop.textnorm import sha256
 
@@ -326,11 +327,11 @@ def home_line(store: Store) -> str | None:
     pinned = [r["intent"] for r in rows if r["pinned"] == "manual"]
     parts = []
     if revoked:
-        parts.append(f"revoked: {', '.join(revoked)}")
+        parts.append(_("revoked: {intents}").format(intents=", ".join(revoked)))
     if pinned:
-        parts.append(f"pinned manual: {', '.join(pinned)}")
-    return (f"*Automation:* {automatic} draft(s) approved automatically; "
-            + ("; ".join(parts) if parts else "no revocations or pins") + " (`replyloop automation list`)")
+        parts.append(_("pinned manual: {intents}").format(intents=", ".join(pinned)))
+    return _("*Automation:* {count} draft(s) approved automatically; {state} (`replyloop automation list`)").format(
+        count=automatic, state="; ".join(parts) if parts else _("no revocations or pins"))
 
 
 

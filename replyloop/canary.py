@@ -10,27 +10,32 @@ from dataclasses import dataclass
 
 from replyloop import timeutil
 from replyloop.config import Config
+from replyloop.i18n import N_, _, workspace
+from replyloop.phrases import Phrase, localized
 from replyloop.registry import Registry
 from replyloop.store import Store
 
 Notify = Callable[[str], None]
 
 
-def compare_rates(canary: dict, champion: dict | None, margin: float, confidence: float) -> tuple[str, str]:
+def compare_rates(canary: dict, champion: dict | None, margin: float, confidence: float) -> tuple[str, Phrase]:
     """Is the canary's approval-without-edit rate worse than the champion's by more than ``margin``?
 
     Returns ("ok" | "worse" | "inconclusive", a description). With ``confidence`` > 0 the
     difference is judged by its confidence interval (Newcombe): ok when even its lower end is
     above ``-margin``, worse when even its upper end is below, inconclusive in between. With
-    ``confidence`` 0, or counts too small to estimate, the measured rates are compared."""
+    ``confidence`` 0, or counts too small to estimate, the measured rates are compared. The
+    description is a ``Phrase``: English as a str (stored reasons, --json), ``localized()`` for people."""
     from replyloop.evaluation.stats import rate_difference, z_for
 
-    fmt = lambda r: "n/a" if r is None else f"{r:.0%}"  # noqa: E731
+    fmt = lambda r: Phrase(N_("n/a")) if r is None else f"{r:.0%}"  # noqa: E731
     c_rate = canary["approval_without_edit_rate"]
     ch_rate = champion["approval_without_edit_rate"] if champion else None
-    text = (f"approval without edit {fmt(c_rate)} vs champion {fmt(ch_rate)} over {canary['reviews']} canary "
-            f"review(s) ({canary['approved']}/{canary['reviews']} vs "
-            f"{champion['approved'] if champion else 0}/{champion['reviews'] if champion else 0})")
+    text = Phrase(N_("approval without edit {rate} vs champion {champion_rate} over {reviews} canary review(s)"
+                     " ({approved}/{reviews} vs {champion_approved}/{champion_reviews})"),
+                  rate=fmt(c_rate), champion_rate=fmt(ch_rate), reviews=canary["reviews"], approved=canary["approved"],
+                  champion_approved=champion["approved"] if champion else 0,
+                  champion_reviews=champion["reviews"] if champion else 0)
     if c_rate is None:
         return "worse", text
     if ch_rate is None:
@@ -38,7 +43,9 @@ def compare_rates(canary: dict, champion: dict | None, margin: float, confidence
     if confidence > 0:
         d, low, high = rate_difference(canary["approved"], canary["reviews"], champion["approved"],
                                        champion["reviews"], z_for(confidence))
-        text += f"; difference {d * 100:+.0f} points, {confidence:.0%} CI [{low * 100:+.0f}, {high * 100:+.0f}]"
+        text += Phrase(N_("; difference {difference} points, {confidence} CI [{low}, {high}]"),
+                       difference=f"{d * 100:+.0f}", confidence=f"{confidence:.0%}", low=f"{low * 100:+.0f}",
+                       high=f"{high * 100:+.0f}")
         if low >= -margin:
             return "ok", text
         if high < -margin:
@@ -59,7 +66,7 @@ class CanaryAssessment:
     max_days: float
     outcome: str            # ok | worse | inconclusive | too-few (reviews, before max_days)
     consistency_ok: bool
-    summary: str
+    summary: str            # a Phrase: English as a str; ``localized(summary)`` where people read it
 
     @property
     def decision(self) -> str:
@@ -97,10 +104,11 @@ def assess_canary(config: Config, store: Store, now: dt.datetime | None = None) 
     if rates["reviews"] < sched.canary_min_reviews and not expired:
         outcome = "too-few"
     elif outcome == "inconclusive" and expired:
-        outcome, _ = compare_rates(rates, champ_rates, sched.canary_rate_margin, 0.0)
-        summary += f"; still inconclusive after {age_days:.1f} days, so the measured rates decided"
-    summary += "; consistency gate " + ("not evaluated" if evaluation is None else
-                                        "passed" if consistency_ok else "failed")
+        outcome, _measured = compare_rates(rates, champ_rates, sched.canary_rate_margin, 0.0)
+        summary += Phrase(N_("; still inconclusive after {days} days, so the measured rates decided"),
+                          days=f"{age_days:.1f}")
+    summary += (Phrase(N_("; consistency gate not evaluated")) if evaluation is None else
+                Phrase(N_("; consistency gate passed")) if consistency_ok else Phrase(N_("; consistency gate failed")))
     return CanaryAssessment(canary, champion, rates["reviews"], sched.canary_min_reviews, age_days,
                             sched.canary_max_days, outcome, consistency_ok, summary)
 
@@ -121,12 +129,16 @@ def judge_canary(config: Config, store: Store, notify: Notify | None = None,
                 "summary": summary}
     registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
     if decision == "promote":
-        registry.promote(canary["id"], actor="scheduler", reason="canary succeeded: " + summary)
-        say(f":tada: Canary *{canary['name']}* promoted to champion: {summary}.")
+        registry.promote(canary["id"], actor="scheduler", reason="canary succeeded: " + str(summary))
+        with workspace():  # a channel message: the workspace's language
+            say(":tada: " + _("Canary *{canary}* promoted to champion: {summary}.").format(
+                canary=canary["name"], summary=localized(summary)))
     else:
-        registry.rollback(actor="scheduler", reason="canary rolled back: " + summary)
-        say(f":rewind: Canary *{canary['name']}* rolled back; *{a.champion['name'] if a.champion else '-'}* "
-            f"stays champion: {summary}.")
+        registry.rollback(actor="scheduler", reason="canary rolled back: " + str(summary))
+        with workspace():
+            say(":rewind: " + _("Canary *{canary}* rolled back; *{champion}* stays champion: {summary}.").format(
+                canary=canary["name"], champion=a.champion["name"] if a.champion else "-",
+                summary=localized(summary)))
     from replyloop.drafting import unload_retired  # deliver21: vLLM drops what no longer serves
     unload_retired(config, store)
     return {"decision": decision, "summary": summary, "model_id": canary["id"]}

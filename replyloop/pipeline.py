@@ -30,6 +30,8 @@ from replyloop import timeutil
 from replyloop.childenv import child_env
 from replyloop.config import Config
 from replyloop.errors import EXIT_GATE_FAILED, ConfigError, ConflictError, ReplyloopError, TrainingError
+from replyloop.i18n import N_, _, language, workspace
+from replyloop.phrases import Phrase, localized
 from replyloop.locking import RunLock, pid_alive, process_identity, same_process
 from replyloop.messages import Message, bold, code_block, icon, message
 from replyloop.registry import Registry
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 Notify = Callable[[str], None]
 Progress = Callable[[dict], None]  # {"stage": ..., ...} and the trainer's progress events
 PROGRESS_PREFIX = "replyloop-progress "
+TRIGGER_WORDS = {"cli": N_("cli"), "scheduler": N_("scheduler"), "slack": N_("slack")}  # shown as in English
 
 
 @dataclass
@@ -49,7 +52,7 @@ class Due:
     due: bool
     new_samples: int
     threshold: int
-    reason: str
+    reason: str                      # a Phrase: English as a str (--json); ``localized(reason)`` for people
     snapshot_hash: str | None = None
 
 
@@ -57,7 +60,7 @@ class Due:
 class PipelineResult:
     run_id: int | None
     status: str                      # succeeded | failed | config-error | skipped | dry-run
-    message: str
+    message: str                     # what was posted and shown (ui.language); to_dict(): its English rendering
     model_id: int | None = None
     model_name: str | None = None
     gate_passed: bool | None = None
@@ -65,7 +68,10 @@ class PipelineResult:
     details: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The result for --json: ``message`` in English whatever the language (``_posted``)."""
+        out = asdict(self)
+        out["message"] = getattr(self.message, "english", self.message)
+        return out
 
 
 # -- when to run -------------------------------------------------------------------------------
@@ -79,20 +85,22 @@ def check_due(config: Config, store: Store, now: dt.datetime | None = None) -> D
     canary = Registry(store).canary()
     if canary is not None:
         return Due(False, new, sched.min_new_samples,
-                   f"canary {canary['name']} is still being judged; the next run waits for its promotion or rollback",
-                   snap)
+                   Phrase(N_("canary {model} is still being judged; the next run waits for its promotion or rollback"),
+                          model=canary["name"]), snap)
     if new < sched.min_new_samples:
         return Due(False, new, sched.min_new_samples,
-                   f"{new} new approved sample(s) since the champion's snapshot; {sched.min_new_samples} needed", snap)
+                   Phrase(N_("{new} new approved sample(s) since the champion's snapshot; {needed} needed"),
+                          new=new, needed=sched.min_new_samples), snap)
     last = store.one("SELECT started_at FROM training_runs ORDER BY started_at DESC LIMIT 1")
     if last is not None:
         elapsed = (now or timeutil.now()) - timeutil.parse(last["started_at"])
         wait = dt.timedelta(hours=sched.min_interval_hours)
         if elapsed < wait:
             return Due(False, new, sched.min_new_samples,
-                       f"last run started {elapsed.total_seconds() / 3600:.1f} h ago; "
-                       f"min_interval_hours is {sched.min_interval_hours}", snap)
-    return Due(True, new, sched.min_new_samples, f"{new} new approved sample(s) >= {sched.min_new_samples}", snap)
+                       Phrase(N_("last run started {hours} h ago; min_interval_hours is {interval}"),
+                              hours=f"{elapsed.total_seconds() / 3600:.1f}", interval=sched.min_interval_hours), snap)
+    return Due(True, new, sched.min_new_samples,
+               Phrase(N_("{new} new approved sample(s) >= {needed}"), new=new, needed=sched.min_new_samples), snap)
 
 
 # -- run records -------------------------------------------------------------------------------
@@ -492,10 +500,7 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
         log_path = run_dir / "train.log"
         _update_run(store, run_id, config=json.dumps({"argv": argv, "train_config": str(train_yaml)}),
                     output_dir=str(output_dir), log_path=str(log_path))
-        say(message(icon("hourglass_flowing_sand"), f"Retrain run #{run_id} started ({trigger}"
-                    f"{' by <@' + requested_by + '>' if requested_by and requested_by.startswith('U') else ''}): "
-                    f"snapshot {snapshot.hash} with {snapshot.train} training and {snapshot.heldout} held-out"
-                    f" samples{', incremental from ' + champion['name'] if init else ', from the base model'}."))
+        say(_started_message(run_id, trigger, requested_by, snapshot, champion["name"] if init else None))
         show({"stage": "training", "run_id": run_id, "log_path": str(log_path)})
         code = run_training_process(store, run_id, argv, log_path, lock, progress=progress)
         if code == 2:  # the trainer's exit code for a bad config (a check only the trainer can make)
@@ -537,7 +542,9 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
                 registry.promote(model["id"], actor="pipeline", reason="passed the gate (no canary stage)")
                 action = "champion"
         else:
-            registry.reject(model["id"], actor="pipeline", reason="failed the gate: " + "; ".join(gate.reasons))
+            with language("en"):  # a stored reason: the audit log's language
+                reasons = "; ".join(gate.reasons)
+            registry.reject(model["id"], actor="pipeline", reason="failed the gate: " + reasons)
             action = "rejected"
         if action in ("canary", "champion", "rejected") and load_error is None:  # deliver21
             from replyloop.drafting import unload_retired
@@ -547,18 +554,13 @@ def run_pipeline(config: Config, store: Store, trigger: str = "cli", requested_b
             store.audit("pipeline", "run.finished", "training_run", run_id,
                         {"model_id": model["id"], "gate_passed": gate.passed, "action": action})
         if action != "waiting":
-            result_text = _result_message(run_id, model["name"], gate, action, config)
+            result_text = _posted(_result_message, run_id, model["name"], gate, action, config)
         else:  # deliver21: the drafting server could not load the adapter
-            champion = registry.champion()
-            result_text = message(
-                icon("warning"), f"Run #{run_id}: ", bold(model["name"]),
-                f" passed the gate, but the drafting server could not load it: {load_error}. The registry change"
-                " waits: it stays a candidate and ", bold(champion["name"] if champion else "no model"),
-                " keeps drafting. Once the server has it, run "
-                f"replyloop models {'canary' if champion else 'promote'} {model['name']}.",
-                code_block(gate.verdict()))
+            result_text = _posted(_waiting_message, run_id, model["name"], gate, load_error, registry.champion())
         if choice:  # train18: which candidate, and why
+            english = result_text.english
             result_text = message(*result_text.parts, "\n" + choice)
+            result_text.english = english + "\n" + choice
         say(result_text)
         return PipelineResult(run_id, "succeeded", result_text, model["id"], model["name"], gate.passed, action,
                               {"evaluation": evaluation})
@@ -596,7 +598,7 @@ def _train_preference(config: Config, store: Store, registry: Registry, source: 
                                 lock, progress=progress)
     if code != 0 or not (pref_dir / "adapter_config.json").exists():
         remove_partial_output(pref_dir)
-        first, _ = log_error_lines(log_path)
+        first, _lines = log_error_lines(log_path)
         why = first.removeprefix("Error: ") or f"exit code {code}"
         return None, f"Preference step ({preference}) not run: {why}; the SFT adapter is the candidate."
     remove_run_scratch(pref_dir)
@@ -632,14 +634,71 @@ def _choose_candidate(config: Config, store: Store, registry: Registry, run_id: 
     return chosen, gate, evaluation, line
 
 
+# -- what the pipeline posts: in the workspace's language (ui.language), whoever started the run --
+
+def _started_message(run_id: int, trigger: str, requested_by: str | None, snapshot, incremental_from: str | None):
+    with workspace():
+        word = TRIGGER_WORDS.get(trigger, trigger)
+        by = (_(" by <@{user}>").format(user=requested_by)
+              if requested_by and requested_by.startswith("U") else "")
+        source = (_(", incremental from {model}").format(model=incremental_from) if incremental_from
+                  else _(", from the base model"))
+        return message(icon("hourglass_flowing_sand"), _(
+            "Retrain run #{run_id} started ({trigger}{by}): snapshot {snapshot} with {train} training and"
+            " {heldout} held-out samples{source}.").format(
+                run_id=run_id, trigger=_(word), by=by, snapshot=snapshot.hash, train=snapshot.train,
+                heldout=snapshot.heldout, source=source))
+
+
+def _posted(build, *args) -> Message:
+    """``build(*args)`` in the workspace's language (what is posted and shown), remembering its
+    English rendering as ``.english`` for --json (a machine format, the same in every language)."""
+    with language("en"):
+        english = build(*args)
+    with workspace():
+        text = build(*args)
+    if not isinstance(text, Message):
+        text = message(text)
+    text.english = str(english)
+    return text
+
+
+def _waiting_message(run_id: int, name: str, gate, load_error: str, champion: dict | None) -> Message:
+    """deliver21: the gate passed but the drafting server could not load the adapter."""
+    text = _("Run #{run_id}: {model} passed the gate, but the drafting server could not load it: {error}. The"
+             " registry change waits: it stays a candidate and {champion} keeps drafting. Once the server has"
+             " it, run replyloop models {command} {model_name}.")
+    parts = _bold_parts(text, {"model": name, "champion": champion["name"] if champion else _("no model")},
+                        run_id=run_id, error=load_error, command="canary" if champion else "promote",
+                        model_name=name)
+    return message(icon("warning"), *parts, code_block(gate.verdict()))
+
+
+def _bold_parts(text: str, bolds: dict[str, str], **values) -> list:
+    """A translated sentence as message parts: the ``bolds`` placeholders become bold parts (in
+    the translation's own order), the others are filled in."""
+    import re
+
+    names = "|".join(re.escape("{" + k + "}") for k in bolds)
+    parts = []
+    for i, piece in enumerate(re.split(f"({names})", text)):
+        if i % 2:
+            parts.append(bold(bolds[piece[1:-1]]))
+        elif piece:
+            parts.append(piece.format(**values))
+    return parts
+
+
 def _failure_message(run_id: int | None, error: str) -> str:
     """The failure as posted: the first line, then the error lines in a code block."""
-    first, _, rest = error.partition("\n")
+    first, _sep, rest = error.partition("\n")
     rest = rest.strip()
     if len(rest) > 2500:  # Slack shows long messages collapsed; the log has everything
         rest = "...\n" + rest[-2500:]
-    return message(icon("x"), f"Retrain run #{run_id or '-'} failed: {first}", code_block(rest) if rest else "",
-                   "\nThe champion is unchanged." if not rest else "The champion is unchanged.")
+    with workspace():
+        unchanged = _("The champion is unchanged.")
+        return message(icon("x"), _("Retrain run #{run_id} failed: {error}").format(run_id=run_id or "-", error=first),
+                       code_block(rest) if rest else "", "\n" + unchanged if not rest else unchanged)
 
 
 def _config_error(store: Store, error: str, trigger: str, requested_by: str | None, say: Notify) -> PipelineResult:
@@ -650,8 +709,9 @@ def _config_error(store: Store, error: str, trigger: str, requested_by: str | No
                      " ORDER BY id DESC LIMIT 1")  # a run started since: the error is new again
     repeated = (last is not None and last["detail"] is not None
                 and json.loads(last["detail"]).get("error") == error[:2000])
-    text = message(icon("warning"), "Retrain not started: the training config needs fixing.",
-                   code_block(error[:2500]))
+    with workspace():
+        text = message(icon("warning"), _("Retrain not started: the training config needs fixing."),
+                       code_block(error[:2500]))
     if trigger == "scheduler" and repeated:
         log.warning("retrain not started (config error, already posted): %s", error)
     else:
@@ -678,13 +738,14 @@ def _abandon_output(store: Store, output_dir: Path | None, error: str) -> None:
 
 
 def _result_message(run_id: int, name: str, gate, action: str, config: Config) -> Message:
-    icon_name, tail = {
-        "canary": ("large_yellow_circle", f" passed the gate and is now the canary for "
-                                          f"{config.file.scheduler.canary_percent}% of new conversations."),
-        "champion": ("white_check_mark", " passed the gate and is now the champion."),
-        "rejected": ("no_entry", " did not pass the gate; the champion is unchanged."),
+    icon_name, text = {
+        "canary": ("large_yellow_circle", _("Run #{run_id}: {model} passed the gate and is now the canary for"
+                                            " {percent}% of new conversations.")),
+        "champion": ("white_check_mark", _("Run #{run_id}: {model} passed the gate and is now the champion.")),
+        "rejected": ("no_entry", _("Run #{run_id}: {model} did not pass the gate; the champion is unchanged.")),
     }[action]
-    return message(icon(icon_name), f"Run #{run_id}: ", bold(name), tail, code_block(gate.verdict()))
+    parts = _bold_parts(text, {"model": name}, run_id=run_id, percent=config.file.scheduler.canary_percent)
+    return message(icon(icon_name), *parts, code_block(gate.verdict()))
 
 
 def _dry_run(config: Config, store: Store, lock: RunLock) -> PipelineResult:
@@ -698,15 +759,22 @@ def _dry_run(config: Config, store: Store, lock: RunLock) -> PipelineResult:
         problem = None
     except ConfigError as exc:
         problem = str(exc)
-    lines = [
-        f"Due: {'yes' if due.due else 'no'} ({due.reason})",
-        f"Champion: {champion['name'] if champion else '(none)'}",
-        f"Training config: {config.train_config_path} ({'ok' if problem is None else 'ERROR, see below'})",
-        f"Start from: {init or 'the base model'}",
-        f"Command: {shlex.join(argv)}",
-        "Evaluation: " + (shlex.join(evaluation_argv(config, {"id": "<new>", "name": "<new>"}, 0))
-                          if config.file.evaluation.command else "in this process"),
-        f"Lock: {'held by pid ' + str(holder['owner_pid']) if holder else 'free'}",
-    ]
-    return PipelineResult(None, "dry-run" if problem is None else "config-error", "\n".join(lines),
+    evaluation = (shlex.join(evaluation_argv(config, {"id": "<new>", "name": "<new>"}, 0))
+                  if config.file.evaluation.command else None)
+
+    def lines() -> str:
+        return "\n".join([
+            _("Due: {answer} ({reason})").format(answer=_("yes") if due.due else _("no"),
+                                                   reason=localized(due.reason)),
+            _("Champion: {model}").format(model=champion["name"] if champion else _("(none)")),
+            _("Training config: {path} ({state})").format(
+                path=config.train_config_path, state=_("ok") if problem is None else _("ERROR, see below")),
+            _("Start from: {adapter}").format(adapter=init or _("the base model")),
+            _("Command: {command}").format(command=shlex.join(argv)),
+            _("Evaluation: {where}").format(where=evaluation or _("in this process")),
+            _("Lock: {state}").format(state=_("held by pid {pid}").format(pid=holder["owner_pid"]) if holder
+                                      else _("free")),
+        ])
+
+    return PipelineResult(None, "dry-run" if problem is None else "config-error", _posted(lines),
                           details={"due": asdict(due), "config_error": problem})
