@@ -399,8 +399,8 @@ def test_app_home_automation_blocks_in_the_users_language(workspace, chinese):
             texts = [b["text"]["text"] for b in lines.values()]
             buttons = [b["accessory"]["text"]["text"] for b in lines.values()]
             if user == "USUP1":
-                assert texts == ["*售后服务*：人工审核 - 0/0 条未经编辑直接通过，置信下限 无数据",
-                                 "*物流查询*：人工审核，固定为人工审核 - 0/0 条未经编辑直接通过，置信下限 无数据"]
+                assert texts == ["*售后服务*：人工审核 - 0/0 条未经编辑直接通过，置信下限 无",
+                                 "*物流查询*：人工审核，固定为人工审核 - 0/0 条未经编辑直接通过，置信下限 无"]
                 assert buttons == ["固定为人工", "允许"]
                 assert_all_chinese(texts + buttons)
             else:
