@@ -109,7 +109,7 @@ class DecisionWriter:
                     except ReplyloopError as exc:
                         done.append((future, None, exc))
         except BaseException as exc:  # the database failed: nothing of the batch is stored
-            for future, _, _ in batch:
+            for future, _args, _kwargs in batch:
                 future.set_exception(exc)
             return
         for future, result, exc in done:  # only after the commit

@@ -453,7 +453,7 @@ def check_case(case: Case, draft: str, *, engine=None, similarity: float | None 
                                      found[0][1] if found and ok else None))
             else:
                 ok = not found if a.mode == "any" else len(found) < len(a.value)
-                detail = "" if ok else "found: " + ", ".join(v for v, _ in found)
+                detail = "" if ok else "found: " + ", ".join(v for v, _span_found in found)
                 results.append(_span(AssertionResult(a.type, label, ok, detail), draft,
                                      None if ok else found[0][1]))
         elif a.type == "regex":

@@ -145,3 +145,32 @@ def test_a_slack_users_locale_is_looked_up_once_and_falls_back_to_the_workspace(
         off = UserLanguages(client, enabled=False)
         with i18n.language(off.lazy("UEN")):
             assert i18n.week_label(2026, 49) == "2026年第49周"
+
+
+def _binds_underscore(scope) -> list[int]:
+    """Lines where a function (or comprehension) binds `_` locally: `for _ in`, `a, _ = ...`, `with ... as _`."""
+    lines = []
+    for node in ast.walk(scope):
+        if isinstance(node, ast.Name) and node.id == "_" and isinstance(node.ctx, ast.Store):
+            lines.append(node.lineno)
+    return lines
+
+
+def test_no_module_that_translates_rebinds_the_underscore():
+    """`from replyloop.i18n import _` plus `for _ in range(3)` in the same function is an
+    UnboundLocalError at the first `_()` of that function: found statically, in every module."""
+    bad = []
+    for root in source_roots():
+        for path in root.rglob("*.py"):
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            imports_it = any(isinstance(n, ast.ImportFrom) and n.module == "replyloop.i18n"
+                             and any(a.name == "_" and a.asname in (None, "_") for a in n.names)
+                             for n in ast.walk(tree))
+            if not imports_it:
+                continue
+            for node in ast.walk(tree):
+                if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                    bad += [f"{path.relative_to(root.parent)}:{n}" for n in _binds_underscore(node)]
+            bad += [f"{path.relative_to(root.parent)}:{n.lineno}" for n in tree.body
+                    if isinstance(n, (ast.Assign, ast.For)) and _binds_underscore(n)]
+    assert not bad, f"`_` rebound where it translates: {sorted(set(bad))}"
