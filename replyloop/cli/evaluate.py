@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
+from replyloop.i18n import _
 
 
 def register(app: typer.Typer) -> None:
@@ -60,7 +61,8 @@ def register(app: typer.Typer) -> None:
                 if not (Path(model) / "manifest.json").is_file():
                     raise
                 row = registry.register(model)
-                typer.echo(f"Registered {model} as model {row['id']} ({row['name']})", err=True)
+                typer.echo(_("Registered {path} as model {id} ({name})").format(path=model, id=row["id"],
+                                                                                name=row["name"]), err=True)
             if suite:
                 _run_suites(cfg, store, registry, row, names, against, max_new_tokens, batch_size, as_json)
                 return
@@ -110,7 +112,8 @@ def _run_suites(cfg, store, registry, row, suite, against, max_new_tokens, batch
     else:
         typer.echo(golden.render_table(run, changes))
         if champion is not None and golden.describe_changes(changes):
-            typer.echo(f"Against {champion.model_name}: {golden.describe_changes(changes)}")
+            typer.echo(_("Against {model}: {changes}").format(model=champion.model_name,
+                                                              changes=golden.describe_changes(changes)))
     if not run.passed:
         raise typer.Exit(golden.GOLDEN_FAILED_EXIT)
 
@@ -128,7 +131,8 @@ def _suite_files_command(config, suite, export, out, import_file) -> None:
         if export or not names or len(names) != 1:
             raise ConfigError("--import-promptfoo needs one suite name to write: --suite NAME --import-promptfoo FILE")
         target = golden_promptfoo.import_promptfoo(import_file, directory, names[0])
-        typer.echo(f"Wrote {target} ({len(golden.load_suites(directory, names)[0].cases)} cases)")
+        typer.echo(_("Wrote {path} ({count} cases)").format(
+            path=target, count=len(golden.load_suites(directory, names)[0].cases)))
         return
     if export != "promptfoo":
         raise ConfigError(f"--export {export}: the only export format is promptfoo")
@@ -140,4 +144,5 @@ def _suite_files_command(config, suite, export, out, import_file) -> None:
         typer.echo(text, nl=False)
     else:
         out.write_text(text, encoding="utf-8")
-        typer.echo(f"Wrote {out} ({sum(len(s.cases) for s in suites)} cases)", err=True)
+        typer.echo(_("Wrote {path} ({count} cases)").format(path=out, count=sum(len(s.cases) for s in suites)),
+                   err=True)

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from replyloop.cli.common import ConfigOption
+from replyloop.i18n import _
 
 
 def serve(
@@ -46,9 +47,9 @@ def serve(
     configure_logging(cfg.file.logging.format, getattr(logging, cfg.file.logging.level.upper()))
     http_mode = (not cfg.file.slack.socket_mode) if http is None else http
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_args: stop.set())
 
-    def ready(server) -> None:
+    def ready(server) -> None:  # a line scripts read (benchmarks, tests): stable English, like a log line
         mode = "HTTP mode: Slack events at /slack/events" if http_mode else "Socket Mode"
         typer.echo(f"Listening on {server.url} ({mode}; intake at /intake, health at /health, metrics at /metrics)")
         import sys
@@ -66,8 +67,8 @@ def serve(
             stop_heartbeat = instance.keep_alive()  # so a serve on another host sees this one is alive
             cleaned = recover(store)
             if cleaned:
-                typer.echo(f"Recovered after a crash: run(s) {', '.join(map(str, cleaned))} marked failed, "
-                           "partial output removed; the champion is unchanged.")
+                typer.echo(_("Recovered after a crash: run(s) {runs} marked failed, partial output removed; the "
+                             "champion is unchanged.").format(runs=", ".join(map(str, cleaned))))
             scheduler = None if no_scheduler else JobRunner(cfg)
             try:
                 run(cfg, store, Secrets.from_env(), http=http_mode, port=port, host=host, ready=ready, stop=stop,
