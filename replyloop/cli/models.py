@@ -94,7 +94,8 @@ def show(
     typer.echo(_line(row))
     for key, label in FIELDS.items():
         if row.get(key) is not None:
-            typer.echo(f"  {_(label)}: {when(row[key], tz) if key in TIMES else row[key]}")
+            typer.echo("  " + _("{field}: {value}").format(field=_(label),
+                                                          value=when(row[key], tz) if key in TIMES else row[key]))
     typer.echo("  " + _("metrics: {metrics}").format(metrics=json.dumps(row["metrics"], ensure_ascii=False)))
     rate = rates["approval_without_edit_rate"]
     typer.echo("  " + _("reviews: {reviews} (approved {approved}, edited {edited}, rejected {rejected}; approved "
