@@ -37,10 +37,10 @@ def read_replies(path: Path) -> list[tuple[str, str]]:
     for number, obj in jsonl_rows(path, read_utf8(path), expected="an object with 'id' and 'text'"):
         text = obj.get("text")
         if not isinstance(text, str):
-            raise DataFormatError(f"{path}:{number}: 'text' must be a string")
+            raise DataFormatError(_("{where}: 'text' must be a string").format(where=f"{path}:{number}"))
         reply_id = obj.get("id", number)
         if not isinstance(reply_id, (str, int)) or isinstance(reply_id, bool):
-            raise DataFormatError(f"{path}:{number}: 'id' must be a string or an integer")
+            raise DataFormatError(_("{where}: 'id' must be a string or an integer").format(where=f"{path}:{number}"))
         replies.append((reply_id, text))
     return replies
 
@@ -108,9 +108,10 @@ def check(
     from replyloop.evaluation.policy import load_policies
     from replyloop.errors import DataFormatError
 
+    directory = _policies_dir(policies, config)  # also the workspace's language, for what follows
     if (text is None) == (file is None):
-        raise DataFormatError("give either TEXT or --file (exactly one)")
-    engine = load_policies(_policies_dir(policies, config))
+        raise DataFormatError(_("give either TEXT or --file (exactly one)"))
+    engine = load_policies(directory)
     replies = read_replies(file) if file is not None else [(None, text)]
     rows = []
     for reply_id, body in replies:

@@ -80,10 +80,13 @@ def export(
     from replyloop.errors import DataFormatError
     from replyloop.pii import Scrubber
 
-    if split not in (None, "train", "heldout"):
-        raise DataFormatError(f"--split must be train or heldout, not {split!r}")
-    if split and not snapshot:
-        raise DataFormatError("--split needs --snapshot")
+    if split not in (None, "train", "heldout") or (split and not snapshot):
+        from replyloop.cli.common import workspace_language
+
+        workspace_language(config)
+        if split not in (None, "train", "heldout"):
+            raise DataFormatError(_("--split must be train or heldout, not {value}").format(value=repr(split)))
+        raise DataFormatError(_("--split needs --snapshot"))
     cfg, store = workspace(config)
     opts = cfg.file.export
     scrubber = None

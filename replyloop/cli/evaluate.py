@@ -43,15 +43,19 @@ def register(app: typer.Typer) -> None:
         from replyloop.registry import Registry
 
         names = list(names or [])
+        if (not suite and (export or import_promptfoo or names)) or (not suite and model is None):
+            from replyloop.cli.common import workspace_language
+
+            workspace_language(config)  # the errors below in the workspace's language
         if not suite and (export or import_promptfoo):
-            raise ConfigError("--export and --import-promptfoo work on golden suites: add --suite [NAME]")
+            raise ConfigError(_("--export and --import-promptfoo work on golden suites: add --suite [NAME]"))
         if not suite and names:
-            raise ConfigError(f"unexpected argument {names[0]!r} (suite names go with --suite)")
+            raise ConfigError(_("unexpected argument {value} (suite names go with --suite)").format(value=repr(names[0])))
         if suite and (export or import_promptfoo):  # no model: every argument is a suite name
             _suite_files_command(config, ([model] if model else []) + names, export, out, import_promptfoo)
             return
         if model is None:
-            raise ConfigError("missing MODEL (a model id, a name, or an adapter directory)")
+            raise ConfigError(_("missing MODEL (a model id, a name, or an adapter directory)"))
         cfg, store = workspace(config)
         with store:
             registry = Registry(store, keep_adapters=cfg.file.training.keep_adapters)
@@ -129,13 +133,13 @@ def _suite_files_command(config, suite, export, out, import_file) -> None:
     if import_file is not None:
         names = _suite_names(suite)
         if export or not names or len(names) != 1:
-            raise ConfigError("--import-promptfoo needs one suite name to write: --suite NAME --import-promptfoo FILE")
+            raise ConfigError(_("--import-promptfoo needs one suite name to write: --suite NAME --import-promptfoo FILE"))
         target = golden_promptfoo.import_promptfoo(import_file, directory, names[0])
         typer.echo(_("Wrote {path} ({count} cases)").format(
             path=target, count=len(golden.load_suites(directory, names)[0].cases)))
         return
     if export != "promptfoo":
-        raise ConfigError(f"--export {export}: the only export format is promptfoo")
+        raise ConfigError(_("--export {value}: the only export format is promptfoo").format(value=export))
     import yaml
 
     suites = golden.load_suites(directory, _suite_names(suite))

@@ -75,7 +75,11 @@ def list_(
 
     statuses = ("open", "accepted", "dismissed")
     if status is not None and status not in statuses:
-        raise DataFormatError(f"--status: {status!r} is not one of {', '.join(statuses)}")
+        from replyloop.cli.common import workspace_language
+
+        workspace_language(config)
+        raise DataFormatError(_("--status: {value} is not one of {choices}").format(value=repr(status),
+                                                                                  choices=", ".join(statuses)))
     cfg, store = workspace(config)
     with store:
         rows = list_proposals(store, (status,) if status else statuses)

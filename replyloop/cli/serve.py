@@ -90,12 +90,13 @@ def _start_error(exc: OSError, host: str, port: int, api_url: str):
     from replyloop.errors import ReplyloopError, UsageError
 
     if isinstance(exc, urllib.error.URLError):
-        return ReplyloopError(f"cannot reach Slack at {api_url} ({exc.reason}): check the network or proxy,"
-                              " then start `replyloop serve` again")
+        return ReplyloopError(_("cannot reach Slack at {url} ({reason}): check the network or proxy, then start "
+                                "`replyloop serve` again").format(url=api_url, reason=exc.reason))
     if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-        return UsageError(f"cannot listen on {host}:{port}: {exc.strerror} (another `replyloop serve` or"
-                          " program uses it? choose another --port or slack.http_port)")
-    return ReplyloopError(f"serve stopped: {exc.strerror or exc}")
+        return UsageError(_("cannot listen on {address}: {reason} (another `replyloop serve` or program uses it? "
+                            "choose another --port or slack.http_port)").format(address=f"{host}:{port}",
+                                                                               reason=exc.strerror))
+    return ReplyloopError(_("serve stopped: {reason}").format(reason=exc.strerror or exc))
 
 
 def register(app: typer.Typer) -> None:

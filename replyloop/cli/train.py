@@ -34,7 +34,7 @@ def train(
     workspace_language()  # the words below in the workspace's ui.language
     if ctx.invoked_subcommand is not None:
         if config is not None:
-            raise typer.BadParameter("--config goes with `replyloop train`, not with a subcommand", param_hint="--config")
+            raise typer.BadParameter(_("--config goes with `replyloop train`, not with a subcommand"), param_hint="--config")
         return
     if config is None:
         typer.echo(ctx.get_help())
