@@ -77,9 +77,9 @@ def test_init_and_the_first_steps_print_chinese(ws):
 
 def test_read_commands_print_chinese_by_default(ws):
     root, _init, _steps = ws
-    stats, models, check, fixed, show, outbox, rules, recover = _all([
+    stats, models, check, fixed, show, outbox, rules, recover, bad = _all([
         ("data", "stats"), ("models", "list"), ("check", BLOCKED), ("check", "--fix", "请提供快递条码"),
-        ("models", "show", "1"), ("outbox", "list"), ("rules", "list"), ("retrain", "--recover"),
+        ("models", "show", "1"), ("outbox", "list"), ("rules", "list"), ("retrain", "--recover"), ("check",),
     ], cwd=root)
 
     assert stats.returncode == 0, stats.stderr
@@ -106,15 +106,17 @@ def test_read_commands_print_chinese_by_default(ws):
     assert outbox.stdout == "已送达 0，待发送 0，死信 0\n"
     assert rules.stdout == "没有规则建议。\n"
     assert recover.stdout == "已恢复 0 次运行：无\n"
+    assert (bad.returncode, bad.stdout, bad.stderr) == (2, "", "Error: 请给出 TEXT 或 --file（二者选一）\n")
 
 
 def test_ui_language_en_and_the_environment_give_todays_english(ws):
     root, _init, _steps = ws
     config = root / "replyloop-en.yaml"
-    stats, models, check, fixed, show, outbox, rules, recover = _all([
+    stats, models, check, fixed, show, outbox, rules, recover, bad = _all([
         ("data", "stats", "-c", config), ("models", "list", "-c", config), ("check", "-c", config, BLOCKED),
         ("check", "-c", config, "--fix", "请提供快递条码"), ("models", "show", "1", "-c", config),
         ("outbox", "list", "-c", config), ("rules", "list", "-c", config), ("retrain", "--recover", "-c", config),
+        ("check", "-c", config),
     ], cwd=root)
     assert stats.stdout.startswith("Samples: 180   questions: 0   pending reviews: 0\n"
                                    "Champion's snapshot: 3add0ca2cff15b88   approved since: 0\n"), stats.stdout
@@ -134,6 +136,7 @@ def test_ui_language_en_and_the_environment_give_todays_english(ws):
     assert outbox.stdout == "0 delivered, 0 pending, 0 dead-lettered\n"
     assert rules.stdout == "No rule proposals.\n"
     assert recover.stdout == "Recovered 0 run(s): none\n"
+    assert (bad.returncode, bad.stderr) == (2, "Error: give either TEXT or --file (exactly one)\n")
     # REPLYLOOP_LANGUAGE=en in the Chinese workspace: the same English
     env_stats = _run("data", "stats", cwd=root, lang="en")
     assert env_stats.stdout == stats.stdout
@@ -154,3 +157,32 @@ def test_json_output_is_byte_identical_in_both_languages(ws):
             json.loads(line)  # still JSON
     assert json.loads(zh[2].stdout)[0]["status"] == "champion"  # stored words, not translated ones
     assert json.loads(zh[1].stdout)["verdict"] == "block"
+
+
+def test_retrain_progress_lines_follow_the_language(chinese):
+    """What `replyloop retrain` prints off a terminal while it trains (RunDisplay), in both languages."""
+    import io
+
+    from replyloop import i18n
+    from replyloop.cli.pipeline import RunDisplay
+
+    events = [{"stage": "training", "run_id": 7, "log_path": "/w/runs/7/train.log"},
+              {"step": 1, "total_steps": 30, "loss": 2.34567, "tokens_per_s": 812.4, "eta_s": 3725},
+              {"step": 10, "eval_loss": 1.5, "best_eval_loss": 1.25, "best_step": 5},
+              {"stage": "evaluating", "model": "rl-7"}]
+    out = {}
+    for lang in ("zh-CN", "en"):
+        stream = io.StringIO()
+        display = RunDisplay(stream=stream)
+        with i18n.language(lang):
+            for event in events:
+                display(event)
+        out[lang] = stream.getvalue().splitlines()
+    assert out["zh-CN"] == ["训练运行 #7；日志：/w/runs/7/train.log",
+                            "第 1/30 步  损失 2.3457  812 token/秒  预计剩余 1:02:05",
+                            "第 10 步：留出损失 1.5000（最佳 1.2500，在第 5 步）",
+                            "训练完成；正在用留出问题评估 rl-7 ……"]
+    assert out["en"] == ["Training run #7; log: /w/runs/7/train.log",
+                         "step 1/30  loss 2.3457  812 tokens/s  ETA 1:02:05",
+                         "step 10: held-out loss 1.5000 (best 1.2500 at step 5)",
+                         "Training done; evaluating rl-7 on the held-out questions ..."]
