@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from replyloop.cli.common import ConfigOption, JsonOption, console
+from replyloop.cli.common import ConfigOption, JsonOption, console, word
+from replyloop.i18n import _
 
 
 def _policies_dir(policies: Optional[Path], config: Optional[Path]) -> Path:
@@ -17,6 +18,9 @@ def _policies_dir(policies: Optional[Path], config: Optional[Path]) -> Path:
     from replyloop.config import load_config
 
     if policies is not None:
+        from replyloop.cli.common import workspace_language
+
+        workspace_language(config)
         return policies
     if config is not None or paths.default_config_path().exists():
         return load_config(config).policies_dir
@@ -33,10 +37,10 @@ def read_replies(path: Path) -> list[tuple[str, str]]:
     for number, obj in jsonl_rows(path, read_utf8(path), expected="an object with 'id' and 'text'"):
         text = obj.get("text")
         if not isinstance(text, str):
-            raise DataFormatError(f"{path}:{number}: 'text' must be a string")
+            raise DataFormatError(_("{where}: 'text' must be a string").format(where=f"{path}:{number}"))
         reply_id = obj.get("id", number)
         if not isinstance(reply_id, (str, int)) or isinstance(reply_id, bool):
-            raise DataFormatError(f"{path}:{number}: 'id' must be a string or an integer")
+            raise DataFormatError(_("{where}: 'id' must be a string or an integer").format(where=f"{path}:{number}"))
         replies.append((reply_id, text))
     return replies
 
@@ -51,16 +55,17 @@ def _print_table(rows: list[dict]) -> None:
     for row in rows:
         rid = "-" if row["id"] is None else str(row["id"])
         styles[len(cells)] = colour[row["verdict"]]
+        verdict = word(row["verdict"])
         if not row["violations"]:
-            cells.append((rid, row["verdict"], "", "", "", ""))
+            cells.append((rid, verdict, "", "", "", ""))
         for i, v in enumerate(row["violations"]):
             note = f"→ {v['suggestion']}" if v["suggestion"] else v["message"]
-            cells.append((rid if i == 0 else "", row["verdict"] if i == 0 else "",
-                          f"{v['rule']} ({v['severity']})", f"{v['start']}-{v['end']}", v["match"], note))
+            cells.append((rid if i == 0 else "", verdict if i == 0 else "",
+                          f"{v['rule']} ({word(v['severity'])})", f"{v['start']}-{v['end']}", v["match"], note))
         if row.get("fixed") is not None:
-            cells.append(("", "", "fixed", "", row["fixed"], ""))
-    table = table_that_fits(("id", "verdict", "rule", "span", "match", "message / suggestion"), cells, console,
-                            styles=styles)
+            cells.append(("", "", _("fixed"), "", row["fixed"], ""))
+    columns = (_("id"), _("verdict"), _("rule"), _("span"), _("match"), _("message / suggestion"))
+    table = table_that_fits(columns, cells, console, styles=styles)
     if table is not None:
         console.print(table)
     else:
@@ -68,18 +73,20 @@ def _print_table(rows: list[dict]) -> None:
         for row in rows:
             if lines:
                 lines.append("")
-            lines.append(f"reply {'-' if row['id'] is None else row['id']}: {row['verdict']}")
+            lines.append(_("reply {id}: {verdict}").format(id="-" if row["id"] is None else row["id"],
+                                                            verdict=word(row["verdict"])))
             for v in row["violations"]:
-                lines.append(f"  {v['rule']} ({v['severity']}) at {v['start']}-{v['end']} {v['match']!r}: "
-                             f"{v['message']}")
+                lines.append("  " + _("{rule} ({severity}) at {span} {match}: {message}").format(
+                    rule=v["rule"], severity=word(v["severity"]), span=f"{v['start']}-{v['end']}",
+                    match=repr(v["match"]), message=v["message"]))
                 if v["suggestion"]:
                     lines.append(f"    → {v['suggestion']}")
             if row.get("fixed") is not None:
-                lines.append(f"  fixed: {row['fixed']}")
+                lines.append("  " + _("fixed: {text}").format(text=row["fixed"]))
         print_records(lines, console)
     counts = {k: sum(r["verdict"] == k for r in rows) for k in ("block", "warn", "pass")}
-    console.print(f"{len(rows)} reply(ies): {counts['block']} blocked, {counts['warn']} warned, {counts['pass']} passed",
-                  soft_wrap=True)
+    console.print(_("{count} reply(ies): {blocked} blocked, {warned} warned, {passed} passed").format(
+        count=len(rows), blocked=counts["block"], warned=counts["warn"], passed=counts["pass"]), soft_wrap=True)
 
 
 def check(
@@ -101,9 +108,10 @@ def check(
     from replyloop.evaluation.policy import load_policies
     from replyloop.errors import DataFormatError
 
+    directory = _policies_dir(policies, config)  # also the workspace's language, for what follows
     if (text is None) == (file is None):
-        raise DataFormatError("give either TEXT or --file (exactly one)")
-    engine = load_policies(_policies_dir(policies, config))
+        raise DataFormatError(_("give either TEXT or --file (exactly one)"))
+    engine = load_policies(directory)
     replies = read_replies(file) if file is not None else [(None, text)]
     rows = []
     for reply_id, body in replies:

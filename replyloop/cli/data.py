@@ -7,7 +7,8 @@ from typing import Optional
 
 import typer
 
-from replyloop.cli.common import ConfigOption, JsonOption, console, print_json, workspace
+from replyloop.cli.common import ConfigOption, JsonOption, console, print_json, word, workspace
+from replyloop.i18n import N_, _, fmt_number
 
 data_app = typer.Typer(help="The curated dataset: import, export, stats, snapshots.", no_args_is_help=True)
 
@@ -34,19 +35,23 @@ def import_(
 
             questions = read_questions(file, encoding)
             ids = ingest_questions(cfg, store, questions, source="import")
-            typer.echo(f"Imported {len(ids)} question(s) from {file}")
+            typer.echo(_("Imported {count} question(s) from {file}").format(count=len(ids), file=file))
             return
         result = import_file(store, file, encoding, workers=workers, source="import")
         for c in result.conflict_examples:
-            other = f"line {c.other_line}" if c.other_line else f"stored sample #{c.sample_id}"
-            typer.echo(f"Warning: {file}:{c.line}: the prompt {_clip(c.prompt)!r} has a different answer on "
-                       f"{other}", err=True)
+            other = (_("line {line}").format(line=c.other_line) if c.other_line
+                     else _("stored sample #{sample_id}").format(sample_id=c.sample_id))
+            typer.echo("Warning: " + _("{where}: the prompt {prompt} has a different answer on {other}").format(
+                where=f"{file}:{c.line}", prompt=repr(_clip(c.prompt)), other=other), err=True)
         if result.conflicts > len(result.conflict_examples):
-            typer.echo(f"Warning: {result.conflicts - len(result.conflict_examples)} more row(s) with a prompt "
-                       "that has a different answer", err=True)
-        typer.echo(f"Imported {result.added} sample(s) from {file}, skipped {result.duplicates} duplicate(s)"
-                   + (f"; {result.conflicts} row(s) whose prompt has a different answer (see `replyloop data stats`)"
-                      if result.conflicts else ""))
+            typer.echo("Warning: " + _("{count} more row(s) with a prompt that has a different answer").format(
+                count=result.conflicts - len(result.conflict_examples)), err=True)
+        line = _("Imported {added} sample(s) from {file}, skipped {duplicates} duplicate(s)").format(
+            added=result.added, file=file, duplicates=result.duplicates)
+        if result.conflicts:
+            line += _("; {conflicts} row(s) whose prompt has a different answer (see `replyloop data stats`)").format(
+                conflicts=result.conflicts)
+        typer.echo(line)
 
 
 def _clip(text: str, limit: int = 40) -> str:
@@ -75,10 +80,13 @@ def export(
     from replyloop.errors import DataFormatError
     from replyloop.pii import Scrubber
 
-    if split not in (None, "train", "heldout"):
-        raise DataFormatError(f"--split must be train or heldout, not {split!r}")
-    if split and not snapshot:
-        raise DataFormatError("--split needs --snapshot")
+    if split not in (None, "train", "heldout") or (split and not snapshot):
+        from replyloop.cli.common import workspace_language
+
+        workspace_language(config)
+        if split not in (None, "train", "heldout"):
+            raise DataFormatError(_("--split must be train or heldout, not {value}").format(value=repr(split)))
+        raise DataFormatError(_("--split needs --snapshot"))
     cfg, store = workspace(config)
     opts = cfg.file.export
     scrubber = None
@@ -101,13 +109,17 @@ def export(
         rows = store.iter_samples(snapshot, split)
         target = export_samples(counted(rows), fmt, out, scrubber=scrubber, system_prompt=system_prompt,
                                 csv_safe=not raw_csv)
-    typer.echo(f"Wrote {written} sample(s) to {target}")
+    typer.echo(_("Wrote {count} sample(s) to {path}").format(count=written, path=target))
     if fmt.startswith("llama-factory"):
-        typer.echo(f"Registered it as dataset 'replyloop' in {out / 'dataset_info.json'} "
-                   f"(LLaMA-Factory: dataset_dir: {out}, dataset: replyloop)")
+        typer.echo(_("Registered it as dataset 'replyloop' in {path} (LLaMA-Factory: dataset_dir: {out}, "
+                     "dataset: replyloop)").format(path=out / "dataset_info.json", out=out))
     if scrubber is not None:
-        masked = ", ".join(f"{k} {v}" for k, v in sorted(scrubber.counts.items()) if v) or "nothing"
-        typer.echo(f"PII masked: {masked}")
+        typer.echo(_masked_line(scrubber))
+
+
+def _masked_line(scrubber) -> str:
+    masked = ", ".join(f"{word(k)} {v}" for k, v in sorted(scrubber.counts.items()) if v) or _("nothing")
+    return _("PII masked: {masked}").format(masked=masked)
 
 
 def _export_preferences(store, fmt: str, out: Path, snapshot: str | None, split: str | None, scrubber) -> None:
@@ -121,15 +133,17 @@ def _export_preferences(store, fmt: str, out: Path, snapshot: str | None, split:
             rows = ({"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected, "label": p.label}
                     for p in preferences.collect(store.db.conn) if p.kind == fmt)
         target, written = preferences.export(rows, fmt, out, scrubber)
-    what = "unpaired preference rows (prompt, completion, label)" if fmt == "kto" else \
-        "preference pairs (prompt, chosen, rejected)"
-    typer.echo(f"Wrote {written} {what} to {target} (TRL {fmt.upper()}Trainer format)")
+    if fmt == "kto":
+        line = _("Wrote {count} unpaired preference rows (prompt, completion, label) to {path} "
+                 "(TRL {trainer} format)")
+    else:
+        line = _("Wrote {count} preference pairs (prompt, chosen, rejected) to {path} (TRL {trainer} format)")
+    typer.echo(line.format(count=written, path=target, trainer=f"{fmt.upper()}Trainer"))
     if written == 0:
-        typer.echo("Warning: no reviews gave rows of this kind yet"
-                   + (" (edits and rejections make DPO pairs)" if fmt == "dpo" else ""), err=True)
+        typer.echo("Warning: " + (_("no reviews gave rows of this kind yet (edits and rejections make DPO pairs)")
+                                  if fmt == "dpo" else _("no reviews gave rows of this kind yet")), err=True)
     if scrubber is not None:
-        masked = ", ".join(f"{k} {v}" for k, v in sorted(scrubber.counts.items()) if v) or "nothing"
-        typer.echo(f"PII masked: {masked}")
+        typer.echo(_masked_line(scrubber))
 
 
 def _training_system_prompt(path: Path) -> str | None:
@@ -152,20 +166,23 @@ def stats(config: Optional[Path] = ConfigOption, as_json: bool = JsonOption):
     """
     from replyloop.cli.tables import print_table
 
-    _, store = workspace(config)
+    _cfg, store = workspace(config)
     with store:
         s = store.stats()
     if as_json:
         print_json(s)
         return
-    console.print(f"Samples: {s['samples']}   questions: {s['questions']}   pending reviews: {s['pending_reviews']}")
+    console.print(_("Samples: {samples}   questions: {questions}   pending reviews: {pending}").format(
+        samples=s["samples"], questions=s["questions"], pending=s["pending_reviews"]))
     if s["conflicting_prompts"]:
-        console.print(f"Prompts with conflicting answers: {s['conflicting_prompts']} (the same prompt, different "
-                      "responses: keep the right one)")
-    console.print(f"Champion's snapshot: {s['champion_snapshot'] or '(no champion yet)'}   "
-                  f"approved since: {s['approved_since_snapshot']}")
-    for title, key in (("Category", "by_category"), ("Source", "by_source")):
-        print_table((title, "Samples"), list(s[key].items()), console=console, justify_right=("Samples",))
+        console.print(_("Prompts with conflicting answers: {count} (the same prompt, different responses: keep "
+                        "the right one)").format(count=s["conflicting_prompts"]))
+    console.print(_("Champion's snapshot: {snapshot}   approved since: {approved}").format(
+        snapshot=s["champion_snapshot"] or _("(no champion yet)"), approved=s["approved_since_snapshot"]))
+    samples = _("Samples")
+    for title, key in ((_("Category"), "by_category"), (_("Source"), "by_source")):
+        rows = [(_source_word(name) if key == "by_source" else name, n) for name, n in s[key].items()]
+        print_table((title, samples), rows, console=console, justify_right=(samples,))
 
 
 @data_app.command("snapshot")
@@ -185,11 +202,13 @@ def snapshot(
     if as_json:
         print_json(snap.__dict__)
         return
-    state = "created" if snap.created else "unchanged (same content)"
-    typer.echo(f"Snapshot {snap.hash}: {snap.train} train, {snap.heldout} held-out ({state})")
+    state = _("created") if snap.created else _("unchanged (same content)")
+    typer.echo(_("Snapshot {hash}: {train} train, {heldout} held-out ({state})").format(
+        hash=snap.hash, train=snap.train, heldout=snap.heldout, state=state))
     if snap.without_heldout:
-        typer.echo("No held-out question in: " + ", ".join(snap.without_heldout)
-                   + " (all its questions were trained on by an earlier snapshot; its next new question will be held out)")
+        typer.echo(_("No held-out question in: {categories} (all its questions were trained on by an earlier "
+                     "snapshot; its next new question will be held out)").format(
+            categories=", ".join(snap.without_heldout)))
 
 
 @data_app.command("backup")
@@ -207,14 +226,25 @@ def backup(
 
     Example: replyloop data backup /backups/replyloop/
     """
-    _, store = workspace(config)
+    _cfg, store = workspace(config)
     with store:
         result = store.backup(dest, overwrite=force)
     if as_json:
         print_json(result)
         return
-    typer.echo(f"Backed up to {result['path']} ({result['bytes']:,} bytes): {result['samples']} samples, "
-               f"{result['questions']} questions, {result['reviews']} reviews, {result['models']} models")
+    typer.echo(_("Backed up to {path} ({bytes} bytes): {samples} samples, {questions} questions, {reviews} "
+                 "reviews, {models} models").format(
+        path=result["path"], bytes=fmt_number(result["bytes"]), samples=result["samples"],
+        questions=result["questions"], reviews=result["reviews"], models=result["models"]))
+
+
+# where samples came from (store sources), for the stats table
+SOURCES = {"import": N_("import"), "review": N_("review"), "slack": N_("slack"), "http": N_("http")}
+
+
+def _source_word(name: str) -> str:
+    msgid = SOURCES.get(name)
+    return _(msgid) if msgid else name
 
 
 def register(app: typer.Typer) -> None:

@@ -32,6 +32,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from replyloop.demo import DemoSettings, round_table, run_demo
+        from replyloop.i18n import _
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         for noisy in ("apscheduler", "slack_bolt", "bot", "httpx"):
@@ -44,14 +45,14 @@ def register(app: typer.Typer) -> None:
                 status.update(text.strip()[:80])
 
             summary = run_demo(workdir, DemoSettings.quick() if quick else DemoSettings(), force=force, say=say)
-        table = Table(title=f"replyloop demo: done in {summary.seconds:.0f} s")
-        table.add_column("What")
-        table.add_column("Result", overflow="fold")  # paths wrap instead of being cut off
+        table = Table(title=_("replyloop demo: done in {seconds} s").format(seconds=f"{summary.seconds:.0f}"))
+        table.add_column(_("What"))
+        table.add_column(_("Result"), overflow="fold")  # paths wrap instead of being cut off
         for what, result in summary.rows:
             table.add_row(what, result)
         console.print(table)
         header, rows = round_table(summary.rounds)
-        rounds = Table(title="Rounds of reviews (computed from the drafts and the supervisors' decisions)")
+        rounds = Table(title=_("Rounds of reviews (computed from the drafts and the supervisors' decisions)"))
         for i, name in enumerate(header):
             rounds.add_column(name, overflow="fold", ratio=2 if i == 0 else 3)
         for row in rows:
@@ -60,7 +61,8 @@ def register(app: typer.Typer) -> None:
         for note in summary.notes:
             console.print(note, markup=False, highlight=False, soft_wrap=True)
         if summary.report_dir:
-            console.print(f"Weekly report: {summary.report_dir / 'report.md'}", markup=False, highlight=False,
-                          soft_wrap=True)
-        console.print(f"Workspace: {summary.workdir}\nTry:  cd {summary.workdir} && replyloop models list && "
-                      "replyloop data stats && replyloop retrain --dry-run", markup=False, highlight=False)
+            console.print(_("Weekly report: {path}").format(path=summary.report_dir / "report.md"), markup=False,
+                          highlight=False, soft_wrap=True)
+        console.print(_("Workspace: {path}").format(path=summary.workdir) + "\n" + _("Try:  {commands}").format(
+            commands=f"cd {summary.workdir} && replyloop models list && replyloop data stats && "
+                     "replyloop retrain --dry-run"), markup=False, highlight=False)

@@ -9,6 +9,7 @@ from typing import Optional
 import typer
 
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
+from replyloop.i18n import _
 
 
 def register(app: typer.Typer) -> None:
@@ -42,15 +43,19 @@ def register(app: typer.Typer) -> None:
         from replyloop.registry import Registry
 
         names = list(names or [])
+        if (not suite and (export or import_promptfoo or names)) or (not suite and model is None):
+            from replyloop.cli.common import workspace_language
+
+            workspace_language(config)  # the errors below in the workspace's language
         if not suite and (export or import_promptfoo):
-            raise ConfigError("--export and --import-promptfoo work on golden suites: add --suite [NAME]")
+            raise ConfigError(_("--export and --import-promptfoo work on golden suites: add --suite [NAME]"))
         if not suite and names:
-            raise ConfigError(f"unexpected argument {names[0]!r} (suite names go with --suite)")
+            raise ConfigError(_("unexpected argument {value} (suite names go with --suite)").format(value=repr(names[0])))
         if suite and (export or import_promptfoo):  # no model: every argument is a suite name
             _suite_files_command(config, ([model] if model else []) + names, export, out, import_promptfoo)
             return
         if model is None:
-            raise ConfigError("missing MODEL (a model id, a name, or an adapter directory)")
+            raise ConfigError(_("missing MODEL (a model id, a name, or an adapter directory)"))
         cfg, store = workspace(config)
         with store:
             registry = Registry(store, keep_adapters=cfg.file.training.keep_adapters)
@@ -60,7 +65,8 @@ def register(app: typer.Typer) -> None:
                 if not (Path(model) / "manifest.json").is_file():
                     raise
                 row = registry.register(model)
-                typer.echo(f"Registered {model} as model {row['id']} ({row['name']})", err=True)
+                typer.echo(_("Registered {path} as model {id} ({name})").format(path=model, id=row["id"],
+                                                                                name=row["name"]), err=True)
             if suite:
                 _run_suites(cfg, store, registry, row, names, against, max_new_tokens, batch_size, as_json)
                 return
@@ -110,7 +116,8 @@ def _run_suites(cfg, store, registry, row, suite, against, max_new_tokens, batch
     else:
         typer.echo(golden.render_table(run, changes))
         if champion is not None and golden.describe_changes(changes):
-            typer.echo(f"Against {champion.model_name}: {golden.describe_changes(changes)}")
+            typer.echo(_("Against {model}: {changes}").format(model=champion.model_name,
+                                                              changes=golden.describe_changes(changes)))
     if not run.passed:
         raise typer.Exit(golden.GOLDEN_FAILED_EXIT)
 
@@ -126,12 +133,13 @@ def _suite_files_command(config, suite, export, out, import_file) -> None:
     if import_file is not None:
         names = _suite_names(suite)
         if export or not names or len(names) != 1:
-            raise ConfigError("--import-promptfoo needs one suite name to write: --suite NAME --import-promptfoo FILE")
+            raise ConfigError(_("--import-promptfoo needs one suite name to write: --suite NAME --import-promptfoo FILE"))
         target = golden_promptfoo.import_promptfoo(import_file, directory, names[0])
-        typer.echo(f"Wrote {target} ({len(golden.load_suites(directory, names)[0].cases)} cases)")
+        typer.echo(_("Wrote {path} ({count} cases)").format(
+            path=target, count=len(golden.load_suites(directory, names)[0].cases)))
         return
     if export != "promptfoo":
-        raise ConfigError(f"--export {export}: the only export format is promptfoo")
+        raise ConfigError(_("--export {value}: the only export format is promptfoo").format(value=export))
     import yaml
 
     suites = golden.load_suites(directory, _suite_names(suite))
@@ -140,4 +148,5 @@ def _suite_files_command(config, suite, export, out, import_file) -> None:
         typer.echo(text, nl=False)
     else:
         out.write_text(text, encoding="utf-8")
-        typer.echo(f"Wrote {out} ({sum(len(s.cases) for s in suites)} cases)", err=True)
+        typer.echo(_("Wrote {path} ({count} cases)").format(path=out, count=sum(len(s.cases) for s in suites)),
+                   err=True)

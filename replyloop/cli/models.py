@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from replyloop.cli.common import ConfigOption, JsonOption, console, print_json, workspace
+from replyloop.cli.common import ConfigOption, JsonOption, console, num, pct, print_json, when, word, workspace
+from replyloop.i18n import N_, _
 
 models_app = typer.Typer(help="The model registry: candidates, canary, champion, rollback.", no_args_is_help=True)
 
@@ -25,7 +26,16 @@ def _registry(config: Optional[Path]):
 
 def _line(row: dict) -> str:
     extra = f" {row['canary_percent']}%" if row["status"] == "canary" else ""
-    return f"model {row['id']} {row['name']}: {row['status']}{extra}"
+    return _("model {id} {name}: {status}").format(id=row["id"], name=row["name"], status=word(row["status"])) + extra
+
+
+# the fields `models show` prints, as people read them
+FIELDS = {
+    "adapter_path": N_("adapter_path"), "base_model": N_("base_model"), "snapshot_hash": N_("snapshot_hash"),
+    "run_id": N_("run_id"), "promoted_by": N_("promoted_by"), "promoted_at": N_("promoted_at"),
+    "retired_at": N_("retired_at"), "created_at": N_("created_at"),
+}
+TIMES = ("promoted_at", "retired_at", "created_at")
 
 
 @models_app.command("list")
@@ -40,7 +50,7 @@ def list_(
     """
     from replyloop.cli.tables import print_table
 
-    _, store, registry = _registry(config)
+    cfg, store, registry = _registry(config)
     with store:
         rows = registry.list(status)
         evals = {r["id"]: registry.latest_evaluation(r["id"]) for r in rows}
@@ -48,14 +58,16 @@ def list_(
         print_json([{**r, "latest_evaluation": evals[r["id"]]} for r in rows])
         return
     if not rows:
-        typer.echo("No models registered yet (train one, then `replyloop models register DIR`).")
+        typer.echo(_("No models registered yet (train one, then `replyloop models register DIR`)."))
         return
-    print_table(("model", "name", "status", "canary %", "snapshot", "mean", "gate", "promoted", "adapter"),
-                [(r["id"], r["name"], r["status"], r["canary_percent"] or "", r["snapshot_hash"] or "",
-                  f"{evals[r['id']]['mean_similarity']:.3f}" if evals[r["id"]] else "",
-                  ("pass" if evals[r["id"]]["gate_passed"] else "FAIL") if evals[r["id"]] else "",
-                  f"{r['promoted_at'] or ''} {r['promoted_by'] or ''}".strip(),
-                  "deleted" if r["adapter_deleted_at"] else (r["adapter_path"] or "")) for r in rows],
+    tz = cfg.file.scheduler.timezone
+    print_table((_("model"), _("name"), _("status"), _("canary %"), _("snapshot"), _("mean"), _("gate"),
+                 _("promoted"), _("adapter")),
+                [(r["id"], r["name"], word(r["status"]), r["canary_percent"] or "", r["snapshot_hash"] or "",
+                  num(evals[r["id"]]["mean_similarity"]) if evals[r["id"]] else "",
+                  (_("pass") if evals[r["id"]]["gate_passed"] else _("FAIL")) if evals[r["id"]] else "",
+                  f"{when(r['promoted_at'], tz)} {r['promoted_by'] or ''}".strip(),
+                  _("deleted") if r["adapter_deleted_at"] else (r["adapter_path"] or "")) for r in rows],
                 console=console)
 
 
@@ -69,7 +81,7 @@ def show(
 
     Example: replyloop models show 3
     """
-    _, store, registry = _registry(config)
+    cfg, store, registry = _registry(config)
     with store:
         row = registry.get(model)
         rates = registry.review_rates(row["id"])
@@ -78,20 +90,24 @@ def show(
     if as_json:
         print_json({**row, "review_rates": rates, "latest_evaluation": ev})
         return
+    tz = cfg.file.scheduler.timezone
     typer.echo(_line(row))
-    for key in ("adapter_path", "base_model", "snapshot_hash", "run_id", "promoted_by", "promoted_at",
-                "retired_at", "created_at"):
+    for key, label in FIELDS.items():
         if row.get(key) is not None:
-            typer.echo(f"  {key}: {row[key]}")
-    typer.echo(f"  metrics: {json.dumps(row['metrics'], ensure_ascii=False)}")
+            typer.echo("  " + _("{field}: {value}").format(field=_(label),
+                                                          value=when(row[key], tz) if key in TIMES else row[key]))
+    typer.echo("  " + _("metrics: {metrics}").format(metrics=json.dumps(row["metrics"], ensure_ascii=False)))
     rate = rates["approval_without_edit_rate"]
-    typer.echo(f"  reviews: {rates['reviews']} (approved {rates['approved']}, edited {rates['edited']},"
-               f" rejected {rates['rejected']}; approved without edit {'n/a' if rate is None else f'{rate:.0%}'})")
+    typer.echo("  " + _("reviews: {reviews} (approved {approved}, edited {edited}, rejected {rejected}; approved "
+                        "without edit {rate})").format(
+        reviews=rates["reviews"], approved=rates["approved"], edited=rates["edited"], rejected=rates["rejected"],
+        rate=_("n/a") if rate is None else pct(rate, 0)))
     if ev:
-        typer.echo(f"\nLatest evaluation {ev['id']} ({ev['created_at']}):\n")
+        typer.echo("\n" + _("Latest evaluation {id} ({created_at}):").format(
+            id=ev["id"], created_at=when(ev["created_at"], tz)) + "\n")
         typer.echo(ev["summary_md"])
     else:
-        typer.echo("  not evaluated yet")
+        typer.echo("  " + _("not evaluated yet"))
 
 
 @models_app.command("register")
@@ -106,7 +122,7 @@ def register_(
 
     Example: replyloop models register adapters/run-12
     """
-    _, store, registry = _registry(config)
+    _cfg, store, registry = _registry(config)
     with store:
         row = registry.register(adapter_dir, run_id=run_id, name=name, actor=by)
     typer.echo(_line(row))
@@ -126,11 +142,14 @@ def promote(
 
     Example: replyloop models promote 4 --reason "canary approval rate 92%"
     """
-    _, store, registry = _registry(config)
+    _cfg, store, registry = _registry(config)
     with store:
         old = registry.champion()
         row = registry.promote(model, by, force=force, reason=reason)
-    typer.echo(f"Promoted {_line(row)}" + (f" (retired model {old['id']} {old['name']})" if old else ""))
+    line = _("Promoted {model}").format(model=_line(row))
+    if old:
+        line += " " + _("(retired model {id} {name})").format(id=old["id"], name=old["name"])
+    typer.echo(line)
 
 
 @models_app.command("canary")
@@ -146,10 +165,10 @@ def canary(
 
     Example: replyloop models canary 4 --percent 10
     """
-    _, store, registry = _registry(config)
+    _cfg, store, registry = _registry(config)
     with store:
         row = registry.start_canary(model, percent, by, force=force, reason=reason)
-    typer.echo(f"Canary: {_line(row)}")
+    typer.echo(_("Canary: {model}").format(model=_line(row)))
 
 
 @models_app.command("rollback")
@@ -162,15 +181,15 @@ def rollback(
 
     Example: replyloop models rollback --reason "complaints about refund replies"
     """
-    _, store, registry = _registry(config)
+    _cfg, store, registry = _registry(config)
     with store:
         had_canary = registry.canary()
         row = registry.rollback(by, reason=reason)
     if had_canary:
-        typer.echo(f"Stopped canary model {had_canary['id']} {had_canary['name']} (rejected);"
-                   f" champion: {_line(row)}")
+        typer.echo(_("Stopped canary model {id} {name} (rejected); champion: {model}").format(
+            id=had_canary["id"], name=had_canary["name"], model=_line(row)))
     else:
-        typer.echo(f"Rolled back; champion: {_line(row)}")
+        typer.echo(_("Rolled back; champion: {model}").format(model=_line(row)))
 
 
 @models_app.command("reject")
@@ -184,10 +203,10 @@ def reject(
 
     Example: replyloop models reject 5 --reason "tone too informal"
     """
-    _, store, registry = _registry(config)
+    _cfg, store, registry = _registry(config)
     with store:
         row = registry.reject(model, by, reason)
-    typer.echo(f"Rejected {_line(row)}")
+    typer.echo(_("Rejected {model}").format(model=_line(row)))
 
 
 def register(app: typer.Typer) -> None:
@@ -214,8 +233,11 @@ def register(app: typer.Typer) -> None:
             print_json(result.to_dict())
             return
         typer.echo(result.text)
-        typer.echo(f"-- model {result.model_id} {result.model_name}, policy: {result.verdict}, "
-                   f"generation {result.generate_s * 1000:.0f} ms"
-                   + (f" (model load {result.load_s * 1000:.0f} ms before it)" if result.backend == "local" else ""))
+        line = "-- " + _("model {id} {name}, policy: {verdict}, generation {ms} ms").format(
+            id=result.model_id, name=result.model_name, verdict=word(result.verdict),
+            ms=f"{result.generate_s * 1000:.0f}")
+        if result.backend == "local":
+            line += " " + _("(model load {ms} ms before it)").format(ms=f"{result.load_s * 1000:.0f}")
+        typer.echo(line)
         for v in result.violations:
-            typer.echo(f"   {v.get('severity')}: {v.get('rule')}: {v.get('message')}")
+            typer.echo(f"   {word(v.get('severity'))}: {v.get('rule')}: {v.get('message')}")

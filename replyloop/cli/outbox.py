@@ -7,7 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
+from replyloop.cli.common import ConfigOption, JsonOption, num, print_json, word, workspace
+from replyloop.i18n import _
 
 outbox_app = typer.Typer(help="Delivery of decided replies: the outbox and its dead letters.", no_args_is_help=True)
 automation_app = typer.Typer(help="Earned automation per intent: which intents are approved automatically.",
@@ -27,19 +28,22 @@ def outbox_list(
     """
     from replyloop import outbox
 
-    _, store = workspace(config_path)
+    _cfg, store = workspace(config_path)
     with store:
         rows = outbox.list_events(store, None if state == "all" else state, limit)
         counts = outbox.counts(store)
     if as_json:
         print_json({"counts": counts, "events": rows})
         return
-    typer.echo(f"{counts['delivered']} delivered, {counts['pending']} pending, {counts['dead']} dead-lettered")
+    typer.echo(_("{delivered} delivered, {pending} pending, {dead} dead-lettered").format(
+        delivered=counts["delivered"], pending=counts["pending"], dead=counts["dead"]))
     for r in rows:
-        where = r["url"] or "Slack thread"
-        line = f"#{r['id']} {r['event_id']} {r['target']} {r['state']} attempts={r['attempts']} -> {where}"
+        where = r["url"] or _("Slack thread")
+        line = _("#{id} {event_id} {target} {state} attempts={attempts} -> {where}").format(
+            id=r["id"], event_id=r["event_id"], target=r["target"], state=word(r["state"]), attempts=r["attempts"],
+            where=where)
         if r["last_error"]:
-            line += f"  last error: {r['last_error']}"
+            line += "  " + _("last error: {error}").format(error=r["last_error"])
         typer.echo(line)
 
 
@@ -55,19 +59,20 @@ def outbox_retry(
     """
     from replyloop import outbox
 
-    _, store = workspace(config_path)
+    _cfg, store = workspace(config_path)
     with store:
         n = outbox.retry(store, ids or [], all_dead=all_dead)
-    typer.echo(f"{n} event(s) queued for delivery again")
+    typer.echo(_("{count} event(s) queued for delivery again").format(count=n))
 
 
 def _status_line(s) -> str:
-    lower = "n/a" if s.lower is None else f"{s.lower:.2f}"
-    pin = f", pinned {s.pinned}" if s.pinned else ""
-    audits = f", audits {s.audits_approved}/{s.audits}" if s.audits else ""
+    lower = _("n/a") if s.lower is None else num(s.lower, 2)
+    pin = _(", pinned {pin}").format(pin=word(s.pinned)) if s.pinned else ""
+    audits = _(", audits {approved}/{audits}").format(approved=s.audits_approved, audits=s.audits) if s.audits else ""
     reason = f" ({s.reason})" if s.reason and s.state == "revoked" else ""
-    return (f"{s.intent}: {s.state}{pin} - {s.approved}/{s.reviews} approved without edit, "
-            f"lower bound {lower}{audits}{reason}")
+    return _("{intent}: {state}{pin} - {approved}/{reviews} approved without edit, lower bound {lower}{audits}"
+             "{reason}").format(intent=s.intent, state=word(s.state), pin=pin, approved=s.approved,
+                                reviews=s.reviews, lower=lower, audits=audits, reason=reason)
 
 
 @automation_app.command("list")
@@ -87,7 +92,7 @@ def automation_list(as_json: bool = JsonOption, config_path=ConfigOption):
                     "intents": [r.to_dict() for r in rows]})
         return
     if not cfg.file.automation.enabled:
-        typer.echo("automation is off (automation.enabled: false): every draft goes to review")
+        typer.echo(_("automation is off (automation.enabled: false): every draft goes to review"))
     for r in rows:
         typer.echo(_status_line(r))
 

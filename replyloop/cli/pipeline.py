@@ -12,6 +12,7 @@ import typer
 
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
 from replyloop.errors import EXIT_GATE_FAILED, ConfigError
+from replyloop.i18n import _, fmt_number
 from replyloop.messages import code_block, icon, message, to_plain
 
 
@@ -45,16 +46,17 @@ class RunDisplay:
     def __call__(self, event: dict) -> None:
         stage = event.get("stage")
         if stage == "training":
-            self._write(f"Training run #{event['run_id']}; log: {event['log_path']}")
+            self._write(_("Training run #{run_id}; log: {path}").format(run_id=event["run_id"], path=event["log_path"]))
             return
         if stage == "evaluating":
             self.close()
-            self._write(f"Training done; evaluating {event.get('model', 'the new adapter')} "
-                        "on the held-out questions ...")
+            self._write(_("Training done; evaluating {model} on the held-out questions ...").format(
+                model=event.get("model") or _("the new adapter")))
             return
         if "eval_loss" in event:
-            self._write(f"step {event.get('step')}: held-out loss {event['eval_loss']:.4f} "
-                        f"(best {event.get('best_eval_loss', event['eval_loss']):.4f} at step {event.get('best_step')})")
+            self._write(_("step {step}: held-out loss {loss} (best {best} at step {best_step})").format(
+                step=event.get("step"), loss=fmt_number(event["eval_loss"], 4),
+                best=fmt_number(event.get("best_eval_loss", event["eval_loss"]), 4), best_step=event.get("best_step")))
             return
         if "loss" not in event or "step" not in event:
             return
@@ -65,8 +67,9 @@ class RunDisplay:
         now = time.monotonic()
         if step in (1, total) or now - self._last_line >= self.every_s:
             self._last_line = now
-            self._write(f"step {step}/{total or '?'}  loss {event['loss']:.4f}  "
-                        f"{event.get('tokens_per_s', 0):.0f} tokens/s  ETA {_clock(event.get('eta_s'))}")
+            self._write(_("step {step}/{total}  loss {loss}  {speed} tokens/s  ETA {eta}").format(
+                step=step, total=total or "?", loss=fmt_number(event["loss"], 4),
+                speed=f"{event.get('tokens_per_s', 0):.0f}", eta=_clock(event.get("eta_s"))))
 
     def _bar(self, step: int, total, event: dict) -> None:
         from rich.console import Console
@@ -74,8 +77,10 @@ class RunDisplay:
 
         if self._progress is None:
             self._progress = Progress(
-                TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]}"),
-                TextColumn("{task.fields[speed]} tok/s"), TimeElapsedColumn(), TextColumn("ETA {task.fields[eta]}"),
+                TextColumn(_("train")), BarColumn(), MofNCompleteColumn(),
+                TextColumn(_("loss {value}").format(value="{task.fields[loss]}")),
+                TextColumn(_("{value} tok/s").format(value="{task.fields[speed]}")), TimeElapsedColumn(),
+                TextColumn(_("ETA {value}").format(value="{task.fields[eta]}")),
                 console=Console(file=self.stream), transient=False)
             self._progress.start()
             self._task = self._progress.add_task("train", total=total, loss="-", speed="-", eta="?")
@@ -114,7 +119,8 @@ def register(app: typer.Typer) -> None:
         with store:
             if recover:
                 cleaned = recover_runs(store)
-                typer.echo(f"Recovered {len(cleaned)} run(s): {', '.join(map(str, cleaned)) or 'none'}")
+                typer.echo(_("Recovered {count} run(s): {runs}").format(
+                    count=len(cleaned), runs=", ".join(map(str, cleaned)) or _("none")))
                 return
             notify = lambda text: typer.echo(to_plain(text))  # noqa: E731
             if post:
@@ -139,7 +145,7 @@ def register(app: typer.Typer) -> None:
                 load_training_source(cfg)  # a config that cannot run fails here, before anything is recorded
             except ConfigError as exc:
                 if post:
-                    slack(message(icon("warning"), "Retrain not started: the training config needs fixing.",
+                    slack(message(icon("warning"), _("Retrain not started: the training config needs fixing."),
                                   code_block(str(exc))))
                 raise
             if not now:
@@ -148,7 +154,7 @@ def register(app: typer.Typer) -> None:
                     if as_json:
                         print_json({"status": "skipped", "reason": due.reason})
                     else:
-                        typer.echo(f"Not due: {due.reason}. Use --now to run anyway.")
+                        typer.echo(_("Not due: {reason}. Use --now to run anyway.").format(reason=due.reason))
                     return
             display = None if as_json else RunDisplay()
 

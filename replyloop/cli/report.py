@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from replyloop.cli.common import ConfigOption, workspace
+from replyloop.i18n import _, week_label
 
 report_app = typer.Typer(help="Reports for supervisors.", no_args_is_help=True)
 
@@ -23,7 +24,8 @@ def weekly(
 
     Example: replyloop report weekly --week 2026-W48 --post
     """
-    from replyloop.evaluation.report import fmt_num, fmt_pct, fmt_pp, build_weekly_report
+    from replyloop.cli.common import num, pct, pp
+    from replyloop.evaluation.report import build_weekly_report
 
     cfg, store = workspace(config)
     client = None
@@ -33,24 +35,26 @@ def weekly(
         client = make_client(cfg)
     with store:
         report = build_weekly_report(cfg, store, week=week, out=out)
-    typer.echo(f"Weekly report {report.label} written to {report.out_dir}")
+    label = week_label(report.week.year, report.week.week)
+    typer.echo(_("Weekly report {week} written to {path}").format(week=label, path=report.out_dir))
     if report.empty:
-        typer.echo(f"No activity in {report.label}.")
+        typer.echo(_("No activity in {week}.").format(week=label))
     consistency = report.consistency_at(report.label)
-    typer.echo(f"automation {fmt_pct(report.this_week.automation_rate)} ({fmt_pp(report.automation_change)}),"
-               f" consistency {fmt_num(consistency and consistency.mean_similarity)}"
-               f" ({fmt_num(report.consistency_change, signed=True)}),"
-               f" chrF {fmt_num(consistency and consistency.mean_chrf)}"
-               f" ({fmt_num(report.chrf_change, signed=True)}),"
-               f" {report.drafts_flagged} flagged drafts, {len(report.approved_violation_drafts)} approved"
-               " with violations")
+    typer.echo(_("automation {automation} ({automation_change}), consistency {consistency} ({consistency_change}), "
+                 "chrF {chrf} ({chrf_change}), {flagged} flagged drafts, {approved} approved with violations").format(
+        automation=pct(report.this_week.automation_rate), automation_change=pp(report.automation_change),
+        consistency=num(consistency and consistency.mean_similarity),
+        consistency_change=num(report.consistency_change, signed=True),
+        chrf=num(consistency and consistency.mean_chrf), chrf_change=num(report.chrf_change, signed=True),
+        flagged=report.drafts_flagged, approved=len(report.approved_violation_drafts)))
     for short, category in report.chart_labels.items():
-        typer.echo(f"chart label {short} = {category} (no CJK font found)")
+        typer.echo(_("chart label {short} = {category} (no CJK font found)").format(short=short, category=category))
     if post:
         from replyloop.evaluation.report_slack import post_weekly_report
 
         result = post_weekly_report(cfg, report, client=client)
-        typer.echo(f"Posted to {result.channel} (ts {result.ts}) with {len(result.file_ids)} chart(s)")
+        typer.echo(_("Posted to {channel} (ts {ts}) with {count} chart(s)").format(
+            channel=result.channel, ts=result.ts, count=len(result.file_ids)))
 
 
 def register(app: typer.Typer) -> None:

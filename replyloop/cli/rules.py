@@ -8,7 +8,8 @@ from typing import Optional
 
 import typer
 
-from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
+from replyloop.cli.common import ConfigOption, JsonOption, print_json, when, word, workspace
+from replyloop.i18n import _
 
 rules_app = typer.Typer(help="Rule proposals mined from supervisors' edits.", no_args_is_help=True)
 
@@ -51,11 +52,12 @@ def propose(
     if as_json:
         print_json({"reviews_read": result.reviews, "opened": [_public(p) for p in result.opened], "posted": posted})
         return
-    typer.echo(f"{result.reviews} new edit(s) read; {len(result.opened)} proposal(s) opened")
+    typer.echo(_("{reviews} new edit(s) read; {opened} proposal(s) opened").format(
+        reviews=result.reviews, opened=len(result.opened)))
     for p in result.opened:
         typer.echo("  " + describe(p))
     if post:
-        typer.echo(f"Posted {posted} card(s) to {cfg.file.slack.review_channel}")
+        typer.echo(_("Posted {count} card(s) to {channel}").format(count=posted, channel=cfg.file.slack.review_channel))
 
 
 @rules_app.command("list")
@@ -73,7 +75,11 @@ def list_(
 
     statuses = ("open", "accepted", "dismissed")
     if status is not None and status not in statuses:
-        raise DataFormatError(f"--status: {status!r} is not one of {', '.join(statuses)}")
+        from replyloop.cli.common import workspace_language
+
+        workspace_language(config)
+        raise DataFormatError(_("--status: {value} is not one of {choices}").format(value=repr(status),
+                                                                                  choices=", ".join(statuses)))
     cfg, store = workspace(config)
     with store:
         rows = list_proposals(store, (status,) if status else statuses)
@@ -81,7 +87,8 @@ def list_(
         print_json([_public(p) for p in rows])
         return
     if not rows:
-        typer.echo("No rule proposals" + (f" with status {status}" if status else "") + ".")
+        typer.echo(_("No rule proposals with status {status}.").format(status=word(status)) if status
+                   else _("No rule proposals."))
     for p in rows:
         typer.echo(describe(p))
         for e in p["examples"]:
@@ -104,10 +111,9 @@ def accept(
     with store:
         result = do_accept(cfg, store, proposal_id, actor)
     if result.created:
-        typer.echo(f"Accepted rule proposal #{proposal_id}: wrote {result.path}")
+        typer.echo(_("Accepted rule proposal #{id}: wrote {path}").format(id=proposal_id, path=result.path))
     else:
-        p = result.proposal
-        typer.echo(f"Rule proposal #{proposal_id} is already {p['status']} (by {p['decided_by']} at {p['decided_at']})")
+        typer.echo(_already(cfg, proposal_id, result.proposal))
 
 
 @rules_app.command("dismiss")
@@ -127,9 +133,16 @@ def dismiss(
         result = do_dismiss(store, proposal_id, actor)
     p = result.proposal
     if result.created:
-        typer.echo(f"Dismissed rule proposal #{proposal_id} (proposed again at {2 * p['count']} edits)")
+        typer.echo(_("Dismissed rule proposal #{id} (proposed again at {count} edits)").format(
+            id=proposal_id, count=2 * p["count"]))
     else:
-        typer.echo(f"Rule proposal #{proposal_id} is already {p['status']} (by {p['decided_by']} at {p['decided_at']})")
+        typer.echo(_already(cfg, proposal_id, p))
+
+
+def _already(cfg, proposal_id: int, p: dict) -> str:
+    return _("Rule proposal #{id} is already {status} (by {by} at {at})").format(
+        id=proposal_id, status=word(p["status"]), by=p["decided_by"],
+        at=when(p["decided_at"], cfg.file.scheduler.timezone))
 
 
 def reply(
@@ -185,9 +198,9 @@ def drift(
         print_json({"checks": [c.to_dict() for c in report.checks], "alarms": len(report.alarms)})
     else:
         for c in report.checks:
-            typer.echo(f"{c.name}: {c.status}: {c.measured}; {c.against}")
+            typer.echo(f"{c.name}: {word(c.status)}: {c.measured}; {c.against}")
             if c.action:
-                typer.echo(f"  what to do: {c.action}")
+                typer.echo("  " + _("what to do: {action}").format(action=c.action))
     if report.alarms:
         raise typer.Exit(1)
 

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from replyloop.cli.common import ConfigOption
+from replyloop.i18n import _
 
 
 def serve(
@@ -46,9 +47,9 @@ def serve(
     configure_logging(cfg.file.logging.format, getattr(logging, cfg.file.logging.level.upper()))
     http_mode = (not cfg.file.slack.socket_mode) if http is None else http
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_args: stop.set())
 
-    def ready(server) -> None:
+    def ready(server) -> None:  # a line scripts read (benchmarks, tests): stable English, like a log line
         mode = "HTTP mode: Slack events at /slack/events" if http_mode else "Socket Mode"
         typer.echo(f"Listening on {server.url} ({mode}; intake at /intake, health at /health, metrics at /metrics)")
         import sys
@@ -66,8 +67,8 @@ def serve(
             stop_heartbeat = instance.keep_alive()  # so a serve on another host sees this one is alive
             cleaned = recover(store)
             if cleaned:
-                typer.echo(f"Recovered after a crash: run(s) {', '.join(map(str, cleaned))} marked failed, "
-                           "partial output removed; the champion is unchanged.")
+                typer.echo(_("Recovered after a crash: run(s) {runs} marked failed, partial output removed; the "
+                             "champion is unchanged.").format(runs=", ".join(map(str, cleaned))))
             scheduler = None if no_scheduler else JobRunner(cfg)
             try:
                 run(cfg, store, Secrets.from_env(), http=http_mode, port=port, host=host, ready=ready, stop=stop,
@@ -89,12 +90,13 @@ def _start_error(exc: OSError, host: str, port: int, api_url: str):
     from replyloop.errors import ReplyloopError, UsageError
 
     if isinstance(exc, urllib.error.URLError):
-        return ReplyloopError(f"cannot reach Slack at {api_url} ({exc.reason}): check the network or proxy,"
-                              " then start `replyloop serve` again")
+        return ReplyloopError(_("cannot reach Slack at {url} ({reason}): check the network or proxy, then start "
+                                "`replyloop serve` again").format(url=api_url, reason=exc.reason))
     if exc.errno in (errno.EADDRINUSE, errno.EACCES, errno.EADDRNOTAVAIL):
-        return UsageError(f"cannot listen on {host}:{port}: {exc.strerror} (another `replyloop serve` or"
-                          " program uses it? choose another --port or slack.http_port)")
-    return ReplyloopError(f"serve stopped: {exc.strerror or exc}")
+        return UsageError(_("cannot listen on {address}: {reason} (another `replyloop serve` or program uses it? "
+                            "choose another --port or slack.http_port)").format(address=f"{host}:{port}",
+                                                                               reason=exc.strerror))
+    return ReplyloopError(_("serve stopped: {reason}").format(reason=exc.strerror or exc))
 
 
 def register(app: typer.Typer) -> None:

@@ -7,6 +7,8 @@ from typing import Optional
 
 import typer
 
+from replyloop.i18n import _
+
 train_app = typer.Typer(invoke_without_command=True)
 
 
@@ -27,9 +29,12 @@ def train(
 
     Example: replyloop train --config configs/cs_lora.yaml
     """
+    from replyloop.cli.common import workspace_language
+
+    workspace_language()  # the words below in the workspace's ui.language
     if ctx.invoked_subcommand is not None:
         if config is not None:
-            raise typer.BadParameter("--config goes with `replyloop train`, not with a subcommand", param_hint="--config")
+            raise typer.BadParameter(_("--config goes with `replyloop train`, not with a subcommand"), param_hint="--config")
         return
     if config is None:
         typer.echo(ctx.get_help())
@@ -45,9 +50,13 @@ def train(
         typer.echo(summary_line(result))
         return
     m = result.manifest["metrics"]
-    eval_loss = "n/a" if m["eval_loss"] is None else f"{m['eval_loss']:.4f}"
-    typer.echo(f"Wrote {result.output_dir}: {m['steps']} steps, train loss {m['train_loss']:.4f}, "
-               f"held-out loss {eval_loss} (best step {m['best_step']}), {m['truncated']} sample(s) truncated")
+    from replyloop.cli.common import num
+
+    eval_loss = _("n/a") if m["eval_loss"] is None else num(m["eval_loss"], 4)
+    typer.echo(_("Wrote {path}: {steps} steps, train loss {train_loss}, held-out loss {eval_loss} (best step "
+                 "{best_step}), {truncated} sample(s) truncated").format(
+        path=result.output_dir, steps=m["steps"], train_loss=num(m["train_loss"], 4), eval_loss=eval_loss,
+        best_step=m["best_step"], truncated=m["truncated"]))
 
 
 @train_app.command("merge")
@@ -63,7 +72,7 @@ def merge(
     from replyloop.training.merge import merge_adapter
 
     target = merge_adapter(adapter, out, base_model=base_model)
-    typer.echo(f"Wrote merged model to {target}")
+    typer.echo(_("Wrote merged model to {path}").format(path=target))
 
 
 @train_app.command("export")
@@ -78,7 +87,7 @@ def export(
     from replyloop.training.merge import export_adapter
 
     target = export_adapter(adapter, out)
-    typer.echo(f"Exported adapter to {target}")
+    typer.echo(_("Exported adapter to {path}").format(path=target))
 
 
 def register(app: typer.Typer) -> None:

@@ -9,6 +9,7 @@ import typer
 
 from replyloop import paths
 from replyloop.config import load_config, write_default_config, write_training_template
+from replyloop.i18n import _
 from replyloop.store import Store
 
 
@@ -27,20 +28,22 @@ def register(app: typer.Typer) -> None:
         root = directory or paths.home()
         config_path = root / paths.CONFIG_NAME
         if config_path.exists() and not force:
-            typer.echo(f"{config_path} already exists; keeping it (use --force to overwrite).")
+            config = load_config(config_path)  # its ui.language: the words below are in it
+            typer.echo(_("{path} already exists; keeping it (use --force to overwrite).").format(path=config_path))
         else:
             write_default_config(root, overwrite=force)
-            typer.echo(f"Wrote {config_path}")
-        config = load_config(config_path)
+            config = load_config(config_path)
+            typer.echo(_("Wrote {path}").format(path=config_path))
         written = write_training_template(config)
         if written is not None:
-            typer.echo(f"Wrote {written}: set base_model there to a local model directory")
+            typer.echo(_("Wrote {path}: set base_model there to a local model directory").format(path=written))
         else:
-            typer.echo(f"{config.train_config_path} already exists; keeping it.")
+            typer.echo(_("{path} already exists; keeping it.").format(path=config.train_config_path))
         with Store(config.db_path) as store:
-            typer.echo(f"Database {config.db_path} ready")
+            typer.echo(_("Database {path} ready").format(path=config.db_path))
             if samples:
                 from replyloop.dataio import read_samples
 
                 result = store.add_samples(read_samples(paths.samples_dir() / "cs_samples.csv"), source="import")
-                typer.echo(f"Imported {result.added} sample(s), skipped {result.duplicates} duplicate(s)")
+                typer.echo(_("Imported {added} sample(s), skipped {duplicates} duplicate(s)").format(
+                    added=result.added, duplicates=result.duplicates))
