@@ -134,6 +134,12 @@ def ngettext(singular: str, plural: str, n: int) -> str:
     return translations(current_language()).ngettext(singular, plural, n)
 
 
+def pgettext(context: str, message: str) -> str:
+    """``message`` in a context, for a word whose translation depends on where it is shown
+    (``pgettext("check --fix", "fixed")``: 修正后, not 已修复)."""
+    return translations(current_language()).pgettext(context, message)
+
+
 def N_(message: str) -> str:
     """Mark a string for extraction without translating it (module constants)."""
     return message

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from replyloop.i18n import DOMAIN, LANGUAGES, LOCALE_DIR, placeholders
 
-KEYWORDS = {"_": None, "N_": None, "ngettext": (1, 2)}
+KEYWORDS = {"_": None, "N_": None, "ngettext": (1, 2), "pgettext": ((1, "c"), 2)}
 SOURCE_PACKAGES = ("replyloop", "bot", "evaluation", "training")
 
 
@@ -152,7 +152,7 @@ def problems(lang: str = "zh-CN") -> list[str]:
         if not message.id:
             continue
         where = ", ".join(f"{f}:{n}" for f, n in message.locations[:2])
-        entry = catalog.get(message.id)
+        entry = catalog.get(message.id, context=message.context)
         ident = message.id if isinstance(message.id, str) else message.id[0]
         if entry is None:
             out.append(f"{path.name}: {ident!r} ({where}): no entry (run update)")

@@ -63,7 +63,7 @@ def test_translated_strings_are_literals_not_f_strings():
         for path in root.rglob("*.py"):
             tree = ast.parse(path.read_text(encoding="utf-8"))
             for call in _calls(tree):
-                n = 2 if call.func.id == "ngettext" else 1
+                n = 2 if call.func.id in ("ngettext", "pgettext") else 1
                 args = call.args[:n]
                 if call.func.id == "_" and any(isinstance(a, ast.Name) for a in call.args):
                     # `_(SOME_CONSTANT)` translating an N_() constant is fine

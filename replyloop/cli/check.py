@@ -9,7 +9,7 @@ from typing import Optional
 import typer
 
 from replyloop.cli.common import ConfigOption, JsonOption, console, word
-from replyloop.i18n import _
+from replyloop.i18n import _, pgettext
 
 
 def _policies_dir(policies: Optional[Path], config: Optional[Path]) -> Path:
@@ -63,7 +63,7 @@ def _print_table(rows: list[dict]) -> None:
             cells.append((rid if i == 0 else "", verdict if i == 0 else "",
                           f"{v['rule']} ({word(v['severity'])})", f"{v['start']}-{v['end']}", v["match"], note))
         if row.get("fixed") is not None:
-            cells.append(("", "", _("fixed"), "", row["fixed"], ""))
+            cells.append(("", "", pgettext("check --fix", "fixed"), "", row["fixed"], ""))
     columns = (_("id"), _("verdict"), _("rule"), _("span"), _("match"), _("message / suggestion"))
     table = table_that_fits(columns, cells, console, styles=styles)
     if table is not None:
