@@ -37,9 +37,8 @@ from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import ahocorasick_rs
-
 from replyloop.evaluation.negation import is_negated
+from replyloop.evaluation.literalscan import LiteralScanner
 from replyloop.evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
 from replyloop.evaluation.readthrough import needs_read_through, read_through
 from replyloop.evaluation.regexcheck import trigger_literals
@@ -115,7 +114,7 @@ def _literal(kind: str, index: int, phrase: Phrase) -> _Literal:
 class PolicyEngine:
     """Compiled policies. Build once (``load_policies``), then call ``check`` / ``fix`` per reply."""
 
-    def __init__(self, policies: PolicySet):
+    def __init__(self, policies: PolicySet, scan_backend: str | None = None):
         self.rules: tuple[Rule, ...] = policies.rules
         self.terms: tuple[Term, ...] = policies.terms
         self.files: tuple[Path, ...] = policies.files
@@ -136,18 +135,16 @@ class PolicyEngine:
         for t, term in enumerate(self.terms):
             for phrase in term.avoid:
                 entries.setdefault(phrase.norm, []).append(_literal("term", t, phrase))
-        # One automaton over all keys; a match is (key index, start, end) in characters of the
-        # normalised text. Overlapping matches with the standard match kind report every key
-        # that occurs, at every position (as a plain ``str.find`` over all keys would).
+        # One scan over all keys (``evaluation.literalscan``); a match is (key index, start, end)
+        # in characters of the normalised text, every key that occurs at every position
+        # (as a plain ``str.find`` over all keys would).
         self._keys: tuple[str, ...] = tuple(entries)
         self._values: tuple[tuple[tuple[_Literal, ...], tuple[int, ...]], ...] = tuple(
             (tuple(v for v in values if v.kind != "trigger"), tuple(v.index for v in values if v.kind == "trigger"))
             for values in entries.values()
         )
-        self._automaton = (
-            ahocorasick_rs.AhoCorasick(list(self._keys), matchkind=ahocorasick_rs.MatchKind.Standard) if entries else None
-        )
-        self._scan = self._automaton.find_matches_as_indexes if self._automaton is not None else None
+        self._scanner = LiteralScanner(self._keys, backend=scan_backend)
+        self._scan = self._scanner.find if entries else None
         self._untriggered = tuple(untriggered)
         self._any_untriggered = (
             re.compile("|".join(f"(?:{self._patterns[p][1].pattern})" for p in untriggered)) if untriggered else None
@@ -160,7 +157,7 @@ class PolicyEngine:
 
     def _matches(self, norm: str) -> list[tuple[int, int, int]]:
         """Every (key index, nstart, nend) of an automaton key in ``norm``, overlapping ones included."""
-        return self._scan(norm, overlapping=True) if self._scan is not None else []
+        return self._scan(norm) if self._scan is not None else []
 
     def _raw_hits(self, norm: str, matches: list[tuple[int, int, int]] | None = None) -> list[tuple]:
         """(literal or pattern index, nstart, nend) over the normalised text.
@@ -219,7 +216,7 @@ class PolicyEngine:
 
     def _check(self, text: str) -> CheckResult:
         norm, aligned = normalise(text)
-        matches = self._scan(norm, overlapping=True) if self._scan is not None else []
+        matches = self._scan(norm) if self._scan is not None else []
         # Fast path (most replies): nothing in the automaton and no literal-free regex matches.
         if not matches and (self._any_untriggered is None or self._any_untriggered.search(norm) is None):
             return CheckResult("pass", [])
@@ -239,6 +236,8 @@ class PolicyEngine:
             literal = isinstance(what, _Literal)
             if (literal and (what.latin_start or what.latin_end or what.gaps)
                     and not self._on_word_boundaries(tm, what, start, end)):
+                continue
+            if _BOUNDARY.search(text, start, end) is not None and _joins_clauses(text, start, end):
                 continue
             spans.append((start, end))
             if literal:
@@ -374,6 +373,44 @@ def _context(text: str, start: int, end: int, spans) -> tuple[str, str]:
     are not negators of this one. (One text with many hits: build ``_Clauses`` once.)
     """
     return _Clauses(text, spans).context(start, end)
+
+
+_LETTER = re.compile(r"[^\W_]")
+
+
+def _joins_clauses(text: str, start: int, end: int) -> bool:
+    """True when the hit ``[start, end)`` is the end of one clause and the start of the next
+    (``我们会赔付。全额退款需要审核``: normalisation drops the full stop, but no one reads
+    ``赔付全额`` there).
+
+    That is: every piece between the clause boundaries inside the hit has at least two letters
+    or digits, and both outer clauses go on beyond the hit. A promise spelt out with a boundary
+    between single characters (``全。额。赔。付``), or whose pieces make up a whole clause on
+    one side (``我们保证全额。赔付。``), still counts: when in doubt, the hit stays.
+    """
+    pieces = _BOUNDARY.split(text[start:end])
+    if len(pieces) < 2:
+        return False
+    for piece in pieces:
+        if len(piece) < 2 or (not piece.isalnum() and len(_LETTER.findall(piece)) < 2):
+            return False
+    return _goes_on(text, start - 1, -1) and _goes_on(text, end, 1)
+
+
+def _goes_on(text: str, i: int, step: int) -> bool:
+    """Does the clause go on from ``text[i]`` (step -1: to the left, 1: to the right) with a
+    letter or digit before a clause boundary? Looks at most ``CONTEXT_WINDOW`` characters."""
+    for i in range(i, min(len(text), i + CONTEXT_WINDOW) if step > 0 else max(-1, i - CONTEXT_WINDOW), step):
+        ch = text[i]
+        if ch.isalnum():
+            return True
+        if ch in _CLAUSE_ENDS and not (ch == "." and 0 < i < len(text) - 1
+                                        and text[i - 1].isdigit() and text[i + 1].isdigit()):
+            return False
+    return False
+
+
+_CLAUSE_ENDS = frozenset("，。！？；,!?;.\n\r\uff0e\uff61\u2029\u2028")
 
 
 def _drop_nested(violations: list[Violation]) -> list[Violation]:
