@@ -11,13 +11,15 @@ How a reply is checked:
    read through (``evaluation.readthrough``); spans are mapped back to the original reply.
 1. The reply is normalised (``evaluation.textmap``: NFKC, casefold, Traditional to Simplified,
    whitespace / punctuation / zero-width characters dropped).
-2. One Aho-Corasick automaton holds every normalised phrase of every rule, every terminology
-   ``avoid`` term, and per regex either all the strings it can match (when there are at most
-   16) or a few literals one of which every match contains (``evaluation.regexcheck``): a regex
-   only runs on replies that contain one of its literals. A reply without automaton output
-   costs one normalisation and one scan (``ahocorasick_rs``, overlapping matches). Regexes without a
-   literal are combined into one regex that is searched once per reply. So the cost per reply hardly grows with the rule count.
+2. One literal scan (``evaluation.literalscan``: Hyperscan, or ``ahocorasick_rs`` where it has no
+   wheel) holds every normalised phrase of every rule, every terminology ``avoid`` term, and per
+   regex either all the strings it can match (when there are at most 16) or a few literals one of
+   which every match contains (``evaluation.regexcheck``): a regex only runs on replies that
+   contain one of its literals. A reply without a match costs one normalisation and one scan
+   (every key at every position, overlapping matches). Regexes without a literal are combined into
+   one regex that is searched once per reply. So the cost per reply hardly grows with the rule count.
 3. Only when something matched is the offset map built: spans are reported in the original text.
+   A hit whose original text joins two clauses (``…赔付。全额…``) is dropped (``_joins_clauses``).
    Phrases that start or end with a Latin letter or digit must sit on word boundaries in the
    original text and keep its word breaks (``scam`` does not match ``bus camp``).
 4. A rule hit is dropped when the words right next to it in its clause negate it
@@ -94,7 +96,7 @@ def _latin_gaps(text: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class _Literal:
-    """One automaton entry: a rule phrase, a terminology term, or a regex trigger."""
+    """One literal-scan entry: a rule phrase, a terminology term, or a regex trigger."""
 
     kind: str                # "rule" | "term" | "trigger"
     index: int               # rule, term or pattern index
@@ -156,13 +158,13 @@ class PolicyEngine:
     # -- matching -------------------------------------------------------------------------
 
     def _matches(self, norm: str) -> list[tuple[int, int, int]]:
-        """Every (key index, nstart, nend) of an automaton key in ``norm``, overlapping ones included."""
+        """Every (key index, nstart, nend) of a literal key in ``norm``, overlapping ones included."""
         return self._scan(norm) if self._scan is not None else []
 
     def _raw_hits(self, norm: str, matches: list[tuple[int, int, int]] | None = None) -> list[tuple]:
         """(literal or pattern index, nstart, nend) over the normalised text.
 
-        ``matches`` is the automaton scan of ``norm`` when the caller already has it.
+        ``matches`` is the literal scan of ``norm`` when the caller already has it.
         """
         hits: list[tuple] = []
         run: set[int] = set()
@@ -217,7 +219,7 @@ class PolicyEngine:
     def _check(self, text: str) -> CheckResult:
         norm, aligned = normalise(text)
         matches = self._scan(norm) if self._scan is not None else []
-        # Fast path (most replies): nothing in the automaton and no literal-free regex matches.
+        # Fast path (most replies): no literal matched and no literal-free regex matches.
         if not matches and (self._any_untriggered is None or self._any_untriggered.search(norm) is None):
             return CheckResult("pass", [])
         hits = self._raw_hits(norm, matches)
