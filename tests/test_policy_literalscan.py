@@ -65,7 +65,7 @@ def test_hyperscan_is_the_default_where_it_installs():
     assert default_backend() == "hyperscan"
 
 
-@pytest.mark.parametrize("backend", _backends())
+@pytest.mark.parametrize("backend", [b for b in BACKENDS if b != default_backend()])
 def test_the_engine_gives_the_same_results_with_every_backend(backend):
     """The shipped policies on the evasion suite: same verdicts, rules and spans as the default."""
     import yaml
@@ -87,7 +87,7 @@ def test_many_threads_scan_at_once():
 
     def work():
         try:
-            for _ in range(30):
+            for _ in range(10):
                 assert sorted(scan(text)) == expected
         except BaseException as e:  # noqa: BLE001 - reported below
             errors.append(e)
