@@ -23,16 +23,21 @@ at once: each thread gets its own.
 from __future__ import annotations
 
 import threading
+from functools import lru_cache
 
 __all__ = ["BACKENDS", "LiteralScanner", "default_backend"]
 
 BACKENDS = ("hyperscan", "ahocorasick")
 
 
+@lru_cache(maxsize=1)
 def default_backend() -> str:
+    """``hyperscan`` when it imports and runs on this CPU (it needs SSSE3), else ``ahocorasick``."""
     try:
-        import hyperscan  # noqa: F401
-    except ImportError:
+        import hyperscan
+
+        hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK).compile(expressions=[b"ab"], literal=True)
+    except Exception:  # noqa: BLE001 - no wheel, or hyperscan.ArchitectureError: use the fallback
         return "ahocorasick"
     return "hyperscan"
 
