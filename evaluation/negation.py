@@ -131,9 +131,11 @@ receive receives accept accepts agree agrees approve approves arrange arrange yo
 currently presently yet really possibly necessarily also still there us
 once even ever said say says claimed claim claims stated state states full complete immediate instant
 """.split())
-# Rewritten before the chain is read: "no reason (not to)" and "no one / no customer (is refused)"
-# are negators, so with the second negation they make a promise (issue 17).
-_NEG_PHRASE_EN = re.compile(r"\bno\s+(?:good\s+)?reason\b|\bno\s+(?:one|customer|client|buyer|shopper|body|order)s?\b")
+# Rewritten before the chain is read: "no reason (not to)", "no one / no customer (is refused)" and
+# "none of our customers (are denied)" are negators, so with the second negation they make a promise (issue 17).
+_NEG_PHRASE_EN = re.compile(r"\bno\s+(?:good\s+)?reason\b|\bno\s+(?:one|customer|client|buyer|shopper|body|order)s?\b"
+                            r"|\bnone\s+of\s+(?:(?:our|the|your|these|those|its|their|my)\s+)?"
+                            r"(?:customers|clients|buyers|shoppers|users|members|orders|you|them|us)\b")
 _PSEUDO_EN = re.compile(r"\b(?:not\s+only|not\s+just|no\s+matter|no\s+problem|no\s+worries|no\s+doubt|"
                         r"(?:do\s+not|don't|dont)\s+(?:worry|hesitate))\b")
 _BREAK_EN = re.compile(r"\b(?:but|however|instead|rather|although|though|if|unless|when|whenever|"
@@ -209,7 +211,7 @@ def _zh_chain(zh: str) -> int | None:
 
 def _en_chain(en: str) -> int | None:
     en = _PSEUDO_EN.sub(" _pseudo_ ", en)
-    if "no" in en:
+    if "no" in en:  # also "none of our customers (is denied)"
         en = _NEG_PHRASE_EN.sub(" nobody ", en)
     count = 0
     for word in reversed(_WORD_EN.findall(en)):

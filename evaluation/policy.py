@@ -11,13 +11,15 @@ How a reply is checked:
    read through (``evaluation.readthrough``); spans are mapped back to the original reply.
 1. The reply is normalised (``evaluation.textmap``: NFKC, casefold, Traditional to Simplified,
    whitespace / punctuation / zero-width characters dropped).
-2. One Aho-Corasick automaton holds every normalised phrase of every rule, every terminology
-   ``avoid`` term, and per regex either all the strings it can match (when there are at most
-   16) or a few literals one of which every match contains (``evaluation.regexcheck``): a regex
-   only runs on replies that contain one of its literals. A reply without automaton output
-   costs one normalisation and one scan (``ahocorasick_rs``, overlapping matches). Regexes without a
-   literal are combined into one regex that is searched once per reply. So the cost per reply hardly grows with the rule count.
+2. One literal scan (``evaluation.literalscan``: Hyperscan, or ``ahocorasick_rs`` where it has no
+   wheel) holds every normalised phrase of every rule, every terminology ``avoid`` term, and per
+   regex either all the strings it can match (when there are at most 16) or a few literals one of
+   which every match contains (``evaluation.regexcheck``): a regex only runs on replies that
+   contain one of its literals. A reply without a match costs one normalisation and one scan
+   (every key at every position, overlapping matches). Regexes without a literal are combined into
+   one regex that is searched once per reply. So the cost per reply hardly grows with the rule count.
 3. Only when something matched is the offset map built: spans are reported in the original text.
+   A hit whose original text joins two clauses (``…赔付。全额…``) is dropped (``_joins_clauses``).
    Phrases that start or end with a Latin letter or digit must sit on word boundaries in the
    original text and keep its word breaks (``scam`` does not match ``bus camp``).
 4. A rule hit is dropped when the words right next to it in its clause negate it
@@ -37,9 +39,8 @@ from bisect import bisect_right
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-import ahocorasick_rs
-
 from replyloop.evaluation.negation import is_negated
+from replyloop.evaluation.literalscan import LiteralScanner
 from replyloop.evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
 from replyloop.evaluation.readthrough import needs_read_through, read_through
 from replyloop.evaluation.regexcheck import trigger_literals
@@ -95,7 +96,7 @@ def _latin_gaps(text: str) -> tuple[int, ...]:
 
 @dataclass(frozen=True)
 class _Literal:
-    """One automaton entry: a rule phrase, a terminology term, or a regex trigger."""
+    """One literal-scan entry: a rule phrase, a terminology term, or a regex trigger."""
 
     kind: str                # "rule" | "term" | "trigger"
     index: int               # rule, term or pattern index
@@ -115,7 +116,7 @@ def _literal(kind: str, index: int, phrase: Phrase) -> _Literal:
 class PolicyEngine:
     """Compiled policies. Build once (``load_policies``), then call ``check`` / ``fix`` per reply."""
 
-    def __init__(self, policies: PolicySet):
+    def __init__(self, policies: PolicySet, scan_backend: str | None = None):
         self.rules: tuple[Rule, ...] = policies.rules
         self.terms: tuple[Term, ...] = policies.terms
         self.files: tuple[Path, ...] = policies.files
@@ -136,18 +137,16 @@ class PolicyEngine:
         for t, term in enumerate(self.terms):
             for phrase in term.avoid:
                 entries.setdefault(phrase.norm, []).append(_literal("term", t, phrase))
-        # One automaton over all keys; a match is (key index, start, end) in characters of the
-        # normalised text. Overlapping matches with the standard match kind report every key
-        # that occurs, at every position (as a plain ``str.find`` over all keys would).
+        # One scan over all keys (``evaluation.literalscan``); a match is (key index, start, end)
+        # in characters of the normalised text, every key that occurs at every position
+        # (as a plain ``str.find`` over all keys would).
         self._keys: tuple[str, ...] = tuple(entries)
         self._values: tuple[tuple[tuple[_Literal, ...], tuple[int, ...]], ...] = tuple(
             (tuple(v for v in values if v.kind != "trigger"), tuple(v.index for v in values if v.kind == "trigger"))
             for values in entries.values()
         )
-        self._automaton = (
-            ahocorasick_rs.AhoCorasick(list(self._keys), matchkind=ahocorasick_rs.MatchKind.Standard) if entries else None
-        )
-        self._scan = self._automaton.find_matches_as_indexes if self._automaton is not None else None
+        self._scanner = LiteralScanner(self._keys, backend=scan_backend)
+        self._scan = self._scanner.find if entries else None
         self._untriggered = tuple(untriggered)
         self._any_untriggered = (
             re.compile("|".join(f"(?:{self._patterns[p][1].pattern})" for p in untriggered)) if untriggered else None
@@ -159,13 +158,13 @@ class PolicyEngine:
     # -- matching -------------------------------------------------------------------------
 
     def _matches(self, norm: str) -> list[tuple[int, int, int]]:
-        """Every (key index, nstart, nend) of an automaton key in ``norm``, overlapping ones included."""
-        return self._scan(norm, overlapping=True) if self._scan is not None else []
+        """Every (key index, nstart, nend) of a literal key in ``norm``, overlapping ones included."""
+        return self._scan(norm) if self._scan is not None else []
 
     def _raw_hits(self, norm: str, matches: list[tuple[int, int, int]] | None = None) -> list[tuple]:
         """(literal or pattern index, nstart, nend) over the normalised text.
 
-        ``matches`` is the automaton scan of ``norm`` when the caller already has it.
+        ``matches`` is the literal scan of ``norm`` when the caller already has it.
         """
         hits: list[tuple] = []
         run: set[int] = set()
@@ -219,8 +218,8 @@ class PolicyEngine:
 
     def _check(self, text: str) -> CheckResult:
         norm, aligned = normalise(text)
-        matches = self._scan(norm, overlapping=True) if self._scan is not None else []
-        # Fast path (most replies): nothing in the automaton and no literal-free regex matches.
+        matches = self._scan(norm) if self._scan is not None else []
+        # Fast path (most replies): no literal matched and no literal-free regex matches.
         if not matches and (self._any_untriggered is None or self._any_untriggered.search(norm) is None):
             return CheckResult("pass", [])
         hits = self._raw_hits(norm, matches)
@@ -239,6 +238,8 @@ class PolicyEngine:
             literal = isinstance(what, _Literal)
             if (literal and (what.latin_start or what.latin_end or what.gaps)
                     and not self._on_word_boundaries(tm, what, start, end)):
+                continue
+            if _BOUNDARY.search(text, start, end) is not None and _joins_clauses(text, start, end):
                 continue
             spans.append((start, end))
             if literal:
@@ -374,6 +375,44 @@ def _context(text: str, start: int, end: int, spans) -> tuple[str, str]:
     are not negators of this one. (One text with many hits: build ``_Clauses`` once.)
     """
     return _Clauses(text, spans).context(start, end)
+
+
+_LETTER = re.compile(r"[^\W_]")
+
+
+def _joins_clauses(text: str, start: int, end: int) -> bool:
+    """True when the hit ``[start, end)`` is the end of one clause and the start of the next
+    (``我们会赔付。全额退款需要审核``: normalisation drops the full stop, but no one reads
+    ``赔付全额`` there).
+
+    That is: every piece between the clause boundaries inside the hit has at least two letters
+    or digits, and both outer clauses go on beyond the hit. A promise spelt out with a boundary
+    between single characters (``全。额。赔。付``), or whose pieces make up a whole clause on
+    one side (``我们保证全额。赔付。``), still counts: when in doubt, the hit stays.
+    """
+    pieces = _BOUNDARY.split(text[start:end])
+    if len(pieces) < 2:
+        return False
+    for piece in pieces:
+        if len(piece) < 2 or (not piece.isalnum() and len(_LETTER.findall(piece)) < 2):
+            return False
+    return _goes_on(text, start - 1, -1) and _goes_on(text, end, 1)
+
+
+def _goes_on(text: str, i: int, step: int) -> bool:
+    """Does the clause go on from ``text[i]`` (step -1: to the left, 1: to the right) with a
+    letter or digit before a clause boundary? Looks at most ``CONTEXT_WINDOW`` characters."""
+    for i in range(i, min(len(text), i + CONTEXT_WINDOW) if step > 0 else max(-1, i - CONTEXT_WINDOW), step):
+        ch = text[i]
+        if ch.isalnum():
+            return True
+        if ch in _CLAUSE_ENDS and not (ch == "." and 0 < i < len(text) - 1
+                                        and text[i - 1].isdigit() and text[i + 1].isdigit()):
+            return False
+    return False
+
+
+_CLAUSE_ENDS = frozenset("，。！？；,!?;.\n\r\uff0e\uff61\u2029\u2028")
 
 
 def _drop_nested(violations: list[Violation]) -> list[Violation]:

@@ -1,6 +1,6 @@
 """The engine's speed-ups give exactly the results of the straightforward paths.
 
-- the Aho-Corasick scan (overlapping matches) vs a brute-force ``str.find`` of every key;
+- the literal scan (overlapping matches) vs a brute-force ``str.find`` of every key;
 - regex triggers: every string a small finite pattern can match, else one required literal;
 - the clause start found by one backwards regex (decimal points are not boundaries).
 """

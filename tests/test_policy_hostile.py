@@ -37,6 +37,8 @@ def engine():
     ("full compensation " * 10000, "block", {"full-compensation"}),
     ("难道" * 50000 + "全额赔付", "block", {"full-compensation"}),
     ("我们承诺全额赔付吗" * 5000, "block", {"full-compensation"}),
+    ("我们会赔付。全额退款" * 10000, "pass", set()),                         # 10,000 hits joining two clauses
+    ("全。额。赔。付" * 10000, "block", {"full-compensation"}),                # spelt across boundaries
 ])
 def test_hostile_input_is_fast_and_still_decided(engine, text, verdict, rules):
     t0 = time.perf_counter()
