@@ -29,7 +29,7 @@ PNG plot.
 chat template, no default system prompt) and also drafts the held-out split with the base alone,
 so the table starts with a ``base`` row: base vs trained consistency.
 
-    python benchmarks/learning_curve.py --base smollm2 --points 0 --steps 8 --max-new-tokens 48
+    python benchmarks/learning_curve.py --base smollm2 --points all --steps 8 --max-new-tokens 48 --heldout-limit 12
 """
 
 from __future__ import annotations
@@ -199,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="where the pre-trained demo base is cached")
     parser.add_argument("--out", type=Path, default=Path("learning_curve.png"), help="the PNG plot")
     parser.add_argument("--json", action="store_true", help="print the table as JSON as well")
+    parser.add_argument("--heldout-limit", type=int, default=0, metavar="N",
+                        help="draft only the first N held-out questions (0: all; a slow base on a CPU)")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: a base pre-trained for 20 steps only, 2 steps per point, 16 tokens")
     args = parser.parse_args(argv)
@@ -209,6 +211,10 @@ def main(argv: list[str] | None = None) -> int:
 
     rows = sample_rows()
     approved, corrections, held = split(rows, 0.15, "replyloop")
+    if args.heldout_limit < 0:
+        parser.error(f"--heldout-limit {args.heldout_limit}: expected 0 (all) or a positive number")
+    if args.heldout_limit:
+        held = held[:args.heldout_limit]
     try:
         points = sorted({len(corrections) if p.strip() == "all" else min(int(p), len(corrections))
                          for p in args.points.split(",") if p.strip()})
