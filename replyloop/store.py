@@ -249,6 +249,7 @@ class Store:
         # deliver21: called inside a new decision's transaction as hook(store, draft, review)
         self.decision_hooks: list = []
         self._autocheckpoint: int | None = None  # botload15: set by checkpoint_in_background
+        self._stop_checkpoints: list[Callable[[], None]] = []  # botload15: stopped by close()
         try:
             if migrate:
                 migrations.migrate(self.db)
@@ -314,8 +315,10 @@ class Store:
 
         def close() -> None:
             stop.set()
-            thread.join(10)
+            if thread is not threading.current_thread():
+                thread.join(10)
 
+        self._stop_checkpoints.append(close)
         return close
 
     @property
@@ -341,6 +344,8 @@ class Store:
             db.conn.close()
 
     def close(self) -> None:
+        for stop in self._stop_checkpoints:  # their connections are closed next
+            stop()
         with self._lock:
             for conn in self._connections:
                 with contextlib.suppress(sqlite3.Error):
