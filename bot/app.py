@@ -13,6 +13,7 @@ card updates and notices on the small work pool, drafting on its own bounded que
 from __future__ import annotations
 
 import contextvars
+import copy
 import logging
 import threading
 import time
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 from slack_bolt import App
 from slack_bolt.context.ack import Ack
+from slack_bolt.listener.thread_runner import ThreadListenerRunner
 from slack_sdk import WebClient
 
 from replyloop.bot import cards, delivery, golden, intake, proposals, reply, retrain, review, status
@@ -113,6 +115,7 @@ class Bot:
     automation: object | None = None  # deliver21: replyloop.automation.Automation, when enabled
     metrics: object = None  # bot.metrics.Metrics (GET /metrics), set by create_bot
     languages: object = None  # i18n22: bot.language.UserLanguages (a user's Slack locale), set by create_bot
+    stop_checkpoints: Callable[[], None] | None = None  # Store.checkpoint_in_background's stop
 
     def publish_home(self, user: str) -> None:
         """App Home of ``user``, in their language (their Slack locale, else ``ui.language``)."""
@@ -139,6 +142,8 @@ class Bot:
         self.work.shutdown(wait=True)
         if self.decisions is not None:
             self.decisions.close()
+        if self.stop_checkpoints is not None:
+            self.stop_checkpoints()
         if self.outbox is not None:  # deliver21: what is not sent yet stays in the outbox
             self.outbox.close()
         self.background.shutdown(wait=False, cancel_futures=True)
@@ -160,7 +165,9 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     bot = Bot(config=config, store=store, secrets=secrets, client=client,
               supervisors=supervisors or Supervisors(client, slack.supervisors, slack.supervisor_group),
               checker=checker, drafter=drafter, start_pipeline=start_pipeline,
-              decisions=review.DecisionWriter(store))
+              decisions=review.DecisionWriter(store),
+              # the WAL checkpoints off the decisions' commits (a 20-160 ms stall every ~110th)
+              stop_checkpoints=store.checkpoint_in_background())
     from replyloop.bot.logs import drop_message
     from replyloop.bot.metrics import Metrics
 
@@ -185,6 +192,7 @@ def create_bot(config: Config, store: Store, secrets: Secrets, client: WebClient
     )
     app.languages = bot.languages  # i18n22: every request in the acting user's language
     app.use(_ack_timer(bot))
+    app._listener_runner = _ListenerRunner(app.listener_runner)  # no public setter in bolt 1.30
     _register(app, bot)
     bot.app = app
     bot.outbox = delivery.start(bot)  # deliver21: reply.decided events and their sender
@@ -216,6 +224,35 @@ class _App(App):
         body = req.body if isinstance(req.body, dict) else {}
         with i18n.language(self.languages.lazy(user_of(body))):
             return super().dispatch(req)
+def _on_request_thread(fn):
+    """Marks a listener that ``_ListenerRunner`` runs on the request's own thread."""
+    fn.replyloop_on_request_thread = True
+    return fn
+
+
+class _ListenerRunner(ThreadListenerRunner):
+    """bolt's listener runner, except for the listeners marked ``_on_request_thread`` (Approve,
+    the Edit and Reject submissions): those run on the thread that dispatches the request and
+    the answer goes out as soon as they return (bolt's ``process_before_response``, for them
+    only). They store the decision, ``ack()`` and hand the slow rest to ``Bot.after_ack``, so
+    nothing slow runs before the answer either way. bolt's default instead runs the listener on
+    its listener pool while the request's thread polls for the ack every 10 ms: up to 10 ms
+    added to each ack, a hundred wake-ups a second per click in flight competing for the GIL,
+    and an Approve that waits when slow listeners (App Home, /retrain) hold the whole pool."""
+
+    def __init__(self, base: ThreadListenerRunner):
+        super().__init__(logger=base.logger, process_before_response=base.process_before_response,
+                         listener_error_handler=base.listener_error_handler,
+                         listener_start_handler=base.listener_start_handler,
+                         listener_completion_handler=base.listener_completion_handler,
+                         listener_executor=base.listener_executor, lazy_listener_runner=base.lazy_listener_runner)
+
+    def run(self, request, response, listener_name, listener, starting_time=None):
+        if getattr(listener.ack_function, "replyloop_on_request_thread", False) and not self.process_before_response:
+            inline = copy.copy(self)  # the current handlers (``app.error`` replaces them), run inline
+            inline.process_before_response = True
+            return ThreadListenerRunner.run(inline, request, response, listener_name, listener, starting_time)
+        return super().run(request, response, listener_name, listener, starting_time)
 
 
 class _TimedAck(Ack):
@@ -268,45 +305,39 @@ def _register(app: App, bot: Bot) -> None:
     from replyloop.bot.logs import log_fields
 
     @app.action(cards.APPROVE)
+    @_on_request_thread
     def on_approve(ack, body, action):
         with log_fields(draft_id=_draft_of(body)):  # every log line of this click names the draft
             outcome = review.decide_click(bot, body, action)  # durable before Slack hears 200
             ack()
             bot.after_ack(review.finish, outcome)
 
-    @app.action(cards.EDIT)
-    def on_edit(ack, body, action):
-        with log_fields(draft_id=_draft_of(body)):
-            ack()
-            review.open_modal(bot, body, action, "edit")
+    def modal_opener(kind: str):
+        def on_open(ack, body, action):
+            with log_fields(draft_id=_draft_of(body)):
+                ack()
+                review.open_modal(bot, body, action, kind)
+        return on_open
 
-    @app.action(cards.REJECT)
-    def on_reject(ack, body, action):
-        with log_fields(draft_id=_draft_of(body)):
-            ack()
-            review.open_modal(bot, body, action, "reject")
+    def modal_submit(validate: Callable[[dict], list | dict | None], decide: Callable[..., object]):
+        """Edit and Reject submissions: errors ride on the ack (the policy engine is fast), else
+        the decision is durable before Slack hears 200 and the card update follows the ack."""
+        @_on_request_thread
+        def on_submit(ack, body, view):
+            with log_fields(draft_id=_draft_of(body)):
+                errors = validate(view)
+                if errors:
+                    ack(response_action="errors", errors=errors)
+                    return
+                outcome = decide(bot, body, view)
+                ack()
+                bot.after_ack(review.finish, outcome)
+        return on_submit
 
-    @app.view(cards.EDIT_VIEW)
-    def on_edit_submit(ack, body, view):
-        with log_fields(draft_id=_draft_of(body)):
-            errors = review.validate_edit(bot, view)  # the policy engine is fast; errors must ride on the ack
-            if errors:
-                ack(response_action="errors", errors=errors)
-                return
-            outcome = review.decide_edit(bot, body, view)
-            ack()
-            bot.after_ack(review.finish, outcome)
-
-    @app.view(cards.REJECT_VIEW)
-    def on_reject_submit(ack, body, view):
-        with log_fields(draft_id=_draft_of(body)):
-            errors = review.validate_reject(view)
-            if errors:
-                ack(response_action="errors", errors=errors)
-                return
-            outcome = review.decide_reject(bot, body, view)
-            ack()
-            bot.after_ack(review.finish, outcome)
+    app.action(cards.EDIT)(modal_opener("edit"))
+    app.action(cards.REJECT)(modal_opener("reject"))
+    app.view(cards.EDIT_VIEW)(modal_submit(lambda view: review.validate_edit(bot, view), review.decide_edit))
+    app.view(cards.REJECT_VIEW)(modal_submit(review.validate_reject, review.decide_reject))
 
     @app.action(delivery.AUTOMATION_PIN)  # deliver21: App Home's pin / allow button of an intent
     def on_automation_pin(ack, body, action):

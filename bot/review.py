@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from contextlib import nullcontext
@@ -56,19 +56,26 @@ def not_supervisor_text() -> str:
 
 
 class DecisionWriter:
-    """Writes the decisions of every listener thread on one thread, those that arrive together in
-    one transaction (a group commit). ``decide`` returns once its decision is committed, so the
-    listener acknowledges only what is stored; a burst of clicks costs one short transaction per
-    batch instead of 32 threads queueing on SQLite's lock."""
+    """Group commit of the decisions of every listener thread: the decisions that arrive while
+    one transaction commits are written together in the next. ``decide`` returns once its
+    decision is committed, so the listener acknowledges only what is stored.
+
+    No thread of its own: the first caller that finds no commit in progress commits everything
+    pending (its own decision included) on its own thread and connection, while the callers
+    arriving meanwhile wait for the next turn, in which one of them commits them all. Alone, a
+    click commits on its own thread (no hand-over to a writer thread and back: under load each
+    hand-over waits for the GIL); in a burst, one short transaction per batch instead of 32
+    threads queueing on SQLite's lock. Each decision runs in a savepoint, so a refused one
+    (blocked, not found, a failing decision hook) leaves nothing behind and the others go on."""
 
     MAX_BATCH = 64
 
     def __init__(self, store: Store):
         self.store = store
         self._closed = False
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="replyloop-decisions", daemon=True)
-        self._thread.start()
+        self._pending: list = []               # (future, args, kwargs), oldest first
+        self._pending_lock = threading.Lock()
+        self._commit_lock = threading.Lock()   # held by the thread committing a batch
 
     def decide(self, draft_id: int, decision: str, reviewer: str, final_text: str | None = None,
                reason: str | None = None) -> Decision:
@@ -78,36 +85,35 @@ class DecisionWriter:
         if self._closed:
             raise RuntimeError("the decision writer is closed (the bot is shutting down)")
         future: Future = Future()
-        self._queue.put((future, (draft_id, decision, reviewer), {"final_text": final_text, "reason": reason}))
-        return future.result(timeout=BUSY_TIMEOUT_S + 5)
-
-    def _run(self) -> None:
-        while True:
-            item = self._queue.get()
-            if item is None:
-                self.store.release_thread()
-                return
-            batch = [item]
-            while len(batch) < self.MAX_BATCH:
-                try:
-                    more = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    self._queue.put(None)  # stop after this batch
-                    break
-                batch.append(more)
-            self._write(batch)
+        with self._pending_lock:
+            self._pending.append((future, (draft_id, decision, reviewer), {"final_text": final_text, "reason": reason}))
+        deadline = time.monotonic() + BUSY_TIMEOUT_S + 5
+        while not future.done():
+            if not self._commit_lock.acquire(timeout=max(0.0, deadline - time.monotonic())):
+                raise TimeoutError("the decision was not committed in time (the database is busy)")
+            try:
+                if not future.done():  # the previous batch did not include it: commit what waits
+                    with self._pending_lock:
+                        batch, self._pending = self._pending[:self.MAX_BATCH], self._pending[self.MAX_BATCH:]
+                    self._write(batch)
+            finally:
+                self._commit_lock.release()
+        return future.result()
 
     def _write(self, batch: list) -> None:
         done = []
         try:
-            with self.store.transaction():
+            with self.store.transaction() as db:
                 for future, args, kwargs in batch:
+                    db.conn.execute("SAVEPOINT decision")
                     try:  # a refused decision (blocked, not found) writes nothing: the others go on
-                        done.append((future, self.store.decide(*args, **kwargs), None))
+                        result = self.store.decide(*args, **kwargs)
                     except ReplyloopError as exc:
+                        db.conn.execute("ROLLBACK TO decision")
                         done.append((future, None, exc))
+                    else:
+                        done.append((future, result, None))
+                    db.conn.execute("RELEASE decision")
         except BaseException as exc:  # the database failed: nothing of the batch is stored
             for future, _args, _kwargs in batch:
                 future.set_exception(exc)
@@ -119,9 +125,10 @@ class DecisionWriter:
                 future.set_result(result)
 
     def close(self) -> None:
+        """Refuse new decisions; the ones being committed finish."""
         self._closed = True
-        self._queue.put(None)
-        self._thread.join(10)
+        if self._commit_lock.acquire(timeout=10):
+            self._commit_lock.release()
 
 
 # -- cards ---------------------------------------------------------------------------------

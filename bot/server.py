@@ -91,6 +91,20 @@ class _Guard:
         self.timed_out = 0
 
 
+def _no_delay(transport) -> None:
+    """``TCP_NODELAY`` on an accepted connection. asyncio sets it only on sockets whose ``proto`` is
+    ``IPPROTO_TCP``, and the listening socket of ``socket.create_server`` (so every accepted one)
+    has proto 0. Without it, the body of an answer (uvicorn writes the head and the body
+    separately) waits for the client's delayed ACK of the head: every answer after the first on
+    a kept-alive connection took 40-44 ms instead of 2 ms."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:  # the client is already gone
+            pass
+
+
 class _GuardedH11(H11Protocol):
     """uvicorn's h11 protocol with a header deadline and a connection cap (see the module doc)."""
 
@@ -109,6 +123,7 @@ class _GuardedH11(H11Protocol):
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
+        _no_delay(transport)
         guard = self.guard
         guard.open += 1
         self._counted = True
