@@ -287,15 +287,16 @@ class _Anomaly(Exception):
 _STAGE_WRITERS: dict[str, object] = {}  # staging directory -> this process's StagingWriter
 
 
-def _stage_rows(directory: str, rows: list[tuple]) -> tuple:
-    """Write validated rows to this process's staging file: ``("ok", file name, keys)``."""
+def _stage_rows(directory: str, rows: list[tuple] | None = None, columns: tuple | None = None) -> tuple:
+    """Write validated rows (or their ``columns``) to this process's staging file:
+    ``("ok", file name, keys)``."""
     writer = _STAGE_WRITERS.get(directory)
     if writer is None:
         import os
 
         from replyloop.store import StagingWriter
         writer = _STAGE_WRITERS[directory] = StagingWriter(Path(directory) / f"stage-{os.getpid()}.db")
-    return ("ok", writer.path.name, writer.write(rows) if rows else (b"", b"", b""))
+    return ("ok", writer.path.name, writer.write_columns(*columns) if columns else writer.write(rows))
 
 
 def _stage_chunk(directory: str, fmt: str, header: list[str] | None, lines: list[int],
@@ -305,10 +306,11 @@ def _stage_chunk(directory: str, fmt: str, header: list[str] | None, lines: list
     ``("error", line, message, field)`` for the chunk's first bad row (raised in the parent in
     file order)."""
     try:
-        rows = _fast_csv_rows(header, lines, list(zip(*records))) if fmt == "csv" and _widths_ok(header, records) \
+        columns = _fast_csv_rows(header, lines, list(zip(*records))) if fmt == "csv" and _widths_ok(header, records) \
             else None
-        if rows is None:
-            rows = _exact_rows(fmt, header, lines, records)
+        if columns is not None:
+            return _stage_rows(directory, columns=columns)
+        rows = _exact_rows(fmt, header, lines, records)
     except _RowError as exc:
         return ("error", *exc.args)
     return _stage_rows(directory, rows)
@@ -333,17 +335,14 @@ def _stage_block(directory: str, fmt: str, codec: str, header: list[str] | None,
         if records and records[-1] == "":
             records.pop()
         return _stage_chunk(directory, fmt, header, list(range(line + 1, line + 1 + len(records))), records)
-    if "\r" in text and "\r" not in text.replace("\r\n", "\n"):
-        text = text.replace("\r\n", "\n")  # CRLF line ends (a lone CR also ends a record: the csv module's way)
-    if '"' in text or "\r" in text:  # quoted values: the csv module
-        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
-        try:
-            records = list(reader)
-        except csv.Error:
-            return ("anomaly",)
-        return _stage_chunk(directory, fmt, header, _record_lines(line, records, line + reader.line_num), records)
-    # no quote and no CR: a record is a line and a value ends at a comma, as the csv module reads it
-    lines = text.split("\n")
+    body = text
+    if "\r" in text:
+        if text.count("\r") != text.count("\r\n"):  # a lone CR ends a record too: the csv module
+            return _stage_parsed(directory, header, line, text)
+        body = text.replace("\r\n", "\n")  # CRLF line ends (inside a quoted value: the csv module, below)
+    # a record is a line (a line with an odd number of quotes opens a value with a line break:
+    # the csv module) and, in a line without quotes, a value ends at a comma
+    lines = body.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
     if not lines:
@@ -352,15 +351,37 @@ def _stage_block(directory: str, fmt: str, codec: str, header: list[str] | None,
         return ("anomaly",)  # the csv module refuses such a value: its error is the reference
     numbers = list(range(line + 1, line + 1 + len(lines)))
     width = len(header)
-    if list(map(str.count, lines, itertools.repeat(","))).count(width - 1) == len(lines) and len(set(header)) == width:
-        flat = ",".join(lines).split(",")  # every line has its values: cut them all in one go
-        try:
-            rows = _fast_csv_rows(header, numbers, [flat[i::width] for i in range(width)])
-            if rows is not None:
-                return _stage_rows(directory, rows)
-        except _RowError as exc:
-            return ("error", *exc.args)
-    return _stage_chunk(directory, fmt, header, numbers, [row.split(",") for row in lines])
+    if '"' not in body:
+        if list(map(str.count, lines, itertools.repeat(","))).count(width - 1) == len(lines) \
+                and len(set(header)) == width:
+            flat = ",".join(lines).split(",")  # every line has its values: cut them all in one go
+            columns = _fast_csv_rows(header, numbers, [flat[i::width] for i in range(width)])
+            if columns is not None:
+                return _stage_rows(directory, columns=columns)
+        return _stage_chunk(directory, fmt, header, numbers, [row.split(",") for row in lines])
+    quoted = [i for i, row in enumerate(lines) if '"' in row]
+    if any(lines[i].count('"') % 2 for i in quoted):
+        return _stage_parsed(directory, header, line, text)
+    records = [row.split(",") for row in lines]
+    try:
+        parsed = list(csv.reader([lines[i] for i in quoted], strict=True))
+    except csv.Error:
+        return ("anomaly",)
+    if len(parsed) != len(quoted):
+        return ("anomaly",)
+    for i, values in zip(quoted, parsed):
+        records[i] = values
+    return _stage_chunk(directory, fmt, header, numbers, records)
+
+
+def _stage_parsed(directory: str, header: list[str], line: int, text: str) -> tuple:
+    """A CSV block read by the csv module (values with line breaks, lone CRs)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        records = list(reader)
+    except csv.Error:
+        return ("anomaly",)
+    return _stage_chunk(directory, "csv", header, _record_lines(line, records, line + reader.line_num), records)
 
 
 class _RowError(Exception):
@@ -387,9 +408,9 @@ def _widths_ok(header: list[str], records: list[list[str]]) -> bool:
     return bool(records) and set(map(len, records)) == {len(header)} and len(set(header)) == len(header)
 
 
-def _fast_csv_rows(header: list[str], lines: list[int], columns: list) -> list[tuple] | None:
-    """The chunk's staging rows from its ``columns`` (one sequence of values per header
-    column), checked column by column (a few C calls per chunk instead of several per row);
+def _fast_csv_rows(header: list[str], lines: list[int], columns: list) -> tuple | None:
+    """The chunk's staging rows as columns (``store.STAGING_COLUMNS``) from its CSV ``columns``
+    (one sequence of values per header column), checked column by column (a few C calls per chunk instead of several per row);
     None when any row needs the exact path (a blank row, a quoted formula cell, text outside
     the fast character set, a bad value): then ``_exact_rows`` takes the chunk."""
     from replyloop.textnorm import compact_many
@@ -401,14 +422,14 @@ def _fast_csv_rows(header: list[str], lines: list[int], columns: list) -> list[t
         joined = "\n".join(values)
         limit, bad_chars, _ = fields._rules(name)
         if (joined[:1] == "'" or "\n'" in joined or bad_chars.search(joined) or max(map(len, values)) > limit
-                or not all(map(fields._VISIBLE.search, values))):
+                or fields._BLANK_LINE.search(joined)):
             return None
         texts[name] = list(map(str.strip, values))
     count = len(lines)
     labels = {}
     for name in ("category", "intent"):
         if name not in index:
-            labels[name] = itertools.repeat(None, count)
+            labels[name] = [None] * count
             continue
         values = columns[index[name]]
         clean = {}
@@ -419,13 +440,13 @@ def _fast_csv_rows(header: list[str], lines: list[int], columns: list) -> list[t
                 clean[value] = fields.clean(name, value)
             except FieldError:
                 return None
-        labels[name] = map(clean.__getitem__, values)
+        labels[name] = list(map(clean.__getitem__, values))
     prompts, responses = texts["prompt"], texts["response"]
     keys = compact_many(prompts)
     digest = hashlib.sha256  # textnorm.dedupe_key and prompt_key, inlined: two hashes a row is most of the work
     dedupe = [digest(f"{k}\x1f{r}".encode()).hexdigest() for k, r in zip(keys, compact_many(responses))]
     prompt_keys = [digest(k.encode()).hexdigest()[:16] for k in keys]
-    return list(zip(lines, prompts, responses, labels["category"], labels["intent"], dedupe, prompt_keys))
+    return (lines, prompts, responses, labels["category"], labels["intent"], dedupe, prompt_keys)
 
 
 def _record_lines(start: int, records: list[list[str]], end: int) -> list[int]:

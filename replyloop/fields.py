@@ -35,6 +35,10 @@ _BAD_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # something visible: not whitespace, not a zero-width / invisible formatting character
 _VISIBLE = re.compile(r"[^\s\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
                       r"\u2060-\u2064\u206a-\u206f\u3164\ufeff\uffa0]")
+# a line of nothing but such characters (in values joined by line feeds: a blank value, or a
+# value with a blank line, which the import then checks one by one)
+_BLANK_LINE = re.compile(r"^(?:[^\S\n]|[\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
+                         r"\u2060-\u2064\u206a-\u206f\u3164\ufeff\uffa0])*$", re.M)
 _LABEL = re.compile(r"[^\W_]|[" + re.escape(LABEL_PUNCTUATION) + r"]")
 _LABEL_TEXT = re.compile(r"(?:[^\W_]|[" + re.escape(LABEL_PUNCTUATION) + r"])+")
 
