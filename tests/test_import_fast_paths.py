@@ -186,3 +186,54 @@ def test_m100_keeps_every_row_and_the_uniqueness_rules(tmp_path):
     sql = store.scalar("SELECT sql FROM sqlite_master WHERE name = 'samples'")
     assert "UNIQUE" not in sql.upper()
     assert migrations.migrate(store.db) == []
+
+
+KILLED_IMPORT = """
+import sys, time
+from replyloop import store as store_mod
+from replyloop.dataio import import_file
+store_mod.REBUILD_MIN_ROWS = 1  # the rebuilding insert, on a small file
+real = store_mod.Store._insert_rebuilding
+def announced(self, *args):
+    print("merging", flush=True)
+    time.sleep(float(sys.argv[3]))
+    return real(self, *args)
+store_mod.Store._insert_rebuilding = announced
+import_file(store_mod.Store(sys.argv[1]), sys.argv[2], workers=0)
+print("done", flush=True)
+"""
+
+
+def test_kill_9_inside_the_rebuilding_insert_leaves_the_table_and_its_indexes(tmp_path):
+    """``kill -9`` while the indexes are dropped and the rows half in: the next open finds the
+    table as it was, every index there, and the import then goes through whole."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "in.csv"
+    path.write_text("prompt,response,category\n" + _pairs(10000), encoding="utf-8")
+    db = tmp_path / "s.db"
+    Store(db).add_samples([store_mod.SampleIn("早就有的问题", "早就有的回答")])
+    indexes = "SELECT count(*) FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' AND sql IS NOT NULL"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(dataio.Path(dataio.__file__).parents[1]),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    counts = []
+    for pause, after in ((0.0, 0.01), (0.3, 0.0)):  # inside the insert; before it, the write lock held
+        proc = subprocess.Popen([sys.executable, "-c", KILLED_IMPORT, str(db), str(path), str(pause)],
+                                stdout=subprocess.PIPE, text=True, env=env)
+        assert proc.stdout.readline().strip() == "merging"
+        time.sleep(after)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        s = Store(db)
+        counts.append(s.sample_count())
+        assert counts[-1] in (1, 10001) and s.scalar("PRAGMA integrity_check") == "ok"
+        assert s.scalar(indexes) == 4
+        s.close()
+    assert counts == [1, 1]  # killed inside the transaction: nothing of it is left
+    s = Store(db)
+    assert import_file(s, path, workers=0).added == 10000 and s.sample_count() == 10001
+    assert s.scalar(indexes) == 4
