@@ -351,24 +351,33 @@ def _stage_block(directory: str, fmt: str, codec: str, header: list[str] | None,
         return ("anomaly",)  # the csv module refuses such a value: its error is the reference
     numbers = list(range(line + 1, line + 1 + len(lines)))
     width = len(header)
-    if '"' not in body:
-        if list(map(str.count, lines, itertools.repeat(","))).count(width - 1) == len(lines) \
-                and len(set(header)) == width:
-            flat = ",".join(lines).split(",")  # every line has its values: cut them all in one go
-            columns = _fast_csv_rows(header, numbers, [flat[i::width] for i in range(width)])
-            if columns is not None:
-                return _stage_rows(directory, columns=columns)
-        return _stage_chunk(directory, fmt, header, numbers, [row.split(",") for row in lines])
-    quoted = [i for i, row in enumerate(lines) if '"' in row]
-    if any(lines[i].count('"') % 2 for i in quoted):
-        return _stage_parsed(directory, header, line, text)
+    quoted, parsed = [], []
+    if '"' in body:
+        quoted = [i for i, row in enumerate(lines) if '"' in row]
+        if any(lines[i].count('"') % 2 for i in quoted):
+            return _stage_parsed(directory, header, line, text)
+        try:
+            parsed = list(csv.reader([lines[i] for i in quoted], strict=True))
+        except csv.Error:
+            return ("anomaly",)
+        if len(parsed) != len(quoted):
+            return ("anomaly",)
+    plain = lines
+    if quoted:
+        plain = lines.copy()
+        for i in quoted:
+            plain[i] = "," * (width - 1)  # a stand-in, replaced by the csv module's values below
+    if (len(set(header)) == width and all(len(values) == width for values in parsed)
+            and list(map(str.count, plain, itertools.repeat(","))).count(width - 1) == len(plain)):
+        flat = ",".join(plain).split(",")  # every line has its values: cut them all in one go
+        columns = [flat[i::width] for i in range(width)]
+        for i, values in zip(quoted, parsed):
+            for column, value in zip(columns, values):
+                column[i] = value
+        columns = _fast_csv_rows(header, numbers, columns)
+        if columns is not None:
+            return _stage_rows(directory, columns=columns)
     records = [row.split(",") for row in lines]
-    try:
-        parsed = list(csv.reader([lines[i] for i in quoted], strict=True))
-    except csv.Error:
-        return ("anomaly",)
-    if len(parsed) != len(quoted):
-        return ("anomaly",)
     for i, values in zip(quoted, parsed):
         records[i] = values
     return _stage_chunk(directory, fmt, header, numbers, records)
@@ -420,11 +429,13 @@ def _fast_csv_rows(header: list[str], lines: list[int], columns: list) -> tuple 
     for name in ("prompt", "response"):
         values = columns[index[name]]
         joined = "\n".join(values)
-        limit, bad_chars, _ = fields._rules(name)
-        if (joined[:1] == "'" or "\n'" in joined or bad_chars.search(joined) or max(map(len, values)) > limit
-                or fields._BLANK_LINE.search(joined)):
+        limit = fields.MAX_LENGTH[name]
+        if (joined[:1] == "'" or "\n'" in joined or fields._BAD_OR_INVISIBLE_IN_TEXT.search(joined)
+                or max(map(len, values)) > limit):
             return None
         texts[name] = list(map(str.strip, values))
+        if "" in texts[name]:  # a blank value: the exact path says so
+            return None
     count = len(lines)
     labels = {}
     for name in ("category", "intent"):

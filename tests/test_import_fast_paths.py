@@ -237,3 +237,29 @@ def test_kill_9_inside_the_rebuilding_insert_leaves_the_table_and_its_indexes(tm
     s = Store(db)
     assert import_file(s, path, workers=0).added == 10000 and s.sample_count() == 10001
     assert s.scalar(indexes) == 4
+
+
+@pytest.mark.parametrize("block", [40, 1 << 20])
+def test_single_line_quoted_values_among_plain_lines(tmp_path, monkeypatch, block):
+    """The common export: CRLF line ends, a few quoted values (commas, doubled quotes), a
+    zero-width space, a blank value: each block cut at its commas, the quoted lines read by the
+    csv module, the odd rows checked one by one, and the same rows as the reference."""
+    monkeypatch.setattr(dataio, "BLOCK_BYTES", block)
+    lines = ["prompt,response,category"] + [f"问题{i}？,回答{i},物流查询" for i in range(30)]
+    lines[3] = '"Yes, we deliver","Please tap ""Forgot password""",登录异常'
+    lines[9] = "零宽\u200b空格,回答,物流查询"
+    lines[20] = '"引号里的问题",回答,'
+    path = tmp_path / "export.csv"
+    path.write_bytes(("\r\n".join(lines) + "\r\n").encode("utf-8"))
+    _, rows = reference(tmp_path, path)
+    fast = Store(tmp_path / "fast.db")
+    import_file(fast, path, workers=0)
+    assert fast.query(ROWS) == rows and len(rows) == 30
+    assert (rows[2]["prompt"], rows[2]["response"]) == ("Yes, we deliver", 'Please tap "Forgot password"')
+    blank = tmp_path / "blank.csv"
+    blank.write_bytes(("\r\n".join(lines[:25] + ["\u200b\u200b,回答,物流查询"] + lines[25:]) + "\r\n").encode("utf-8"))
+    with pytest.raises(DataFormatError) as ref:
+        list(iter_samples(blank))
+    with pytest.raises(DataFormatError) as got:
+        import_file(Store(tmp_path / "blank.db"), blank, workers=0)
+    assert str(got.value) == str(ref.value) and "blank.csv:26: empty prompt" in str(got.value)
