@@ -670,8 +670,11 @@ class Store:
         later = np.zeros(len(dks), dtype=bool)
         later[order[1:]] = dks[order[1:]] == dks[order[:-1]]
         if before:
-            stored = [k for (k,) in conn.execute("SELECT dedupe_key FROM main.samples")]
-            later |= np.isin(dks, np.frombuffer(bytes.fromhex("".join(k[:16] for k in stored)), dtype=">u8"))
+            stored = "".join([k[:16] for (k,) in conn.execute("SELECT dedupe_key FROM main.samples")])
+            try:
+                later |= np.isin(dks, np.frombuffer(bytes.fromhex(stored), dtype=">u8").astype(np.uint64))
+            except ValueError:  # a stored key that is not a SHA-256 (hand-made rows): the ordinary way
+                return None
             del stored
         skip = lines[later]
         indexes = conn.execute(
