@@ -5,10 +5,11 @@
     python benchmarks/import_scale.py --rows 2000 --json   # a smoke run, used by the tests
 
 For each path (old: read the whole file, parse it into a list, insert row by row inside one
-write transaction; new: ``dataio.import_file``, the file read in 10,000-row chunks that worker
-processes (one per CPU) validate column by column, key and write to their own staging files
-without the write lock, then one ``INSERT … SELECT`` merging them in file order; ``--serial``
-also measures it validating in the importing process) it runs, in a fresh process each:
+write transaction; new: ``dataio.import_file``, the raw file cut into 2 MB blocks that worker
+processes (one per CPU) parse, validate column by column, key and write to their own staging
+files without the write lock, then one transaction moving them in file order, the indexes
+dropped and built again by sorting; ``--serial`` also measures it validating in the importing
+process) it runs, in a fresh process each:
 
 - the import into an empty database (seconds, CPU seconds of the process and its workers,
   peak RSS of the importing process);

@@ -12,6 +12,7 @@ import contextlib
 import csv
 import hashlib
 import io
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -88,9 +89,7 @@ def read_text(path: Path, encoding: str = "utf-8") -> str:
     try:
         return raw.decode(codec)
     except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        hint = " (try --encoding gbk)" if codec == "utf-8-sig" else ""
-        raise DataFormatError(f"{path}:{line}: not valid {encoding} text{hint}") from None
+        raise _not_valid_text(path, encoding, raw[: exc.start].count(b"\n") + 1) from None
 
 
 @contextlib.contextmanager
@@ -265,6 +264,13 @@ def iter_samples(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple[in
 
 PARALLEL_MIN_BYTES = 8 * 2**20  # a smaller file is validated in this process (no worker start-up)
 CHUNK_ROWS = 10_000
+BLOCK_BYTES = 2 * 2**20  # the file is handed to the validating processes in blocks of about this size
+MAX_RECORD_BYTES = 16 * 2**20  # longer than any valid record (the csv module's limit is 131,072 a value)
+# encodings in which a line feed or a double quote byte is always that character (never part of
+# a multibyte one), so the raw file can be cut into blocks at line ends; another encoding
+# (UTF-16, ...) is read through a text stream in this process
+BLOCK_ENCODINGS = {"utf-8", "utf-8-sig", "gbk", "gb18030", "gb2312", "big5", "cp936", "cp950", "ascii", "iso8859-1",
+                   "cp1252"}
 
 
 def iter_staged(path: str | Path, encoding: str = "utf-8") -> Iterator[tuple]:
@@ -281,24 +287,110 @@ class _Anomaly(Exception):
 _STAGE_WRITERS: dict[str, object] = {}  # staging directory -> this process's StagingWriter
 
 
-def _stage_chunk(directory: str, fmt: str, header: list[str] | None, lines: list[int],
-                 records: list) -> tuple:
-    """Validate, key and stage one chunk (in a worker process, or in the importing one) into this
-    process's staging file; returns ``("ok", keys)`` or ``("error", line, message, field)`` for
-    the chunk's first bad row (raised in the parent in file order)."""
-    try:
-        rows = _fast_csv_rows(header, lines, records) if fmt == "csv" else None
-        if rows is None:
-            rows = _exact_rows(fmt, header, lines, records)
-    except _RowError as exc:
-        return ("error", *exc.args)
+def _stage_rows(directory: str, rows: list[tuple] | None = None, columns: tuple | None = None) -> tuple:
+    """Write validated rows (or their ``columns``) to this process's staging file:
+    ``("ok", file name, keys)``."""
     writer = _STAGE_WRITERS.get(directory)
     if writer is None:
         import os
 
         from replyloop.store import StagingWriter
         writer = _STAGE_WRITERS[directory] = StagingWriter(Path(directory) / f"stage-{os.getpid()}.db")
-    return ("ok", writer.write(rows) if rows else (b"", b"", b""))
+    return ("ok", writer.path.name, writer.write_columns(*columns) if columns else writer.write(rows))
+
+
+def _stage_chunk(directory: str, fmt: str, header: list[str] | None, lines: list[int],
+                 records: list) -> tuple:
+    """Validate, key and stage one chunk of parsed records (in a worker process, or in the
+    importing one) into this process's staging file; returns ``("ok", file, keys)`` or
+    ``("error", line, message, field)`` for the chunk's first bad row (raised in the parent in
+    file order)."""
+    try:
+        columns = _fast_csv_rows(header, lines, list(zip(*records))) if fmt == "csv" and _widths_ok(header, records) \
+            else None
+        if columns is not None:
+            return _stage_rows(directory, columns=columns)
+        rows = _exact_rows(fmt, header, lines, records)
+    except _RowError as exc:
+        return ("error", *exc.args)
+    return _stage_rows(directory, rows)
+
+
+def _stage_block(directory: str, fmt: str, codec: str, header: list[str] | None, line: int, newline: int,
+                 data: bytes) -> tuple:
+    """Decode, parse, validate, key and stage one block of the raw file: whole records, the
+    first on line ``line + 1`` (``newline``: the line feeds before it, for a decoding error).
+    Returns what ``_stage_chunk`` does, ``("decode", line)`` for bytes that are not valid in
+    the encoding (after the rows before them proved good), or ``("anomaly",)``: broken quoting
+    (perhaps only a block cut inside a quoted value by a stray quote), which the exact path
+    reports or reads."""
+    try:
+        text = data.decode(codec)
+    except UnicodeDecodeError as exc:
+        good = data.rfind(b"\n", 0, exc.start) + 1
+        done = _stage_block(directory, fmt, codec, header, line, newline, data[:good]) if good else ("ok",)
+        return done if done[0] != "ok" else ("decode", newline + data.count(b"\n", 0, exc.start) + 1)
+    if fmt != "csv":
+        records = text.split("\n")
+        if records and records[-1] == "":
+            records.pop()
+        return _stage_chunk(directory, fmt, header, list(range(line + 1, line + 1 + len(records))), records)
+    body = text
+    if "\r" in text:
+        if text.count("\r") != text.count("\r\n"):  # a lone CR ends a record too: the csv module
+            return _stage_parsed(directory, header, line, text)
+        body = text.replace("\r\n", "\n")  # CRLF line ends (inside a quoted value: the csv module, below)
+    # a record is a line (a line with an odd number of quotes opens a value with a line break:
+    # the csv module) and, in a line without quotes, a value ends at a comma
+    lines = body.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines:
+        return ("ok", None, (b"", b"", b""))
+    if max(map(len, lines)) > csv.field_size_limit():
+        return ("anomaly",)  # the csv module refuses such a value: its error is the reference
+    numbers = list(range(line + 1, line + 1 + len(lines)))
+    width = len(header)
+    quoted, parsed = [], []
+    if '"' in body:
+        quoted = [i for i, row in enumerate(lines) if '"' in row]
+        if any(lines[i].count('"') % 2 for i in quoted):
+            return _stage_parsed(directory, header, line, text)
+        try:
+            parsed = list(csv.reader([lines[i] for i in quoted], strict=True))
+        except csv.Error:
+            return ("anomaly",)
+        if len(parsed) != len(quoted):
+            return ("anomaly",)
+    plain = lines
+    if quoted:
+        plain = lines.copy()
+        for i in quoted:
+            plain[i] = "," * (width - 1)  # a stand-in, replaced by the csv module's values below
+    if (len(set(header)) == width and all(len(values) == width for values in parsed)
+            and list(map(str.count, plain, itertools.repeat(","))).count(width - 1) == len(plain)):
+        flat = ",".join(plain).split(",")  # every line has its values: cut them all in one go
+        columns = [flat[i::width] for i in range(width)]
+        for i, values in zip(quoted, parsed):
+            for column, value in zip(columns, values):
+                column[i] = value
+        columns = _fast_csv_rows(header, numbers, columns)
+        if columns is not None:
+            return _stage_rows(directory, columns=columns)
+    records = [row.split(",") for row in lines]
+    for i, values in zip(quoted, parsed):
+        records[i] = values
+    return _stage_chunk(directory, fmt, header, numbers, records)
+
+
+def _stage_parsed(directory: str, header: list[str], line: int, text: str) -> tuple:
+    """A CSV block read by the csv module (values with line breaks, lone CRs)."""
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    try:
+        records = list(reader)
+    except csv.Error:
+        return ("anomaly",)
+    return _stage_chunk(directory, "csv", header, _record_lines(line, records, line + reader.line_num), records)
 
 
 class _RowError(Exception):
@@ -320,30 +412,35 @@ def _exact_rows(fmt: str, header: list[str] | None, lines: list[int], records: l
     return out
 
 
-def _fast_csv_rows(header: list[str], lines: list[int], records: list[list[str]]) -> list[tuple] | None:
-    """The chunk's staging rows, checked column by column (a few C calls per chunk instead of
-    several per row); None when any row needs the exact path (a bad or blank row, a quoted
-    formula cell, text outside the fast character set): then ``_exact_rows`` takes the chunk."""
+def _widths_ok(header: list[str], records: list[list[str]]) -> bool:
+    """Every record has one value per column, and no column name repeats (the last one counts)."""
+    return bool(records) and set(map(len, records)) == {len(header)} and len(set(header)) == len(header)
+
+
+def _fast_csv_rows(header: list[str], lines: list[int], columns: list) -> tuple | None:
+    """The chunk's staging rows as columns (``store.STAGING_COLUMNS``) from its CSV ``columns``
+    (one sequence of values per header column), checked column by column (a few C calls per chunk instead of several per row);
+    None when any row needs the exact path (a blank row, a quoted formula cell, text outside
+    the fast character set, a bad value): then ``_exact_rows`` takes the chunk."""
     from replyloop.textnorm import compact_many
 
-    width = len(header)
-    if not records or set(map(len, records)) != {width} or len(set(header)) != width:
-        return None  # a short or long row, or a repeated column name (the last one counts)
-    columns = list(zip(*records))
     index = {name: header.index(name) for name in SAMPLE_FIELDS if name in header}
     texts = {}
     for name in ("prompt", "response"):
         values = columns[index[name]]
         joined = "\n".join(values)
-        limit, bad_chars, _ = fields._rules(name)
-        if (joined[:1] == "'" or "\n'" in joined or bad_chars.search(joined) or max(map(len, values)) > limit
-                or not all(map(fields._VISIBLE.search, values))):
+        limit = fields.MAX_LENGTH[name]
+        if (joined[:1] == "'" or "\n'" in joined or fields._BAD_OR_INVISIBLE_IN_TEXT.search(joined)
+                or max(map(len, values)) > limit):
             return None
         texts[name] = list(map(str.strip, values))
+        if "" in texts[name]:  # a blank value: the exact path says so
+            return None
+    count = len(lines)
     labels = {}
     for name in ("category", "intent"):
         if name not in index:
-            labels[name] = [None] * len(records)
+            labels[name] = [None] * count
             continue
         values = columns[index[name]]
         clean = {}
@@ -360,7 +457,7 @@ def _fast_csv_rows(header: list[str], lines: list[int], records: list[list[str]]
     digest = hashlib.sha256  # textnorm.dedupe_key and prompt_key, inlined: two hashes a row is most of the work
     dedupe = [digest(f"{k}\x1f{r}".encode()).hexdigest() for k, r in zip(keys, compact_many(responses))]
     prompt_keys = [digest(k.encode()).hexdigest()[:16] for k in keys]
-    return list(zip(lines, prompts, responses, labels["category"], labels["intent"], dedupe, prompt_keys))
+    return (lines, prompts, responses, labels["category"], labels["intent"], dedupe, prompt_keys)
 
 
 def _record_lines(start: int, records: list[list[str]], end: int) -> list[int]:
@@ -384,14 +481,16 @@ def import_file(store, path: str | Path, encoding: str = "utf-8", workers: int |
     """Import a samples file (CSV or JSONL) into ``store`` all or nothing; returns the store's
     ``ImportResult``.
 
-    The file is read here in chunks of ``CHUNK_ROWS`` records; each chunk is validated, keyed
-    and written to a staging file by one of ``workers`` forked processes (default: one per
-    CPU, at most 4, for a file of ``PARALLEL_MIN_BYTES`` or more; 0: in this process), at most
-    two chunks ahead each, so memory stays bounded. Nothing takes the store's write lock until
-    the whole file is valid; then ``Store.import_staged`` moves the rows in one transaction. The
-    first bad row in file order raises (DataFormatError / FieldError naming ``path:line``), as
-    ``iter_samples`` would. Workers are forked, so only from a single-threaded process (the
-    CLI); with other threads running (``serve``) or without ``fork`` the file is validated here."""
+    The raw file is cut here into blocks of whole records (``BLOCK_BYTES``; an encoding outside
+    ``BLOCK_ENCODINGS``: chunks of ``CHUNK_ROWS`` records parsed here); each block is decoded,
+    parsed, validated, keyed and written to a staging file by one of ``workers`` forked
+    processes (default: one per CPU, at most 4, for a file of ``PARALLEL_MIN_BYTES`` or more;
+    0: in this process), at most two blocks ahead each, so memory stays bounded. Nothing takes
+    the store's write lock until the whole file is valid; then ``Store.import_staged`` moves the
+    rows in one transaction. The first bad row in file order raises (DataFormatError /
+    FieldError naming ``path:line``), as ``iter_samples`` would. Workers are forked, so only
+    from a single-threaded process (the CLI); with other threads running (``serve``) or
+    without ``fork`` the file is validated here."""
     import multiprocessing
     import os
     import threading
@@ -431,9 +530,77 @@ def _watch_parent(parent: int) -> None:
     threading.Thread(target=watch, name="replyloop-import-watch", daemon=True).start()
 
 
+def _not_valid_text(path: Path, encoding: str, line: int) -> DataFormatError:
+    hint = " (try --encoding gbk)" if _codec(encoding) == "utf-8-sig" else ""
+    return DataFormatError(f"{path}:{line}: not valid {encoding} text{hint}")
+
+
+def _blocks(path: Path, fmt: str, encoding: str) -> tuple[list[str] | None, Iterator[tuple]] | None:
+    """``(header, blocks)``: the CSV header (None for JSONL) and ``(line, newline, bytes)`` of
+    each block of whole records after it (``_stage_block``), read from the raw file; None when
+    the file is read the other way (an encoding outside ``BLOCK_ENCODINGS``, a header with a
+    quote or a lone CR, an empty or one-line file)."""
+    codec = _codec(encoding)
+    if codecs.lookup(codec).name not in BLOCK_ENCODINGS:
+        return None
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise _open_error(path, exc) from None
+    header = None
+    line = newline = 0
+    if fmt == "csv":
+        head = fh.readline()
+        if not head.endswith(b"\n") or b'"' in head or b"\r" in head[:-2]:
+            fh.close()
+            return None
+        try:
+            text = head.decode(codec)
+        except UnicodeDecodeError:
+            fh.close()
+            raise _not_valid_text(path, encoding, 1) from None
+        _, header = _csv_reader(path, [text], ("prompt", "response"))
+        line = newline = 1
+    block_codec = "utf-8" if codec == "utf-8-sig" else codec  # the BOM is before the header
+
+    def blocks() -> Iterator[tuple]:
+        nonlocal line, newline
+        with fh:
+            if fmt != "csv":  # a JSONL file may start with a BOM too
+                first = fh.read(3)
+                if first != codecs.BOM_UTF8 or codec != "utf-8-sig":
+                    fh.seek(0)
+            carry = b""
+            while True:
+                data = fh.read(BLOCK_BYTES)
+                buf = carry + data if carry else data
+                if not data:
+                    if buf:
+                        yield line, newline, buf
+                    return
+                cut = buf.rfind(b"\n") + 1
+                if fmt == "csv" and b'"' in buf:  # a line feed inside a quoted value is no record end
+                    quotes = buf.count(b'"', 0, cut)  # even at the end of a record (quotes come in pairs)
+                    while cut and quotes % 2:
+                        before = buf.rfind(b"\n", 0, cut - 1) + 1
+                        quotes -= buf.count(b'"', before, cut)
+                        cut = before
+                if not cut:
+                    if len(buf) > MAX_RECORD_BYTES:  # no record is this long: a stray quote (a"b)
+                        raise _Anomaly("no record end")
+                    carry = buf
+                    continue
+                block, carry = buf[:cut], buf[cut:]
+                yield line, newline, block
+                lf = block.count(b"\n")
+                line += lf + block.count(b"\r") - block.count(b"\r\n")
+                newline += lf
+
+    return header, blocks()
+
+
 def _stage_file(path: Path, encoding: str, workers: int, staging) -> None:
     import collections
-    import itertools
     import multiprocessing
     import os
     from concurrent.futures import Future, ProcessPoolExecutor
@@ -444,12 +611,12 @@ def _stage_file(path: Path, encoding: str, workers: int, staging) -> None:
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_watch_parent,
                                initargs=(os.getpid(),)) if workers else None
 
-    def submit(*args) -> None:
+    def submit(fn, *args) -> None:
         if pool is not None:
-            pending.append(pool.submit(_stage_chunk, directory, *args))
+            pending.append(pool.submit(fn, directory, *args))
             return
         future: Future = Future()
-        future.set_result(_stage_chunk(directory, *args))
+        future.set_result(fn(directory, *args))
         pending.append(future)
 
     def collect(final: bool = False) -> None:
@@ -460,31 +627,24 @@ def _stage_file(path: Path, encoding: str, workers: int, staging) -> None:
                 if field_name is not None:
                     raise FieldError(field_name, message, f"{path}:{line}")
                 raise DataFormatError(f"{path}:{line}: {message}")
-            staging.add_keys(*done[1])
+            if done[0] == "decode":
+                raise _not_valid_text(path, encoding, done[1])
+            if done[0] == "anomaly":
+                raise _Anomaly("broken CSV")
+            if done[1] is not None:
+                staging.add_keys(*done[2], file=done[1])
 
     try:
-        with _open_lines(path, encoding, newline="" if fmt == "csv" else "\n") as fh:
-            if fmt == "csv":
-                reader, header = _csv_reader(path, fh, ("prompt", "response"))
-                while True:
-                    start = reader.line_num
-                    try:
-                        records = list(itertools.islice(reader, CHUNK_ROWS))
-                    except csv.Error:  # the exact path names the line, or an earlier bad row
-                        raise _Anomaly("broken CSV") from None
-                    if not records:
-                        break
-                    submit(fmt, header, _record_lines(start, records, reader.line_num), records)
-                    collect()
-            else:
-                header, line = None, 0
-                while True:
-                    records = list(itertools.islice(fh, CHUNK_ROWS))
-                    if not records:
-                        break
-                    submit(fmt, header, list(range(line + 1, line + 1 + len(records))), records)
-                    line += len(records)
-                    collect()
+        raw = _blocks(path, fmt, encoding)
+        if raw is not None:
+            header, blocks = raw
+            codec = _codec(encoding)
+            codec = "utf-8" if codec == "utf-8-sig" else codec
+            for line, newline, data in blocks:
+                submit(_stage_block, fmt, codec, header, line, newline, data)
+                collect()
+        else:
+            _submit_parsed(path, fmt, encoding, submit, collect)
         collect(final=True)
     finally:
         for future in pending:
@@ -496,6 +656,32 @@ def _stage_file(path: Path, encoding: str, workers: int, staging) -> None:
             writer.close()
     if not len(staging):
         raise DataFormatError(f"{path}: no samples in the file")
+
+
+def _submit_parsed(path: Path, fmt: str, encoding: str, submit, collect) -> None:
+    """The file read through a text stream here, in chunks of ``CHUNK_ROWS`` parsed records."""
+    with _open_lines(path, encoding, newline="" if fmt == "csv" else "\n") as fh:
+        if fmt == "csv":
+            reader, header = _csv_reader(path, fh, ("prompt", "response"))
+            while True:
+                start = reader.line_num
+                try:
+                    records = list(itertools.islice(reader, CHUNK_ROWS))
+                except csv.Error:  # the exact path names the line, or an earlier bad row
+                    raise _Anomaly("broken CSV") from None
+                if not records:
+                    break
+                submit(_stage_chunk, fmt, header, _record_lines(start, records, reader.line_num), records)
+                collect()
+        else:
+            line = 0
+            while True:
+                records = list(itertools.islice(fh, CHUNK_ROWS))
+                if not records:
+                    break
+                submit(_stage_chunk, fmt, None, list(range(line + 1, line + 1 + len(records))), records)
+                line += len(records)
+                collect()
 
 
 def read_samples(path: str | Path, encoding: str = "utf-8") -> list[SampleIn]:

@@ -35,6 +35,12 @@ _BAD_IN_LINE = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 # something visible: not whitespace, not a zero-width / invisible formatting character
 _VISIBLE = re.compile(r"[^\s\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
                       r"\u2060-\u2064\u206a-\u206f\u3164\ufeff\uffa0]")
+# the invisible characters of ``_VISIBLE`` that are not whitespace
+_INVISIBLE = r"\u00ad\u034f\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u206a-\u206f\u3164\ufeff\uffa0"
+# text the import's column-wise check leaves to the row-by-row one: a refused character, or an
+# invisible one (a value of only such characters is empty); without these, a value is empty
+# exactly when ``str.strip`` leaves nothing (``\s`` and ``str.strip`` agree on whitespace)
+_BAD_OR_INVISIBLE_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff" + _INVISIBLE + "]")
 _LABEL = re.compile(r"[^\W_]|[" + re.escape(LABEL_PUNCTUATION) + r"]")
 _LABEL_TEXT = re.compile(r"(?:[^\W_]|[" + re.escape(LABEL_PUNCTUATION) + r"])+")
 

@@ -233,6 +233,11 @@ def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
         if fn.__name__ in done:
             continue
         conn = db.conn
+        # a migration that rebuilds a table (SQLite's 12-step ALTER) runs with foreign keys off:
+        # the pragma is a no-op inside a transaction, so it is switched here (import15)
+        keys_on = getattr(fn, "foreign_keys_off", False) and conn.execute("PRAGMA foreign_keys").fetchone()[0]
+        if keys_on:
+            conn.execute("PRAGMA foreign_keys=OFF")
         conn.execute("BEGIN IMMEDIATE")
         try:
             if fn.__name__ in applied(db):  # another process applied it while we waited for the lock
@@ -248,6 +253,9 @@ def migrate(db: sqlite_utils.Database, upto: str | None = None) -> list[str]:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            if keys_on:
+                conn.execute("PRAGMA foreign_keys=ON")
         ran.append(fn.__name__)
         if upto and fn.__name__ == upto:
             break
@@ -466,3 +474,38 @@ def m037_rule_proposals(db: sqlite_utils.Database) -> None:
             opened INTEGER NOT NULL
         );
     """)
+
+
+@migration
+def m100_import15_samples_unique_indexes(db: sqlite_utils.Database) -> None:
+    """``samples``' UNIQUE column constraints on ``dedupe_key`` and ``review_id`` become named
+    unique indexes (``review_id``'s partial: only reviewed samples have one), the same rules. A
+    constraint's index cannot be dropped; a named one can, so a large import builds it once by
+    sorting (3 CPU s for 1M rows) instead of a million random inserts (6 s), and imported rows
+    (no review) no longer touch the ``review_id`` index at all. SQLite's table rebuild: the
+    table is copied as it is (ids kept), with foreign keys off (``foreign_keys_off``)."""
+    import re
+
+    conn = db.conn
+    row = conn.execute("SELECT sql FROM sqlite_master WHERE type = 'table' AND name = 'samples'").fetchone()
+    sql = row[0]
+    new = re.sub(r"(\breview_id\s+INTEGER)\s+UNIQUE\b", r"\1", sql, flags=re.I)
+    new = re.sub(r"(\bdedupe_key\s+TEXT\s+NOT\s+NULL)\s+UNIQUE\b", r"\1", new, flags=re.I)
+    if new == sql:
+        return  # already without them
+    indexes = [r[0] for r in conn.execute(
+        "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' AND sql IS NOT NULL")]
+    count = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
+    conn.execute(re.sub(r"^\s*CREATE\s+TABLE\s+\"?samples\"?", "CREATE TABLE samples_m100", new, flags=re.I))
+    conn.execute("INSERT INTO samples_m100 SELECT * FROM samples")
+    conn.execute("DROP TABLE samples")
+    conn.execute("ALTER TABLE samples_m100 RENAME TO samples")
+    for index in indexes:
+        conn.execute(index)
+    conn.execute("CREATE UNIQUE INDEX idx_samples_dedupe_key ON samples(dedupe_key)")
+    conn.execute("CREATE UNIQUE INDEX idx_samples_review_id ON samples(review_id) WHERE review_id IS NOT NULL")
+    if conn.execute("SELECT count(*) FROM samples").fetchone()[0] != count:  # never: a copy
+        raise sqlite3.DatabaseError("samples changed while its table was rebuilt")
+
+
+m100_import15_samples_unique_indexes.foreign_keys_off = True  # type: ignore[attr-defined]

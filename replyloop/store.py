@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 import sqlite3
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -48,7 +49,7 @@ _log = logging.getLogger(__name__)
 
 DECISIONS = ("approve", "edit", "reject")
 # how long a writer waits for the write lock: longer than the longest hold, the final insert of a
-# large import (1M rows: 65 s on a busy shared 2-core machine, about 12 s of CPU), so a bot write
+# large import (1M rows: 65 s on a busy shared 2-core machine, now about 7 s of CPU), so a bot write
 # during an import waits instead of failing (scale15)
 BUSY_TIMEOUT_S = 120.0
 BACKGROUND_AUTOCHECKPOINT = 20_000  # pages (about 80 MB of log): the fallback of checkpoint_in_background
@@ -105,10 +106,12 @@ def staging_row(line: int, sample: SampleIn) -> tuple:
 IMPORT_BATCH = 5000       # rows per executemany into a staging file
 IMPORT_CACHE_KIB = -98304  # page cache while the final INSERT ... SELECT runs (allocated only as used;
 # with it the importer stays within twice the file's size at 1M rows)
+REBUILD_CACHE_KIB = -32768  # the same while the indexes are rebuilt (it also bounds each sort's memory)
 REBUILD_MIN_ROWS = 50_000  # an import this large, and at least as large as the table, rebuilds its indexes
 CONFLICT_EXAMPLES = 10
 SNAPSHOT_BATCH = 10_000  # rows read and keyed at once while a snapshot is planned
 STAGING_COLUMNS = "line, prompt, response, category, intent, dedupe_key, prompt_key"
+STAGING_ROWS_PER_INSERT = 500  # 3,500 parameters a statement (SQLite allows 32,766)
 
 
 class StagingWriter:
@@ -122,17 +125,34 @@ class StagingWriter:
         self.conn.execute("PRAGMA synchronous=OFF")
         self.conn.execute("CREATE TABLE IF NOT EXISTS import_staging (line INTEGER PRIMARY KEY, prompt TEXT,"
                           " response TEXT, category TEXT, intent TEXT, dedupe_key TEXT, prompt_key TEXT)")
+        self._sql: dict[int, str] = {}
 
     def write(self, rows: list[tuple]) -> tuple[bytes, bytes, bytes]:
-        """Store ``rows``; returns their lines, prompt keys and dedupe keys as 64-bit integers
-        (``Staging.add_keys``), for the conflict check."""
+        """Store ``rows`` (in line order, after the rows written before); returns their lines,
+        prompt keys and dedupe keys as 64-bit integers (``Staging.add_keys``), for the
+        conflict and duplicate checks."""
+        return self.write_columns(*map(list, zip(*rows))) if rows else (b"", b"", b"")
+
+    def write_columns(self, *columns: list) -> tuple[bytes, bytes, bytes]:
+        """``write`` of the rows given as their columns (``STAGING_COLUMNS``, lists of equal
+        length): no tuple a row is built."""
+        import itertools
         from array import array
 
+        lines, dedupe, prompt_keys = columns[0], columns[5], columns[6]
         self.conn.execute("BEGIN")
-        self.conn.executemany(f"INSERT INTO import_staging ({STAGING_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+        for start in range(0, len(lines), STAGING_ROWS_PER_INSERT):  # a multi-row VALUES: 40% less CPU
+            end = start + STAGING_ROWS_PER_INSERT
+            count = len(lines[start:end])
+            sql = self._sql.get(count)
+            if sql is None:
+                sql = self._sql[count] = (f"INSERT INTO import_staging ({STAGING_COLUMNS}) VALUES "
+                                          + ",".join(["(?, ?, ?, ?, ?, ?, ?)"] * count))
+            self.conn.execute(sql, list(itertools.chain.from_iterable(zip(*[c[start:end] for c in columns]))))
         self.conn.execute("COMMIT")
-        return (array("q", [r[0] for r in rows]).tobytes(), array("Q", [int(r[6], 16) for r in rows]).tobytes(),
-                array("Q", [int(r[5][:16], 16) for r in rows]).tobytes())
+        return (array("q", lines).tobytes(),
+                bytes.fromhex("".join(prompt_keys)),  # 16 hex digits each: big-endian 64-bit keys
+                bytes.fromhex("".join([d[:16] for d in dedupe])))
 
     def close(self) -> None:
         self.conn.close()
@@ -164,23 +184,36 @@ class Staging:
         self._tmp = tempfile.TemporaryDirectory(prefix=f"replyloop-import-{os.getpid()}-", dir=directory)
         self.directory = Path(self._tmp.name)
         self._keys = (bytearray(), bytearray(), bytearray())
+        # ``[file name, first line, last line]`` in file order: the rows of the file, staging file
+        # by staging file (a worker's file holds the chunks it validated), merged without a sort
+        self.segments: list[list] = []
 
     def writer(self, name: str = "main") -> StagingWriter:
         return StagingWriter(self.directory / f"stage-{name}.db")
 
-    def add_keys(self, lines: bytes, prompt_keys: bytes, dedupe_keys: bytes) -> None:
+    def add_keys(self, lines: bytes, prompt_keys: bytes, dedupe_keys: bytes, file: str = "stage-main.db") -> None:
+        """The keys of rows just written, in file order, to the staging file named ``file``."""
+        if not lines:
+            return
         for acc, data in zip(self._keys, (lines, prompt_keys, dedupe_keys)):
             acc.extend(data)
+        first, last = struct.unpack_from("q", lines)[0], struct.unpack_from("q", lines, len(lines) - 8)[0]
+        if self.segments and self.segments[-1][0] == file:
+            self.segments[-1][2] = last  # the same file's rows carry on
+        else:
+            self.segments.append([file, first, last])
 
     def __len__(self) -> int:
         return len(self._keys[0]) // 8
 
     def keys(self):
-        """``(lines, prompt keys, dedupe keys)`` as numpy arrays."""
+        """``(lines, prompt keys, dedupe keys)`` as numpy arrays (the keys: the first 64 bits of
+        each hash)."""
         import numpy as np
 
-        return (np.frombuffer(self._keys[0], dtype=np.int64), np.frombuffer(self._keys[1], dtype=np.uint64),
-                np.frombuffer(self._keys[2], dtype=np.uint64))
+        return (np.frombuffer(self._keys[0], dtype=np.int64),
+                np.frombuffer(self._keys[1], dtype=">u8").astype(np.uint64),
+                np.frombuffer(self._keys[2], dtype=">u8").astype(np.uint64))
 
     def files(self) -> list[Path]:
         return sorted(self.directory.glob("stage-*.db"))
@@ -614,24 +647,25 @@ class Store:
             for row in rows:
                 batch.append(row)
                 if len(batch) >= IMPORT_BATCH:
-                    staging.add_keys(*writer.write(batch))
+                    staging.add_keys(*writer.write(batch), file=writer.path.name)
                     batch.clear()
             if batch:
-                staging.add_keys(*writer.write(batch))
+                staging.add_keys(*writer.write(batch), file=writer.path.name)
             writer.close()
             return self.import_staged(staging, source, approved_by)
 
     def import_staged(self, staging: "Staging", source: str = "import", approved_by: str | None = None) -> ImportResult:
         """Move the validated rows of ``staging`` into ``samples`` in one write transaction: one
-        ``INSERT OR IGNORE … SELECT`` in file order (duplicates, in the file or already stored,
-        are counted, not added). When the import is at least as large as the table, the table's
-        plain indexes are dropped and rebuilt inside the same transaction (one sort each instead
-        of a million random inserts). The result also counts rows whose prompt has a different
-        answer in the file or in the store."""
+        ``INSERT … SELECT`` in file order (duplicates, in the file or already stored, are counted,
+        not added). An import at least as large as the table (``_insert_rebuilding``) drops the
+        table's indexes, leaves the duplicates out itself and builds the indexes again inside the
+        same transaction: one sort each instead of a million random inserts. The result also
+        counts rows whose prompt has a different answer in the file or in the store."""
         at = timeutil.now_iso()
         conn = self.db.conn
         files = staging.files()
         names = [f"import_stage{i}" for i in range(len(files))]
+        alias = {path.name: name for name, path in zip(names, files)}
         for name, path in zip(names, files):
             conn.execute("ATTACH DATABASE ? AS " + name, (str(path),))
         try:
@@ -639,27 +673,29 @@ class Store:
             total = len(staging)
             if not names:
                 return result
-            source_sql = " UNION ALL ".join(
-                f"SELECT line, prompt, response, category, intent, dedupe_key, prompt_key FROM {n}.import_staging"
-                for n in names)
             conn.execute(f"PRAGMA main.cache_size = {IMPORT_CACHE_KIB}")  # the index pages the insert touches
+            conn.execute(f"PRAGMA threads = {min(os.cpu_count() or 1, 4)}")  # the index sorts use the idle cores
             # the commit does not copy the WAL into the database (the automatic checkpoint would, after
             # the commit but before it returns); that happens below, while other writers go on
             conn.execute("PRAGMA wal_autocheckpoint = 0")
+            # the rows in file order, segment by segment: each a range of one staging file's primary
+            # key (read in order, no sort; a UNION ALL ... ORDER BY merge cost 2 CPU s a million)
+            insert = ("INSERT {or_ignore}INTO main.samples (prompt, response, category, intent, source, approved_by,"
+                      " approved_at, dedupe_key, prompt_key) SELECT prompt, response, category, intent, ?, ?, ?,"
+                      " dedupe_key, prompt_key FROM {file}.import_staging WHERE line BETWEEN ? AND ?{where}"
+                      " ORDER BY line")
+            segments = [(alias[file], first, last) for file, first, last in staging.segments]
+            params = (source, approved_by, at)
             with self.transaction():
                 before = self.scalar("SELECT coalesce(max(id), 0) FROM samples")  # never deleted: about count(*)
-                rebuild = [] if total < max(before, REBUILD_MIN_ROWS) else [r[0] for r in conn.execute(
-                    "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' AND sql IS NOT NULL"
-                    " AND sql NOT LIKE 'CREATE UNIQUE%'")]
-                for sql in rebuild:
-                    conn.execute("DROP INDEX " + sql.split()[2])  # CREATE INDEX <name> ON ...
-                cur = conn.execute(
-                    "INSERT OR IGNORE INTO main.samples (prompt, response, category, intent, source, approved_by,"
-                    " approved_at, dedupe_key, prompt_key) SELECT prompt, response, category, intent, ?, ?, ?,"
-                    f" dedupe_key, prompt_key FROM ({source_sql} ORDER BY line)", (source, approved_by, at))
-                result.added = max(cur.rowcount, 0)
-                for sql in rebuild:
-                    conn.execute(sql)
+                added = None
+                if total >= max(before, REBUILD_MIN_ROWS):
+                    added = self._insert_rebuilding(conn, staging, names, insert, segments, params, before)
+                if added is None:  # into the indexes as they are; the unique index skips duplicates
+                    sql = insert.format(or_ignore="OR IGNORE ", file="{file}", where="")
+                    added = sum(max(conn.execute(sql.format(file=file), (*params, first, last)).rowcount, 0)
+                                for file, first, last in segments)
+                result.added = added
                 result.duplicates = total - result.added
                 result.sample_ids = range(before + 1, before + 1 + result.added)
                 if result.added:
@@ -671,10 +707,69 @@ class Store:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             conn.execute("PRAGMA wal_autocheckpoint = 1000")  # SQLite's default again
+            conn.execute("PRAGMA threads = 0")
+            conn.execute("DROP TABLE IF EXISTS temp.import_skip")
             for name in names:
                 with contextlib.suppress(sqlite3.Error):
                     conn.execute("DETACH DATABASE " + name)
             conn.execute("PRAGMA main.cache_size = -2000")  # SQLite's default again
+
+    def _insert_rebuilding(self, conn: sqlite3.Connection, staging: "Staging", names: list[str], insert: str,
+                           segments: list[tuple], params: tuple, before: int) -> int | None:
+        """The large import, inside ``import_staged``'s transaction: the indexes of ``samples``
+        that the new rows would enter (all but partial ones, which imported rows never match)
+        are dropped, the rows go in without the duplicates, which are found here from the 64-bit
+        keys (a later row of the file with an earlier one's key, or a row whose key is stored),
+        and the indexes are built again. Returns the rows added, or None, with everything
+        undone, when a check fails: a unique index that cannot be built, or a left-out row whose
+        full key is not stored after all (two keys that share their first 64 bits); then the
+        caller inserts the ordinary way."""
+        import numpy as np
+
+        lines, _, dks = staging.keys()
+        order = np.lexsort((lines, dks))  # equal keys in file order: the first one is kept
+        later = np.zeros(len(dks), dtype=bool)
+        later[order[1:]] = dks[order[1:]] == dks[order[:-1]]
+        if before:
+            stored = "".join([k[:16] for (k,) in conn.execute("SELECT dedupe_key FROM main.samples")])
+            try:
+                later |= np.isin(dks, np.frombuffer(bytes.fromhex(stored), dtype=">u8").astype(np.uint64))
+            except ValueError:  # a stored key that is not a SHA-256 (hand-made rows): the ordinary way
+                return None
+            del stored
+        skip = lines[later]
+        indexes = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' AND sql IS NOT NULL"
+            " AND sql NOT LIKE '% WHERE %'").fetchall()
+        conn.execute("DROP TABLE IF EXISTS temp.import_skip")
+        conn.execute("CREATE TEMP TABLE import_skip (line INTEGER PRIMARY KEY)")
+        conn.executemany("INSERT INTO temp.import_skip VALUES (?)", ((int(x),) for x in skip))
+        sql = insert.format(or_ignore="", file="{file}", where=" AND line NOT IN temp.import_skip" if len(skip) else "")
+        conn.execute("SAVEPOINT import_rebuild")
+        try:
+            for name, _ in indexes:
+                conn.execute(f'DROP INDEX "{name}"')
+            # appended in rowid order, the pages the insert touches are few: a small cache will do
+            conn.execute(f"PRAGMA main.cache_size = {REBUILD_CACHE_KIB}")
+            added = sum(conn.execute(sql.format(file=file), (*params, first, last)).rowcount
+                        for file, first, last in segments)
+            for _, index in indexes:
+                conn.execute(index)  # a unique one fails here if a duplicate got in
+            missing = 0
+            if len(skip):  # each left-out row's full key is stored (the 64-bit keys could collide)
+                missing = sum(conn.execute(
+                    f"SELECT count(*) FROM temp.import_skip k CROSS JOIN {n}.import_staging s ON s.line = k.line"
+                    " WHERE NOT EXISTS (SELECT 1 FROM main.samples m WHERE m.dedupe_key = s.dedupe_key)").fetchone()[0]
+                    for n in names)
+            if missing:
+                raise sqlite3.IntegrityError(f"{missing} rows left out as duplicates are not stored")
+        except sqlite3.IntegrityError:
+            conn.execute("ROLLBACK TO import_rebuild")
+            conn.execute("RELEASE import_rebuild")
+            conn.execute(f"PRAGMA main.cache_size = {IMPORT_CACHE_KIB}")
+            return None
+        conn.execute("RELEASE import_rebuild")
+        return added
 
     def _conflicts(self, conn: sqlite3.Connection, staging: "Staging", names: list[str]) -> ImportResult:
         """Prompts of the staged file with another answer, in the file (from the staged 64-bit
