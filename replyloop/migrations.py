@@ -477,7 +477,7 @@ def m037_rule_proposals(db: sqlite_utils.Database) -> None:
 
 
 @migration
-def m100_import15_samples_unique_indexes(db: sqlite_utils.Database) -> None:
+def m038_samples_unique_indexes(db: sqlite_utils.Database) -> None:
     """``samples``' UNIQUE column constraints on ``dedupe_key`` and ``review_id`` become named
     unique indexes (``review_id``'s partial: only reviewed samples have one), the same rules. A
     constraint's index cannot be dropped; a named one can, so a large import builds it once by
@@ -496,10 +496,10 @@ def m100_import15_samples_unique_indexes(db: sqlite_utils.Database) -> None:
     indexes = [r[0] for r in conn.execute(
         "SELECT sql FROM sqlite_master WHERE type = 'index' AND tbl_name = 'samples' AND sql IS NOT NULL")]
     count = conn.execute("SELECT count(*) FROM samples").fetchone()[0]
-    conn.execute(re.sub(r"^\s*CREATE\s+TABLE\s+\"?samples\"?", "CREATE TABLE samples_m100", new, flags=re.I))
-    conn.execute("INSERT INTO samples_m100 SELECT * FROM samples")
+    conn.execute(re.sub(r"^\s*CREATE\s+TABLE\s+\"?samples\"?", "CREATE TABLE samples_m038", new, flags=re.I))
+    conn.execute("INSERT INTO samples_m038 SELECT * FROM samples")
     conn.execute("DROP TABLE samples")
-    conn.execute("ALTER TABLE samples_m100 RENAME TO samples")
+    conn.execute("ALTER TABLE samples_m038 RENAME TO samples")
     for index in indexes:
         conn.execute(index)
     conn.execute("CREATE UNIQUE INDEX idx_samples_dedupe_key ON samples(dedupe_key)")
@@ -508,4 +508,4 @@ def m100_import15_samples_unique_indexes(db: sqlite_utils.Database) -> None:
         raise sqlite3.DatabaseError("samples changed while its table was rebuilt")
 
 
-m100_import15_samples_unique_indexes.foreign_keys_off = True  # type: ignore[attr-defined]
+m038_samples_unique_indexes.foreign_keys_off = True  # type: ignore[attr-defined]

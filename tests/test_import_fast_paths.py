@@ -157,7 +157,7 @@ def test_a_64_bit_key_collision_falls_back_to_the_ordinary_insert(tmp_path, monk
     assert s.scalar("SELECT count(*) FROM sqlite_master WHERE name = 'idx_samples_dedupe_key'") == 1
 
 
-def test_m100_keeps_every_row_and_the_uniqueness_rules(tmp_path):
+def test_m038_keeps_every_row_and_the_uniqueness_rules(tmp_path):
     """An existing database (samples, a reviewed sample, a snapshot pointing at them) goes
     through the table rebuild with its ids; duplicates are still refused, foreign keys are on."""
     import sqlite3
@@ -165,7 +165,7 @@ def test_m100_keeps_every_row_and_the_uniqueness_rules(tmp_path):
     import sqlite_utils
 
     names = [fn.__name__ for fn in migrations.MIGRATIONS]
-    previous = names[names.index("m100_import15_samples_unique_indexes") - 1]
+    previous = names[names.index("m038_samples_unique_indexes") - 1]
     path = tmp_path / "old.db"
     old = sqlite_utils.Database(path)
     migrations.migrate(old, upto=previous)
