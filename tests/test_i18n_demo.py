@@ -14,8 +14,6 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
-import pytest
-
 from replyloop.demo import (RoundStats, heldout_notes, review_breakdown, round_line, round_table,
                             summary_rows)
 
