@@ -38,7 +38,7 @@ import yaml
 
 from replyloop import paths, timeutil
 from replyloop.errors import ReplyloopError
-from replyloop.i18n import N_, _, fmt_number, fmt_percent, language, ngettext
+from replyloop.i18n import N_, _, fmt_number, fmt_percent, language, ngettext, pgettext
 from replyloop.training.tiny import TinyPretrainConfig
 
 SUPERVISORS = ["USUP1", "USUP2", "USUP3"]
@@ -723,8 +723,10 @@ def heldout_notes(changes: list[dict], parameters: int = 0) -> list[str]:
     for c in changes:
         verdict = "within noise" if abs(c["change"]) < c["margin"] else "up" if c["change"] > 0 else "down"
         verdicts.append(verdict)
-        words = {"within noise": _("within noise"), "up": _("up"), "down": _("down")}
-        metric = {"chrF": "chrF", "embedding": _("embedding")}.get(c["metric"], c["metric"])
+        words = {"within noise": pgettext("demo held-out change", "within noise"),
+                 "up": pgettext("demo held-out change", "up"), "down": pgettext("demo held-out change", "down")}
+        metric = {"chrF": "chrF", "embedding": pgettext("demo held-out metric", "embedding")}.get(c["metric"],
+                                                                                                 c["metric"])
         notes.append(_("held-out {metric}: {change} (± {margin}, 2 standard errors) on {n} questions never "
                        "trained on: {verdict}").format(
             metric=metric, change=("+" if c["change"] >= 0 else "") + fmt_number(c["change"], 3),
@@ -845,8 +847,8 @@ def _pct(v) -> str:
 
 def _counts(counts: Counter, words: dict) -> str:
     """``{"succeeded": 2, "failed": 1}`` -> "1 failed, 2 succeeded" (失败 1，成功 2)."""
-    return _(", ").join(_("{count} {status}").format(count=n, status=_word(words, k))
-                        for k, n in sorted(counts.items()))
+    return pgettext("demo list", ", ").join(pgettext("demo counts", "{count} {status}").format(
+        count=n, status=_word(words, k)) for k, n in sorted(counts.items()))
 
 
 def _summary_rows(store, registry, imported: int, people, summary) -> list[tuple[str, str]]:
@@ -895,8 +897,8 @@ def review_breakdown(people) -> str:
         return _("{approved} approved, {edited} edited, {rejected} rejected").format(
             approved=c["approve"], edited=c["edit"], rejected=c["reject"])
 
-    parts = _("; ").join(_("{phase}: {decisions}").format(phase=_word(PHASES, phase), decisions=fmt(c))
-                         for phase, c in people.by_phase.items())
+    parts = _("; ").join(pgettext("demo review phase", "{phase}: {decisions}").format(
+        phase=_word(PHASES, phase), decisions=fmt(c)) for phase, c in people.by_phase.items())
     return _("{decisions} in all ({phases})").format(decisions=fmt(people.counts), phases=parts)
 
 
