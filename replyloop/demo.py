@@ -38,6 +38,7 @@ import yaml
 
 from replyloop import paths, timeutil
 from replyloop.errors import ReplyloopError
+from replyloop.i18n import N_, _, fmt_number, fmt_percent, language, ngettext, pgettext
 from replyloop.training.tiny import TinyPretrainConfig
 
 SUPERVISORS = ["USUP1", "USUP2", "USUP3"]
@@ -59,6 +60,18 @@ HELD_BACK_INTENTS = ("logistics-waybill", "logistics-split-package", "logistics-
                      "aftersales-damaged-on-arrival", "return-7day")
 # Where the old replies promised 全额赔付 (Chinese replies only).
 PROMISE_INTENTS = ("logistics-signed-not-received", "aftersales-damaged-on-arrival")
+# the words shown for the machine's status and phase names (the names stay in demo-summary.json)
+MODEL_STATUS = {"candidate": N_("candidate"), "canary": N_("canary"), "champion": N_("champion"),
+                "retired": N_("retired"), "rejected": N_("rejected")}
+RUN_STATUS = {"queued": N_("queued"), "running": N_("running"), "succeeded": N_("succeeded"),
+              "failed": N_("failed"), "cancelled": N_("cancelled")}
+PHASES = {"round 1": N_("round 1"), "canary": N_("canary"), "round 2": N_("round 2")}
+
+
+def _word(words: dict, key: str) -> str:
+    """The display word of a status or phase name (an N_() constant); an unknown name as it is."""
+    word = words.get(key)
+    return _(word) if word else key
 
 
 class DemoError(ReplyloopError):
@@ -178,7 +191,8 @@ def prepare_base(cache_dir: Path, sample_rows: list[dict], cfg: TinyPretrainConf
 
     def progress(step: int, steps: int, loss: float) -> None:
         if step % 100 == 0 or step == steps:
-            say(f"      pre-training step {step}/{steps}: loss {loss:.3f}")
+            say("      " + _("pre-training step {step}/{steps}: loss {loss}").format(
+                step=step, steps=steps, loss=fmt_number(loss, 3)))
 
     return cached_tiny_base(cache_dir, legacy_corpus(sample_rows), texts, cfg, progress)
 
@@ -456,7 +470,8 @@ def _prepare_workdir(workdir: Path, force: bool) -> None:
     """An empty workdir, or (``force``) one emptied except for the cache of the pre-trained base."""
     if workdir.exists() and any(workdir.iterdir()):
         if not force:
-            raise DemoError(f"{workdir} is not empty: choose another --workdir or pass --force to replace it")
+            raise DemoError(_("{workdir} is not empty: choose another --workdir or pass --force to replace it")
+                            .format(workdir=workdir))
         for child in workdir.iterdir():
             if child.name == CACHE_DIR and child.is_dir() and not child.is_symlink():
                 continue
@@ -516,36 +531,45 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
     threshold = sum(1 for q in rounds[0] if q["kind"] in ("recurring", "new"))
 
     # 1. workspace ------------------------------------------------------------------------------
-    say("[1/6] Workspace: config, SQLite database, default policies, sample data")
+    say("[1/6] " + _("Workspace: config, SQLite database, default policies, sample data"))
     config = load_config(_write_config(workdir, fake.base_url, s, min_new_samples=threshold))
     store = Store(config.db_path)
     approved = [x for x in read_samples(samples_csv) if x.intent not in HELD_BACK_INTENTS]
     imported = store.add_samples(approved, source="import")
     engine = load_policies(config.policies_dir)
-    say(f"      imported {imported.added} approved Q&A pairs into {config.db_path.name}; "
-        f"{len(sample_rows) - len(approved)} questions ({', '.join(HELD_BACK_INTENTS)}) have no approved reply yet; "
-        f"{len(engine.rules)} policy rules, {len(engine.terms)} terminology pairs")
+    say("      " + _("imported {added} approved Q&A pairs into {db}; {held} questions ({intents}) have no "
+                      "approved reply yet; {rules} policy rules, {terms} terminology pairs").format(
+        added=imported.added, db=config.db_path.name, held=len(sample_rows) - len(approved),
+        intents=", ".join(HELD_BACK_INTENTS), rules=len(engine.rules), terms=len(engine.terms)))
 
     # 2. the team's model, the first champion, a blocked legacy candidate ----------------------------
     n_heldout = sum(is_heldout(r["prompt"]) for r in sample_rows)
-    say(f"[2/6] The team's current model: a tiny Llama pre-trained in code on its {len(sample_rows) - n_heldout} "
-        f"legacy replies ({', '.join(LEGACY_TERMS.values())}, {PROMISE.strip('。')}); the {n_heldout} held-out "
-        "questions are left out, as from every training set")
+    say("[2/6] " + _("The team's current model: a tiny Llama pre-trained in code on its {legacy} legacy replies "
+                     "({terms}, {promise}); the {heldout} held-out questions are left out, as from every "
+                     "training set").format(legacy=len(sample_rows) - n_heldout,
+                                            terms=", ".join(LEGACY_TERMS.values()), promise=PROMISE.strip("。"),
+                                            heldout=n_heldout))
     base = prepare_base(workdir / CACHE_DIR, sample_rows, s.pretrain, say)
     summary.base_reused, summary.base_parameters = base.reused, base.parameters
-    say(f"      {'reused the cached' if base.reused else 'pre-trained a'} {base.parameters / 1e6:.1f}M-parameter model "
-        f"(loss {base.first_loss:.2f} -> {base.final_loss:.2f}, {base.seconds:.0f} s"
-        f"{' when it was built' if base.reused else ''}): {base.path}")
+    built = dict(size=fmt_number(base.parameters / 1e6, 1), first=fmt_number(base.first_loss, 2),
+                 final=fmt_number(base.final_loss, 2), seconds=fmt_number(base.seconds), path=base.path)
+    if base.reused:
+        say("      " + _("reused the cached {size}M-parameter model (loss {first} -> {final}, {seconds} s when it "
+                          "was built): {path}").format(**built))
+    else:
+        say("      " + _("pre-trained a {size}M-parameter model (loss {first} -> {final}, {seconds} s): {path}")
+            .format(**built))
     (workdir / "train.yaml").write_text(TRAIN_YAML.format(base=base.path, steps=s.train_steps, dataset="store"),
                                         encoding="utf-8")
     registry = Registry(store, keep_adapters=config.file.training.keep_adapters)
     _first_champion(workdir, base.path, config, store, registry, s, say)
 
-    say("      a legacy lora-scripts export (its answers promise 全额赔付) is trained and evaluated:")
+    say("      " + _("a legacy lora-scripts export (its answers promise 全额赔付) is trained and evaluated:"))
     summary.blocked_reason = _legacy_candidate(workdir, base.path, config, store, registry, s, export_samples, say)
 
     # 3. the bot, intake and supervisors: round 1 ---------------------------------------------------
-    say("[3/6] Round 1: the bot in HTTP mode on 127.0.0.1 against a local fake Slack; questions arrive at /intake")
+    say("[3/6] " + _("Round 1: the bot in HTTP mode on 127.0.0.1 against a local fake Slack; questions arrive at "
+                     "/intake"))
     from replyloop.bot.jobs import JobRunner, pipeline_starter
     from replyloop.bot.server import serve
     from replyloop.bot.simulate import Simulator
@@ -571,7 +595,7 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
     bot_thread = threading.Thread(target=run_bot, name="replyloop-demo-bot", daemon=True)
     bot_thread.start()
     if not ready.wait(60) or "error" in holder:
-        raise DemoError(f"the bot did not start: {holder.get('error')}")
+        raise DemoError(_("the bot did not start: {error}").format(error=holder.get("error")))
     sim = Simulator(holder["url"], SIGNING_SECRET, fake)
     people = Supervisors(sim, fake, store, engine, sample_rows)
     try:
@@ -580,13 +604,17 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
         _say_round(say, round_stats(store, 1, "r1-"), people.by_phase.get("round 1", Counter())["reject"])
 
         # 4. the scheduler's threshold job retrains; the canary serves; the canary job decides --------
-        say("[4/6] The scheduler's threshold job sees the new samples and runs the pipeline")
+        say("[4/6] " + _("The scheduler's threshold job sees the new samples and runs the pipeline"))
         run = _wait_for_scheduled_run(store, s.timeout_s)
         if run["status"] != "succeeded":
-            raise DemoError(f"the scheduled run #{run['id']} failed: {run['error']}")
+            raise DemoError(_("the scheduled run #{id} failed: {error}").format(id=run["id"], error=run["error"]))
         model = registry.get(run["model_id"])
-        say(f"      run #{run['id']}: {model['name']} is now {model['status']}"
-            + (f" for {model['canary_percent']}% of new conversations" if model["status"] == "canary" else ""))
+        if model["status"] == "canary":
+            say("      " + _("run #{id}: {name} is now canary for {percent} of new conversations").format(
+                id=run["id"], name=model["name"], percent=fmt_percent(model["canary_percent"] / 100)))
+        else:
+            say("      " + _("run #{id}: {name} is now {status}").format(
+                id=run["id"], name=model["name"], status=_word(MODEL_STATUS, model["status"])))
         if model["status"] == "canary":
             canary_id = model["id"]
             canary_batch = [dict(q, conversation_id=f"c-{i:03d}-{q['kind']}")
@@ -601,12 +629,17 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
                 if registry.review_rates(canary_id)["reviews"] >= s.canary_min_reviews:
                     break
             decision = _wait_for_canary_decision(store, canary_id, s.timeout_s)
-            say(f"      the canary job {'promoted' if decision == 'champion' else 'rolled back'} "
-                f"{model['name']} ({decision})")
+            if decision == "champion":
+                say("      " + _("the canary job promoted {name} ({decision})").format(
+                    name=model["name"], decision=_word(MODEL_STATUS, decision)))
+            else:
+                say("      " + _("the canary job rolled back {name} ({decision})").format(
+                    name=model["name"], decision=_word(MODEL_STATUS, decision)))
 
         # 5. round 2 ------------------------------------------------------------------------------
         champion = registry.champion()
-        say(f"[5/6] Round 2: the same recurring questions again, and new ones; {champion['name']} drafts")
+        say("[5/6] " + _("Round 2: the same recurring questions again, and new ones; {name} drafts").format(
+            name=champion["name"]))
         people.phase = "round 2"
         _send(sim, rounds[1])
         people.review_all(len(people.seen) + len(rounds[1]))
@@ -618,18 +651,21 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
         sim.close()
 
     # 6. weekly report and summary -------------------------------------------------------------------
-    say("[6/6] Weekly consistency report")
+    say("[6/6] " + _("Weekly consistency report"))
     from replyloop.evaluation.report import IsoWeek, build_weekly_report, report_timezone
 
     tz = report_timezone(config)
     report = build_weekly_report(config, store, week=IsoWeek.containing(timeutil.now().astimezone(tz).date()))
     summary.report_dir = report.out_dir
     summary.rounds = [round_stats(store, n, f"r{n}-") for n in (1, 2)]
-    summary.notes = _heldout_rows(store, summary.rounds, summary.base_parameters)
+    changes = _heldout_rows(store, summary.rounds)
+    summary.notes = heldout_notes(changes, summary.base_parameters)
+    with language("en"):  # demo-summary.json is read by scripts: its notes stay English
+        json_notes = heldout_notes(changes, summary.base_parameters)
     summary.seconds = time.monotonic() - started
     summary.rows = _summary_rows(store, registry, imported.added, people, summary)
     (workdir / "demo-summary.json").write_text(json.dumps(
-        {"rounds": [r.to_dict() for r in summary.rounds], "notes": summary.notes, "seconds": summary.seconds,
+        {"rounds": [r.to_dict() for r in summary.rounds], "notes": json_notes, "seconds": summary.seconds,
          "base_reused": summary.base_reused,
          "reviews": {"all": _decisions(people.counts), **{k: _decisions(c) for k, c in people.by_phase.items()}}},
         ensure_ascii=False, indent=2), encoding="utf-8")
@@ -640,17 +676,27 @@ def _run(workdir: Path, s: DemoSettings, fake, say, started: float) -> DemoSumma
 def _say_round(say, stats: RoundStats, rejected: int = 0) -> None:
     """One round's line: its customer drafts (the summary's "Review decisions" also counts the
     canary's questions and the off-topic messages)."""
+    say("      " + round_line(stats, rejected))
+
+
+def round_line(stats: RoundStats, rejected: int = 0) -> str:
     rate = stats.approval_rate
-    say(f"      round {stats.round}: {stats.drafts} customer drafts by {stats.models}: "
-        f"{stats.terminology} terminology and {stats.promises} banned-promise violations; "
-        f"{stats.approved} approved without edit, {stats.edited} edited"
-        + (f" ({rate:.0%} approved)" if rate is not None else "")
-        + (f"; {rejected} off-topic message{'s' if rejected != 1 else ''} rejected" if rejected else ""))
+    line = _("round {round}: {drafts} customer drafts by {models}: {terminology} terminology and {promises} "
+             "banned-promise violations; {approved} approved without edit, {edited} edited").format(
+        round=stats.round, drafts=stats.drafts, models=stats.models, terminology=stats.terminology,
+        promises=stats.promises, approved=stats.approved, edited=stats.edited)
+    if rate is not None:
+        line += _(" ({rate} approved)").format(rate=fmt_percent(rate))
+    if rejected:
+        line += ngettext("; {count} off-topic message rejected", "; {count} off-topic messages rejected",
+                         rejected).format(count=rejected)
+    return line
 
 
-def _heldout_rows(store, rounds: list[RoundStats], parameters: int = 0) -> list[str]:
+def _heldout_rows(store, rounds: list[RoundStats]) -> list[dict]:
     """Fill in each round's held-out consistency (from the retrained model's evaluation, which
-    drafted the same held-out questions with both models) and say whether it changed beyond noise."""
+    drafted the same held-out questions with both models) and measure whether it changed beyond
+    noise: one ``{"metric", "change", "margin", "n"}`` per metric (``heldout_notes`` says it)."""
     row = store.one("SELECT report FROM evaluations WHERE against_model_id IS NOT NULL ORDER BY id DESC LIMIT 1")
     evaluation = json.loads(row["report"]) if row else None
     scores = []
@@ -662,23 +708,39 @@ def _heldout_rows(store, rounds: list[RoundStats], parameters: int = 0) -> list[
             stats.heldout_chrf, stats.heldout_embedding = sum(chrf) / len(chrf), sum(emb) / len(emb)
             stats.heldout_n = len(chrf)
         scores.append((chrf, emb))
-    notes = []
-    if evaluation and all(c for c, _ in scores) and rounds[0].models != rounds[1].models:
-        for label, i in (("chrF", 0), ("embedding", 1)):
+    changes = []
+    if evaluation and all(c for c, _unused in scores) and rounds[0].models != rounds[1].models:
+        for metric, i in (("chrF", 0), ("embedding", 1)):
             change, se = paired_change(scores[0][i], scores[1][i])
-            verdict = ("within noise" if abs(change) < 2 * se else "up" if change > 0 else "down")
-            notes.append(f"held-out {label}: {change:+.3f} (± {2 * se:.3f}, 2 standard errors) on "
-                         f"{len(scores[0][i])} questions never trained on: {verdict}")
-        if all("within noise" in n for n in notes):
-            notes.append("no model in the demo, the base included, was trained on the held-out questions, and a "
-                         f"{parameters / 1e6:.1f}M-parameter model learns the replies it is trained on, not "
-                         "paraphrases it never saw: its held-out drafts stay noise in both rounds; its learning "
-                         "shows in the recurring questions and the wording (the violation and approval rows), "
-                         "not on held-out ones")
-        elif any(n.endswith(": down") for n in notes):
-            notes.append("held-out drafts are noise for a model this small (no model in the demo was trained on "
-                         "them): a change beyond two standard errors there says the corrections moved its noise, "
-                         "not that it learned or forgot those answers")
+            changes.append({"metric": metric, "change": change, "margin": 2 * se, "n": len(scores[0][i])})
+    return changes
+
+
+def heldout_notes(changes: list[dict], parameters: int = 0) -> list[str]:
+    """The held-out changes as sentences: each metric's paired change and verdict, then what a
+    verdict means for a model this small."""
+    notes, verdicts = [], []
+    for c in changes:
+        verdict = "within noise" if abs(c["change"]) < c["margin"] else "up" if c["change"] > 0 else "down"
+        verdicts.append(verdict)
+        words = {"within noise": pgettext("demo held-out change", "within noise"),
+                 "up": pgettext("demo held-out change", "up"), "down": pgettext("demo held-out change", "down")}
+        metric = {"chrF": "chrF", "embedding": pgettext("demo held-out metric", "embedding")}.get(c["metric"],
+                                                                                                 c["metric"])
+        notes.append(_("held-out {metric}: {change} (± {margin}, 2 standard errors) on {n} questions never "
+                       "trained on: {verdict}").format(
+            metric=metric, change=("+" if c["change"] >= 0 else "") + fmt_number(c["change"], 3),
+            margin=fmt_number(c["margin"], 3), n=c["n"], verdict=words[verdict]))
+    if verdicts and all(v == "within noise" for v in verdicts):
+        notes.append(_("no model in the demo, the base included, was trained on the held-out questions, and a "
+                       "{size}M-parameter model learns the replies it is trained on, not paraphrases it never saw: "
+                       "its held-out drafts stay noise in both rounds; its learning shows in the recurring "
+                       "questions and the wording (the violation and approval rows), not on held-out ones")
+                     .format(size=fmt_number(parameters / 1e6, 1)))
+    elif "down" in verdicts:
+        notes.append(_("held-out drafts are noise for a model this small (no model in the demo was trained on "
+                       "them): a change beyond two standard errors there says the corrections moved its noise, "
+                       "not that it learned or forgot those answers"))
     return notes
 
 
@@ -699,10 +761,15 @@ def _first_champion(workdir, base: Path, config, store, registry, s: DemoSetting
                           notice=lambda note: None)
     model = registry.register(result.output_dir, name="team-current", actor="demo")
     report = evaluate_model(config, store, model["id"], against="none", actor="demo")
-    verdict = "passes the gate" if report.gate.passed else "would not pass the gate: " + "; ".join(report.gate.reasons)
     registry.promote(model["id"], actor="demo", force=not report.gate.passed,
                      reason="the team's model in production before replyloop")
-    say(f"      first champion team-current (a LoRA on it, {s.train_steps} steps on the approved set) {verdict}")
+    if report.gate.passed:
+        say("      " + _("first champion team-current (a LoRA on it, {steps} steps on the approved set) passes the "
+                          "gate").format(steps=s.train_steps))
+    else:
+        say("      " + _("first champion team-current (a LoRA on it, {steps} steps on the approved set) would not "
+                          "pass the gate: {reasons}").format(steps=s.train_steps,
+                                                             reasons=_("; ").join(report.gate.reasons)))
     return model
 
 
@@ -727,10 +794,10 @@ def _legacy_candidate(workdir, base: Path, config, store, registry, s: DemoSetti
     report = evaluate_model(config, store, model["id"], against="none", snapshot=snapshot.hash, actor="demo")
     reasons = "; ".join(report.gate.reasons) or "passed"
     if report.gate.passed:
-        say("      (the legacy candidate unexpectedly passed the gate)")
+        say("      " + _("(the legacy candidate unexpectedly passed the gate)"))
     else:
         registry.reject(model["id"], actor="demo", reason="failed the gate: " + reasons)
-        say(f"      legacy-import BLOCKED by the gate: {reasons}")
+        say("      " + _("legacy-import BLOCKED by the gate: {reasons}").format(reasons=reasons))
     return reasons
 
 
@@ -747,7 +814,7 @@ def _send(sim, questions: list[dict]) -> None:
         payload = {k: q[k] for k in ("conversation_id", "question", "category") if q.get(k) is not None}
         resp = sim.intake(payload, INTAKE_TOKEN)
         if resp.status not in (200, 201):
-            raise DemoError(f"/intake answered {resp.status}: {resp.body}")
+            raise DemoError(_("/intake answered {status}: {body}").format(status=resp.status, body=resp.body))
 
 
 def _wait_for_scheduled_run(store, timeout: float) -> dict:
@@ -757,7 +824,7 @@ def _wait_for_scheduled_run(store, timeout: float) -> dict:
         if run and run["status"] in ("succeeded", "failed"):
             return run
         time.sleep(0.25)
-    raise DemoError("the scheduler did not finish a retrain in time")
+    raise DemoError(_("the scheduler did not finish a retrain in time"))
 
 
 def _wait_for_canary_decision(store, model_id: int, timeout: float) -> str:
@@ -767,11 +834,21 @@ def _wait_for_canary_decision(store, model_id: int, timeout: float) -> str:
         if status != "canary":
             return status
         time.sleep(0.25)
-    raise DemoError("the canary job did not decide in time")
+    raise DemoError(_("the canary job did not decide in time"))
 
 
-def _fmt(v, pattern: str = "{:.3f}") -> str:
-    return "n/a" if v is None else pattern.format(v)
+def _num(v, digits: int = 3) -> str:
+    return _("n/a") if v is None else fmt_number(v, digits)
+
+
+def _pct(v) -> str:
+    return _("n/a") if v is None else fmt_percent(v)
+
+
+def _counts(counts: Counter, words: dict) -> str:
+    """``{"succeeded": 2, "failed": 1}`` -> "1 failed, 2 succeeded" (失败 1，成功 2)."""
+    return pgettext("demo list", ", ").join(pgettext("demo counts", "{count} {status}").format(
+        count=n, status=_word(words, k)) for k, n in sorted(counts.items()))
 
 
 def _summary_rows(store, registry, imported: int, people, summary) -> list[tuple[str, str]]:
@@ -780,18 +857,32 @@ def _summary_rows(store, registry, imported: int, people, summary) -> list[tuple
     statuses = Counter(r["status"] for r in store.query("SELECT status FROM models"))
     flagged = Counter(r["verdict"] for r in store.query("SELECT verdict FROM drafts"))
     approved = store.scalar("SELECT count(*) FROM samples WHERE source = 'review'")
+    return summary_rows(
+        base_reused=summary.base_reused, imported=imported, samples=store.sample_count(), approved=approved,
+        questions=store.scalar("SELECT count(*) FROM questions"), reviews=review_breakdown(people),
+        blocked=flagged.get("block", 0), warned=flagged.get("warn", 0), runs=runs, models=statuses,
+        blocked_reason=summary.blocked_reason, champion=champion["name"] if champion else None,
+        report=summary.report_dir / "report.md" if summary.report_dir else None)
+
+
+def summary_rows(*, base_reused: bool, imported: int, samples: int, approved: int, questions: int, reviews: str,
+                 blocked: int, warned: int, runs: Counter, models: Counter, blocked_reason: str,
+                 champion: str | None, report: Path | None) -> list[tuple[str, str]]:
+    """The summary table's (what, result) rows, in the display language."""
     return [
-        ("Base model", "reused from the workspace cache" if summary.base_reused else "pre-trained in this run"),
-        ("Samples in the dataset", f"{imported} imported -> {store.sample_count()} (+{approved} approved in Slack)"),
-        ("Questions received at /intake", str(store.scalar("SELECT count(*) FROM questions"))),
-        ("Review decisions", review_breakdown(people)),
-        ("Drafts flagged by the policy rules", f"{flagged.get('block', 0)} blocked, {flagged.get('warn', 0)} warned"),
-        ("Training runs", ", ".join(f"{n} {k}" for k, n in sorted(runs.items()))),
-        ("Models", ", ".join(f"{n} {k}" for k, n in sorted(statuses.items()))),
-        ("Legacy candidate", ("blocked by the gate: " + summary.blocked_reason) if summary.blocked_reason != "passed"
-         else "passed the gate"),
-        ("Champion now", champion["name"] if champion else "-"),
-        ("Weekly report", str(summary.report_dir / "report.md") if summary.report_dir else "-"),
+        (_("Base model"), _("reused from the workspace cache") if base_reused else _("pre-trained in this run")),
+        (_("Samples in the dataset"), _("{imported} imported -> {samples} (+{approved} approved in Slack)").format(
+            imported=imported, samples=samples, approved=approved)),
+        (_("Questions received at /intake"), str(questions)),
+        (_("Review decisions"), reviews),
+        (_("Drafts flagged by the policy rules"), _("{blocked} blocked, {warned} warned").format(
+            blocked=blocked, warned=warned)),
+        (_("Training runs"), _counts(runs, RUN_STATUS)),
+        (_("Models"), _counts(models, MODEL_STATUS)),
+        (_("Legacy candidate"), _("blocked by the gate: {reasons}").format(reasons=blocked_reason)
+         if blocked_reason != "passed" else _("passed the gate")),
+        (_("Champion now"), champion or "-"),
+        (_("Weekly report"), str(report) if report else "-"),
     ]
 
 
@@ -803,39 +894,40 @@ def review_breakdown(people) -> str:
     """Every decision the supervisors made, and where: the round lines count customer drafts of
     one round; this also counts the canary's questions and the off-topic messages they rejected."""
     def fmt(c: Counter) -> str:
-        return f"{c['approve']} approved, {c['edit']} edited, {c['reject']} rejected"
+        return _("{approved} approved, {edited} edited, {rejected} rejected").format(
+            approved=c["approve"], edited=c["edit"], rejected=c["reject"])
 
-    parts = [f"{phase}: {fmt(c)}" for phase, c in people.by_phase.items()]
-    return f"{fmt(people.counts)} in all (" + "; ".join(parts) + ")"
+    parts = _("; ").join(pgettext("demo review phase", "{phase}: {decisions}").format(
+        phase=_word(PHASES, phase), decisions=fmt(c)) for phase, c in people.by_phase.items())
+    return _("{decisions} in all ({phases})").format(decisions=fmt(people.counts), phases=parts)
 
 
 def round_table(rounds: list[RoundStats]) -> tuple[list[str], list[list[str]]]:
     """The per-round numbers as a header and rows (for the CLI's table)."""
-    header = ["", *[f"Round {r.round}" for r in rounds]]
-    pct = "{:.0%}"
+    header = ["", *[_("Round {n}").format(n=r.round) for r in rounds]]
 
     def kind(r: RoundStats, name: str) -> str:
         k = r.by_kind.get(name)
         if not k:
             return "-"
         rate = k["approved"] / k["decided"] if k["decided"] else None
-        return (f"{_fmt(RoundStats.per_100(k['violations'], k['drafts']), '{:.0f}')} violations/100, "
-                f"{_fmt(rate, pct)} approved (n={k['drafts']})")
+        return _("{violations} violations/100, {rate} approved (n={n})").format(
+            violations=_num(RoundStats.per_100(k["violations"], k["drafts"]), 0), rate=_pct(rate), n=k["drafts"])
 
     rows = [
-        ["Drafted by", *[r.models for r in rounds]],
-        ["Customer drafts", *[str(r.drafts) for r in rounds]],
-        ["Terminology violations / 100 drafts",
-         *[_fmt(RoundStats.per_100(r.terminology, r.drafts), "{:.1f}") for r in rounds]],
-        ["Banned-promise violations / 100 drafts",
-         *[_fmt(RoundStats.per_100(r.promises, r.drafts), "{:.1f}") for r in rounds]],
-        ["Approved without edit", *[f"{_fmt(r.approval_rate, pct)} ({r.approved}/{r.approved + r.edited})"
-                                    for r in rounds]],
-        ["  recurring questions", *[kind(r, "recurring") for r in rounds]],
-        ["  questions the approved set answers", *[kind(r, "known") for r in rounds]],
-        ["  new questions", *[kind(r, "new") for r in rounds]],
-        ["Held-out consistency, chrF", *[_fmt(r.heldout_chrf) + (f" (n={r.heldout_n})" if r.heldout_n else "")
-                                         for r in rounds]],
-        ["Held-out consistency, embedding", *[_fmt(r.heldout_embedding) for r in rounds]],
+        [_("Drafted by"), *[r.models for r in rounds]],
+        [_("Customer drafts"), *[str(r.drafts) for r in rounds]],
+        [_("Terminology violations / 100 drafts"),
+         *[_num(RoundStats.per_100(r.terminology, r.drafts), 1) for r in rounds]],
+        [_("Banned-promise violations / 100 drafts"),
+         *[_num(RoundStats.per_100(r.promises, r.drafts), 1) for r in rounds]],
+        [_("Approved without edit"), *[_("{rate} ({approved}/{decided})").format(
+            rate=_pct(r.approval_rate), approved=r.approved, decided=r.approved + r.edited) for r in rounds]],
+        ["  " + _("recurring questions"), *[kind(r, "recurring") for r in rounds]],
+        ["  " + _("questions the approved set answers"), *[kind(r, "known") for r in rounds]],
+        ["  " + _("new questions"), *[kind(r, "new") for r in rounds]],
+        [_("Held-out consistency, chrF"), *[_("{value} (n={n})").format(value=_num(r.heldout_chrf), n=r.heldout_n)
+                                            if r.heldout_n else _num(r.heldout_chrf) for r in rounds]],
+        [_("Held-out consistency, embedding"), *[_num(r.heldout_embedding) for r in rounds]],
     ]
     return header, rows

@@ -32,7 +32,7 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from replyloop.demo import DemoSettings, round_table, run_demo
-        from replyloop.i18n import _
+        from replyloop.i18n import _, fmt_number
 
         logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
         for noisy in ("apscheduler", "slack_bolt", "bot", "httpx"):
@@ -45,7 +45,7 @@ def register(app: typer.Typer) -> None:
                 status.update(text.strip()[:80])
 
             summary = run_demo(workdir, DemoSettings.quick() if quick else DemoSettings(), force=force, say=say)
-        table = Table(title=_("replyloop demo: done in {seconds} s").format(seconds=f"{summary.seconds:.0f}"))
+        table = Table(title=_("replyloop demo: done in {seconds} s").format(seconds=fmt_number(summary.seconds)))
         table.add_column(_("What"))
         table.add_column(_("Result"), overflow="fold")  # paths wrap instead of being cut off
         for what, result in summary.rows:
