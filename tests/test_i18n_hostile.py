@@ -178,3 +178,97 @@ def test_hostile_customer_text_is_shown_literally_in_every_chinese_surface(zh_en
     words = english_words([t.replace(escaped, " ") for t in _all_texts(card) + _all_texts(update)
                            + _all_texts(home) + [n.params["text"] for n in notes]])
     assert words == []
+
+
+# -- 4. the weekly report: a year boundary, only rejections, categories that spell message ids ----
+
+def test_weekly_report_across_a_year_boundary_with_only_rejections_and_msgid_categories(workspace, chinese, tmp_path):
+    """2026-W53 in Asia/Shanghai (28 Dec 2026 - 3 Jan 2027): only rejections, in categories a
+    customer named like the report's own words ("model", "Approve", "champion", "(no model)",
+    "block") or with format fields and markup; a 9-digit sample count and tiny shares. The report
+    renders in Chinese with no missing glyph in its charts, keeps every category as written (before
+    the fix "(no model)" read 无模型, the missing model's word), groups the digits, and puts a
+    review at Sunday 23:59 local in W53 and one at Monday 00:00 local in 2027-W01."""
+    import datetime as dt
+    import warnings
+
+    from replyloop.config import load_config
+    from replyloop.evaluation.report import collect_weekly_report, render_markdown, write_weekly_report
+    from replyloop.evaluation.report_slack import summary_text
+    from test_report import _evaluation, _model, _review
+
+    config, store = workspace
+    config = load_config(config.source)
+    assert config.file.ui.language == "zh-CN" and config.file.scheduler.timezone == "Asia/Shanghai"
+    v = _model(store, "v1", "champion")
+    cats = ["model", "Approve", "champion", "(no model)", "block", "{draft_id} {0}", "a|b\nc", "<!channel>"]
+    for i, cat in enumerate(cats):  # Sunday 3 Jan 2027 23:59 in Shanghai: still 2026-W53
+        _review(store, "2027-01-03T15:59:00+00:00", cat, "reject", v, draft=f"草稿{i}",
+                violations=[{"rule": "model", "severity": "warn", "match": "{0}"}], verdict="warn")
+    _review(store, "2027-01-03T16:00:00+00:00", "下周", "reject", v)  # Monday 00:00 local: 2027-W01
+    _evaluation(store, v, "2027-01-01T00:00:00+00:00", 0.000012, {"model": 0.9999999}, n=123456789, unknown=0.00001)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        report = collect_weekly_report(config, store, "2026-W53", now=dt.datetime(2027, 1, 5, tzinfo=dt.timezone.utc))
+        write_weekly_report(report, tmp_path / "W53")
+    assert [str(w.message) for w in caught if "missing from" in str(w.message)] == []
+    md = (tmp_path / "W53" / "report.md").read_text(encoding="utf-8")
+    assert md.startswith("# 一致性周报 2026年第53周\n\n2026年12月28日 至 2027年1月3日（Asia/Shanghai）")
+    assert "| 2026年第53周 | 8 | 0 | 0 | 8 | – |" in md  # only rejections; the Monday one is not in it
+    assert "下周" not in md
+    rows = {line.split(" | ")[0][2:] for line in md.splitlines() if line.endswith(" | 1 | 0 | 0 | 1 | 0.0% | – |")}
+    assert rows == {"model", "Approve", "champion", "(no model)", "block", "{draft_id} {0}", "a\\|b c", "<!channel>"}
+    assert "| 2026年第53周 | 冠军 | v1 (#1) | #1 | 123,456,789 | 0.000 | 1.000 |" in md
+    assert "| model | 警告 | 8 | 8 |" in md  # a rule id is shown as it is; its severity in Chinese
+    assert "- 自动化率（原样通过）：**0.0%**（已审核 8 条草稿中 0 条）；2026年第52周：" in md
+    text = summary_text(report)
+    assert "2026年第53周" in text and "<!channel>" not in text
+
+    nxt = collect_weekly_report(config, store, "2027-W01", now=dt.datetime(2027, 1, 12, tzinfo=dt.timezone.utc))
+    md = render_markdown(nxt)  # no charts this time: they were drawn above
+    assert md.startswith("# 一致性周报 2027年第1周\n\n2027年1月4日 至 2027年1月10日（Asia/Shanghai）")
+    assert "| 2027年第1周 | 1 | 0 | 0 | 1 | – |" in md and "| 2026年第53周 | 8 | 0 | 0 | 8 | – |" in md
+    assert "| 下周 | 1 | 0 | 0 | 1 | 0.0% | – |" in md
+
+
+# -- 5. ui.language typos in replyloop.yaml ----------------------------------------------------------
+
+def _set_language(config, value: str) -> None:
+    text, n = re.subn(r"(?m)^  language: .*$", f"  language: {value}", config.source.read_text(encoding="utf-8"))
+    assert n == 1
+    config.source.write_text(text, encoding="utf-8")
+
+
+def test_ui_language_typos_are_accepted_tags_or_an_error_naming_the_field(workspace, chinese):
+    """Tags people write for the two languages work (zh-cn, ZH, zh_CN, zh-Hans, en_US, EN-gb); any
+    other value (a language name, ja, a number, a list, a mapping, empty, null) is an ``Error:``
+    naming the file, line and ``ui.language``, exit 2 — through the real CLI (`replyloop data stats`,
+    `replyloop serve`) and load_config."""
+    from replyloop.config import load_config
+    from replyloop.errors import ConfigError
+
+    config, _store = workspace
+    line = next(n for n, text in enumerate(config.source.read_text(encoding="utf-8").splitlines(), 1)
+                if text.startswith("  language: "))
+    for value, want in [("zh-cn", "zh-CN"), ("ZH", "zh-CN"), ("zh_CN", "zh-CN"), ("zh-Hans", "zh-CN"),
+                        ("en_US", "en"), ("EN-gb", "en"), ('"en"', "en")]:
+        _set_language(config, value)
+        assert load_config(config.source).file.ui.language == want, value
+    for value in ("chinese", "ja", "5", "[en]", "{zh: CN}", "''", "null", "中文"):
+        _set_language(config, value)
+        with pytest.raises(ConfigError) as caught:
+            load_config(config.source)
+        assert f"{config.source}:{line}: key 'ui.language'" in str(caught.value), value
+
+    _set_language(config, "zh-cn")
+    result = cli_subprocess("data", "stats")
+    assert result.returncode == 0 and result.stdout.startswith("样本：0"), result.stderr
+    _set_language(config, "en_US")
+    result = cli_subprocess("data", "stats")
+    assert result.returncode == 0 and result.stdout.startswith("Samples: 0"), result.stderr
+    for command, value in ((("data", "stats"), "chinese"), (("serve",), "[en]")):
+        _set_language(config, value)
+        result = cli_subprocess(*command, timeout=60)
+        assert result.returncode == 2, (command, result.stdout, result.stderr)
+        assert result.stderr.strip() == (f"Error: {config.source}:{line}: key 'ui.language': Input should be "
+                                         "'zh-CN' or 'en'"), result.stderr
