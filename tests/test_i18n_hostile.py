@@ -272,3 +272,61 @@ def test_ui_language_typos_are_accepted_tags_or_an_error_naming_the_field(worksp
         assert result.returncode == 2, (command, result.stdout, result.stderr)
         assert result.stderr.strip() == (f"Error: {config.source}:{line}: key 'ui.language': Input should be "
                                          "'zh-CN' or 'en'"), result.stderr
+
+
+# -- 1. the real `replyloop serve` in a workspace made with the defaults --------------------------
+
+def test_replyloop_serve_with_the_default_config_speaks_chinese_and_logs_english(replyloop_home, chinese):
+    """`replyloop serve --http` (a real subprocess) in a workspace from the default template: a
+    question through /intake gets a Chinese card, a signed Approve click decides it (the decided card
+    Chinese), a second click gets a Chinese notice, App Home and /retrain status read Chinese, and
+    the bot's log lines (at debug level) stay English (no translated word in them), no traceback."""
+    import yaml
+
+    from replyloop.bot.fake_slack import FakeSlack
+    from replyloop.bot.simulate import Simulator
+    from test_reliability import SIGNING_SECRET as SECRET, Serve, post_intake, write_serve_config
+
+    with FakeSlack() as slack:
+        write_serve_config(replyloop_home, slack)
+        path = replyloop_home / "replyloop.yaml"
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert data["ui"]["language"] == "zh-CN"
+        data["slack"]["supervisors"] = ["USUP1", "USUP2"]
+        data.setdefault("logging", {})["level"] = "debug"  # every log line the bot writes
+        path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+        serve = Serve(replyloop_home, "--no-scheduler")
+        try:
+            url = serve.wait_listening()
+            status, body = post_intake(url, {"conversation_id": "c-{0}", "question": HOSTILE,
+                                             "draft": "您好，{0} {} 请在订单详情页申请电子发票。"})
+            assert status == 201 and body["ok"] is True, body
+            [card] = slack.wait_for("chat.postMessage", timeout=20)
+            assert card.params["blocks"][0]["text"]["text"] == f"审核草稿 #{body['draft_id']}"
+            assert english_words([t.replace(cards.escape(HOSTILE), " ") for t in _all_texts(card)]) == []
+            sim = Simulator(url, SECRET, slack)
+            try:
+                assert sim.click(card, "approve", user="USUP1").status == 200
+                [update] = slack.wait_for("chat.update", timeout=20)
+                assert update.params["blocks"][0]["text"]["text"] == f"草稿 #{body['draft_id']}：已通过"
+                sim.click(card, "approve", user="USUP2")
+                [note] = slack.wait_for("chat.postEphemeral", timeout=20)
+                assert note.params["text"].startswith(f"草稿 #{body['draft_id']} 已由 <@USUP1> 于 ")
+                sim.home_opened("USUP2")
+                [home] = slack.wait_for("views.publish", timeout=20)
+                assert texts_by_block(home.params["view"]["blocks"])["queue"] == "*审核队列：* 0 条草稿待审核"
+                sim.command("/retrain", "status", user="USUP1")
+                [answer] = slack.wait_for("response_url", timeout=20)
+                assert answer.params["text"].startswith("*上次训练以来通过的样本：* 1（阈值 50）")
+            finally:
+                sim.close()
+            no_invalid_calls(slack)
+        finally:
+            assert serve.stop() in (0, -15)
+    output = "".join(serve.output)
+    assert "Traceback" not in output, output
+    translated = ("审核", "草稿", "通过", "驳回", "冠军", "训练", "主管", "样本")
+    # every log line but slack_sdk's debug dumps of the payloads it sends (the Chinese texts themselves)
+    own = [line for line in serve.output if " bot.slack_sdk: " not in line[:60]]
+    assert any(" replyloop.bot." in line for line in own) and any(" bot.bolt: " in line for line in own), output
+    assert [line for line in own if any(w in line for w in translated)] == [], own
