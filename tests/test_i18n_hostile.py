@@ -155,11 +155,14 @@ def test_hostile_customer_text_is_shown_literally_in_every_chinese_surface(zh_en
         env.sim.command("/retrain", text, user="USUP1")
     env.sim.command("/reply", HOSTILE, user="USUP1")
     notes = env.fake.wait_for("chat.postEphemeral", 3)
-    assert notes[0].params["text"].startswith(f"草稿 #{d1} 已被 <@USUP1> 于 ")
-    assert notes[2].params["text"].startswith("只有主管可以审核草稿。")
+    by_user = {}
+    for note in notes:  # listeners run on a pool: the notices come in any order
+        by_user.setdefault(note.params["user"], []).append(note.params["text"])
+    assert [t.startswith(f"草稿 #{d1} 已被 <@USUP1> 于 ") for t in by_user["USUP2"]] == [True, True]
+    assert by_user["UOUTSIDER"] == ["只有主管可以审核草稿。请联系管理员把你加入 `slack.supervisors`。"]
     [home] = env.fake.wait_for("views.publish")
     answers = env.fake.wait_for("response_url", 5)
-    assert answers[3].params["text"].startswith("未知选项 ")
+    assert sum(a.params["text"].startswith("未知选项 ") for a in answers) == 1
     [reply] = [a for a in answers if a.params.get("blocks")]
     assert reply.params["text"] == "已通过的回复：" + escaped  # the fallback text too: no <!channel>
     assert env.store.scalar("SELECT count(*) FROM reviews") == 1
@@ -243,7 +246,7 @@ def test_ui_language_typos_are_accepted_tags_or_an_error_naming_the_field(worksp
     """Tags people write for the two languages work (zh-cn, ZH, zh_CN, zh-Hans, en_US, EN-gb); any
     other value (a language name, ja, a number, a list, a mapping, empty, null) is an ``Error:``
     naming the file, line and ``ui.language``, exit 2 — through the real CLI (`replyloop data stats`,
-    `replyloop serve`) and load_config."""
+    `replyloop serve`) and load_config. The same for ``$REPLYLOOP_LANGUAGE``."""
     from replyloop.config import load_config
     from replyloop.errors import ConfigError
 
@@ -263,15 +266,21 @@ def test_ui_language_typos_are_accepted_tags_or_an_error_naming_the_field(worksp
     _set_language(config, "zh-cn")
     result = cli_subprocess("data", "stats")
     assert result.returncode == 0 and result.stdout.startswith("样本：0"), result.stderr
-    _set_language(config, "en_US")
-    result = cli_subprocess("data", "stats")
-    assert result.returncode == 0 and result.stdout.startswith("Samples: 0"), result.stderr
     for command, value in ((("data", "stats"), "chinese"), (("serve",), "[en]")):
         _set_language(config, value)
         result = cli_subprocess(*command, timeout=60)
         assert result.returncode == 2, (command, result.stdout, result.stderr)
         assert result.stderr.strip() == (f"Error: {config.source}:{line}: key 'ui.language': Input should be "
                                          "'zh-CN' or 'en'"), result.stderr
+
+    # the process-wide override: a tag works, a typo is an Error too (before: silently the workspace's)
+    _set_language(config, "zh-CN")
+    result = cli_subprocess("data", "stats", env={"REPLYLOOP_LANGUAGE": "en-US"})
+    assert result.returncode == 0 and result.stdout.startswith("Samples: 0"), result.stderr
+    result = cli_subprocess("data", "stats", env={"REPLYLOOP_LANGUAGE": "english"})
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "Error: $REPLYLOOP_LANGUAGE='english': not a language replyloop speaks (zh-CN or en); unset it to use "
+        f"ui.language from {config.source}"), result.stderr
 
 
 # -- 1. the real `replyloop serve` in a workspace made with the defaults --------------------------
