@@ -99,6 +99,28 @@ def test_a_slow_rate_limited_or_failing_users_info_never_delays_the_ack_or_the_m
     no_invalid_calls(env.fake)
 
 
+def test_per_user_locale_off_never_calls_users_info(chinese, workspace):
+    """``ui.per_user_locale: false``: an en-US supervisor reads the workspace's Chinese in their
+    modal, notice and App Home, and the bot never calls users.info (no users:read scope needed)."""
+    config, _store = workspace
+    config.file.ui.per_user_locale = False
+    env = make_env(workspace, checker=PhraseRules())
+    try:
+        env.fake.user_locales["USUP1"] = "en-US"
+        d, card = env.post_card()
+        env.sim.click(card, "edit", user="USUP1")
+        [opened] = env.fake.wait_for("views.open")
+        assert opened.params["view"]["title"]["text"] == f"编辑草稿 #{d}"
+        assert env.sim.submit(opened, user="USUP1", values={cards.REPLY_BLOCK: ""}).json()["errors"] == {
+            cards.REPLY_BLOCK: "回复不能为空。"}
+        env.sim.home_opened("USUP1")
+        [home] = env.fake.wait_for("views.publish")
+        assert texts_by_block(home.params["view"]["blocks"])["queue"] == "*审核队列：* 1 条草稿待审核"
+        assert [c.method for c in env.fake.calls if c.method.startswith("users.info")] == []
+    finally:
+        close_env(env)
+
+
 # -- 1 + 3. every surface, with hostile customer text ----------------------------------------------
 
 def _all_texts(call) -> list[str]:
