@@ -211,8 +211,9 @@ def test_weekly_report_across_a_year_boundary_with_only_rejections_and_msgid_cat
     """2026-W53 in Asia/Shanghai (28 Dec 2026 - 3 Jan 2027): only rejections, in categories a
     customer named like the report's own words ("model", "Approve", "champion", "(no model)",
     "block") or with format fields and markup; a 9-digit sample count and tiny shares. The report
-    renders in Chinese with no missing glyph in its charts, keeps every category as written (before
-    the fix "(no model)" read 无模型, the missing model's word), groups the digits, and puts a
+    renders in Chinese with no missing glyph in its charts (emoji and Arabic in the data read "?"
+    there; before the fix they were empty boxes), keeps every category as written in report.md
+    (before the fix "(no model)" read 无模型, the missing model's word), groups the digits, and puts a
     review at Sunday 23:59 local in W53 and one at Monday 00:00 local in 2027-W01."""
     import datetime as dt
     import warnings
@@ -226,12 +227,15 @@ def test_weekly_report_across_a_year_boundary_with_only_rejections_and_msgid_cat
     config = load_config(config.source)
     assert config.file.ui.language == "zh-CN" and config.file.scheduler.timezone == "Asia/Shanghai"
     v = _model(store, "v1", "champion")
-    cats = ["model", "Approve", "champion", "(no model)", "block", "{draft_id} {0}", "a|b\nc", "<!channel>"]
+    cats = ["model", "Approve", "champion", "(no model)", "block", "{draft_id} {0}", "a|b\nc", "<!channel>",
+            "退货😀", "ملف"]
     for i, cat in enumerate(cats):  # Sunday 3 Jan 2027 23:59 in Shanghai: still 2026-W53
         _review(store, "2027-01-03T15:59:00+00:00", cat, "reject", v, draft=f"草稿{i}",
-                violations=[{"rule": "model", "severity": "warn", "match": "{0}"}], verdict="warn")
+                violations=[{"rule": "model", "severity": "warn", "match": "{0}"},
+                                {"rule": "规则🙏", "severity": "block", "match": "x"}], verdict="warn")
     _review(store, "2027-01-03T16:00:00+00:00", "下周", "reject", v)  # Monday 00:00 local: 2027-W01
-    _evaluation(store, v, "2027-01-01T00:00:00+00:00", 0.000012, {"model": 0.9999999}, n=123456789, unknown=0.00001)
+    _evaluation(store, v, "2027-01-01T00:00:00+00:00", 0.000012, {"model": 0.9999999, "退货😀": 0.5, "ملف": 0.4},
+                n=123456789, unknown=0.00001)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         report = collect_weekly_report(config, store, "2026-W53", now=dt.datetime(2027, 1, 5, tzinfo=dt.timezone.utc))
@@ -239,20 +243,21 @@ def test_weekly_report_across_a_year_boundary_with_only_rejections_and_msgid_cat
     assert [str(w.message) for w in caught if "missing from" in str(w.message)] == []
     md = (tmp_path / "W53" / "report.md").read_text(encoding="utf-8")
     assert md.startswith("# 一致性周报 2026年第53周\n\n2026年12月28日 至 2027年1月3日（Asia/Shanghai）")
-    assert "| 2026年第53周 | 8 | 0 | 0 | 8 | – |" in md  # only rejections; the Monday one is not in it
+    assert "| 2026年第53周 | 10 | 0 | 0 | 10 | – |" in md  # only rejections; the Monday one is not in it
     assert "下周" not in md
     rows = {line.split(" | ")[0][2:] for line in md.splitlines() if line.endswith(" | 1 | 0 | 0 | 1 | 0.0% | – |")}
-    assert rows == {"model", "Approve", "champion", "(no model)", "block", "{draft_id} {0}", "a\\|b c", "<!channel>"}
-    assert "| 2026年第53周 | 冠军 | v1 (#1) | #1 | 123,456,789 | 0.000 | 1.000 |" in md
-    assert "| model | 警告 | 8 | 8 |" in md  # a rule id is shown as it is; its severity in Chinese
-    assert "- 自动化率（原样通过）：**0.0%**（已审核 8 条草稿中 0 条）；2026年第52周：" in md
+    assert rows == {"model", "Approve", "champion", "(no model)", "block", "{draft_id} {0}", "a\\|b c", "<!channel>",
+                    "退货😀", "ملف"}
+    assert "| 2026年第53周 | 冠军 | v1 (#1) | #1 | 123,456,789 | 0.000 | " in md
+    assert "| model | 警告 | 10 | 10 |" in md and "| 规则🙏 | 拦截 | 10 | 10 |" in md  # a rule id is shown as it is; its severity in Chinese
+    assert "- 自动化率（原样通过）：**0.0%**（已审核 10 条草稿中 0 条）；2026年第52周：" in md
     text = summary_text(report)
     assert "2026年第53周" in text and "<!channel>" not in text
 
     nxt = collect_weekly_report(config, store, "2027-W01", now=dt.datetime(2027, 1, 12, tzinfo=dt.timezone.utc))
     md = render_markdown(nxt)  # no charts this time: they were drawn above
     assert md.startswith("# 一致性周报 2027年第1周\n\n2027年1月4日 至 2027年1月10日（Asia/Shanghai）")
-    assert "| 2027年第1周 | 1 | 0 | 0 | 1 | – |" in md and "| 2026年第53周 | 8 | 0 | 0 | 8 | – |" in md
+    assert "| 2027年第1周 | 1 | 0 | 0 | 1 | – |" in md and "| 2026年第53周 | 10 | 0 | 0 | 10 | – |" in md
     assert "| 下周 | 1 | 0 | 0 | 1 | 0.0% | – |" in md
 
 
