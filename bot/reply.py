@@ -71,7 +71,8 @@ def blocks(found: SearchResult, min_score: float = 0.1, k: int = 3, tz: str | No
     from replyloop.bot.cards import _clip, escape
     from replyloop.bot.cards import when
 
-    text = _("Approved answers for: {question}").format(question=found.question)
+    # the fallback text is mrkdwn too: the question escaped, so `<!channel>` in it is no mention
+    text = _clip(_("Approved answers for: {question}").format(question=escape(found.question)), 2900)
     out = [{"type": "section", "text": {"type": "mrkdwn", "text": _clip(
         _("*Approved answers for:* {question}").format(question=escape(found.question)), 2900)}}]
     for n, a in enumerate(found.answers, 1):

@@ -58,6 +58,17 @@ class Charts:
     font: FontChoice | None = None
 
 
+@functools.lru_cache(maxsize=8)
+def _charmap(path: str) -> frozenset:
+    """The code points a font file has glyphs for (empty when it cannot be read)."""
+    from matplotlib.ft2font import FT2Font
+
+    try:
+        return frozenset(FT2Font(path).get_charmap())
+    except Exception:
+        return frozenset()
+
+
 def _covers(path: str, text: str = SAMPLE) -> bool:
     from matplotlib.ft2font import FT2Font
 
@@ -148,9 +159,16 @@ def chart_figures(report, font: FontChoice | None = None):
                 ascii_index += 1
                 labels[f"C{ascii_index}"] = cat
     shown = {cat: short for short, cat in labels.items()}
+    glyphs = (_charmap(str(font.path)) if font.cjk and font.path else None) or None
 
     def name(text: str) -> str:
-        return shown.get(text, text)
+        # data (a category, a rule, a model a customer or an admin named) may hold characters the
+        # font lacks (emoji, Arabic): drawn as empty boxes. They read "?" in the chart; report.md
+        # keeps the name as written.
+        text = shown.get(text, text)
+        if glyphs is None:
+            return text
+        return "".join(ch if ord(ch) in glyphs or ch.isspace() or ord(ch) < 128 else "?" for ch in text)
 
     rc = {"axes.unicode_minus": False, "font.size": 9}
     if font.cjk:

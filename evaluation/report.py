@@ -830,7 +830,9 @@ ROLE_WORDS = {"champion": N_("champion"), "canary": N_("canary"), "retired champ
               "rejected": N_("rejected"), "retired": N_("retired"), "unknown": N_("unknown")}
 ACTION_WORDS = {"promote": N_("promote"), "canary": N_("canary"), "rollback": N_("rollback"),
                 "reject": N_("reject")}
-NAME_WORDS = {NO_MODEL: N_("(no model)"), NO_CATEGORY: N_("(none)")}
+# apart: a category a customer named "(no model)" is not the missing model (and a model not the missing category)
+CATEGORY_WORDS = {NO_CATEGORY: N_("(none)")}
+MODEL_WORDS = {NO_MODEL: N_("(no model)")}
 SEVERITY_WORDS = {"block": N_("block"), "warn": N_("warn")}
 # numbers.csv's columns: their names stay English for scripts; report.md describes them (issue 22)
 CSV_COLUMNS = (("section", N_("part of the report: consistency, reviews, edits, automation, violations, models, ...")),
@@ -912,7 +914,7 @@ def _automation_lines(r: WeeklyReport) -> list[str]:
                "trained on.").format(week=week_text(r.label)), ""]
     lines += _table([_("category"), _("decided"), _("human-approved"), _("auto-approved"), _("automatic share"),
                      _("audited"), _("audit approved"), _("revoked")],
-                    [[_word(NAME_WORDS, c["category"]), fmt_int(c["decided"]), fmt_int(c["human_approved"]),
+                    [[_word(CATEGORY_WORDS, c["category"]), fmt_int(c["decided"]), fmt_int(c["human_approved"]),
                       fmt_int(c["auto_approved"]),
                       f"{fmt_pct(c['auto_share'])} {_ci(c['auto_share_ci'])}", fmt_int(c["audited"]),
                       f"{fmt_pct(c['audit_rate'])} {_ci(c['audit_rate_ci'])}" if c["audited"] else "-",
@@ -980,7 +982,7 @@ def _render_markdown(report: WeeklyReport, charts: dict[str, Path]) -> str:
                                            limit=fmt_pct(r.max_unknown_share)), ""]
     if points:
         lines += _table([_("week"), _("role"), _("model"), _("evaluation"), "n", _("overall"),
-                         *[_word(NAME_WORDS, c) for c in cats]],
+                         *[_word(CATEGORY_WORDS, c) for c in cats]],
                         [[week_text(p.week), _word(ROLE_WORDS, p.role), f"{p.model_name} (#{p.model_id})",
                           f"#{p.evaluation_id}", fmt_int(p.n), fmt_num(p.mean_similarity),
                           *[fmt_num(p.by_category.get(c)) for c in cats]]
@@ -988,7 +990,7 @@ def _render_markdown(report: WeeklyReport, charts: dict[str, Path]) -> str:
         chrf_cats = sorted({c for p in r.consistency for c in p.chrf_by_category})
         lines += [_("chrF:"), ""]
         lines += _table([_("week"), _("role"), _("model"), _("overall chrF"), _("unknown tokens"),
-                         *[_word(NAME_WORDS, c) for c in chrf_cats]],
+                         *[_word(CATEGORY_WORDS, c) for c in chrf_cats]],
                         [[week_text(p.week), _word(ROLE_WORDS, p.role), f"{p.model_name} (#{p.model_id})",
                           fmt_num(p.mean_chrf), fmt_pct(p.unknown_share),
                           *[fmt_num(p.chrf_by_category.get(c)) for c in chrf_cats]]
@@ -1010,7 +1012,7 @@ def _render_markdown(report: WeeklyReport, charts: dict[str, Path]) -> str:
         lines += [_("By category, {week}:").format(week=week), ""]
         lines += _table([_("category"), _("reviewed"), _("approved unchanged"), _("edited"), _("rejected"),
                          _("automation"), _("mean edit distance")],
-                        [[_word(NAME_WORDS, c), fmt_int(n.reviewed), fmt_int(n.approved), fmt_int(n.edited),
+                        [[_word(CATEGORY_WORDS, c), fmt_int(n.reviewed), fmt_int(n.approved), fmt_int(n.edited),
                           fmt_int(n.rejected), fmt_pct(n.automation_rate),
                           fmt_num(edit_cat[c][1] if c in edit_cat else None)] for c, n in sorted(per_cat.items())])
     else:
@@ -1108,7 +1110,7 @@ PROPOSAL_WORDS = {"open": N_("open"), "accepted": N_("accepted"), "dismissed": N
 
 
 def _rate_name(m: ModelRate) -> str:
-    return f"{m.name} (#{m.model_id})" if m.model_id is not None else _word(NAME_WORDS, m.name)
+    return f"{m.name} (#{m.model_id})" if m.model_id is not None else _word(MODEL_WORDS, m.name)
 
 
 def _model(ref: ModelRef | None, canary: bool = False) -> str:

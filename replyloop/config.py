@@ -338,6 +338,10 @@ def load_config(path: str | Path | None = None) -> Config:
     parsed = parse_model(doc, ConfigFile)
     from replyloop import i18n
 
+    override = os.environ.get(i18n.ENV_VAR)
+    if override and i18n.normalize(override) is None:  # i18n-hostile: a typo is not silently the workspace's
+        raise ConfigError(f"${i18n.ENV_VAR}={override!r}: not a language replyloop speaks (zh-CN or en); "
+                          f"unset it to use ui.language from {path}")
     i18n.set_workspace_language(parsed.ui.language)  # what this process displays from now on
     return Config(root=path.resolve().parent, file=parsed, source=path.resolve())
 
