@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from replyloop.config import Config
-from replyloop.i18n import N_, _
+from replyloop.i18n import N_, _, pgettext
 from replyloop.phrases import Phrase, localized
 from replyloop.store import Store
 
@@ -426,7 +426,7 @@ def render_text(found: SearchResult) -> str:
     lines = []
     for n, a in enumerate(found.answers, 1):
         lines += [_("{n}. [{category}] approved by {who} at {when} (score {score})").format(
-                      n=n, category=a.category or _("no category"), who=a.approved_by or _("import"),
+                      n=n, category=a.category or _("no category"), who=a.approved_by or pgettext("approved by", "import"),
                       when=a.approved_at, score=f"{a.score:.2f}"),
                   _("   Q: {question}").format(question=a.question), _("   A: {answer}").format(answer=a.answer)]
     if found.explanation:
