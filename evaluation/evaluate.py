@@ -141,13 +141,13 @@ class EvalReport:
                 source=source, groups=", ".join(f"{k} {v['mean']:.3f} / {_num(v.get('chrf'))} (n={v['n']})"
                                                 for k, v in worst))]
         if self.policy_available:
-            verdicts = ", ".join(f"{_(VERDICT_WORDS.get(k, k))} {v}" for k, v in sorted(self.verdicts.items()))
+            verdicts = ", ".join(f"{_verdict_word(k)} {v}" for k, v in sorted(self.verdicts.items()))
             lines += ["", _("Policy: {verdicts}").format(verdicts=verdicts)]
         else:
             lines += ["", _("Policy: engine not available (drafts not checked)")]
         for rule, v in sorted(self.violations.items()):
             example = v["examples"][0]["match"] if v["examples"] else ""
-            lines.append(f"- `{rule}` ({_(VERDICT_WORDS.get(v['severity'], v['severity']))}): {v['count']}"
+            lines.append(f"- `{rule}` ({_verdict_word(v['severity'])}): {v['count']}"
                          + (_(", e.g. “{example}”").format(example=example) if example else ""))
         if self.degeneration is not None:
             d, cd = self.degeneration, self.champion_degeneration
@@ -166,6 +166,12 @@ class EvalReport:
 
 
 VERDICT_WORDS = {"pass": N_("pass"), "warn": N_("warn"), "block": N_("block")}
+
+
+def _verdict_word(value: str) -> str:
+    """A policy verdict or severity in the current language (an unknown one as it is)."""
+    msgid = VERDICT_WORDS.get(value)
+    return _(msgid) if msgid else value
 
 
 def _num(value) -> str:

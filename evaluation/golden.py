@@ -729,6 +729,11 @@ _CHANGE_IDS = {"newly broken": N_("newly broken"), "fixed": N_("fixed"),
                "still failing": N_("still failing"), "failing": N_("failing")}
 
 
+def _change_word(kind: str) -> str:
+    msgid = _CHANGE_IDS.get(kind)
+    return _(msgid) if msgid else kind
+
+
 GATE_NAME = "golden suite failures"
 
 
@@ -808,7 +813,7 @@ def render_table(run: SuiteRun, changes: dict | None = None) -> str:
         for r in c.results:
             name = c.case_id if first else ""
             if first and c.case_id in status and status[c.case_id] not in ("passing", "failing"):
-                name += " (" + _(_CHANGE_IDS.get(status[c.case_id], status[c.case_id])) + ")"
+                name += " (" + _change_word(status[c.case_id]) + ")"
             shown = highlight(c.draft, r.start, r.end) if (not r.passed or r.start is not None) else ""
             detail = " — ".join(x for x in (localized(r.detail), shown) if x)
             table.add_row(name, r.label, _("PASS") if r.passed else _("FAIL"), detail)

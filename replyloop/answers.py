@@ -375,7 +375,7 @@ class AnswerIndex:
             top = min(top, len(combined))
             head = np.argpartition(-combined, top - 1)[:top] if top < len(combined) else np.arange(len(combined))
             head = head[np.argsort(-combined[head], kind="stable")]
-            _, first = np.unique(answer_of[head], return_index=True)  # the best-scored sample of each answer
+            _unused, first = np.unique(answer_of[head], return_index=True)  # the best-scored sample of each answer
             for i in head[np.sort(first)]:
                 a_id = int(answer_of[i])
                 if a_id in done:

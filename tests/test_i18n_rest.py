@@ -11,6 +11,8 @@ import sqlite3
 
 import pytest
 
+from helpers import cli_subprocess
+from pipeline_fixtures import make_workspace, tiny_base_dir  # noqa: F401
 from test_i18n_cli import _all, _run
 
 # What a Chinese line may still hold: technical names (model names, rule ids, config keys, file
@@ -229,3 +231,35 @@ def test_golden_table_in_chinese_and_english(chinese, tmp_path):
     for line in zh.splitlines():  # the assertion labels stay as written in the suite file
         assert not _english_words(line, {"custom", "contains", "not-contains", "max-chars", "policy-clean",
                                          "rl-first", "returns"}), line
+
+
+def test_preference_summary_line(chinese):
+    from types import SimpleNamespace
+
+    from replyloop import i18n
+    from replyloop.training.preference import summary_line
+
+    run = SimpleNamespace(output_dir="adapters/dpo-1", manifest={
+        "objective": "dpo", "metrics": {"heldout_margin_before": 0.1, "heldout_margin_after": 0.53,
+                                        "train_loss": 0.69, "steps": 12},
+        "preferences": {"heldout_pairs": 4, "train_rows": 20, "kind": "pair"}})
+    with i18n.language("en"):
+        assert summary_line(run) == ("Wrote adapters/dpo-1: objective dpo, 12 steps on 20 pair row(s), loss 0.6900,"
+                                     " held-out margin log p(chosen) - log p(rejected) 0.10 -> 0.53 on 4 pair(s)")
+    with i18n.language("zh-CN"):
+        assert summary_line(run) == ("已写入 adapters/dpo-1：目标 dpo，在 20 行 pair 数据上训练 12 步，损失 0.6900，"
+                                     "留出集差值 log p(chosen) - log p(rejected) 从 0.10 到 0.53（4 对）")
+        run.manifest["metrics"].update(heldout_margin_before=None, train_loss=None)
+        assert summary_line(run).endswith("损失 无，没有留出的偏好对")
+
+
+def test_not_due_reason_in_the_workspace_language(chinese, replyloop_home, tiny_base_dir):
+    make_workspace(replyloop_home, tiny_base_dir)  # its config leaves ui.language at the default, zh-CN
+    zh = cli_subprocess("retrain", cwd=replyloop_home)
+    assert zh.returncode == 0, zh.stderr
+    assert zh.stdout == "暂不需要运行：自冠军模型的快照以来新通过样本 0 条；需要 3 条。如需立即运行，请加 --now。\n"
+    en = cli_subprocess("retrain", cwd=replyloop_home, env={"REPLYLOOP_LANGUAGE": "en"})
+    assert en.stdout == "Not due: 0 new approved sample(s) since the champion's snapshot; 3 needed. Use --now to run anyway.\n"
+    as_json = [cli_subprocess("retrain", "--json", cwd=replyloop_home, env=env).stdout
+               for env in ({}, {"REPLYLOOP_LANGUAGE": "en"})]
+    assert as_json[0] == as_json[1] and json.loads(as_json[0])["reason"].startswith("0 new approved sample(s)")
