@@ -98,7 +98,8 @@ def _run_suites(cfg, store, registry, row, suite, against, max_new_tokens, batch
 
     directory = golden.golden_dir(cfg)
     if not golden.suite_files(directory):
-        raise golden.GoldenError(f"{directory}: no golden suite files (*.yaml); see README \"Golden suites\"")
+        raise golden.GoldenError(_("{path}: no golden suite files (*.yaml); see README \"Golden suites\"").format(
+            path=directory))
     suites = golden.load_suites(directory, _suite_names(suite))
     opts = cfg.file.evaluation
     generate = golden.local_generator(cfg, max_new_tokens=max_new_tokens or opts.max_new_tokens,
