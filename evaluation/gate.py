@@ -29,6 +29,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from replyloop.i18n import N_, _
+from replyloop.phrases import Phrase, localized
 
 UNREADABLE = "embedding model reads the references"
 # The criteria's names and fixed details are identifiers stored with the verdict
@@ -66,7 +67,7 @@ class Criterion:
         text = _("[{mark}] {name}: {value} (limit {limit})").format(
             mark=_(shown_mark), name=_(name) if name in _NAME_IDS else name, value=_fmt(self.value),
             limit=_fmt(self.limit))
-        detail = _(detail) if detail in _DETAIL_IDS else detail  # measured details: as recorded
+        detail = _(detail) if detail in _DETAIL_IDS else localized(detail)  # stored details: as recorded
         if mark == "SKIP":
             skipped = _("not counted, would pass") if self.passed else _("not counted, would fail")
             detail = "; ".join(filter(None, [detail, skipped]))
@@ -119,7 +120,8 @@ def _consistency_criteria(label: str, mean: float, by_category: dict[str, float]
     else:
         limit = champion_mean - tolerance
         criteria.append(Criterion(f"{label} vs champion", mean, limit, mean >= limit,
-                                  f"champion {champion_mean:.3f} - tolerance {tolerance:.3f}"))
+                                  Phrase(N_("champion {champion} - tolerance {tolerance}"), champion=f"{champion_mean:.3f}",
+                                         tolerance=f"{tolerance:.3f}")))
     prefix = "" if label == "mean consistency" else label.removeprefix("mean ") + " "
     name = f"largest {prefix}category drop"
     if champion_by_category:
@@ -128,7 +130,8 @@ def _consistency_criteria(label: str, mean: float, by_category: dict[str, float]
         ok = drops[worst] <= category_margin
         failed = [f"{c} {by_category.get(c, 0.0):.3f} vs {champion_by_category[c]:.3f}"
                   for c, d in sorted(drops.items()) if d > category_margin]
-        detail = ("dropped: " + "; ".join(failed)) if failed else f"largest drop in {worst}"
+        detail = (Phrase(N_("dropped: {categories}"), categories="; ".join(failed)) if failed
+                  else Phrase(N_("largest drop in {category}"), category=worst))
         criteria.append(Criterion(name, round(drops[worst], 6), category_margin, ok, detail))
     else:
         criteria.append(Criterion(name, None, category_margin, True, "no champion to compare with"))
@@ -155,16 +158,18 @@ def decide(*, mean: float, by_category: dict[str, float], block_count: int | Non
                                   "the policy engine (evaluation.policy) is not available"))
     else:
         rules = ", ".join(f"{rule} ×{n}" for rule, n in sorted((block_rules or {}).items()))
-        detail = rules + (f"; e.g. {block_example}" if block_example else "") if block_count else ""
+        detail = rules + (Phrase(N_("; e.g. {example}"), example=block_example) if block_example else "") \
+            if block_count else ""
         criteria.append(Criterion("block violations", block_count, 0, block_count == 0, detail))
     unreadable = unknown_share is not None and unknown_share > max_unknown_share
     if unreadable:
-        model = f" for {embedding_model}" if embedding_model else ""
-        decides = "chrF decides" if chrf_mean is not None else "and chrF was not measured"
+        model = Phrase(N_(" for {model}"), model=embedding_model) if embedding_model else ""
+        decides = Phrase(N_("chrF decides")) if chrf_mean is not None else Phrase(N_("and chrF was not measured"))
         criteria.append(Criterion(
             UNREADABLE, round(unknown_share, 6), max_unknown_share, False,
-            f"{unknown_share:.0%} of the reference characters are unknown tokens{model}: embedding similarity"
-            f" is not counted, {decides}" + (f"; fix: {fix}" if fix else ""), counted=False))
+            Phrase(N_("{share} of the reference characters are unknown tokens{model}: embedding similarity"
+                      " is not counted, {decides}"), share=f"{unknown_share:.0%}", model=model, decides=decides)
+            + (Phrase(N_("; fix: {fix}"), fix=fix) if fix else ""), counted=False))
     embedding = _consistency_criteria("mean consistency", mean, by_category, champion_mean, champion_by_category,
                                       floor, tolerance, category_margin)
     for c in embedding:
@@ -193,14 +198,15 @@ def degeneration_criteria(d, champ, lim) -> list[Criterion]:
     out = []
 
     def share(name, value, limit, champ_value, example):
-        detail = f"e.g. “{_clip(example)}”" if value > 0 and example else ""
+        detail = Phrase(N_("e.g. “{example}”"), example=_clip(example)) if value > 0 and example else ""
         out.append(Criterion(name, round(value, 6), limit, value <= limit, detail))
         if champ is None:
             out.append(Criterion(f"{name} vs champion", round(value, 6), None, True, "no champion to compare with"))
         else:
             rel = round(champ_value + margin, 6)
             out.append(Criterion(f"{name} vs champion", round(value, 6), rel, value <= rel,
-                                 f"champion {champ_value:.3f} + margin {margin:.3f}"))
+                                 Phrase(N_("champion {champion} + margin {margin}"), champion=f"{champ_value:.3f}",
+                                        margin=f"{margin:.3f}")))
 
     share("repetitive drafts", d.repetitive_share, lim.max_repetitive_share,
           champ.repetitive_share if champ else 0.0, d.examples.get("repetitive", ""))
@@ -215,11 +221,13 @@ def degeneration_criteria(d, champ, lim) -> list[Criterion]:
     else:
         rel = round(champ.distinct2_ratio - margin, 6)
         out.append(Criterion("distinct-2 vs champion", round(d.distinct2_ratio, 6), rel, d.distinct2_ratio >= rel,
-                             f"champion {champ.distinct2_ratio:.3f} - margin {margin:.3f}"))
+                             Phrase(N_("champion {champion} - margin {margin}"),
+                                    champion=f"{champ.distinct2_ratio:.3f}", margin=f"{margin:.3f}")))
     limit = round(max(lim.max_template_share, d.reference_template_share + lim.max_template_share), 6)
     limit = min(limit, 1.0)
-    detail = (f"{d.template_share:.0%} of the drafts are near-identical to “{_clip(d.template_example)}”;"
-              f" references {d.reference_template_share:.0%}")
+    detail = Phrase(N_("{share} of the drafts are near-identical to “{example}”; references {references}"),
+                    share=f"{d.template_share:.0%}", example=_clip(d.template_example),
+                    references=f"{d.reference_template_share:.0%}")
     out.append(Criterion("one reply for many questions", round(d.template_share, 6), limit,
                          d.template_share <= limit, detail))
     if champ is None:
@@ -228,7 +236,9 @@ def degeneration_criteria(d, champ, lim) -> list[Criterion]:
     else:
         rel = round(champ.template_share + margin, 6)
         out.append(Criterion("one reply for many questions vs champion", round(d.template_share, 6), rel,
-                             d.template_share <= rel, f"champion {champ.template_share:.3f} + margin {margin:.3f}"))
+                             d.template_share <= rel,
+                             Phrase(N_("champion {champion} + margin {margin}"),
+                                    champion=f"{champ.template_share:.3f}", margin=f"{margin:.3f}")))
     return out
 
 

@@ -49,6 +49,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from replyloop.errors import ReplyloopError
+from replyloop.i18n import N_, _, pgettext
+from replyloop.phrases import Phrase, localized
 from replyloop.yamlfile import YamlDoc, describe_error, load_yaml
 
 GOLDEN_FAILED_EXIT = 4
@@ -448,34 +450,38 @@ def check_case(case: Case, draft: str, *, engine=None, similarity: float | None 
             if a.type == "contains":
                 ok = bool(found) if a.mode == "any" else len(found) == len(a.value)
                 missing = [v for v, s in zip(a.value, spans) if s is None]
-                detail = "" if ok else ("none of " if a.mode == "any" else "missing: ") + ", ".join(missing)
+                detail = "" if ok else (Phrase(N_("none of {phrases}"), phrases=", ".join(missing)) if a.mode == "any"
+                                        else Phrase(N_("missing: {phrases}"), phrases=", ".join(missing)))
                 results.append(_span(AssertionResult(a.type, label, ok, detail), draft,
                                      found[0][1] if found and ok else None))
             else:
                 ok = not found if a.mode == "any" else len(found) < len(a.value)
-                detail = "" if ok else "found: " + ", ".join(v for v, _span_found in found)
+                detail = "" if ok else Phrase(N_("found: {phrases}"),
+                                              phrases=", ".join(v for v, _span_found in found))
                 results.append(_span(AssertionResult(a.type, label, ok, detail), draft,
                                      None if ok else found[0][1]))
         elif a.type == "regex":
             span = _regex_span(a.value, draft)
-            results.append(_span(AssertionResult(a.type, label, span is not None, "" if span else "no match"),
+            results.append(_span(AssertionResult(a.type, label, span is not None, "" if span else Phrase(N_("no match"))),
                                  draft, span or None))
         elif a.type == "chrf":
             score = chrf(draft, case.reference or "")
             ok = score >= a.threshold
-            results.append(AssertionResult(a.type, label, ok, "" if ok else f"chrF {score:.3f} < {a.threshold:g}",
+            results.append(AssertionResult(a.type, label, ok, "" if ok else Phrase(N_("chrF {score} < {threshold}"),
+                                                                                  score=f"{score:.3f}", threshold=f"{a.threshold:g}"),
                                            score=round(score, 6)))
         elif a.type == "similar":
             if similarity is None:
-                results.append(AssertionResult(a.type, label, False, "no embedding similarity was computed"))
+                results.append(AssertionResult(a.type, label, False, Phrase(N_("no embedding similarity was computed"))))
                 continue
             ok = similarity >= a.threshold
             results.append(AssertionResult(a.type, label, ok,
-                                           "" if ok else f"similarity {similarity:.3f} < {a.threshold:g}",
+                                           "" if ok else Phrase(N_("similarity {score} < {threshold}"),
+                                                                score=f"{similarity:.3f}", threshold=f"{a.threshold:g}"),
                                            score=round(float(similarity), 6)))
         elif a.type in ("policy-clean", "terminology"):
             if engine is None and policy is None:
-                results.append(AssertionResult(a.type, label, False, "the policy engine is not available"))
+                results.append(AssertionResult(a.type, label, False, Phrase(N_("the policy engine is not available"))))
                 continue
             if policy is None:
                 policy = engine.check(draft)  # once per draft, for both assertions
@@ -492,17 +498,18 @@ def check_case(case: Case, draft: str, *, engine=None, similarity: float | None 
             n = len(draft.strip())
             ok = n <= a.value
             offset = len(draft) - len(draft.lstrip())
-            results.append(_span(AssertionResult(a.type, label, ok, "" if ok else f"{n} characters > {a.value}"),
+            results.append(_span(AssertionResult(a.type, label, ok, "" if ok else Phrase(N_("{n} characters > {limit}"), n=n, limit=a.value)),
                                  draft, None if ok else (offset + a.value, len(draft.rstrip()))))
         elif a.type == "min-chars":
             n = len(draft.strip())
             ok = n >= a.value
-            results.append(AssertionResult(a.type, label, ok, "" if ok else f"{n} characters < {a.value}"))
+            results.append(AssertionResult(a.type, label, ok, "" if ok else Phrase(N_("{n} characters < {limit}"), n=n, limit=a.value)))
         elif a.type == "not-repetitive":
             share = repeated_ngram_share(draft)
             ok = share <= a.threshold
             results.append(_span(AssertionResult(a.type, label, ok,
-                                                 "" if ok else f"repeated 4-gram share {share:.2f} > {a.threshold:g}",
+                                                 "" if ok else Phrase(N_("repeated 4-gram share {share} > {threshold}"),
+                                                                     share=f"{share:.2f}", threshold=f"{a.threshold:g}"),
                                                  score=round(share, 6)), draft, None if ok else first_repeat(draft)))
     return CaseResult(case.id, case.suite, case.question, draft, str(case.file), case.line, results)
 
@@ -709,8 +716,22 @@ def case_history(store, case_id: str, limit: int = 20) -> list[dict]:
 
 
 def describe_changes(changes: dict) -> str:
-    parts = [f"{k}: {', '.join(v)}" for k, v in changes.items() if v and k != "passing"]
-    return "; ".join(parts)
+    """``newly broken: a, b; fixed: c``: a Phrase (English as a str, stored in the gate's detail)."""
+    parts = [Phrase(N_("{change}: {cases}"), change=Phrase(_CHANGE_IDS.get(k, k)), cases=", ".join(v))
+             for k, v in changes.items() if v and k != "passing"]
+    text = parts[0] if parts else ""
+    for part in parts[1:]:
+        text = text + "; " + part
+    return text
+
+
+_CHANGE_IDS = {"newly broken": N_("newly broken"), "fixed": N_("fixed"),
+               "still failing": N_("still failing"), "failing": N_("failing")}
+
+
+def _change_word(kind: str) -> str:
+    msgid = _CHANGE_IDS.get(kind)
+    return _(msgid) if msgid else kind
 
 
 GATE_NAME = "golden suite failures"
@@ -738,19 +759,20 @@ def gate_check(config, store, model_row: dict, champion_row: dict | None, *, gen
     try:
         suites = load_suites(directory)
     except GoldenError as exc:
-        return Criterion(GATE_NAME, None, 0, False, f"the golden suites do not load: {exc}", counted), None, {}
+        return Criterion(GATE_NAME, None, 0, False, Phrase(N_("the golden suites do not load: {error}"), error=str(exc)),
+                         counted), None, {}
     kwargs = dict(generate=generate, engine=engine, encoder=encoder, max_new_tokens=max_new_tokens,
                   batch_size=batch_size)
     run = run_suites(config, store, model_row, suites, **kwargs)
     champ = run_suites(config, store, champion_row, suites, save=False, **kwargs) if champion_row else None
     changes = compare(run, champ)
     blocking = changes["newly broken"] if mode == "regressions" else [c.case_id for c in run.failed]
-    detail = f"{len(run.cases)} cases"
+    detail = Phrase(N_("{count} cases"), count=len(run.cases))
     if run.failed:
         detail += "; " + describe_changes(changes)
     if changes["fixed"] and not run.failed:
-        detail += "; fixed: " + ", ".join(changes["fixed"])
-    limit_note = " (only newly broken cases count)" if mode == "regressions" else ""
+        detail += Phrase(N_("; fixed: {cases}"), cases=", ".join(changes["fixed"]))
+    limit_note = Phrase(N_(" (only newly broken cases count)")) if mode == "regressions" else ""
     criterion = Criterion(GATE_NAME, len(blocking), 0, not blocking, detail + limit_note, counted)
     return criterion, run, changes
 
@@ -779,7 +801,8 @@ def render_table(run: SuiteRun, changes: dict | None = None) -> str:
     from rich.table import Table
 
     table = Table(show_lines=False, box=None, pad_edge=False)
-    for col in ("case", "assertion", "result", "detail / draft"):
+    for col in (pgettext("golden table", "case"), pgettext("golden table", "assertion"),
+                pgettext("golden table", "result"), pgettext("golden table", "detail / draft")):
         table.add_column(col, overflow="fold")
     status = {}
     for kind, ids in (changes or {}).items():
@@ -790,19 +813,21 @@ def render_table(run: SuiteRun, changes: dict | None = None) -> str:
         for r in c.results:
             name = c.case_id if first else ""
             if first and c.case_id in status and status[c.case_id] not in ("passing", "failing"):
-                name += f" ({status[c.case_id]})"
+                name += " (" + _change_word(status[c.case_id]) + ")"
             shown = highlight(c.draft, r.start, r.end) if (not r.passed or r.start is not None) else ""
-            detail = " — ".join(x for x in (r.detail, shown) if x)
-            table.add_row(name, r.label, "PASS" if r.passed else "FAIL", detail)
+            detail = " — ".join(x for x in (localized(r.detail), shown) if x)
+            table.add_row(name, r.label, _("PASS") if r.passed else _("FAIL"), detail)
             first = False
     console = Console(width=160, record=True, force_terminal=False, color_system=None)
     with console.capture() as cap:
         console.print(table)
     failed = run.failed
-    tail = (f"Golden suites ({', '.join(run.suites)}) for {run.model_name}: {len(run.cases) - len(failed)} of"
-            f" {len(run.cases)} cases passed" + (f"; failed: {', '.join(c.case_id for c in failed)}" if failed else "")
-            + f" ({run.generated} drafted, {len(run.cases) - run.generated if run.generated <= len(run.cases) else 0}"
-            " from the cache)")
+    cached = len(run.cases) - run.generated if run.generated <= len(run.cases) else 0
+    tail = (_("Golden suites ({suites}) for {model}: {passed} of {total} cases passed").format(
+                suites=", ".join(run.suites), model=run.model_name, passed=len(run.cases) - len(failed),
+                total=len(run.cases))
+            + (_("; failed: {cases}").format(cases=", ".join(c.case_id for c in failed)) if failed else "")
+            + _(" ({drafted} drafted, {cached} from the cache)").format(drafted=run.generated, cached=cached))
     table_text = "\n".join(line.rstrip() for line in cap.get().rstrip().splitlines())
     return table_text + "\n" + tail
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from replyloop import paths, timeutil
 from replyloop.config import Config
 from replyloop.errors import NotFoundError, PolicyError, ReplyloopError
+from replyloop.i18n import _, pgettext
 from replyloop.store import Store
 
 MAX_EXAMPLES = 3
@@ -385,10 +386,14 @@ def set_card(store: Store, proposal_id: int, channel: str, ts: str) -> None:
 
 
 def describe(p: dict) -> str:
-    """One line: ``#3 terminology 快递单号 → 运单号 (4 edits, 2 supervisors)``."""
-    what = f"{p['avoid']} → {p['preferred']}" if p["kind"] == "terminology" else f"delete “{p['avoid']}”"
-    return (f"#{p['id']} {p['kind']} {what} ({p['count']} edits, {len(p['supervisors'])} supervisors)"
-            f" [{p['status']}]")
+    """One line in the current language: ``#3 terminology 快递单号 → 运单号 (4 edits, 2 supervisors)``."""
+    what = (_("{avoid} → {preferred}").format(avoid=p["avoid"], preferred=p["preferred"])
+            if p["kind"] == "terminology" else _("delete “{avoid}”").format(avoid=p["avoid"]))
+    kind = {"terminology": pgettext("proposal kind", "terminology"),
+            "banned": pgettext("proposal kind", "banned")}.get(p["kind"], p["kind"])
+    status = {"open": _("open"), "accepted": _("accepted"), "dismissed": _("dismissed")}.get(p["status"], p["status"])
+    return _("#{id} {kind} {what} ({edits} edits, {supervisors} supervisors) [{status}]").format(
+        id=p["id"], kind=kind, what=what, edits=p["count"], supervisors=len(p["supervisors"]), status=status)
 
 
 __all__ = ["Accepted", "Candidate", "Entry", "ProposalError", "ProposalRun", "accept", "changes", "counts",

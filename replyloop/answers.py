@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from replyloop.config import Config
+from replyloop.i18n import N_, _, pgettext
+from replyloop.phrases import Phrase, localized
 from replyloop.store import Store
 
 NGRAMS = (1, 2, 3)
@@ -172,7 +174,7 @@ class _Clusters:
         rng = np.random.default_rng(seed)
         sample = vectors[rng.choice(n, size=min(n, 40 * k), replace=False)]
         centres = sample[rng.choice(len(sample), size=k, replace=False)].copy()
-        for _ in range(iterations):
+        for _unused in range(iterations):
             assign = np.argmax(sample @ centres.T, axis=1)
             for c in range(k):
                 members = sample[assign == c]
@@ -358,11 +360,11 @@ class AnswerIndex:
             self.refresh()
         result = SearchResult(question, indexed=self._count)
         if not _compact(question):
-            result.explanation = "The question is empty: write what the customer asked, e.g. `/reply 收不到验证码怎么办`."
+            result.explanation = Phrase(N_("The question is empty: write what the customer asked, e.g. `/reply 收不到验证码怎么办`."))
             return result
         if self._count == 0:
-            result.explanation = ("There are no approved answers yet: answers appear here once supervisors"
-                                  " approve drafts (or samples are imported with `replyloop data import`).")
+            result.explanation = Phrase(N_("There are no approved answers yet: answers appear here once supervisors "
+                                           "approve drafts (or samples are imported with `replyloop data import`)."))
             return result
         combined, emb, chars = self.scores(question)
         best = result.best = float(combined.max())
@@ -373,7 +375,7 @@ class AnswerIndex:
             top = min(top, len(combined))
             head = np.argpartition(-combined, top - 1)[:top] if top < len(combined) else np.arange(len(combined))
             head = head[np.argsort(-combined[head], kind="stable")]
-            _, first = np.unique(answer_of[head], return_index=True)  # the best-scored sample of each answer
+            _unused, first = np.unique(answer_of[head], return_index=True)  # the best-scored sample of each answer
             for i in head[np.sort(first)]:
                 a_id = int(answer_of[i])
                 if a_id in done:
@@ -399,26 +401,34 @@ class AnswerIndex:
 
 
 def explain(result: SearchResult, best: float, min_score: float, k: int) -> str:
+    """Why there are fewer answers than asked for: a ``Phrase`` (English as a str for --json;
+    ``localized()`` in the reader's language)."""
     parts = []
     if not result.answers:
-        parts.append(f"No approved answer is close enough to this question (best score {best:.2f},"
-                     f" reply.min_score {min_score:.2f}); try other words, or ask a supervisor.")
+        parts.append(Phrase(N_("No approved answer is close enough to this question (best score {best}, reply.min_score "
+                               "{min_score}); try other words, or ask a supervisor."),
+                            best=f"{best:.2f}", min_score=f"{min_score:.2f}"))
     elif len(result.answers) < k:
-        parts.append(f"Only {len(result.answers)} of {k} answers are close enough (score at least {min_score:.2f}).")
+        parts.append(Phrase(N_("Only {found} of {k} answers are close enough (score at least {min_score})."),
+                            found=len(result.answers), k=k, min_score=f"{min_score:.2f}"))
     if result.excluded:
         rules = sorted({r for e in result.excluded for r in e["rules"]})
-        parts.append(f"{len(result.excluded)} approved answer(s) were left out because they break the current"
-                     f" policies ({', '.join(rules)}).")
-    return " ".join(parts)
+        parts.append(Phrase(N_("{count} approved answer(s) were left out because they break the current policies "
+                               "({rules})."), count=len(result.excluded), rules=", ".join(rules)))
+    text = parts[0] if parts else ""
+    for part in parts[1:]:
+        text = text + " " + part
+    return text
 
 
 def render_text(found: SearchResult) -> str:
-    """Plain text for the terminal."""
+    """Plain text for the terminal, in the current language."""
     lines = []
     for n, a in enumerate(found.answers, 1):
-        lines += [f"{n}. [{a.category or 'no category'}] approved by {a.approved_by or 'import'} at {a.approved_at}"
-                  f" (score {a.score:.2f})",
-                  f"   Q: {a.question}", f"   A: {a.answer}"]
+        lines += [_("{n}. [{category}] approved by {who} at {when} (score {score})").format(
+                      n=n, category=a.category or _("no category"), who=a.approved_by or pgettext("approved by", "import"),
+                      when=a.approved_at, score=f"{a.score:.2f}"),
+                  _("   Q: {question}").format(question=a.question), _("   A: {answer}").format(answer=a.answer)]
     if found.explanation:
-        lines.append(found.explanation)
+        lines.append(localized(found.explanation))
     return "\n".join(lines)

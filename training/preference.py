@@ -356,14 +356,18 @@ class _Events(_callback_base()):
 
 
 def summary_line(result: TrainResult) -> str:
-    """What ``replyloop train`` prints when a preference run finished."""
+    """What ``replyloop train`` prints when a preference run finished (in the current language)."""
+    from replyloop.i18n import _
+
     m, p = result.manifest["metrics"], result.manifest["preferences"]
     before, after = m.get("heldout_margin_before"), m.get("heldout_margin_after")
-    margin = (f"held-out margin log p(chosen) - log p(rejected) {before:.2f} -> {after:.2f} on "
-              f"{p['heldout_pairs']} pair(s)" if before is not None and after is not None else "no held-out pairs")
-    loss = "n/a" if m["train_loss"] is None else f"{m['train_loss']:.4f}"
-    return (f"Wrote {result.output_dir}: objective {result.manifest['objective']}, {m['steps']} steps on "
-            f"{p['train_rows']} {p['kind']} row(s), loss {loss}, {margin}")
+    margin = (_("held-out margin log p(chosen) - log p(rejected) {before} -> {after} on {pairs} pair(s)").format(
+        before=f"{before:.2f}", after=f"{after:.2f}", pairs=p["heldout_pairs"])
+        if before is not None and after is not None else _("no held-out pairs"))
+    loss = _("n/a") if m["train_loss"] is None else f"{m['train_loss']:.4f}"
+    return _("Wrote {path}: objective {objective}, {steps} steps on {rows} {kind} row(s), loss {loss}, {margin}").format(
+        path=result.output_dir, objective=result.manifest["objective"], steps=m["steps"], rows=p["train_rows"],
+        kind=p["kind"], loss=loss, margin=margin)
 
 
 def run_preference_training(cfg: TrainConfig, progress: Progress | None = None,

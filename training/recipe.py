@@ -125,8 +125,10 @@ def library_versions() -> dict:
 
 def token_lengths_line(r: dict) -> str:
     """One line for the token-length report (a terminal shows it before the progress bar)."""
-    return (f"token lengths of {r['samples']} samples (prompt + reply): p50 {r['p50']}, p95 {r['p95']}, "
-            f"max {r['max']}; max_seq_length {r['max_seq_length']}: {r['truncated']} truncated, {r['dropped']} dropped")
+    from replyloop.i18n import _
+
+    return _("token lengths of {samples} samples (prompt + reply): p50 {p50}, p95 {p95}, max {max}; max_seq_length "
+             "{max_seq_length}: {truncated} truncated, {dropped} dropped").format(**r)
 
 
 class ConsoleProgress:
@@ -147,7 +149,11 @@ class ConsoleProgress:
         if self.bar is None:
             self.bar = tqdm(total=event.get("total_steps"), desc="train", unit="step", file=self.stream)
         if "eval_loss" in event:
-            self.bar.write(f"step {event['step']}: held-out loss {event['eval_loss']:.4f}", file=self.stream)
+            from replyloop.i18n import _
+
+            self.bar.write(_("step {step}: held-out loss {loss}").format(step=event["step"],
+                                                                        loss=f"{event['eval_loss']:.4f}"),
+                           file=self.stream)
             return
         self.bar.update(event["step"] - self.bar.n)
         self.bar.set_postfix(loss=f"{event['loss']:.4f}", tok_s=f"{event['tokens_per_s']:.0f}")

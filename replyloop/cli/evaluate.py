@@ -10,6 +10,7 @@ import typer
 
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
 from replyloop.i18n import _
+from replyloop.phrases import localized
 
 
 def register(app: typer.Typer) -> None:
@@ -97,7 +98,8 @@ def _run_suites(cfg, store, registry, row, suite, against, max_new_tokens, batch
 
     directory = golden.golden_dir(cfg)
     if not golden.suite_files(directory):
-        raise golden.GoldenError(f"{directory}: no golden suite files (*.yaml); see README \"Golden suites\"")
+        raise golden.GoldenError(_("{path}: no golden suite files (*.yaml); see README \"Golden suites\"").format(
+            path=directory))
     suites = golden.load_suites(directory, _suite_names(suite))
     opts = cfg.file.evaluation
     generate = golden.local_generator(cfg, max_new_tokens=max_new_tokens or opts.max_new_tokens,
@@ -117,7 +119,7 @@ def _run_suites(cfg, store, registry, row, suite, against, max_new_tokens, batch
         typer.echo(golden.render_table(run, changes))
         if champion is not None and golden.describe_changes(changes):
             typer.echo(_("Against {model}: {changes}").format(model=champion.model_name,
-                                                              changes=golden.describe_changes(changes)))
+                                                              changes=localized(golden.describe_changes(changes))))
     if not run.passed:
         raise typer.Exit(golden.GOLDEN_FAILED_EXIT)
 

@@ -13,6 +13,7 @@ import typer
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, workspace
 from replyloop.errors import EXIT_GATE_FAILED, ConfigError
 from replyloop.i18n import _, fmt_number
+from replyloop.phrases import localized
 from replyloop.messages import code_block, icon, message, to_plain
 
 
@@ -154,7 +155,7 @@ def register(app: typer.Typer) -> None:
                     if as_json:
                         print_json({"status": "skipped", "reason": due.reason})
                     else:
-                        typer.echo(_("Not due: {reason}. Use --now to run anyway.").format(reason=due.reason))
+                        typer.echo(_("Not due: {reason}. Use --now to run anyway.").format(reason=localized(due.reason)))
                     return
             display = None if as_json else RunDisplay()
 

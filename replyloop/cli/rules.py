@@ -9,7 +9,8 @@ from typing import Optional
 import typer
 
 from replyloop.cli.common import ConfigOption, JsonOption, print_json, when, word, workspace
-from replyloop.i18n import _
+from replyloop.i18n import _, pgettext
+from replyloop.phrases import localized
 
 rules_app = typer.Typer(help="Rule proposals mined from supervisors' edits.", no_args_is_help=True)
 
@@ -198,11 +199,20 @@ def drift(
         print_json({"checks": [c.to_dict() for c in report.checks], "alarms": len(report.alarms)})
     else:
         for c in report.checks:
-            typer.echo(f"{c.name}: {word(c.status)}: {c.measured}; {c.against}")
+            typer.echo(_("{check}: {status}: {measured}; {against}").format(
+                check=_drift_name(c.name), status=word(c.status), measured=localized(c.measured),
+                against=localized(c.against)))
             if c.action:
-                typer.echo("  " + _("what to do: {action}").format(action=c.action))
+                typer.echo("  " + _("what to do: {action}").format(action=localized(c.action)))
     if report.alarms:
         raise typer.Exit(1)
+
+
+def _drift_name(name: str) -> str:
+    """A drift check's name (an identifier in --json) for people."""
+    return {"approval-rate": pgettext("drift check", "approval-rate"),
+            "blocked-share": pgettext("drift check", "blocked-share"),
+            "review-queue": pgettext("drift check", "review-queue")}.get(name, name)
 
 
 def register(app: typer.Typer) -> None:
