@@ -191,3 +191,24 @@ def point_config_at_fake(config: Config, fake: FakeSlack, review_channel: str = 
         "api_base_url: https://slack.com/api/", f"api_base_url: {fake.base_url}").replace(
         "review_channel: cs-review", f"review_channel: {review_channel}")
     config.source.write_text(text, encoding="utf-8")
+
+
+def seed_models(store, canary: bool = True, running_run: int = 1, finished_run: int = 2):
+    """A champion (model 1, evaluated), optionally a 10% canary (model 2), a running training run
+    and a finished one (which made the canary, else the champion) for /retrain status and history."""
+    from replyloop import timeutil
+
+    now = timeutil.now_iso()
+    with store.transaction() as db:
+        db.execute("INSERT INTO models (id, name, base_model, status, snapshot_hash, promoted_at, created_at)"
+                   " VALUES (1, 'cs-lora-0001', 'tiny', 'champion', NULL, ?, ?)", (now, now))
+        if canary:
+            db.execute("INSERT INTO models (id, name, base_model, status, canary_percent, created_at)"
+                       " VALUES (2, 'cs-lora-0002', 'tiny', 'canary', 10, ?)", (now,))
+        db.execute("INSERT INTO evaluations (model_id, embedding_model, n, mean_similarity, share_above,"
+                   " gate_passed, created_at) VALUES (1, 'minilm', 30, 0.812, 0.7, 1, ?)", (now,))
+        db.execute("INSERT INTO training_runs (id, status, trigger, requested_by, step, total_steps, loss,"
+                   " started_at) VALUES (?, 'running', 'scheduler', NULL, 12, 30, 1.2345, ?)", (running_run, now))
+        db.execute("INSERT INTO training_runs (id, status, trigger, requested_by, loss, model_id, started_at,"
+                   " finished_at) VALUES (?, 'succeeded', 'slack', 'USUP1', 0.5, ?, ?, ?)",
+                   (finished_run, 2 if canary else 1, now, now))

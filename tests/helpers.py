@@ -21,3 +21,15 @@ def cli_subprocess(*args: str, env: dict | None = None, timeout: float = 300, cw
 
     return subprocess.run([sys.executable, "-m", "replyloop", *map(str, args)], capture_output=True,
                           text=True, env={**os.environ, **(env or {})}, timeout=timeout, cwd=cwd)
+
+
+def find_all(keys, text: str) -> list[tuple[int, int, int]]:
+    """Reference literal scan: (key index, start, end) of every occurrence of every key,
+    overlapping ones included, by ``str.find`` (what the policy engine's scanners must match)."""
+    found = []
+    for k, key in enumerate(keys):
+        i = text.find(key)
+        while i >= 0:
+            found.append((k, i, i + len(key)))
+            i = text.find(key, i + 1)
+    return sorted(found)

@@ -8,23 +8,8 @@ import time
 import pytest
 
 from bot_support import *  # noqa: F401,F403
-from bot_support import (APP_TOKEN, BOT_TOKEN, INTAKE_TOKEN, OUTSIDER, SIGNING_SECRET, close_env, make_env)
-from replyloop import timeutil
-
-
-def seed_models(store):
-    now = timeutil.now_iso()
-    with store.transaction() as db:
-        db.execute("INSERT INTO models (id, name, base_model, status, snapshot_hash, promoted_at, created_at)"
-                   " VALUES (1, 'cs-lora-0001', 'tiny', 'champion', NULL, ?, ?)", (now, now))
-        db.execute("INSERT INTO models (id, name, base_model, status, canary_percent, created_at)"
-                   " VALUES (2, 'cs-lora-0002', 'tiny', 'canary', 10, ?)", (now,))
-        db.execute("INSERT INTO evaluations (model_id, embedding_model, n, mean_similarity, share_above,"
-                   " gate_passed, created_at) VALUES (1, 'minilm', 30, 0.812, 0.7, 1, ?)", (now,))
-        db.execute("INSERT INTO training_runs (id, status, trigger, requested_by, step, total_steps, loss,"
-                   " started_at) VALUES (1, 'running', 'scheduler', NULL, 12, 30, 1.2345, ?)", (now,))
-        db.execute("INSERT INTO training_runs (id, status, trigger, requested_by, loss, model_id, started_at,"
-                   " finished_at) VALUES (2, 'succeeded', 'slack', 'USUP1', 0.5, 2, ?, ?)", (now, now))
+from bot_support import (APP_TOKEN, BOT_TOKEN, INTAKE_TOKEN, OUTSIDER, SIGNING_SECRET, close_env, make_env,
+                         seed_models)
 
 
 def response_texts(env, n):

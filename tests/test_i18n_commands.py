@@ -13,8 +13,7 @@ import re
 
 import pytest
 
-from bot_support import OUTSIDER, REVIEW, close_env, make_env, wait_until
-from replyloop import timeutil
+from bot_support import OUTSIDER, REVIEW, close_env, make_env, seed_models, wait_until
 from replyloop.bot import golden as bot_golden, proposals as bot_proposals
 from replyloop.bot.fake_slack import block_kit_errors, view_errors
 from replyloop.config import load_config
@@ -93,19 +92,6 @@ def english_workspace(workspace):
     return again, store
 
 
-def seed_runs(store):
-    now = timeutil.now_iso()
-    with store.transaction() as db:
-        db.execute("INSERT INTO models (id, name, base_model, status, promoted_at, created_at)"
-                   " VALUES (1, 'cs-lora-0001', 'tiny', 'champion', ?, ?)", (now, now))
-        db.execute("INSERT INTO evaluations (model_id, embedding_model, n, mean_similarity, share_above,"
-                   " gate_passed, created_at) VALUES (1, 'minilm', 30, 0.812, 0.7, 1, ?)", (now,))
-        db.execute("INSERT INTO training_runs (id, status, trigger, requested_by, step, total_steps, loss,"
-                   " started_at) VALUES (2, 'running', 'scheduler', NULL, 12, 30, 1.2345, ?)", (now,))
-        db.execute("INSERT INTO training_runs (id, status, trigger, requested_by, loss, model_id, started_at,"
-                   " finished_at) VALUES (1, 'succeeded', 'slack', 'USUP1', 0.5, 1, ?, ?)", (now, now))
-
-
 def command(env, name, text, user, n):
     """Run a slash command; the text of the n-th answer on a response_url."""
     resp = env.sim.command(name, text, user=user)
@@ -117,7 +103,7 @@ def command(env, name, text, user, n):
 
 
 def test_retrain_answers_in_chinese_english_and_the_users_own_locale(workspace, chinese):
-    seed_runs(workspace[1])
+    seed_models(workspace[1], canary=False, running_run=2, finished_run=1)
     env = make_env(workspace)
     try:
         usage = command(env, "/retrain", "help", "USUP1", 1)["text"]

@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from helpers import find_all
+
 from replyloop.evaluation.policy import PolicyEngine, load_policies
 from replyloop.evaluation.regexcheck import trigger_literals
 from replyloop.evaluation.textmap import normalise
@@ -97,18 +99,6 @@ TRICKY = [
 ]
 
 
-def _find_all(keys: tuple[str, ...], norm: str, overlapping: bool = True) -> list[tuple[int, int, int]]:
-    """Reference scan: every occurrence of every key, overlapping ones included, by ``str.find``."""
-    assert overlapping
-    found = []
-    for k, key in enumerate(keys):
-        i = norm.find(key)
-        while i >= 0:
-            found.append((k, i, i + len(key)))
-            i = norm.find(key, i + 1)
-    return found
-
-
 def _order(matches) -> list[tuple[int, int, int]]:
     return sorted(matches, key=lambda m: (m[2], m[1], m[0]))
 
@@ -128,14 +118,14 @@ def test_automaton_scan_equals_brute_force_find(tmp_path):
 
     fast = _engine(tmp_path, rules + overlapping, "fast")
     reference = _engine(tmp_path, rules + overlapping, "reference")
-    reference._scan = lambda norm, overlapping=True: _find_all(reference._keys, norm, overlapping)
+    reference._scan = lambda norm, overlapping=True: find_all(reference._keys, norm)
     assert fast._keys == reference._keys and len(fast._keys) > 1000
     flagged = scanned = 0
     for text in texts:
         norm, _ = normalise(text)
         matches = fast._matches(norm)
         assert len(matches) == len(set(matches)), text
-        assert _order(matches) == _order(_find_all(fast._keys, norm)), text
+        assert _order(matches) == _order(find_all(fast._keys, norm)), text
         scanned += len(matches)
         a, b = fast.check(text), reference.check(text)
         assert a.to_dict() == b.to_dict(), text

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from helpers import find_all
+
 from replyloop.evaluation.literalscan import BACKENDS, LiteralScanner, default_backend
 from replyloop.evaluation.policy import PolicyEngine
 from replyloop.evaluation.policy_files import read_policies
@@ -23,16 +25,6 @@ KEYS = ["ab", "abab", "bab", "b", "𠀀a", "a𠀀", "𠀀", "全额", "额赔", 
         "fullcompensation", "é", "éa"]
 TEXTS = ["", "ababab", "𠀀a𠀀a𠀀", "全额赔付全额赔付", "bbbb", "x𠀀ab全额赔付𠀀", "24h24小时必发", "éaé全额",
          "我们fullcompensation全额赔付24h", "无关的文字"]
-
-
-def _find_all(keys, text):
-    found = []
-    for k, key in enumerate(keys):
-        i = text.find(key)
-        while i >= 0:
-            found.append((k, i, i + len(key)))
-            i = text.find(key, i + 1)
-    return sorted(found)
 
 
 def _backends():
@@ -52,7 +44,7 @@ def test_every_backend_finds_what_str_find_finds(backend):
     hits = 0
     for text in texts:
         found = scan(text)
-        assert sorted(found) == _find_all(keys, text), text
+        assert sorted(found) == find_all(keys, text), text
         hits += len(found)
     assert hits > 1000
 
