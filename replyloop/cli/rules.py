@@ -108,13 +108,8 @@ def accept(
     """
     from replyloop.evaluation.proposals import accept as do_accept
 
-    cfg, store = workspace(config)
-    with store:
-        result = do_accept(cfg, store, proposal_id, actor)
-    if result.created:
-        typer.echo(_("Accepted rule proposal #{id}: wrote {path}").format(id=proposal_id, path=result.path))
-    else:
-        typer.echo(_already(cfg, proposal_id, result.proposal))
+    _settle(config, proposal_id, lambda cfg, store: do_accept(cfg, store, proposal_id, actor),
+            lambda result: _("Accepted rule proposal #{id}: wrote {path}").format(id=proposal_id, path=result.path))
 
 
 @rules_app.command("dismiss")
@@ -129,15 +124,18 @@ def dismiss(
     """
     from replyloop.evaluation.proposals import dismiss as do_dismiss
 
+    _settle(config, proposal_id, lambda cfg, store: do_dismiss(store, proposal_id, actor),
+            lambda result: _("Dismissed rule proposal #{id} (proposed again at {count} edits)").format(
+                id=proposal_id, count=2 * result.proposal["count"]))
+
+
+def _settle(config: Optional[Path], proposal_id: int, act, done) -> None:
+    """Accept or dismiss: ``act(cfg, store)`` decides in the workspace; ``done(result)`` words a new
+    decision, and a proposal decided before says who decided it and when."""
     cfg, store = workspace(config)
     with store:
-        result = do_dismiss(store, proposal_id, actor)
-    p = result.proposal
-    if result.created:
-        typer.echo(_("Dismissed rule proposal #{id} (proposed again at {count} edits)").format(
-            id=proposal_id, count=2 * p["count"]))
-    else:
-        typer.echo(_already(cfg, proposal_id, p))
+        result = act(cfg, store)
+    typer.echo(done(result) if result.created else _already(cfg, proposal_id, result.proposal))
 
 
 def _already(cfg, proposal_id: int, p: dict) -> str:
