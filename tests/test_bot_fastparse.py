@@ -1,0 +1,123 @@
+"""bot/web.py parses a Slack request's body with yarl's C decoder (``parse_slack_body``) and builds
+bolt's request from it (``bolt_request``). Both must give what bolt itself gives, for every body:
+real payloads of every shape the bot gets, and hostile or malformed ones."""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from urllib.parse import urlencode
+
+import pytest
+from slack_bolt.request import BoltRequest
+from slack_bolt.request.internals import parse_body
+from slack_sdk.signature import SignatureVerifier
+
+from bot_support import *  # noqa: F401,F403
+from replyloop.bot.simulate import Simulator
+from replyloop.bot.web import bolt_request, parse_slack_body
+
+FORM = "application/x-www-form-urlencoded"
+
+
+def _bodies() -> list[tuple[str, str]]:
+    sim = Simulator("http://127.0.0.1:9", "secret")
+    blocks = [{"type": "section", "block_id": "q", "text": {"type": "mrkdwn", "text": "*问题*\n我的订单 1 什么时候到？&=+%#"}},
+              {"type": "actions", "block_id": "review_7", "elements": [
+                  {"type": "button", "action_id": "replyloop_approve", "value": "7", "text": {"type": "plain_text", "text": "通过"}}]}]
+    card = {"channel": "C0REVIEW", "ts": "1.000001", "blocks": blocks, "text": "审核 ✅ 100% <@U1> a+b=c"}
+    click = sim.block_action(card, "approve", "USUP1")
+    command = sim.command_payload("/retrain", "status now +1 %41 & = ;", "USUP1")
+    event = sim.event_payload({"type": "message", "channel": "C0INTAKE", "user": "U9", "text": "退款？\n\"引号\" \\ \u0000",
+                               "ts": "2.000002"})
+    bodies = [
+        (urlencode({"payload": json.dumps(click, ensure_ascii=False)}), FORM),
+        (urlencode({"payload": json.dumps(click)}), FORM),  # ASCII-escaped JSON
+        (urlencode(command), FORM),
+        (json.dumps(event, ensure_ascii=False), "application/json"),
+        (json.dumps(event), FORM),  # JSON sent as a form: bolt reads it as JSON ("{" first)
+        ("payload=" + "%7B%22a%22%3A" * 3 + "1" + "%7D" * 3, FORM),
+        ("a=1&payload=%7B%22type%22%3A%22x%22%7D&payload=%7B%22type%22%3A%22y%22%7D", FORM),  # the last one wins
+        ("token=x&text=payload", FORM),  # "payload" only inside a value: bolt answers {}
+        ("a=&b&=c&&d=%zz&e=%&f=%4&g=%FF%FE&h=%E9%97&i=%e9%97%ae&j=%00&k=%2B+%20", FORM),
+        ("text=" + "%E4%B8%AD" * 5000, FORM),  # 15 KB of escapes
+        ("text=中文+直接&x=😀&y=%F0%9F%98%80", FORM),  # raw non-ASCII in the body
+        ("a=1;b=2#frag?q", FORM),
+        ("a=1\r\nb=2\n&c=\t3", FORM),
+        ("", FORM),
+        ("a=1", None),
+        ("a=1", "text/plain"),
+    ]
+    rng = random.Random(15)
+    alphabet = "ab=&%+;#?09AFfzé中\u0000\n "
+    for _ in range(3000):
+        bodies.append(("".join(rng.choice(alphabet) for _ in range(rng.randint(0, 16))), FORM))
+    return bodies
+
+
+def _outcome(fn):
+    try:
+        return fn()
+    except Exception as exc:  # the same kind of failure counts as the same answer
+        return type(exc)
+
+
+def test_parse_slack_body_equals_bolts_parse_body():
+    for body, content_type in _bodies():
+        assert _outcome(lambda: parse_slack_body(body, content_type)) == _outcome(lambda: parse_body(body, content_type)), body
+
+
+@pytest.mark.parametrize("body", ["payload=%7Bnot-json", "payload=" + "%5B" * 100_000 + "%5D" * 100_000,
+                                  '{"type": "x"', "[1, 2]", '"just a string"', "{}", "payload=%7B%7D"])
+def test_malformed_bodies_fail_or_fall_back_as_bolt_does(body):
+    headers = {"content-type": FORM}
+    mine = _outcome(lambda: vars(bolt_request(body, None, headers)))
+    theirs = _outcome(lambda: vars(BoltRequest(body=body, query=None, headers=headers)))
+    if isinstance(theirs, dict):
+        assert mine.keys() == theirs.keys() and {k: mine[k] for k in mine if k != "context"} == \
+            {k: theirs[k] for k in theirs if k != "context"}
+    else:
+        assert mine is theirs or issubclass(mine, (ValueError, RecursionError))
+
+
+def test_bolt_request_equals_bolts_own_request():
+    """Every attribute bolt's middleware and listeners read: the raw body the signature is
+    checked on, the parsed body, the context built from it, the mode, query and headers."""
+    checked = 0
+    for body, content_type in _bodies():
+        headers = {"content-type": f"{content_type}; charset=utf-8"} if content_type else {}
+        headers["x-slack-request-timestamp"] = "1700000000"
+        query = "a=1&b=%E4%B8%AD"
+        try:
+            theirs = BoltRequest(body=body, query=query, headers=headers)
+        except Exception as exc:
+            with pytest.raises(type(exc)):
+                bolt_request(body, query, headers)
+            continue
+        mine = bolt_request(body, query, headers)
+        assert vars(mine).keys() == vars(theirs).keys()
+        for name in vars(theirs):
+            a, b = getattr(mine, name), getattr(theirs, name)
+            assert (dict(a) if name == "context" else a) == (dict(b) if name == "context" else b), (name, body)
+        assert mine.mode == "http" and mine.raw_body == body
+        copy = mine.to_copyable()  # lazy listeners get a copy: parsed again, the same
+        assert copy.body == theirs.body and copy.raw_body == body
+        checked += 1
+    assert checked > 3000
+
+
+def test_the_signature_is_checked_on_the_body_sent(env):
+    """A body signed for one click and sent with another's content is refused: the request's raw
+    body (what bolt verifies) is the body received, not one rebuilt from the parse."""
+    _, card = env.post_card()
+    signed = urlencode({"payload": json.dumps(env.sim.block_action(card, "approve", "USUP2"), ensure_ascii=False)})
+    sent = urlencode({"payload": json.dumps(env.sim.block_action(card, "approve", "USUP1"), ensure_ascii=False)})
+    ts = int(time.time())
+    signature = SignatureVerifier(SIGNING_SECRET).generate_signature(timestamp=str(ts), body=signed)
+    assert env.sim.post_slack(sent, FORM, timestamp=ts, signature=signature).status == 401
+    time.sleep(0.3)
+    assert env.store.scalar("SELECT count(*) FROM reviews") == 0
+    assert env.sim.post_slack(signed, FORM, timestamp=ts, signature=signature).status == 200
+    env.wait_review(1)
+    assert env.store.scalar("SELECT reviewer FROM reviews") == "USUP2"
