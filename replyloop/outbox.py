@@ -429,13 +429,13 @@ class Sender:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _run(self) -> None:
-        pruned_at = 0.0
+        pruned_at: float | None = None  # not 0.0: the monotonic clock starts near 0 at boot
         while not self._stop.is_set():
             try:
                 self.dispatch()
             except Exception:
                 log.exception("reading the outbox failed; trying again")
-            if self.opts.keep_delivered_days and time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+            if self.opts.keep_delivered_days and (pruned_at is None or time.monotonic() - pruned_at >= PRUNE_EVERY_S):
                 pruned_at = time.monotonic()
                 try:
                     prune_delivered(self.store, self.opts.keep_delivered_days)
