@@ -9,7 +9,8 @@ replyloop uses the way Slack does, and records every call so tests can assert on
         slack.wait_for("chat.postMessage")
 
 Failures can be injected (``fail_next("chat.postMessage", status=429, retry_after=1)``)
-to test retries. It also accepts ``response_url`` posts (``slack.response_url()``) and file
+to test retries. Connections are kept alive between calls (HTTP/1.1, as Slack's API; counted
+in ``connections_opened``) and closed by ``stop()``. It also accepts ``response_url`` posts (``slack.response_url()``) and file
 uploads (files upload v2).
 
 Socket Mode: ``apps.connections.open`` (with the ``xapp-`` app token) answers a
@@ -354,9 +355,23 @@ class FakeSlack:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # as Slack's servers: an answer goes out at once, its head and body not held back for
+            # the client's delayed ACK (the bot keeps connections alive; bot.keepalive)
+            disable_nagle_algorithm = True
 
             def log_message(self, *args):  # keep test output clean
                 pass
+
+            def setup(self):
+                super().setup()
+                with fake._cond:
+                    fake._http_connections.add(self.connection)
+                    fake.connections_opened += 1
+
+            def finish(self):
+                with fake._cond:
+                    fake._http_connections.discard(self.connection)
+                super().finish()
 
             def do_GET(self):
                 if (urlparse(self.path).path == "/link/"
@@ -385,6 +400,8 @@ class FakeSlack:
                 self.end_headers()
                 self.wfile.write(data)
 
+        self._http_connections: set[socket.socket] = set()  # kept-alive clients, closed by stop()
+        self.connections_opened = 0  # HTTP connections accepted so far (each carries one or more calls)
         self._server = ThreadingHTTPServer((host, port), Handler)
         self._server.daemon_threads = True
         self._thread: threading.Thread | None = None
@@ -425,6 +442,13 @@ class FakeSlack:
             conn.close(1001, "going away")
         self._server.shutdown()
         self._server.server_close()
+        with self._cond:  # a stopped Slack answers nobody, kept-alive connections included
+            kept = list(self._http_connections)
+        for sock in kept:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def __enter__(self) -> "FakeSlack":
         return self.start()

@@ -92,10 +92,25 @@ def slack_error(exc: Exception) -> str:
 def _client_class():
     from slack_sdk import WebClient
 
+    from replyloop.bot.keepalive import KeptAlive
+
     class TrackedWebClient(WebClient):
-        """slack_sdk's WebClient counting every call's outcome in ``self.health``."""
+        """slack_sdk's WebClient counting every call's outcome in ``self.health``, its calls sent
+        over kept-alive connections (``bot.keepalive``)."""
 
         health: SlackHealth
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.connections = KeptAlive(self.timeout, self.ssl)
+
+        def _perform_urllib_http_request_internal(self, url, req):
+            if self.proxy is not None or not url.lower().startswith(("http://", "https://")):
+                return super()._perform_urllib_http_request_internal(url, req)
+            return self.connections.send(url, req)
+
+        def close(self) -> None:
+            self.connections.close()
 
         def api_call(self, api_method: str, **kwargs):
             try:
