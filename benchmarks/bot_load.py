@@ -15,7 +15,11 @@ waited for too ("all cards updated").
 
 Baseline, measured in the same run on the same server: GET /health under the same
 concurrency (the cost of the HTTP round trip alone); the ratio of the two p99s is printed.
-Also printed: the CPU per click of the bot's process and of this one, and the load average
+Each supervisor pauses one think time (exponential, mean ``--think-ms``) before the first click
+as between clicks, so clicks arrive at a steady rate from the start; until 2026-12-02 all 50
+clicked at the same instant first, and that start-up burst alone made the p99 (the steady
+stream's p99 was about 12 ms on the idle box that day). ``--think-ms 0`` (flat out) measures
+bursts. Also printed: the CPU per click of the bot's process and of this one, and the load average
 before and after the clicks (on a shared machine the p99 follows the load). Goal: p99 ack
 <= 100 ms on 2 idle cores, 0 lost, 0 duplicated decisions.
 """
@@ -105,8 +109,11 @@ def start_server(config_path: Path) -> tuple[subprocess.Popen, str]:
     return proc, match.group(1)
 
 
-def run_clients(sim: Simulator, jobs: list, users: list[str], fn) -> list[float]:
-    """Run ``fn(sim, user, job) -> latency`` over the jobs with one thread per user."""
+def run_clients(sim: Simulator, jobs: list, users: list[str], fn, think_s: float = 0.0) -> list[float]:
+    """Run ``fn(sim, user, job) -> latency`` over the jobs with one thread per user. With a think
+    time, each user also pauses (exponentially, mean ``think_s``) before its first job, as it does
+    between jobs: the clicks arrive as a steady stream from the start, not all 50 users in the
+    same millisecond (that burst is what ``--think-ms 0`` measures)."""
     work: queue.Queue = queue.Queue()
     for job in jobs:
         work.put(job)
@@ -116,6 +123,8 @@ def run_clients(sim: Simulator, jobs: list, users: list[str], fn) -> list[float]
 
     def worker(user: str) -> None:
         mine = []
+        if think_s:
+            time.sleep(random.expovariate(1 / think_s))
         while True:
             try:
                 job = work.get_nowait()
@@ -172,7 +181,7 @@ def main(argv: list[str] | None = None) -> dict:
                     time.sleep(random.expovariate(1000 / args.think_ms))
                 return elapsed
 
-            baseline = run_clients(sim, list(range(health_n)), users, health)
+            baseline = run_clients(sim, list(range(health_n)), users, health, args.think_ms / 1000)
 
             jobs = []
             for card in cards:
@@ -193,7 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
             load_before = os.getloadavg()
             cpu_before = process_cpu_s(proc.pid), own_cpu_s()
             started = time.perf_counter()
-            latencies = run_clients(sim, jobs, users, click)
+            latencies = run_clients(sim, jobs, users, click, think_s)
             click_s = time.perf_counter() - started
             cpu_server, cpu_client = process_cpu_s(proc.pid) - cpu_before[0], own_cpu_s() - cpu_before[1]
             load_after = os.getloadavg()
