@@ -273,6 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"lost {result['lost']}, duplicated {result['duplicated']}, "
           f"'already approved' notices {result['ephemeral_notices']}")
     print("goal (p99 <= 100 ms, 0 lost, 0 duplicated):", "met" if result["goal_met"] else "NOT met")
+    print("earlier (issue 15, 50 supervisors, 10,000 cards, acks sent before the decision was written, so a crash "
+          "lost acknowledged clicks): p99 39.5 ms with 250 ms think time, 339 ms flat out (600 clicks/s)")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2), encoding="utf-8")
     return result
