@@ -203,7 +203,12 @@ class PolicyEngine:
         (``evaluation.readthrough``): the reply is checked as it reads, spans map back to ``text``.
         """
         if needs_read_through(text) is None:  # the usual reply: one character-class search
-            return self._check(text)
+            # ``self._check(text)``, its fast path inlined (this runs on every reply)
+            norm, aligned = normalise(text)
+            matches = self._scan(norm) if self._scan is not None else []
+            if not matches and (self._any_untriggered is None or self._any_untriggered.search(norm) is None):
+                return CheckResult("pass", [])
+            return self._check_hits(text, norm, aligned, matches)
         clean = read_through(text)
         if clean is None:
             return self._check(text)
@@ -222,6 +227,11 @@ class PolicyEngine:
         # Fast path (most replies): no literal matched and no literal-free regex matches.
         if not matches and (self._any_untriggered is None or self._any_untriggered.search(norm) is None):
             return CheckResult("pass", [])
+        return self._check_hits(text, norm, aligned, matches)
+
+    def _check_hits(self, text: str, norm: str, aligned: bool, matches: list[tuple[int, int, int]]) -> CheckResult:
+        """``_check`` of ``text`` once ``(norm, aligned) = normalise(text)`` and ``matches`` (its
+        literal scan) are known and something may have matched."""
         hits = self._raw_hits(norm, matches)
         if not hits:
             return CheckResult("pass", [])
