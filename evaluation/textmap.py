@@ -9,8 +9,9 @@ its own is left as it is, which skips OpenCC for ordinary simplified text). So `
 all normalise to ``全额赔付``.
 
 ``compact(text)`` runs on every reply: for ordinary text it is a few ``str.replace`` (the common
-punctuation, see ``drop``), an ``isalnum``, an ``is_normalized`` check, a casefold and OpenCC. ``TextMap.build(text)`` is only built when
-something matched and a span in the original text has to be reported; it gives the same string.
+punctuation, see ``drop``), an ``isalnum``, an ``is_normalized`` check, a casefold and OpenCC.
+``TextMap.build(text)`` is only built when something matched and a span in the original text has
+to be reported; it gives the same string.
 """
 
 from __future__ import annotations
