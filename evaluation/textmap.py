@@ -8,9 +8,10 @@ one output character per input character; text without any character that OpenCC
 its own is left as it is, which skips OpenCC for ordinary simplified text). So ``全 额 赔 付``, ``全-額賠付`` and ``全\u200b额赔付``
 all normalise to ``全额赔付``.
 
-``compact(text)`` runs on every reply: for ordinary text it is one regex substitution, an
-``is_normalized`` check, a casefold and OpenCC. ``TextMap.build(text)`` is only built when
-something matched and a span in the original text has to be reported; it gives the same string.
+``compact(text)`` runs on every reply: for ordinary text it is a few ``str.replace`` (the common
+punctuation, see ``drop``), an ``isalnum``, an ``is_normalized`` check, a casefold and OpenCC.
+``TextMap.build(text)`` is only built when something matched and a span in the original text has
+to be reported; it gives the same string.
 """
 
 from __future__ import annotations
@@ -39,6 +40,22 @@ _TRADITIONAL = _traditional_chars()
 _has_traditional = _TRADITIONAL.search
 _drop = _DROP.sub
 _is_normalized = unicodedata.is_normalized
+
+# The punctuation and spaces of ordinary replies. None of them is a letter or a digit, so removing
+# them with ``str.replace`` (a C search per character, no match objects) and then, only when
+# something else is left (``str.isalnum`` says so), whatever else ``[\W_]`` matches gives exactly
+# ``_DROP.sub("", text)``: the drop is a filter of single characters (``[^\W_]`` is ``str.isalnum``).
+COMMON_DROPPED = "，。！？ ：、"
+if any(ch.isalnum() or not _DROP.fullmatch(ch) for ch in COMMON_DROPPED):  # pragma: no cover - a broken edit
+    raise AssertionError("COMMON_DROPPED must hold only characters that normalisation drops")
+
+
+def drop(text: str) -> str:
+    """``_DROP.sub("", text)`` (every character that is not a letter or a digit removed), faster
+    for ordinary replies: ``normalise`` inlines the same lines."""
+    kept = (text.replace("，", "").replace("。", "").replace("！", "").replace("？", "").replace(" ", "")
+            .replace("：", "").replace("、", ""))
+    return kept if kept.isalnum() else _drop("", kept)
 
 
 def _t2s(text: str) -> str:
@@ -87,10 +104,13 @@ def normalise(text: str) -> tuple[str, bool]:
     i-th letter or digit of ``text`` (the usual case), so ``TextMap.aligned`` can map offsets.
 
     Runs on every reply, so the usual case (already NFKC, casefold keeps the length, nothing
-    Traditional) is one regex substitution, an ``is_normalized`` check, a casefold and one
-    regex search, with no other function calls.
+    Traditional) is a few ``str.replace`` and an ``isalnum`` (``drop``), an ``is_normalized``
+    check, a casefold and one regex search, with no other function calls.
     """
-    kept = _drop("", text)
+    kept = (text.replace("，", "").replace("。", "").replace("！", "").replace("？", "").replace(" ", "")
+            .replace("：", "").replace("、", ""))   # ``drop(text)``, inlined: this runs on every reply
+    if not kept.isalnum():
+        kept = _drop("", kept)
     if _is_normalized("NFKC", kept):
         folded = kept.casefold()
         if len(folded) == len(kept):
