@@ -92,6 +92,7 @@ class _Flaky(BaseHTTPRequestHandler):
         pass
 
     def do_POST(self):
+        close = self.server.close_after_each  # decided before answering: the client acts on the answer
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
         self.server.requests += 1
         if self.server.swallow:
@@ -104,7 +105,7 @@ class _Flaky(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        self.close_connection = self.server.close_after_each
+        self.close_connection = close
 
 
 class FlakyServer(ThreadingHTTPServer):
