@@ -20,7 +20,8 @@ retry handlers and the bot's error reporting see what they saw before:
 A kept connection the server has closed while it was idle is noticed before it is used (its
 socket is readable) and replaced. Should the server close it just as a request goes out
 (nothing at all was answered), the request is sent once more on a new connection; a fresh
-connection is never retried here. Proxies and non-HTTP URLs go through urlopen as before.
+connection is never retried here, nor a request whose status line arrived (a reset in the
+middle of the body is raised, as urlopen raised it: Slack has acted on that request). Proxies and non-HTTP URLs go through urlopen as before.
 """
 
 from __future__ import annotations
@@ -102,12 +103,16 @@ class KeptAlive:
                 raise URLError(err) from err
             try:
                 resp = conn.getresponse()
-                data = resp.read()
             except _CLOSED_UNANSWERED:
                 self._forget(conn)
                 if reused and attempt == 1:  # closed by the server as the request went out
                     continue
                 raise
+            except BaseException:
+                self._forget(conn)
+                raise
+            try:  # answered: an error reading the body is raised, never the request sent again
+                data = resp.read()
             except BaseException:
                 self._forget(conn)
                 raise

@@ -1,0 +1,160 @@
+"""Hostile tests for the kept-alive Web API client (bot/keepalive.py, bot/slackclient.py): servers
+that misbehave at the HTTP and TCP level, compared with slack_sdk's own urlopen path where the
+answer must be the same."""
+
+from __future__ import annotations
+
+import gc
+import http.client
+import os
+import socket
+import threading
+import time
+from urllib.error import URLError
+
+import pytest
+from slack_sdk import WebClient
+from slack_sdk.errors import SlackApiError
+
+from replyloop.bot.slackclient import _client_class
+
+TOKEN = "xoxb-0000-hostile"
+OK = b'{"ok": true, "ts": "1.000001", "channel": "C0REVIEW"}'
+
+
+def _read_request(rfile):
+    """(request line, headers, body) of the next request, or None when the client closed."""
+    line = rfile.readline()
+    if not line:
+        return None
+    headers = {}
+    while True:
+        h = rfile.readline()
+        if h in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = h.decode("latin-1").partition(":")
+        headers[name.strip().lower()] = value.strip()
+    body = rfile.read(int(headers.get("content-length") or 0))
+    return line.decode("latin-1").strip(), headers, body
+
+
+def answer(body: bytes = OK, status: str = "200 OK", extra: str = "", version: str = "HTTP/1.1") -> bytes:
+    return (f"{version} {status}\r\nContent-Type: application/json; charset=utf-8\r\n"
+            f"Content-Length: {len(body)}\r\n{extra}\r\n").encode() + body
+
+
+class Scripted:
+    """A raw TCP server: ``script(server, n, sock, rfile)`` serves the n-th connection (from 1)."""
+
+    def __init__(self, script):
+        self.script = script
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.accepted = 0
+        self.requests: list[tuple[int, str, dict, bytes]] = []
+        self.closed = 0  # connections the client closed (EOF seen by the server)
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            self.socks.append(sock)
+            threading.Thread(target=self._serve, args=(self.accepted, sock), daemon=True).start()
+
+    def _serve(self, n, sock):
+        try:
+            self.script(self, n, sock, sock.makefile("rb"))
+        except OSError:
+            pass
+
+    def next_request(self, n, rfile):
+        req = _read_request(rfile)
+        if req is None:
+            self.closed += 1
+        else:
+            self.requests.append((n, *req))
+        return req
+
+    @property
+    def base_url(self):
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/api/"
+
+    def close(self):
+        self.listener.close()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def served():
+    servers = []
+
+    def make(script):
+        servers.append(Scripted(script))
+        return servers[-1]
+    yield make
+    for s in servers:
+        s.close()
+
+
+def kept(url, timeout=5, **kwargs):
+    """The bot's client, without retry handlers (each failure seen as it is)."""
+    client = _client_class()(token=TOKEN, base_url=url, timeout=timeout, **kwargs)
+    client.retry_handlers.clear()
+    from replyloop.bot.slackclient import SlackHealth
+    client.health = SlackHealth()
+    return client
+
+
+def plain(url, timeout=5, **kwargs):
+    client = WebClient(token=TOKEN, base_url=url, timeout=timeout, **kwargs)
+    client.retry_handlers.clear()
+    return client
+
+
+def serve_forever_ok(extra=""):
+    def script(server, n, sock, rfile):
+        while server.next_request(n, rfile) is not None:
+            sock.sendall(answer(extra=extra))
+    return script
+
+
+def _reset(sock):
+    """Close with a TCP reset (SO_LINGER 0), as a crashing proxy or server does."""
+    import struct
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+def cut_by_reset_on_second(server, n, sock, rfile):
+    """The first request is answered; the second is answered with headers and half its body,
+    then the connection is reset: the request WAS answered (and acted on by Slack)."""
+    served_here = 0
+    while server.next_request(n, rfile) is not None:
+        served_here += 1
+        if len(server.requests) == 2:
+            sock.sendall(answer()[:-10])
+            time.sleep(0.3)
+            _reset(sock)
+            return
+        sock.sendall(answer())
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+def test_a_reset_mid_body_is_raised_and_the_request_never_sent_again(served, make):
+    """A reset after the status line was received is a failed read of an answer, not a
+    connection dropped unanswered: sent once, the error raised (urlopen did the same)."""
+    server = served(cut_by_reset_on_second)
+    client = make(server.base_url)
+    assert client.chat_postMessage(channel="C0REVIEW", text="1")["ok"]
+    with pytest.raises((ConnectionResetError, http.client.IncompleteRead)):
+        client.chat_postMessage(channel="C0REVIEW", text="2")
+    time.sleep(0.2)
+    assert len(server.requests) == 2, [r[1] for r in server.requests]
