@@ -14,7 +14,9 @@ retry handlers and the bot's error reporting see what they saw before:
 * a connection that cannot be opened, or a request that cannot be sent: ``URLError(reason)``;
 * a status outside 2xx: ``HTTPError`` with the status, headers and body (429 and 5xx are then
   retried by slack_sdk's handlers, which read ``Retry-After`` from those headers);
-* an error while waiting for the answer (a read timeout, a reset): raised as it is;
+* an error while waiting for the answer (a read timeout, a reset), or a request http.client
+  refuses to write (a header value with a line break, a URL with a space): raised as it is, and
+  that connection closed (it is left mid-request);
 * else ``{"status", "headers", "body"}``, the body decoded by its charset (bytes for gzip).
 
 A kept connection the server has closed while it was idle is noticed before it is used (its
@@ -101,6 +103,9 @@ class KeptAlive:
                 if reused and attempt == 1:
                     continue
                 raise URLError(err) from err
+            except BaseException:  # refused by http.client (a bad header or URL): raised as urlopen did,
+                self._forget(conn)  # the connection, left mid-request, is never used again
+                raise
             try:
                 resp = conn.getresponse()
             except _CLOSED_UNANSWERED:

@@ -158,3 +158,21 @@ def test_a_reset_mid_body_is_raised_and_the_request_never_sent_again(served, mak
         client.chat_postMessage(channel="C0REVIEW", text="2")
     time.sleep(0.2)
     assert len(server.requests) == 2, [r[1] for r in server.requests]
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+def test_a_request_http_client_refuses_to_send_does_not_poison_the_thread(served, make):
+    """A header value with a line break (or a URL with a control character) is refused by
+    http.client as the request is being written: a ValueError as urlopen raised, and the next
+    call from the same thread goes out normally."""
+    server = served(serve_forever_ok())
+    client = make(server.base_url)
+    assert client.auth_test()["ok"]
+    with pytest.raises(ValueError):
+        client.api_call("chat.postMessage", headers={"X-Trace": "a\r\nInjected: 1"}, json={"channel": "C0REVIEW"})
+    with pytest.raises(http.client.InvalidURL):
+        client.api_call("chat.post Message")
+    assert client.chat_postMessage(channel="C0REVIEW", text="after")["ok"]
+    assert [r[1].split()[1] for r in server.requests] == ["/api/auth.test", "/api/chat.postMessage"]
+    assert not any("injected" in r[2] for r in server.requests)
+
