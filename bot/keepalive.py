@@ -23,7 +23,11 @@ A kept connection the server has closed while it was idle is noticed before it i
 socket is readable) and replaced. Should the server close it just as a request goes out
 (nothing at all was answered), the request is sent once more on a new connection; a fresh
 connection is never retried here, nor a request whose status line arrived (a reset in the
-middle of the body is raised, as urlopen raised it: Slack has acted on that request). Proxies and non-HTTP URLs go through urlopen as before.
+middle of the body is raised, as urlopen raised it: Slack has acted on that request). Proxies
+and non-HTTP URLs go through urlopen as before.
+
+A thread's connections are closed when the thread ends (a thread started for one retrain run
+keeps none open after it), and every thread's when the client is garbage-collected.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import io
 import select
 import ssl
 import threading
+import weakref
 from urllib.error import HTTPError, URLError
 from urllib.parse import urlsplit
 from urllib.request import Request
@@ -49,6 +54,19 @@ def _dropped(sock) -> bool:
     return bool(poller.poll(0))
 
 
+class _Kept(dict):
+    """One thread's connections, (scheme, host, port) -> connection. ``threading.local`` drops it
+    when its thread ends (or the ``KeptAlive`` is collected): its connections are closed then,
+    not left open with nobody to use them."""
+
+    def __del__(self):
+        for conn in list(self.values()):
+            try:
+                conn.close()
+            except Exception:  # pragma: no cover - closing a socket at collection time
+                pass
+
+
 class KeptAlive:
     """One ``http.client`` connection per thread and (scheme, host, port); see the module doc."""
 
@@ -57,11 +75,14 @@ class KeptAlive:
         self.context = context
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._all: set[http.client.HTTPConnection] = set()  # every thread's, for close()
+        # every live thread's, for close(); weak, so that a thread's end closes its own (_Kept)
+        self._all: weakref.WeakSet[http.client.HTTPConnection] = weakref.WeakSet()
 
     def _connection(self, scheme: str, host: str, port: int | None) -> tuple[http.client.HTTPConnection, bool]:
         """The calling thread's connection to the host and whether it was used before."""
-        kept = self._local.__dict__.setdefault("connections", {})
+        kept = self._local.__dict__.get("connections")
+        if kept is None:
+            kept = self._local.connections = _Kept()
         key = (scheme, host, port)
         conn = kept.get(key)
         if conn is not None and conn.sock is not None and not _dropped(conn.sock):
@@ -138,6 +159,6 @@ class KeptAlive:
     def close(self) -> None:
         """Close every thread's kept connection (a later call opens a new one)."""
         with self._lock:
-            conns, self._all = list(self._all), set()
+            conns, self._all = list(self._all), weakref.WeakSet()
         for conn in conns:
             conn.close()

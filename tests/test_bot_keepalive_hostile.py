@@ -176,3 +176,26 @@ def test_a_request_http_client_refuses_to_send_does_not_poison_the_thread(served
     assert [r[1].split()[1] for r in server.requests] == ["/api/auth.test", "/api/chat.postMessage"]
     assert not any("injected" in r[2] for r in server.requests)
 
+
+def test_connections_of_threads_that_ended_are_closed(served):
+    """Threads that call Slack once and end (bot/retrain.py starts one a run, the supervisor
+    refresh another): their kept connections are closed, not held open until close()."""
+    server = served(serve_forever_ok())
+    client = kept(server.base_url)
+
+    def once():
+        assert client.auth_test()["ok"]
+    for _ in range(3):
+        threads = [threading.Thread(target=once) for _ in range(10)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    gc.collect()
+    deadline = time.monotonic() + 3
+    while server.closed < 30 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.accepted == 30 and server.closed == 30
+    assert client.connections.open_connections() == 0
+    assert client.auth_test()["ok"]  # the calling thread's own connection is kept as before
+    assert client.auth_test()["ok"] and server.accepted == 31
