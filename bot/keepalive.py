@@ -21,10 +21,12 @@ retry handlers and the bot's error reporting see what they saw before:
 
 A kept connection the server has closed while it was idle is noticed before it is used (its
 socket is readable) and replaced. Should the server close it just as a request goes out
-(nothing at all was answered), the request is sent once more on a new connection; a fresh
-connection is never retried here, nor a request whose status line arrived (a reset in the
-middle of the body is raised, as urlopen raised it: Slack has acted on that request). Proxies
-and non-HTTP URLs go through urlopen as before.
+(nothing at all was answered: a reset or broken pipe while sending, or the connection closed
+before a status line), the request is sent once more on a new connection; a timeout is never
+retried here (a server that stopped reading has not dropped the connection), nor is a fresh
+connection, nor a request whose status line arrived (a reset in the middle of the body is
+raised, as urlopen raised it: Slack has acted on that request). Proxies and non-HTTP URLs go
+through urlopen as before.
 
 A thread's connections are closed when the thread ends (a thread started for one retrain run
 keeps none open after it), and every thread's when the client is garbage-collected.
@@ -121,7 +123,7 @@ class KeptAlive:
                 conn.request(method, target, body=req.data, headers=headers)
             except OSError as err:  # urlopen: an unreachable host or a refused send is a URLError
                 self._forget(conn)
-                if reused and attempt == 1:
+                if reused and attempt == 1 and isinstance(err, ConnectionError):  # dropped, not a timeout
                     continue
                 raise URLError(err) from err
             except BaseException:  # refused by http.client (a bad header or URL): raised as urlopen did,

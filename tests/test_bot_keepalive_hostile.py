@@ -199,3 +199,26 @@ def test_connections_of_threads_that_ended_are_closed(served):
     assert client.connections.open_connections() == 0
     assert client.auth_test()["ok"]  # the calling thread's own connection is kept as before
     assert client.auth_test()["ok"] and server.accepted == 31
+
+
+def stops_reading_after_first(server, n, sock, rfile):
+    """Answers the first request of the first connection, then reads nothing more (a stalled
+    server or proxy: the client's send fills the socket buffers and times out)."""
+    if n == 1 and server.next_request(n, rfile) is not None:
+        sock.sendall(answer())
+    time.sleep(30)
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+def test_a_send_that_times_out_is_a_urlerror_once_never_sent_again(served, make):
+    """A timeout while writing a big request on a kept connection is not the server having
+    dropped it: URLError(timeout) after one timeout, as urlopen, no second connection."""
+    server = served(stops_reading_after_first)
+    client = make(server.base_url, timeout=0.5)
+    assert client.auth_test()["ok"]
+    started = time.monotonic()
+    with pytest.raises(URLError) as err:
+        client.chat_postMessage(channel="C0REVIEW", text="x" * 32_000_000)
+    assert isinstance(err.value.reason, TimeoutError)
+    assert time.monotonic() - started < 1.4
+    assert server.accepted == (1 if make is kept else 2)  # urlopen: a new connection a call
