@@ -28,6 +28,10 @@ connection, nor a request whose status line arrived (a reset in the middle of th
 raised, as urlopen raised it: Slack has acted on that request). Proxies and non-HTTP URLs go
 through urlopen as before.
 
+``timeout`` and ``context`` are the client's (``TrackedWebClient`` sets them from its
+``timeout`` and ``ssl`` before every call, as the urlopen path read them on every call); a new
+timeout applies to kept connections too.
+
 A thread's connections are closed when the thread ends (a thread started for one retrain run
 keeps none open after it), and every thread's when the client is garbage-collected.
 """
@@ -88,6 +92,9 @@ class KeptAlive:
         key = (scheme, host, port)
         conn = kept.get(key)
         if conn is not None and conn.sock is not None and not _dropped(conn.sock):
+            if conn.timeout != self.timeout:  # the client's timeout was changed since it was opened
+                conn.timeout = self.timeout
+                conn.sock.settimeout(self.timeout)
             return conn, True
         if conn is not None:
             self._forget(conn)

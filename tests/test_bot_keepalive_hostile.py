@@ -222,3 +222,24 @@ def test_a_send_that_times_out_is_a_urlerror_once_never_sent_again(served, make)
     assert isinstance(err.value.reason, TimeoutError)
     assert time.monotonic() - started < 1.4
     assert server.accepted == (1 if make is kept else 2)  # urlopen: a new connection a call
+
+
+def stalls_after_first(server, n, sock, rfile):
+    """Answers the first request, reads the next ones and never answers them."""
+    while server.next_request(n, rfile) is not None:
+        if len(server.requests) == 1:
+            sock.sendall(answer())
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+def test_the_clients_timeout_set_after_it_was_built_applies(served, make):
+    """``client.timeout = ...`` (a slack_sdk attribute, read on every call by the urlopen path)
+    applies to the next call, on a kept connection too."""
+    server = served(stalls_after_first)
+    client = make(server.base_url, timeout=30)
+    assert client.auth_test()["ok"]
+    client.timeout = 0.3
+    started = time.monotonic()
+    with pytest.raises(TimeoutError):
+        client.auth_test()
+    assert time.monotonic() - started < 3
