@@ -28,6 +28,8 @@ connection, nor a request whose status line arrived (a reset in the middle of th
 raised, as urlopen raised it: Slack has acted on that request). Proxies and non-HTTP URLs go
 through urlopen as before.
 
+Without an ``ssl`` context on the client, an https connection gets the context urlopen would
+have given it (``ssl._create_default_https_context``: certificates and host names verified).
 ``timeout`` and ``context`` are the client's (``TrackedWebClient`` sets them from its
 ``timeout`` and ``ssl`` before every call, as the urlopen path read them on every call); a new
 timeout applies to kept connections too.
@@ -99,8 +101,9 @@ class KeptAlive:
         if conn is not None:
             self._forget(conn)
         if scheme == "https":
-            conn = http.client.HTTPSConnection(host, port, timeout=self.timeout,
-                                               context=self.context or ssl.create_default_context())
+            # no context: http.client builds urlopen's own default (ssl._create_default_https_context,
+            # verifying, ALPN http/1.1), as urlopen's HTTPSHandler did
+            conn = http.client.HTTPSConnection(host, port, timeout=self.timeout, context=self.context)
         else:
             conn = http.client.HTTPConnection(host, port, timeout=self.timeout)
         kept[key] = conn

@@ -8,6 +8,8 @@ import gc
 import http.client
 import os
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from urllib.error import URLError
@@ -46,8 +48,8 @@ def answer(body: bytes = OK, status: str = "200 OK", extra: str = "", version: s
 class Scripted:
     """A raw TCP server: ``script(server, n, sock, rfile)`` serves the n-th connection (from 1)."""
 
-    def __init__(self, script):
-        self.script = script
+    def __init__(self, script, tls=None):
+        self.script, self.tls = script, tls
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.accepted = 0
         self.requests: list[tuple[int, str, dict, bytes]] = []
@@ -62,11 +64,13 @@ class Scripted:
             except OSError:
                 return
             self.accepted += 1
-            self.socks.append(sock)
             threading.Thread(target=self._serve, args=(self.accepted, sock), daemon=True).start()
 
     def _serve(self, n, sock):
         try:
+            if self.tls is not None:
+                sock = self.tls.wrap_socket(sock, server_side=True)
+            self.socks.append(sock)
             self.script(self, n, sock, sock.makefile("rb"))
         except OSError:
             pass
@@ -81,7 +85,8 @@ class Scripted:
 
     @property
     def base_url(self):
-        return f"http://127.0.0.1:{self.listener.getsockname()[1]}/api/"
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://127.0.0.1:{self.listener.getsockname()[1]}/api/"
 
     def close(self):
         self.listener.close()
@@ -96,8 +101,8 @@ class Scripted:
 def served():
     servers = []
 
-    def make(script):
-        servers.append(Scripted(script))
+    def make(script, tls=None):
+        servers.append(Scripted(script, tls))
         return servers[-1]
     yield make
     for s in servers:
@@ -243,3 +248,53 @@ def test_the_clients_timeout_set_after_it_was_built_applies(served, make):
     with pytest.raises(TimeoutError):
         client.auth_test()
     assert time.monotonic() - started < 3
+
+
+@pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1: (server context, cert file)."""
+    d = tmp_path_factory.mktemp("tls")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+                    "-keyout", str(d / "key.pem"), "-out", str(d / "cert.pem"), "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(d / "cert.pem", d / "key.pem")
+    return server, str(d / "cert.pem")
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+def test_https_refuses_an_untrusted_certificate_by_default(served, cert, make):
+    server = served(serve_forever_ok(), tls=cert[0])
+    client = make(server.base_url)
+    with pytest.raises(URLError) as err:
+        client.auth_test()
+    assert isinstance(err.value.reason, ssl.SSLCertVerificationError)
+    assert server.requests == []
+
+
+def test_https_with_a_trusting_context_keeps_its_connection(served, cert):
+    """The client's ssl context is used (and still checks the host name); the TLS connection is
+    kept across calls and replaced once the server closes it while idle."""
+    server = served(serve_forever_ok(), tls=cert[0])
+    client = kept(server.base_url, ssl=ssl.create_default_context(cafile=cert[1]))
+    for _ in range(5):
+        assert client.auth_test()["ok"]
+    assert server.accepted == 1 and len(server.requests) == 5
+    server.socks[0].shutdown(socket.SHUT_RDWR)  # the server drops it while idle
+    time.sleep(0.1)
+    assert client.auth_test()["ok"] and server.accepted == 2 and len(server.requests) == 6
+    other = f"https://localhost:{server.listener.getsockname()[1]}/api/"  # a name the certificate is not for
+    with pytest.raises(URLError) as err:
+        kept(other, ssl=ssl.create_default_context(cafile=cert[1])).auth_test()
+    assert isinstance(err.value.reason, ssl.SSLCertVerificationError)
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+def test_https_without_a_context_uses_urllibs_default_context(served, cert, make, monkeypatch):
+    """With no ``ssl`` given, urlopen let http.client build its context from
+    ``ssl._create_default_https_context`` (what a site's sitecustomize may point at its own CA
+    bundle, or PEP 476's documented opt-out): the kept connections build theirs the same way."""
+    trusting = ssl.create_default_context(cafile=cert[1])
+    monkeypatch.setattr(ssl, "_create_default_https_context", lambda: trusting)
+    server = served(serve_forever_ok(), tls=cert[0])
+    assert make(server.base_url).auth_test()["ok"]
