@@ -19,6 +19,11 @@ retry handlers and the bot's error reporting see what they saw before:
   that connection closed (it is left mid-request);
 * else ``{"status", "headers", "body"}``, the body decoded by its charset (bytes for gzip).
 
+One difference, on purpose: a 3xx is answered as an ``HTTPError`` (slack_sdk raises it as a
+``SlackApiError`` with that status), never followed. urlopen followed a 301/302/303 as a GET to
+wherever ``Location`` pointed, the ``Authorization: Bearer xoxb-...`` header included; Slack's
+Web API does not redirect, so a redirect means a proxy or host in the way, and the token stays.
+
 A kept connection the server has closed while it was idle is noticed before it is used (its
 socket is readable) and replaced. Should the server close it just as a request goes out
 (nothing at all was answered: a reset or broken pipe while sending, or the connection closed

@@ -298,3 +298,222 @@ def test_https_without_a_context_uses_urllibs_default_context(served, cert, make
     monkeypatch.setattr(ssl, "_create_default_https_context", lambda: trusting)
     server = served(serve_forever_ok(), tls=cert[0])
     assert make(server.base_url).auth_test()["ok"]
+
+
+# -- attacks that held: kept as guards ------------------------------------------------------
+
+
+def answers_with(*responses, then=OK):
+    """Each request of each connection gets the next of ``responses`` (bytes, or a callable
+    given the socket), then ``answer(then)``; a response ending in Connection: close closes."""
+    queue = list(responses)
+    lock = threading.Lock()
+
+    def script(server, n, sock, rfile):
+        while server.next_request(n, rfile) is not None:
+            with lock:
+                resp = queue.pop(0) if queue else answer(then)
+            if callable(resp):
+                if resp(sock) == "closed":
+                    return
+                continue
+            sock.sendall(resp)
+            if b"connection: close" in resp.lower() or resp.startswith(b"HTTP/1.0") and b"keep-alive" not in resp.lower():
+                sock.close()
+                return
+    return script
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+@pytest.mark.parametrize("shape", ["close", "http10", "http10-keepalive", "chunked", "no-length"])
+def test_framings_slack_might_answer_with(served, make, shape):
+    """Connection: close, HTTP/1.0 with and without keep-alive, chunked, and a body delimited
+    by the end of the connection: every call answered right, each request sent once; the kept
+    client reuses the connection only where the framing allows it."""
+    body = OK
+    chunked = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+               + b"".join(b"%x\r\n%s\r\n" % (len(body[i:i + 7]), body[i:i + 7]) for i in range(0, len(body), 7)) + b"0\r\n\r\n")
+
+    def no_length(sock):
+        sock.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\r\n" + body)
+        sock.close()
+        return "closed"
+    one = {"close": answer(extra="Connection: close\r\n"), "http10": answer(version="HTTP/1.0"),
+           "http10-keepalive": answer(version="HTTP/1.0", extra="Connection: keep-alive\r\n"),
+           "chunked": chunked, "no-length": no_length}[shape]
+    server = served(answers_with(*[one] * 5))
+    client = make(server.base_url)
+    for i in range(5):
+        assert client.chat_postMessage(channel="C0REVIEW", text=str(i))["ts"] == "1.000001"
+    assert len(server.requests) == 5
+    reusable = shape in ("http10-keepalive", "chunked")
+    assert server.accepted == (1 if make is kept and reusable else 5)
+    if make is kept:
+        time.sleep(0.1)
+        assert client.connections.open_connections() == (1 if reusable else 0)
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+def test_a_body_cut_short_is_an_incomplete_read_sent_once(served, make):
+    def cut(sock):
+        sock.sendall(answer()[:-5])
+        sock.close()
+        return "closed"
+    server = served(answers_with(answer(), cut))
+    client = make(server.base_url)
+    assert client.auth_test()["ok"]
+    with pytest.raises(http.client.IncompleteRead):
+        client.auth_test()
+    assert len(server.requests) == 2
+    assert client.auth_test()["ok"]
+
+
+@pytest.mark.parametrize("unsolicited", [
+    answer(b'{"ok": true, "ts": "666.666", "channel": "CEVIL"}'),
+    b"garbage\r\n\x00\xff",
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+], ids=["extra-response", "garbage", "408-then-close"])
+def test_bytes_nobody_asked_for_on_an_idle_connection_never_answer_the_next_call(served, unsolicited):
+    """A server that writes on an idle kept connection (an extra response, garbage, nginx-style
+    408 before it closes): the next call goes out on a new connection and gets its own answer."""
+    def late(sock):
+        sock.sendall(answer())
+        time.sleep(0.05)
+        sock.sendall(unsolicited)
+    server = served(answers_with(late))
+    client = kept(server.base_url)
+    assert client.chat_postMessage(channel="C0REVIEW", text="1")["ts"] == "1.000001"
+    time.sleep(0.2)
+    assert client.chat_postMessage(channel="C0REVIEW", text="2")["ts"] == "1.000001"
+    assert server.accepted == 2 and len(server.requests) == 2
+
+
+def _with_retries(client):
+    from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler, ServerErrorRetryHandler
+    client.retry_handlers.extend([RateLimitErrorRetryHandler(max_retry_count=2), ServerErrorRetryHandler(max_retry_count=2)])
+    return client
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+@pytest.mark.parametrize("retry_after", [None, "7"])
+def test_429_with_and_without_retry_after_is_retried_as_before(served, make, retry_after, monkeypatch):
+    """slack_sdk's rate-limit handler reads Retry-After from the HTTPError's headers (its sleep
+    recorded, not slept: 7 s from the header, 1-2 s without one) and retries over the kept
+    connection; once its retries are spent the 429 is a SlackApiError with Slack's error."""
+    import slack_sdk.http_retry.builtin_handlers as handlers
+    slept = []
+    monkeypatch.setattr(handlers.time, "sleep", slept.append)
+    extra = f"Retry-After: {retry_after}\r\n" if retry_after else ""
+    limited = answer(b'{"ok": false, "error": "ratelimited"}', "429 Too Many Requests", extra)
+    server = served(answers_with(limited, limited, limited, limited))
+    client = _with_retries(make(server.base_url))
+    with pytest.raises(SlackApiError) as err:
+        client.chat_postMessage(channel="C0REVIEW", text="x")
+    assert err.value.response.status_code == 429 and err.value.response["error"] == "ratelimited"
+    assert len(server.requests) == 3 and len(slept) == 2
+    assert all((7 <= d < 8) if retry_after else (1 <= d < 2) for d in slept), slept
+    assert client.chat_postMessage(channel="C0REVIEW", text="y")["ok"]  # one more 429, then answered
+    assert len(server.requests) == 5 and len(slept) == 3
+    assert server.accepted == (1 if make is kept else 5)
+
+
+def test_5xx_with_a_body_and_headers_reaches_slack_sdk(served):
+    server = served(answers_with(answer(b'{"ok": false, "error": "fatal_error"}', "503 Service Unavailable",
+                                        "X-Slack-Req-Id: abc\r\n")))
+    with pytest.raises(SlackApiError) as err:
+        kept(server.base_url).auth_test()
+    assert err.value.response.status_code == 503 and err.value.response["error"] == "fatal_error"
+    assert err.value.response.headers["X-Slack-Req-Id"] == "abc"
+
+
+def test_a_redirect_is_not_followed_and_the_token_goes_nowhere_else(served):
+    """urlopen followed a 302 as a GET to wherever it pointed, Authorization header and all;
+    Slack's Web API never redirects, so the kept client answers the 3xx as an error instead."""
+    elsewhere = served(serve_forever_ok())
+    server = served(answers_with(answer(b"", "302 Found", f"Location: {elsewhere.base_url}auth.test\r\n")))
+    with pytest.raises(SlackApiError) as err:
+        kept(server.base_url).auth_test()
+    assert err.value.response.status_code == 302
+    assert elsewhere.requests == []
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+def test_gzip_and_charsets_decode_as_before(served, make):
+    gz = b"\x1f\x8b\x08\x00binary"
+    gzipped = (b"HTTP/1.1 200 OK\r\nContent-Type: application/gzip\r\nContent-Length: %d\r\n\r\n" % len(gz)) + gz
+    latin = '{"ok": true, "text": "caf\u00e9"}'.encode("latin-1")
+    latin1 = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json; charset=iso-8859-1\r\nContent-Length: %d\r\n\r\n"
+              % len(latin)) + latin
+    server = served(answers_with(gzipped, latin1))
+    client = make(server.base_url)
+    assert client.api_call("admin.analytics.getFile").data == gz
+    assert client.api_call("x.y")["text"] == "café"
+
+
+def test_a_huge_answer_and_many_threads_at_once(served):
+    big = b'{"ok": true, "blob": "' + b"x" * 8_000_000 + b'"}'
+    server = served(answers_with(answer(big)))
+    client = kept(server.base_url)
+    assert len(client.api_call("x.big")["blob"]) == 8_000_000
+    errors = []
+
+    def work():
+        try:
+            for i in range(15):
+                assert client.chat_postMessage(channel="C0REVIEW", text=str(i))["ok"]
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+    threads = [threading.Thread(target=work) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(server.requests) == 1 + 16 * 15 and server.accepted == 17
+
+
+def _fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.parametrize("close_each", [False, True])
+def test_no_file_descriptor_leaks_over_thousands_of_calls(served, close_each):
+    server = served(serve_forever_ok() if not close_each else
+                    answers_with(*[answer(extra="Connection: close\r\n")] * 1500))
+    client = kept(server.base_url)
+    assert client.auth_test()["ok"]
+    before = _fds()
+    for _ in range(1500 if not close_each else 400):
+        client.auth_test()
+    time.sleep(0.1)
+    assert _fds() - before <= 3
+    assert client.connections.open_connections() == (0 if close_each else 1)
+
+
+def test_use_after_close_and_a_collected_client_leaves_nothing_open(served):
+    server = served(serve_forever_ok())
+    client = kept(server.base_url)
+    assert client.auth_test()["ok"]
+    client.close()
+    assert client.auth_test()["ok"] and server.accepted == 2
+    del client
+    gc.collect()
+    deadline = time.monotonic() + 3
+    while server.closed < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.closed == 2  # close() closed the first, the collection the second
+
+
+@pytest.mark.parametrize("how", ["kwarg", "env"])
+def test_a_proxy_goes_through_urlopen(served, monkeypatch, how):
+    """With a proxy (given, or from HTTPS_PROXY as slack_sdk reads it), the request goes to the
+    proxy with an absolute URL, as before: not straight to Slack over a kept connection."""
+    proxy = served(serve_forever_ok())
+    target = "http://slack.invalid/api/"
+    if how == "env":
+        monkeypatch.setenv("HTTPS_PROXY", proxy.base_url.removesuffix("api/"))
+        client = kept(target)
+    else:
+        client = kept(target, proxy=proxy.base_url.removesuffix("api/"))
+    assert client.auth_test()["ok"]
+    assert proxy.requests[0][1] == "POST http://slack.invalid/api/auth.test HTTP/1.1"
+    assert client.connections.open_connections() == 0
