@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from slack_bolt.adapter.asgi.builtin import SlackRequestHandler
 from slack_bolt.request import BoltRequest
+from slack_bolt.request.internals import build_normalized_headers, extract_content_type
 from slack_bolt.response import BoltResponse
 from slack_sdk.signature import SignatureVerifier
 from yarl import URL
@@ -152,8 +153,10 @@ def bolt_request(body: str, query: str | None, headers: dict[str, str]) -> BoltR
     whose ``raw_body`` the signature check reads), with the body parsed by
     ``parse_slack_body``. bolt takes a parsed body only in Socket Mode, so the request is built
     that way and then given its raw body and mode back; a body that is not a JSON object goes
-    through bolt's own constructor, as before."""
-    content_type = (headers.get("content-type") or "").split(";")[0] or None
+    through bolt's own constructor, as before. The content type is read with bolt's own helpers
+    (a ``Content-Type`` or ``CONTENT-TYPE`` key, a list value), as bolt reads it."""
+    # bolt's own reading of the content type: header names in any case, list values
+    content_type = extract_content_type(build_normalized_headers(headers))
     parsed = parse_slack_body(body, content_type)
     if not isinstance(parsed, dict) or not parsed:
         return BoltRequest(body=body, query=query, headers=headers)

@@ -121,3 +121,40 @@ def test_the_signature_is_checked_on_the_body_sent(env):
     assert env.sim.post_slack(signed, FORM, timestamp=ts, signature=signature).status == 200
     env.wait_review(1)
     assert env.store.scalar("SELECT reviewer FROM reviews") == "USUP2"
+
+
+# -- hostile: bolt_request against BoltRequest for headers as any caller may give them ------
+
+
+def _same_request(body, query, headers):
+    try:
+        theirs = BoltRequest(body=body, query=query, headers=headers)
+    except Exception as exc:
+        with pytest.raises(type(exc)):
+            bolt_request(body, query, headers)
+        return
+    mine = bolt_request(body, query, headers)
+    assert vars(mine).keys() == vars(theirs).keys()
+    for name in vars(theirs):
+        a, b = getattr(mine, name), getattr(theirs, name)
+        assert (dict(a) if name == "context" else a) == (dict(b) if name == "context" else b), (name, body, headers)
+
+
+@pytest.mark.parametrize("headers", [
+    {"Content-Type": "application/json"},
+    {"CONTENT-TYPE": "application/json; charset=utf-8"},
+    {"content-type": ["application/json"]},
+    {"Content-Type": "application/x-www-form-urlencoded", "content-type": "application/json"},
+    {"content-type": "Application/JSON"},
+    {"content-type": "Application/X-WWW-Form-Urlencoded; charset=UTF-8"},
+    {"content-type": " application/json"},
+    {"content-type": "application/json ;charset=utf-8"},
+    {"content-type": ""},
+    {},
+], ids=lambda h: repr(h)[:60])
+@pytest.mark.parametrize("body", [' {"type": "x", "user": {"id": "U1"}}', '[1, 2]', "a=1&b=2", '{"type": "y", "team": {"id": "T1"}}',
+                                  "payload=%7B%22type%22%3A%22z%22%7D", "\ufeff{}", "  "])
+def test_bolt_request_reads_the_content_type_as_bolt_does(headers, body):
+    """bolt lower-cases header names and takes list values; the content type decides whether a
+    body not starting with "{" is JSON."""
+    _same_request(body, None, headers)
