@@ -39,6 +39,9 @@ have given it (``ssl._create_default_https_context``: certificates and host name
 ``timeout`` and ``ssl`` before every call, as the urlopen path read them on every call); a new
 timeout applies to kept connections too.
 
+``close()`` closes every idle connection at once; one carrying a call in another thread is
+closed by that thread once its answer is read (the call is not broken by the close).
+
 A thread's connections are closed when the thread ends (a thread started for one retrain run
 keeps none open after it), and every thread's when the client is garbage-collected.
 """
@@ -67,6 +70,10 @@ def _dropped(sock) -> bool:
     return bool(poller.poll(0))
 
 
+class _SendAgain(Exception):
+    """A kept connection the server dropped unanswered: send the request on a new one."""
+
+
 class _Kept(dict):
     """One thread's connections, (scheme, host, port) -> connection. ``threading.local`` drops it
     when its thread ends (or the ``KeptAlive`` is collected): its connections are closed then,
@@ -90,6 +97,7 @@ class KeptAlive:
         self._lock = threading.Lock()
         # every live thread's, for close(); weak, so that a thread's end closes its own (_Kept)
         self._all: weakref.WeakSet[http.client.HTTPConnection] = weakref.WeakSet()
+        self._busy: set[http.client.HTTPConnection] = set()  # carrying a call now: close() leaves them
 
     def _connection(self, scheme: str, host: str, port: int | None) -> tuple[http.client.HTTPConnection, bool]:
         """The calling thread's connection to the host and whether it was used before."""
@@ -98,12 +106,18 @@ class KeptAlive:
             kept = self._local.connections = _Kept()
         key = (scheme, host, port)
         conn = kept.get(key)
-        if conn is not None and conn.sock is not None and not _dropped(conn.sock):
-            if conn.timeout != self.timeout:  # the client's timeout was changed since it was opened
-                conn.timeout = self.timeout
-                conn.sock.settimeout(self.timeout)
-            return conn, True
         if conn is not None:
+            with self._lock:  # not closed by close() so far; busy, close() now leaves it to this thread
+                usable = conn in self._all
+                if usable:
+                    self._busy.add(conn)
+            if usable and conn.sock is not None and not _dropped(conn.sock):
+                if conn.timeout != self.timeout:  # the client's timeout was changed since it was opened
+                    conn.timeout = self.timeout
+                    conn.sock.settimeout(self.timeout)
+                return conn, True
+            with self._lock:
+                self._busy.discard(conn)
             self._forget(conn)
         if scheme == "https":
             # no context: http.client builds urlopen's own default (ssl._create_default_https_context,
@@ -114,7 +128,16 @@ class KeptAlive:
         kept[key] = conn
         with self._lock:
             self._all.add(conn)
+            self._busy.add(conn)
         return conn, False
+
+    def _release(self, conn: http.client.HTTPConnection) -> None:
+        """The call on ``conn`` is over; close it if close() was called meanwhile."""
+        with self._lock:
+            self._busy.discard(conn)
+            stale = conn not in self._all
+        if stale:
+            self._forget(conn)
 
     def _forget(self, conn: http.client.HTTPConnection) -> None:
         conn.close()
@@ -135,47 +158,59 @@ class KeptAlive:
         for attempt in (1, 2):
             conn, reused = self._connection(parts.scheme.lower(), parts.hostname or "", parts.port)
             try:
-                conn.request(method, target, body=req.data, headers=headers)
-            except OSError as err:  # urlopen: an unreachable host or a refused send is a URLError
-                self._forget(conn)
-                if reused and attempt == 1 and isinstance(err, ConnectionError):  # dropped, not a timeout
-                    continue
-                raise URLError(err) from err
-            except BaseException:  # refused by http.client (a bad header or URL): raised as urlopen did,
-                self._forget(conn)  # the connection, left mid-request, is never used again
-                raise
-            try:
-                resp = conn.getresponse()
-            except _CLOSED_UNANSWERED:
-                self._forget(conn)
-                if reused and attempt == 1:  # closed by the server as the request went out
-                    continue
-                raise
-            except BaseException:
-                self._forget(conn)
-                raise
-            try:  # answered: an error reading the body is raised, never the request sent again
-                data = resp.read()
-            except BaseException:
-                self._forget(conn)
-                raise
-            if resp.will_close:
-                self._forget(conn)
-            if not 200 <= resp.status < 300:
-                raise HTTPError(url, resp.status, resp.reason, resp.headers, io.BytesIO(data))
-            if resp.headers.get_content_type() == "application/gzip":
-                return {"status": resp.status, "headers": resp.headers, "body": data}
-            charset = resp.headers.get_content_charset() or "utf-8"
-            return {"status": resp.status, "headers": resp.headers, "body": data.decode(charset)}
-        raise AssertionError("unreachable")  # pragma: no cover - the loop returns or raises
+                return self._exchange(conn, url, method, target, req.data, headers, retry=reused and attempt == 1)
+            except _SendAgain:
+                continue
+            finally:
+                self._release(conn)
+        raise AssertionError("unreachable")  # pragma: no cover - the second attempt never sends again
+
+    def _exchange(self, conn: http.client.HTTPConnection, url: str, method: str, target: str, data,
+                  headers: dict, retry: bool) -> dict:
+        """One request and its answer on ``conn``; ``_SendAgain`` when ``retry`` and the server
+        dropped the connection unanswered."""
+        try:
+            conn.request(method, target, body=data, headers=headers)
+        except OSError as err:  # urlopen: an unreachable host or a refused send is a URLError
+            self._forget(conn)
+            if retry and isinstance(err, ConnectionError):  # dropped, not a timeout
+                raise _SendAgain() from err
+            raise URLError(err) from err
+        except BaseException:  # refused by http.client (a bad header or URL): raised as urlopen did,
+            self._forget(conn)  # the connection, left mid-request, is never used again
+            raise
+        try:
+            resp = conn.getresponse()
+        except _CLOSED_UNANSWERED as err:
+            self._forget(conn)
+            if retry:  # closed by the server as the request went out
+                raise _SendAgain() from err
+            raise
+        except BaseException:
+            self._forget(conn)
+            raise
+        try:  # answered: an error reading the body is raised, never the request sent again
+            body = resp.read()
+        except BaseException:
+            self._forget(conn)
+            raise
+        if resp.will_close:
+            self._forget(conn)
+        if not 200 <= resp.status < 300:
+            raise HTTPError(url, resp.status, resp.reason, resp.headers, io.BytesIO(body))
+        if resp.headers.get_content_type() == "application/gzip":
+            return {"status": resp.status, "headers": resp.headers, "body": body}
+        charset = resp.headers.get_content_charset() or "utf-8"
+        return {"status": resp.status, "headers": resp.headers, "body": body.decode(charset)}
 
     def open_connections(self) -> int:
         with self._lock:
             return sum(1 for conn in self._all if conn.sock is not None)
 
     def close(self) -> None:
-        """Close every thread's kept connection (a later call opens a new one)."""
+        """Close every thread's kept connection (a later call opens a new one). One carrying a
+        call right now is closed by its thread once that call is answered."""
         with self._lock:
-            conns, self._all = list(self._all), weakref.WeakSet()
+            conns, self._all = [c for c in self._all if c not in self._busy], weakref.WeakSet()
         for conn in conns:
             conn.close()

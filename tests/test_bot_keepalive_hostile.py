@@ -517,3 +517,36 @@ def test_a_proxy_goes_through_urlopen(served, monkeypatch, how):
     assert client.auth_test()["ok"]
     assert proxy.requests[0][1] == "POST http://slack.invalid/api/auth.test HTTP/1.1"
     assert client.connections.open_connections() == 0
+
+
+def test_close_while_other_threads_are_mid_call(served):
+    """close() from one thread while another is in the middle of calls: those calls still get
+    their answers (urlopen's calls shared nothing close() could break), and once they are done
+    every connection is closed."""
+    server = served(serve_forever_ok())
+    client = kept(server.base_url)
+    done, hold, errors = threading.Event(), threading.Event(), []
+
+    def calls():
+        for _ in range(200):
+            try:
+                assert client.auth_test()["ok"]
+            except Exception as exc:
+                errors.append(repr(exc))
+        done.set()
+        hold.wait(10)  # the thread stays alive: its connection is not closed by its end
+    worker = threading.Thread(target=calls)
+    worker.start()
+    try:
+        while not done.wait(0.0005):
+            client.close()
+        assert errors == []
+        client.close()
+        deadline = time.monotonic() + 3
+        while server.closed < server.accepted and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.closed == server.accepted > 1
+        assert client.connections.open_connections() == 0
+    finally:
+        hold.set()
+        worker.join()
