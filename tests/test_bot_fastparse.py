@@ -235,3 +235,38 @@ def test_through_the_server_tampered_malformed_and_odd_bodies(env):
     assert post(twice, content_type="Application/X-WWW-Form-Urlencoded; charset=UTF-8").status == 200
     env.wait_review(1)
     assert env.store.scalar("SELECT reviewer FROM reviews") == "USUP1"
+
+
+# -- hostile: the yarl versions the project allows --------------------------------------------
+
+
+def test_the_yarl_floor_is_a_version_that_decodes_as_parse_qsl():
+    """yarl 1.19 to 1.24 keep an invalid UTF-8 escape (``%C3``) as it was where parse_qsl (and
+    bolt) give U+FFFD; 1.25.1 decodes as parse_qsl does. The project must not allow the others."""
+    import tomllib
+    from pathlib import Path
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    [yarl] = [Requirement(d) for d in deps if Requirement(d).name == "yarl"]
+    for bad in ("1.19.0", "1.20.1", "1.22.0", "1.24.5"):
+        assert Version(bad) not in yarl.specifier, yarl
+    assert Version("1.25.1") in yarl.specifier
+
+
+def test_a_yarl_that_decodes_otherwise_is_not_used():
+    """Whatever yarl is installed, the body is decoded as bolt decodes it: a decoder that keeps
+    invalid escapes (what yarl 1.22 does) is noticed at import and parse_qsl used instead."""
+    from urllib.parse import parse_qsl
+
+    from replyloop.bot import web
+
+    def like_yarl_1_22(body):  # an invalid UTF-8 escape kept as it was
+        return parse_qsl(body.replace("%C3", "%25C3"), keep_blank_values=True)
+    assert like_yarl_1_22("a=%C3") == [("a", "%C3")] != parse_qsl("a=%C3", keep_blank_values=True)
+    chosen = web._form_pairs_for(like_yarl_1_22)
+    assert list(chosen("a=%C3&b=%E4%B8%AD")) == [("a", "\ufffd"), ("b", "中")]
+    assert web._form_pairs_for(web._yarl_pairs) is web._yarl_pairs  # the installed one decodes right
+    assert web._form_pairs is web._yarl_pairs
