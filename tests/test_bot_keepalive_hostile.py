@@ -550,3 +550,23 @@ def test_close_while_other_threads_are_mid_call(served):
     finally:
         hold.set()
         worker.join()
+
+
+@pytest.mark.parametrize("make", [kept, plain])
+@pytest.mark.parametrize("bad", [b"garbage\r\n\r\n", b"HTTP/1.1 200 OK\r\n" + b"X-A: 1\r\n" * 101 + b"\r\n",
+                                 b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n"],
+                         ids=["garbage", "101-headers", "stalled-body"])
+def test_a_broken_answer_is_raised_as_urlopen_raised_it_and_the_next_call_is_fine(served, make, bad):
+    """Garbage for a status line, too many headers, a body that never comes (against the
+    client's timeout): the same exception as urlopen, the request sent once, the connection
+    not used again."""
+    server = served(answers_with(answer(), bad))
+    client = make(server.base_url, timeout=0.3)
+    assert client.auth_test()["ok"]
+    with pytest.raises((http.client.HTTPException, TimeoutError)) as err:
+        client.auth_test()
+    expected = {"garbage": http.client.BadStatusLine, "101-headers": http.client.HTTPException}.get(
+        "garbage" if bad.startswith(b"garbage") else "101-headers" if b"X-A" in bad else "", TimeoutError)
+    assert isinstance(err.value, expected)
+    assert len(server.requests) == 2
+    assert client.auth_test()["ok"] and len(server.requests) == 3
