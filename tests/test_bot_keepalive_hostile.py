@@ -570,3 +570,24 @@ def test_a_broken_answer_is_raised_as_urlopen_raised_it_and_the_next_call_is_fin
     assert isinstance(err.value, expected)
     assert len(server.requests) == 2
     assert client.auth_test()["ok"] and len(server.requests) == 3
+
+
+def test_a_collected_client_closes_the_connections_of_pool_threads_still_alive(served):
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = served(serve_forever_ok())
+    client = kept(server.base_url)
+    with ThreadPoolExecutor(4) as pool:
+        barrier = threading.Barrier(4)
+
+        def call(_):
+            barrier.wait(5)  # one call on each of the 4 threads
+            return client.auth_test()["ok"]
+        assert all(pool.map(call, range(4)))
+        assert server.accepted == 4 and client.connections.open_connections() == 4
+        del client, call
+        gc.collect()
+        deadline = time.monotonic() + 3
+        while server.closed < 4 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.closed == 4  # the pool's threads live on; their connections do not
