@@ -9,9 +9,11 @@ Everything that needs no body is checked before the body is read: the framing (a
 gets 411; h11 has already refused a malformed ``Content-Length`` with 400), the bearer token or
 the shape and age of Slack's signature headers (401), the declared length against the route's
 limit (413) and against the bytes all requests together may be receiving (503). The body must
-then arrive within ``Limits.body_timeout_s`` (408). Blocking work (bolt's dispatch, intake, the
-health queries) runs on small thread pools, never on the event loop. Every refusal is one log
-line; only an unexpected error logs a traceback (and is answered 500, without detail).
+then arrive within ``Limits.body_timeout_s`` (408). A signed Slack body bolt cannot make a
+request of (not JSON, nested too deep, fields of the wrong type such as ``{"team": 5}``) is
+400. Blocking work (bolt's dispatch, intake, the health queries) runs on small thread pools,
+never on the event loop. Every refusal is one log line; only an unexpected error logs a
+traceback (and is answered 500, without detail).
 """
 
 from __future__ import annotations
@@ -124,9 +126,11 @@ class _SlackEvents(SlackRequestHandler):
     def _dispatch(self, body: str, query: str, headers: dict[str, str]) -> BoltResponse:
         """On the pool: parsing the body is work too, kept off the event loop that every other
         connection waits on (see ``bolt_request``)."""
-        try:  # a malformed body is the client's error, not a 500
+        try:  # a malformed body is the client's error, not a 500 (which Slack would retry)
             req = bolt_request(body, query, headers)
-        except (ValueError, RecursionError) as exc:
+        except (ValueError, RecursionError, TypeError, AttributeError, KeyError, IndexError) as exc:
+            # not JSON, nested too deep, or JSON whose fields bolt cannot read ({"team": 5}); only
+            # the request is built here, the listeners' own errors are not caught
             return BoltResponse(status=400, body=json.dumps({"ok": False, "error": f"malformed payload ({exc})"}),
                                 headers={"content-type": "application/json; charset=utf-8"})
         return self.app.dispatch(req)

@@ -270,3 +270,19 @@ def test_a_yarl_that_decodes_otherwise_is_not_used():
     assert list(chosen("a=%C3&b=%E4%B8%AD")) == [("a", "\ufffd"), ("b", "中")]
     assert web._form_pairs_for(web._yarl_pairs) is web._yarl_pairs  # the installed one decodes right
     assert web._form_pairs is web._yarl_pairs
+
+
+def test_signed_json_of_the_wrong_shape_is_400_not_500(env):
+    """Well-formed JSON whose fields bolt cannot read (a team, channel or enterprise that is not
+    an object, response_urls of numbers) made building bolt's request raise TypeError or
+    AttributeError: answered 500 with a traceback, and Slack retries a 500. It is a malformed
+    body like any other: 400."""
+    ts = int(time.time())
+    for data in [b'{"team": 5}', b'{"channel": 7}', b'{"enterprise": 3}', b'{"authorizations": 5}',
+                 b'{"response_urls": [5]}', b"payload=%7B%22team%22%3A5%7D"]:
+        content_type = "application/json" if data.startswith(b"{") else FORM
+        resp = env.sim.request("POST", "/slack/events", data, {"Content-Type": content_type,
+                                                               "X-Slack-Request-Timestamp": str(ts),
+                                                               "X-Slack-Signature": _signed(data, ts)})
+        assert resp.status == 400, (data, resp.status, resp.body)
+        assert "malformed payload" in resp.body
