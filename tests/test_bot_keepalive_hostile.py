@@ -591,3 +591,34 @@ def test_a_collected_client_closes_the_connections_of_pool_threads_still_alive(s
         while server.closed < 4 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server.closed == 4  # the pool's threads live on; their connections do not
+
+
+def _resets_each(server, n, sock, rfile):
+    if server.next_request(n, rfile) is not None:
+        _reset(sock)
+
+
+def _garbage_each(server, n, sock, rfile):
+    if server.next_request(n, rfile) is not None:
+        sock.sendall(b"garbage\r\n\r\n")
+        sock.close()
+
+
+@pytest.mark.parametrize("script, error, connections", [
+    (_resets_each, ConnectionResetError, 201), (_garbage_each, http.client.BadStatusLine, 201),
+    (answers_with(*[answer(b'{"ok": false, "error": "fatal_error"}', "503 Service Unavailable")] * 201), SlackApiError, 1),
+], ids=["reset", "garbage", "503"])
+def test_no_file_descriptor_leaks_on_failing_calls(served, script, error, connections):
+    """Every failure path closes what it opened: 200 failing calls leave no descriptor behind
+    (a reset or garbage answer: a new connection each, never resent; a 503: the kept one)."""
+    server = served(script)
+    client = kept(server.base_url)
+    with pytest.raises(error):
+        client.auth_test()
+    before = _fds()
+    for _ in range(200):
+        with pytest.raises(error):
+            client.auth_test()
+    time.sleep(0.1)
+    assert _fds() - before <= 2
+    assert server.accepted == connections and len(server.requests) == 201
