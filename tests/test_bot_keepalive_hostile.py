@@ -622,3 +622,18 @@ def test_no_file_descriptor_leaks_on_failing_calls(served, script, error, connec
     time.sleep(0.1)
     assert _fds() - before <= 2
     assert server.accepted == connections and len(server.requests) == 201
+
+
+def test_the_resend_on_a_new_connection_is_the_only_one(served):
+    """A kept connection dropped unanswered: the request goes once more on a new connection;
+    dropped unanswered there too, RemoteDisconnected is raised (2 sends, not 3)."""
+    def swallow(sock):
+        sock.close()
+        return "closed"
+    server = served(answers_with(answer(), swallow, swallow))
+    client = kept(server.base_url)
+    assert client.auth_test()["ok"]
+    with pytest.raises(http.client.RemoteDisconnected):
+        client.auth_test()
+    assert len(server.requests) == 3 and server.accepted == 2
+    assert client.auth_test()["ok"] and server.accepted == 3
