@@ -107,6 +107,7 @@ def _client_class():
         def _perform_urllib_http_request_internal(self, url, req):
             if self.proxy is not None or not url.lower().startswith(("http://", "https://")):
                 return super()._perform_urllib_http_request_internal(url, req)
+            self.connections.timeout, self.connections.context = self.timeout, self.ssl  # read per call, as urlopen
             return self.connections.send(url, req)
 
         def close(self) -> None:
