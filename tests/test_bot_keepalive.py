@@ -100,8 +100,6 @@ class _Flaky(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         body = b'{"ok": true, "ts": "1.000001", "channel": "C0REVIEW"}'
-        # decided before answering: once the client has its answer the test may flip close_after_each
-        close = self.server.close_after_each
         self.send_response(200)
         self.send_header("Content-Type", "application/json; charset=utf-8")
         self.send_header("Content-Length", str(len(body)))
