@@ -33,3 +33,23 @@ def find_all(keys, text: str) -> list[tuple[int, int, int]]:
             found.append((k, i, i + len(key)))
             i = text.find(key, i + 1)
     return sorted(found)
+
+
+def in_threads(work, count: int) -> list[BaseException]:
+    """Run ``work()`` on ``count`` threads at once and wait for them; what each raised."""
+    import threading
+
+    errors: list[BaseException] = []
+
+    def run():
+        try:
+            work()
+        except BaseException as exc:  # noqa: BLE001 - returned to the test
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors

@@ -18,6 +18,7 @@ import pytest
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError
 
+from helpers import in_threads
 from replyloop.bot.slackclient import _client_class
 
 TOKEN = "xoxb-0000-hostile"
@@ -455,19 +456,11 @@ def test_a_huge_answer_and_many_threads_at_once(served):
     server = served(answers_with(answer(big)))
     client = kept(server.base_url)
     assert len(client.api_call("x.big")["blob"]) == 8_000_000
-    errors = []
 
     def work():
-        try:
-            for i in range(15):
-                assert client.chat_postMessage(channel="C0REVIEW", text=str(i))["ok"]
-        except Exception as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-    threads = [threading.Thread(target=work) for _ in range(16)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        for i in range(15):
+            assert client.chat_postMessage(channel="C0REVIEW", text=str(i))["ok"]
+    errors = in_threads(work, 16)
     assert errors == [] and len(server.requests) == 1 + 16 * 15 and server.accepted == 17
 
 

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import random
 import sys
-import threading
 from pathlib import Path
 
 import pytest
 
-from helpers import find_all
+from helpers import find_all, in_threads
 
 from replyloop.evaluation.literalscan import BACKENDS, LiteralScanner, default_backend
 from replyloop.evaluation.policy import PolicyEngine
@@ -75,20 +74,12 @@ def test_many_threads_scan_at_once():
     scan = LiteralScanner(keys)
     text = "全额赔付退款审核" * 200
     expected = sorted(scan(text))
-    errors: list[BaseException] = []
 
     def work():
-        try:
-            for _ in range(10):
-                assert sorted(scan(text)) == expected
-        except BaseException as e:  # noqa: BLE001 - reported below
-            errors.append(e)
+        for _ in range(10):
+            assert sorted(scan(text)) == expected
 
-    threads = [threading.Thread(target=work) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    errors = in_threads(work, 8)
     assert not errors, errors[0]
 
 
