@@ -294,6 +294,14 @@ class PolicyEngine:
             else:
                 rule = self.rules[self._patterns[what][0]]
             rule_hits.append((rule, start, end))
+        return self._verdict(text, spans, rule_hits, found)
+
+    @staticmethod
+    def _verdict(text: str, spans: list[tuple[int, int]], rule_hits: list[tuple[Rule, int, int]],
+                 found: dict[tuple, Violation]) -> CheckResult:
+        """The result once the accepted hits are known: ``spans`` (every one, rules and
+        terminology, in order), ``rule_hits`` (the rules' own) and ``found`` (terminology
+        violations so far). A rule hit in a negated clause is left out."""
         clauses = _Clauses(text, spans)
         reported: dict[str, int] = {}
         for rule, start, end in rule_hits:

@@ -22,8 +22,7 @@ from helpers import find_all
 
 from replyloop.evaluation import policy
 from replyloop.evaluation.policy import (
-    MAX_HITS_PER_RULE, CheckResult, Violation, _Clauses, _drop_nested, _joins_clauses, _latin_gaps, _Literal,
-    load_policies,
+    CheckResult, Violation, _joins_clauses, _latin_gaps, _Literal, load_policies,
 )
 from replyloop.evaluation.readthrough import _STEPS, Clean, _Buf, needs_read_through
 from replyloop.evaluation.textmap import (
@@ -94,19 +93,7 @@ def _reference_inner(engine, text: str) -> CheckResult:
             continue
         rule = engine.rules[what.index] if literal else engine.rules[engine._patterns[what][0]]
         rule_hits.append((rule, start, end))
-    clauses = _Clauses(text, spans)
-    reported: dict[str, int] = {}
-    for rule, start, end in rule_hits:
-        if (rule.id, start, end) in found or reported.get(rule.id, 0) >= MAX_HITS_PER_RULE:
-            continue
-        if clauses.negated(start, end):
-            continue
-        reported[rule.id] = reported.get(rule.id, 0) + 1
-        v = Violation(rule.id, rule.severity, rule.message, start, end, text[start:end])
-        found.setdefault((v.rule, start, end), v)
-    violations = _drop_nested(sorted(found.values(), key=lambda v: (v.start, -v.end, v.rule)))
-    verdict = max((v.severity for v in violations), key=policy._SEVERITY_RANK.get, default="pass")
-    return CheckResult(verdict, violations)
+    return engine._verdict(text, spans, rule_hits, found)
 
 
 def reference_check(engine, text: str, monkeypatch) -> CheckResult:
