@@ -8,14 +8,25 @@ What is read through, in order:
 
 1. HTML: comments are dropped, struck-through content (``<del>``, ``<s>``, ``<strike>``) is
    dropped with its tags (deleted text is not read, so ``<del>不</del>`` negates nothing), other
-   tags are dropped, entities are decoded with the stdlib ``html.unescape`` (``&#36180;`` -> 赔,
-   ``&amp;``). Slack mrkdwn ``<url|text>`` reads as ``text``; ``<url>``, ``<@U123>`` are dropped.
+   tags are dropped (quoted attribute values may hold ``>``: ``<b title="a>b">``), entities are
+   decoded with the stdlib ``html.unescape`` (``&#36180;`` -> 赔, ``&amp;``). Slack mrkdwn
+   ``<url|text>`` reads as ``text``; ``<url>``, ``<@U123>`` are dropped. What is not markup, or is
+   left open (an unterminated ``<!--``, a ``<del>`` never closed), is read as text: the customer
+   may well see it.
+
+   Why regexes and not an HTML parser: every character of the clean text must carry the offset of
+   the original characters it came from (spans index the reply). selectolax, lxml and html5lib
+   return trees without character offsets, and markdown-it-py maps tokens to lines only. The
+   stdlib's ``html.parser`` does report positions, but on Python 3.11.7 it is quadratic on hostile
+   input (``'<a ' * 20000`` took 44 s of CPU) and raises on some (``'<![' * 20000``:
+   AssertionError); replies carry customers' and models' text. Each regex here reads one kind of
+   token, bounded, so a reply is read in linear time (tests/test_policy_hostile.py).
 2. Markdown: ``~~struck~~`` is dropped, ``[text](url)`` / ``![alt](url)`` read as the text.
    Emphasis marks (``**``, ``*``, ``_``) need nothing: normalisation drops punctuation anyway.
 3. URL-encoding: a run of ``%XX`` escapes that decodes as UTF-8 (``%E8%B5%94`` -> 赔).
 4. Numbers: digits of other scripts (Arabic-Indic, Devanagari, ...) become ASCII digits (NFKC
    already folds full-width, circled, parenthesised, full-stop, super/subscript and mathematical
-   digits); a run of Chinese numerals (廿/卅, 两, 〇, financial 壹贰叁, digit-by-digit 二四,
+   digits); a run of Chinese numerals (廿/卅/卌, 两, 〇, financial 壹贰叁, digit-by-digit 二四,
    Traditional 貳拾肆) becomes ASCII digits with ``cn2an`` when it is next to an ASCII digit
    (``二4``, ``2四``) or followed by a time unit (小时, 个小时, 天, 日, 分钟, 周, h ...); other
    numerals (``一定``, ``十分``) are left alone.
@@ -37,8 +48,9 @@ from urllib.parse import unquote
 
 __all__ = ["Clean", "needs_read_through", "read_through"]
 
-_NUM = "〇零一二两三四五六七八九十廿卅百千万壹贰叁肆伍陆柒捌玖拾佰仟貳參陸兩萬"
-_TRAD_NUM = str.maketrans({"貳": "贰", "參": "叁", "陸": "陆", "兩": "两", "萬": "万"})
+_NUM = "〇零一二两三四五六七八九十廿卅卌百千万壹贰叁肆伍陆柒捌玖拾佰仟貳參陸兩萬"
+# Traditional forms, and 卅 (30) and 卌 (40), which cn2an does not read (it reads 廿, 20)
+_TRAD_NUM = str.maketrans({"貳": "贰", "參": "叁", "陸": "陆", "兩": "两", "萬": "万", "卅": "三十", "卌": "四十"})
 _UNIT = r"(?:个|個)?(?:小时|小時|钟头|鐘頭|天|日|工作日|分钟|分鐘|周|週|星期|h(?![a-z])|hour)"
 _CN_RUN = re.compile(rf"[{_NUM}]+(?={_UNIT})|(?<=[0-9])[{_NUM}]+|[{_NUM}]+(?=[0-9])")
 _OTHER_DIGIT = re.compile(r"(?![0-9])\d")
@@ -53,10 +65,11 @@ _ELL_EYE = re.compile(r"(?<=[A-Z])l(?=[A-Z])")   # COMPENSATlON: an l among capi
 
 # HTML and Slack: comments, struck-through elements, tags, Slack links; entities separately.
 _HTML = re.compile(
-    r"<!--.*?(?:-->|$)"
+    r"<!--.{0,1000}?-->"  # bounded: an unterminated (or longer) comment is read as text
     r"|<(del|s|strike)\b[^<>]*>.{0,500}?</\1\s*>"  # bounded: hostile input stays linear
     r"|<(?P<url>(?:https?|mailto|tel):[^<>|\s]*|[@#!][^<>|\s]*)(?:\|(?P<label>[^<>]*))?>"
-    r"|</?[A-Za-z][A-Za-z0-9-]*(?:\s[^<>]*)?/?>",
+    # a tag; its attribute values may be quoted and hold ">" (title="a>b"), not "<"
+    r"|</?[A-Za-z][A-Za-z0-9-]*(?:\s(?:[^<>\"']|\"[^\"<]{0,500}\"|'[^'<]{0,500}')*)?/?>",
     re.S | re.I,
 )
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")

@@ -92,6 +92,19 @@ def test_phrases_are_read_like_replies(tmp_path, engine):
     assert custom.check("全额赔付").blocked
 
 
+def test_every_chinese_numeral_the_issue_names_is_read_as_digits(tmp_path):
+    # 卅 (30) and 卌 (40) are not read by cn2an; 廿 (20) and 〇 are
+    (tmp_path / "p.yaml").write_text(
+        "rules:\n  - id: hours\n    severity: block\n    message: m\n"
+        "    phrases: [20小时必发, 30小时必发, 40小时必发, 34小时必发, 205小时必发]\n", encoding="utf-8")
+    custom = load_policies(tmp_path)
+    for text in ["卅小时必发", "卌小时必发", "廿小时必发", "二〇小时必发", "卅四小时必发", "二〇五小时必发", "三十小时必发"]:
+        assert custom.check(text).blocked, text
+    assert read_through("卅四小时").text == "34小时"
+    assert read_through("卌小时").text == "40小时"
+    assert not custom.check("卅一小时必发").blocked  # 31: no rule
+
+
 def test_issue_patterns_with_whitespace_load_and_block(tmp_path):
     (tmp_path / "p.yaml").write_text(
         "rules:\n  - id: refund\n    severity: block\n    message: m\n"

@@ -39,6 +39,14 @@ def engine():
     ("我们承诺全额赔付吗" * 5000, "block", {"full-compensation"}),
     ("我们会赔付。全额退款" * 10000, "pass", set()),                         # 10,000 hits joining two clauses
     ("全。额。赔。付" * 10000, "block", {"full-compensation"}),                # spelt across boundaries
+    # markup that the stdlib html.parser (Python 3.11.7) takes quadratic time on, or raises on
+    # (measured 2026-12-02: '<a ' * 20000 took 44 s, '<![' * 20000 raised AssertionError); the
+    # regex tokenizer reads them in linear time (README "How text is matched": why not a parser)
+    ("<a " * 20000 + "全额赔付", "block", {"full-compensation"}),
+    ("<![" * 20000 + "全额赔付", "block", {"full-compensation"}),
+    ("<!--" * 20000 + "全额赔付", "block", {"full-compensation"}),           # unterminated: read as text
+    ('<a b="' * 20000 + "全额赔付", "block", {"full-compensation"}),         # unterminated quotes
+    ('<a title="' + "x" * 499 + '>"' + ">全额<b>赔付", "block", {"full-compensation"}),
 ])
 def test_hostile_input_is_fast_and_still_decided(engine, text, verdict, rules):
     t0 = time.perf_counter()
