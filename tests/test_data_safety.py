@@ -141,6 +141,19 @@ def test_weekly_report_neutralises_customer_categories_in_numbers_csv(hostile_re
     assert {csvsafe.unescape(c) for c in categories} == set(REPORT_CATEGORIES)
 
 
+def test_weekly_report_raw_csv_writes_categories_as_stored(hostile_report_store, tmp_path):
+    from test_report import WEEK
+
+    out = tmp_path / "raw"
+    result = cli("report", "weekly", "--week", WEEK, "--out", out, "--raw-csv")
+    assert result.exit_code == 0, result.output
+    rows = _report_rows(out)[1:]
+    assert {r[2] for r in rows if r[0] == "reviews" and r[1] == WEEK and r[2]} == set(REPORT_CATEGORIES)
+    # the default stays safe: the same report without the flag quotes them again
+    assert cli("report", "weekly", "--week", WEEK, "--out", out).exit_code == 0
+    assert "'-2+3+cmd" in {r[2] for r in _report_rows(out)}
+
+
 # -- import validation ---------------------------------------------------------------------
 
 
