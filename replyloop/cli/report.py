@@ -18,9 +18,13 @@ def weekly(
     week: Optional[str] = typer.Option(None, "--week", help="ISO week such as 2026-W48 (default: the last complete week, in scheduler.timezone)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: report.out_dir/<week>)."),
     post: bool = typer.Option(False, "--post", help="Post the summary and the charts to slack.report_channel."),
+    raw_csv: bool = typer.Option(False, "--raw-csv", help="numbers.csv: write cells exactly as stored, without the quote that stops a spreadsheet running =, +, -, @ cells as formulas (for programs, never for a spreadsheet)."),
     config: Optional[Path] = ConfigOption,
 ):
     """Write the weekly consistency report (report.md, numbers.csv, charts) and optionally post it.
+
+    A numbers.csv cell that begins with = + - @ | % a tab or CR gets a leading ' so that a
+    spreadsheet shows it as text instead of running it (--raw-csv turns that off).
 
     Example: replyloop report weekly --week 2026-W48 --post
     """
@@ -34,7 +38,7 @@ def weekly(
 
         client = make_client(cfg)
     with store:
-        report = build_weekly_report(cfg, store, week=week, out=out)
+        report = build_weekly_report(cfg, store, week=week, out=out, csv_safe=not raw_csv)
     label = week_label(report.week.year, report.week.week)
     typer.echo(_("Weekly report {week} written to {path}").format(week=label, path=report.out_dir))
     if report.empty:
