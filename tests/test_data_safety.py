@@ -487,3 +487,30 @@ def test_kill_9_of_an_import_with_workers_leaves_no_worker_behind(workspace, tmp
         os.kill(int(pid), signal.SIGKILL)
     assert not left
     assert store.sample_count() == 0 and store.scalar("PRAGMA integrity_check") == "ok"
+
+
+# -- no SQL built from input -----------------------------------------------------------------------
+
+SQL_PAYLOADS = ["'); DROP TABLE samples; --", "x' OR '1'='1", "\"; DELETE FROM reviews; --", "1; PRAGMA writable_schema=1"]
+
+
+def test_sql_in_values_and_names_is_stored_or_refused_as_text(workspace, tmp_path):
+    """Values reach SQLite as parameters: SQL in prompts, answers and questions is stored as
+    written, a model name that holds SQL is refused by the name rules, and no table is touched."""
+    _, store = workspace
+    rows = [{"prompt": f"问题{k} {p}", "response": f"回答 {p}", "category": "物流查询"} for k, p in enumerate(SQL_PAYLOADS)]
+    src = write(tmp_path / "sql.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    assert cli("data", "import", src).exit_code == 0
+    questions = write(tmp_path / "q.csv", "conversation_id,question\n" + "".join(
+        f"c{k},\"问{k} {p.replace(chr(34), chr(34) * 2)}\"\n" for k, p in enumerate(SQL_PAYLOADS)))
+    assert cli("data", "import", questions, "--as-questions").exit_code == 0
+    tables = {r["name"] for r in store.query("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    stored = {(s["prompt"], s["response"]) for s in store.samples()}
+    assert stored == {(r["prompt"], r["response"]) for r in rows}
+    assert {r["text"] for r in store.query("SELECT text FROM questions")} == {f"问{k} {p}" for k, p in enumerate(SQL_PAYLOADS)}
+    for payload in SQL_PAYLOADS:  # a model named like SQL is refused by the name rules, not run
+        result = cli("models", "register", str(tmp_path), "--name", payload)
+        assert result.exit_code == 2 and result.stderr.startswith("Error:") and "name" in result.stderr, result.output
+    assert {r["name"] for r in store.query("SELECT name FROM sqlite_master WHERE type = 'table'")} == tables
+    assert store.scalar("SELECT count(*) FROM samples") == len(rows)
+    assert store.scalar("PRAGMA integrity_check") == "ok"
