@@ -54,6 +54,20 @@ def modal_call(draft: dict, kind: str) -> Call:
     return Call("views.open", {"view": view}, {}, response={"view": {"id": f"V{draft['id']}", "hash": "h"}})
 
 
+def kill_mid_burst(serve, worker, threads_n: int, acked: dict, kill_after: int, wait_s: float) -> None:
+    """Run ``worker(k)`` in ``threads_n`` threads and ``kill -9`` the server once ``kill_after``
+    requests were acknowledged (``acked`` is filled by the workers); wait for the workers."""
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(threads_n)]
+    for t in threads:
+        t.start()
+    deadline = time.monotonic() + wait_s
+    while len(acked) < kill_after and time.monotonic() < deadline:
+        time.sleep(0.005)
+    assert serve.stop(signal.SIGKILL) == -signal.SIGKILL
+    for t in threads:
+        t.join(wait_s / 2)
+
+
 @pytest.mark.slow
 def test_kill_9_mid_burst_loses_no_acknowledged_decision_and_fixes_cards_after_restart(replyloop_home):
     from replyloop.store import Store
@@ -111,15 +125,7 @@ def test_kill_9_mid_burst_loses_no_acknowledged_decision_and_fixes_cards_after_r
                             failed[resp.status] += 1
                 sim.close()
 
-            threads = [threading.Thread(target=worker, args=(k,)) for k in range(len(SUPERVISORS))]
-            for t in threads:
-                t.start()
-            deadline = time.monotonic() + 120
-            while len(acked) < kill_after and time.monotonic() < deadline:
-                time.sleep(0.005)
-            assert serve.stop(signal.SIGKILL) == -signal.SIGKILL
-            for t in threads:
-                t.join(60)
+            kill_mid_burst(serve, worker, len(SUPERVISORS), acked, kill_after, wait_s=120)
         finally:
             if serve.proc.poll() is None:
                 serve.stop(signal.SIGKILL)
@@ -248,15 +254,7 @@ def test_kill_9_mid_intake_burst_keeps_every_201(replyloop_home):
                         else:
                             failed[status] += 1
 
-            threads = [threading.Thread(target=worker, args=(k,)) for k in range(threads_n)]
-            for t in threads:
-                t.start()
-            deadline = time.monotonic() + 60
-            while len(acked) < kill_after and time.monotonic() < deadline:
-                time.sleep(0.005)
-            assert serve.stop(signal.SIGKILL) == -signal.SIGKILL
-            for t in threads:
-                t.join(30)
+            kill_mid_burst(serve, worker, threads_n, acked, kill_after, wait_s=60)
         finally:
             if serve.proc.poll() is None:
                 serve.stop(signal.SIGKILL)
