@@ -219,10 +219,18 @@ def degeneration_criteria(d, champ, lim) -> list[Criterion]:
         out.append(Criterion("distinct-2 vs champion", round(d.distinct2_ratio, 6), None, True,
                              "no champion to compare with"))
     else:
-        rel = round(champ.distinct2_ratio - margin, 6)
+        # A champion more varied than the references (a ratio over 1: often noise) is counted as 1:
+        # a challenger that comes closer to the references' own variety has not degenerated.
+        counted = min(champ.distinct2_ratio, 1.0)
+        rel = round(counted - margin, 6)
+        if champ.distinct2_ratio > 1.0:
+            detail = Phrase(N_("champion {champion}, counted as the references' {counted}, - margin {margin}"),
+                            champion=f"{champ.distinct2_ratio:.3f}", counted=f"{counted:.3f}", margin=f"{margin:.3f}")
+        else:
+            detail = Phrase(N_("champion {champion} - margin {margin}"),
+                            champion=f"{champ.distinct2_ratio:.3f}", margin=f"{margin:.3f}")
         out.append(Criterion("distinct-2 vs champion", round(d.distinct2_ratio, 6), rel, d.distinct2_ratio >= rel,
-                             Phrase(N_("champion {champion} - margin {margin}"),
-                                    champion=f"{champ.distinct2_ratio:.3f}", margin=f"{margin:.3f}")))
+                             detail))
     limit = round(max(lim.max_template_share, d.reference_template_share + lim.max_template_share), 6)
     limit = min(limit, 1.0)
     detail = Phrase(N_("{share} of the drafts are near-identical to “{example}”; references {references}"),

@@ -119,3 +119,21 @@ def test_gate_rejects_an_adapter_overfit_into_one_canned_reply(workspace, memori
     assert stored["items"][0]["degeneration"]["repetitive"] in (True, False)
     assert "Degeneration: repetitive drafts" in row["summary_md"]
     assert "[FAIL] one reply for many questions" in row["summary_md"]
+
+
+@pytest.mark.parametrize("champion, challenger, passed", [
+    (1.098, 0.932, True),    # the demo on a 2-core AMD EPYC host: closer to the references is not degeneration
+    (1.098, 0.899, False),   # still below the references' variety less the margin
+    (0.95, 0.84, False),     # a champion under 1 counts as it is
+    (0.95, 0.86, True),
+])
+def test_distinct2_vs_champion_counts_a_champion_over_the_references_as_1(champion, challenger, passed):
+    from replyloop.evaluation.gate import degeneration_criteria
+
+    def result(ratio):
+        return dg.DegenerationResult(40, 0.0, 0.0, ratio, 0.05, 0.05)
+
+    criteria = {c.name: c for c in degeneration_criteria(result(challenger), result(champion), DegenerationConfig())}
+    assert DegenerationConfig().champion_margin == 0.1
+    assert criteria["distinct-2 vs champion"].passed is passed
+    assert criteria["distinct-2 vs champion"].limit == round(min(champion, 1.0) - 0.1, 6)
