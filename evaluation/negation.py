@@ -224,10 +224,18 @@ def _en_chain(en: str) -> int | None:
     return count
 
 
+# Markdown / Slack emphasis marks around the words next to a hit (``is **not** possible``,
+# ``We _cannot_ offer``, ``？**不行**``): not words, so dropped before the words are read (a
+# backtick is an apostrophe: ``don`t``).
+_EMPHASIS = re.compile(r"[*_]+")
+
+
 def _fold(text: str) -> str:
     folded = fold(text)
     if _ANY_APOSTROPHE.search(folded):
         folded = folded.translate(_APOSTROPHES)
+    if _EMPHASIS.search(folded):
+        folded = _EMPHASIS.sub("", folded)
     return folded
 
 

@@ -409,7 +409,9 @@ class _Clauses:
             hi = nxt.start()
             if nxt.group() in "？?":
                 after = nxt.end()
-                while after < len(text) and text[after] in "？?！! \t":  # 全额赔付？？ 不行
+                # 全额赔付？？ 不行; the answer on the next line, after a quote mark or a dash
+                # (``Full compensation?\n\nNo.``, ``？> 不行``, ``? — No.``)
+                while after < len(text) and text[after] in _BEFORE_ANSWER:
                     after += 1
                 stop = _SENTENCE_END.search(text, after, after + CONTEXT_WINDOW)
                 answer = text[after:stop.start() if stop else min(len(text), after + CONTEXT_WINDOW)]
@@ -461,6 +463,7 @@ def _goes_on(text: str, i: int, step: int) -> bool:
     return False
 
 
+_BEFORE_ANSWER = frozenset("？?！! \t\n\r>—–-")
 _CLAUSE_ENDS = frozenset("，。！？；,!?;.\n\r\uff0e\uff61\u2029\u2028")
 
 
