@@ -49,7 +49,11 @@ NEGATORS_ZH = ["不", "没", "没有", "无法", "未能", "未曾", "未", "并
                # "no reason (not to)": before 不 they make a double negation, i.e. a promise
                "没有任何理由", "没有理由", "没理由", "毫无理由",
                # issue 17: "there is no such ...", "never had ..."
-               "并无", "从无", "绝无", "从来没有", "从来没", "从来不", "从没"]
+               "并无", "从无", "绝无", "从来没有", "从来没", "从来不", "从没",
+               # prohibitions and polite refusals (不得承诺全额赔付, 恕难, 无从), "nobody (is refused)"
+               # (没人被拒绝过全额赔付: with 拒绝 a double negation, i.e. a promise)
+               "不得", "禁止", "严禁", "不允许", "不准", "切勿", "不要", "不建议", "恕难", "碍难", "无从",
+               "没人", "没有人", "无人", "从没有人", "从来没有人"]
 QUESTION_ZH = ["是否", "能否", "可否", "能不能", "会不会", "可不可以", "是不是", "有没有", "赔不赔", "行不行",
                "可不可能"]
 PSEUDO_ZH = [
@@ -58,7 +62,8 @@ PSEUDO_ZH = [
     "无需担心", "无须担心", "别担心", "别着急", "不用怕", "别怕",
     "不客气", "不得不", "毫不", "无论", "没关系", "没问题", "没有问题", "没事", "不要紧", "不会有问题",
     "不言而喻", "不遗余力", "不用说", "不必说", "更不用说", "不在话下", "毫无疑问", "不折不扣", "要不", "要不然",
-    "不然",
+    "不然", "别说", "不要说",  # "let alone": 别说全额赔付，双倍都行
+    "了不得", "不得了", "巴不得", "恨不得",  # not 不得 (must not)
     # offers, not questions of whether: 要不要给您全额赔付, 要不要都全额赔付
     "要不要", "给不给",
 ] + [no + verb for no in ("无需", "无须", "不用", "不需要", "不必", "免")  # "no need to apply": not the promise
@@ -75,6 +80,7 @@ MODAL_ZH = [
     # 不存在…的规定, 不符合…的条件)
     "过", "曾", "曾经", "说", "讲", "表示", "声称", "宣称", "提到", "提及", "对外", "公开", "做", "开展",
     "推出", "存在", "符合", "满足", "达到", "任何", "这种", "这样的", "此类", "类似",
+    "被", "了",  # 没人被拒绝过…, 我们拒绝了…
 ] + [p + q for p in ("为", "给", "向", "帮", "替", "对") for q in _PRONOUNS]
 BREAKERS_ZH = ["但", "可是", "不过", "然而", "而是", "而且", "并且", "却",
                "如果", "若", "假如", "假设", "要是", "万一", "的话", "只要", "一旦", "即使", "就算", "哪怕"]
@@ -89,7 +95,7 @@ _BREAK_ZH = re.compile("|".join(map(re.escape, BREAKERS_ZH)))
 _SUFFIX_ZH = re.compile(
     "(?:这个|这点|这种|这样|的话|的|是|我们|目前|暂时|恐怕|可能|确实|实在|都|也|还|本店|平台|您|给您|为您"
     # issue 17: 全额赔付的承诺我们不能做, “…”的说法有误, 这一说法
-    "|承诺|保证|说法|这一|一说|消息|传言|传闻|信息|要求|请求|服务|政策)*"
+    "|承诺|保证|说法|这一|一说|消息|传言|传闻|信息|要求|请求|服务|政策|申请|已经|已)*"
     "(?:不了(?!多久|多少|几天|太久|多长|多远)|不可能|没可能|做不到|办不到|实现不了|满足不了|给不了|赔不了|兑现不了"
     "|做不了|不行|不予|不支持|不提供|不适用"
     "|无法(?:做到|实现|办到|满足|承诺|保证|提供|支持|兑现|办理|操作|给予|答应)|没办法|没法(?:做到|实现|办到)"
@@ -99,14 +105,21 @@ _SUFFIX_ZH = re.compile(
     # a refuting judgement of a (quoted) mention: “…”是谣言 / 属于误传 / 是假的 / 并非事实 / 的说法不准确
     "|(?:是|属于|纯属|系|为|乃)?(?:谣言|误传|谣传|假的|假消息|虚假|不实|误解|讹传)"
     "|并非(?:事实|真的|如此|实情|真实|属实)|不是真的|不属实|不是事实|与事实不符"
-    "|不准确|有误|不正确|不对(?!外)|是错的|错误的|不成立)"
+    "|不准确|有误|不正确|不对(?!外)|是错的|错误的|不成立|误会"
+    # issue 17 hostile pass: 全额赔付不太可能 / 是不现实的 / 并不存在 / 不符合平台规定 / 不属于服务范围 /
+    # 不作承诺 / (的申请)被驳回 / 未通过; only at the clause end where the words after could be the
+    # promise's object (全额赔付不存在任何问题, 全额赔付不符合条件的商品 are promises)
+    "|(?:不太可能|不太现实|不现实|(?:并|根本|压根)?不存在(?:这回事|这种事)?)(?:的|哦|呢|啦|了|呀)*$"
+    "|(?:不符合|违反|违背)(?:了)?.{0,8}(?:规定|规则|政策|条件|标准|要求)(?:的|哦|呢|啦|了|呀)*$"
+    "|不属于.{0,10}(?:范围|范畴|政策|服务)(?:的|哦|呢|啦|了|呀)*$"
+    "|不(?:作|做)(?:任何)?(?:承诺|保证)|被(?:驳回|拒绝|拒)|驳回|(?:未|没有|没)(?:能)?通过|不予通过|未获批)"
     "(?![不没])"  # 全额赔付不可能不兑现: a refusal of a refusal is a promise
 )
 # The answer to a promise echoed as a question (全额赔付？不行 / 24小时必发？做不到): the next clause.
 _ANSWER_ZH = re.compile(
-    r"\s*(?:(?:抱歉|对不起|很抱歉|很遗憾|遗憾|不好意思|恐怕|这个|这|答案是|我们|本店|目前|暂时|真的|确实|实在|是|哦|呃)[，,\s]*)*"
+    r"\s*(?:(?:抱歉|对不起|很抱歉|很遗憾|遗憾|不好意思|恐怕|这个|这|那个|那|答案是|我们|本店|目前|暂时|真的|确实|实在|是|哦|呃)[，,\s]*)*"
     r"(?:不行|不可以|不能|做不到|办不到|不可能|没有|没门|不会|不支持|不提供|无法(?:做到|办到|提供|实现|承诺)?"
-    r"|没法(?:做到|办到)?|没办法|不存在|不是的|不是|给不了|做不了)"
+    r"|没法(?:做到|办到)?|没办法|不存在|不是的|不是|给不了|做不了|没(?:有)?这(?:回)?事|想多了)"
     r"(?:的|啦|了|呢|哦|噢|呀|吧|哈|喔|这样做|这么做|做到|承诺|保证|提供|给您|这个)*\s*(?:[，,。.！!；;~～…]|$)"
 )
 # A yes to the question (能不能全额赔付？可以！): the question word no longer leaves it open.
@@ -133,7 +146,7 @@ once even ever said say says claimed claim claims stated state states full compl
 """.split())
 # Rewritten before the chain is read: "no reason (not to)", "no one / no customer (is refused)" and
 # "none of our customers (are denied)" are negators, so with the second negation they make a promise (issue 17).
-_NEG_PHRASE_EN = re.compile(r"\bno\s+(?:good\s+)?reason\b|\bno\s+(?:one|customer|client|buyer|shopper|body|order)s?\b"
+_NEG_PHRASE_EN = re.compile(r"\bnot\s+in\s+a\s+position\s+to\b|\bno\s+(?:good\s+)?reason\b|\bno\s+(?:one|customer|client|buyer|shopper|body|order)s?\b"
                             r"|\bnone\s+of\s+(?:(?:our|the|your|these|those|its|their|my)\s+)?"
                             r"(?:customers|clients|buyers|shoppers|users|members|orders|you|them|us)\b")
 _PSEUDO_EN = re.compile(r"\b(?:not\s+only|not\s+just|no\s+matter|no\s+problem|no\s+worries|no\s+doubt|"
@@ -166,10 +179,11 @@ _ANY_LATIN = re.compile("[a-z]")
 # One character class each (an alternation would be tried at every position: 10-20x slower):
 # English negators have an n (not, no, never, nobody, cannot, -n't) or are refuse / reject /
 # whether / fail (r, w, f); refutations false / myth / rumour / wrong (f, m, r, w).
-_PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否难難nNｎＮrRｒＲwWｗＷfFｆＦ]")
-_SUFFIX_HINT = re.compile(r"[不没沒无無恕谣謠误誤假虚虛讹訛错錯并並nNｎＮxXｘＸfFｆＦmMｍＭrRｒＲwWｗＷ]")
-_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'"})
-_ANY_APOSTROPHE = re.compile("[\u2019\u2018\u02bc`]")  # translate() is slow on CJK text: only when needed
+_PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否难難禁nNｎＮrRｒＲwWｗＷfFｆＦ]")
+_SUFFIX_HINT = re.compile(r"[不没沒无無恕谣謠误誤假虚虛讹訛错錯并並违違驳駁未拒nNｎＮxXｘＸfFｆＦmMｍＭrRｒＲwWｗＷ]")
+# can′t (prime), can´t (acute accent: some keyboards) are apostrophes too
+_APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u2032": "'", "\u00b4": "'"})
+_ANY_APOSTROPHE = re.compile("[\u2019\u2018\u02bc`\u2032\u00b4]")  # translate() is slow on CJK text: only when needed
 
 
 def _after_last(pattern: re.Pattern, text: str) -> str:
@@ -231,9 +245,9 @@ _EMPHASIS = re.compile(r"[*_]+")
 
 
 def _fold(text: str) -> str:
+    if _ANY_APOSTROPHE.search(text):  # before NFKC, which makes ´ a space and a combining accent
+        text = text.translate(_APOSTROPHES)
     folded = fold(text)
-    if _ANY_APOSTROPHE.search(folded):
-        folded = folded.translate(_APOSTROPHES)
     if _EMPHASIS.search(folded):
         folded = _EMPHASIS.sub("", folded)
     return folded
