@@ -24,13 +24,17 @@ What is read through, in order:
 2. Markdown: ``~~struck~~`` is dropped, ``[text](url)`` / ``![alt](url)`` read as the text.
    Emphasis marks (``**``, ``*``, ``_``) need nothing: normalisation drops punctuation anyway.
 3. URL-encoding: a run of ``%XX`` escapes that decodes as UTF-8 (``%E8%B5%94`` -> 赔).
-4. Numbers: digits of other scripts (Arabic-Indic, Devanagari, ...) become ASCII digits (NFKC
+4. Bidi overrides: a run after RIGHT-TO-LEFT OVERRIDE (U+202E), up to POP DIRECTIONAL FORMATTING,
+   another bidi control or the end of the line, is shown reversed, so it is read reversed
+   (``全额\u202e付赔`` shows 全额赔付), and then once more as written, on a line of its own (a
+   renderer that ignores the override shows that: ``\u202e全额赔付`` blocks too).
+5. Numbers: digits of other scripts (Arabic-Indic, Devanagari, ...) become ASCII digits (NFKC
    already folds full-width, circled, parenthesised, full-stop, super/subscript and mathematical
    digits); a run of Chinese numerals (廿/卅/卌, 两, 〇, financial 壹贰叁, digit-by-digit 二四,
    Traditional 貳拾肆) becomes ASCII digits with ``cn2an`` when it is next to an ASCII digit
    (``二4``, ``2四``) or followed by a time unit (小时, 个小时, 天, 日, 分钟, 周, h ...); other
    numerals (``一定``, ``十分``) are left alone.
-5. Look-alike letters: in a word that has a Latin letter, Cyrillic and Greek letters that Unicode's
+6. Look-alike letters: in a word that has a Latin letter, Cyrillic and Greek letters that Unicode's
    confusables data (the ``confusable-homoglyphs`` package) lists as a Latin letter's homoglyph
    become that letter (``withоut`` with a Cyrillic о); ``1`` between letters and ``I`` after a
    lower-case letter become ``l`` (``fu1l``, ``fuIl``, ``fuII``); ``l`` between capitals becomes
@@ -75,6 +79,8 @@ _HTML = re.compile(
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
 _MARKDOWN = re.compile(r"~~.{0,500}?~~|!?\[(?P<text>[^\[\]\n]*)\]\([^()\s]*(?:\s+\"[^\"]*\")?\)", re.S)
 _URLENC = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+# RLO: its run (bounded) is displayed right to left
+_RLO = re.compile("\u202e([^\u202a-\u202e\u2066-\u2069\n\r\u2029]{1,500})\u202c?")
 
 # Deciding that nothing here applies (most replies) must cost little next to normalisation:
 # character-class and literal-prefix searches only, no lookbehind at every position.
@@ -82,7 +88,7 @@ _DIGITS_ELSEWHERE = (  # blocks with decimal digits that NFKC leaves alone (Arab
     "\u0660-\u0dff\u0e50-\u0ed9\u0f20-\u0f29\u1040-\u1099\u17e0-\u19da\u1a80-\u1c59\ua620-\uabf9"
     "\U000104a0-\U0001fbf9"
 )
-_SPECIAL = rf"<&%~\]{_GREEK_CYRILLIC}{_DIGITS_ELSEWHERE}{_COMPAT_RANGES}"
+_SPECIAL = rf"<&%~\]\u202e{_GREEK_CYRILLIC}{_DIGITS_ELSEWHERE}{_COMPAT_RANGES}"
 _GATE_UNITS = "小时|小時|钟头|鐘頭|天|日|工作日|分钟|分鐘|周|週|星期|h|hour"
 # The pattern starts with one character class, so ``re`` skips ahead with its fast class scan;
 # the lookbehinds then tell which case the found character is (about a fifth of ``normalise``).
@@ -104,8 +110,9 @@ class Clean:
     ends: list[int]     # original end (exclusive)
 
     def span(self, start: int, end: int) -> tuple[int, int]:
-        """Original ``[start, end)`` of the clean slice ``[start, end)`` (end > start)."""
-        return self.starts[start], self.ends[end - 1]
+        """Original ``[start, end)`` of the clean slice ``[start, end)`` (end > start): from its first
+        to its last original character (a run read reversed, ``\u202e付赔``, maps backwards)."""
+        return min(self.starts[start:end]), max(self.ends[start:end])
 
 
 class _Buf:
@@ -160,6 +167,12 @@ def _urlenc(m: re.Match):
         return [unquote(m.group(), errors="strict")]
     except UnicodeDecodeError:
         return None
+
+
+def _rlo(m: re.Match):
+    # as shown (reversed), then on a line of its own as written: a renderer that ignores the
+    # override shows that (when in doubt, the reply blocks)
+    return [(i, i + 1) for i in range(m.end(1) - 1, m.start(1) - 1, -1)] + ["\n", m.span(1)]
 
 
 def _compat(m: re.Match):
@@ -250,6 +263,7 @@ _STEPS = (  # (a character class the step needs, its regex, its replacement)
     ("[<]", _HTML, _html),          # entities can spell tags (&lt;b&gt;): read them as rendered
     (r"[~\[]", _MARKDOWN, _markdown),
     ("[%]", _URLENC, _urlenc),
+    ("[\u202e]", _RLO, _rlo),
     (f"[{_COMPAT_RANGES}]", _COMPAT, _compat),
     (f"[{_DIGITS_ELSEWHERE}]", _OTHER_DIGIT, _digit),
     (f"[{_NUM}]", _CN_RUN, _cn_number),

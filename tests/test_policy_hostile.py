@@ -47,6 +47,9 @@ def engine():
     ("<!--" * 20000 + "全额赔付", "block", {"full-compensation"}),           # unterminated: read as text
     ('<a b="' * 20000 + "全额赔付", "block", {"full-compensation"}),         # unterminated quotes
     ('<a title="' + "x" * 499 + '>"' + ">全额<b>赔付", "block", {"full-compensation"}),
+    ("\u202e" + "付赔额全" * 25000, "block", {"full-compensation"}),           # bidi override runs, read twice
+    (("\u202e" + "付赔额全" * 100 + "\u202c") * 250, "block", {"full-compensation"}),
+    ("\u202ea" * 50000 + "全额赔付", "block", {"full-compensation"}),
 ])
 def test_hostile_input_is_fast_and_still_decided(engine, text, verdict, rules):
     t0 = time.perf_counter()
