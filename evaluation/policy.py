@@ -44,7 +44,7 @@ from pathlib import Path
 from replyloop.evaluation.negation import is_negated
 from replyloop.evaluation.literalscan import LiteralScanner
 from replyloop.evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
-from replyloop.evaluation.readthrough import needs_read_through, read_through
+from replyloop.evaluation.readthrough import has_other_reading, needs_read_through, read_through
 from replyloop.evaluation.regexcheck import trigger_literals
 from replyloop.evaluation.textmap import TextMap, fold, normalise
 
@@ -217,7 +217,17 @@ class PolicyEngine:
             if not matches and (self._any_untriggered is None or self._any_untriggered.search(norm) is None):
                 return CheckResult("pass", [])
             return self._check_hits(text, norm, aligned, matches)
-        clean = read_through(text)
+        result = self._check_read(text, read_through(text))
+        # Markup that only some renderers hide (hidden HTML, ~single tilde~ strike-through, a bidi
+        # override): the reply blocks when either reading blocks (``readthrough._HIDDEN``).
+        if result.verdict != "block" and has_other_reading(text):
+            second = self._check_read(text, read_through(text, other=True))
+            if second.verdict == "block":
+                return second
+        return result
+
+    def _check_read(self, text: str, clean) -> CheckResult:
+        """``_check`` of the reply as read (``clean``; None: as written), spans in ``text``."""
         if clean is None:
             return self._check(text)
         result = self._check(clean.text)

@@ -21,13 +21,17 @@ What is read through, in order:
    input (``'<a ' * 20000`` took 44 s of CPU) and raises on some (``'<![' * 20000``:
    AssertionError); replies carry customers' and models' text. Each regex here reads one kind of
    token, bounded, so a reply is read in linear time (tests/test_policy_hostile.py).
-2. Markdown: ``~~struck~~`` is dropped, ``[text](url)`` / ``![alt](url)`` read as the text.
+   A bogus comment (``<?php ?>``, ``<!DOCTYPE html>``) is dropped; a tag that starts a line or a
+   box (``<br>``, ``<p>``, ``<div>``, ``<li>``, ...) reads as a space (``full<br>compensation`` is
+   two words). Numeric entities need no ``;`` (``&#36180付``), nor named ones before a character
+   that is not a letter or digit (``&nbsp赔付``), as in browsers.
+2. Markdown: ``~~struck~~`` is dropped, ``[text](url)`` / ``![alt](url)`` (the url may hold balanced
+   parentheses) and reference links ``[text][ref]`` read as the text.
    Emphasis marks (``**``, ``*``, ``_``) need nothing: normalisation drops punctuation anyway.
 3. URL-encoding: a run of ``%XX`` escapes that decodes as UTF-8 (``%E8%B5%94`` -> 赔).
 4. Bidi overrides: a run after RIGHT-TO-LEFT OVERRIDE (U+202E), up to POP DIRECTIONAL FORMATTING,
    another bidi control or the end of the line, is shown reversed, so it is read reversed
-   (``全额\u202e付赔`` shows 全额赔付), and then once more as written, on a line of its own (a
-   renderer that ignores the override shows that: ``\u202e全额赔付`` blocks too).
+   (``全额\u202e付赔`` shows 全额赔付).
 5. Numbers: digits of other scripts (Arabic-Indic, Devanagari, ...) become ASCII digits (NFKC
    already folds full-width, circled, parenthesised, full-stop, super/subscript and mathematical
    digits); a run of Chinese numerals (廿/卅/卌, 两, 〇, financial 壹贰叁, digit-by-digit 二四,
@@ -50,7 +54,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from urllib.parse import unquote
 
-__all__ = ["Clean", "needs_read_through", "read_through"]
+__all__ = ["Clean", "has_other_reading", "needs_read_through", "read_through"]
 
 _NUM = "〇零一二两三四五六七八九十廿卅卌百千万壹贰叁肆伍陆柒捌玖拾佰仟貳參陸兩萬"
 # Traditional forms, and 卅 (30) and 卌 (40), which cn2an does not read (it reads 廿, 20)
@@ -70,14 +74,19 @@ _ELL_EYE = re.compile(r"(?<=[A-Z])l(?=[A-Z])")   # COMPENSATlON: an l among capi
 # HTML and Slack: comments, struck-through elements, tags, Slack links; entities separately.
 _HTML = re.compile(
     r"<!--.{0,1000}?-->"  # bounded: an unterminated (or longer) comment is read as text
+    r"|<(?:\?|!(?!--))[^<>]{0,500}>"  # <?php ?>, <!DOCTYPE html>: a bogus comment, not shown
     r"|<(del|s|strike)\b[^<>]*>.{0,500}?</\1\s*>"  # bounded: hostile input stays linear
     r"|<(?P<url>(?:https?|mailto|tel):[^<>|\s]*|[@#!][^<>|\s]*)(?:\|(?P<label>[^<>]*))?>"
     # a tag; its attribute values may be quoted and hold ">" (title="a>b"), not "<"
-    r"|</?[A-Za-z][A-Za-z0-9-]*(?:\s(?:[^<>\"']|\"[^\"<]{0,500}\"|'[^'<]{0,500}')*)?/?>",
+    r"|</?(?P<tag>[A-Za-z][A-Za-z0-9-]*)(?:\s(?:[^<>\"']|\"[^\"<]{0,500}\"|'[^'<]{0,500}')*)?/?>",
     re.S | re.I,
 )
-_ENTITY = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});")
-_MARKDOWN = re.compile(r"~~.{0,500}?~~|!?\[(?P<text>[^\[\]\n]*)\]\([^()\s]*(?:\s+\"[^\"]*\")?\)", re.S)
+# Browsers also decode a numeric reference without its ';' (&#36180付), and a named one followed
+# by something other than a letter or digit (&nbsp赔付); html.unescape does the same.
+_ENTITY = re.compile(r"&(?:#[0-9]{1,7};?|#[xX][0-9a-fA-F]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31}(?:;|(?![A-Za-z0-9])))")
+# links: [text](url), a url may hold balanced parentheses (wiki/Foo_(bar)); reference links [text][ref]
+_MARKDOWN = re.compile(r"~~.{0,500}?~~|!?\[(?P<text>[^\[\]\n]*)\]"
+                       r"(?:\([^()\s]*(?:\([^()\s]*\)[^()\s]*)*(?:\s+\"[^\"]*\")?\)|\[[^\[\]\n]{0,100}\])", re.S)
 _URLENC = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 # RLO: its run (bounded) is displayed right to left
 _RLO = re.compile("\u202e([^\u202a-\u202e\u2066-\u2069\n\r\u2029]{1,500})\u202c?")
@@ -147,9 +156,17 @@ class _Buf:
             self.text, self.starts, self.ends = "".join(out), ost, oen
 
 
+# Tags that start a new line or box: they break words (full<br>compensation reads as two words).
+_BLOCK_TAGS = frozenset("br p div li ul ol tr td th h1 h2 h3 h4 h5 h6 hr table blockquote pre section article "
+                        "header footer dd dt dl".split())
+
+
 def _html(m: re.Match):
     if m.group("url") is not None:
         return [m.span("label")] if m.group("label") else []
+    tag = m.group("tag")
+    if tag is not None and tag.lower() in _BLOCK_TAGS:
+        return [" "]
     return []
 
 
@@ -170,9 +187,7 @@ def _urlenc(m: re.Match):
 
 
 def _rlo(m: re.Match):
-    # as shown (reversed), then on a line of its own as written: a renderer that ignores the
-    # override shows that (when in doubt, the reply blocks)
-    return [(i, i + 1) for i in range(m.end(1) - 1, m.start(1) - 1, -1)] + ["\n", m.span(1)]
+    return [(i, i + 1) for i in range(m.end(1) - 1, m.start(1) - 1, -1)]
 
 
 def _compat(m: re.Match):
@@ -257,13 +272,40 @@ def _ell_eye(m: re.Match):
     return ["i"]
 
 
-_STEPS = (  # (a character class the step needs, its regex, its replacement)
+# The other reading (``read_through(text, other=True)``): what some renderers hide and others show.
+# Hidden HTML (script, style, template, ``hidden``, ``display:none``, a line-through or invisible
+# style) and Slack / GFM single-tilde strike-through (``~不能~``) are dropped there; a bidi override
+# is ignored (the text as written). The engine blocks a reply when either reading blocks, so markup
+# that only some renderers hide can neither hide a negator nor a promise.
+_HIDDEN = re.compile(
+    r"<(script|style|template|noscript)\b[^<>]{0,500}>.{0,1000}?</\1\s*>"
+    r"|<(?P<h>[A-Za-z][A-Za-z0-9]*)(?=\s[^<>]{0,500}?(?:\bhidden\b|display\s*:\s*none|visibility\s*:\s*hidden"
+    r"|line-through|font-size\s*:\s*0(?![.0-9])|opacity\s*:\s*0(?![.0-9])))[^<>]{0,500}>.{0,500}?</(?P=h)\s*>",
+    re.S | re.I,
+)
+_TILDE = re.compile(r"(?<!~)~(?![~\s])[^~\n]{1,100}?(?<![~\s])~(?!~)")
+
+
+def has_other_reading(text: str) -> bool:
+    """Does the other reading differ from the first? (The engine checks it when the first does
+    not block.)"""
+    return "\u202e" in text or ("~" in text and _TILDE.search(text) is not None) or (
+        "<" in text and _HIDDEN.search(text) is not None)
+
+
+def _drop(m: re.Match):
+    return []
+
+
+_STEPS = (  # (a character class the step needs, its regex, its replacement, in which reading)
+    ("[<]", _HIDDEN, _drop, "other"),
     ("[<]", _HTML, _html),
     ("[&]", _ENTITY, _entity),
     ("[<]", _HTML, _html),          # entities can spell tags (&lt;b&gt;): read them as rendered
     (r"[~\[]", _MARKDOWN, _markdown),
+    ("[~]", _TILDE, _drop, "other"),
     ("[%]", _URLENC, _urlenc),
-    ("[\u202e]", _RLO, _rlo),
+    ("[\u202e]", _RLO, _rlo, "first"),
     (f"[{_COMPAT_RANGES}]", _COMPAT, _compat),
     (f"[{_DIGITS_ELSEWHERE}]", _OTHER_DIGIT, _digit),
     (f"[{_NUM}]", _CN_RUN, _cn_number),
@@ -271,16 +313,18 @@ _STEPS = (  # (a character class the step needs, its regex, its replacement)
     ("[1I]", _ONE_ELL, _one_ell),
     ("l", _ELL_EYE, _ell_eye),
 )
-_STEPS = tuple((re.compile(need).search, rx, repl) for need, rx, repl in _STEPS)
+_FIRST = tuple((re.compile(s[0]).search, s[1], s[2]) for s in _STEPS if len(s) == 3 or s[3] == "first")
+_OTHER = tuple((re.compile(s[0]).search, s[1], s[2]) for s in _STEPS if len(s) == 3 or s[3] == "other")
 
 
-def read_through(text: str) -> Clean | None:
+def read_through(text: str, other: bool = False) -> Clean | None:
     """The reply as read (markup, encodings, number forms, look-alikes folded), or None when
-    there is nothing to read through (the usual case)."""
+    there is nothing to read through (the usual case). ``other``: the other reading (hidden
+    markup and single-tilde strike-through dropped, bidi overrides ignored; see ``_HIDDEN``)."""
     if _GATE.search(text) is None:
         return None
     buf = _Buf(text)
-    for needed, rx, repl in _STEPS:
+    for needed, rx, repl in (_OTHER if other else _FIRST):
         if needed(buf.text) is not None:
             buf.sub(rx, repl)
     if buf.text == text:

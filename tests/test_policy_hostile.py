@@ -50,6 +50,16 @@ def engine():
     ("\u202e" + "付赔额全" * 25000, "block", {"full-compensation"}),           # bidi override runs, read twice
     (("\u202e" + "付赔额全" * 100 + "\u202c") * 250, "block", {"full-compensation"}),
     ("\u202ea" * 50000 + "全额赔付", "block", {"full-compensation"}),
+    # the other reading: hidden markup and single-tilde strike-through dropped
+    ("<span hidden>" * 20000 + "全额赔付", "block", {"full-compensation"}),
+    ('<span style="display:none">不</span>' * 5000 + "全额赔付", "block", {"full-compensation"}),
+    ("<a " + " hidden" * 20000, "pass", set()),
+    ("<script>" * 20000 + "全额赔付", "block", {"full-compensation"}),
+    ("~不" * 50000 + "~全额赔付", "block", {"full-compensation"}),
+    ("亲~" + "我们不能全额赔付哦~" * 5000, "pass", set()),
+    ("&#" + "1" * 100000, "pass", set()),
+    ("[a](" + "(b)" * 30000, "pass", set()),
+    ("<?" * 50000 + "全额赔付", "block", {"full-compensation"}),
 ])
 def test_hostile_input_is_fast_and_still_decided(engine, text, verdict, rules):
     t0 = time.perf_counter()
