@@ -40,8 +40,10 @@ What is read through, in order:
    numerals (``一定``, ``十分``) are left alone.
 6. Look-alike letters: in a word that has a Latin letter, Cyrillic and Greek letters that Unicode's
    confusables data (the ``confusable-homoglyphs`` package) lists as a Latin letter's homoglyph
-   become that letter (``withоut`` with a Cyrillic о); ``1`` between letters and ``I`` after a
-   lower-case letter become ``l`` (``fu1l``, ``fuIl``, ``fuII``); ``l`` between capitals becomes
+   become that letter (``withоut`` with a Cyrillic о), and so do the Latin letters beyond Latin-1,
+   Armenian and Cherokee letters it lists (dotless ``ı``, ``ǀ``, small capitals); squared and
+   negative squared letters read as letters (``🄵🅄🄻🄻``); ``1`` after a letter, not before a digit
+   (``fu1l``, ``fu11``) and ``I`` after a lower-case letter become ``l`` (``fuIl``, ``fuII``); ``l`` between capitals becomes
    ``i`` (``COMPENSATlON``).
 """
 
@@ -64,11 +66,19 @@ _CN_RUN = re.compile(rf"[{_NUM}]+(?={_UNIT})|(?<=[0-9])[{_NUM}]+|[{_NUM}]+(?=[0-
 _OTHER_DIGIT = re.compile(r"(?![0-9])\d")
 # Enclosed / parenthesised / full-stop digits, Kangxi radicals, CJK compatibility ideographs:
 # NFKC per character, keeping its letters and digits (⑵ -> 2, ⒋ -> 4, ⼆ -> 二).
-_COMPAT_RANGES = "\u2460-\u24ff\u2776-\u2793\u3251-\u32bf\u2f00-\u2fdf\uf900-\ufaff"
+# and the Enclosed Alphanumeric Supplement (🄵 squared, 🅵 negative squared, 🄐 parenthesised letters;
+# not the regional indicators of flags).
+_COMPAT_RANGES = "\u2460-\u24ff\u2776-\u2793\u3251-\u32bf\u2f00-\u2fdf\uf900-\ufaff\U0001f100-\U0001f1e5"
 _COMPAT = re.compile(rf"[{_COMPAT_RANGES}]")
-_GREEK_CYRILLIC = r"\u0370-\u03ff\u1f00-\u1fff\u0400-\u052f"
+# Letters that may stand in for Latin ones: Greek, Cyrillic, and the Latin letters beyond Latin-1
+# that Unicode's confusables list as look-alikes (dotless ı, ǀ, ɑ, small capitals ᴄ ᴏ), Armenian
+# (օ) and Cherokee (Ꭺ). Named for its first members; its lookups below cover every range.
+_GREEK_CYRILLIC = (r"\u0370-\u03ff\u1f00-\u1fff\u0400-\u052f\u0100-\u02af\u0530-\u058f\u13a0-\u13ff"
+                   r"\u1d00-\u1dbf\ua720-\ua7ff")
+_LOOKALIKE_RANGES = ((0x370, 0x400), (0x1F00, 0x2000), (0x400, 0x530), (0x100, 0x2B0), (0x530, 0x590),
+                     (0x13A0, 0x1400), (0x1D00, 0x1DC0), (0xA720, 0xA800))
 _LATIN_WORD = re.compile(rf"[A-Za-z{_GREEK_CYRILLIC}0-9]*[{_GREEK_CYRILLIC}][A-Za-z{_GREEK_CYRILLIC}0-9]*")
-_ONE_ELL = re.compile(r"(?<=[A-Za-z])1(?=[A-Za-z])|(?<=[a-z])I+")
+_ONE_ELL = re.compile(r"(?<=[A-Za-z])1+(?![0-9])|(?<=[a-z])I+")   # fu1l, fu11, fuIl
 _ELL_EYE = re.compile(r"(?<=[A-Z])l(?=[A-Z])")   # COMPENSATlON: an l among capitals is an I
 
 # HTML and Slack: comments, struck-through elements, tags, Slack links; entities separately.
@@ -102,7 +112,7 @@ _GATE_UNITS = "小时|小時|钟头|鐘頭|天|日|工作日|分钟|分鐘|周|�
 # The pattern starts with one character class, so ``re`` skips ahead with its fast class scan;
 # the lookbehinds then tell which case the found character is (about a fifth of ``normalise``).
 _GATE = re.compile(
-    rf"[{_SPECIAL}1Il{_NUM}](?:(?<=[{_SPECIAL}])|(?<=[A-Za-z]1)(?=[A-Za-z])|(?<=[a-z]I)|(?<=[A-Z]l)(?=[A-Z])"
+    rf"[{_SPECIAL}1Il{_NUM}](?:(?<=[{_SPECIAL}])|(?<=[A-Za-z]1)(?!1*[02-9])|(?<=[a-z]I)|(?<=[A-Z]l)(?=[A-Z])"
     rf"|(?<=[0-9][{_NUM}])"
     rf"|(?<=[{_NUM}])(?:[0-9]|[个個]?(?:{_GATE_UNITS})))"
 )
@@ -194,10 +204,16 @@ def _compat(m: re.Match):
     return _compat_char(m.group())
 
 
+_ENCLOSED_LETTER = re.compile(r"LATIN (?:CAPITAL|SMALL) LETTER ([A-Z])$")
+
+
 @lru_cache(maxsize=4096)
 def _compat_char(ch: str):
     folded = "".join(c for c in unicodedata.normalize("NFKC", ch) if c.isalnum())
-    if folded == ch:  # no decomposition (❷, dingbat digits): its numeric value
+    if folded == ch or not folded:  # no decomposition (❷, dingbat digits, 🅵): its numeric value
+        letter = _ENCLOSED_LETTER.search(unicodedata.name(ch, ""))
+        if letter:  # 🅵 NEGATIVE SQUARED LATIN CAPITAL LETTER F
+            return (letter.group(1),)
         value = unicodedata.numeric(ch, None)
         if value is None or not float(value).is_integer():
             return None
@@ -240,12 +256,14 @@ def _homoglyphs() -> dict[str, str]:
     from confusable_homoglyphs import confusables
 
     table = {}
-    for lo, hi in ((0x370, 0x400), (0x1F00, 0x2000), (0x400, 0x530)):
+    for lo, hi in _LOOKALIKE_RANGES:
         for cp in range(lo, hi):
             ch = chr(cp)
             if not ch.isalpha():
                 continue
-            for found in confusables.is_confusable(ch, greedy=True, preferred_aliases=["latin"]) or ():
+            # every alias (a Latin letter such as ı is "confusable" only when Latin is not preferred);
+            # only single ASCII letters are kept below
+            for found in confusables.is_confusable(ch, greedy=True, preferred_aliases=[]) or ():
                 latin = [h["c"] for h in found["homoglyphs"] if len(h["c"]) == 1 and h["c"].isascii() and h["c"].isalpha()]
                 if latin:
                     table[ch] = latin[0]
