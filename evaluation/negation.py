@@ -170,7 +170,7 @@ _SUFFIX_EN = re.compile(
 )
 # The answer to a promise echoed as a question ("Full compensation? No."): the next clause.
 _ANSWER_EN = re.compile(r"\s*(?:(?:sorry|unfortunately|i'm\s+afraid|i\s+am\s+afraid)[,\s]*)*"
-                        r"(?:no|nope|not\s+possible|impossible|we\s+(?:can't|cannot|can\s+not|don't|do\s+not|won't)"
+                        r"(?:no|nope|not|not\s+possible|impossible|we\s+(?:can't|cannot|can\s+not|don't|do\s+not|won't)"
                         r"(?:\s+(?:do|offer|promise|guarantee)\s+(?:that|it|this))?)\s*(?:[.,!;]|$)")
 
 _ANY_LATIN = re.compile("[a-z]")
