@@ -117,7 +117,7 @@ _SUFFIX_ZH = re.compile(
 )
 # The answer to a promise echoed as a question (全额赔付？不行 / 24小时必发？做不到): the next clause.
 _ANSWER_ZH = re.compile(
-    r"\s*(?:(?:抱歉|对不起|很抱歉|很遗憾|遗憾|不好意思|恐怕|这个|这|那个|那|答案是|我们|本店|目前|暂时|真的|确实|实在|是|哦|呃)[，,\s]*)*"
+    r"\s*(?:(?:抱歉|对不起|很抱歉|很遗憾|遗憾|不好意思|恐怕|这个|这|那个|那|答案是|当然|肯定|绝对|我们|本店|目前|暂时|真的|确实|实在|是|哦|呃)[，,\s]*)*"
     r"(?:不行|不可以|不能|做不到|办不到|不可能|没有|没门|不会|不支持|不提供|无法(?:做到|办到|提供|实现|承诺)?"
     r"|没法(?:做到|办到)?|没办法|不存在|不是的|不是|给不了|做不了|没(?:有)?这(?:回)?事|想多了)"
     r"(?:的|啦|了|呢|哦|噢|呀|吧|哈|喔|这样做|这么做|做到|承诺|保证|提供|给您|这个)*\s*(?:[，,。.！!；;~～…]|$)"
@@ -129,6 +129,10 @@ _YES_EN = re.compile(r"\s*(?:yes|yeah|yep|sure|of\s+course|absolutely|certainly|
 # with no other negator between them, makes the chain a promise.
 _RHETORICAL_ZH = re.compile("谁说|难道|怎么可能|怎可能|哪有|哪里有|哪儿有|怎么会|怎会|怎能|怎么能|岂能|岂会|岂可|哪能|何尝|焉能")
 _NEG_CHAR_ZH = re.compile("[不没无未非勿]")
+_RHETORICAL_EN = re.compile(r"\bwho\s+(?:says|said|told\s+you|claims)\b")
+# A yes to an echoed refusal (全额赔付不可能？可能！): the refusal is not made (when no negator follows).
+_YES_TO_REFUSAL_ZH = re.compile(r"\s*(?:(?:亲|您好|放心|嗯|好|我们|本店)[，,\s]*)*(?:当然|肯定|绝对|一定|完全)?"
+                                r"(?:可能|可以|能|做得到|办得到|能做到|行|没问题|是的|有的)")
 
 # --- English -------------------------------------------------------------------------------
 _WORD_EN = re.compile(r"[a-z_]+(?:'[a-z]+)?")
@@ -234,8 +238,42 @@ def _en_chain(en: str) -> int | None:
         if _NEG_EN.fullmatch(word):
             count += 1
         elif word not in MODAL_EN:
-            return count
+            break
+    if count % 2 and _rhetorical_en(en):  # Who said we cannot offer …? (no other negator between)
+        return 0
     return count
+
+
+def _rhetorical_en(en: str) -> bool:
+    """A "who says / who said" before the hit with no negator after it other than the chain's."""
+    last = None
+    for last in _RHETORICAL_EN.finditer(en):
+        pass
+    if last is None:
+        return False
+    negs = [w for w in _WORD_EN.findall(en, last.end()) if _NEG_EN.fullmatch(w)]
+    return len(negs) % 2 == 1
+
+
+def _rhetorical_before(prefix: str) -> bool:
+    """Is the hit inside a rhetorical question that starts before it (谁说全额赔付做不到, 难道全额赔付
+    是谣言吗, Who says full compensation is not possible?), with no negator between marker and hit?
+    Then a refusal after the hit is asked about, not made."""
+    folded = _fold(prefix)
+    zh = _after_last(_BREAK_ZH, _DROP.sub("", folded))
+    last = None
+    for last in _RHETORICAL_ZH.finditer(zh):
+        pass
+    if last is not None and not _NEG_CHAR_ZH.search(zh, last.end()):
+        return True
+    if _ANY_LATIN.search(folded):
+        en = _after_last(_BREAK_EN, folded)
+        marker = None
+        for marker in _RHETORICAL_EN.finditer(en):
+            pass
+        if marker is not None:
+            return not any(_NEG_EN.fullmatch(w) for w in _WORD_EN.findall(en, marker.end()))
+    return False
 
 
 # Markdown / Slack emphasis marks around the words next to a hit (``is **not** possible``,
@@ -272,7 +310,13 @@ def is_negated(prefix: str, suffix: str = "", answer: str = "") -> bool:
     if suffix and _SUFFIX_HINT.search(suffix):
         folded = _fold(suffix)
         if _SUFFIX_ZH.match(_DROP.sub("", folded)) or _SUFFIX_EN.match(folded):
-            negations += 1
+            # ... unless asked rhetorically (谁说全额赔付做不到) or answered yes (全额赔付不可能？可能！)
+            if prefix and _rhetorical_before(prefix):
+                pass
+            elif answer and _YES_TO_REFUSAL_ZH.match(_fold(answer)) and not _NEG_CHAR_ZH.search(answer):
+                return False
+            else:
+                negations += 1
     if answer:
         folded = _fold(answer)
         if _ANSWER_ZH.match(folded) or _ANSWER_EN.match(folded):
