@@ -102,6 +102,19 @@ def _latin_gaps(text: str) -> tuple[int, ...]:
     return tuple(gaps)
 
 
+# Characters that do not show as a word break: invisible format characters (zero-width space,
+# soft hyphen, word joiner, ...) and Markdown emphasis marks (``ful\u200bl``, ``c**o**mpensation``).
+_INVISIBLE = re.compile(r"[\u00ad\u034f\u180e\u200b-\u200f\u2060-\u2064\ufeff*_~`]+")
+
+
+def _gaps_match(hit: str, gaps: tuple[int, ...]) -> bool:
+    """Does the hit keep the phrase's word breaks? Read with and without the characters that may
+    not show (``_INVISIBLE``): either reading will do (when in doubt, the hit stays)."""
+    if _latin_gaps(hit) == gaps:
+        return True
+    return _INVISIBLE.search(hit) is not None and _latin_gaps(_INVISIBLE.sub("", hit)) == gaps
+
+
 @dataclass(frozen=True)
 class _Literal:
     """One literal-scan entry: a rule phrase, a terminology term, or a regex trigger."""
@@ -201,7 +214,7 @@ class PolicyEngine:
         if lit.latin_end and end < len(text) and _ALNUM.match(fold(text[end])):
             return False
         if lit.latin_start or lit.latin_end or lit.gaps:
-            return _latin_gaps(text[start:end]) == lit.gaps
+            return _gaps_match(text[start:end], lit.gaps)
         return True
 
     def check(self, text: str) -> CheckResult:

@@ -22,7 +22,7 @@ from helpers import find_all
 
 from replyloop.evaluation import policy
 from replyloop.evaluation.policy import (
-    CheckResult, Violation, _joins_clauses, _latin_gaps, _Literal, load_policies,
+    CheckResult, Violation, _gaps_match, _joins_clauses, _Literal, load_policies,
 )
 from replyloop.evaluation.readthrough import _FIRST, _OTHER, Clean, _Buf, needs_read_through
 from replyloop.evaluation.textmap import (
@@ -62,7 +62,7 @@ def _on_word_boundaries(tm: TextMap, lit: _Literal, start: int, end: int) -> boo
     if lit.latin_end and end < len(text) and policy._ALNUM.match(fold(text[end])):
         return False
     if lit.latin_start or lit.latin_end or lit.gaps:
-        return _latin_gaps(text[start:end]) == lit.gaps
+        return _gaps_match(text[start:end], lit.gaps)
     return True
 
 
