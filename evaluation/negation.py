@@ -279,7 +279,7 @@ def _rhetorical_before(prefix: str) -> bool:
 # Markdown / Slack emphasis marks around the words next to a hit (``is **not** possible``,
 # ``We _cannot_ offer``, ``？**不行**``): not words, so dropped before the words are read (a
 # backtick is an apostrophe: ``don`t``).
-_EMPHASIS = re.compile(r"[*_]+")
+_EMPHASIS = re.compile(r"[*_\u00ad\u034f\u200b-\u200f\u2060-\u2064\ufeff]+")  # and invisible characters: can\u200bnot
 
 
 def _fold(text: str) -> str:
