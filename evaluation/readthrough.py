@@ -94,9 +94,13 @@ _HTML = re.compile(
 # Browsers also decode a numeric reference without its ';' (&#36180付), and a named one followed
 # by something other than a letter or digit (&nbsp赔付); html.unescape does the same.
 _ENTITY = re.compile(r"&(?:#[0-9]{1,7};?|#[xX][0-9a-fA-F]{1,6};?|[A-Za-z][A-Za-z0-9]{1,31}(?:;|(?![A-Za-z0-9])))")
-# links: [text](url), a url may hold balanced parentheses (wiki/Foo_(bar)); reference links [text][ref]
+# links: [text](url), a url may hold balanced parentheses (wiki/Foo_(bar)) or be <in angle brackets>,
+# with a "title", 'title' or (title), spaces inside the parentheses; reference links [text][ref]
 _MARKDOWN = re.compile(r"~~.{0,500}?~~|!?\[(?P<text>[^\[\]\n]*)\]"
-                       r"(?:\([^()\s]*(?:\([^()\s]*\)[^()\s]*)*(?:\s+\"[^\"]*\")?\)|\[[^\[\]\n]{0,100}\])", re.S)
+                       # spaces bounded: three runs of them side by side would backtrack cubically
+                       r"(?:\([ \t]{0,8}(?:<[^<>\n]{0,500}>|[^()\s]*(?:\([^()\s]*\)[^()\s]*)*)"
+                       r"(?:[ \t]{1,8}(?:\"[^\"\n]{0,200}\"|'[^'\n]{0,200}'|\([^()\n]{0,200}\)))?[ \t]{0,8}\)"
+                       r"|\[[^\[\]\n]{0,100}\])", re.S)
 _URLENC = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 # RLO: its run (bounded) is displayed right to left
 _RLO = re.compile("\u202e([^\u202a-\u202e\u2066-\u2069\n\r\u2029]{1,500})\u202c?")
@@ -296,7 +300,7 @@ def _ell_eye(m: re.Match):
 # is ignored (the text as written). The engine blocks a reply when either reading blocks, so markup
 # that only some renderers hide can neither hide a negator nor a promise.
 _HIDDEN = re.compile(
-    r"<(script|style|template|noscript)\b[^<>]{0,500}>.{0,1000}?</\1\s*>"
+    r"<(script|style|template|noscript|rt|rp)\b[^<>]{0,500}>.{0,1000}?</\1\s*>"  # rt: a ruby annotation
     r"|<(?P<h>[A-Za-z][A-Za-z0-9]*)(?=\s[^<>]{0,500}?(?:\bhidden\b|display\s*:\s*none|visibility\s*:\s*hidden"
     r"|line-through|font-size\s*:\s*0(?![.0-9])|opacity\s*:\s*0(?![.0-9])))[^<>]{0,500}>.{0,500}?</(?P=h)\s*>",
     re.S | re.I,
@@ -321,6 +325,7 @@ _STEPS = (  # (a character class the step needs, its regex, its replacement, in 
     ("[&]", _ENTITY, _entity),
     ("[<]", _HTML, _html),          # entities can spell tags (&lt;b&gt;): read them as rendered
     (r"[~\[]", _MARKDOWN, _markdown),
+    (r"[\[]", _MARKDOWN, _markdown),  # a link around an image: [![alt](img)](url)
     ("[~]", _TILDE, _drop, "other"),
     ("[%]", _URLENC, _urlenc),
     ("[\u202e]", _RLO, _rlo, "first"),

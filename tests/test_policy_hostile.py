@@ -59,6 +59,11 @@ def engine():
     ("亲~" + "我们不能全额赔付哦~" * 5000, "pass", set()),
     ("&#" + "1" * 100000, "pass", set()),
     ("[a](" + "(b)" * 30000, "pass", set()),
+    ("[a]( " + " " * 100000 + "全额赔付", "block", {"full-compensation"}),   # spaces in a link target (bounded runs)
+    ("[a]( " * 20000 + "全额赔付", "block", {"full-compensation"}),
+    ("[a](x" + " " * 100000 + '"' * 1000, "pass", set()),
+    ("[a](<" + "a" * 100000, "pass", set()),
+    (("[a](x (" + "b" * 199) * 400, "pass", set()),
     ("<?" * 50000 + "全额赔付", "block", {"full-compensation"}),
 ])
 def test_hostile_input_is_fast_and_still_decided(engine, text, verdict, rules):
