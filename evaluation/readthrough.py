@@ -62,7 +62,9 @@ _NUM = "〇零一二两三四五六七八九十廿卅卌百千万壹贰叁肆伍
 # Traditional forms, and 卅 (30) and 卌 (40), which cn2an does not read (it reads 廿, 20)
 _TRAD_NUM = str.maketrans({"貳": "贰", "參": "叁", "陸": "陆", "兩": "两", "萬": "万", "卅": "三十", "卌": "四十"})
 _UNIT = r"(?:个|個)?(?:小时|小時|钟头|鐘頭|天|日|工作日|分钟|分鐘|周|週|星期|h(?![a-z])|hour)"
-_CN_RUN = re.compile(rf"[{_NUM}]+(?={_UNIT})|(?<=[0-9])[{_NUM}]+|[{_NUM}]+(?=[0-9])")
+# Tried at the start of a run only (``(?<![...])``): tried at every position of a long run (a
+# reply of numerals and markup, '<b>二十四' * 8000), each try scans to the run's end: quadratic.
+_CN_RUN = re.compile(rf"(?<![{_NUM}])(?:[{_NUM}]+(?={_UNIT})|(?<=[0-9])[{_NUM}]+|[{_NUM}]+(?=[0-9]))")
 _OTHER_DIGIT = re.compile(r"(?![0-9])\d")
 # Enclosed / parenthesised / full-stop digits, Kangxi radicals, CJK compatibility ideographs:
 # NFKC per character, keeping its letters and digits (⑵ -> 2, ⒋ -> 4, ⼆ -> 二).
@@ -77,7 +79,10 @@ _GREEK_CYRILLIC = (r"\u0370-\u03ff\u1f00-\u1fff\u0400-\u052f\u0100-\u02af\u0530-
                    r"\u1d00-\u1dbf\ua720-\ua7ff")
 _LOOKALIKE_RANGES = ((0x370, 0x400), (0x1F00, 0x2000), (0x400, 0x530), (0x100, 0x2B0), (0x530, 0x590),
                      (0x13A0, 0x1400), (0x1D00, 0x1DC0), (0xA720, 0xA800))
-_LATIN_WORD = re.compile(rf"[A-Za-z{_GREEK_CYRILLIC}0-9]*[{_GREEK_CYRILLIC}][A-Za-z{_GREEK_CYRILLIC}0-9]*")
+# From a word's start only: tried at every position, a long word without a look-alike is scanned
+# once per position ('a' * 20000 + ' о' took 1.4 s).
+_LATIN_WORD = re.compile(rf"(?<![A-Za-z{_GREEK_CYRILLIC}0-9])[A-Za-z{_GREEK_CYRILLIC}0-9]*[{_GREEK_CYRILLIC}]"
+                         rf"[A-Za-z{_GREEK_CYRILLIC}0-9]*")
 _ONE_ELL = re.compile(r"(?<=[A-Za-z])1+(?![0-9])|(?<=[a-z])I+")   # fu1l, fu11, fuIl
 _ELL_EYE = re.compile(r"(?<=[A-Z])l(?=[A-Z])")   # COMPENSATlON: an l among capitals is an I
 

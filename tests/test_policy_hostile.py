@@ -59,6 +59,13 @@ def engine():
     ("亲~" + "我们不能全额赔付哦~" * 5000, "pass", set()),
     ("&#" + "1" * 100000, "pass", set()),
     ("[a](" + "(b)" * 30000, "pass", set()),
+    # numeral runs and words tried from their start only (each was scanned again from every
+    # position: '<b>二十四' * 8000 took 20 s, 'a' * 20000 + ' о' 1.4 s)
+    ("<b>二十四" * 8000 + "，全额赔付", "block", {"full-compensation"}),
+    ("\u202e二十四" * 8000, "pass", set()),
+    ("~二十四" * 8000 + "，24小时必发", "block", {"guaranteed-24h-dispatch"}),
+    ("a" * 100000 + " о，全额赔付", "block", {"full-compensation"}),
+    ("a1" * 50000 + " ı", "pass", set()),
     ("[a]( " + " " * 100000 + "全额赔付", "block", {"full-compensation"}),   # spaces in a link target (bounded runs)
     ("[a]( " * 20000 + "全额赔付", "block", {"full-compensation"}),
     ("[a](x" + " " * 100000 + '"' * 1000, "pass", set()),
