@@ -178,6 +178,10 @@ _ANSWER_EN = re.compile(r"\s*(?:(?:sorry|unfortunately|i'm\s+afraid|i\s+am\s+afr
                         r"(?:\s+(?:do|offer|promise|guarantee)\s+(?:that|it|this))?)\s*(?:[.,!;]|$)")
 
 _ANY_LATIN = re.compile("[a-z]")
+# What may open the clause after a topic before its refusal (关于全额赔付，很抱歉我们这边无法承诺).
+_TOPIC_LEAD_ZH = re.compile("^(?:很|非常|十分|实在)?(?:抱歉|遗憾|对不起|不好意思)?(?:的是)?(?:我们|本店|平台|店铺)?"
+                            "(?:这边|这里|目前|暂时|现在)?")
+_TOPIC_LEAD_EN = re.compile(r"^\s*(?:(?:sorry|unfortunately|i'm\s+afraid)[,\s]*)*")
 # Cheap first tests (most hits have neither): every negator or question word of the chain
 # contains one of the prefix hint characters, every suffix refusal one of the suffix ones.
 # One character class each (an alternation would be tried at every position: 10-20x slower):
@@ -291,11 +295,13 @@ def _fold(text: str) -> str:
     return folded
 
 
-def is_negated(prefix: str, suffix: str = "", answer: str = "") -> bool:
+def is_negated(prefix: str, suffix: str = "", answer: str = "", topic: str = "") -> bool:
     """True when the phrase between ``prefix`` and ``suffix`` (original text, same clause) is negated.
 
     ``answer``: when the phrase's clause ends with a question mark, the next clause; a refusal
     there (``全额赔付？不行``, ``Full compensation? No.``) negates the echoed promise.
+    ``topic``: when the phrase's clause names it as a topic (``关于全额赔付，``), the next clause;
+    a refusal at its start (``我们无法承诺``, ``很抱歉目前做不到``, ``we cannot offer that``) negates.
     """
     negations = 0
     if prefix and _PREFIX_HINT.search(prefix):
@@ -320,5 +326,10 @@ def is_negated(prefix: str, suffix: str = "", answer: str = "") -> bool:
     if answer:
         folded = _fold(answer)
         if _ANSWER_ZH.match(folded) or _ANSWER_EN.match(folded):
+            negations += 1
+    if topic and _SUFFIX_HINT.search(topic):
+        folded = _fold(topic)
+        if (_SUFFIX_ZH.match(_TOPIC_LEAD_ZH.sub("", _DROP.sub("", folded)))
+                or _ANSWER_EN.match(_TOPIC_LEAD_EN.sub("", folded))):
             negations += 1
     return negations % 2 == 1

@@ -404,9 +404,11 @@ class _Clauses:
             cache[key] = is_negated(*self.around(start, end))
         return cache[key]
 
-    def around(self, start: int, end: int) -> tuple[str, str, str]:
-        """(prefix, suffix, answer): ``answer`` is the next clause when this one ends with a
-        question mark (``全额赔付？不行``), else empty."""
+    def around(self, start: int, end: int) -> tuple[str, str, str, str]:
+        """(prefix, suffix, answer, topic): ``answer`` is the next clause when this one ends with a
+        question mark (``全额赔付？不行``), ``topic`` the next clause when this one names the hit as
+        its topic (``关于全额赔付，我们无法承诺``, ``As for full compensation, we cannot offer that``);
+        else empty."""
         text, starts, ends = self.text, self.starts, self.ends
         lo, hi = max(0, start - CONTEXT_WINDOW), min(len(text), end + CONTEXT_WINDOW)
         if starts:
@@ -438,7 +440,12 @@ class _Clauses:
                     after += 1
                 stop = _SENTENCE_END.search(text, after, after + CONTEXT_WINDOW)
                 answer = text[after:stop.start() if stop else min(len(text), after + CONTEXT_WINDOW)]
-        return text[lo:start], text[end:hi], answer
+            elif nxt.group() in "，,：:" and _is_topic(text, lo, start, end, hi):
+                after = nxt.end()
+                stop = _SENTENCE_END.search(text, after, after + CONTEXT_WINDOW)
+                topic = text[after:stop.start() if stop else min(len(text), after + CONTEXT_WINDOW)]
+                return text[lo:start], text[end:hi], answer, topic
+        return text[lo:start], text[end:hi], answer, ""
 
 
 def _context(text: str, start: int, end: int, spans) -> tuple[str, str]:
@@ -486,6 +493,23 @@ def _goes_on(text: str, i: int, step: int) -> bool:
     return False
 
 
+# A clause that names the hit as its topic (关于全额赔付， / 您说的全额赔付， / As for full compensation,):
+# the next clause says what becomes of it. Only the hit's own clause, ending right after the hit
+# (or 的话, 的问题, 这一点, 的要求 ...).
+# The marker is followed by the hit within a few words that make no statement (关于您说的全额赔付, not
+# 关于售后我们全额赔付: a subject or a modal word there makes the clause a promise).
+_TOPIC = re.compile(r"(?:关于|对于|至于|针对|(?:您|你|客户|顾客|亲)(?:所)?(?:说|提到|要求|提出|咨询|问|申请|反馈)的)"
+                    r"(?:(?!我们|本店|平台|店铺|会|将|能|可以|保证|承诺|一定|肯定|都|就)[^，,。.!?！？；;]){0,10}$"
+                    r"|\b(?:as\s+for|regarding|concerning|about|with\s+regard\s+to)(?:\s+(?:a|an|the|your|our))?\s*$", re.I)
+_TOPIC_AFTER = re.compile(r"[\s\"'“”‘’「」*_]*(的话|的问题|问题|这一点|这点|这个|的要求|要求|的申请|一事|事宜|的事)?"
+                          r"[\s\"'“”‘’「」*_]*", re.I)
+
+
+def _is_topic(text: str, lo: int, start: int, end: int, hi: int) -> bool:
+    after = _TOPIC_AFTER.fullmatch(text, end, hi)
+    if after is None:
+        return False
+    return after.group(1) == "的话" or _TOPIC.search(text, max(lo, start - 40), start) is not None
 _BEFORE_ANSWER = frozenset("？?！! \t\n\r>—–-")
 _CLAUSE_ENDS = frozenset("，。！？；,!?;.\n\r\uff0e\uff61\u2029\u2028")
 
