@@ -136,7 +136,7 @@ _YES_TO_REFUSAL_ZH = re.compile(r"\s*(?:(?:亲|您好|放心|嗯|好|我们|本�
 
 # --- English -------------------------------------------------------------------------------
 _WORD_EN = re.compile(r"[a-z_]+(?:'[a-z]+)?")
-_NEG_EN = re.compile(r"not|no|never|cannot|nor|without|unable|[a-z]+n't|cant|dont|doesnt|didnt|wont|wouldnt|"
+_NEG_EN = re.compile(r"not|no|never|cannot|nor|neither|without|unable|[a-z]+n't|cant|dont|doesnt|didnt|wont|wouldnt|"
                      r"couldnt|isnt|arent|refuse[sd]?|declines?|declined|deny|denies|denied|rejects?|rejected|"
                      r"fail|fails|failed|nobody|none")
 _QUESTION_EN = {"whether"}
@@ -147,10 +147,11 @@ guaranteed promise promises promised grant grants granted issue issues issued pa
 receive receives accept accepts agree agrees approve approves arrange arrange you your a an the any always ever
 currently presently yet really possibly necessarily also still there us
 once even ever said say says claimed claim claims stated state states full complete immediate instant
+we
 """.split())
 # Rewritten before the chain is read: "no reason (not to)", "no one / no customer (is refused)" and
 # "none of our customers (are denied)" are negators, so with the second negation they make a promise (issue 17).
-_NEG_PHRASE_EN = re.compile(r"\bnot\s+in\s+a\s+position\s+to\b|\bno\s+(?:good\s+)?reason\b|\bno\s+(?:one|customer|client|buyer|shopper|body|order)s?\b"
+_NEG_PHRASE_EN = re.compile(r"\bnot\s+in\s+a\s+position\s+to\b|\bnot\s+possible\s+(?:for\s+us\s+)?to\b|\bno\s+way\b|\bno\s+(?:good\s+)?reason\b|\bno\s+(?:one|customer|client|buyer|shopper|body|order)s?\b"
                             r"|\bnone\s+of\s+(?:(?:our|the|your|these|those|its|their|my)\s+)?"
                             r"(?:customers|clients|buyers|shoppers|users|members|orders|you|them|us)\b")
 _PSEUDO_EN = re.compile(r"\b(?:not\s+only|not\s+just|no\s+matter|no\s+problem|no\s+worries|no\s+doubt|"
@@ -164,6 +165,9 @@ _SUFFIX_EN = re.compile(
     r"[\s\"'“”‘’«»]*(?:(?:is|are|was|were|will\s+be|would\s+be)\s+(?:(?:currently|simply|unfortunately|really|just)\s+)?"
     r"(?:not|never)\s+" + _PRED_EN +
     r"|(?:isn't|aren't|wasn't|weren't|won't\s+be|wouldn't\s+be)\s+" + _PRED_EN +
+    r"|(?:would|will|could|can|may|might)\s+not\s+be\s+" + _PRED_EN +
+    # is not within / part of / covered by our policy, is against / beyond / outside our policy
+    r"|(?:is|are)\s+(?:not\s+(?:within|part\s+of|covered\s+by)|against|beyond|outside(?:\s+of)?)\s+(?:our|the|what)\b"
     r"|(?:is|are)\s+(?:impossible|unavailable|out\s+of\s+the\s+question|excluded)"
     r"|(?:can't|cannot|can\s+not|couldn't|won't|will\s+not)\s+be\s+(?:offered|provided|given|granted|guaranteed|"
     r"promised|arranged|approved)"
@@ -173,7 +177,8 @@ _SUFFIX_EN = re.compile(
     r"(?:false|untrue|not\s+true|a\s+(?:myth|rumou?r|misunderstanding)|wrong|incorrect|inaccurate|a\s+misquote))\b"
 )
 # The answer to a promise echoed as a question ("Full compensation? No."): the next clause.
-_ANSWER_EN = re.compile(r"\s*(?:(?:sorry|unfortunately|i'm\s+afraid|i\s+am\s+afraid)[,\s]*)*"
+_ANSWER_EN = re.compile(r"\s*(?:(?:sorry|unfortunately|i'm\s+afraid|i\s+am\s+afraid|absolutely|definitely|certainly|"
+                        r"of\s+course)[,\s]*)*"
                         r"(?:no|nope|not|not\s+possible|impossible|we\s+(?:can't|cannot|can\s+not|don't|do\s+not|won't)"
                         r"(?:\s+(?:do|offer|promise|guarantee)\s+(?:that|it|this))?)\s*(?:[.,!;]|$)")
 
