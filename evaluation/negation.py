@@ -53,7 +53,9 @@ NEGATORS_ZH = ["不", "没", "没有", "无法", "未能", "未曾", "未", "并
                # prohibitions and polite refusals (不得承诺全额赔付, 恕难, 无从), "nobody (is refused)"
                # (没人被拒绝过全额赔付: with 拒绝 a double negation, i.e. a promise)
                "不得", "禁止", "严禁", "不允许", "不准", "切勿", "不要", "不建议", "恕难", "碍难", "无从",
-               "没人", "没有人", "无人", "从没有人", "从来没有人"]
+               "没人", "没有人", "无人", "从没有人", "从来没有人",
+               # no authority, dare not (我们无权承诺…, 这边没有权限承诺…, 不敢保证…, 不具备…的条件)
+               "无权", "无权限", "没有权限", "没权限", "没有权利", "不敢", "不具备"]
 QUESTION_ZH = ["是否", "能否", "可否", "能不能", "会不会", "可不可以", "是不是", "有没有", "赔不赔", "行不行",
                "可不可能"]
 PSEUDO_ZH = [
@@ -93,13 +95,18 @@ for _kind, _words in (("modal", MODAL_ZH), ("neg", NEGATORS_ZH), ("question", QU
 _ZH_TOKEN = re.compile("|".join(re.escape(w[::-1]) for w in sorted(_ZH_KIND, key=len, reverse=True)))
 _BREAK_ZH = re.compile("|".join(map(re.escape, BREAKERS_ZH)))
 _SUFFIX_ZH = re.compile(
-    "(?:这个|这点|这种|这样|的话|的|是|我们|目前|暂时|恐怕|可能|确实|实在|都|也|还|本店|平台|您|给您|为您"
+    "(?:这个|这点|这种|这样|这块|这边|这方面|的话|的|是|我们|目前|暂时|恐怕|可能|确实|实在|都|也|还|本店|平台|您|给您|为您"
     # issue 17: 全额赔付的承诺我们不能做, “…”的说法有误, 这一说法
     "|承诺|保证|说法|这一|一说|消息|传言|传闻|信息|要求|请求|服务|政策|申请|已经|已)*"
     "(?:不了(?!多久|多少|几天|太久|多长|多远)|不可能|没可能|做不到|办不到|实现不了|满足不了|给不了|赔不了|兑现不了"
     "|做不了|不行|不予|不支持|不提供|不适用"
     "|无法(?:做到|实现|办到|满足|承诺|保证|提供|支持|兑现|办理|操作|给予|答应)|没办法|没法(?:做到|实现|办到)"
-    "|(?:不能|不可以|不会)(?:承诺|保证|提供|支持|给予|做到|实现|兑现|答应)|没有的|暂不(?:支持|提供)|恕难|不在.{0,6}范围"
+    "|(?:不能|不可以|不会|不敢|无权|没有权限|没权限)(?:承诺|保证|提供|支持|给予|做到|实现|兑现|答应|打包票|决定)"
+    "|没有的|暂不(?:支持|提供)|恕难|不在.{0,6}范围"
+    # beyond our authority; not ours to decide; subject to review (赔付以审核结果为准: what the rule asks for)
+    "|超出(?:了)?.{0,6}(?:权限|范围|能力)|不是(?:我们|本店|客服|这边)?(?:能|可以)?(?:决定|做主|承诺|说了算)"
+    "|(?:需要|需|要|须|必须|得)?(?:以|看|根据|视|按|走|经过|通过|等)?(?:平台|我们的|仓库|售后)?审核(?:结果|流程|情况)?"
+    "(?:为准|而定|决定|来定|后(?:确定|决定|处理)?)?(?:的|哦|呢|啦|了|呀|才能确定|再定|才能决定)*$"
     # 全额赔付的承诺我们不能做 / 无法给您: 给 / 做 only when nothing but a particle follows
     "|(?:不能|不可以|不会|无法|没法)(?:给|做)(?:您|你|出)?(?:的|了|哦|呢|啦|吧|呀)*$"
     # a refuting judgement of a (quoted) mention: “…”是谣言 / 属于误传 / 是假的 / 并非事实 / 的说法不准确
@@ -193,7 +200,7 @@ _TOPIC_LEAD_EN = re.compile(r"^\s*(?:(?:sorry|unfortunately|i'm\s+afraid)[,\s]*)
 # English negators have an n (not, no, never, nobody, cannot, -n't) or are refuse / reject /
 # whether / fail (r, w, f); refutations false / myth / rumour / wrong (f, m, r, w).
 _PREFIX_HINT = re.compile(r"[不没沒无無未并並非绝絕须須需勿决決毫拒否难難禁nNｎＮrRｒＲwWｗＷfFｆＦ]")
-_SUFFIX_HINT = re.compile(r"[不没沒无無恕谣謠误誤假虚虛讹訛错錯并並违違驳駁未拒nNｎＮxXｘＸfFｆＦmMｍＭrRｒＲwWｗＷ]")
+_SUFFIX_HINT = re.compile(r"[不没沒无無恕谣謠误誤假虚虛讹訛错錯并並违違驳駁未拒超审審nNｎＮxXｘＸfFｆＦmMｍＭrRｒＲwWｗＷ]")
 # can′t (prime), can´t (acute accent: some keyboards) are apostrophes too
 _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": "'", "\u2032": "'", "\u00b4": "'"})
 _ANY_APOSTROPHE = re.compile("[\u2019\u2018\u02bc`\u2032\u00b4]")  # translate() is slow on CJK text: only when needed
