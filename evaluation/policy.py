@@ -44,7 +44,7 @@ from pathlib import Path
 from replyloop.evaluation.negation import is_negated
 from replyloop.evaluation.literalscan import LiteralScanner
 from replyloop.evaluation.policy_files import Phrase, PolicySet, Rule, Term, read_policies
-from replyloop.evaluation.readthrough import needs_read_through, read_through
+from replyloop.evaluation.readthrough import has_other_reading, needs_read_through, read_through
 from replyloop.evaluation.regexcheck import trigger_literals
 from replyloop.evaluation.textmap import TextMap, fold, normalise
 
@@ -100,6 +100,19 @@ def _latin_gaps(text: str) -> tuple[int, ...]:
         length += len(word)
         prev = word
     return tuple(gaps)
+
+
+# Characters that do not show as a word break: invisible format characters (zero-width space,
+# soft hyphen, word joiner, ...) and Markdown emphasis marks (``ful\u200bl``, ``c**o**mpensation``).
+_INVISIBLE = re.compile(r"[\u00ad\u034f\u180e\u200b-\u200f\u2060-\u2064\ufeff*_~`]+")
+
+
+def _gaps_match(hit: str, gaps: tuple[int, ...]) -> bool:
+    """Does the hit keep the phrase's word breaks? Read with and without the characters that may
+    not show (``_INVISIBLE``): either reading will do (when in doubt, the hit stays)."""
+    if _latin_gaps(hit) == gaps:
+        return True
+    return _INVISIBLE.search(hit) is not None and _latin_gaps(_INVISIBLE.sub("", hit)) == gaps
 
 
 @dataclass(frozen=True)
@@ -201,7 +214,7 @@ class PolicyEngine:
         if lit.latin_end and end < len(text) and _ALNUM.match(fold(text[end])):
             return False
         if lit.latin_start or lit.latin_end or lit.gaps:
-            return _latin_gaps(text[start:end]) == lit.gaps
+            return _gaps_match(text[start:end], lit.gaps)
         return True
 
     def check(self, text: str) -> CheckResult:
@@ -217,7 +230,17 @@ class PolicyEngine:
             if not matches and (self._any_untriggered is None or self._any_untriggered.search(norm) is None):
                 return CheckResult("pass", [])
             return self._check_hits(text, norm, aligned, matches)
-        clean = read_through(text)
+        result = self._check_read(text, read_through(text))
+        # Markup that only some renderers hide (hidden HTML, ~single tilde~ strike-through, a bidi
+        # override): the reply blocks when either reading blocks (``readthrough._HIDDEN``).
+        if result.verdict != "block" and has_other_reading(text):
+            second = self._check_read(text, read_through(text, other=True))
+            if second.verdict == "block":
+                return second
+        return result
+
+    def _check_read(self, text: str, clean) -> CheckResult:
+        """``_check`` of the reply as read (``clean``; None: as written), spans in ``text``."""
         if clean is None:
             return self._check(text)
         result = self._check(clean.text)
@@ -381,9 +404,11 @@ class _Clauses:
             cache[key] = is_negated(*self.around(start, end))
         return cache[key]
 
-    def around(self, start: int, end: int) -> tuple[str, str, str]:
-        """(prefix, suffix, answer): ``answer`` is the next clause when this one ends with a
-        question mark (``全额赔付？不行``), else empty."""
+    def around(self, start: int, end: int) -> tuple[str, str, str, str]:
+        """(prefix, suffix, answer, topic): ``answer`` is the next clause when this one ends with a
+        question mark (``全额赔付？不行``), ``topic`` the next clause when this one names the hit as
+        its topic (``关于全额赔付，我们无法承诺``, ``As for full compensation, we cannot offer that``);
+        else empty."""
         text, starts, ends = self.text, self.starts, self.ends
         lo, hi = max(0, start - CONTEXT_WINDOW), min(len(text), end + CONTEXT_WINDOW)
         if starts:
@@ -409,11 +434,18 @@ class _Clauses:
             hi = nxt.start()
             if nxt.group() in "？?":
                 after = nxt.end()
-                while after < len(text) and text[after] in "？?！! \t":  # 全额赔付？？ 不行
+                # 全额赔付？？ 不行; the answer on the next line, after a quote mark or a dash
+                # (``Full compensation?\n\nNo.``, ``？> 不行``, ``? — No.``)
+                while after < len(text) and text[after] in _BEFORE_ANSWER:
                     after += 1
                 stop = _SENTENCE_END.search(text, after, after + CONTEXT_WINDOW)
                 answer = text[after:stop.start() if stop else min(len(text), after + CONTEXT_WINDOW)]
-        return text[lo:start], text[end:hi], answer
+            elif nxt.group() in "，,：:" and _is_topic(text, lo, start, end, hi):
+                after = nxt.end()
+                stop = _SENTENCE_END.search(text, after, after + CONTEXT_WINDOW)
+                topic = text[after:stop.start() if stop else min(len(text), after + CONTEXT_WINDOW)]
+                return text[lo:start], text[end:hi], answer, topic
+        return text[lo:start], text[end:hi], answer, ""
 
 
 def _context(text: str, start: int, end: int, spans) -> tuple[str, str]:
@@ -461,6 +493,24 @@ def _goes_on(text: str, i: int, step: int) -> bool:
     return False
 
 
+# A clause that names the hit as its topic (关于全额赔付， / 您说的全额赔付， / As for full compensation,):
+# the next clause says what becomes of it. Only the hit's own clause, ending right after the hit
+# (or 的话, 的问题, 这一点, 的要求 ...).
+# The marker is followed by the hit within a few words that make no statement (关于您说的全额赔付, not
+# 关于售后我们全额赔付: a subject or a modal word there makes the clause a promise).
+_TOPIC = re.compile(r"(?:关于|对于|至于|针对|(?:您|你|客户|顾客|亲)(?:所)?(?:说|提到|要求|提出|咨询|问|申请|反馈)的)"
+                    r"(?:(?!我们|本店|平台|店铺|会|将|能|可以|保证|承诺|一定|肯定|都|就)[^，,。.!?！？；;]){0,10}$"
+                    r"|\b(?:as\s+for|regarding|concerning|about|with\s+regard\s+to)(?:\s+(?:a|an|the|your|our))?\s*$", re.I)
+_TOPIC_AFTER = re.compile(r"[\s\"'“”‘’「」*_]*(的话|的问题|问题|这一点|这点|这个|的要求|要求|的申请|一事|事宜|的事)?"
+                          r"[\s\"'“”‘’「」*_]*", re.I)
+
+
+def _is_topic(text: str, lo: int, start: int, end: int, hi: int) -> bool:
+    after = _TOPIC_AFTER.fullmatch(text, end, hi)
+    if after is None:
+        return False
+    return after.group(1) == "的话" or _TOPIC.search(text, max(lo, start - 40), start) is not None
+_BEFORE_ANSWER = frozenset("？?！! \t\n\r>—–-")
 _CLAUSE_ENDS = frozenset("，。！？；,!?;.\n\r\uff0e\uff61\u2029\u2028")
 
 

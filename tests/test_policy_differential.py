@@ -22,9 +22,9 @@ from helpers import find_all
 
 from replyloop.evaluation import policy
 from replyloop.evaluation.policy import (
-    CheckResult, Violation, _joins_clauses, _latin_gaps, _Literal, load_policies,
+    CheckResult, Violation, _gaps_match, _joins_clauses, _Literal, load_policies,
 )
-from replyloop.evaluation.readthrough import _STEPS, Clean, _Buf, needs_read_through
+from replyloop.evaluation.readthrough import _FIRST, _OTHER, Clean, _Buf, needs_read_through
 from replyloop.evaluation.textmap import (
     _DROP, COMMON_DROPPED, TextMap, _per_char, _t2s_aligned, _TRADITIONAL, drop, fold, normalise,
 )
@@ -48,9 +48,9 @@ def reference_normalise(text: str) -> tuple[str, bool]:
     return _t2s_aligned(_per_char(kept, range(len(kept)))[0]), False
 
 
-def reference_read_through(text: str) -> Clean | None:
+def reference_read_through(text: str, other: bool = False) -> Clean | None:
     buf = _Buf(text)
-    for _needed, rx, repl in _STEPS:  # every step, whatever the gate and the steps' own prechecks say
+    for _needed, rx, repl in (_OTHER if other else _FIRST):  # every step, whatever the gate and the steps' own prechecks say
         buf.sub(rx, repl)
     return None if buf.text == text else Clean(buf.text, buf.starts, buf.ends)
 
@@ -62,7 +62,7 @@ def _on_word_boundaries(tm: TextMap, lit: _Literal, start: int, end: int) -> boo
     if lit.latin_end and end < len(text) and policy._ALNUM.match(fold(text[end])):
         return False
     if lit.latin_start or lit.latin_end or lit.gaps:
-        return _latin_gaps(text[start:end]) == lit.gaps
+        return _gaps_match(text[start:end], lit.gaps)
     return True
 
 
@@ -97,10 +97,20 @@ def _reference_inner(engine, text: str) -> CheckResult:
 
 
 def reference_check(engine, text: str, monkeypatch) -> CheckResult:
+    """Both readings, always (the engine reads the other one only when it can differ): the first
+    that blocks, else the first reading's result."""
+    first = _reference_reading(engine, text, monkeypatch, False)
+    if first.verdict == "block":
+        return first
+    second = _reference_reading(engine, text, monkeypatch, True)
+    return second if second.verdict == "block" else first
+
+
+def _reference_reading(engine, text: str, monkeypatch, other: bool) -> CheckResult:
     with monkeypatch.context() as m:  # the clause helpers with the plain boundary alternations
         m.setattr(policy, "_BOUNDARY", PLAIN_BOUNDARY)
         m.setattr(policy, "_SENTENCE_END", PLAIN_SENTENCE_END)
-        clean = reference_read_through(text)
+        clean = reference_read_through(text, other)
         if clean is None:
             return _reference_inner(engine, text)
         result = _reference_inner(engine, clean.text)
@@ -115,7 +125,8 @@ def reference_check(engine, text: str, monkeypatch) -> CheckResult:
 
 PIECES = [
     # markup, entities, encodings
-    "<b>", "</b>", "<del>不</del>", "<s>不会</s>", "<!-- x -->", "<https://x.cn|全额赔付>", "<@U123>", "&#36180;", "&#x8D54;",
+    "<b>", "</b>", "<span hidden>不</span>", "<p>", "<br>", "<?x ?>", "&#36180", "[赔](w(x))", "[付][1]", "~不~", "\u202e",
+    "<del>不</del>", "<s>不会</s>", "<!-- x -->", "<https://x.cn|全额赔付>", "<@U123>", "&#36180;", "&#x8D54;",
     "&amp;", "&lt;b&gt;", "&nbsp;", "%E8%B5%94", "%E4%BB%98", "%zz", "~~不~~", "[全额](http://a.b)", "![赔付](x.png)", "**", "_",
     # numerals in all forms
     "24", "２４", "二十四", "二四", "廿四", "貳拾肆", "两", "〇", "②④", "⑵⑷", "⒉⒋", "٢٤", "२४", "𝟐𝟒", "²⁴", "1.5", "3.", ".5",

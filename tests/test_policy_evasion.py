@@ -25,7 +25,7 @@ def engine():
 def test_the_suite_is_big_and_covers_every_class():
     assert len(SUITE) >= 200
     classes = Counter(c["class"] for c in SUITE)
-    for cls in ("html-tags", "html-entities", "markdown", "slack-mrkdwn", "markup-negation", "url-encoding",
+    for cls in ("html-tags", "html-entities", "markdown", "slack-mrkdwn", "markup-negation", "url-encoding", "bidi",
                 "numbers", "look-alikes", "pattern-whitespace", "negated-markup", "ordinary",
                 # items 5 and 6
                 "rhetorical", "double-negation", "answered-question", "denied-promise", "refuted-quote", "bare-quote", "fake-refusal",

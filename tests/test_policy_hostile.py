@@ -47,6 +47,31 @@ def engine():
     ("<!--" * 20000 + "全额赔付", "block", {"full-compensation"}),           # unterminated: read as text
     ('<a b="' * 20000 + "全额赔付", "block", {"full-compensation"}),         # unterminated quotes
     ('<a title="' + "x" * 499 + '>"' + ">全额<b>赔付", "block", {"full-compensation"}),
+    ("\u202e" + "付赔额全" * 25000, "block", {"full-compensation"}),           # bidi override runs, read twice
+    (("\u202e" + "付赔额全" * 100 + "\u202c") * 250, "block", {"full-compensation"}),
+    ("\u202ea" * 50000 + "全额赔付", "block", {"full-compensation"}),
+    # the other reading: hidden markup and single-tilde strike-through dropped
+    ("<span hidden>" * 20000 + "全额赔付", "block", {"full-compensation"}),
+    ('<span style="display:none">不</span>' * 5000 + "全额赔付", "block", {"full-compensation"}),
+    ("<a " + " hidden" * 20000, "pass", set()),
+    ("<script>" * 20000 + "全额赔付", "block", {"full-compensation"}),
+    ("~不" * 50000 + "~全额赔付", "block", {"full-compensation"}),
+    ("亲~" + "我们不能全额赔付哦~" * 5000, "pass", set()),
+    ("&#" + "1" * 100000, "pass", set()),
+    ("[a](" + "(b)" * 30000, "pass", set()),
+    # numeral runs and words tried from their start only (each was scanned again from every
+    # position: '<b>二十四' * 8000 took 20 s, 'a' * 20000 + ' о' 1.4 s)
+    ("<b>二十四" * 8000 + "，全额赔付", "block", {"full-compensation"}),
+    ("\u202e二十四" * 8000, "pass", set()),
+    ("~二十四" * 8000 + "，24小时必发", "block", {"guaranteed-24h-dispatch"}),
+    ("a" * 100000 + " о，全额赔付", "block", {"full-compensation"}),
+    ("a1" * 50000 + " ı", "pass", set()),
+    ("[a]( " + " " * 100000 + "全额赔付", "block", {"full-compensation"}),   # spaces in a link target (bounded runs)
+    ("[a]( " * 20000 + "全额赔付", "block", {"full-compensation"}),
+    ("[a](x" + " " * 100000 + '"' * 1000, "pass", set()),
+    ("[a](<" + "a" * 100000, "pass", set()),
+    (("[a](x (" + "b" * 199) * 400, "pass", set()),
+    ("<?" * 50000 + "全额赔付", "block", {"full-compensation"}),
 ])
 def test_hostile_input_is_fast_and_still_decided(engine, text, verdict, rules):
     t0 = time.perf_counter()
