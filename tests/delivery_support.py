@@ -45,6 +45,7 @@ class Receiver:
         self.receipts: list[Receipt] = []   # every 2xx answered
         self.requests = 0
         self.bad_signatures = 0
+        self.truncated = 0              # bodies cut short by a sender that went away
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         receiver = self
@@ -93,6 +94,11 @@ class Receiver:
     def _handle(self, h) -> None:
         length = int(h.headers.get("Content-Length") or 0)
         raw = h.rfile.read(length)
+        if len(raw) < length:  # the sender went away mid-body (kill -9): no request to answer
+            with self._lock:
+                self.truncated += 1
+            h.close_connection = True
+            return
         b = self.behaviour
         with self._lock:
             self.requests += 1

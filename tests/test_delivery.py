@@ -335,6 +335,20 @@ def test_serve_refuses_a_webhook_without_its_secret(workspace):
 
 
 @pytest.mark.slow
+def test_the_receiver_drops_a_body_cut_short_by_a_sender_that_went_away():
+    # http.client sends the headers and the body in two writes: a sender killed between them
+    # leaves a request with its headers only; that is no event and no bad signature
+    import socket
+    from urllib.parse import urlsplit
+
+    with Receiver(seed=1) as rx:
+        parts = urlsplit(rx.url)
+        with socket.create_connection((parts.hostname, parts.port)) as sock:
+            sock.sendall(f"POST {parts.path} HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n".encode() + b"{}")
+        wait_until(lambda: rx.truncated == 1, 10)
+        assert rx.bad_signatures == 0 and rx.receipts == []
+
+
 def test_kill_9_during_delivery_loses_no_event(replyloop_home):
     from replyloop.bot.fake_slack import FakeSlack
     from replyloop.store import Store
