@@ -206,10 +206,15 @@ _APOSTROPHES = str.maketrans({"\u2019": "'", "\u2018": "'", "\u02bc": "'", "`": 
 _ANY_APOSTROPHE = re.compile("[\u2019\u2018\u02bc`\u2032\u00b4]")  # translate() is slow on CJK text: only when needed
 
 
-def _after_last(pattern: re.Pattern, text: str) -> str:
+def _last_match(pattern: re.Pattern, text: str) -> re.Match | None:
     last = None
     for last in pattern.finditer(text):
         pass
+    return last
+
+
+def _after_last(pattern: re.Pattern, text: str) -> str:
+    last = _last_match(pattern, text)
     return text[last.end():] if last else text
 
 
@@ -260,15 +265,18 @@ def _en_chain(en: str) -> int | None:
     return count
 
 
+def _negators_after_rhetorical_en(en: str) -> int | None:
+    """English negators after the last "who says / who said" (None: there is none)."""
+    marker = _last_match(_RHETORICAL_EN, en)
+    if marker is None:
+        return None
+    return sum(1 for w in _WORD_EN.findall(en, marker.end()) if _NEG_EN.fullmatch(w))
+
+
 def _rhetorical_en(en: str) -> bool:
     """A "who says / who said" before the hit with no negator after it other than the chain's."""
-    last = None
-    for last in _RHETORICAL_EN.finditer(en):
-        pass
-    if last is None:
-        return False
-    negs = [w for w in _WORD_EN.findall(en, last.end()) if _NEG_EN.fullmatch(w)]
-    return len(negs) % 2 == 1
+    negators = _negators_after_rhetorical_en(en)
+    return negators is not None and negators % 2 == 1
 
 
 def _rhetorical_before(prefix: str) -> bool:
@@ -277,19 +285,10 @@ def _rhetorical_before(prefix: str) -> bool:
     Then a refusal after the hit is asked about, not made."""
     folded = _fold(prefix)
     zh = _after_last(_BREAK_ZH, _DROP.sub("", folded))
-    last = None
-    for last in _RHETORICAL_ZH.finditer(zh):
-        pass
+    last = _last_match(_RHETORICAL_ZH, zh)
     if last is not None and not _NEG_CHAR_ZH.search(zh, last.end()):
         return True
-    if _ANY_LATIN.search(folded):
-        en = _after_last(_BREAK_EN, folded)
-        marker = None
-        for marker in _RHETORICAL_EN.finditer(en):
-            pass
-        if marker is not None:
-            return not any(_NEG_EN.fullmatch(w) for w in _WORD_EN.findall(en, marker.end()))
-    return False
+    return bool(_ANY_LATIN.search(folded)) and _negators_after_rhetorical_en(_after_last(_BREAK_EN, folded)) == 0
 
 
 # Markdown / Slack emphasis marks around the words next to a hit (``is **not** possible``,

@@ -510,6 +510,8 @@ def _is_topic(text: str, lo: int, start: int, end: int, hi: int) -> bool:
     if after is None:
         return False
     return after.group(1) == "的话" or _TOPIC.search(text, max(lo, start - 40), start) is not None
+
+
 _BEFORE_ANSWER = frozenset("？?！! \t\n\r>—–-")
 _CLAUSE_ENDS = frozenset("，。！？；,!?;.\n\r\uff0e\uff61\u2029\u2028")
 
